@@ -1,0 +1,213 @@
+//! The one error type of the core crate.
+//!
+//! Every validation failure has its own variant, so that a node can count and report each kind of bad input
+//! separately and a client can react to each (retry, shrink the batch, resolve siblings, ...). Each error maps
+//! to a stable [`ErrorCode`](crate::protocol::ErrorCode) that travels on the wire.
+
+use crate::protocol::ErrorCode;
+
+/// Everything the core can refuse or fail at.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// The entity key is empty.
+    #[error("the key is empty")]
+    EmptyKey,
+    /// The entity key is longer than the configured limit.
+    #[error("key is {len} bytes, the limit is {max}")]
+    KeyTooLong {
+        /// Length of the offending key in bytes.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A feature name is empty or contains characters outside `[A-Za-z0-9_.:-]`.
+    #[error("invalid feature name {name:?}: use 1 or more of [A-Za-z0-9_.:-]")]
+    InvalidFeatureName {
+        /// The offending name (truncated to the name limit).
+        name: String,
+    },
+    /// A feature name is longer than the configured limit.
+    #[error("feature name is {len} bytes, the limit is {max}")]
+    FeatureNameTooLong {
+        /// Length of the offending name in bytes.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A string value is larger than the configured limit.
+    #[error("value of feature {name:?} is {len} bytes, the limit is {max}")]
+    ValueTooLarge {
+        /// The feature the value was written to.
+        name: String,
+        /// Size of the value in bytes.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A float value is NaN or infinite; such values have no total order and cannot be compared safely.
+    #[error("value of feature {name:?} is not a finite number")]
+    NonFiniteValue {
+        /// The feature the value was written to.
+        name: String,
+    },
+    /// The write would give the entity more features than the configured limit.
+    #[error("entity would have {count} features, the limit is {max}")]
+    TooManyFeatures {
+        /// Feature count after the write.
+        count: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The flag write would leave more concurrent siblings than the configured limit. Read the flag and write
+    /// with the returned context to resolve them.
+    #[error("flag {name:?} would have {count} siblings, the limit is {max}: read it and write with its context")]
+    TooManySiblings {
+        /// The flag.
+        name: String,
+        /// Sibling count the write would have produced.
+        count: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A request carries more keys or feature writes than the configured batch limit.
+    #[error("batch of {len} items, the limit is {max}")]
+    BatchTooLarge {
+        /// Items in the request.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A request carries no items where at least one is needed.
+    #[error("empty batch: {what}")]
+    EmptyBatch {
+        /// What was empty.
+        what: &'static str,
+    },
+    /// A frame announces a payload larger than the configured maximum; nothing was allocated for it.
+    #[error("frame of {len} bytes, the limit is {max}")]
+    FrameTooLarge {
+        /// Announced payload length.
+        len: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+    /// A frame carries a protocol version this build does not speak.
+    #[error("unsupported protocol version {got}, this build speaks {supported}")]
+    UnsupportedVersion {
+        /// The version byte received.
+        got: u8,
+        /// The version this build speaks.
+        supported: u8,
+    },
+    /// A frame or record could not be decoded (bad encoding, bad UTF-8, unknown variant, trailing bytes, or
+    /// a length beyond the decode limit).
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// What was being decoded ("request", "response", "record").
+        what: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A value could not be encoded (should not happen for validated values).
+    #[error("encoding failed: {0}")]
+    Encode(String),
+    /// A remote timestamp is further ahead of the local physical clock than `max_clock_skew` allows.
+    #[error("timestamp {remote_ms} ms is {ahead_ms} ms ahead of the local clock, the limit is {max_ms} ms")]
+    ClockSkew {
+        /// The remote wall-clock reading.
+        remote_ms: u64,
+        /// How far ahead of the local clock it is.
+        ahead_ms: u64,
+        /// The configured maximum skew.
+        max_ms: u64,
+    },
+    /// A feature name is already used by a feature of another kind on this entity.
+    #[error("feature {name:?} is a {existing}, not a {requested}")]
+    KindMismatch {
+        /// The feature.
+        name: String,
+        /// The kind it already has.
+        existing: &'static str,
+        /// The kind the request needs.
+        requested: &'static str,
+    },
+    /// A counter would leave the range of its representation.
+    #[error("counter {name:?} overflowed")]
+    CounterOverflow {
+        /// The counter.
+        name: String,
+    },
+    /// Time-to-live was given for a feature kind that does not support it (counters).
+    #[error("feature {name:?}: {kind} features do not support a TTL")]
+    TtlNotSupported {
+        /// The feature.
+        name: String,
+        /// Its kind.
+        kind: &'static str,
+    },
+    /// A causal-context token could not be parsed.
+    #[error("invalid causal context {token:?}: expected `node:counter,...`")]
+    InvalidContext {
+        /// The offending token (truncated).
+        token: String,
+    },
+    /// A node id is empty, too long, or has characters outside `[a-z0-9-]`.
+    #[error("invalid node id {id:?}: use 1 to 63 of [a-z0-9-]")]
+    InvalidNodeId {
+        /// The offending id (truncated).
+        id: String,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid limit {name}: {reason}")]
+    InvalidLimit {
+        /// The limit's config key.
+        name: &'static str,
+        /// Why it is rejected.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// The stable wire code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::EmptyKey
+            | Error::InvalidFeatureName { .. }
+            | Error::NonFiniteValue { .. }
+            | Error::EmptyBatch { .. }
+            | Error::InvalidContext { .. }
+            | Error::InvalidNodeId { .. }
+            | Error::TtlNotSupported { .. }
+            | Error::InvalidLimit { .. } => ErrorCode::InvalidRequest,
+            Error::KeyTooLong { .. }
+            | Error::FeatureNameTooLong { .. }
+            | Error::ValueTooLarge { .. }
+            | Error::TooManyFeatures { .. }
+            | Error::BatchTooLarge { .. } => ErrorCode::LimitExceeded,
+            Error::TooManySiblings { .. } => ErrorCode::TooManySiblings,
+            Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            Error::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            Error::Malformed { .. } => ErrorCode::MalformedFrame,
+            Error::Encode(_) => ErrorCode::Internal,
+            Error::ClockSkew { .. } => ErrorCode::ClockSkew,
+            Error::KindMismatch { .. } => ErrorCode::KindMismatch,
+            Error::CounterOverflow { .. } => ErrorCode::CounterOverflow,
+        }
+    }
+}
+
+/// Truncates untrusted text before it is echoed back in an error, so errors stay small.
+pub(crate) fn truncate_for_error(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Result alias for the core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,83 @@
+//! `gauge` features: last-writer-wins registers ordered by `(hlc, node)` markers, with optional expiry.
+//!
+//! Guarantees:
+//! - Merge keeps the state with the greatest marker; equal markers (which only the same write should carry)
+//!   are still resolved by a total order over the whole state, so merge is commutative, associative and
+//!   idempotent for *any* pair of states (property-tested in `profile`).
+//! - Expiry is part of the lattice: an expired register becomes a tombstone that keeps its marker and drops
+//!   its value, and a tombstone beats a live state with the same marker. So once a value expired anywhere,
+//!   no replica, hint or anti-entropy exchange can bring it (or anything older) back.
+//!
+//! Caveat: LWW by HLC means a concurrent write from a node whose clock runs ahead (within `max_clock_skew`)
+//! can win over a write that happened later in real time. Use flags when concurrent writes must be seen.
+
+use std::cmp::Ordering;
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::hlc::Marker;
+use crate::value::Value;
+
+/// A last-writer-wins register.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
+pub struct GaugeRegister {
+    /// The version of the current value.
+    pub marker: Marker,
+    /// The value, or `None` once it expired (a tombstone that still carries its marker).
+    pub value: Option<Value>,
+    /// Wall-clock milliseconds at which the value expires, if it has a TTL.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl GaugeRegister {
+    /// A register holding `value` written at `marker`.
+    pub fn new(marker: Marker, value: Value, expires_at_ms: Option<u64>) -> Self {
+        GaugeRegister {
+            marker,
+            value: Some(value),
+            expires_at_ms,
+        }
+    }
+
+    /// The lattice order: marker first; on equal markers a tombstone beats a live value, then the later
+    /// expiry, then the greater value.
+    fn lattice_cmp(&self, other: &GaugeRegister) -> Ordering {
+        self.marker
+            .cmp(&other.marker)
+            .then_with(|| other.value.is_some().cmp(&self.value.is_some()))
+            .then_with(|| self.expires_at_ms.cmp(&other.expires_at_ms))
+            .then_with(|| match (&self.value, &other.value) {
+                (Some(a), Some(b)) => a.total_cmp(b),
+                _ => Ordering::Equal,
+            })
+    }
+
+    /// Merges `other` into `self`. Returns true if `self` changed.
+    pub fn merge(&mut self, other: &GaugeRegister) -> bool {
+        if other.lattice_cmp(self) == Ordering::Greater {
+            *self = other.clone();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The value if it is present and not expired at `now_ms`.
+    pub fn visible(&self, now_ms: u64) -> Option<&Value> {
+        match self.expires_at_ms {
+            Some(at) if at <= now_ms => None,
+            _ => self.value.as_ref(),
+        }
+    }
+
+    /// Turns an expired value into a tombstone. Returns true if it did.
+    pub fn expire(&mut self, now_ms: u64) -> bool {
+        if self.value.is_some() && self.expires_at_ms.is_some_and(|at| at <= now_ms) {
+            self.value = None;
+            true
+        } else {
+            false
+        }
+    }
+}

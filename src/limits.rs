@@ -1,0 +1,210 @@
+//! Size limits on everything a client can send, in one validated type.
+//!
+//! Guarantees: every limit has a default, `Limits::validate` rejects nonsensical settings (zero, or a frame
+//! too small to carry the other limits), and each violation is a distinct [`Error`] variant so that it can be
+//! counted and answered precisely. The frame limit is also the decoder's allocation budget (see
+//! [`codec`](crate::codec)), so no request can make a node allocate more than `max_frame_bytes` for its
+//! decoded form.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{truncate_for_error, Error, Result};
+use crate::value::Value;
+
+/// The hard ceiling on `max_frame_bytes` (16 MiB); configs above it are refused.
+pub const FRAME_BYTES_CEILING: u32 = 16 * 1024 * 1024;
+
+/// Configurable limits. Defaults suit behavioural profiles (a few hundred small features per user).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Maximum entity key length in bytes (UTF-8). Default 256.
+    pub max_key_bytes: usize,
+    /// Maximum feature name length in bytes. Default 128.
+    pub max_feature_name_bytes: usize,
+    /// Maximum size of a string value in bytes. Default 4096.
+    pub max_value_bytes: usize,
+    /// Maximum number of features (all kinds) per entity. Default 1024.
+    pub max_features_per_entity: usize,
+    /// Maximum number of concurrent siblings one flag may hold after a local write. Default 8.
+    pub max_siblings: usize,
+    /// Maximum items in one request (keys of a `get_many`, feature writes of a `put`/`increment`,
+    /// projected feature names). Default 1000.
+    pub max_batch: usize,
+    /// Maximum payload of one frame in bytes; checked before anything is allocated. Default 4 MiB.
+    pub max_frame_bytes: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 256,
+            max_feature_name_bytes: 128,
+            max_value_bytes: 4096,
+            max_features_per_entity: 1024,
+            max_siblings: 8,
+            max_batch: 1000,
+            max_frame_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks that the limits are usable together.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("max_key_bytes", self.max_key_bytes),
+            ("max_feature_name_bytes", self.max_feature_name_bytes),
+            ("max_value_bytes", self.max_value_bytes),
+            ("max_features_per_entity", self.max_features_per_entity),
+            ("max_siblings", self.max_siblings),
+            ("max_batch", self.max_batch),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::InvalidLimit {
+                    name,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.max_frame_bytes > FRAME_BYTES_CEILING {
+            return Err(Error::InvalidLimit {
+                name: "max_frame_bytes",
+                reason: format!("must be at most {FRAME_BYTES_CEILING}"),
+            });
+        }
+        // A frame must at least hold one maximal key plus one maximal value.
+        let floor = self.max_key_bytes + self.max_feature_name_bytes + self.max_value_bytes + 1024;
+        if (self.max_frame_bytes as usize) < floor {
+            return Err(Error::InvalidLimit {
+                name: "max_frame_bytes",
+                reason: format!("must be at least {floor} to carry one maximal key, name and value"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks an entity key.
+    pub fn check_key(&self, key: &str) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(Error::KeyTooLong {
+                len: key.len(),
+                max: self.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a feature name: length, then the allowed characters `[A-Za-z0-9_.:-]`.
+    pub fn check_feature_name(&self, name: &str) -> Result<()> {
+        if name.len() > self.max_feature_name_bytes {
+            return Err(Error::FeatureNameTooLong {
+                len: name.len(),
+                max: self.max_feature_name_bytes,
+            });
+        }
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if !ok {
+            return Err(Error::InvalidFeatureName {
+                name: truncate_for_error(name),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a gauge value: string size and finiteness of floats.
+    pub fn check_value(&self, name: &str, value: &Value) -> Result<()> {
+        match value {
+            Value::Str(s) if s.len() > self.max_value_bytes => Err(Error::ValueTooLarge {
+                name: truncate_for_error(name),
+                len: s.len(),
+                max: self.max_value_bytes,
+            }),
+            Value::F64(f) if !f.is_finite() => Err(Error::NonFiniteValue {
+                name: truncate_for_error(name),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the number of items in one request.
+    pub fn check_batch(&self, len: usize, what: &'static str) -> Result<()> {
+        if len == 0 {
+            return Err(Error::EmptyBatch { what });
+        }
+        if len > self.max_batch {
+            return Err(Error::BatchTooLarge {
+                len,
+                max: self.max_batch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the feature count an entity would have after a write.
+    pub fn check_feature_count(&self, count: usize) -> Result<()> {
+        if count > self.max_features_per_entity {
+            return Err(Error::TooManyFeatures {
+                count,
+                max: self.max_features_per_entity,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_violation_has_its_own_error() {
+        let l = Limits::default();
+        assert_eq!(l.check_key(""), Err(Error::EmptyKey));
+        assert!(matches!(l.check_key(&"k".repeat(257)), Err(Error::KeyTooLong { len: 257, .. })));
+        assert!(matches!(
+            l.check_feature_name(&"f".repeat(129)),
+            Err(Error::FeatureNameTooLong { .. })
+        ));
+        assert!(matches!(l.check_feature_name("a b"), Err(Error::InvalidFeatureName { .. })));
+        assert!(matches!(l.check_feature_name(""), Err(Error::InvalidFeatureName { .. })));
+        assert!(matches!(
+            l.check_value("f", &Value::Str("x".repeat(4097))),
+            Err(Error::ValueTooLarge { .. })
+        ));
+        assert!(matches!(
+            l.check_value("f", &Value::F64(f64::NAN)),
+            Err(Error::NonFiniteValue { .. })
+        ));
+        assert!(matches!(l.check_batch(1001, "keys"), Err(Error::BatchTooLarge { .. })));
+        assert!(matches!(l.check_batch(0, "keys"), Err(Error::EmptyBatch { .. })));
+        assert!(matches!(l.check_feature_count(1025), Err(Error::TooManyFeatures { .. })));
+        assert_eq!(l.check_feature_name("cart_value:30m.v-2"), Ok(()));
+    }
+
+    #[test]
+    fn nonsensical_limits_are_refused() {
+        let l = Limits {
+            max_siblings: 0,
+            ..Limits::default()
+        };
+        assert!(matches!(l.validate(), Err(Error::InvalidLimit { name: "max_siblings", .. })));
+        let l = Limits {
+            max_frame_bytes: 100,
+            ..Limits::default()
+        };
+        assert!(matches!(l.validate(), Err(Error::InvalidLimit { name: "max_frame_bytes", .. })));
+    }
+}

@@ -1,0 +1,252 @@
+//! The client protocol: requests, responses and typed error replies.
+//!
+//! One request and one response travel on their own QUIC bidirectional stream, each as one frame (see
+//! [`codec`](crate::codec) for the framing and the encoding). This module only defines the messages and
+//! their validation against [`Limits`]; it does no I/O.
+//!
+//! Compatibility: the frame carries [`PROTOCOL_VERSION`]; a node answers a frame of another version with
+//! [`ErrorCode::UnsupportedVersion`]. Variants are only ever appended, never reordered, within a version.
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::flag::CausalContext;
+use crate::hlc::{Marker, NodeId};
+use crate::limits::Limits;
+use crate::profile::{FlagView, ProfileView};
+use crate::value::Value;
+
+/// The protocol version carried in every frame header.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum Request {
+    /// Read one entity, optionally only some features.
+    Get {
+        /// The entity key.
+        key: String,
+        /// Only these features, if given.
+        features: Option<Vec<String>>,
+    },
+    /// Read several entities; the answer is in request order.
+    GetMany {
+        /// The entity keys.
+        keys: Vec<String>,
+        /// Only these features, if given.
+        features: Option<Vec<String>>,
+    },
+    /// Write gauges (last-writer-wins).
+    Put {
+        /// The entity key.
+        key: String,
+        /// The writes, all stamped with one marker.
+        gauges: Vec<GaugeWrite>,
+        /// Event time in Unix milliseconds, for writes that must be ordered by when they happened rather
+        /// than when they arrived (late events lose to newer values). Refused if further ahead of the node's
+        /// clock than `max_clock_skew`. `None` stamps with the node's clock.
+        timestamp_ms: Option<u64>,
+    },
+    /// Add to counters.
+    Increment {
+        /// The entity key.
+        key: String,
+        /// The deltas.
+        deltas: Vec<CounterDelta>,
+    },
+    /// Write a flag with the causal context of the read it is based on.
+    SetFlag {
+        /// The entity key.
+        key: String,
+        /// The flag.
+        name: String,
+        /// The value.
+        value: bool,
+        /// The context from the last read of this flag (empty if the writer saw nothing).
+        context: CausalContext,
+        /// Time to live in milliseconds.
+        ttl_ms: Option<u64>,
+    },
+    /// Erase the entity: everything written up to now is dropped, everywhere, for good.
+    Erase {
+        /// The entity key.
+        key: String,
+    },
+    /// The node's status and counters.
+    Status,
+}
+
+/// One gauge write.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct GaugeWrite {
+    /// Feature name.
+    pub name: String,
+    /// New value.
+    pub value: Value,
+    /// Time to live in milliseconds.
+    pub ttl_ms: Option<u64>,
+}
+
+/// One counter delta.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct CounterDelta {
+    /// Feature name.
+    pub name: String,
+    /// Amount to add (negative to subtract).
+    pub delta: i64,
+}
+
+impl Request {
+    /// Validates every key, name, value and batch size against `limits`.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        let check_projection = |features: &Option<Vec<String>>| -> Result<()> {
+            if let Some(names) = features {
+                limits.check_batch(names.len(), "feature projection")?;
+                for n in names {
+                    limits.check_feature_name(n)?;
+                }
+            }
+            Ok(())
+        };
+        match self {
+            Request::Get { key, features } => {
+                limits.check_key(key)?;
+                check_projection(features)
+            }
+            Request::GetMany { keys, features } => {
+                limits.check_batch(keys.len(), "keys")?;
+                for k in keys {
+                    limits.check_key(k)?;
+                }
+                check_projection(features)
+            }
+            Request::Put { key, gauges, .. } => {
+                limits.check_key(key)?;
+                limits.check_batch(gauges.len(), "gauge writes")?;
+                for g in gauges {
+                    limits.check_feature_name(&g.name)?;
+                    limits.check_value(&g.name, &g.value)?;
+                }
+                Ok(())
+            }
+            Request::Increment { key, deltas } => {
+                limits.check_key(key)?;
+                limits.check_batch(deltas.len(), "counter deltas")?;
+                for d in deltas {
+                    limits.check_feature_name(&d.name)?;
+                }
+                Ok(())
+            }
+            Request::SetFlag { key, name, .. } => {
+                limits.check_key(key)?;
+                limits.check_feature_name(name)
+            }
+            Request::Erase { key } => limits.check_key(key),
+            Request::Status => Ok(()),
+        }
+    }
+
+    /// Whether the request changes data.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Request::Put { .. }
+                | Request::Increment { .. }
+                | Request::SetFlag { .. }
+                | Request::Erase { .. }
+        )
+    }
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum Response {
+    /// Answer to `Get`: the profile, or `None` if nothing is visible.
+    Profile(Option<ProfileView>),
+    /// Answer to `GetMany`, in request order.
+    Profiles(Vec<Option<ProfileView>>),
+    /// Answer to `Put`.
+    Put(PutAck),
+    /// Answer to `Increment`: each counter's value after the write, in request order.
+    Incremented(Vec<i64>),
+    /// Answer to `SetFlag`: the flag after the write (all siblings and the context to write back).
+    Flag(FlagView),
+    /// Answer to `Erase`: the watermark; everything at or below it is gone.
+    Erased {
+        /// The erasure watermark.
+        watermark: Marker,
+    },
+    /// Answer to `Status`.
+    Status(NodeStatus),
+    /// The request was refused or failed.
+    Error(ErrorReply),
+}
+
+/// Acknowledgement of a gauge write.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct PutAck {
+    /// The marker the write was stamped with (its version).
+    pub version: Marker,
+    /// Names of features whose write was dropped because a newer version (or an erasure) already covers it.
+    pub superseded: Vec<String>,
+}
+
+/// A typed error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ErrorReply {
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// Stable error codes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request is malformed in content (empty key, bad name, bad context, ...).
+    InvalidRequest,
+    /// A size limit was exceeded.
+    LimitExceeded,
+    /// A flag has too many siblings; resolve them by writing with the read context.
+    TooManySiblings,
+    /// The frame announced more bytes than the node accepts.
+    FrameTooLarge,
+    /// The frame's protocol version is not spoken here.
+    UnsupportedVersion,
+    /// The frame could not be decoded.
+    MalformedFrame,
+    /// A timestamp was too far in the future.
+    ClockSkew,
+    /// The feature exists with another kind.
+    KindMismatch,
+    /// A counter would overflow.
+    CounterOverflow,
+    /// The node could not make the write durable; it was not acknowledged and may or may not be applied.
+    Storage,
+    /// The node is shutting down or overloaded; retry elsewhere or later.
+    Unavailable,
+    /// A bug or unexpected condition on the node.
+    Internal,
+}
+
+/// A node's status.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// The node's software version.
+    pub version: String,
+    /// Milliseconds since the node started.
+    pub uptime_ms: u64,
+    /// Entities held.
+    pub entities: u64,
+    /// Storage engine (`sled` or `memory`).
+    pub storage: String,
+    /// Durability policy (`sync` or `periodic:<ms>`).
+    pub durability: String,
+    /// Bytes on disk.
+    pub disk_bytes: u64,
+    /// Counters: requests, errors by kind, flushes, ...
+    pub counters: Vec<(String, u64)>,
+}

@@ -1,0 +1,109 @@
+//! Gauge values: `f64 | i64 | bool | string`, with a total order used only to break ties deterministically.
+//!
+//! Guarantees: [`Value::total_cmp`] is a total order (floats by IEEE `total_cmp`), so two replicas holding
+//! different values under the same marker still converge to the same one. Non-finite floats are refused at
+//! the API boundary by [`Limits::check_value`](crate::limits::Limits::check_value).
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+/// The value of a gauge feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
+#[serde(untagged)]
+pub enum Value {
+    /// A boolean.
+    Bool(bool),
+    /// A signed 64-bit integer.
+    I64(i64),
+    /// A finite 64-bit float.
+    F64(f64),
+    /// A UTF-8 string, bounded by `max_value_bytes`.
+    Str(String),
+}
+
+impl Value {
+    fn rank(&self) -> u8 {
+        match self {
+            Value::Bool(_) => 0,
+            Value::I64(_) => 1,
+            Value::F64(_) => 2,
+            Value::Str(_) => 3,
+        }
+    }
+
+    /// A total order over all values (by type, then by value). Used only as a deterministic tie-break.
+    pub fn total_cmp(&self, other: &Value) -> Ordering {
+        match (self, other) {
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::I64(a), Value::I64(b)) => a.cmp(b),
+            (Value::F64(a), Value::F64(b)) => a.total_cmp(b),
+            (Value::Str(a), Value::Str(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+
+    /// Parses command-line text: `true`/`false`, an integer, a float, or else a string. Wrap the text in
+    /// double quotes to force a string (`"42"`).
+    pub fn parse_cli(text: &str) -> Value {
+        if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            return Value::Str(inner.to_owned());
+        }
+        match text {
+            "true" => return Value::Bool(true),
+            "false" => return Value::Bool(false),
+            _ => {}
+        }
+        if let Ok(i) = text.parse::<i64>() {
+            return Value::I64(i);
+        }
+        match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => Value::F64(f),
+            _ => Value::Str(text.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::I64(i) => write!(f, "{i}"),
+            Value::F64(x) => write!(f, "{x}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parsing_picks_the_narrowest_type() {
+        assert_eq!(Value::parse_cli("42.5"), Value::F64(42.5));
+        assert_eq!(Value::parse_cli("42"), Value::I64(42));
+        assert_eq!(Value::parse_cli("true"), Value::Bool(true));
+        assert_eq!(Value::parse_cli("\"42\""), Value::Str("42".into()));
+        assert_eq!(Value::parse_cli("gold"), Value::Str("gold".into()));
+        assert_eq!(Value::parse_cli("NaN"), Value::Str("NaN".into()));
+    }
+
+    #[test]
+    fn total_order_is_total() {
+        let vals = [
+            Value::Bool(true),
+            Value::I64(-1),
+            Value::F64(-0.0),
+            Value::F64(0.0),
+            Value::Str("a".into()),
+        ];
+        for a in &vals {
+            for b in &vals {
+                assert_eq!(a.total_cmp(b), b.total_cmp(a).reverse());
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The featurestore client.
+
+pub mod tls;

@@ -1,0 +1,147 @@
+//! Durable key → bytes storage for a node, and the durability policy that decides when writes are acked.
+//!
+//! # What it guarantees
+//!
+//! * [`Storage`] stores **opaque** byte records under byte keys. The node encodes its records itself
+//!   (including a format-version byte); this layer never interprets or decodes a value, so nothing read
+//!   from disk is ever unwrapped or trusted here.
+//! * A `put`/`remove` that returned before a [`Storage::flush`] call started is durable (fsynced) once that
+//!   `flush` returns `Ok`. Nothing is promised for writes that were not covered by a successful flush.
+//! * [`Durability`] turns that into an ack policy ([`DurabilityPolicy`]): in `sync` mode a write is acked
+//!   only after a flush covering it succeeded (group commit: many writers share one fsync); in `periodic`
+//!   mode writes are acked immediately and flushed every `interval_ms` (a crash may lose up to one interval).
+//!
+//! # How
+//!
+//! * [`SledStorage`] is the default engine: one sled `Db` with one tree, `"profiles"`, and sled's own
+//!   background flusher disabled, so the [`Durability`] flusher thread alone decides when to fsync.
+//! * [`MemoryStorage`] is a `Mutex<HashMap>` for tests and `storage = "memory"`; it is never durable.
+//! * Storage is read only at startup ([`Storage::load_all`]); hot-path reads are served from the node's
+//!   in-memory state.
+//!
+//! # Caveats
+//!
+//! * sled 0.34 describes itself as beta and has known disk-space growth; the trait boundary keeps a swap
+//!   to another engine (redb, fjall) a change to this module only.
+//! * sled flushes when the last handle is dropped; that drop blocks, so drop storage off the async
+//!   runtime (or after [`Durability::shutdown`], which already flushed).
+//! * `load_all` materialises every record in memory at once; that matches the node's design (the whole
+//!   state lives in memory anyway).
+
+mod durability;
+mod memory;
+mod sled_store;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+pub use durability::{Durability, DurabilityPolicy, DurabilityStats, WriteTicket};
+pub use memory::MemoryStorage;
+pub use sled_store::SledStorage;
+
+use crate::error::{Error, Result};
+
+/// Durable key → bytes storage.
+///
+/// Implementations must be safe to call from many threads at once. All methods are blocking; callers on
+/// an async runtime should keep `put`/`remove` short (they are for the engines used here) and must never
+/// call `flush` on a runtime thread — [`Durability`] runs flushes on its own thread.
+pub trait Storage: Send + Sync + 'static {
+    /// Every stored record, for rebuilding the in-memory state at startup (order unspecified).
+    fn load_all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Insert or replace one record. Not durable until a later `flush` returns.
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<()>;
+    /// Remove one record (absent is fine). Not durable until a later `flush` returns.
+    fn remove(&self, key: &[u8]) -> Result<()>;
+    /// Make every put/remove that returned before this call durable (fsync).
+    fn flush(&self) -> Result<()>;
+    /// Bytes used on disk (0 for memory).
+    fn disk_bytes(&self) -> Result<u64>;
+    /// Short name for logs/status ("sled" / "memory").
+    fn kind(&self) -> &'static str;
+}
+
+/// Which storage engine a node uses (config key `storage`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// The embedded sled engine, durable (the default).
+    #[default]
+    Sled,
+    /// In-memory only; everything is lost when the process exits. For tests and benchmarks.
+    Memory,
+}
+
+impl StorageKind {
+    /// The lowercase name used in config files, logs and [`Storage::kind`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageKind::Sled => "sled",
+            StorageKind::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for StorageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StorageKind {
+    type Err = Error;
+
+    /// Parses `"sled"` or `"memory"` (for environment and CLI overrides).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "sled" => Ok(StorageKind::Sled),
+            "memory" => Ok(StorageKind::Memory),
+            other => Err(Error::Config(format!(
+                "unknown storage kind {other:?} (expected \"sled\" or \"memory\")"
+            ))),
+        }
+    }
+}
+
+/// Opens the storage engine `kind` in directory `dir` (ignored for [`StorageKind::Memory`]).
+///
+/// Opening sled creates `dir` if needed and blocks while it recovers its log; call it before serving,
+/// or from a blocking context.
+pub fn open(kind: StorageKind, dir: &Path) -> Result<Arc<dyn Storage>> {
+    match kind {
+        StorageKind::Sled => Ok(Arc::new(SledStorage::open(dir)?)),
+        StorageKind::Memory => Ok(Arc::new(MemoryStorage::default())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn storage_kind_parses_and_prints() {
+        assert_eq!("sled".parse::<StorageKind>().unwrap(), StorageKind::Sled);
+        assert_eq!(
+            " memory ".parse::<StorageKind>().unwrap(),
+            StorageKind::Memory
+        );
+        assert!("rocks".parse::<StorageKind>().is_err());
+        assert_eq!(StorageKind::default(), StorageKind::Sled);
+        assert_eq!(StorageKind::Memory.to_string(), "memory");
+        let k: StorageKind = serde_json::from_str("\"memory\"").unwrap();
+        assert_eq!(k, StorageKind::Memory);
+    }
+
+    #[test]
+    fn memory_open_ignores_dir() {
+        let s = open(StorageKind::Memory, Path::new("/nonexistent/dir")).unwrap();
+        assert_eq!(s.kind(), "memory");
+        assert_eq!(s.disk_bytes().unwrap(), 0);
+    }
+}

@@ -1,0 +1,118 @@
+//! [`Storage`] on sled `=0.34.7`: one `Db`, one tree named `"profiles"`.
+//!
+//! # Guarantees
+//!
+//! A `put`/`remove` that returned before [`Storage::flush`] started survives a crash once `flush` returned
+//! `Ok`: `flush` calls `Db::flush`, which writes sled's dirty log buffers and fsyncs the file. sled's own
+//! periodic background flusher is disabled (`flush_every_ms(None)`), so durability follows the node's
+//! [`DurabilityPolicy`](super::DurabilityPolicy) only — nothing becomes durable behind its back "by
+//! accident" that a test could then wrongly rely on.
+//!
+//! # How
+//!
+//! Values are stored verbatim (opaque bytes); sled checksums its log, and the node's record encoding
+//! carries its own version byte. Every sled error is mapped to [`Error::Storage`] with what was being done.
+//!
+//! # Caveats
+//!
+//! * sled 0.34 is beta upstream and known for disk-space growth (segments are reclaimed lazily).
+//! * sled flushes (and blocks) when the last handle is dropped; dropping on an async runtime thread stalls it.
+//! * sled holds an exclusive lock on its directory: a second `open` of the same `dir` while the first is
+//!   alive fails.
+//! * Errors after an I/O failure: sled may stay in a failed state where every later operation errors.
+
+use std::path::{Path, PathBuf};
+
+use super::Storage;
+use crate::error::{Error, Result};
+
+/// Name of the one sled tree holding every record.
+const TREE: &str = "profiles";
+
+/// Storage on an embedded sled database.
+#[derive(Debug)]
+pub struct SledStorage {
+    db: sled::Db,
+    tree: sled::Tree,
+    dir: PathBuf,
+}
+
+impl SledStorage {
+    /// Opens (creating if needed) the sled database in `dir`.
+    ///
+    /// Blocks while sled recovers its log; run it at startup or in a blocking context.
+    pub fn open(dir: &Path) -> Result<SledStorage> {
+        // Mode: LowSpace (sled's default, chosen explicitly). Reads are served from the node's memory and
+        // writes are bounded by fsync latency under group commit, so sled's extra write throughput from
+        // HighThroughput buys little, while disk growth is sled's known weak spot (design §7, W7 measures
+        // disk bytes per profile). Note: in sled 0.34.7 the mode is recorded but no code path reads it
+        // yet, so this is a statement of intent for when it does.
+        //
+        // flush_every_ms(None): no sled background flusher; `Durability` decides when to fsync.
+        let config = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .flush_every_ms(None);
+        let db = config.open().map_err(|e| {
+            Error::Storage(format!("opening sled database in {}: {e}", dir.display()))
+        })?;
+        let tree = db.open_tree(TREE).map_err(|e| {
+            Error::Storage(format!("opening tree {TREE:?} in {}: {e}", dir.display()))
+        })?;
+        tracing::debug!(dir = %dir.display(), recovered = db.was_recovered(), "opened sled storage");
+        Ok(SledStorage {
+            db,
+            tree,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory this database lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn err(&self, what: &str, e: sled::Error) -> Error {
+        Error::Storage(format!("sled {what} in {}: {e}", self.dir.display()))
+    }
+}
+
+impl Storage for SledStorage {
+    fn load_all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        // Not `Vec::with_capacity(tree.len())`: sled's `len` is itself a full scan.
+        let mut out = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item.map_err(|e| self.err("scan", e))?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.tree
+            .insert(key, value)
+            .map(drop)
+            .map_err(|e| self.err("insert", e))
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<()> {
+        self.tree
+            .remove(key)
+            .map(drop)
+            .map_err(|e| self.err("remove", e))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map(drop).map_err(|e| self.err("flush", e))
+    }
+
+    fn disk_bytes(&self) -> Result<u64> {
+        self.db
+            .size_on_disk()
+            .map_err(|e| self.err("size_on_disk", e))
+    }
+
+    fn kind(&self) -> &'static str {
+        "sled"
+    }
+}
