@@ -81,12 +81,11 @@ pub fn parse_header(header: [u8; FRAME_HEADER_BYTES], max_frame_bytes: u32) -> R
 }
 
 fn decode_exact<T: Decode<()>>(bytes: &[u8], what: &'static str) -> Result<T> {
-    let (value, read) = bincode::decode_from_slice(bytes, bincode_config()).map_err(|e| {
-        Error::Malformed {
+    let (value, read) =
+        bincode::decode_from_slice(bytes, bincode_config()).map_err(|e| Error::Malformed {
             what,
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     if read != bytes.len() {
         return Err(Error::Malformed {
             what,
@@ -180,20 +179,32 @@ mod tests {
     fn oversized_and_foreign_frames_are_refused_from_the_header() {
         let mut header = [PROTOCOL_VERSION, 0, 0, 0, 0];
         header[1..].copy_from_slice(&(2_000_000u32).to_be_bytes());
-        assert!(matches!(parse_header(header, 1_000_000), Err(Error::FrameTooLarge { .. })));
+        assert!(matches!(
+            parse_header(header, 1_000_000),
+            Err(Error::FrameTooLarge { .. })
+        ));
         header[0] = 9;
-        assert!(matches!(parse_header(header, 1 << 30), Err(Error::UnsupportedVersion { got: 9, .. })));
+        assert!(matches!(
+            parse_header(header, 1 << 30),
+            Err(Error::UnsupportedVersion { got: 9, .. })
+        ));
     }
 
     #[test]
     fn a_huge_length_prefix_is_refused_before_allocation() {
         // Variant 1 = GetMany; then a varint length of u64::MAX for `keys`.
         let payload = [1u8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
-        assert!(matches!(decode_request(&payload), Err(Error::Malformed { .. })));
+        assert!(matches!(
+            decode_request(&payload),
+            Err(Error::Malformed { .. })
+        ));
         // Variant 0 = Get with a 1 TiB key.
         let mut payload = vec![0u8, 0xFD];
         payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(matches!(decode_request(&payload), Err(Error::Malformed { .. })));
+        assert!(matches!(
+            decode_request(&payload),
+            Err(Error::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -201,10 +212,16 @@ mod tests {
         let frame = encode_request(&sample()).expect("encodes");
         let mut payload = frame[FRAME_HEADER_BYTES..].to_vec();
         payload.push(0);
-        assert!(matches!(decode_request(&payload), Err(Error::Malformed { .. })));
+        assert!(matches!(
+            decode_request(&payload),
+            Err(Error::Malformed { .. })
+        ));
         // Get { key: [0xFF], features: None }
         let payload = [0u8, 1, 0xFF, 0];
-        assert!(matches!(decode_request(&payload), Err(Error::Malformed { .. })));
+        assert!(matches!(
+            decode_request(&payload),
+            Err(Error::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -291,7 +291,13 @@ mod tests {
         }
     }
 
-    fn write(reg: &mut FlagRegister, node: &str, ms: u64, value: bool, ctx: &CausalContext) -> Result<()> {
+    fn write(
+        reg: &mut FlagRegister,
+        node: &str,
+        ms: u64,
+        value: bool,
+        ctx: &CausalContext,
+    ) -> Result<()> {
         reg.write(FlagWrite {
             name: "f",
             value,
@@ -314,7 +320,11 @@ mod tests {
         let stale = reg.clock.clone();
         write(&mut reg, "n1", 2, false, &stale).expect("fits");
         write(&mut reg, "n1", 3, true, &stale).expect("fits");
-        assert_eq!(reg.siblings.len(), 2, "both writes based on the same stale read survive");
+        assert_eq!(
+            reg.siblings.len(),
+            2,
+            "both writes based on the same stale read survive"
+        );
         // A write with the context returned by a read replaces both.
         let read_ctx = reg.clock.clone();
         write(&mut reg, "n1", 4, false, &read_ctx).expect("fits");
@@ -356,7 +366,14 @@ mod tests {
         }
         let before = reg.clone();
         let err = write(&mut reg, "n1", 9, true, &empty);
-        assert!(matches!(err, Err(Error::TooManySiblings { count: 9, max: 8, .. })));
+        assert!(matches!(
+            err,
+            Err(Error::TooManySiblings {
+                count: 9,
+                max: 8,
+                ..
+            })
+        ));
         assert_eq!(reg, before);
         let ctx = reg.clock.clone();
         write(&mut reg, "n1", 10, true, &ctx).expect("a resolving write always fits");
@@ -367,7 +384,10 @@ mod tests {
     fn context_tokens_round_trip_and_reject_garbage() {
         let ctx: CausalContext = "n1:3,n2:1".parse().expect("valid");
         assert_eq!(ctx.to_string(), "n1:3,n2:1");
-        assert_eq!("".parse::<CausalContext>().expect("empty ok"), CausalContext::default());
+        assert_eq!(
+            "".parse::<CausalContext>().expect("empty ok"),
+            CausalContext::default()
+        );
         for bad in ["n1", "n1:x", "N1:3", "n1:3,,:2"] {
             assert!(bad.parse::<CausalContext>().is_err(), "{bad:?} accepted");
         }

@@ -267,8 +267,14 @@ mod tests {
     #[test]
     fn markers_break_timestamp_ties_by_node() {
         let ts = Timestamp::from_millis(5);
-        let a = Marker { ts, node: node("a") };
-        let b = Marker { ts, node: node("b") };
+        let a = Marker {
+            ts,
+            node: node("a"),
+        };
+        let b = Marker {
+            ts,
+            node: node("b"),
+        };
         assert!(a < b);
     }
 

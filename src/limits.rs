@@ -79,7 +79,9 @@ impl Limits {
         if (self.max_frame_bytes as usize) < floor {
             return Err(Error::InvalidLimit {
                 name: "max_frame_bytes",
-                reason: format!("must be at least {floor} to carry one maximal key, name and value"),
+                reason: format!(
+                    "must be at least {floor} to carry one maximal key, name and value"
+                ),
             });
         }
         Ok(())
@@ -173,13 +175,22 @@ mod tests {
     fn each_violation_has_its_own_error() {
         let l = Limits::default();
         assert_eq!(l.check_key(""), Err(Error::EmptyKey));
-        assert!(matches!(l.check_key(&"k".repeat(257)), Err(Error::KeyTooLong { len: 257, .. })));
+        assert!(matches!(
+            l.check_key(&"k".repeat(257)),
+            Err(Error::KeyTooLong { len: 257, .. })
+        ));
         assert!(matches!(
             l.check_feature_name(&"f".repeat(129)),
             Err(Error::FeatureNameTooLong { .. })
         ));
-        assert!(matches!(l.check_feature_name("a b"), Err(Error::InvalidFeatureName { .. })));
-        assert!(matches!(l.check_feature_name(""), Err(Error::InvalidFeatureName { .. })));
+        assert!(matches!(
+            l.check_feature_name("a b"),
+            Err(Error::InvalidFeatureName { .. })
+        ));
+        assert!(matches!(
+            l.check_feature_name(""),
+            Err(Error::InvalidFeatureName { .. })
+        ));
         assert!(matches!(
             l.check_value("f", &Value::Str("x".repeat(4097))),
             Err(Error::ValueTooLarge { .. })
@@ -188,9 +199,18 @@ mod tests {
             l.check_value("f", &Value::F64(f64::NAN)),
             Err(Error::NonFiniteValue { .. })
         ));
-        assert!(matches!(l.check_batch(1001, "keys"), Err(Error::BatchTooLarge { .. })));
-        assert!(matches!(l.check_batch(0, "keys"), Err(Error::EmptyBatch { .. })));
-        assert!(matches!(l.check_feature_count(1025), Err(Error::TooManyFeatures { .. })));
+        assert!(matches!(
+            l.check_batch(1001, "keys"),
+            Err(Error::BatchTooLarge { .. })
+        ));
+        assert!(matches!(
+            l.check_batch(0, "keys"),
+            Err(Error::EmptyBatch { .. })
+        ));
+        assert!(matches!(
+            l.check_feature_count(1025),
+            Err(Error::TooManyFeatures { .. })
+        ));
         assert_eq!(l.check_feature_name("cart_value:30m.v-2"), Ok(()));
     }
 
@@ -200,11 +220,23 @@ mod tests {
             max_siblings: 0,
             ..Limits::default()
         };
-        assert!(matches!(l.validate(), Err(Error::InvalidLimit { name: "max_siblings", .. })));
+        assert!(matches!(
+            l.validate(),
+            Err(Error::InvalidLimit {
+                name: "max_siblings",
+                ..
+            })
+        ));
         let l = Limits {
             max_frame_bytes: 100,
             ..Limits::default()
         };
-        assert!(matches!(l.validate(), Err(Error::InvalidLimit { name: "max_frame_bytes", .. })));
+        assert!(matches!(
+            l.validate(),
+            Err(Error::InvalidLimit {
+                name: "max_frame_bytes",
+                ..
+            })
+        ));
     }
 }

@@ -76,6 +76,21 @@ pub struct GaugeUpdate<'a> {
     pub expires_at_ms: Option<u64>,
 }
 
+/// A flag write inside a [`Profile::set_flag`] call.
+#[derive(Debug, Clone)]
+pub struct FlagUpdate<'a> {
+    /// Feature name.
+    pub name: &'a str,
+    /// New value.
+    pub value: bool,
+    /// The causal context of the read the write is based on.
+    pub context: &'a CausalContext,
+    /// The marker the coordinator stamped.
+    pub marker: Marker,
+    /// Expiry, if it has a TTL.
+    pub expires_at_ms: Option<u64>,
+}
+
 /// What became of a gauge write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -217,28 +232,19 @@ impl Profile {
 
     /// Writes a flag with the causal context of the read it is based on. `now_ms` drops expired siblings
     /// first so they do not count against the sibling bound.
-    pub fn set_flag(
-        &mut self,
-        name: &str,
-        value: bool,
-        context: &CausalContext,
-        marker: Marker,
-        expires_at_ms: Option<u64>,
-        now_ms: u64,
-        limits: &Limits,
-    ) -> Result<()> {
-        self.check_write(std::iter::once(name), FeatureKind::Flag, limits)?;
-        let mut reg = self.flags.get(name).cloned().unwrap_or_default();
+    pub fn set_flag(&mut self, update: FlagUpdate<'_>, now_ms: u64, limits: &Limits) -> Result<()> {
+        self.check_write(std::iter::once(update.name), FeatureKind::Flag, limits)?;
+        let mut reg = self.flags.get(update.name).cloned().unwrap_or_default();
         reg.expire(now_ms);
         reg.write(FlagWrite {
-            name,
-            value,
-            context,
-            marker,
-            expires_at_ms,
+            name: update.name,
+            value: update.value,
+            context: update.context,
+            marker: update.marker,
+            expires_at_ms: update.expires_at_ms,
             max_siblings: limits.max_siblings,
         })?;
-        self.flags.insert(name.to_owned(), reg);
+        self.flags.insert(update.name.to_owned(), reg);
         Ok(())
     }
 
@@ -455,21 +461,66 @@ mod tests {
     /// One step of a random history over three replicas.
     #[derive(Debug, Clone)]
     enum Step {
-        Put { at: usize, name: usize, value: i64, ttl: Option<u64> },
-        Incr { at: usize, name: usize, delta: i64 },
-        Flag { at: usize, name: usize, value: bool, context_from: Option<usize> },
-        Erase { at: usize },
-        Sync { from: usize, to: usize },
-        Tick { ms: u64 },
+        Put {
+            at: usize,
+            name: usize,
+            value: i64,
+            ttl: Option<u64>,
+        },
+        Incr {
+            at: usize,
+            name: usize,
+            delta: i64,
+        },
+        Flag {
+            at: usize,
+            name: usize,
+            value: bool,
+            context_from: Option<usize>,
+        },
+        Erase {
+            at: usize,
+        },
+        Sync {
+            from: usize,
+            to: usize,
+        },
+        Tick {
+            ms: u64,
+        },
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            (0..3usize, 0..3usize, -5i64..5, proptest::option::of(0u64..30))
-                .prop_map(|(at, name, value, ttl)| Step::Put { at, name, value, ttl }),
-            (0..3usize, 0..3usize, -5i64..5).prop_map(|(at, name, delta)| Step::Incr { at, name, delta }),
-            (0..3usize, 0..3usize, any::<bool>(), proptest::option::of(0..3usize))
-                .prop_map(|(at, name, value, context_from)| Step::Flag { at, name, value, context_from }),
+            (
+                0..3usize,
+                0..3usize,
+                -5i64..5,
+                proptest::option::of(0u64..30)
+            )
+                .prop_map(|(at, name, value, ttl)| Step::Put {
+                    at,
+                    name,
+                    value,
+                    ttl
+                }),
+            (0..3usize, 0..3usize, -5i64..5).prop_map(|(at, name, delta)| Step::Incr {
+                at,
+                name,
+                delta
+            }),
+            (
+                0..3usize,
+                0..3usize,
+                any::<bool>(),
+                proptest::option::of(0..3usize)
+            )
+                .prop_map(|(at, name, value, context_from)| Step::Flag {
+                    at,
+                    name,
+                    value,
+                    context_from
+                }),
             (0..3usize).prop_map(|at| Step::Erase { at }),
             (0..3usize, 0..3usize).prop_map(|(from, to)| Step::Sync { from, to }),
             (0u64..20).prop_map(|ms| Step::Tick { ms }),
@@ -479,28 +530,52 @@ mod tests {
     /// Plays a history and returns the three replicas' states. Writes that the limits refuse (kind
     /// mismatches, sibling bound) are skipped, as a node would refuse them.
     fn play(steps: &[Step]) -> [Profile; 3] {
-        let limits = Limits { max_siblings: 4, ..Limits::default() };
+        let limits = Limits {
+            max_siblings: 4,
+            ..Limits::default()
+        };
         let mut clocks: Vec<Clock> = (0..3).map(|i| Clock::new(node(i), 1_000)).collect();
         let mut reps: [Profile; 3] = Default::default();
         let mut now = 1_000u64;
         for s in steps {
             match s.clone() {
-                Step::Put { at, name, value, ttl } => {
+                Step::Put {
+                    at,
+                    name,
+                    value,
+                    ttl,
+                } => {
                     let m = clocks[at].stamp(now);
                     let v = Value::I64(value);
-                    let u = GaugeUpdate { name: NAMES[name], value: &v, expires_at_ms: ttl.map(|t| now + t) };
+                    let u = GaugeUpdate {
+                        name: NAMES[name],
+                        value: &v,
+                        expires_at_ms: ttl.map(|t| now + t),
+                    };
                     let _ = reps[at].put_gauges(&[u], &m, &limits);
                 }
                 Step::Incr { at, name, delta } => {
                     let ts = clocks[at].tick(now);
                     let _ = reps[at].increment(&[(NAMES[name], delta)], &node(at), ts, &limits);
                 }
-                Step::Flag { at, name, value, context_from } => {
+                Step::Flag {
+                    at,
+                    name,
+                    value,
+                    context_from,
+                } => {
                     let ctx = context_from
                         .and_then(|r| reps[r].flags.get(NAMES[name]).map(|f| f.clock.clone()))
                         .unwrap_or_default();
                     let m = clocks[at].stamp(now);
-                    let _ = reps[at].set_flag(NAMES[name], value, &ctx, m, None, now, &limits);
+                    let u = FlagUpdate {
+                        name: NAMES[name],
+                        value,
+                        context: &ctx,
+                        marker: m,
+                        expires_at_ms: None,
+                    };
+                    let _ = reps[at].set_flag(u, now, &limits);
                 }
                 Step::Erase { at } => {
                     let m = clocks[at].stamp(now);
@@ -575,7 +650,10 @@ mod tests {
     }
 
     fn marker(ms: u64) -> Marker {
-        Marker { ts: Timestamp::from_millis(ms), node: node(0) }
+        Marker {
+            ts: Timestamp::from_millis(ms),
+            node: node(0),
+        }
     }
 
     #[test]
@@ -583,9 +661,14 @@ mod tests {
         let limits = Limits::default();
         let mut p = Profile::default();
         let v = Value::F64(1.0);
-        let u = [GaugeUpdate { name: "a", value: &v, expires_at_ms: None }];
+        let u = [GaugeUpdate {
+            name: "a",
+            value: &v,
+            expires_at_ms: None,
+        }];
         p.put_gauges(&u, &marker(10), &limits).expect("valid");
-        p.increment(&[("n", 3)], &node(0), Timestamp::from_millis(11), &limits).expect("valid");
+        p.increment(&[("n", 3)], &node(0), Timestamp::from_millis(11), &limits)
+            .expect("valid");
         p.erase(marker(20));
         assert_eq!(p.view(0, None), None);
         let out = p.put_gauges(&u, &marker(15), &limits).expect("valid");
@@ -598,19 +681,45 @@ mod tests {
 
     #[test]
     fn a_refused_multi_feature_write_changes_nothing() {
-        let limits = Limits { max_features_per_entity: 2, ..Limits::default() };
+        let limits = Limits {
+            max_features_per_entity: 2,
+            ..Limits::default()
+        };
         let mut p = Profile::default();
         let v = Value::Bool(true);
-        let u = |name| GaugeUpdate { name, value: &v, expires_at_ms: None };
+        let u = |name| GaugeUpdate {
+            name,
+            value: &v,
+            expires_at_ms: None,
+        };
         p.put_gauges(&[u("a")], &marker(1), &limits).expect("fits");
         let err = p.put_gauges(&[u("b"), u("c")], &marker(2), &limits);
-        assert!(matches!(err, Err(Error::TooManyFeatures { count: 3, max: 2 })));
+        assert!(matches!(
+            err,
+            Err(Error::TooManyFeatures { count: 3, max: 2 })
+        ));
         assert_eq!(p.gauges.len(), 1);
-        let err = p.increment(&[("x", 1), ("a", 1)], &node(0), Timestamp::from_millis(3), &limits);
+        let err = p.increment(
+            &[("x", 1), ("a", 1)],
+            &node(0),
+            Timestamp::from_millis(3),
+            &limits,
+        );
         assert!(matches!(err, Err(Error::KindMismatch { .. })));
         assert!(p.counters.is_empty());
-        p.increment(&[("x", i64::MAX)], &node(0), Timestamp::from_millis(4), &limits).expect("fits");
-        let err = p.increment(&[("x", i64::MAX), ("x", i64::MAX), ("x", 2)], &node(0), Timestamp::from_millis(5), &limits);
+        p.increment(
+            &[("x", i64::MAX)],
+            &node(0),
+            Timestamp::from_millis(4),
+            &limits,
+        )
+        .expect("fits");
+        let err = p.increment(
+            &[("x", i64::MAX), ("x", i64::MAX), ("x", 2)],
+            &node(0),
+            Timestamp::from_millis(5),
+            &limits,
+        );
         assert!(matches!(err, Err(Error::CounterOverflow { .. })));
         assert_eq!(p.counters["x"].value(), i64::MAX);
     }
@@ -620,14 +729,25 @@ mod tests {
         let limits = Limits::default();
         let mut p = Profile::default();
         let v = Value::I64(7);
-        p.put_gauges(&[GaugeUpdate { name: "a", value: &v, expires_at_ms: Some(100) }], &marker(1), &limits)
-            .expect("valid");
+        p.put_gauges(
+            &[GaugeUpdate {
+                name: "a",
+                value: &v,
+                expires_at_ms: Some(100),
+            }],
+            &marker(1),
+            &limits,
+        )
+        .expect("valid");
         let live = p.clone();
         assert!(p.view(99, None).is_some());
         assert_eq!(p.view(100, None), None);
         assert!(p.expire(100));
         p.merge(&live);
-        assert_eq!(p.gauges["a"].value, None, "replication cannot resurrect an expired value");
+        assert_eq!(
+            p.gauges["a"].value, None,
+            "replication cannot resurrect an expired value"
+        );
     }
 
     #[test]
@@ -636,8 +756,16 @@ mod tests {
         let mut p = Profile::default();
         let v = Value::I64(1);
         let u = [
-            GaugeUpdate { name: "a", value: &v, expires_at_ms: None },
-            GaugeUpdate { name: "b", value: &v, expires_at_ms: None },
+            GaugeUpdate {
+                name: "a",
+                value: &v,
+                expires_at_ms: None,
+            },
+            GaugeUpdate {
+                name: "b",
+                value: &v,
+                expires_at_ms: None,
+            },
         ];
         p.put_gauges(&u, &marker(1), &limits).expect("valid");
         let view = p.view(0, Some(&["b".to_owned()])).expect("visible");
