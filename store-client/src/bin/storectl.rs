@@ -1,1 +1,445 @@
-fn main(){}
+//! `storectl`: the featurestore command-line client.
+//!
+//! ```text
+//! storectl --config client.toml get user-42 --features cart_value,vip
+//! storectl --config client.toml get-many user-1 user-2
+//! storectl --config client.toml put user-42 cart_value=42.5 plan='"pro"' --ttl-ms 60000
+//! storectl --config client.toml incr user-42 page_views=1 credits=-5
+//! storectl --config client.toml flag user-42 vip=true --context n1:3,n2:1
+//! storectl --config client.toml erase user-42
+//! storectl --config client.toml status
+//! ```
+//!
+//! Every answer is printed as pretty JSON on stdout. Errors go to stderr as `error: ...` (including the
+//! node's error code for refused requests) with exit code 1; usage errors exit with code 2. The
+//! configuration path may also come from `FEATURESTORE_CLIENT_CONFIG`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use serde_json::json;
+use store_client::{CausalContext, Client, ClientConfig, GaugeWrite, Value};
+
+/// The featurestore command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "storectl", version, about)]
+struct Cli {
+    /// Client configuration file (TOML).
+    #[arg(long, env = "FEATURESTORE_CLIENT_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read one entity; prints its profile, or `null` if nothing is visible.
+    Get {
+        /// The entity key.
+        key: String,
+        /// Only these features (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+        features: Option<Vec<String>>,
+    },
+    /// Read several entities; prints a JSON array in key order.
+    GetMany {
+        /// The entity keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Only these features (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+        features: Option<Vec<String>>,
+    },
+    /// Write gauges: `name=value` (true/false, an integer, a float, else a string; `"42"` forces a string).
+    Put {
+        /// The entity key.
+        key: String,
+        /// `name=value` pairs.
+        #[arg(required = true, value_parser = parse_gauge, value_name = "NAME=VALUE")]
+        gauges: Vec<(String, Value)>,
+        /// Time to live of every written gauge, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        ttl_ms: Option<u64>,
+        /// Event time (Unix milliseconds) instead of the node's clock.
+        #[arg(long, value_name = "MS")]
+        timestamp_ms: Option<u64>,
+    },
+    /// Add to counters: `name=delta`; prints each counter's new value.
+    Incr {
+        /// The entity key.
+        key: String,
+        /// `name=delta` pairs (delta is a signed integer).
+        #[arg(required = true, value_parser = parse_delta, value_name = "NAME=DELTA", allow_negative_numbers = true)]
+        deltas: Vec<(String, i64)>,
+    },
+    /// Write a flag: `name=true|false`; prints its siblings and the context to write back.
+    Flag {
+        /// The entity key.
+        key: String,
+        /// `name=true` or `name=false`.
+        #[arg(value_parser = parse_flag, value_name = "NAME=BOOL")]
+        flag: (String, bool),
+        /// Causal context from the last read of the flag (`node:counter,...`); empty if none.
+        #[arg(long, value_parser = parse_context, value_name = "TOKEN")]
+        context: Option<CausalContext>,
+        /// Time to live, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        ttl_ms: Option<u64>,
+    },
+    /// Erase an entity for good; prints the erasure watermark.
+    Erase {
+        /// The entity key.
+        key: String,
+    },
+    /// Print the connected node's status.
+    Status,
+}
+
+/// Splits `name=value` at the first `=`; the name must be non-empty.
+fn split_pair(pair: &str) -> Result<(&str, &str), String> {
+    match pair.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name, value)),
+        _ => Err(format!("expected NAME=VALUE, got {pair:?}")),
+    }
+}
+
+fn parse_gauge(pair: &str) -> Result<(String, Value), String> {
+    let (name, value) = split_pair(pair)?;
+    Ok((name.to_owned(), Value::parse_cli(value)))
+}
+
+fn parse_delta(pair: &str) -> Result<(String, i64), String> {
+    let (name, delta) = split_pair(pair)?;
+    let delta = delta
+        .parse()
+        .map_err(|_| format!("delta of {name:?} must be a signed integer, got {delta:?}"))?;
+    Ok((name.to_owned(), delta))
+}
+
+fn parse_flag(pair: &str) -> Result<(String, bool), String> {
+    let (name, value) = split_pair(pair)?;
+    let value = match value {
+        "true" => true,
+        "false" => false,
+        other => {
+            return Err(format!(
+                "flag {name:?} must be true or false, got {other:?}"
+            ))
+        }
+    };
+    Ok((name.to_owned(), value))
+}
+
+fn parse_context(token: &str) -> Result<CausalContext, String> {
+    token
+        .parse()
+        .map_err(|e: featurestore::Error| e.to_string())
+}
+
+fn pretty<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<String> {
+    serde_json::to_string_pretty(value).context("cannot render the answer as JSON")
+}
+
+fn names(features: &Option<Vec<String>>) -> Option<Vec<&str>> {
+    features
+        .as_ref()
+        .map(|names| names.iter().map(String::as_str).collect())
+}
+
+/// Runs one command and returns what to print.
+async fn execute(client: &Client, command: Command) -> anyhow::Result<String> {
+    match command {
+        Command::Get { key, features } => {
+            let features = names(&features);
+            let profile = client.get(&key, features.as_deref()).await?;
+            pretty(&profile)
+        }
+        Command::GetMany { keys, features } => {
+            let features = names(&features);
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let profiles = client.get_many(&keys, features.as_deref()).await?;
+            pretty(&profiles)
+        }
+        Command::Put {
+            key,
+            gauges,
+            ttl_ms,
+            timestamp_ms,
+        } => {
+            let writes = gauges
+                .into_iter()
+                .map(|(name, value)| GaugeWrite {
+                    name,
+                    value,
+                    ttl_ms,
+                })
+                .collect();
+            let ack = client.put_with(&key, writes, timestamp_ms).await?;
+            pretty(&json!({ "version": ack.version, "superseded": ack.superseded }))
+        }
+        Command::Incr { key, deltas } => {
+            let pairs: Vec<(&str, i64)> = deltas.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+            let values = client.increment(&key, &pairs).await?;
+            let map: serde_json::Map<String, serde_json::Value> = deltas
+                .into_iter()
+                .zip(values)
+                .map(|((name, _), value)| (name, json!(value)))
+                .collect();
+            pretty(&map)
+        }
+        Command::Flag {
+            key,
+            flag: (name, value),
+            context,
+            ttl_ms,
+        } => {
+            let context = context.unwrap_or_default();
+            let view = client
+                .set_flag(&key, &name, value, &context, ttl_ms)
+                .await?;
+            pretty(&view)
+        }
+        Command::Erase { key } => {
+            let watermark = client.erase(&key).await?;
+            pretty(&json!({ "watermark": watermark }))
+        }
+        Command::Status => pretty(&client.status().await?),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<String> {
+    let config = ClientConfig::load(&cli.config)?;
+    let client = Client::connect(config).await?;
+    let result = execute(&client, cli.command).await;
+    client.close().await;
+    result
+}
+
+/// The error and its causes, joined with `: `, skipping causes whose text is already shown (library errors
+/// often repeat their source in their own message).
+fn report(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec!["storectl", "--config", "client.toml"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pairs_are_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_gauge("cart_value=42.5").unwrap(),
+            ("cart_value".to_owned(), Value::F64(42.5))
+        );
+        assert_eq!(
+            parse_gauge("url=a=b").unwrap(),
+            ("url".to_owned(), Value::Str("a=b".into()))
+        );
+        assert_eq!(
+            parse_gauge("plan=\"42\"").unwrap(),
+            ("plan".to_owned(), Value::Str("42".into()))
+        );
+        assert_eq!(
+            parse_gauge("empty=").unwrap(),
+            ("empty".to_owned(), Value::Str(String::new()))
+        );
+        assert_eq!(
+            parse_delta("credits=-5").unwrap(),
+            ("credits".to_owned(), -5)
+        );
+        assert_eq!(parse_flag("vip=false").unwrap(), ("vip".to_owned(), false));
+    }
+
+    #[test]
+    fn bad_pairs_are_errors() {
+        assert!(parse_gauge("no_equals").is_err());
+        assert!(parse_gauge("=5").is_err());
+        assert!(parse_delta("n=1.5").is_err());
+        assert!(parse_delta("n=abc").is_err());
+        assert!(parse_flag("vip=yes").is_err());
+        assert!(parse_context("n1:x").is_err());
+        assert_eq!(parse_context("n2:1,n1:3").unwrap().to_string(), "n1:3,n2:1");
+    }
+
+    #[test]
+    fn put_parses_pairs_and_options() {
+        let cli = parse(&[
+            "put",
+            "user-42",
+            "cart_value=42.5",
+            "vip=true",
+            "--ttl-ms",
+            "1000",
+            "--timestamp-ms",
+            "1700000000000",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, PathBuf::from("client.toml"));
+        match cli.command {
+            Command::Put {
+                key,
+                gauges,
+                ttl_ms,
+                timestamp_ms,
+            } => {
+                assert_eq!(key, "user-42");
+                assert_eq!(
+                    gauges,
+                    vec![
+                        ("cart_value".to_owned(), Value::F64(42.5)),
+                        ("vip".to_owned(), Value::Bool(true)),
+                    ]
+                );
+                assert_eq!(ttl_ms, Some(1000));
+                assert_eq!(timestamp_ms, Some(1_700_000_000_000));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn incr_accepts_negative_deltas() {
+        let cli = parse(&["incr", "u1", "a=1", "b=-2"]).unwrap();
+        match cli.command {
+            Command::Incr { key, deltas } => {
+                assert_eq!(key, "u1");
+                assert_eq!(deltas, vec![("a".to_owned(), 1), ("b".to_owned(), -2)]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_and_flag_options() {
+        match parse(&["get", "u1", "--features", "a,b"]).unwrap().command {
+            Command::Get { key, features } => {
+                assert_eq!(key, "u1");
+                assert_eq!(features, Some(vec!["a".to_owned(), "b".to_owned()]));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&["get-many", "u1", "u2"]).unwrap().command {
+            Command::GetMany { keys, features } => {
+                assert_eq!(keys, vec!["u1".to_owned(), "u2".to_owned()]);
+                assert_eq!(features, None);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&[
+            "flag",
+            "u1",
+            "vip=true",
+            "--context",
+            "n1:3,n2:1",
+            "--ttl-ms",
+            "5",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Flag {
+                key,
+                flag,
+                context,
+                ttl_ms,
+            } => {
+                assert_eq!(key, "u1");
+                assert_eq!(flag, ("vip".to_owned(), true));
+                assert_eq!(context.unwrap().to_string(), "n1:3,n2:1");
+                assert_eq!(ttl_ms, Some(5));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            parse(&["status"]).unwrap().command,
+            Command::Status
+        ));
+        assert!(matches!(
+            parse(&["erase", "u1"]).unwrap().command,
+            Command::Erase { .. }
+        ));
+    }
+
+    #[test]
+    fn error_reports_skip_repeated_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let tls = store_client::tls::TlsError::Read {
+            path: "ca.pem".into(),
+            source: io,
+        };
+        let error = anyhow::Error::from(store_client::Error::from(tls)).context("connecting");
+        assert_eq!(report(&error), "connecting: TLS: cannot read ca.pem: gone");
+    }
+
+    #[test]
+    fn usage_errors() {
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(kind(&["put", "u1", "novalue"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["incr", "u1", "a=x"]), ErrorKind::ValueValidation);
+        assert_eq!(
+            kind(&["flag", "u1", "vip=maybe"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["flag", "u1", "vip=true", "--context", "bogus"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(kind(&["put", "u1"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind(&["get-many"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind(&["frobnicate"]), ErrorKind::InvalidSubcommand);
+        assert_eq!(parse(&["put", "u1", "novalue"]).unwrap_err().exit_code(), 2);
+    }
+}

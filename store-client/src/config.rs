@@ -1,0 +1,369 @@
+//! Client configuration: where the cluster is and which certificates to present.
+//!
+//! A configuration is a TOML file loaded with [`ClientConfig::load`]:
+//!
+//! ```toml
+//! ca_cert = "certs/ca.pem"            # the cluster CA, the only trust root
+//! cert = "certs/client-app.pem"       # this client's certificate (chain, leaf first)
+//! key = "certs/client-app.key"        # its private key (PKCS#8, PKCS#1 or SEC1, unencrypted)
+//! request_timeout_ms = 5000           # optional, default 5000: bound on one request attempt
+//! connect_timeout_ms = 5000           # optional, default 5000: bound on one handshake
+//! max_frame_bytes = 16777216          # optional: largest response payload accepted
+//!
+//! [[nodes]]                           # tried in order until one handshake succeeds
+//! name = "n1"                         # node id; the certificate must name n1.node.featurestore
+//! addr = "127.0.0.1:7401"             # IP socket address (host names are not resolved)
+//!
+//! [transport]                         # optional, QUIC limits (see tls::TransportLimits)
+//! idle_timeout_ms = 30000
+//! ```
+//!
+//! Guarantees:
+//! - Unknown keys are an error (`deny_unknown_fields`), here and in `[transport]`, so a typo is never
+//!   silently ignored.
+//! - Relative certificate paths are resolved against the directory of the configuration file, so a
+//!   configuration works from any working directory.
+//! - [`ClientConfig::validate`] (run by `load` and by [`Client::connect`](crate::Client::connect)) rejects
+//!   an empty node list, invalid node names, zero timeouts and frame limits outside
+//!   `1..=FRAME_BYTES_CEILING`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use featurestore::limits::FRAME_BYTES_CEILING;
+use featurestore::NodeId;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::tls::TransportLimits;
+
+/// Default for [`ClientConfig::request_timeout_ms`] and [`ClientConfig::connect_timeout_ms`].
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+
+/// The DNS suffix of node certificates: node `n1` presents a certificate for `n1.node.featurestore`.
+pub const NODE_NAME_SUFFIX: &str = "node.featurestore";
+
+/// Largest configuration file that will be read, in bytes (stops a wrong path from being read whole).
+const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+
+/// One node the client may connect to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddr {
+    /// The node id (`[a-z0-9-]`, 1 to 63 characters); its certificate names `<name>.node.featurestore`.
+    pub name: String,
+    /// The node's client-facing QUIC address.
+    pub addr: SocketAddr,
+}
+
+impl NodeAddr {
+    /// A node named `name` listening on `addr`.
+    pub fn new(name: impl Into<String>, addr: SocketAddr) -> Self {
+        NodeAddr {
+            name: name.into(),
+            addr,
+        }
+    }
+
+    /// The TLS server name the node's certificate must carry: `<name>.node.featurestore`.
+    pub fn server_name(&self) -> String {
+        format!("{}.{NODE_NAME_SUFFIX}", self.name)
+    }
+}
+
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+
+fn default_max_frame_bytes() -> u32 {
+    FRAME_BYTES_CEILING
+}
+
+/// Everything [`Client::connect`](crate::Client::connect) needs.
+///
+/// Build it with [`ClientConfig::load`] from a TOML file, or with [`ClientConfig::new`] and struct update
+/// syntax in code.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// PEM file of the cluster CA (the only trust root).
+    pub ca_cert: PathBuf,
+    /// PEM file of this client's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file of this client's private key.
+    pub key: PathBuf,
+    /// Bound on one request attempt (open stream, send, receive), in milliseconds. Default 5000.
+    #[serde(default = "default_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Bound on one connection handshake, in milliseconds (per node tried). Default 5000.
+    #[serde(default = "default_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Largest response payload accepted, in bytes; checked before anything is allocated. Default (and
+    /// maximum) [`FRAME_BYTES_CEILING`].
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: u32,
+    /// The nodes, tried in order when (re)connecting.
+    pub nodes: Vec<NodeAddr>,
+    /// QUIC transport limits.
+    #[serde(default)]
+    pub transport: TransportLimits,
+}
+
+impl ClientConfig {
+    /// A configuration with the given certificates and nodes and default timeouts and limits.
+    pub fn new(
+        ca_cert: impl Into<PathBuf>,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        nodes: Vec<NodeAddr>,
+    ) -> Self {
+        ClientConfig {
+            ca_cert: ca_cert.into(),
+            cert: cert.into(),
+            key: key.into(),
+            request_timeout_ms: DEFAULT_TIMEOUT_MS,
+            connect_timeout_ms: DEFAULT_TIMEOUT_MS,
+            max_frame_bytes: FRAME_BYTES_CEILING,
+            nodes,
+            transport: TransportLimits::default(),
+        }
+    }
+
+    /// Reads, parses and validates a TOML configuration file. Relative certificate paths are resolved
+    /// against the directory that holds the file.
+    ///
+    /// Errors: [`Error::Config`] if the file cannot be read, is not valid TOML, has unknown or missing
+    /// keys, or fails [`ClientConfig::validate`].
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), store_client::Error> {
+    /// let config = store_client::ClientConfig::load("client.toml")?;
+    /// println!("{} nodes", config.nodes.len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = read_bounded(path)?;
+        let base = path.parent().unwrap_or_else(|| Path::new(""));
+        Self::from_toml(&text, base)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), config_detail(&e))))
+    }
+
+    /// Parses and validates a TOML configuration; relative certificate paths are resolved against
+    /// `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self> {
+        let mut config: ClientConfig =
+            toml::from_str(text).map_err(|e| Error::Config(e.to_string().trim_end().to_owned()))?;
+        for p in [&mut config.ca_cert, &mut config.cert, &mut config.key] {
+            if p.is_relative() {
+                *p = base_dir.join(&*p);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that the configuration is usable (certificate files are only read when connecting).
+    pub fn validate(&self) -> Result<()> {
+        if self.nodes.is_empty() {
+            return Err(Error::Config(
+                "no nodes configured: add at least one [[nodes]] entry".into(),
+            ));
+        }
+        for node in &self.nodes {
+            NodeId::new(node.name.as_str())
+                .map_err(|e| Error::Config(format!("node {:?}: {e}", node.name)))?;
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(Error::Config(
+                "request_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(Error::Config(
+                "connect_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if self.max_frame_bytes == 0 || self.max_frame_bytes > FRAME_BYTES_CEILING {
+            return Err(Error::Config(format!(
+                "max_frame_bytes must be between 1 and {FRAME_BYTES_CEILING}"
+            )));
+        }
+        self.transport
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// [`ClientConfig::request_timeout_ms`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// [`ClientConfig::connect_timeout_ms`] as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// The message of a config error without the `client configuration:` prefix, to wrap it with a path.
+fn config_detail(e: &Error) -> String {
+    match e {
+        Error::Config(msg) => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let fail = |e: std::io::Error| Error::Config(format!("cannot read {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(fail)?;
+    if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(Error::Config(format!(
+            "{} is larger than {MAX_CONFIG_FILE_BYTES} bytes",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const MINIMAL: &str = r#"
+ca_cert = "certs/ca.pem"
+cert = "certs/client-app.pem"
+key = "/abs/client-app.key"
+
+[[nodes]]
+name = "n1"
+addr = "127.0.0.1:7401"
+
+[[nodes]]
+name = "n2"
+addr = "[::1]:7402"
+"#;
+
+    #[test]
+    fn relative_paths_resolve_against_the_file_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let config = ClientConfig::load(&path).unwrap();
+        assert_eq!(config.ca_cert, dir.path().join("certs/ca.pem"));
+        assert_eq!(config.cert, dir.path().join("certs/client-app.pem"));
+        assert_eq!(config.key, PathBuf::from("/abs/client-app.key"));
+        assert_eq!(config.request_timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(config.connect_timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(config.max_frame_bytes, FRAME_BYTES_CEILING);
+        assert_eq!(config.transport, TransportLimits::default());
+        assert_eq!(
+            config.nodes,
+            vec![
+                NodeAddr::new("n1", "127.0.0.1:7401".parse().unwrap()),
+                NodeAddr::new("n2", "[::1]:7402".parse().unwrap()),
+            ]
+        );
+        assert_eq!(config.nodes[0].server_name(), "n1.node.featurestore");
+    }
+
+    #[test]
+    fn optional_keys_and_transport_are_read() {
+        let text = format!(
+            "request_timeout_ms = 250\nconnect_timeout_ms = 100\nmax_frame_bytes = 65536\n{MINIMAL}\n[transport]\nkeep_alive_ms = 1000\n"
+        );
+        let config = ClientConfig::from_toml(&text, Path::new("/etc")).unwrap();
+        assert_eq!(config.request_timeout(), Duration::from_millis(250));
+        assert_eq!(config.connect_timeout(), Duration::from_millis(100));
+        assert_eq!(config.max_frame_bytes, 65536);
+        assert_eq!(config.transport.keep_alive_ms, 1000);
+        assert_eq!(config.ca_cert, PathBuf::from("/etc/certs/ca.pem"));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        for text in [
+            format!("bogus = 1\n{MINIMAL}"),
+            MINIMAL.replace("name = \"n1\"", "name = \"n1\"\nport = 3"),
+            format!("{MINIMAL}\n[transport]\nbogus = 1\n"),
+        ] {
+            let err = ClientConfig::from_toml(&text, Path::new("")).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{err}");
+            assert!(err.to_string().contains("unknown field"), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_a_config_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        let err = ClientConfig::load(&path).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+        assert!(err.to_string().contains("absent.toml"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, "ca_cert = \n").unwrap();
+        let err = ClientConfig::load(&path).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+        assert!(err.to_string().contains("broken.toml"), "{err}");
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        let base = ClientConfig::from_toml(MINIMAL, Path::new("")).unwrap();
+        let bad = [
+            ClientConfig {
+                nodes: vec![],
+                ..base.clone()
+            },
+            ClientConfig {
+                nodes: vec![NodeAddr::new("N1 bad", "127.0.0.1:1".parse().unwrap())],
+                ..base.clone()
+            },
+            ClientConfig {
+                request_timeout_ms: 0,
+                ..base.clone()
+            },
+            ClientConfig {
+                connect_timeout_ms: 0,
+                ..base.clone()
+            },
+            ClientConfig {
+                max_frame_bytes: FRAME_BYTES_CEILING + 1,
+                ..base.clone()
+            },
+            ClientConfig {
+                transport: TransportLimits {
+                    idle_timeout_ms: 0,
+                    ..TransportLimits::default()
+                },
+                ..base.clone()
+            },
+        ];
+        for config in bad {
+            assert!(
+                matches!(config.validate(), Err(Error::Config(_))),
+                "{config:?}"
+            );
+        }
+        let new = ClientConfig::new(
+            "ca.pem",
+            "c.pem",
+            "c.key",
+            vec![NodeAddr::new("n1", "127.0.0.1:1".parse().unwrap())],
+        );
+        new.validate().unwrap();
+    }
+}
