@@ -1,1 +1,152 @@
-fn main(){}
+//! `store-node`: run a featurestore node, generate cluster certificates, or start a local dev node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use store_node::config::{NodeConfig, Overrides};
+use store_node::storage::{DurabilityPolicy, StorageKind};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "store-node", version, about = "featurestore node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node from a config file (FEATURESTORE_* environment variables and flags override it).
+    Serve {
+        /// The node's TOML config.
+        #[arg(long, env = "FEATURESTORE_CONFIG")]
+        config: PathBuf,
+        /// Override `node_id`.
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Override `listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Override `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Override `durability`: `sync` or `periodic:<ms>`.
+        #[arg(long)]
+        durability: Option<DurabilityPolicy>,
+        /// Override `storage`: `sled` or `memory`.
+        #[arg(long)]
+        storage: Option<StorageKind>,
+    },
+    /// Write a cluster CA, node certificates and client certificates (an existing CA is reused).
+    Certs {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Node ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// Client names, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "app")]
+        clients: Vec<String>,
+    },
+    /// Start a local node on loopback with generated certificates and embedded storage.
+    Dev {
+        /// Directory for certificates, data and client.toml.
+        #[arg(long, default_value = "data/dev")]
+        dir: PathBuf,
+        /// UDP port of the first node.
+        #[arg(long, default_value_t = 7401)]
+        port: u16,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FEATURESTORE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancels `token` on SIGINT or SIGTERM; a second signal exits at once.
+fn shutdown_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: shutting down (send again to exit at once)");
+        token.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            node_id,
+            listen,
+            data_dir,
+            durability,
+            storage,
+        } => {
+            let overrides = Overrides {
+                node_id,
+                listen,
+                data_dir,
+                durability,
+                storage,
+            };
+            let config = NodeConfig::load(&config, |k| std::env::var(k).ok(), &overrides)
+                .with_context(|| format!("loading {}", config.display()))?;
+            let token = CancellationToken::new();
+            shutdown_on_signals(token.clone());
+            store_node::node::run(config, token).await?;
+        }
+        Command::Certs {
+            out,
+            nodes,
+            clients,
+        } => {
+            let generated = store_node::certs::generate(&out, &nodes, &clients)?;
+            for path in generated.written() {
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Dev { dir, port } => {
+            let token = CancellationToken::new();
+            shutdown_on_signals(token.clone());
+            store_node::dev::run(store_node::dev::DevOptions { dir, port }, token).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! Node configuration: a TOML file, then `FEATURESTORE_*` environment overrides, then command-line flags.
+//!
+//! Every key is documented in `docs/configuration.md` and shown in `store-node/node.example.toml`. Unknown
+//! keys are errors (a typo must not silently fall back to a default). Relative paths in the file are
+//! resolved against the file's own directory, so a config can be moved together with its certificates.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use featurestore::{Limits, NodeId};
+use serde::Deserialize;
+use store_client::tls::TransportLimits;
+
+use crate::error::{Error, Result};
+use crate::storage::{DurabilityPolicy, StorageKind};
+
+/// Paths of the node's certificate material.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA certificate (PEM): clients must present a certificate it signed.
+    pub ca_cert: PathBuf,
+    /// This node's certificate (PEM); its SAN names the node.
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id (`[a-z0-9-]`, 1–63 chars); must match its certificate.
+    pub node_id: String,
+    /// UDP address the QUIC server listens on.
+    pub listen: SocketAddr,
+    /// Directory for this node's data.
+    pub data_dir: PathBuf,
+    /// Storage engine: `sled` (default) or `memory`.
+    #[serde(default)]
+    pub storage: StorageKind,
+    /// Durability policy: `{ mode = "sync" }` (default) or `{ mode = "periodic", interval_ms = N }`.
+    #[serde(default)]
+    pub durability: DurabilityPolicy,
+    /// Certificates.
+    pub tls: TlsFiles,
+    /// Size limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// QUIC transport limits.
+    #[serde(default)]
+    pub transport: TransportLimits,
+    /// Refuse timestamps more than this many ms ahead of the local clock. Default 1000.
+    #[serde(default = "defaults::max_clock_skew_ms")]
+    pub max_clock_skew_ms: u64,
+    /// How long a stream may take to deliver its whole request. Default 10000.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests get to finish. Default 5000.
+    #[serde(default = "defaults::drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// How often expired values are physically dropped (0 disables the sweeper). Default 60000.
+    #[serde(default = "defaults::expiry_sweep_ms")]
+    pub expiry_sweep_ms: u64,
+}
+
+mod defaults {
+    pub fn max_clock_skew_ms() -> u64 {
+        1_000
+    }
+    pub fn request_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn drain_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn expiry_sweep_ms() -> u64 {
+        60_000
+    }
+}
+
+/// Overrides given on the command line (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--node-id`
+    pub node_id: Option<String>,
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--durability` (`sync` or `periodic:<ms>`)
+    pub durability: Option<DurabilityPolicy>,
+    /// `--storage` (`sled` or `memory`)
+    pub storage: Option<StorageKind>,
+}
+
+/// The environment variables read by [`NodeConfig::load`], in the order they are applied.
+pub const ENV_KEYS: [&str; 6] = [
+    "FEATURESTORE_NODE_ID",
+    "FEATURESTORE_LISTEN",
+    "FEATURESTORE_DATA_DIR",
+    "FEATURESTORE_STORAGE",
+    "FEATURESTORE_DURABILITY",
+    "FEATURESTORE_MAX_CLOCK_SKEW_MS",
+];
+
+impl NodeConfig {
+    /// A configuration with every optional key at its default.
+    pub fn new(node_id: &str, listen: SocketAddr, data_dir: PathBuf, tls: TlsFiles) -> NodeConfig {
+        NodeConfig {
+            node_id: node_id.to_owned(),
+            listen,
+            data_dir,
+            storage: StorageKind::default(),
+            durability: DurabilityPolicy::default(),
+            tls,
+            limits: Limits::default(),
+            transport: TransportLimits::default(),
+            max_clock_skew_ms: defaults::max_clock_skew_ms(),
+            request_timeout_ms: defaults::request_timeout_ms(),
+            drain_timeout_ms: defaults::drain_timeout_ms(),
+            expiry_sweep_ms: defaults::expiry_sweep_ms(),
+        }
+    }
+
+    /// Reads `path`, applies environment overrides from `env` and then `overrides`, resolves relative
+    /// paths against the file's directory, and validates the result.
+    pub fn load(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<NodeConfig> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: NodeConfig =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.apply_env(env)?;
+        config.apply_overrides(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [
+            &mut self.data_dir,
+            &mut self.tls.ca_cert,
+            &mut self.tls.cert,
+            &mut self.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let bad = |key: &str, e: &dyn std::fmt::Display| Error::Config(format!("{key}: {e}"));
+        if let Some(v) = env("FEATURESTORE_NODE_ID") {
+            self.node_id = v;
+        }
+        if let Some(v) = env("FEATURESTORE_LISTEN") {
+            self.listen = v.parse().map_err(|e| bad("FEATURESTORE_LISTEN", &e))?;
+        }
+        if let Some(v) = env("FEATURESTORE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("FEATURESTORE_STORAGE") {
+            self.storage = v.parse()?;
+        }
+        if let Some(v) = env("FEATURESTORE_DURABILITY") {
+            self.durability = v.parse()?;
+        }
+        if let Some(v) = env("FEATURESTORE_MAX_CLOCK_SKEW_MS") {
+            self.max_clock_skew_ms = v
+                .parse()
+                .map_err(|e| bad("FEATURESTORE_MAX_CLOCK_SKEW_MS", &e))?;
+        }
+        Ok(())
+    }
+
+    fn apply_overrides(&mut self, o: &Overrides) {
+        if let Some(v) = &o.node_id {
+            self.node_id.clone_from(v);
+        }
+        if let Some(v) = o.listen {
+            self.listen = v;
+        }
+        if let Some(v) = &o.data_dir {
+            self.data_dir.clone_from(v);
+        }
+        if let Some(v) = o.durability {
+            self.durability = v;
+        }
+        if let Some(v) = o.storage {
+            self.storage = v;
+        }
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<()> {
+        NodeId::new(self.node_id.as_str())?;
+        self.limits.validate()?;
+        self.durability.validate()?;
+        self.transport
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if self.request_timeout_ms == 0 {
+            return Err(Error::Config(
+                "request_timeout_ms must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The validated node id.
+    pub fn node_id(&self) -> Result<NodeId> {
+        Ok(NodeId::new(self.node_id.as_str())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+node_id = "n1"
+listen = "127.0.0.1:7401"
+data_dir = "n1"
+[tls]
+ca_cert = "certs/ca.pem"
+cert = "certs/node-n1.pem"
+key = "certs/node-n1.key"
+"#;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("node.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_relative_paths_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), EXAMPLE);
+        let c = NodeConfig::load(&p, |_| None, &Overrides::default()).unwrap();
+        assert_eq!(c.durability, DurabilityPolicy::Sync);
+        assert_eq!(c.storage, StorageKind::Sled);
+        assert_eq!(c.data_dir, dir.path().join("n1"));
+        assert_eq!(c.tls.ca_cert, dir.path().join("certs/ca.pem"));
+        assert_eq!(c.max_clock_skew_ms, 1_000);
+
+        let env = |k: &str| match k {
+            "FEATURESTORE_DURABILITY" => Some("periodic:50".to_owned()),
+            "FEATURESTORE_LISTEN" => Some("127.0.0.1:9000".to_owned()),
+            _ => None,
+        };
+        let flags = Overrides {
+            listen: Some("127.0.0.1:9001".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let c = NodeConfig::load(&p, env, &flags).unwrap();
+        assert_eq!(c.durability, DurabilityPolicy::Periodic { interval_ms: 50 });
+        assert_eq!(
+            c.listen,
+            "127.0.0.1:9001".parse().unwrap(),
+            "flags beat env"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &format!("{EXAMPLE}\nlisten_port = 3\n"));
+        assert!(NodeConfig::load(&p, |_| None, &Overrides::default()).is_err());
+        let p = write(
+            dir.path(),
+            &EXAMPLE.replace("\"n1\"\nlisten", "\"N 1\"\nlisten"),
+        );
+        assert!(NodeConfig::load(&p, |_| None, &Overrides::default()).is_err());
+        let p = write(
+            dir.path(),
+            &format!("{EXAMPLE}\n[limits]\nmax_siblings = 0\n"),
+        );
+        assert!(NodeConfig::load(&p, |_| None, &Overrides::default()).is_err());
+        let p = write(dir.path(), EXAMPLE);
+        let env = |k: &str| (k == "FEATURESTORE_DURABILITY").then(|| "always".to_owned());
+        assert!(NodeConfig::load(&p, env, &Overrides::default()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The example shipped in the repository parses and validates (so it cannot drift from the code).
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("node.example.toml");
+        let c = NodeConfig::load(&path, |_| None, &Overrides::default()).unwrap();
+        assert_eq!(c.node_id, "n1");
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.transport, TransportLimits::default());
+    }
+}

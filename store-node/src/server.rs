@@ -1,0 +1,261 @@
+//! The client-facing QUIC server: connections, streams, frames.
+//!
+//! Guarantees:
+//! - Only clients with a certificate from the cluster CA get a connection (mutual TLS, see [`crate::tls`]);
+//!   a failed handshake is logged once with the remote address and counted.
+//! - One request per bidirectional stream. The 5-byte header is read and checked (version, size) *before*
+//!   any buffer for the payload is allocated; the payload buffer is exactly the announced size, which is
+//!   at most `max_frame_bytes`. The whole request must arrive within `request_timeout_ms`.
+//! - Every bad frame (oversized, unknown version, undecodable, trailing data) gets a typed error reply on its
+//!   own stream, is logged once with the peer and counted; the connection and every other stream carry on.
+//! - A response larger than `max_frame_bytes` is replaced by a `LimitExceeded` error reply.
+//! - Shutdown: stop accepting connections and streams, let in-flight requests finish (bounded by
+//!   `drain_timeout_ms`), then return so the caller can flush and close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use featurestore::codec::{decode_request, encode_response, parse_header, FRAME_HEADER_BYTES};
+use featurestore::protocol::ErrorReply;
+use featurestore::{ErrorCode, Response};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::tls::{peer_identity, PeerIdentity};
+
+/// Per-request settings of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeSettings {
+    /// Largest request or response payload.
+    pub max_frame_bytes: u32,
+    /// Time allowed for a whole request to arrive.
+    pub request_timeout: Duration,
+    /// Time in-flight requests get to finish at shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// Serves clients on `endpoint` until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    engine: Arc<Engine>,
+    settings: ServeSettings,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    let conn = Connection {
+                        engine: engine.clone(),
+                        settings,
+                        shutdown: shutdown.clone(),
+                        tracker: tracker.clone(),
+                    };
+                    tracker.spawn(conn.run(incoming));
+                }
+                None => break,
+            },
+        }
+    }
+    // Refuse new connections; existing ones stop accepting streams (they watch `shutdown`).
+    endpoint.set_server_config(None);
+    tracker.close();
+    if tokio::time::timeout(settings.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = tracker.len(),
+            "drain timeout: abandoning in-flight requests"
+        );
+    }
+}
+
+struct Connection {
+    engine: Arc<Engine>,
+    settings: ServeSettings,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Connection {
+    async fn run(self, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let metrics = self.engine.metrics().clone();
+        let conn = match incoming.await {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::warn!(peer = %remote, %error, "TLS handshake failed");
+                Metrics::incr(&metrics.tls_handshake_failures);
+                return;
+            }
+        };
+        let client = match peer_identity(&conn) {
+            Some(PeerIdentity::Client(name)) => name,
+            other => {
+                tracing::warn!(peer = %remote, identity = ?other, "not a client certificate; closing");
+                Metrics::incr(&metrics.wrong_identity);
+                conn.close(1u32.into(), b"client certificate required");
+                return;
+            }
+        };
+        Metrics::incr(&metrics.connections_accepted);
+        tracing::debug!(peer = %remote, %client, "client connected");
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                stream = conn.accept_bi() => match stream {
+                    Ok((send, recv)) => {
+                        let peer = Peer { addr: remote, client: client.clone() };
+                        self.tracker.spawn(handle_stream(self.engine.clone(), self.settings, peer, send, recv));
+                    }
+                    Err(error) => {
+                        tracing::debug!(peer = %remote, %client, %error, "connection ended");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    addr: SocketAddr,
+    client: String,
+}
+
+/// Why a request could not be read.
+enum ReadFailure {
+    /// The frame is bad: answer with this error.
+    Frame(featurestore::Error),
+    /// The stream broke (reset, connection lost): nobody to answer.
+    Stream(String),
+}
+
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+    max_frame_bytes: u32,
+) -> Result<featurestore::Request, ReadFailure> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    recv.read_exact(&mut header).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(n) => {
+            ReadFailure::Frame(featurestore::Error::Malformed {
+                what: "frame",
+                reason: format!("stream ended after {n} header bytes"),
+            })
+        }
+        quinn::ReadExactError::ReadError(e) => ReadFailure::Stream(e.to_string()),
+    })?;
+    let len = parse_header(header, max_frame_bytes).map_err(ReadFailure::Frame)?;
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(n) => {
+            ReadFailure::Frame(featurestore::Error::Malformed {
+                what: "frame",
+                reason: format!("payload ended after {n} of {len} bytes"),
+            })
+        }
+        quinn::ReadExactError::ReadError(e) => ReadFailure::Stream(e.to_string()),
+    })?;
+    // Exactly one frame per stream: anything after it is a protocol error.
+    let mut probe = [0u8; 1];
+    match recv.read(&mut probe).await {
+        Ok(None) => {}
+        Ok(Some(_)) => {
+            return Err(ReadFailure::Frame(featurestore::Error::Malformed {
+                what: "frame",
+                reason: "data after the frame".into(),
+            }))
+        }
+        Err(e) => return Err(ReadFailure::Stream(e.to_string())),
+    }
+    decode_request(&payload).map_err(ReadFailure::Frame)
+}
+
+fn error_response(code: ErrorCode, message: String) -> Response {
+    Response::Error(ErrorReply { code, message })
+}
+
+async fn handle_stream(
+    engine: Arc<Engine>,
+    settings: ServeSettings,
+    peer: Peer,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let metrics = engine.metrics().clone();
+    let read = tokio::time::timeout(
+        settings.request_timeout,
+        read_request(&mut recv, settings.max_frame_bytes),
+    )
+    .await;
+    let response = match read {
+        Err(_elapsed) => {
+            Metrics::incr(&metrics.request_timeouts);
+            tracing::warn!(peer = %peer.addr, client = %peer.client, "request timed out");
+            let _ = recv.stop(0u32.into());
+            error_response(
+                ErrorCode::InvalidRequest,
+                "request not received in time".into(),
+            )
+        }
+        Ok(Err(ReadFailure::Stream(error))) => {
+            tracing::debug!(peer = %peer.addr, client = %peer.client, %error, "stream failed");
+            return;
+        }
+        Ok(Err(ReadFailure::Frame(error))) => {
+            let code = error.code();
+            metrics.count_error(code);
+            tracing::warn!(peer = %peer.addr, client = %peer.client, %error, "bad frame");
+            // Tell the peer to stop sending the rest of an oversized or broken frame.
+            let _ = recv.stop(0u32.into());
+            error_response(code, error.to_string())
+        }
+        Ok(Ok(request)) => {
+            let response = engine.handle(request).await;
+            if let Response::Error(reply) = &response {
+                tracing::info!(
+                    peer = %peer.addr, client = %peer.client, code = ?reply.code,
+                    message = %reply.message, "request refused"
+                );
+            }
+            response
+        }
+    };
+    let frame = match encode_response(&response) {
+        Ok(frame) if frame.len() - FRAME_HEADER_BYTES <= settings.max_frame_bytes as usize => frame,
+        Ok(frame) => {
+            Metrics::incr(&metrics.responses_too_large);
+            let message = format!(
+                "response of {} bytes exceeds max_frame_bytes {}: ask for fewer keys or features",
+                frame.len() - FRAME_HEADER_BYTES,
+                settings.max_frame_bytes
+            );
+            match encode_response(&error_response(ErrorCode::LimitExceeded, message)) {
+                Ok(f) => f,
+                Err(_) => return,
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not encode a response");
+            match encode_response(&error_response(ErrorCode::Internal, error.to_string())) {
+                Ok(f) => f,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(error) = send.write_all(&frame).await {
+        tracing::debug!(peer = %peer.addr, %error, "could not send the response");
+        return;
+    }
+    let _ = send.finish();
+    // Wait (briefly) until the peer acknowledged the whole response, so that a shutdown right after the
+    // drain does not cut it off.
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+}
