@@ -6,9 +6,11 @@
 //! Guarantees:
 //! - [`parse_header`] checks the version and the announced length against the configured maximum *before*
 //!   the caller allocates or reads the payload.
-//! - Decoding runs with a bincode allocation limit of [`DECODE_LIMIT_BYTES`]: a length prefix that claims
-//!   more than that (e.g. a vector of 2^60 elements) fails with [`Error::Malformed`] before anything is
-//!   allocated, so a frame can never make the decoder allocate more than about twice the limit.
+//! - Decoding runs with a bincode allocation limit proportional to the input: the smallest of
+//!   4 KiB, 64 KiB, 1 MiB, 16 MiB, 256 MiB that is at least [`DECODE_BYTES_PER_INPUT_BYTE`] times the payload
+//!   length. A length prefix that claims more (a vector of 2^60 elements, a 1 GiB string in a 10-byte frame)
+//!   fails with [`Error::Malformed`] before anything is allocated, so garbage can make a node allocate at most
+//!   a small multiple of what it actually received (property-tested with a counting allocator).
 //! - Trailing bytes after a message are an error, bad UTF-8 is an error, unknown enum tags are an error:
 //!   decoding never panics (property-tested with arbitrary bytes).
 //! - Stored records carry [`RECORD_VERSION`] as their first byte; an unknown record version is refused
@@ -27,22 +29,36 @@ use crate::protocol::{Request, Response, PROTOCOL_VERSION};
 /// Bytes in a frame header: the version byte and the big-endian `u32` payload length.
 pub const FRAME_HEADER_BYTES: usize = 5;
 
-/// The most bytes the decoder may claim for allocations while decoding one message or record (32 MiB).
-pub const DECODE_LIMIT_BYTES: usize = 32 * 1024 * 1024;
+/// How many bytes of decoded memory one byte of input may claim. Decoded structures are larger than their
+/// encoding (a 1-byte empty string becomes a 24-byte `String`), so this leaves room for legitimate messages.
+pub const DECODE_BYTES_PER_INPUT_BYTE: usize = 64;
+
+/// The largest allocation budget for one message or record (256 MiB).
+pub const DECODE_LIMIT_BYTES: usize = 1 << 28;
 
 /// Format version of stored records.
 pub const RECORD_VERSION: u8 = 1;
 
-type Limited = Configuration<LittleEndian, Varint, config::Limit<DECODE_LIMIT_BYTES>>;
+type Limited<const N: usize> = Configuration<LittleEndian, Varint, config::Limit<N>>;
 
-fn bincode_config() -> Limited {
-    config::standard().with_limit::<DECODE_LIMIT_BYTES>()
+fn bincode_config<const N: usize>() -> Limited<N> {
+    config::standard().with_limit::<N>()
+}
+
+/// The allocation budget for decoding `input_len` bytes (see the module docs).
+pub fn decode_budget(input_len: usize) -> usize {
+    const CLASSES: [usize; 5] = [1 << 12, 1 << 16, 1 << 20, 1 << 24, DECODE_LIMIT_BYTES];
+    let want = input_len.saturating_mul(DECODE_BYTES_PER_INPUT_BYTE);
+    CLASSES
+        .into_iter()
+        .find(|&c| c >= want)
+        .unwrap_or(DECODE_LIMIT_BYTES)
 }
 
 /// Encodes a message as one complete frame (header and payload).
 pub fn encode_frame<T: Encode>(message: &T) -> Result<Vec<u8>> {
     let mut buf = vec![PROTOCOL_VERSION, 0, 0, 0, 0];
-    bincode::encode_into_std_write(message, &mut buf, bincode_config())
+    bincode::encode_into_std_write(message, &mut buf, config::standard())
         .map_err(|e| Error::Encode(e.to_string()))?;
     let len = u32::try_from(buf.len() - FRAME_HEADER_BYTES)
         .map_err(|_| Error::Encode("frame longer than 4 GiB".into()))?;
@@ -80,12 +96,23 @@ pub fn parse_header(header: [u8; FRAME_HEADER_BYTES], max_frame_bytes: u32) -> R
     Ok(len as usize)
 }
 
+fn decode_with_budget<T: Decode<()>>(
+    bytes: &[u8],
+) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
+    match decode_budget(bytes.len()) {
+        b if b <= 1 << 12 => bincode::decode_from_slice(bytes, bincode_config::<{ 1 << 12 }>()),
+        b if b <= 1 << 16 => bincode::decode_from_slice(bytes, bincode_config::<{ 1 << 16 }>()),
+        b if b <= 1 << 20 => bincode::decode_from_slice(bytes, bincode_config::<{ 1 << 20 }>()),
+        b if b <= 1 << 24 => bincode::decode_from_slice(bytes, bincode_config::<{ 1 << 24 }>()),
+        _ => bincode::decode_from_slice(bytes, bincode_config::<DECODE_LIMIT_BYTES>()),
+    }
+}
+
 fn decode_exact<T: Decode<()>>(bytes: &[u8], what: &'static str) -> Result<T> {
-    let (value, read) =
-        bincode::decode_from_slice(bytes, bincode_config()).map_err(|e| Error::Malformed {
-            what,
-            reason: e.to_string(),
-        })?;
+    let (value, read) = decode_with_budget(bytes).map_err(|e| Error::Malformed {
+        what,
+        reason: e.to_string(),
+    })?;
     if read != bytes.len() {
         return Err(Error::Malformed {
             what,
@@ -129,7 +156,7 @@ pub fn split_frame(frame: &[u8], max_frame_bytes: u32) -> Result<&[u8]> {
 /// Encodes a profile as a stored record: `[RECORD_VERSION][bincode(profile)]`.
 pub fn encode_record(profile: &Profile) -> Result<Vec<u8>> {
     let mut buf = vec![RECORD_VERSION];
-    bincode::encode_into_std_write(profile, &mut buf, bincode_config())
+    bincode::encode_into_std_write(profile, &mut buf, config::standard())
         .map_err(|e| Error::Encode(e.to_string()))?;
     Ok(buf)
 }
@@ -146,6 +173,69 @@ pub fn decode_record(bytes: &[u8]) -> Result<Profile> {
             what: "record",
             reason: "empty".into(),
         }),
+    }
+}
+
+/// A counting global allocator for the tests of this crate: measures the peak bytes allocated by the
+/// current thread inside [`alloc_probe::measure`]. Other threads are not counted.
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod alloc_probe {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    struct Probe;
+
+    fn track(delta: isize) {
+        let _ = LIVE.try_with(|live| {
+            let now = live.get() + delta;
+            live.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator; only sizes are recorded.
+    unsafe impl GlobalAlloc for Probe {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: same contract as the caller's.
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                track(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: same contract as the caller's.
+            unsafe { System.dealloc(ptr, layout) };
+            track(-(layout.size() as isize));
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: same contract as the caller's.
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                track(new_size as isize - layout.size() as isize);
+            }
+            p
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Probe = Probe;
+
+    /// Runs `f` and returns its result and the peak bytes it had allocated at once on this thread.
+    pub fn measure<R>(f: impl FnOnce() -> R) -> (R, usize) {
+        let base = LIVE.with(Cell::get);
+        PEAK.with(|p| p.set(base));
+        let r = f();
+        let peak = PEAK.with(Cell::get);
+        (r, usize::try_from(peak - base).unwrap_or(0))
     }
 }
 
@@ -188,6 +278,36 @@ mod tests {
             parse_header(header, 1 << 30),
             Err(Error::UnsupportedVersion { got: 9, .. })
         ));
+    }
+
+    #[test]
+    fn the_allocation_probe_sees_allocations() {
+        let (v, peak) = alloc_probe::measure(|| vec![1u8; 100_000]);
+        assert_eq!(v.len(), 100_000);
+        assert!(peak >= 100_000);
+    }
+
+    #[test]
+    fn the_budget_grows_with_the_input() {
+        assert_eq!(decode_budget(0), 1 << 12);
+        assert_eq!(decode_budget(64), 1 << 12);
+        assert_eq!(decode_budget(65), 1 << 16);
+        assert_eq!(decode_budget(4 << 20), DECODE_LIMIT_BYTES);
+        assert_eq!(decode_budget(usize::MAX), DECODE_LIMIT_BYTES);
+    }
+
+    #[test]
+    fn a_large_legitimate_request_decodes() {
+        let keys: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
+        let req = Request::GetMany {
+            keys,
+            features: Some(vec!["a".into(); 1000]),
+        };
+        let frame = encode_request(&req).expect("encodes");
+        assert_eq!(
+            decode_request(&frame[FRAME_HEADER_BYTES..]).expect("decodes"),
+            req
+        );
     }
 
     #[test]
@@ -235,7 +355,37 @@ mod tests {
         assert!(decode_record(&[]).is_err());
     }
 
+    /// Builds payloads that start like a real message (a valid variant tag) and then claim huge lengths.
+    fn hostile_payload() -> impl Strategy<Value = Vec<u8>> {
+        (
+            0u8..8,
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<u64>(),
+        )
+            .prop_map(|(tag, tail, len)| {
+                let mut p = vec![tag, 0xFD];
+                p.extend_from_slice(&len.to_le_bytes());
+                p.extend_from_slice(&tail);
+                p
+            })
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Garbage never makes the decoder allocate beyond the budget for its size (plus a fixed slack for
+        /// the error value itself).
+        #[test]
+        fn decoding_garbage_allocates_within_the_budget(
+            bytes in prop_oneof![proptest::collection::vec(any::<u8>(), 0..512), hostile_payload()]
+        ) {
+            let budget = decode_budget(bytes.len());
+            let (_, peak) = alloc_probe::measure(|| decode_request(&bytes).is_ok());
+            prop_assert!(peak <= 2 * budget + 4096, "peak {peak} > 2 x budget {budget}");
+            let (_, peak) = alloc_probe::measure(|| decode_response(&bytes).is_ok());
+            prop_assert!(peak <= 2 * budget + 4096, "peak {peak} > 2 x budget {budget}");
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_request(&bytes);

@@ -151,6 +151,12 @@ pub enum Error {
         /// The offending token (truncated).
         token: String,
     },
+    /// A marker's text form could not be parsed.
+    #[error("invalid version {text:?}: expected `<wall_ms>.<logical>@<node>`")]
+    InvalidMarker {
+        /// The offending text (truncated).
+        text: String,
+    },
     /// A node id is empty, too long, or has characters outside `[a-z0-9-]`.
     #[error("invalid node id {id:?}: use 1 to 63 of [a-z0-9-]")]
     InvalidNodeId {
@@ -176,6 +182,7 @@ impl Error {
             | Error::NonFiniteValue { .. }
             | Error::EmptyBatch { .. }
             | Error::InvalidContext { .. }
+            | Error::InvalidMarker { .. }
             | Error::InvalidNodeId { .. }
             | Error::TtlNotSupported { .. }
             | Error::InvalidLimit { .. } => ErrorCode::InvalidRequest,

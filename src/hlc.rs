@@ -102,9 +102,9 @@ impl fmt::Display for Timestamp {
 }
 
 /// The version of a last-writer-wins value: `(timestamp, node)`, ordered by timestamp and then node id.
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
-)]
+///
+/// Text form (JSON, logs): `<wall_ms>.<logical>@<node>`, e.g. `1795308764111.0@n1`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
 pub struct Marker {
     /// When the write was stamped.
     pub ts: Timestamp,
@@ -115,6 +115,38 @@ pub struct Marker {
 impl fmt::Display for Marker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.ts, self.node)
+    }
+}
+
+impl std::str::FromStr for Marker {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let invalid = || Error::InvalidMarker {
+            text: truncate_for_error(text),
+        };
+        let (ts, node) = text.split_once('@').ok_or_else(invalid)?;
+        let (wall, logical) = ts.split_once('.').ok_or_else(invalid)?;
+        Ok(Marker {
+            ts: Timestamp {
+                wall_ms: wall.parse().map_err(|_| invalid())?,
+                logical: logical.parse().map_err(|_| invalid())?,
+            },
+            node: NodeId::new(node).map_err(|_| invalid())?,
+        })
+    }
+}
+
+impl Serialize for Marker {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Marker {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -276,6 +308,22 @@ mod tests {
             node: node("b"),
         };
         assert!(a < b);
+    }
+
+    #[test]
+    fn markers_have_a_text_form() {
+        let m = Marker {
+            ts: Timestamp {
+                wall_ms: 1_795_308_764_111,
+                logical: 3,
+            },
+            node: node("n1"),
+        };
+        assert_eq!(m.to_string(), "1795308764111.3@n1");
+        assert_eq!("1795308764111.3@n1".parse::<Marker>(), Ok(m));
+        for bad in ["", "1@n1", "1.2", "x.1@n1", "1.2@N1"] {
+            assert!(bad.parse::<Marker>().is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
