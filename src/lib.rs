@@ -13,16 +13,24 @@
 //! - [`profile`]: one entity's features, one merge, the read view.
 //! - [`limits`]: validated size limits.
 //! - [`protocol`], [`codec`]: messages, frames, records.
+//! - [`ring`], [`membership`], [`detector`], [`replication`]: the consistent-hash ring, the gossiped
+//!   membership table, failure detection, and the replication protocol (hints, anti-entropy, handoff).
 
 pub mod codec;
 pub mod counter;
+pub mod detector;
 pub mod error;
 pub mod flag;
 pub mod gauge;
 pub mod hlc;
 pub mod limits;
+pub mod membership;
 pub mod profile;
 pub mod protocol;
+pub mod replication;
+pub mod ring;
+#[cfg(test)]
+mod sim;
 pub mod value;
 
 pub use error::{Error, Result};

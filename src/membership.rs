@@ -1,0 +1,220 @@
+//! The cluster's membership table, gossiped between nodes, and the rings derived from it.
+//!
+//! Each member has a state (`Joining`, `Active`, `Leaving`, `Left`) and a version that only its owner (or
+//! an operator acting for it) increases. Tables merge entry by entry: the higher version wins; equal
+//! versions with different content resolve by a fixed order, so merge is a join (commutative,
+//! associative, idempotent) and every node that has heard the same updates holds the same table.
+//!
+//! Rings:
+//! - the *current* ring holds `Active` and `Leaving` members: it decides who serves reads and coordinates;
+//! - the *target* ring holds `Active` and `Joining` members: it is where ownership is moving to.
+//!
+//! While they differ (a join or leave in progress), writes go to the union of both preference lists, so a
+//! node that is gaining a range receives new writes while the old owners hand the existing data over.
+//!
+//! The ring version is the sum of all member versions: every change raises it, so "has the ring changed?"
+//! is one integer comparison for clients and peers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::hlc::NodeId;
+use crate::ring::Ring;
+
+/// A member's place in the cluster lifecycle.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Receiving its ranges from the current owners; not serving them yet.
+    Joining,
+    /// Serving its ranges.
+    Active,
+    /// Handing its ranges over; still serving them until the handoff is complete.
+    Leaving,
+    /// Gone; kept as a tombstone so the departure is not undone by old gossip.
+    Left,
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemberState::Joining => "joining",
+            MemberState::Active => "active",
+            MemberState::Leaving => "leaving",
+            MemberState::Left => "left",
+        })
+    }
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct Member {
+    /// The node id.
+    pub id: NodeId,
+    /// Where its peers and clients reach it (a socket address in text form).
+    pub addr: String,
+    /// Lifecycle state.
+    pub state: MemberState,
+    /// Raised on every change of this entry.
+    pub version: u64,
+}
+
+/// The versioned membership table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct MembershipTable {
+    /// Members by id.
+    pub members: BTreeMap<NodeId, Member>,
+}
+
+impl MembershipTable {
+    /// A table holding `members` as given.
+    pub fn from_members(members: impl IntoIterator<Item = Member>) -> Self {
+        MembershipTable {
+            members: members.into_iter().map(|m| (m.id.clone(), m)).collect(),
+        }
+    }
+
+    /// The sum of all versions: raised by every change.
+    pub fn version(&self) -> u64 {
+        self.members
+            .values()
+            .fold(0u64, |acc, m| acc.saturating_add(m.version))
+    }
+
+    /// A member's entry.
+    pub fn get(&self, id: &NodeId) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    /// Sets `id`'s state and address, raising its version. Used by a node for itself (join, leave) and
+    /// by the seeds of a fresh cluster.
+    pub fn set(&mut self, id: &NodeId, addr: &str, state: MemberState) {
+        let version = self.members.get(id).map_or(1, |m| m.version + 1);
+        self.members.insert(
+            id.clone(),
+            Member {
+                id: id.clone(),
+                addr: addr.to_owned(),
+                state,
+                version,
+            },
+        );
+    }
+
+    /// Merges another table into this one. Returns true if anything changed.
+    pub fn merge(&mut self, other: &MembershipTable) -> bool {
+        let mut changed = false;
+        for (id, theirs) in &other.members {
+            let replace = match self.members.get(id) {
+                None => true,
+                Some(ours) => {
+                    (theirs.version, theirs.state, &theirs.addr)
+                        > (ours.version, ours.state, &ours.addr)
+                }
+            };
+            if replace {
+                self.members.insert(id.clone(), theirs.clone());
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Members in a state accepted by `keep`.
+    fn ids(&self, keep: impl Fn(MemberState) -> bool) -> Vec<NodeId> {
+        self.members
+            .values()
+            .filter(|m| keep(m.state))
+            .map(|m| m.id.clone())
+            .collect()
+    }
+
+    /// The ring that serves now: `Active` and `Leaving` members.
+    pub fn current_ring(&self, vnodes: u32) -> Ring {
+        let ids = self.ids(|s| matches!(s, MemberState::Active | MemberState::Leaving));
+        Ring::new(self.version(), ids, vnodes)
+    }
+
+    /// The ring ownership is moving to: `Active` and `Joining` members.
+    pub fn target_ring(&self, vnodes: u32) -> Ring {
+        let ids = self.ids(|s| matches!(s, MemberState::Active | MemberState::Joining));
+        Ring::new(self.version(), ids, vnodes)
+    }
+
+    /// Whether a join or leave is in progress.
+    pub fn in_transition(&self) -> bool {
+        self.members
+            .values()
+            .any(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(i: u8) -> NodeId {
+        NodeId::new(format!("n{i}")).expect("valid")
+    }
+
+    fn member() -> impl Strategy<Value = Member> {
+        (0u8..4, 0u8..4, 0u64..4, 0u8..2).prop_map(|(i, s, version, a)| Member {
+            id: id(i),
+            addr: format!("127.0.0.1:{}", 7000 + u16::from(a)),
+            state: [
+                MemberState::Joining,
+                MemberState::Active,
+                MemberState::Leaving,
+                MemberState::Left,
+            ][s as usize],
+            version,
+        })
+    }
+
+    fn table() -> impl Strategy<Value = MembershipTable> {
+        proptest::collection::vec(member(), 0..6).prop_map(MembershipTable::from_members)
+    }
+
+    fn merged(a: &MembershipTable, b: &MembershipTable) -> MembershipTable {
+        let mut x = a.clone();
+        x.merge(b);
+        x
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_a_join(a in table(), b in table(), c in table()) {
+            prop_assert_eq!(merged(&a, &b), merged(&b, &a));
+            prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
+            prop_assert_eq!(merged(&a, &a), a.clone());
+            prop_assert!(merged(&a, &b).version() >= a.version());
+        }
+    }
+
+    #[test]
+    fn rings_follow_the_lifecycle() {
+        let mut t = MembershipTable::default();
+        for i in 1..=3 {
+            t.set(&id(i), "127.0.0.1:1", MemberState::Active);
+        }
+        assert!(!t.in_transition());
+        let v0 = t.version();
+        t.set(&id(4), "127.0.0.1:1", MemberState::Joining);
+        assert!(t.version() > v0);
+        assert_eq!(t.current_ring(16).len(), 3);
+        assert_eq!(t.target_ring(16).len(), 4);
+        t.set(&id(4), "127.0.0.1:1", MemberState::Active);
+        t.set(&id(1), "127.0.0.1:1", MemberState::Leaving);
+        assert_eq!(t.current_ring(16).len(), 4);
+        assert_eq!(t.target_ring(16).len(), 3);
+        t.set(&id(1), "127.0.0.1:1", MemberState::Left);
+        assert_eq!(t.current_ring(16).len(), 3);
+        assert!(!t.in_transition());
+    }
+}
