@@ -155,22 +155,37 @@ pub fn split_frame(frame: &[u8], max_frame_bytes: u32) -> Result<&[u8]> {
 
 /// Encodes a profile as a stored record: `[RECORD_VERSION][bincode(profile)]`.
 pub fn encode_record(profile: &Profile) -> Result<Vec<u8>> {
-    let mut buf = vec![RECORD_VERSION];
-    bincode::encode_into_std_write(profile, &mut buf, config::standard())
-        .map_err(|e| Error::Encode(e.to_string()))?;
-    Ok(buf)
+    encode_versioned(profile)
 }
 
 /// Decodes a stored record, refusing unknown format versions.
 pub fn decode_record(bytes: &[u8]) -> Result<Profile> {
+    decode_versioned(bytes, "record")
+}
+
+/// Decodes a peer message payload (the bytes after the frame header).
+pub fn decode_peer(payload: &[u8]) -> Result<crate::replication::PeerMessage> {
+    decode_exact(payload, "peer message")
+}
+
+/// Encodes any stored value (profiles, node metadata) as `[RECORD_VERSION][bincode(value)]`.
+pub fn encode_versioned<T: Encode>(value: &T) -> Result<Vec<u8>> {
+    let mut buf = vec![RECORD_VERSION];
+    bincode::encode_into_std_write(value, &mut buf, config::standard())
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(buf)
+}
+
+/// Decodes a value written by [`encode_versioned`], refusing unknown format versions.
+pub fn decode_versioned<T: Decode<()>>(bytes: &[u8], what: &'static str) -> Result<T> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => decode_exact(rest, "record"),
+        Some((&RECORD_VERSION, rest)) => decode_exact(rest, what),
         Some((&other, _)) => Err(Error::Malformed {
-            what: "record",
+            what,
             reason: format!("unknown record version {other}"),
         }),
         None => Err(Error::Malformed {
-            what: "record",
+            what,
             reason: "empty".into(),
         }),
     }
@@ -255,6 +270,7 @@ mod tests {
                 ttl_ms: None,
             }],
             timestamp_ms: None,
+            quorum: 1,
         }
     }
 
@@ -302,6 +318,7 @@ mod tests {
         let req = Request::GetMany {
             keys,
             features: Some(vec!["a".into(); 1000]),
+            quorum: 1,
         };
         let frame = encode_request(&req).expect("encodes");
         assert_eq!(

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::hlc::NodeId;
 
 /// What the detector believes about a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Liveness {
     /// Heard from recently.

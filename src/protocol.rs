@@ -10,11 +10,13 @@
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::detector::Liveness;
 use crate::error::Result;
 use crate::flag::CausalContext;
 use crate::hlc::{Marker, NodeId};
 use crate::limits::Limits;
-use crate::profile::{FlagView, ProfileView};
+use crate::membership::{MemberState, MembershipTable};
+use crate::profile::{FlagView, Profile, ProfileView};
 use crate::value::Value;
 
 /// The protocol version carried in every frame header.
@@ -29,6 +31,8 @@ pub enum Request {
         key: String,
         /// Only these features, if given.
         features: Option<Vec<String>>,
+        /// Replicas to read and merge (R); 0 or 1 reads one. Above 1, stale replicas are repaired.
+        quorum: u8,
     },
     /// Read several entities; the answer is in request order.
     GetMany {
@@ -36,6 +40,8 @@ pub enum Request {
         keys: Vec<String>,
         /// Only these features, if given.
         features: Option<Vec<String>>,
+        /// Replicas to read and merge per key (R); 0 or 1 reads one.
+        quorum: u8,
     },
     /// Write gauges (last-writer-wins).
     Put {
@@ -47,6 +53,8 @@ pub enum Request {
         /// than when they arrived (late events lose to newer values). Refused if further ahead of the node's
         /// clock than `max_clock_skew`. `None` stamps with the node's clock.
         timestamp_ms: Option<u64>,
+        /// Replicas that must hold the write before it is acknowledged (W); 0 or 1 = the coordinator.
+        quorum: u8,
     },
     /// Add to counters.
     Increment {
@@ -54,6 +62,8 @@ pub enum Request {
         key: String,
         /// The deltas.
         deltas: Vec<CounterDelta>,
+        /// Replicas that must hold the write before it is acknowledged (W).
+        quorum: u8,
     },
     /// Write a flag with the causal context of the read it is based on.
     SetFlag {
@@ -67,14 +77,34 @@ pub enum Request {
         context: CausalContext,
         /// Time to live in milliseconds.
         ttl_ms: Option<u64>,
+        /// Replicas that must hold the write before it is acknowledged (W).
+        quorum: u8,
     },
     /// Erase the entity: everything written up to now is dropped, everywhere, for good.
     Erase {
         /// The entity key.
         key: String,
+        /// Replicas that must hold the erasure before it is acknowledged (W).
+        quorum: u8,
     },
     /// The node's status and counters.
     Status,
+    /// The membership table and ring parameters, for ring-aware clients.
+    Cluster,
+    /// Admin: this node's raw local state of a key (value and full CRDT metadata), without merging
+    /// other replicas.
+    LocalState {
+        /// The entity key.
+        key: String,
+    },
+    /// Admin: this node's anti-entropy digests of the keys it shares with `peer` (equal digests on both
+    /// sides mean equal replicas).
+    Digests {
+        /// The other replica.
+        peer: NodeId,
+    },
+    /// Admin: start leaving the cluster (hand every range over, then mark this node `Left`).
+    Leave,
 }
 
 /// One gauge write.
@@ -110,11 +140,11 @@ impl Request {
             Ok(())
         };
         match self {
-            Request::Get { key, features } => {
+            Request::Get { key, features, .. } => {
                 limits.check_key(key)?;
                 check_projection(features)
             }
-            Request::GetMany { keys, features } => {
+            Request::GetMany { keys, features, .. } => {
                 limits.check_batch(keys.len(), "keys")?;
                 for k in keys {
                     limits.check_key(k)?;
@@ -130,7 +160,7 @@ impl Request {
                 }
                 Ok(())
             }
-            Request::Increment { key, deltas } => {
+            Request::Increment { key, deltas, .. } => {
                 limits.check_key(key)?;
                 limits.check_batch(deltas.len(), "counter deltas")?;
                 for d in deltas {
@@ -142,9 +172,36 @@ impl Request {
                 limits.check_key(key)?;
                 limits.check_feature_name(name)
             }
-            Request::Erase { key } => limits.check_key(key),
-            Request::Status => Ok(()),
+            Request::Erase { key, .. } | Request::LocalState { key } => limits.check_key(key),
+            Request::Status | Request::Cluster | Request::Digests { .. } | Request::Leave => Ok(()),
         }
+    }
+
+    /// The key of a single-key request.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Request::Get { key, .. }
+            | Request::Put { key, .. }
+            | Request::Increment { key, .. }
+            | Request::SetFlag { key, .. }
+            | Request::Erase { key, .. }
+            | Request::LocalState { key } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The requested quorum (R for reads, W for writes), at least 1; 1 for requests without one.
+    pub fn quorum(&self) -> usize {
+        let q = match self {
+            Request::Get { quorum, .. }
+            | Request::GetMany { quorum, .. }
+            | Request::Put { quorum, .. }
+            | Request::Increment { quorum, .. }
+            | Request::SetFlag { quorum, .. }
+            | Request::Erase { quorum, .. } => *quorum,
+            _ => 1,
+        };
+        usize::from(q.max(1))
     }
 
     /// Whether the request changes data.
@@ -179,6 +236,14 @@ pub enum Response {
     },
     /// Answer to `Status`.
     Status(NodeStatus),
+    /// Answer to `Cluster`.
+    Cluster(ClusterView),
+    /// Answer to `LocalState`.
+    LocalState(Option<Profile>),
+    /// Answer to `Digests`: one digest per anti-entropy bucket.
+    Digests(Vec<u64>),
+    /// Answer to `Leave`: the handoff has started.
+    Leaving,
     /// The request was refused or failed.
     Error(ErrorReply),
 }
@@ -230,6 +295,32 @@ pub enum ErrorCode {
     Internal,
 }
 
+/// What a ring-aware client needs to route: the membership table and the ring parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The membership table (its `version()` is the ring version).
+    pub table: MembershipTable,
+    /// Virtual nodes per member.
+    pub vnodes: u32,
+    /// Replicas per key (N).
+    pub replication_factor: u32,
+}
+
+/// One member as a node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// The member.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: String,
+    /// Its lifecycle state.
+    pub state: MemberState,
+    /// What this node's failure detector believes.
+    pub liveness: Liveness,
+    /// Hints this node holds for it.
+    pub hints_queued: u64,
+}
+
 /// A node's status.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -247,6 +338,10 @@ pub struct NodeStatus {
     pub durability: String,
     /// Bytes on disk.
     pub disk_bytes: u64,
-    /// Counters: requests, errors by kind, flushes, ...
+    /// Counters: requests, errors by kind, flushes, replication, ...
     pub counters: Vec<(String, u64)>,
+    /// The ring version (sum of the membership versions).
+    pub ring_version: u64,
+    /// Every member as this node sees it.
+    pub members: Vec<MemberStatus>,
 }

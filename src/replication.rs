@@ -141,6 +141,20 @@ pub enum PeerMessage {
     },
     /// Join handoff: the sender has pushed every key the joiner gains from it.
     HandoffDone,
+    /// A coordinator reads this replica's state of a key (R > 1, or a read on a non-replica).
+    ReadState {
+        /// Request id, echoed in the reply.
+        req: u64,
+        /// The key.
+        key: String,
+    },
+    /// Answer to `ReadState`.
+    ReadStateReply {
+        /// The request id.
+        req: u64,
+        /// The replica's state, if it has one.
+        state: Option<Profile>,
+    },
 }
 
 /// Local data, as replication sees it.
@@ -171,6 +185,15 @@ pub enum Effect {
         to: NodeId,
         /// The message.
         msg: PeerMessage,
+    },
+    /// `from` answered the read `req` (the runtime resolves R > 1 reads with it).
+    ReadReply {
+        /// The replica.
+        from: NodeId,
+        /// The request id.
+        req: u64,
+        /// Its state.
+        state: Option<Profile>,
     },
     /// `from` acknowledged the send `seq` of `key` (the runtime resolves W > 1 waits with it).
     Acked {
@@ -590,7 +613,31 @@ impl Replication {
             PeerMessage::HandoffDone => {
                 self.handoff_received.insert(from.clone());
             }
+            PeerMessage::ReadState { req, key } => {
+                out.push(Effect::Send {
+                    to: from.clone(),
+                    msg: PeerMessage::ReadStateReply {
+                        req,
+                        state: store.state(&key),
+                    },
+                });
+            }
+            PeerMessage::ReadStateReply { req, state } => {
+                out.push(Effect::ReadReply {
+                    from: from.clone(),
+                    req,
+                    state,
+                });
+            }
         }
+        out
+    }
+
+    /// Read repair: sends `state` (the merge of the replies of a quorum read) to a replica that answered
+    /// with something older, tracked like any other send.
+    pub fn repair(&mut self, to: &NodeId, key: &str, state: Profile, now_ms: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        self.send_state(to, key, state, now_ms, &mut out);
         out
     }
 
@@ -626,7 +673,8 @@ impl Replication {
         (Ring::position(key.as_bytes()) % u64::from(self.config.ae_buckets.max(1))) as usize
     }
 
-    fn digests(&self, peer: &NodeId, store: &dyn LocalStore) -> Vec<u64> {
+    /// The anti-entropy digests of the keys this node shares with `peer` (one per bucket).
+    pub fn digests(&self, peer: &NodeId, store: &dyn LocalStore) -> Vec<u64> {
         let mut buckets = vec![0u64; self.config.ae_buckets.max(1) as usize];
         store.for_each_key(&mut |key, hash| {
             if self.shared(key, peer) {
