@@ -1,47 +1,117 @@
-//! The async [`Client`]: one QUIC connection to a node, one bidirectional stream per request.
+//! The async, ring-aware [`Client`].
 //!
-//! Guarantees:
-//! - One long-lived connection is shared by every clone of a [`Client`]; each request opens its own stream
-//!   on it, so requests from many tasks run concurrently and cannot interleave.
-//! - Every response header is checked against `max_frame_bytes` before the payload is allocated; the payload
-//!   is read exactly and decoded with the core's bounded decoder.
-//! - Every request attempt is bounded by `request_timeout_ms`, every handshake by `connect_timeout_ms`.
-//! - When the connection has closed (node restarted, idle timeout, network loss), the next request
-//!   reconnects first, trying the configured nodes in order. Concurrent callers share one reconnection (a
-//!   mutex guards it, and callers that waited for a failed attempt get its error instead of dialing again).
-//! - A read (`Get`, `GetMany`, `Status`) that fails because the connection was lost mid-request is retried
-//!   once on a fresh connection. Writes are never retried: a write whose connection died may have been
-//!   applied, and applying a counter increment twice would be wrong. The caller decides.
+//! # Cluster view
 //!
-//! Caveat: the client talks to one node at a time and relies on that node to route and replicate; it is
-//! not yet ring-aware (design brief §10).
+//! [`Client::connect`] connects to the first configured node (a *seed*) whose handshake succeeds, asks it
+//! for the cluster ([`Request::Cluster`]: the membership table, virtual nodes per member and the
+//! replication factor N), and builds the *current* ring from it exactly as the nodes do (`Active` and
+//! `Leaving` members, [`MembershipTable::current_ring`](featurestore::membership::MembershipTable::current_ring)).
+//! If the seed cannot describe the cluster (an older node, or an error), the client routes over a ring made
+//! of the seeds (N=3) until a later refresh succeeds.
+//!
+//! The view is refreshed in the background (one refresh at a time, from a node the client is connected to,
+//! else from any reachable node) by the first request made after it is `ring_refresh_ms` old, and after
+//! any transport error (at most every 100 ms). Answers are merged into the cached membership table as the
+//! nodes merge theirs (per member, the higher version wins), so the view never goes back to an older
+//! ring, whichever node answers. [`Client::cluster`] returns the cached view; [`Client::refresh_cluster`]
+//! fetches it now.
+//!
+//! # Connections
+//!
+//! One QUIC connection (mutual TLS against the cluster CA, server name `<id>.node.featurestore`) per node,
+//! dialed when a request first needs that node, redialed when it has closed, shared by every clone of the
+//! client. Each request has its own bidirectional stream, so requests from many tasks run concurrently
+//! and cannot interleave. Addresses come from the membership table (members in state `Left` are skipped;
+//! a member publishing an undialable address such as `0.0.0.0:7401` gets its seed's configured address).
+//!
+//! # Routing and retries
+//!
+//! A request for a key goes to the key's replicas, `ring.preference_list(key, N)`, tried in order. A node
+//! that failed (could not be connected, transport error, timeout) is *backed off*: tried only after the
+//! others, for one second ([`NODE_BACKOFF`](crate::routing::NODE_BACKOFF)), doubling with each failure
+//! after a backoff up to eight ([`MAX_NODE_BACKOFF`](crate::routing::MAX_NODE_BACKOFF)); any answer from
+//! it clears that.
+//!
+//! - **Reads** (`Get`, `GetMany`, `LocalState`, `Status`, `Cluster`, `Digests`) move on to the next
+//!   replica on any connection failure, transport error or timeout, and on an
+//!   [`ErrorCode::Unavailable`] reply (the node could not reach the read quorum). A node whose connection
+//!   was lost in the middle of the read (it restarted, or closed the connection) gets one more try on a
+//!   fresh connection after the other replicas. Reads never go to nodes outside the preference list.
+//! - **Writes** (`Put`, `Increment`, `SetFlag`, `Erase`, and `Leave`) move on to the next node **only if
+//!   the request certainly did not reach the node**: connecting failed, or the stream could not be
+//!   opened. Once the first byte has been handed to QUIC, a failure (transport error, timeout) is
+//!   returned to the caller: the write may have been applied, and applying an increment twice would be
+//!   wrong. If no replica that is not backed off can be reached, the write goes to the other members
+//!   not backed off, in ring order from the key (such a node accepts it as a sloppy-quorum coordinator
+//!   and hands it over to the replicas later: hinted handoff), and only then to the backed-off replicas.
+//! - Every other error reply of a node is returned as [`Error::Server`] without retry; malformed answers
+//!   ([`Error::Protocol`], [`Error::UnexpectedResponse`]) are returned at once as well.
+//! - When every candidate fails, the last error other than a connection failure is returned; if every
+//!   candidate failed to connect, one [`Error::Connect`] lists every attempt.
+//! - Requests bound to no key ([`Client::status`], [`Client::send_raw`], and `Status`, `Cluster`,
+//!   `Digests`, `Leave` through [`Client::request`]) go to the [connected node](Client::connected_node)
+//!   first, then to the seeds and the other members, with the same read and write rules. Node-directed
+//!   calls ([`Client::status_of`], [`Client::local_state`], [`Client::digests`], [`Client::leave`]) ask
+//!   the named node only.
+//!
+//! [`Client::get_many`] groups the keys by the first replica to try, sends one `GetMany` per node
+//! concurrently, and reassembles the answers in request order; the keys of a node that fails (as above,
+//! including `Unavailable`) are then read one by one with the routing of [`Client::get`].
+//!
+//! # Bounds
+//!
+//! - Every handshake is bounded by `connect_timeout_ms`; every attempt (open a stream, send, receive) by
+//!   `request_timeout_ms`. A request may make one attempt per candidate node (plus the one retry of a
+//!   read on a lost connection), so a read of a key whose N replicas all hang takes about N times
+//!   `request_timeout_ms`.
+//! - Every response header is checked against `max_frame_bytes` before the payload is allocated; the
+//!   payload is read exactly and decoded with the core's bounded decoder.
+//!
+//! # Caveats
+//!
+//! - Routing is a best effort on a view that may be up to `ring_refresh_ms` old: during a join or leave
+//!   a request may reach a node that is no longer (or not yet) a replica; nodes coordinate such requests
+//!   themselves, so this costs a hop, not correctness.
+//! - Quorums are enforced by the node that coordinates the request, not by the client.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use featurestore::codec::{self, FRAME_HEADER_BYTES};
-use featurestore::protocol::{CounterDelta, ErrorReply, GaugeWrite, NodeStatus, PutAck};
-use featurestore::{CausalContext, FlagView, Marker, ProfileView, Request, Response, Value};
-use quinn::{
-    Connection, Endpoint, ReadExactError, ReadToEndError, RecvStream, SendStream, WriteError,
+use featurestore::protocol::{
+    ClusterView, CounterDelta, ErrorReply, GaugeWrite, NodeStatus, PutAck,
 };
+use featurestore::{
+    CausalContext, ErrorCode, FlagView, Marker, NodeId, Profile, ProfileView, Request, Response,
+    Value,
+};
+use quinn::Connection;
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::ClientConfig;
 use crate::error::{ConnectAttempt, Error, Result};
+use crate::routing::{self, Backoff, Merged, View};
 use crate::tls::{self, CLIENT_ALPN};
+use crate::transport::{self, lock, Endpoints, Failure, NodeConn};
 
-/// The longest [`Client::close`] waits for the endpoint to become idle.
+/// The longest [`Client::close`] waits for the endpoints to become idle.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// A connection to a featurestore cluster.
+/// The shortest time between two refreshes of the cluster view triggered by transport errors.
+const ERROR_REFRESH_GAP: Duration = Duration::from_millis(100);
+
+/// A ring-aware connection to a featurestore cluster.
 ///
-/// Cheap to clone (an `Arc`); clones share the connection and may be used from many tasks at once. Dropping
-/// the last clone closes the connection abruptly; call [`Client::close`] to close it gracefully.
+/// Cheap to clone (an `Arc` and two quorums); clones share the connections and the cluster view and may
+/// be used from many tasks at once. Dropping the last clone closes the connections abruptly; call
+/// [`Client::close`] to close them gracefully. See the [module docs](crate::client) for routing and
+/// retries.
 ///
 /// ```no_run
 /// use store_client::{Client, ClientConfig, Value};
@@ -58,139 +128,44 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    read_quorum: u8,
+    write_quorum: u8,
 }
 
 struct Inner {
     config: ClientConfig,
+    /// The configured seeds, in order.
+    seeds: Vec<(NodeId, SocketAddr)>,
     endpoints: Endpoints,
-    /// The connection in use and the node it goes to.
-    current: StdMutex<Current>,
-    /// Held while reconnecting; holds the last failed reconnection, to hand to callers that waited for it.
-    reconnect: tokio::sync::Mutex<Option<(Instant, Vec<ConnectAttempt>)>>,
+    view: StdMutex<Arc<View>>,
+    /// When a node last confirmed the view.
+    fetched: StdMutex<Instant>,
+    /// When the last background refresh started.
+    refresh_started: StdMutex<Option<Instant>>,
+    /// Set while a background refresh runs.
+    refreshing: AtomicBool,
+    pool: StdMutex<HashMap<NodeId, Arc<NodeConn>>>,
+    backoff: StdMutex<Backoff>,
+    /// The node that answered the last node-independent request (status, cluster, raw frames).
+    home: StdMutex<NodeId>,
     closed: AtomicBool,
 }
 
-#[derive(Clone)]
-struct Current {
-    node: String,
-    conn: Connection,
+/// Whether a request may be sent again after it may have reached a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Yes: it does not change anything (reads).
+    Read,
+    /// No: only if it certainly did not reach the node (writes).
+    Write,
 }
 
-/// One client endpoint per address family used by the configured nodes.
-struct Endpoints {
-    v4: Option<Endpoint>,
-    v6: Option<Endpoint>,
-}
+/// Clears [`Inner::refreshing`] when the background refresh ends, even if it panics.
+struct RefreshGuard(Arc<Inner>);
 
-impl Endpoints {
-    fn new(config: &ClientConfig, quic: &quinn::ClientConfig) -> Result<Self> {
-        let bind = |local: SocketAddr| -> Result<Endpoint> {
-            let mut endpoint = Endpoint::client(local).map_err(|e| {
-                Error::Transport(format!("cannot bind a UDP socket to {local}: {e}"))
-            })?;
-            endpoint.set_default_client_config(quic.clone());
-            Ok(endpoint)
-        };
-        let v4 = if config.nodes.iter().any(|n| n.addr.is_ipv4()) {
-            Some(bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?)
-        } else {
-            None
-        };
-        let v6 = if config.nodes.iter().any(|n| n.addr.is_ipv6()) {
-            Some(bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))?)
-        } else {
-            None
-        };
-        Ok(Endpoints { v4, v6 })
-    }
-
-    fn for_addr(&self, addr: SocketAddr) -> Option<&Endpoint> {
-        if addr.is_ipv4() {
-            self.v4.as_ref()
-        } else {
-            self.v6.as_ref()
-        }
-    }
-
-    fn all(&self) -> impl Iterator<Item = &Endpoint> {
-        self.v4.iter().chain(self.v6.iter())
-    }
-}
-
-/// Connects to the configured nodes in order; returns the first connection whose handshake succeeds.
-async fn dial(config: &ClientConfig, endpoints: &Endpoints) -> Result<Current> {
-    let mut attempts = Vec::new();
-    for node in &config.nodes {
-        let attempt = async {
-            let endpoint = endpoints
-                .for_addr(node.addr)
-                .ok_or_else(|| "no endpoint for this address family".to_owned())?;
-            let connecting = endpoint
-                .connect(node.addr, &node.server_name())
-                .map_err(|e| e.to_string())?;
-            match tokio::time::timeout(config.connect_timeout(), connecting).await {
-                Ok(Ok(conn)) => Ok(conn),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!(
-                    "handshake timed out after {} ms",
-                    config.connect_timeout_ms
-                )),
-            }
-        };
-        match attempt.await {
-            Ok(conn) => {
-                info!(node = %node.name, addr = %node.addr, "connected");
-                return Ok(Current {
-                    node: node.name.clone(),
-                    conn,
-                });
-            }
-            Err(error) => {
-                warn!(node = %node.name, addr = %node.addr, %error, "connection attempt failed");
-                attempts.push(ConnectAttempt {
-                    node: node.name.clone(),
-                    addr: node.addr,
-                    error,
-                });
-            }
-        }
-    }
-    Err(Error::Connect { attempts })
-}
-
-/// Writes a whole request and finishes the stream. If the node stops reading early (it may refuse an
-/// oversize or malformed frame after its header), its answer is still read.
-async fn send_request(send: &mut SendStream, bytes: &[u8]) -> Result<()> {
-    match send.write_all(bytes).await {
-        Ok(()) => {
-            if let Err(e) = send.finish() {
-                debug!(error = %e, "could not finish the request stream");
-            }
-            Ok(())
-        }
-        Err(WriteError::Stopped(code)) => {
-            debug!(%code, "node stopped reading the request; reading its answer");
-            Ok(())
-        }
-        Err(e) => Err(Error::Transport(format!("sending the request: {e}"))),
-    }
-}
-
-async fn read_exact(recv: &mut RecvStream, buf: &mut [u8], what: &str) -> Result<()> {
-    match recv.read_exact(buf).await {
-        Ok(()) => Ok(()),
-        Err(ReadExactError::FinishedEarly(read)) => {
-            Err(Error::Protocol(featurestore::Error::Malformed {
-                what: "response",
-                reason: format!(
-                    "the stream ended after {read} of {} bytes of the {what}",
-                    buf.len()
-                ),
-            }))
-        }
-        Err(ReadExactError::ReadError(e)) => {
-            Err(Error::Transport(format!("reading the {what}: {e}")))
-        }
+impl Drop for RefreshGuard {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, Ordering::SeqCst);
     }
 }
 
@@ -204,6 +179,10 @@ fn variant(response: &Response) -> String {
         Response::Flag(_) => "Flag",
         Response::Erased { .. } => "Erased",
         Response::Status(_) => "Status",
+        Response::Cluster(_) => "Cluster",
+        Response::LocalState(_) => "LocalState",
+        Response::Digests(_) => "Digests",
+        Response::Leaving => "Leaving",
         Response::Error(_) => "Error",
     }
     .to_owned()
@@ -220,12 +199,28 @@ fn projection(features: Option<&[&str]>) -> Option<Vec<String>> {
     features.map(|names| names.iter().map(|n| (*n).to_owned()).collect())
 }
 
+/// Whether the keys of a failed `GetMany` group are worth reading one by one on other replicas.
+fn group_falls_back(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Connect { .. }
+            | Error::Transport(_)
+            | Error::Timeout { .. }
+            | Error::UnknownNode(_)
+            | Error::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+    )
+}
+
 impl Client {
-    /// Validates `config`, loads the certificates, and connects to the first configured node whose
-    /// handshake succeeds (nodes are tried in order, each bounded by `connect_timeout_ms`).
+    /// Validates `config`, loads the certificates, connects to the first seed (`[[nodes]]`, in order)
+    /// whose handshake succeeds, and learns the cluster from it (see the [module docs](crate::client)).
     ///
     /// Must be called within a tokio runtime. Errors: [`Error::Config`], [`Error::Tls`] (certificate
-    /// files), [`Error::Transport`] (no local UDP socket), [`Error::Connect`] listing every attempt.
+    /// files), [`Error::Connect`] listing every seed tried. A seed that connects but cannot describe the
+    /// cluster is not an error: the client then routes over the seeds and keeps asking in the background.
     ///
     /// ```no_run
     /// use store_client::{Client, ClientConfig, NodeAddr};
@@ -239,11 +234,21 @@ impl Client {
     /// );
     /// let client = Client::connect(config).await?;
     /// println!("connected to {}", client.connected_node());
+    /// println!("ring version {}", client.ring_version());
     /// # Ok(())
     /// # }
     /// ```
     pub async fn connect(config: ClientConfig) -> Result<Client> {
         config.validate()?;
+        let seeds = config
+            .nodes
+            .iter()
+            .map(|n| {
+                NodeId::new(n.name.as_str())
+                    .map(|id| (id, n.addr))
+                    .map_err(|e| Error::Config(format!("node {:?}: {e}", n.name)))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let quic = tls::client_config(
             &config.ca_cert,
             &config.cert,
@@ -251,17 +256,69 @@ impl Client {
             CLIENT_ALPN,
             &config.transport,
         )?;
-        let endpoints = Endpoints::new(&config, &quic)?;
-        let current = dial(&config, &endpoints).await?;
-        Ok(Client {
+        let view = View::from_seeds(&seeds);
+        let first = seeds[0].0.clone();
+        let client = Client {
+            read_quorum: config.read_quorum,
+            write_quorum: config.write_quorum,
             inner: Arc::new(Inner {
+                endpoints: Endpoints::new(quic),
+                seeds,
                 config,
-                endpoints,
-                current: StdMutex::new(current),
-                reconnect: tokio::sync::Mutex::new(None),
+                view: StdMutex::new(Arc::new(view)),
+                fetched: StdMutex::new(Instant::now()),
+                refresh_started: StdMutex::new(None),
+                refreshing: AtomicBool::new(false),
+                pool: StdMutex::new(HashMap::new()),
+                backoff: StdMutex::new(Backoff::default()),
+                home: StdMutex::new(first),
                 closed: AtomicBool::new(false),
             }),
-        })
+        };
+
+        let mut attempts: Vec<ConnectAttempt> = Vec::new();
+        let mut home = None;
+        for (id, _) in &client.inner.seeds {
+            let Some(node) = client.node_conn(id) else {
+                continue;
+            };
+            match node
+                .connection(
+                    &client.inner.endpoints,
+                    client.inner.config.connect_timeout(),
+                    &client.inner.closed,
+                )
+                .await
+            {
+                Ok(_) => {
+                    home = Some(id.clone());
+                    break;
+                }
+                Err(Error::Connect { attempts: failed }) => attempts.extend(failed),
+                Err(other) => return Err(other),
+            }
+        }
+        let Some(home) = home else {
+            return Err(Error::Connect { attempts });
+        };
+        *lock(&client.inner.home) = home.clone();
+
+        let frame = codec::encode_request(&Request::Cluster)?;
+        match client
+            .run(vec![home.clone()], Retry::Read, |c| client.typed(c, &frame))
+            .await
+        {
+            Ok((_, Response::Cluster(cluster))) => {
+                client.apply(cluster);
+            }
+            Ok((_, other)) => {
+                warn!(node = %home, got = %variant(&other), "the seed did not describe the cluster; routing over the seeds");
+            }
+            Err(error) => {
+                warn!(node = %home, %error, "the seed did not describe the cluster; routing over the seeds");
+            }
+        }
+        Ok(client)
     }
 
     /// The configuration this client was built from.
@@ -269,104 +326,372 @@ impl Client {
         &self.inner.config
     }
 
-    /// The name of the node the current connection goes to.
-    pub fn connected_node(&self) -> String {
-        self.current().node
-    }
-
-    fn current(&self) -> Current {
-        self.inner
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The current connection, reconnecting first if it has closed.
-    async fn connection(&self) -> Result<Current> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        let current = self.current();
-        if current.conn.close_reason().is_none() {
-            return Ok(current);
-        }
-        self.reconnect(&current.conn).await
-    }
-
-    /// Replaces the closed connection `failed`, unless another caller already did.
-    async fn reconnect(&self, failed: &Connection) -> Result<Current> {
-        let waiting_since = Instant::now();
-        let mut last_failure = self.inner.reconnect.lock().await;
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        let current = self.current();
-        if current.conn.stable_id() != failed.stable_id() && current.conn.close_reason().is_none() {
-            return Ok(current);
-        }
-        if let Some((at, attempts)) = last_failure.as_ref() {
-            if *at >= waiting_since {
-                // Someone reconnected (and failed) while we waited: do not dial again at once.
-                return Err(Error::Connect {
-                    attempts: attempts.clone(),
-                });
-            }
-        }
-        debug!(
-            node = %current.node,
-            reason = ?current.conn.close_reason(),
-            "connection closed; reconnecting"
-        );
-        match dial(&self.inner.config, &self.inner.endpoints).await {
-            Ok(fresh) => {
-                *last_failure = None;
-                *self
-                    .inner
-                    .current
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
-                Ok(fresh)
-            }
-            Err(Error::Connect { attempts }) => {
-                *last_failure = Some((Instant::now(), attempts.clone()));
-                Err(Error::Connect { attempts })
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn with_timeout<T>(&self, attempt: impl Future<Output = Result<T>>) -> Result<T> {
-        let after = self.inner.config.request_timeout();
-        tokio::time::timeout(after, attempt)
-            .await
-            .unwrap_or_else(|_| Err(Error::Timeout { after }))
-    }
-
-    /// One request/response exchange on a fresh stream of `conn`.
-    async fn exchange(&self, conn: &Connection, frame: &[u8]) -> Result<Response> {
-        let max_frame_bytes = self.inner.config.max_frame_bytes;
-        self.with_timeout(async {
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| Error::Transport(format!("opening a stream: {e}")))?;
-            send_request(&mut send, frame).await?;
-            let mut header = [0u8; FRAME_HEADER_BYTES];
-            read_exact(&mut recv, &mut header, "response header").await?;
-            let len = codec::parse_header(header, max_frame_bytes)?;
-            let mut payload = vec![0u8; len];
-            read_exact(&mut recv, &mut payload, "response payload").await?;
-            Ok(codec::decode_response(&payload)?)
-        })
-        .await
-    }
-
-    /// Sends any request and returns the node's answer.
+    /// A clone of this client (sharing its connections and cluster view) whose reads use quorum `read`
+    /// (R) and whose writes use quorum `write` (W) instead of the configured `read_quorum` and
+    /// `write_quorum`. 0 and 1 both mean one replica.
     ///
-    /// An error reply ([`Response::Error`]) is returned as [`Error::Server`], so an `Ok` response is never
-    /// `Response::Error`. Reads (`Get`, `GetMany`, `Status`) are retried once on a fresh connection if the
-    /// connection was lost during the request; writes are not (see the [module docs](crate::client)).
+    /// ```no_run
+    /// # async fn example(client: store_client::Client) -> Result<(), store_client::Error> {
+    /// // Read from two replicas (merged, stale ones repaired); acknowledge writes after two replicas.
+    /// let careful = client.with_quorums(2, 2);
+    /// careful.increment("user-42", &[("orders", 1)]).await?;
+    /// let profile = careful.get("user-42", None).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_quorums(&self, read: u8, write: u8) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            read_quorum: read,
+            write_quorum: write,
+        }
+    }
+
+    /// The read quorum (R) of this client's reads.
+    pub fn read_quorum(&self) -> u8 {
+        self.read_quorum
+    }
+
+    /// The write quorum (W) of this client's writes.
+    pub fn write_quorum(&self) -> u8 {
+        self.write_quorum
+    }
+
+    /// The node that answered the last request not bound to a key or a node (initially the seed
+    /// [`Client::connect`] reached): [`Client::status`] and [`Client::send_raw`] go there first.
+    pub fn connected_node(&self) -> String {
+        lock(&self.inner.home).to_string()
+    }
+
+    /// The cached cluster view: membership table (its `version()` is the ring version), virtual nodes
+    /// per member and replication factor. Made of the seeds (ring version 0) if no node has described
+    /// the cluster yet.
+    pub fn cluster(&self) -> ClusterView {
+        self.view().cluster.clone()
+    }
+
+    /// The version of the cached ring (the membership table's version; 0 for a ring of the seeds).
+    pub fn ring_version(&self) -> u64 {
+        self.view().ring.version()
+    }
+
+    /// The replicas of `key` in the cached ring, in preference order (the first one coordinates).
+    ///
+    /// ```no_run
+    /// # fn example(client: store_client::Client) {
+    /// let replicas = client.replicas("user-42");
+    /// println!("user-42 lives on {replicas:?}");
+    /// # }
+    /// ```
+    pub fn replicas(&self, key: &str) -> Vec<NodeId> {
+        let view = self.view();
+        view.ring
+            .preference_list(key.as_bytes(), view.replication_factor)
+    }
+
+    /// Fetches the cluster view now (from a connected node, else from any reachable one), merges it into
+    /// the cached view, and returns the result.
+    ///
+    /// ```no_run
+    /// # async fn example(client: store_client::Client) -> Result<(), store_client::Error> {
+    /// let view = client.refresh_cluster().await?;
+    /// for member in view.table.members.values() {
+    ///     println!("{} {} {}", member.id, member.addr, member.state);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn refresh_cluster(&self) -> Result<ClusterView> {
+        let mut nodes: Vec<NodeId> = {
+            let pool = lock(&self.inner.pool);
+            let mut open: Vec<NodeId> = pool
+                .values()
+                .filter(|n| n.open().is_some())
+                .map(|n| n.id.clone())
+                .collect();
+            open.sort();
+            open
+        };
+        for node in self.home_plan() {
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+        let frame = codec::encode_request(&Request::Cluster)?;
+        let (_, response) = self
+            .run(nodes, Retry::Read, |c| self.typed(c, &frame))
+            .await?;
+        match response {
+            Response::Cluster(cluster) => Ok(self.apply(cluster)),
+            other => Err(unexpected("Cluster", &other)),
+        }
+    }
+
+    fn view(&self) -> Arc<View> {
+        lock(&self.inner.view).clone()
+    }
+
+    /// Merges a node's description of the cluster into the cached view; returns the cached view.
+    fn apply(&self, answer: ClusterView) -> ClusterView {
+        let (view, changed) = {
+            let mut cached = lock(&self.inner.view);
+            let changed = match cached.merged(answer, &self.inner.seeds) {
+                Merged::Unchanged => false,
+                Merged::Changed(view) => {
+                    info!(
+                        ring_version = view.ring.version(),
+                        members = view.ring.len(),
+                        replication_factor = view.replication_factor,
+                        "cluster view updated"
+                    );
+                    *cached = Arc::new(view);
+                    true
+                }
+                Merged::EmptyRing => {
+                    warn!("a node described a cluster without serving members; ignored");
+                    false
+                }
+            };
+            (cached.clone(), changed)
+        };
+        *lock(&self.inner.fetched) = Instant::now();
+        if changed {
+            // Forget connections to nodes that left or moved.
+            let mut pool = lock(&self.inner.pool);
+            pool.retain(|id, node| {
+                let keep = view.addr(id) == Some(node.addr);
+                if !keep {
+                    node.close();
+                }
+                keep
+            });
+        }
+        view.cluster.clone()
+    }
+
+    /// Starts a background refresh of the cluster view if one is due: the view is older than
+    /// `ring_refresh_ms` (and so is the last refresh), or `after_error` and the last refresh started
+    /// at least [`ERROR_REFRESH_GAP`] ago. At most one runs at a time.
+    fn maybe_refresh(&self, after_error: bool) {
+        if self.inner.closed.load(Ordering::SeqCst) || self.inner.refreshing.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        let now = Instant::now();
+        let since_start =
+            lock(&self.inner.refresh_started).map(|t| now.saturating_duration_since(t));
+        let due = if after_error {
+            since_start.is_none_or(|d| d >= ERROR_REFRESH_GAP)
+        } else {
+            match self.inner.config.ring_refresh() {
+                None => false,
+                Some(every) => {
+                    let age = now.saturating_duration_since(*lock(&self.inner.fetched));
+                    age >= every && since_start.is_none_or(|d| d >= every)
+                }
+            }
+        };
+        if !due {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.refreshing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        *lock(&self.inner.refresh_started) = Some(now);
+        let client = self.clone();
+        runtime.spawn(async move {
+            let _guard = RefreshGuard(client.inner.clone());
+            if let Err(error) = client.refresh_cluster().await {
+                debug!(%error, "background refresh of the cluster view failed");
+            }
+        });
+    }
+
+    /// The connection slot of `node`, created if needed; `None` if the node has no known address.
+    fn node_conn(&self, node: &NodeId) -> Option<Arc<NodeConn>> {
+        let addr = self.view().addr(node)?;
+        let mut pool = lock(&self.inner.pool);
+        if let Some(existing) = pool.get(node) {
+            if existing.addr == addr {
+                return Some(existing.clone());
+            }
+        }
+        let fresh = Arc::new(NodeConn::new(node.clone(), addr));
+        if let Some(old) = pool.insert(node.clone(), fresh.clone()) {
+            old.close();
+        }
+        Some(fresh)
+    }
+
+    /// Whether `node` failed recently, for each node at one instant.
+    fn backed_off_now(&self) -> impl Fn(&NodeId) -> bool {
+        let backed_off = lock(&self.inner.backoff).backed_off(Instant::now());
+        move |node| backed_off.contains(node)
+    }
+
+    /// The nodes for requests bound to no key or node: the last node that answered one, the seeds, then
+    /// every other known node; those that failed recently last.
+    fn home_plan(&self) -> Vec<NodeId> {
+        let home = lock(&self.inner.home).clone();
+        let view = self.view();
+        let mut nodes = vec![home];
+        for node in self
+            .inner
+            .seeds
+            .iter()
+            .map(|(id, _)| id)
+            .chain(view.nodes())
+        {
+            if !nodes.contains(node) {
+                nodes.push(node.clone());
+            }
+        }
+        let backed_off = self.backed_off_now();
+        let (mut fresh, late): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|n| !backed_off(n));
+        fresh.extend(late);
+        fresh
+    }
+
+    /// One typed exchange on `conn`; an error reply becomes a [`Failure`] carrying [`Error::Server`].
+    async fn typed(&self, conn: Connection, frame: &[u8]) -> Result<Response, Failure> {
+        let config = &self.inner.config;
+        match transport::exchange(
+            &conn,
+            frame,
+            config.request_timeout(),
+            config.max_frame_bytes,
+        )
+        .await?
+        {
+            Response::Error(ErrorReply { code, message }) => Err(Failure {
+                error: Error::Server { code, message },
+                sent: true,
+                conn_lost: false,
+            }),
+            response => Ok(response),
+        }
+    }
+
+    /// Tries `nodes` in order with `op` until one succeeds, following the retry rules of the
+    /// [module docs](crate::client). Returns the node that answered and its answer.
+    async fn run<T, F, Fut>(&self, nodes: Vec<NodeId>, retry: Retry, op: F) -> Result<(NodeId, T)>
+    where
+        F: Fn(Connection) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut queue: VecDeque<NodeId> = nodes.into();
+        let mut second_chance: Vec<NodeId> = Vec::new();
+        let mut connect_failures: Vec<ConnectAttempt> = Vec::new();
+        let mut last: Option<Error> = None;
+        while let Some(node) = queue.pop_front() {
+            let outcome = match self.node_conn(&node) {
+                None => Err(Failure::unsent(Error::UnknownNode(node.to_string()))),
+                Some(slot) => match slot
+                    .connection(
+                        &self.inner.endpoints,
+                        self.inner.config.connect_timeout(),
+                        &self.inner.closed,
+                    )
+                    .await
+                {
+                    Ok(conn) => op(conn).await,
+                    Err(error) => Err(Failure::unsent(error)),
+                },
+            };
+            let failure = match outcome {
+                Ok(value) => {
+                    lock(&self.inner.backoff).succeeded(&node);
+                    return Ok((node, value));
+                }
+                Err(failure) => failure,
+            };
+            if matches!(failure.error, Error::Closed) {
+                return Err(Error::Closed);
+            }
+            let unreachable = failure.is_unreachable();
+            if unreachable {
+                lock(&self.inner.backoff).failed(&node, Instant::now());
+                self.maybe_refresh(true);
+            } else if matches!(failure.error, Error::Server { .. }) {
+                lock(&self.inner.backoff).succeeded(&node);
+            }
+            let unavailable = failure.error.server_code() == Some(ErrorCode::Unavailable);
+            let move_on = !failure.sent || (retry == Retry::Read && (unreachable || unavailable));
+            if !move_on {
+                return Err(failure.error);
+            }
+            if retry == Retry::Read
+                && failure.sent
+                && failure.conn_lost
+                && !second_chance.contains(&node)
+            {
+                second_chance.push(node.clone());
+                queue.push_back(node.clone());
+            }
+            debug!(%node, error = %failure.error, sent = failure.sent, "request failed; trying the next node");
+            match failure.error {
+                Error::Connect { attempts } => connect_failures.extend(attempts),
+                error => last = Some(error),
+            }
+        }
+        Err(match last {
+            Some(error) => error,
+            None if !connect_failures.is_empty() => Error::Connect {
+                attempts: connect_failures,
+            },
+            None => Error::Transport("no node to send the request to".into()),
+        })
+    }
+
+    /// Sends `frame` (a request about `key`) along the key's plan.
+    async fn routed(&self, key: &str, frame: &[u8], write: bool) -> Result<Response> {
+        self.maybe_refresh(false);
+        let view = self.view();
+        let nodes = routing::plan(
+            &view.ring,
+            view.replication_factor,
+            key.as_bytes(),
+            write,
+            self.backed_off_now(),
+        );
+        let retry = if write { Retry::Write } else { Retry::Read };
+        let (_, response) = self.run(nodes, retry, |c| self.typed(c, frame)).await?;
+        Ok(response)
+    }
+
+    /// Sends `frame` (a request bound to no key) along [`Client::home_plan`].
+    async fn at_home(&self, frame: &[u8], retry: Retry) -> Result<Response> {
+        self.maybe_refresh(false);
+        let (node, response) = self
+            .run(self.home_plan(), retry, |c| self.typed(c, frame))
+            .await?;
+        *lock(&self.inner.home) = node;
+        Ok(response)
+    }
+
+    /// Sends `request` to `node` only.
+    async fn at_node(&self, node: &NodeId, request: &Request, retry: Retry) -> Result<Response> {
+        let frame = codec::encode_request(request)?;
+        let (_, response) = self
+            .run(vec![node.clone()], retry, |c| self.typed(c, &frame))
+            .await?;
+        Ok(response)
+    }
+
+    /// Sends any request and returns the answer, routed by what it is about:
+    ///
+    /// - `Get` and `LocalState` to the replicas of the key (read rules); `GetMany` as
+    ///   [`Client::get_many`] does;
+    /// - `Put`, `Increment`, `SetFlag` and `Erase` to the replicas of the key (write rules);
+    /// - `Status`, `Cluster` and `Digests` to the [connected node](Client::connected_node) (read rules:
+    ///   another node if it fails); `Leave` there too (write rules: the node that leaves is the one that
+    ///   answers, so prefer [`Client::leave`]).
+    ///
+    /// The request's own quorum is sent as given. An error reply ([`Response::Error`]) is returned as
+    /// [`Error::Server`], so an `Ok` response is never `Response::Error`.
     ///
     /// ```no_run
     /// use store_client::{Client, Request, Response};
@@ -380,52 +705,53 @@ impl Client {
     /// # }
     /// ```
     pub async fn request(&self, request: Request) -> Result<Response> {
+        if let Request::GetMany {
+            keys,
+            features,
+            quorum,
+        } = request
+        {
+            return Ok(Response::Profiles(
+                self.get_many_owned(keys, features, quorum).await?,
+            ));
+        }
         let frame = codec::encode_request(&request)?;
-        let current = self.connection().await?;
-        let response = match self.exchange(&current.conn, &frame).await {
-            Err(e @ Error::Transport(_))
-                if !request.is_write() && current.conn.close_reason().is_some() =>
-            {
-                debug!(node = %current.node, error = %e, "connection lost during a read; retrying once");
-                let fresh = self.reconnect(&current.conn).await?;
-                self.exchange(&fresh.conn, &frame).await
+        match &request {
+            Request::Get { key, .. } | Request::LocalState { key } => {
+                self.routed(key, &frame, false).await
             }
-            other => other,
-        }?;
-        match response {
-            Response::Error(ErrorReply { code, message }) => Err(Error::Server { code, message }),
-            other => Ok(other),
+            Request::Put { key, .. }
+            | Request::Increment { key, .. }
+            | Request::SetFlag { key, .. }
+            | Request::Erase { key, .. } => self.routed(key, &frame, true).await,
+            Request::Leave => self.at_home(&frame, Retry::Write).await,
+            _ => self.at_home(&frame, Retry::Read).await,
         }
     }
 
-    /// Writes arbitrary bytes on a fresh stream, finishes it, and returns everything the node sends back
-    /// (at most `max_frame_bytes + 5` bytes; more is an [`Error::Transport`]).
+    /// Writes arbitrary bytes on a fresh stream to the [connected node](Client::connected_node),
+    /// finishes it, and returns everything the node sends back (at most `max_frame_bytes + 5` bytes;
+    /// more is an [`Error::Transport`]).
     ///
     /// For testing and diagnostics only (e.g. checking how a node answers malformed or oversize frames):
-    /// nothing is validated or decoded, and the request is never retried. A stream the node resets or
-    /// stops without answering is an [`Error::Transport`].
+    /// nothing is validated or decoded. Another node is tried only if the connection or the stream could
+    /// not be opened; once bytes were sent, nothing is retried. A stream the node resets or stops without
+    /// answering is an [`Error::Transport`].
     pub async fn send_raw(&self, bytes: &[u8]) -> Result<Vec<u8>> {
-        let current = self.connection().await?;
-        let limit = self.inner.config.max_frame_bytes as usize + FRAME_HEADER_BYTES;
-        self.with_timeout(async {
-            let (mut send, mut recv) = current
-                .conn
-                .open_bi()
-                .await
-                .map_err(|e| Error::Transport(format!("opening a stream: {e}")))?;
-            send_request(&mut send, bytes).await?;
-            recv.read_to_end(limit).await.map_err(|e| match e {
-                ReadToEndError::TooLong => {
-                    Error::Transport(format!("the reply is longer than {limit} bytes"))
-                }
-                ReadToEndError::Read(e) => Error::Transport(format!("reading the reply: {e}")),
+        let config = &self.inner.config;
+        let limit = config.max_frame_bytes as usize + FRAME_HEADER_BYTES;
+        let timeout = config.request_timeout();
+        let (node, reply) = self
+            .run(self.home_plan(), Retry::Write, |c| async move {
+                transport::exchange_raw(&c, bytes, timeout, limit).await
             })
-        })
-        .await
+            .await?;
+        *lock(&self.inner.home) = node;
+        Ok(reply)
     }
 
-    /// Reads one entity, optionally only the named features. `None` if nothing of it is visible (never
-    /// written, erased, or expired).
+    /// Reads one entity with the configured read quorum, optionally only the named features. `None` if
+    /// nothing of it is visible (never written, erased, or expired).
     ///
     /// ```no_run
     /// use store_client::{Client, FeatureView};
@@ -440,17 +766,50 @@ impl Client {
     /// # }
     /// ```
     pub async fn get(&self, key: &str, features: Option<&[&str]>) -> Result<Option<ProfileView>> {
-        let request = Request::Get {
+        self.get_with_quorum(key, features, self.read_quorum).await
+    }
+
+    /// Like [`Client::get`], with read quorum `r`: the serving node reads `r` replicas, merges them and
+    /// repairs the stale ones before answering (0 and 1 read one). If fewer than `r` replicas answer,
+    /// the node replies [`ErrorCode::Unavailable`] and the next replica is asked.
+    ///
+    /// ```no_run
+    /// # async fn example(client: store_client::Client) -> Result<(), store_client::Error> {
+    /// let profile = client.get_with_quorum("user-42", None, 2).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_with_quorum(
+        &self,
+        key: &str,
+        features: Option<&[&str]>,
+        r: u8,
+    ) -> Result<Option<ProfileView>> {
+        self.get_owned(key, projection(features), r).await
+    }
+
+    async fn get_owned(
+        &self,
+        key: &str,
+        features: Option<Vec<String>>,
+        quorum: u8,
+    ) -> Result<Option<ProfileView>> {
+        let frame = codec::encode_request(&Request::Get {
             key: key.to_owned(),
-            features: projection(features),
-        };
-        match self.request(request).await? {
+            features,
+            quorum,
+        })?;
+        match self.routed(key, &frame, false).await? {
             Response::Profile(profile) => Ok(profile),
             other => Err(unexpected("Profile", &other)),
         }
     }
 
-    /// Reads several entities in one request; the answer is in `keys` order.
+    /// Reads several entities with the configured read quorum; the answer is in `keys` order.
+    ///
+    /// The keys are grouped by the replica each is read from first, one `GetMany` per node is sent
+    /// concurrently, and the answers are put back in order; the keys of a node that fails are read one by
+    /// one from their other replicas (see the [module docs](crate::client)).
     ///
     /// ```no_run
     /// # async fn example(client: store_client::Client) -> Result<(), store_client::Error> {
@@ -464,21 +823,82 @@ impl Client {
         keys: &[&str],
         features: Option<&[&str]>,
     ) -> Result<Vec<Option<ProfileView>>> {
-        let request = Request::GetMany {
-            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
-            features: projection(features),
-        };
-        match self.request(request).await? {
-            Response::Profiles(profiles) if profiles.len() == keys.len() => Ok(profiles),
-            Response::Profiles(profiles) => Err(Error::UnexpectedResponse {
-                expected: "one profile per key",
-                got: format!("{} profiles for {} keys", profiles.len(), keys.len()),
-            }),
-            other => Err(unexpected("Profiles", &other)),
-        }
+        let keys = keys.iter().map(|k| (*k).to_owned()).collect();
+        self.get_many_owned(keys, projection(features), self.read_quorum)
+            .await
     }
 
-    /// Writes gauges (last-writer-wins), stamped by the node's clock, without TTL.
+    async fn get_many_owned(
+        &self,
+        keys: Vec<String>,
+        features: Option<Vec<String>>,
+        quorum: u8,
+    ) -> Result<Vec<Option<ProfileView>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.maybe_refresh(false);
+        let view = self.view();
+        let groups = routing::group_keys(
+            &view.ring,
+            view.replication_factor,
+            &keys,
+            self.backed_off_now(),
+        );
+        let mut results: Vec<Option<Option<ProfileView>>> = vec![None; keys.len()];
+        let mut tasks = JoinSet::new();
+        for (node, indices) in groups {
+            let client = self.clone();
+            let request = Request::GetMany {
+                keys: indices.iter().map(|&i| keys[i].clone()).collect(),
+                features: features.clone(),
+                quorum,
+            };
+            tasks.spawn(async move {
+                let outcome = client.at_node(&node, &request, Retry::Read).await;
+                (node, indices, outcome)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (node, indices, outcome) =
+                joined.map_err(|e| Error::Transport(format!("a get_many task failed: {e}")))?;
+            match outcome {
+                Ok(Response::Profiles(profiles)) if profiles.len() == indices.len() => {
+                    for (i, profile) in indices.into_iter().zip(profiles) {
+                        results[i] = Some(profile);
+                    }
+                }
+                Ok(Response::Profiles(profiles)) => {
+                    return Err(Error::UnexpectedResponse {
+                        expected: "one profile per key",
+                        got: format!("{} profiles for {} keys", profiles.len(), indices.len()),
+                    })
+                }
+                Ok(other) => return Err(unexpected("Profiles", &other)),
+                Err(error) if group_falls_back(&error) => {
+                    debug!(%node, %error, keys = indices.len(), "get_many group failed; reading its keys one by one");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+
+        let mut tasks = JoinSet::new();
+        for (i, _) in results.iter().enumerate().filter(|(_, r)| r.is_none()) {
+            let client = self.clone();
+            let key = keys[i].clone();
+            let features = features.clone();
+            tasks.spawn(async move { (i, client.get_owned(&key, features, quorum).await) });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (i, outcome) =
+                joined.map_err(|e| Error::Transport(format!("a get task failed: {e}")))?;
+            results[i] = Some(outcome?);
+        }
+        Ok(results.into_iter().map(Option::flatten).collect())
+    }
+
+    /// Writes gauges (last-writer-wins), stamped by the coordinating node's clock, without TTL, with the
+    /// configured write quorum.
     ///
     /// ```no_run
     /// use store_client::Value;
@@ -505,7 +925,7 @@ impl Client {
 
     /// Writes gauges with per-feature TTLs and, optionally, an event time (Unix milliseconds) so that late
     /// events lose to newer values. The node refuses event times too far ahead of its clock
-    /// ([`ErrorCode::ClockSkew`](featurestore::ErrorCode::ClockSkew)).
+    /// ([`ErrorCode::ClockSkew`]).
     ///
     /// ```no_run
     /// use store_client::{GaugeWrite, Value};
@@ -530,17 +950,20 @@ impl Client {
             key: key.to_owned(),
             gauges,
             timestamp_ms,
+            quorum: self.write_quorum,
         };
-        match self.request(request).await? {
+        let frame = codec::encode_request(&request)?;
+        match self.routed(key, &frame, true).await? {
             Response::Put(ack) => Ok(ack),
             other => Err(unexpected("Put", &other)),
         }
     }
 
-    /// Adds to counters; returns each counter's value after the write, in request order.
+    /// Adds to counters; returns each counter's value after the write (as seen by the coordinating
+    /// node), in request order.
     ///
-    /// Not retried automatically: if it fails with [`Error::Transport`] or [`Error::Timeout`], the
-    /// increment may or may not have been applied.
+    /// Sent again to another node only if it certainly did not reach the first one: if it fails with
+    /// [`Error::Transport`] or [`Error::Timeout`], the increment may or may not have been applied.
     ///
     /// ```no_run
     /// # async fn example(client: store_client::Client) -> Result<(), store_client::Error> {
@@ -559,8 +982,10 @@ impl Client {
                     delta: *delta,
                 })
                 .collect(),
+            quorum: self.write_quorum,
         };
-        match self.request(request).await? {
+        let frame = codec::encode_request(&request)?;
+        match self.routed(key, &frame, true).await? {
             Response::Incremented(values) if values.len() == deltas.len() => Ok(values),
             Response::Incremented(values) => Err(Error::UnexpectedResponse {
                 expected: "one value per delta",
@@ -607,8 +1032,10 @@ impl Client {
             value,
             context: context.clone(),
             ttl_ms,
+            quorum: self.write_quorum,
         };
-        match self.request(request).await? {
+        let frame = codec::encode_request(&request)?;
+        match self.routed(key, &frame, true).await? {
             Response::Flag(flag) => Ok(flag),
             other => Err(unexpected("Flag", &other)),
         }
@@ -627,60 +1054,155 @@ impl Client {
     pub async fn erase(&self, key: &str) -> Result<Marker> {
         let request = Request::Erase {
             key: key.to_owned(),
+            quorum: self.write_quorum,
         };
-        match self.request(request).await? {
+        let frame = codec::encode_request(&request)?;
+        match self.routed(key, &frame, true).await? {
             Response::Erased { watermark } => Ok(watermark),
             other => Err(unexpected("Erased", &other)),
         }
     }
 
-    /// The connected node's status and counters.
+    /// The status of the [connected node](Client::connected_node) (or, if it fails, of the first other
+    /// node that answers): counters, ring version, and every member with its state, the node's liveness
+    /// verdict and the hints it holds for it.
     ///
     /// ```no_run
     /// # async fn example(client: store_client::Client) -> Result<(), store_client::Error> {
     /// let status = client.status().await?;
-    /// println!("{} up for {} ms", status.node_id, status.uptime_ms);
+    /// println!("{} up for {} ms, ring version {}", status.node_id, status.uptime_ms, status.ring_version);
+    /// for m in &status.members {
+    ///     println!("  {} {:?} {:?} hints={}", m.id, m.state, m.liveness, m.hints_queued);
+    /// }
     /// # Ok(())
     /// # }
     /// ```
     pub async fn status(&self) -> Result<NodeStatus> {
-        match self.request(Request::Status).await? {
+        let frame = codec::encode_request(&Request::Status)?;
+        match self.at_home(&frame, Retry::Read).await? {
             Response::Status(status) => Ok(status),
             other => Err(unexpected("Status", &other)),
         }
     }
 
-    /// Closes the connection gracefully (application code 0, reason `bye`) and waits, at most one second,
-    /// for the endpoint to become idle, so that the close reaches the node. (The bound matters after a
-    /// failed connection attempt: an abandoned handshake to an unreachable node would otherwise keep the
-    /// endpoint busy for several seconds.) Afterwards every request on this client and its clones fails
-    /// with [`Error::Closed`]; requests still in flight fail with [`Error::Transport`].
+    /// The status of `node` (no other node is asked).
+    ///
+    /// Errors: [`Error::UnknownNode`] if the node is neither in the cached view nor a seed.
+    ///
+    /// ```no_run
+    /// use store_client::NodeId;
+    ///
+    /// # async fn example(client: store_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let status = client.status_of(&NodeId::new("n2")?).await?;
+    /// println!("n2 holds {} entities", status.entities);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn status_of(&self, node: &NodeId) -> Result<NodeStatus> {
+        match self.at_node(node, &Request::Status, Retry::Read).await? {
+            Response::Status(status) => Ok(status),
+            other => Err(unexpected("Status", &other)),
+        }
+    }
+
+    /// Admin: `node`'s raw local state of `key` (values with their full CRDT metadata), without merging
+    /// other replicas or filtering expired data; `None` if the node holds nothing for it. Comparing the
+    /// answers of every replica shows whether they converged.
+    ///
+    /// ```no_run
+    /// # async fn example(client: store_client::Client) -> Result<(), store_client::Error> {
+    /// let replicas = client.replicas("user-42");
+    /// let mut states = Vec::new();
+    /// for node in &replicas {
+    ///     states.push(client.local_state(node, "user-42").await?);
+    /// }
+    /// let converged = states.windows(2).all(|w| w[0] == w[1]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn local_state(&self, node: &NodeId, key: &str) -> Result<Option<Profile>> {
+        let request = Request::LocalState {
+            key: key.to_owned(),
+        };
+        match self.at_node(node, &request, Retry::Read).await? {
+            Response::LocalState(profile) => Ok(profile),
+            other => Err(unexpected("LocalState", &other)),
+        }
+    }
+
+    /// Admin: `node`'s anti-entropy digests of the keys it shares with `peer`, one per bucket. Equal
+    /// digests on both sides (`digests(a, b) == digests(b, a)`) mean equal replicas.
+    ///
+    /// ```no_run
+    /// use store_client::NodeId;
+    ///
+    /// # async fn example(client: store_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let (a, b) = (NodeId::new("n1")?, NodeId::new("n2")?);
+    /// let in_sync = client.digests(&a, &b).await? == client.digests(&b, &a).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn digests(&self, node: &NodeId, peer: &NodeId) -> Result<Vec<u64>> {
+        let request = Request::Digests { peer: peer.clone() };
+        match self.at_node(node, &request, Retry::Read).await? {
+            Response::Digests(digests) => Ok(digests),
+            other => Err(unexpected("Digests", &other)),
+        }
+    }
+
+    /// Admin: asks `node` to leave the cluster (it hands every range over, then marks itself `Left`).
+    /// Returns once the node has started leaving. Not sent again if the answer is lost.
+    ///
+    /// ```no_run
+    /// use store_client::NodeId;
+    ///
+    /// # async fn example(client: store_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// client.leave(&NodeId::new("n3")?).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn leave(&self, node: &NodeId) -> Result<()> {
+        match self.at_node(node, &Request::Leave, Retry::Write).await? {
+            Response::Leaving => Ok(()),
+            other => Err(unexpected("Leaving", &other)),
+        }
+    }
+
+    /// Closes every connection gracefully (application code 0, reason `bye`) and waits, at most one
+    /// second, for the endpoints to become idle, so that the closes reach the nodes. (The bound matters
+    /// after a failed connection attempt: an abandoned handshake to an unreachable node would otherwise
+    /// keep an endpoint busy for several seconds.) Afterwards every request on this client and its clones
+    /// fails with [`Error::Closed`]; requests still in flight fail with [`Error::Transport`].
     pub async fn close(&self) {
-        self.inner.closed.store(true, Ordering::Release);
-        // Wait for a reconnection in progress, so that its connection is the one closed.
-        let _guard = self.inner.reconnect.lock().await;
-        let current = self.current();
-        current.conn.close(0u32.into(), b"bye");
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let nodes: Vec<Arc<NodeConn>> = lock(&self.inner.pool).values().cloned().collect();
+        for node in nodes {
+            node.close();
+        }
+        let endpoints = self.inner.endpoints.bound();
         let idle = async {
-            for endpoint in self.inner.endpoints.all() {
+            for endpoint in &endpoints {
                 endpoint.wait_idle().await;
             }
         };
         if tokio::time::timeout(CLOSE_WAIT, idle).await.is_err() {
-            debug!("endpoint not idle after {CLOSE_WAIT:?}; not waiting longer");
+            debug!("endpoints not idle after {CLOSE_WAIT:?}; not waiting longer");
         }
-        debug!(node = %current.node, "connection closed");
     }
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let current = self.current();
+        let view = self.view();
         f.debug_struct("Client")
-            .field("node", &current.node)
-            .field("remote", &current.conn.remote_address())
+            .field("connected_node", &self.connected_node())
+            .field("ring_version", &view.ring.version())
+            .field("ring", &view.ring.nodes())
+            .field("replication_factor", &view.replication_factor)
+            .field("read_quorum", &self.read_quorum)
+            .field("write_quorum", &self.write_quorum)
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
-            .field("nodes", &self.inner.config.nodes)
+            .field("seeds", &self.inner.config.nodes)
             .finish()
     }
 }
@@ -701,6 +1223,7 @@ mod tests {
     fn variant_names() {
         assert_eq!(variant(&Response::Profile(None)), "Profile");
         assert_eq!(variant(&Response::Incremented(vec![])), "Incremented");
+        assert_eq!(variant(&Response::Leaving), "Leaving");
         let e = unexpected("Flag", &Response::Profiles(vec![]));
         assert_eq!(
             e.to_string(),
@@ -715,6 +1238,25 @@ mod tests {
             projection(Some(&["a", "b"])),
             Some(vec!["a".to_owned(), "b".to_owned()])
         );
+    }
+
+    #[test]
+    fn only_unreachable_or_unavailable_groups_fall_back() {
+        assert!(group_falls_back(&Error::Transport("x".into())));
+        assert!(group_falls_back(&Error::Timeout {
+            after: Duration::from_secs(1)
+        }));
+        assert!(group_falls_back(&Error::Connect { attempts: vec![] }));
+        assert!(group_falls_back(&Error::UnknownNode("n9".into())));
+        assert!(group_falls_back(&Error::Server {
+            code: ErrorCode::Unavailable,
+            message: String::new()
+        }));
+        assert!(!group_falls_back(&Error::Server {
+            code: ErrorCode::LimitExceeded,
+            message: String::new()
+        }));
+        assert!(!group_falls_back(&Error::Closed));
     }
 
     #[tokio::test]

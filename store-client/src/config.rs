@@ -9,14 +9,22 @@
 //! request_timeout_ms = 5000           # optional, default 5000: bound on one request attempt
 //! connect_timeout_ms = 5000           # optional, default 5000: bound on one handshake
 //! max_frame_bytes = 16777216          # optional: largest response payload accepted
+//! read_quorum = 1                     # optional, default 1: replicas a read merges (R; 0 = 1)
+//! write_quorum = 1                    # optional, default 1: replicas that hold a write before its ack (W)
+//! ring_refresh_ms = 1000              # optional, default 1000: age after which the ring is re-fetched
 //!
-//! [[nodes]]                           # tried in order until one handshake succeeds
+//! [[nodes]]                           # the seeds: tried in order until one handshake succeeds
 //! name = "n1"                         # node id; the certificate must name n1.node.featurestore
 //! addr = "127.0.0.1:7401"             # IP socket address (host names are not resolved)
 //!
 //! [transport]                         # optional, QUIC limits (see tls::TransportLimits)
 //! idle_timeout_ms = 30000
 //! ```
+//!
+//! The `[[nodes]]` are *seeds*: the client connects to the first one that answers, learns the membership
+//! table and the ring from it, and from then on talks to every member directly (see
+//! [`client`](crate::client)). One reachable seed is enough; listing a few guards against the first
+//! being down.
 //!
 //! Guarantees:
 //! - Unknown keys are an error (`deny_unknown_fields`), here and in `[transport]`, so a typo is never
@@ -43,6 +51,12 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 
 /// The DNS suffix of node certificates: node `n1` presents a certificate for `n1.node.featurestore`.
 pub const NODE_NAME_SUFFIX: &str = "node.featurestore";
+
+/// Default for [`ClientConfig::read_quorum`] and [`ClientConfig::write_quorum`]: one replica.
+pub const DEFAULT_QUORUM: u8 = 1;
+
+/// Default for [`ClientConfig::ring_refresh_ms`].
+pub const DEFAULT_RING_REFRESH_MS: u64 = 1_000;
 
 /// Largest configuration file that will be read, in bytes (stops a wrong path from being read whole).
 const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
@@ -80,6 +94,14 @@ fn default_max_frame_bytes() -> u32 {
     FRAME_BYTES_CEILING
 }
 
+fn default_quorum() -> u8 {
+    DEFAULT_QUORUM
+}
+
+fn default_ring_refresh_ms() -> u64 {
+    DEFAULT_RING_REFRESH_MS
+}
+
 /// Everything [`Client::connect`](crate::Client::connect) needs.
 ///
 /// Build it with [`ClientConfig::load`] from a TOML file, or with [`ClientConfig::new`] and struct update
@@ -103,7 +125,23 @@ pub struct ClientConfig {
     /// maximum) [`FRAME_BYTES_CEILING`].
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: u32,
-    /// The nodes, tried in order when (re)connecting.
+    /// Read quorum (R) of [`Client::get`](crate::Client::get) and
+    /// [`Client::get_many`](crate::Client::get_many): how many replicas the serving node reads and merges
+    /// (repairing stale ones) before it answers. 0 and 1 both mean one replica. Default 1.
+    #[serde(default = "default_quorum")]
+    pub read_quorum: u8,
+    /// Write quorum (W) of puts, increments, flags and erasures: how many replicas hold the write before
+    /// it is acknowledged; the others receive it asynchronously. 0 and 1 both mean the coordinating
+    /// replica only. Default 1.
+    #[serde(default = "default_quorum")]
+    pub write_quorum: u8,
+    /// Age in milliseconds after which the cached cluster view (membership table and ring) is fetched
+    /// again, in the background, by the next request. A transport error also triggers a refresh. 0
+    /// disables the periodic refresh (refreshes then only follow errors and
+    /// [`Client::refresh_cluster`](crate::Client::refresh_cluster)). Default 1000.
+    #[serde(default = "default_ring_refresh_ms")]
+    pub ring_refresh_ms: u64,
+    /// The seed nodes, tried in order when connecting; the rest of the cluster is learnt from them.
     pub nodes: Vec<NodeAddr>,
     /// QUIC transport limits.
     #[serde(default)]
@@ -125,6 +163,9 @@ impl ClientConfig {
             request_timeout_ms: DEFAULT_TIMEOUT_MS,
             connect_timeout_ms: DEFAULT_TIMEOUT_MS,
             max_frame_bytes: FRAME_BYTES_CEILING,
+            read_quorum: DEFAULT_QUORUM,
+            write_quorum: DEFAULT_QUORUM,
+            ring_refresh_ms: DEFAULT_RING_REFRESH_MS,
             nodes,
             transport: TransportLimits::default(),
         }
@@ -205,6 +246,11 @@ impl ClientConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
+
+    /// [`ClientConfig::ring_refresh_ms`] as a duration; `None` if the periodic refresh is disabled.
+    pub fn ring_refresh(&self) -> Option<Duration> {
+        (self.ring_refresh_ms > 0).then(|| Duration::from_millis(self.ring_refresh_ms))
+    }
 }
 
 /// The message of a config error without the `client configuration:` prefix, to wrap it with a path.
@@ -265,6 +311,10 @@ addr = "[::1]:7402"
         assert_eq!(config.connect_timeout_ms, DEFAULT_TIMEOUT_MS);
         assert_eq!(config.max_frame_bytes, FRAME_BYTES_CEILING);
         assert_eq!(config.transport, TransportLimits::default());
+        assert_eq!(config.read_quorum, 1);
+        assert_eq!(config.write_quorum, 1);
+        assert_eq!(config.ring_refresh_ms, DEFAULT_RING_REFRESH_MS);
+        assert_eq!(config.ring_refresh(), Some(Duration::from_secs(1)));
         assert_eq!(
             config.nodes,
             vec![
@@ -278,12 +328,16 @@ addr = "[::1]:7402"
     #[test]
     fn optional_keys_and_transport_are_read() {
         let text = format!(
-            "request_timeout_ms = 250\nconnect_timeout_ms = 100\nmax_frame_bytes = 65536\n{MINIMAL}\n[transport]\nkeep_alive_ms = 1000\n"
+            "request_timeout_ms = 250\nconnect_timeout_ms = 100\nmax_frame_bytes = 65536\n\
+             read_quorum = 2\nwrite_quorum = 3\nring_refresh_ms = 0\n\
+             {MINIMAL}\n[transport]\nkeep_alive_ms = 1000\n"
         );
         let config = ClientConfig::from_toml(&text, Path::new("/etc")).unwrap();
         assert_eq!(config.request_timeout(), Duration::from_millis(250));
         assert_eq!(config.connect_timeout(), Duration::from_millis(100));
         assert_eq!(config.max_frame_bytes, 65536);
+        assert_eq!((config.read_quorum, config.write_quorum), (2, 3));
+        assert_eq!(config.ring_refresh(), None);
         assert_eq!(config.transport.keep_alive_ms, 1000);
         assert_eq!(config.ca_cert, PathBuf::from("/etc/certs/ca.pem"));
     }

@@ -85,6 +85,10 @@ pub enum Error {
         /// What arrived.
         got: String,
     },
+    /// A node-directed call named a node that is neither in the cached cluster view (with an address,
+    /// and not `Left`) nor a configured seed.
+    #[error("unknown node {0}: not a member of the cluster view nor a seed")]
+    UnknownNode(String),
     /// [`Client::close`](crate::Client::close) was called; this client (and its clones) no longer sends
     /// requests.
     #[error("the client was closed")]
@@ -149,5 +153,9 @@ mod tests {
             after: Duration::from_millis(250),
         };
         assert_eq!(e.to_string(), "request timed out after 250 ms");
+        assert_eq!(
+            Error::UnknownNode("n9".into()).to_string(),
+            "unknown node n9: not a member of the cluster view nor a seed"
+        );
     }
 }

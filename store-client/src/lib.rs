@@ -1,18 +1,34 @@
-//! The featurestore client: an async (tokio) library and the `storectl` command-line tool.
+//! The featurestore client: an async (tokio), ring-aware library and the `storectl` command-line tool.
 //!
-//! A [`Client`] holds one QUIC connection (mutual TLS against the cluster CA) to a node of the cluster and
-//! sends every request on its own bidirectional stream, as one frame of the core's wire protocol
-//! ([`featurestore::codec`]). Clones share the connection, so one client serves a whole application.
+//! A [`Client`] learns the cluster from one of the configured seed nodes (membership table, virtual
+//! nodes, replication factor N), builds the same consistent-hash ring as the nodes, and sends each request
+//! straight to a replica of its key, over one QUIC connection per node (mutual TLS against the cluster
+//! CA), one bidirectional stream per request, one frame of the core's wire protocol
+//! ([`featurestore::codec`]) each way. Clones share the connections and the cluster view, so one client
+//! serves a whole application.
 //!
-//! - Reads: [`Client::get`], [`Client::get_many`] (optionally projected to some features).
+//! - Reads: [`Client::get`], [`Client::get_many`] (grouped per node, sent in parallel), optionally
+//!   projected to some features; read quorum R from the configuration, per client
+//!   ([`Client::with_quorums`]) or per call ([`Client::get_with_quorum`]).
 //! - Writes: [`Client::put`] / [`Client::put_with`] (gauges, last-writer-wins, TTL, event time),
 //!   [`Client::increment`] (counters), [`Client::set_flag`] (flags with a causal context),
-//!   [`Client::erase`] (right to be forgotten).
-//! - Operations: [`Client::status`], and [`Client::request`] for any [`Request`].
+//!   [`Client::erase`] (right to be forgotten); write quorum W likewise.
+//! - Cluster: [`Client::cluster`], [`Client::refresh_cluster`], [`Client::replicas`],
+//!   [`Client::status`] / [`Client::status_of`] (members, liveness, hint queues, ring version).
+//! - Admin, per node: [`Client::local_state`] (one replica's raw state of a key), [`Client::digests`]
+//!   (anti-entropy digests), [`Client::leave`]; and [`Client::request`] for any [`Request`].
 //!
-//! Errors are one typed enum, [`Error`]; error replies of a node carry a stable [`ErrorCode`]
-//! ([`Error::server_code`]). If the connection closes (e.g. the node restarted), the next request
-//! reconnects; reads are retried once, writes never (see [`client`]).
+//! Routing and retries, precisely (details in [`client`]):
+//! - A request for a key goes to the key's N replicas in preference order; nodes that failed recently
+//!   (backoff of 1 s, growing to 8 s while they keep failing) are tried last.
+//! - Reads move on to the next replica on a connection failure, transport error, timeout or an
+//!   [`ErrorCode::Unavailable`] reply.
+//! - Writes move on only if the request certainly did not reach the node (connecting or opening the
+//!   stream failed); a write that may have arrived is never sent again, so an increment is never applied
+//!   twice by the client. If no replica can be reached, any other live member takes the write (sloppy
+//!   quorum; the node hands it on).
+//! - Other error replies come back as [`Error::Server`] with a stable [`ErrorCode`]
+//!   ([`Error::server_code`]), without retry.
 //!
 //! # Example
 //!
@@ -21,8 +37,9 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), store_client::Error> {
-//!     // ca_cert, cert, key and [[nodes]]; relative paths are relative to the file.
+//!     // ca_cert, cert, key and the seed [[nodes]]; relative paths are relative to the file.
 //!     let client = Client::connect(ClientConfig::load("client.toml")?).await?;
+//!     println!("ring version {}: {:?}", client.ring_version(), client.replicas("user-42"));
 //!
 //!     client.put("user-42", &[("cart_value", Value::F64(42.5))]).await?;
 //!     let views = client.increment("user-42", &[("page_views", 1)]).await?;
@@ -33,10 +50,16 @@
 //!         .await?;
 //!     println!("flag context to write back: {}", flag.context);
 //!
-//!     if let Some(profile) = client.get("user-42", None).await? {
+//!     // Read two replicas, merged (stale ones are repaired by the node).
+//!     if let Some(profile) = client.get_with_quorum("user-42", None, 2).await? {
 //!         if let Some(FeatureView::Gauge { value, version, .. }) = profile.features.get("cart_value") {
 //!             println!("cart_value = {value} (version {version})");
 //!         }
+//!     }
+//!
+//!     // Every replica's raw state, e.g. to check that they converged.
+//!     for node in client.replicas("user-42") {
+//!         println!("{node}: {:?}", client.local_state(&node, "user-42").await?);
 //!     }
 //!
 //!     client.close().await;
@@ -51,13 +74,17 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod routing;
 pub mod tls;
+mod transport;
 
 pub use client::Client;
 pub use config::{ClientConfig, NodeAddr};
 pub use error::{ConnectAttempt, Error, Result};
 
-pub use featurestore::protocol::{GaugeWrite, NodeStatus, PutAck};
+pub use featurestore::membership::{Member, MemberState, MembershipTable};
+pub use featurestore::protocol::{ClusterView, GaugeWrite, MemberStatus, NodeStatus, PutAck};
 pub use featurestore::{
-    CausalContext, ErrorCode, FeatureView, FlagView, Marker, ProfileView, Request, Response, Value,
+    CausalContext, ErrorCode, FeatureView, FlagView, Marker, NodeId, Profile, ProfileView, Request,
+    Response, Value,
 };

@@ -256,14 +256,15 @@ impl TransportLimits {
 
     /// Converts the limits to a `quinn` transport configuration.
     ///
-    /// Every limit is set explicitly; unidirectional streams are disabled
-    /// (`max_concurrent_uni_streams = 0`) and so are datagrams. `idle_timeout_ms = 0` maps to "no
+    /// Every limit is set explicitly. Unidirectional streams (node-to-node replication messages; a node
+    /// never reads them on client connections) get the same limit as bidirectional ones; datagrams are
+    /// disabled. `idle_timeout_ms = 0` maps to "no
     /// idle timeout" and `keep_alive_ms = 0` to "no keep-alive" (the former is rejected by
     /// [`TransportLimits::validate`]).
     pub fn to_quinn(&self) -> quinn::TransportConfig {
         let mut cfg = quinn::TransportConfig::default();
         cfg.max_concurrent_bidi_streams(quinn::VarInt::from_u32(self.max_concurrent_bidi_streams))
-            .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(self.max_concurrent_bidi_streams))
             .stream_receive_window(quinn::VarInt::from_u32(self.stream_receive_window))
             .receive_window(quinn::VarInt::from_u32(self.receive_window))
             .send_window(self.send_window)

@@ -1,19 +1,38 @@
-//! The client against an in-process fake node: a minimal QUIC server speaking the wire protocol with
-//! canned answers. It checks the client's transport behaviour (mutual TLS, framing, error mapping,
-//! timeouts, reconnection, retry of reads only, connection sharing), not the node's semantics; end-to-end
-//! tests against the real node live in `store-node`.
+//! The client against in-process fake nodes: minimal QUIC servers speaking the wire protocol with canned
+//! answers, sharing one membership table. They check the client's behaviour (mutual TLS, framing, error
+//! mapping, timeouts, reconnection, routing to the replicas of a key, failover and the write retry rules,
+//! `get_many` grouping, cluster view refresh, admin calls, `storectl`), not the node's semantics; tests
+//! against real nodes live in `store-node`.
+//!
+//! A fake node is honest about what it does not do: it answers `Cluster` with the shared table (where every
+//! fake node registers itself as `Active` at its real address), `Status` with that table, `LocalState`
+//! with an empty profile for keys it received writes for, and `Leave` by marking itself `Leaving`. It
+//! stores nothing and never replicates.
+//!
+//! Canned behaviours, by key: `drop-conn` closes the connection instead of answering (a `Get` only the
+//! first time), `hang` never answers, `huge` announces an oversize frame, `wrong-variant` answers a `Get`
+//! with `Incremented`, `no-answer` finishes the stream without answering, `refuse` is refused with
+//! `LimitExceeded`, keys starting with `unavail` are refused with `Unavailable`, and keys starting with
+//! `p-` are read as a profile naming the key and the node that served it.
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use featurestore::codec;
-use featurestore::protocol::{ErrorReply, NodeStatus, PutAck};
-use featurestore::{ErrorCode, FlagView, Marker, NodeId, Request, Response, Timestamp};
+use featurestore::detector::Liveness;
+use featurestore::membership::{MemberState, MembershipTable};
+use featurestore::protocol::{ClusterView, ErrorReply, MemberStatus, NodeStatus, PutAck};
+use featurestore::ring::Ring;
+use featurestore::{
+    ErrorCode, FeatureView, FlagView, Marker, NodeId, Profile, ProfileView, Request, Response,
+    Timestamp,
+};
 use quinn::Endpoint;
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -25,14 +44,81 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use store_client::tls::{self, CLIENT_ALPN};
 use store_client::{Client, ClientConfig, Error, NodeAddr, Value};
 
-/// What the fake node has seen.
-#[derive(Default)]
+const VNODES: u32 = 64;
+
+/// What every fake node of one test shares: the membership table and the ring parameters.
+struct Shared {
+    table: Mutex<MembershipTable>,
+    replication_factor: u32,
+    /// False: answer `Cluster` like a node that does not know the request.
+    describes_cluster: bool,
+}
+
+fn shared(replication_factor: u32) -> Arc<Shared> {
+    Arc::new(Shared {
+        table: Mutex::new(MembershipTable::default()),
+        replication_factor,
+        describes_cluster: true,
+    })
+}
+
+/// One request as a fake node saw it.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    op: &'static str,
+    keys: Vec<String>,
+    quorum: u8,
+}
+
+/// One fake node and what it has seen.
 struct State {
+    id: NodeId,
+    addr: Mutex<Option<SocketAddr>>,
+    shared: Arc<Shared>,
     connections: AtomicUsize,
     increments: AtomicUsize,
     gets: AtomicUsize,
     /// Set once a `drop-conn` read has closed a connection.
     dropped_read: AtomicBool,
+    /// Answer `GetMany` with `Unavailable`.
+    refuse_batches: AtomicBool,
+    log: Mutex<Vec<Seen>>,
+    written: Mutex<BTreeSet<String>>,
+}
+
+impl State {
+    fn seen(&self, op: &str) -> Vec<Seen> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.op == op)
+            .cloned()
+            .collect()
+    }
+
+    /// Keys of every `op` request seen, flattened.
+    fn keys(&self, op: &str) -> Vec<String> {
+        self.seen(op).into_iter().flat_map(|s| s.keys).collect()
+    }
+}
+
+struct Fake {
+    id: NodeId,
+    addr: SocketAddr,
+    state: Arc<State>,
+    endpoint: Endpoint,
+}
+
+impl Fake {
+    fn seed(&self) -> NodeAddr {
+        NodeAddr::new(self.id.as_str(), self.addr)
+    }
+
+    /// Stops the node: open connections are closed, new handshakes fail.
+    fn stop(&self) {
+        self.endpoint.close(0u32.into(), b"stopped");
+    }
 }
 
 struct Pki {
@@ -42,7 +128,8 @@ struct Pki {
     node_key: PrivateKeyDer<'static>,
 }
 
-/// A CA, a node certificate for `n1`/`n2`, and a client certificate (PEM files in a temp dir).
+/// A CA, one node certificate naming `n1`..`n4` (so any fake node can be any of them), and a client
+/// certificate (PEM files in a temp dir).
 fn pki() -> Pki {
     let dir = tempfile::tempdir().unwrap();
     let ca_key = KeyPair::generate().unwrap();
@@ -61,7 +148,7 @@ fn pki() -> Pki {
         (cert, key)
     };
     let (node, node_key) = leaf(
-        vec!["n1.node.featurestore".into(), "n2.node.featurestore".into()],
+        (1..=4).map(|i| format!("n{i}.node.featurestore")).collect(),
         ExtendedKeyUsagePurpose::ServerAuth,
     );
     let (client, client_key) = leaf(vec!["app.client.featurestore".into()], {
@@ -91,8 +178,13 @@ fn client_config(pki: &Pki, nodes: Vec<NodeAddr>) -> ClientConfig {
     }
 }
 
-/// Starts a fake node on a loopback port; requires client certificates signed by the CA.
-fn start_node(pki: &Pki) -> (SocketAddr, Arc<State>, Endpoint) {
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+/// Starts fake node `name` on a loopback port (requiring client certificates signed by the CA) and
+/// registers it in the shared table as `Active`.
+fn start_node(pki: &Pki, name: &str, shared: &Arc<Shared>) -> Fake {
     let mut roots = RootCertStore::empty();
     roots.add(pki.ca.clone()).unwrap();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), tls::provider())
@@ -109,9 +201,38 @@ fn start_node(pki: &Pki) -> (SocketAddr, Arc<State>, Endpoint) {
     let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let endpoint = Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let state = Arc::new(State::default());
+    let state = Arc::new(State {
+        id: id(name),
+        addr: Mutex::new(Some(addr)),
+        shared: shared.clone(),
+        connections: AtomicUsize::new(0),
+        increments: AtomicUsize::new(0),
+        gets: AtomicUsize::new(0),
+        dropped_read: AtomicBool::new(false),
+        refuse_batches: AtomicBool::new(false),
+        log: Mutex::new(Vec::new()),
+        written: Mutex::new(BTreeSet::new()),
+    });
+    shared
+        .table
+        .lock()
+        .unwrap()
+        .set(&state.id, &addr.to_string(), MemberState::Active);
     tokio::spawn(serve(endpoint.clone(), state.clone()));
-    (addr, state, endpoint)
+    Fake {
+        id: id(name),
+        addr,
+        state,
+        endpoint,
+    }
+}
+
+/// Starts `n1`..`n<count>` sharing one table.
+fn start_cluster(pki: &Pki, count: usize, replication_factor: u32) -> Vec<Fake> {
+    let shared = shared(replication_factor);
+    (1..=count)
+        .map(|i| start_node(pki, &format!("n{i}"), &shared))
+        .collect()
 }
 
 async fn serve(endpoint: Endpoint, state: Arc<State>) {
@@ -130,8 +251,41 @@ async fn serve(endpoint: Endpoint, state: Arc<State>) {
 fn marker() -> Marker {
     Marker {
         ts: Timestamp::from_millis(1_000),
-        node: NodeId::new("n1").unwrap(),
+        node: id("n1"),
     }
+}
+
+fn gauge(text: &str) -> FeatureView {
+    FeatureView::Gauge {
+        value: Value::Str(text.into()),
+        version: marker(),
+        expires_at_ms: None,
+    }
+}
+
+/// What a fake node answers to a read of `key`: a profile naming the key and the node for `p-` keys.
+fn read(state: &State, key: &str) -> Option<ProfileView> {
+    key.starts_with("p-").then(|| ProfileView {
+        features: BTreeMap::from([
+            ("key".to_owned(), gauge(key)),
+            ("node".to_owned(), gauge(state.id.as_str())),
+        ]),
+    })
+}
+
+fn refused(code: ErrorCode, message: &str) -> Response {
+    Response::Error(ErrorReply {
+        code,
+        message: message.into(),
+    })
+}
+
+fn log(state: &State, op: &'static str, keys: Vec<String>, quorum: u8) {
+    state.log.lock().unwrap().push(Seen { op, keys, quorum });
+}
+
+fn wrote(state: &State, key: &str) {
+    state.written.lock().unwrap().insert(key.to_owned());
 }
 
 async fn handle(
@@ -145,12 +299,10 @@ async fn handle(
     };
     let decoded = codec::split_frame(&bytes, 1 << 20).and_then(codec::decode_request);
     let reply = match decoded {
-        Err(e) => Response::Error(ErrorReply {
-            code: e.code(),
-            message: e.to_string(),
-        }),
-        Ok(Request::Get { key, .. }) => {
+        Err(e) => refused(e.code(), &e.to_string()),
+        Ok(Request::Get { key, quorum, .. }) => {
             state.gets.fetch_add(1, Ordering::SeqCst);
+            log(&state, "get", vec![key.clone()], quorum);
             match key.as_str() {
                 "drop-conn" if !state.dropped_read.swap(true, Ordering::SeqCst) => {
                     conn.close(7u32.into(), b"restarting");
@@ -170,43 +322,130 @@ async fn handle(
                     let _ = send.finish();
                     return;
                 }
-                _ => Response::Profile(None),
+                k if k.starts_with("unavail") => refused(ErrorCode::Unavailable, "no quorum"),
+                k => Response::Profile(read(&state, k)),
             }
         }
-        Ok(Request::GetMany { keys, .. }) => Response::Profiles(vec![None; keys.len()]),
-        Ok(Request::Put { key, .. }) if key == "refuse" => Response::Error(ErrorReply {
-            code: ErrorCode::LimitExceeded,
-            message: "too big".into(),
-        }),
-        Ok(Request::Put { gauges, .. }) => Response::Put(PutAck {
-            version: marker(),
-            superseded: gauges.into_iter().skip(1).map(|g| g.name).collect(),
-        }),
-        Ok(Request::Increment { key, deltas }) => {
+        Ok(Request::GetMany { keys, quorum, .. }) => {
+            log(&state, "get_many", keys.clone(), quorum);
+            if state.refuse_batches.load(Ordering::SeqCst) {
+                refused(ErrorCode::Unavailable, "batches refused")
+            } else {
+                Response::Profiles(keys.iter().map(|k| read(&state, k)).collect())
+            }
+        }
+        Ok(Request::Put { key, quorum, .. }) if key == "refuse" => {
+            log(&state, "put", vec![key], quorum);
+            refused(ErrorCode::LimitExceeded, "too big")
+        }
+        Ok(Request::Put { key, quorum, .. }) if key.starts_with("unavail") => {
+            log(&state, "put", vec![key], quorum);
+            refused(ErrorCode::Unavailable, "no quorum")
+        }
+        Ok(Request::Put {
+            key,
+            gauges,
+            quorum,
+            ..
+        }) => {
+            log(&state, "put", vec![key.clone()], quorum);
+            wrote(&state, &key);
+            Response::Put(PutAck {
+                version: marker(),
+                superseded: gauges.into_iter().skip(1).map(|g| g.name).collect(),
+            })
+        }
+        Ok(Request::Increment {
+            key,
+            deltas,
+            quorum,
+        }) => {
             state.increments.fetch_add(1, Ordering::SeqCst);
+            log(&state, "increment", vec![key.clone()], quorum);
             if key == "drop-conn" {
                 conn.close(7u32.into(), b"restarting");
                 return;
             }
+            wrote(&state, &key);
             Response::Incremented(deltas.iter().map(|d| d.delta).collect())
         }
-        Ok(Request::SetFlag { context, .. }) => Response::Flag(FlagView {
-            values: vec![],
+        Ok(Request::SetFlag {
+            key,
             context,
-        }),
-        Ok(Request::Erase { .. }) => Response::Erased {
-            watermark: marker(),
-        },
-        Ok(Request::Status) => Response::Status(NodeStatus {
-            node_id: NodeId::new("n1").unwrap(),
-            version: "fake".into(),
-            uptime_ms: 1,
-            entities: 0,
-            storage: "memory".into(),
-            durability: "sync".into(),
-            disk_bytes: 0,
-            counters: vec![],
-        }),
+            quorum,
+            ..
+        }) => {
+            log(&state, "set_flag", vec![key.clone()], quorum);
+            wrote(&state, &key);
+            Response::Flag(FlagView {
+                values: vec![],
+                context,
+            })
+        }
+        Ok(Request::Erase { key, quorum }) => {
+            log(&state, "erase", vec![key.clone()], quorum);
+            wrote(&state, &key);
+            Response::Erased {
+                watermark: marker(),
+            }
+        }
+        Ok(Request::Status) => {
+            log(&state, "status", vec![], 0);
+            let table = state.shared.table.lock().unwrap().clone();
+            Response::Status(NodeStatus {
+                node_id: state.id.clone(),
+                version: "fake".into(),
+                uptime_ms: 1,
+                entities: state.written.lock().unwrap().len() as u64,
+                storage: "memory".into(),
+                durability: "sync".into(),
+                disk_bytes: 0,
+                counters: vec![],
+                ring_version: table.version(),
+                members: table
+                    .members
+                    .values()
+                    .map(|m| MemberStatus {
+                        id: m.id.clone(),
+                        addr: m.addr.clone(),
+                        state: m.state,
+                        liveness: Liveness::Alive,
+                        hints_queued: 0,
+                    })
+                    .collect(),
+            })
+        }
+        Ok(Request::Cluster) => {
+            log(&state, "cluster", vec![], 0);
+            if state.shared.describes_cluster {
+                Response::Cluster(ClusterView {
+                    table: state.shared.table.lock().unwrap().clone(),
+                    vnodes: VNODES,
+                    replication_factor: state.shared.replication_factor,
+                })
+            } else {
+                refused(ErrorCode::MalformedFrame, "unknown request")
+            }
+        }
+        Ok(Request::LocalState { key }) => {
+            log(&state, "local_state", vec![key.clone()], 0);
+            let held = state.written.lock().unwrap().contains(&key);
+            Response::LocalState(held.then(Profile::default))
+        }
+        Ok(Request::Digests { peer }) => {
+            log(&state, "digests", vec![peer.to_string()], 0);
+            Response::Digests(vec![state.written.lock().unwrap().len() as u64, 0])
+        }
+        Ok(Request::Leave) => {
+            log(&state, "leave", vec![], 0);
+            let addr = state.addr.lock().unwrap().unwrap();
+            state.shared.table.lock().unwrap().set(
+                &state.id,
+                &addr.to_string(),
+                MemberState::Leaving,
+            );
+            Response::Leaving
+        }
     };
     let frame = codec::encode_response(&reply).unwrap();
     let _ = send.write_all(&frame).await;
@@ -215,20 +454,47 @@ async fn handle(
     let _ = send.stopped().await;
 }
 
+/// The ring the fake cluster describes, built independently of the client.
+fn expected_ring(nodes: &[&Fake]) -> Ring {
+    Ring::new(0, nodes.iter().map(|f| f.id.clone()), VNODES)
+}
+
+fn node_of<'a>(nodes: &'a [Fake], id: &NodeId) -> &'a Fake {
+    nodes.iter().find(|f| f.id == *id).unwrap()
+}
+
+/// The feature `name` of a `p-` profile.
+fn text(profile: &Option<ProfileView>, name: &str) -> String {
+    match profile.as_ref().unwrap().features.get(name) {
+        Some(FeatureView::Gauge {
+            value: Value::Str(s),
+            ..
+        }) => s.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn typed_calls_round_trip() {
     let pki = pki();
-    let (addr, state, _server) = start_node(&pki);
-    let client = Client::connect(client_config(&pki, vec![NodeAddr::new("n1", addr)]))
+    let nodes = start_cluster(&pki, 1, 3);
+    let (n1, state) = (&nodes[0], &nodes[0].state);
+    let client = Client::connect(client_config(&pki, vec![n1.seed()]))
         .await
         .unwrap();
     assert_eq!(client.connected_node(), "n1");
+    assert_eq!(client.replicas("u1"), vec![id("n1")]);
+    let cluster = client.cluster();
+    assert_eq!(cluster.replication_factor, 3);
+    assert_eq!(cluster.vnodes, VNODES);
+    assert_eq!(client.ring_version(), 1);
 
     assert_eq!(client.get("u1", Some(&["a"])).await.unwrap(), None);
     assert_eq!(
         client.get_many(&["u1", "u2"], None).await.unwrap(),
         vec![None, None]
     );
+    assert_eq!(client.get_many(&[], None).await.unwrap(), vec![]);
     let ack = client
         .put("u1", &[("a", Value::I64(1)), ("b", Value::Bool(true))])
         .await
@@ -249,7 +515,38 @@ async fn typed_calls_round_trip() {
         .unwrap();
     assert_eq!(flag.context, context);
     assert_eq!(client.erase("u1").await.unwrap(), marker());
-    assert_eq!(client.status().await.unwrap().version, "fake");
+
+    let status = client.status().await.unwrap();
+    assert_eq!(status.version, "fake");
+    assert_eq!(status.ring_version, 1);
+    assert_eq!(status.members.len(), 1);
+    assert_eq!(status.members[0].state, MemberState::Active);
+    assert_eq!(client.status_of(&id("n1")).await.unwrap().node_id, id("n1"));
+    assert_eq!(
+        client.local_state(&id("n1"), "u1").await.unwrap(),
+        Some(Profile::default())
+    );
+    assert_eq!(client.local_state(&id("n1"), "u2").await.unwrap(), None);
+    assert_eq!(
+        client.digests(&id("n1"), &id("n2")).await.unwrap(),
+        vec![1, 0]
+    );
+
+    // Quorums: the configured ones (1), per call, and per client.
+    assert!(state.seen("put").iter().all(|s| s.quorum == 1));
+    client.get_with_quorum("u1", None, 3).await.unwrap();
+    assert_eq!(state.seen("get").last().unwrap().quorum, 3);
+    let careful = client.with_quorums(2, 3);
+    assert_eq!((careful.read_quorum(), careful.write_quorum()), (2, 3));
+    careful.get("u1", None).await.unwrap();
+    careful.get_many(&["u1"], None).await.unwrap();
+    careful.increment("u1", &[("c", 1)]).await.unwrap();
+    careful.erase("u1").await.unwrap();
+    assert_eq!(state.seen("get").last().unwrap().quorum, 2);
+    assert_eq!(state.seen("get_many").last().unwrap().quorum, 2);
+    assert_eq!(state.seen("increment").last().unwrap().quorum, 3);
+    assert_eq!(state.seen("erase").last().unwrap().quorum, 3);
+    assert_eq!(client.read_quorum(), 1);
 
     let err = client
         .put("refuse", &[("a", Value::I64(1))])
@@ -274,17 +571,23 @@ async fn typed_calls_round_trip() {
         matches!(err, Error::Protocol(featurestore::Error::Malformed { .. })),
         "{err}"
     );
+    let err = client.status_of(&id("n9")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownNode(ref n) if n == "n9"),
+        "{err}"
+    );
 
     assert_eq!(state.connections.load(Ordering::SeqCst), 1);
     client.close().await;
     assert!(matches!(client.status().await, Err(Error::Closed)));
+    assert!(matches!(client.get("u1", None).await, Err(Error::Closed)));
 }
 
 #[tokio::test]
 async fn raw_frames_get_raw_answers() {
     let pki = pki();
-    let (addr, _state, _server) = start_node(&pki);
-    let client = Client::connect(client_config(&pki, vec![NodeAddr::new("n1", addr)]))
+    let nodes = start_cluster(&pki, 1, 3);
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
         .await
         .unwrap();
     let reply = client.send_raw(b"\x01\x00\x00\x00\x03abc").await.unwrap();
@@ -313,8 +616,9 @@ async fn raw_frames_get_raw_answers() {
 #[tokio::test]
 async fn concurrent_requests_share_one_connection() {
     let pki = pki();
-    let (addr, state, _server) = start_node(&pki);
-    let client = Client::connect(client_config(&pki, vec![NodeAddr::new("n1", addr)]))
+    let nodes = start_cluster(&pki, 1, 3);
+    let state = &nodes[0].state;
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
         .await
         .unwrap();
     let tasks: Vec<_> = (0..64)
@@ -334,8 +638,9 @@ async fn concurrent_requests_share_one_connection() {
 #[tokio::test]
 async fn a_lost_connection_is_replaced_and_only_reads_are_retried() {
     let pki = pki();
-    let (addr, state, _server) = start_node(&pki);
-    let client = Client::connect(client_config(&pki, vec![NodeAddr::new("n1", addr)]))
+    let nodes = start_cluster(&pki, 1, 3);
+    let state = &nodes[0].state;
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
         .await
         .unwrap();
 
@@ -359,9 +664,10 @@ async fn a_lost_connection_is_replaced_and_only_reads_are_retried() {
 }
 
 #[tokio::test]
-async fn nodes_are_tried_in_order_and_failures_listed() {
+async fn seeds_are_tried_in_order_and_failures_listed() {
     let pki = pki();
-    let (addr, _state, _server) = start_node(&pki);
+    let nodes = start_cluster(&pki, 1, 3);
+    let addr = nodes[0].addr;
     // A UDP socket that never answers: the handshake times out.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap();
@@ -373,12 +679,14 @@ async fn nodes_are_tried_in_order_and_failures_listed() {
     .await
     .unwrap();
     assert_eq!(client.connected_node(), "n1");
+    // The table (n1 only) decides the ring; the unlisted seed is not a replica of anything.
+    assert_eq!(client.replicas("u1"), vec![id("n1")]);
     client.close().await;
 
-    // The node's certificate does not name n3: the handshake fails.
+    // The node's certificate does not name n9: the handshake fails.
     let err = Client::connect(client_config(
         &pki,
-        vec![NodeAddr::new("n2", silent_addr), NodeAddr::new("n3", addr)],
+        vec![NodeAddr::new("n2", silent_addr), NodeAddr::new("n9", addr)],
     ))
     .await
     .unwrap_err();
@@ -387,7 +695,7 @@ async fn nodes_are_tried_in_order_and_failures_listed() {
             assert_eq!(attempts.len(), 2);
             assert_eq!(attempts[0].node, "n2");
             assert!(attempts[0].error.contains("timed out"), "{err}");
-            assert_eq!(attempts[1].node, "n3");
+            assert_eq!(attempts[1].node, "n9");
             assert!(attempts[1].error.contains("certificate"), "{err}");
         }
         other => panic!("{other}"),
@@ -397,10 +705,10 @@ async fn nodes_are_tried_in_order_and_failures_listed() {
 #[tokio::test]
 async fn requests_time_out() {
     let pki = pki();
-    let (addr, _state, _server) = start_node(&pki);
+    let nodes = start_cluster(&pki, 1, 3);
     let client = Client::connect(ClientConfig {
         request_timeout_ms: 200,
-        ..client_config(&pki, vec![NodeAddr::new("n1", addr)])
+        ..client_config(&pki, vec![nodes[0].seed()])
     })
     .await
     .unwrap();
@@ -415,11 +723,11 @@ async fn requests_time_out() {
 async fn a_client_without_a_trusted_certificate_is_refused() {
     let trusted = pki();
     let other = pki();
-    let (addr, _state, _server) = start_node(&trusted);
+    let nodes = start_cluster(&trusted, 1, 3);
     // Trusts the node's CA but presents a certificate from another CA.
     let config = ClientConfig {
         ca_cert: trusted.dir.path().join("ca.pem"),
-        ..client_config(&other, vec![NodeAddr::new("n1", addr)])
+        ..client_config(&other, vec![nodes[0].seed()])
     };
     let result = async {
         let client = Client::connect(config).await?;
@@ -427,6 +735,329 @@ async fn a_client_without_a_trusted_certificate_is_refused() {
     }
     .await;
     assert!(result.is_err(), "{result:?}");
+}
+
+#[tokio::test]
+async fn requests_go_to_the_replicas_of_their_key() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 3, 2);
+    // One seed is enough: the rest is learnt from it.
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
+        .await
+        .unwrap();
+    let cluster = client.cluster();
+    assert_eq!(cluster.table.members.len(), 3);
+    assert_eq!(cluster.replication_factor, 2);
+    let ring = expected_ring(&nodes.iter().collect::<Vec<_>>());
+
+    for k in 0..30 {
+        let key = format!("p-{k}");
+        let replicas = ring.preference_list(key.as_bytes(), 2);
+        assert_eq!(client.replicas(&key), replicas);
+        let owner = node_of(&nodes, &replicas[0]);
+        client.put(&key, &[("a", Value::I64(1))]).await.unwrap();
+        client.increment(&key, &[("c", 1)]).await.unwrap();
+        let profile = client.get(&key, None).await.unwrap();
+        assert_eq!(text(&profile, "node"), owner.id.as_str());
+        for node in &nodes {
+            let expected = usize::from(node.id == owner.id);
+            for op in ["put", "increment", "get"] {
+                let count = node.state.keys(op).iter().filter(|k| **k == key).count();
+                assert_eq!(count, expected, "{op} {key} on {}", node.id);
+            }
+        }
+    }
+    // One connection per node, each used.
+    for node in &nodes {
+        assert_eq!(node.state.connections.load(Ordering::SeqCst), 1);
+        assert!(!node.state.seen("put").is_empty(), "{}", node.id);
+    }
+    client.close().await;
+}
+
+#[tokio::test]
+async fn get_many_is_grouped_per_node_and_reassembled_in_order() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 3, 2);
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
+        .await
+        .unwrap();
+    let ring = expected_ring(&nodes.iter().collect::<Vec<_>>());
+    let mut keys: Vec<String> = (0..40).map(|k| format!("p-{k}")).collect();
+    keys.push("absent".into());
+    keys.push("p-3".into());
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+
+    let profiles = client
+        .get_many(&refs, Some(&["key", "node"]))
+        .await
+        .unwrap();
+    assert_eq!(profiles.len(), keys.len());
+    for (key, profile) in keys.iter().zip(&profiles) {
+        if key == "absent" {
+            assert_eq!(*profile, None);
+            continue;
+        }
+        let owner = ring.owner(key.as_bytes()).unwrap();
+        assert_eq!(text(profile, "key"), *key);
+        assert_eq!(text(profile, "node"), owner.as_str());
+    }
+    // One GetMany per node, holding exactly the keys it owns, in request order; no single gets.
+    for node in &nodes {
+        let batches = node.state.seen("get_many");
+        assert_eq!(batches.len(), 1, "{}", node.id);
+        let owned: Vec<String> = keys
+            .iter()
+            .filter(|k| ring.owner(k.as_bytes()) == Some(&node.id))
+            .cloned()
+            .collect();
+        assert_eq!(batches[0].keys, owned, "{}", node.id);
+        assert!(node.state.seen("get").is_empty());
+    }
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_failed_get_many_group_is_read_key_by_key_from_other_replicas() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 3, 2);
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
+        .await
+        .unwrap();
+    let ring = expected_ring(&nodes.iter().collect::<Vec<_>>());
+    let keys: Vec<String> = (0..30).map(|k| format!("p-{k}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+
+    // n2 refuses batches (Unavailable): its keys are read one by one.
+    nodes[1].state.refuse_batches.store(true, Ordering::SeqCst);
+    // n3 is down: its keys are read one by one from their second replica.
+    nodes[2].stop();
+
+    let profiles = client.get_many(&refs, None).await.unwrap();
+    for (key, profile) in keys.iter().zip(&profiles) {
+        let replicas = ring.preference_list(key.as_bytes(), 2);
+        assert_eq!(text(profile, "key"), *key);
+        let served_by = id(&text(profile, "node"));
+        if replicas[0] == id("n3") {
+            assert_eq!(served_by, replicas[1], "{key}");
+        } else {
+            assert_eq!(served_by, replicas[0], "{key}");
+        }
+    }
+    let n2_keys: Vec<String> = keys
+        .iter()
+        .filter(|k| ring.owner(k.as_bytes()) == Some(&id("n2")))
+        .cloned()
+        .collect();
+    assert!(!n2_keys.is_empty());
+    let mut got = nodes[1].state.keys("get");
+    got.retain(|k| n2_keys.contains(k));
+    got.sort();
+    let mut want = n2_keys.clone();
+    want.sort();
+    assert_eq!(got, want);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn reads_fail_over_and_writes_move_on_only_when_undelivered() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 3, 2);
+    let client = Client::connect(client_config(&pki, nodes.iter().map(Fake::seed).collect()))
+        .await
+        .unwrap();
+    let ring = expected_ring(&nodes.iter().collect::<Vec<_>>());
+    // A key owned by n3, which goes down.
+    let key = (0..)
+        .map(|k| format!("p-{k}"))
+        .find(|k| ring.owner(k.as_bytes()) == Some(&id("n3")))
+        .unwrap();
+    let second = node_of(&nodes, &ring.preference_list(key.as_bytes(), 2)[1]);
+    nodes[2].stop();
+
+    // Connecting to n3 fails, so the write certainly did not reach it: the next replica takes it.
+    client.put(&key, &[("a", Value::I64(1))]).await.unwrap();
+    assert_eq!(second.state.keys("put"), vec![key.clone()]);
+    // Reads go to the next replica as well.
+    let profile = client.get(&key, None).await.unwrap();
+    assert_eq!(text(&profile, "node"), second.id.as_str());
+    assert!(nodes[2].state.seen("put").is_empty());
+
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_write_that_may_have_been_delivered_is_not_sent_again() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 3, 2);
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
+        .await
+        .unwrap();
+    // The owner of `drop-conn` closes the connection after receiving the increment: another replica
+    // could take it, but it may have been applied, so the error is returned instead.
+    let owner = client.replicas("drop-conn")[0].clone();
+    let err = client
+        .increment("drop-conn", &[("c", 1)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Transport(_)), "{err}");
+    for node in &nodes {
+        let expected = usize::from(node.id == owner);
+        assert_eq!(
+            node.state.increments.load(Ordering::SeqCst),
+            expected,
+            "{}",
+            node.id
+        );
+    }
+    client.close().await;
+}
+
+#[tokio::test]
+async fn writes_fall_back_to_any_live_member_and_reads_do_not() {
+    let pki = pki();
+    // N=1: each key has exactly one replica.
+    let nodes = start_cluster(&pki, 2, 1);
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
+        .await
+        .unwrap();
+    let ring = expected_ring(&nodes.iter().collect::<Vec<_>>());
+    let key = (0..)
+        .map(|k| format!("p-{k}"))
+        .find(|k| ring.owner(k.as_bytes()) == Some(&id("n2")))
+        .unwrap();
+    nodes[1].stop();
+
+    // The only replica is down: n1 takes the write as a sloppy-quorum coordinator.
+    client.increment(&key, &[("c", 1)]).await.unwrap();
+    assert_eq!(nodes[0].state.keys("increment"), vec![key.clone()]);
+    // A read is never sent to a node outside the preference list.
+    let err = client.get(&key, None).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    assert!(nodes[0].state.seen("get").is_empty());
+    client.close().await;
+}
+
+#[tokio::test]
+async fn unavailable_moves_reads_on_but_not_writes() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 3, 2);
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
+        .await
+        .unwrap();
+    let ring = expected_ring(&nodes.iter().collect::<Vec<_>>());
+    let key = "unavail-1";
+    let replicas = ring.preference_list(key.as_bytes(), 2);
+
+    let err = client.get(key, None).await.unwrap_err();
+    assert_eq!(err.server_code(), Some(ErrorCode::Unavailable), "{err}");
+    for node in &nodes {
+        let asked = node.state.keys("get").len();
+        assert_eq!(
+            asked,
+            usize::from(replicas.contains(&node.id)),
+            "{}",
+            node.id
+        );
+    }
+
+    let err = client.put(key, &[("a", Value::I64(1))]).await.unwrap_err();
+    assert_eq!(err.server_code(), Some(ErrorCode::Unavailable), "{err}");
+    for node in &nodes {
+        let asked = node.state.keys("put").len();
+        assert_eq!(asked, usize::from(node.id == replicas[0]), "{}", node.id);
+    }
+    client.close().await;
+}
+
+#[tokio::test]
+async fn admin_calls_go_to_the_named_node() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 3, 2);
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
+        .await
+        .unwrap();
+    let (n2, n3) = (id("n2"), id("n3"));
+
+    let status = client.status_of(&n2).await.unwrap();
+    assert_eq!(status.node_id, n2);
+    assert_eq!(status.members.len(), 3);
+    assert_eq!(client.status().await.unwrap().node_id, id("n1"));
+
+    let replicas = client.replicas("p-7");
+    client.put("p-7", &[("a", Value::I64(1))]).await.unwrap();
+    assert_eq!(
+        client.local_state(&replicas[0], "p-7").await.unwrap(),
+        Some(Profile::default())
+    );
+    assert_eq!(client.local_state(&replicas[1], "p-7").await.unwrap(), None);
+    assert_eq!(client.digests(&n3, &n2).await.unwrap().len(), 2);
+    assert_eq!(node_of(&nodes, &n3).state.keys("digests"), vec!["n2"]);
+
+    let before = client.ring_version();
+    client.leave(&n3).await.unwrap();
+    assert_eq!(node_of(&nodes, &n3).state.seen("leave").len(), 1);
+    let view = client.refresh_cluster().await.unwrap();
+    assert_eq!(view.table.get(&n3).unwrap().state, MemberState::Leaving);
+    assert!(client.ring_version() > before);
+    // A leaving node still serves its ranges: it stays in the current ring.
+    assert_eq!(client.status_of(&n3).await.unwrap().node_id, n3);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_seed_that_cannot_describe_the_cluster_gives_a_ring_of_the_seeds() {
+    let pki = pki();
+    let shared = Arc::new(Shared {
+        table: Mutex::new(MembershipTable::default()),
+        replication_factor: 3,
+        describes_cluster: false,
+    });
+    let n1 = start_node(&pki, "n1", &shared);
+    let client = Client::connect(client_config(&pki, vec![n1.seed()]))
+        .await
+        .unwrap();
+    assert_eq!(client.ring_version(), 0);
+    let cluster = client.cluster();
+    assert_eq!(cluster.table.members.len(), 1);
+    assert_eq!(cluster.replication_factor, 3);
+    assert_eq!(client.replicas("u1"), vec![id("n1")]);
+    assert_eq!(client.get("u1", None).await.unwrap(), None);
+    let err = client.refresh_cluster().await.unwrap_err();
+    assert_eq!(err.server_code(), Some(ErrorCode::MalformedFrame), "{err}");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn the_view_is_refreshed_in_the_background() {
+    let pki = pki();
+    let mut nodes = start_cluster(&pki, 2, 1);
+    let client = Client::connect(ClientConfig {
+        ring_refresh_ms: 50,
+        ..client_config(&pki, vec![nodes[0].seed()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(client.cluster().table.members.len(), 2);
+    let shared = nodes[0].state.shared.clone();
+    nodes.push(start_node(&pki, "n3", &shared));
+
+    // Requests trigger the refresh once the view is older than ring_refresh_ms.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.cluster().table.get(&id("n3")).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never refreshed");
+        client.get("u1", None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.ring_version(), 3);
+    let ring = expected_ring(&nodes.iter().collect::<Vec<_>>());
+    let key = (0..)
+        .map(|k| format!("p-{k}"))
+        .find(|k| ring.owner(k.as_bytes()) == Some(&id("n3")))
+        .unwrap();
+    client.put(&key, &[("a", Value::I64(1))]).await.unwrap();
+    assert_eq!(nodes[2].state.keys("put"), vec![key]);
+    client.close().await;
 }
 
 /// Runs `storectl` with `args` against the configuration in `dir`; returns (exit code, stdout, stderr).
@@ -451,16 +1082,22 @@ async fn storectl(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storectl_prints_json_and_reports_errors() {
     let pki = pki();
-    let (addr, _state, _server) = start_node(&pki);
+    let nodes = start_cluster(&pki, 1, 3);
+    let (addr, state) = (nodes[0].addr, &nodes[0].state);
     let dir = pki.dir.path();
     // Relative paths: resolved against the directory of client.toml, not the working directory.
     std::fs::write(
         dir.join("client.toml"),
         format!(
             "ca_cert = \"ca.pem\"\ncert = \"client.pem\"\nkey = \"client.key\"\n\
+             write_quorum = 2\n\
              [[nodes]]\nname = \"n1\"\naddr = \"{addr}\"\n"
         ),
     )
@@ -468,41 +1105,78 @@ async fn storectl_prints_json_and_reports_errors() {
 
     let (code, out, err) = storectl(dir, &["status"]).await;
     assert_eq!(code, 0, "{err}");
-    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let status = json(&out);
     assert_eq!(status["node_id"], "n1");
+    assert_eq!(status["ring_version"], 1);
+    assert_eq!(status["members"][0]["state"], "active");
+    assert_eq!(status["members"][0]["liveness"], "alive");
+    assert_eq!(status["members"][0]["hints_queued"], 0);
 
-    let (code, out, _) = storectl(dir, &["get", "u1", "--features", "a,b"]).await;
+    let (code, out, err) = storectl(dir, &["status", "--node", "n1"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["node_id"], "n1");
+
+    let (code, out, err) = storectl(dir, &["cluster"]).await;
+    assert_eq!(code, 0, "{err}");
+    let cluster = json(&out);
+    assert_eq!(cluster["replication_factor"], 3);
+    assert_eq!(cluster["vnodes"], VNODES);
+    assert_eq!(cluster["table"]["members"]["n1"]["addr"], addr.to_string());
+
+    let (code, out, _) = storectl(dir, &["get", "u1", "--features", "a,b", "--quorum", "2"]).await;
     assert_eq!((code, out.trim()), (0, "null"));
+    assert_eq!(state.seen("get").last().unwrap().quorum, 2);
 
     let (code, out, _) = storectl(dir, &["get-many", "u1", "u2"]).await;
     assert_eq!(code, 0);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
-        serde_json::json!([null, null])
-    );
+    assert_eq!(json(&out), serde_json::json!([null, null]));
 
     let (code, out, _) = storectl(dir, &["incr", "u1", "a=2", "b=-1"]).await;
     assert_eq!(code, 0);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
-        serde_json::json!({"a": 2, "b": -1})
-    );
+    assert_eq!(json(&out), serde_json::json!({"a": 2, "b": -1}));
+    // The configured write quorum.
+    assert_eq!(state.seen("increment").last().unwrap().quorum, 2);
 
-    let (code, out, _) = storectl(dir, &["put", "u1", "a=1", "b=x", "--ttl-ms", "5"]).await;
+    let (code, out, _) = storectl(
+        dir,
+        &["put", "u1", "a=1", "b=x", "--ttl-ms", "5", "--quorum", "3"],
+    )
+    .await;
     assert_eq!(code, 0);
-    let ack: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ack = json(&out);
     assert_eq!(ack["superseded"], serde_json::json!(["b"]));
     assert!(ack["version"].as_str().unwrap().ends_with("@n1"), "{ack}");
+    assert_eq!(state.seen("put").last().unwrap().quorum, 3);
 
     let (code, out, _) = storectl(dir, &["flag", "u1", "vip=true", "--context", "n1:3"]).await;
     assert_eq!(code, 0);
-    let flag: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(flag["context"], "n1:3");
+    assert_eq!(json(&out)["context"], "n1:3");
 
-    let (code, out, _) = storectl(dir, &["erase", "u1"]).await;
+    let (code, out, _) = storectl(dir, &["erase", "u1", "--quorum", "1"]).await;
     assert_eq!(code, 0);
-    let erased: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert!(erased["watermark"].as_str().unwrap().ends_with("@n1"), "{erased}");
+    let erased = json(&out);
+    assert!(
+        erased["watermark"].as_str().unwrap().ends_with("@n1"),
+        "{erased}"
+    );
+    assert_eq!(state.seen("erase").last().unwrap().quorum, 1);
+
+    let (code, out, err) = storectl(dir, &["local", "u1", "--node", "n1"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out),
+        serde_json::to_value(Profile::default()).unwrap()
+    );
+    let (code, out, _) = storectl(dir, &["local", "never-written", "--node", "n1"]).await;
+    assert_eq!((code, out.trim()), (0, "null"));
+
+    let (code, out, err) = storectl(dir, &["digests", "--node", "n1", "--peer", "n2"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out), serde_json::json!([1, 0]));
+
+    let (code, out, err) = storectl(dir, &["status", "--node", "n4"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("unknown node n4"), "{err}");
 
     let (code, out, err) = storectl(dir, &["put", "refuse", "a=1"]).await;
     assert_eq!(code, 1);
@@ -512,4 +1186,14 @@ async fn storectl_prints_json_and_reports_errors() {
 
     let (code, _, err) = storectl(dir, &["put", "u1", "oops"]).await;
     assert_eq!(code, 2, "{err}");
+
+    let (code, out, err) = storectl(dir, &["leave", "--node", "n1"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"node": "n1", "leaving": true})
+    );
+    let (code, out, _) = storectl(dir, &["cluster"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["table"]["members"]["n1"]["state"], "leaving");
 }

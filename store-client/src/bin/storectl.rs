@@ -1,14 +1,22 @@
 //! `storectl`: the featurestore command-line client.
 //!
 //! ```text
-//! storectl --config client.toml get user-42 --features cart_value,vip
+//! storectl --config client.toml get user-42 --features cart_value,vip --quorum 2
 //! storectl --config client.toml get-many user-1 user-2
-//! storectl --config client.toml put user-42 cart_value=42.5 plan='"pro"' --ttl-ms 60000
+//! storectl --config client.toml put user-42 cart_value=42.5 plan='"pro"' --ttl-ms 60000 --quorum 2
 //! storectl --config client.toml incr user-42 page_views=1 credits=-5
 //! storectl --config client.toml flag user-42 vip=true --context n1:3,n2:1
 //! storectl --config client.toml erase user-42
-//! storectl --config client.toml status
+//! storectl --config client.toml status [--node n2]
+//! storectl --config client.toml cluster
+//! storectl --config client.toml local user-42 --node n2
+//! storectl --config client.toml digests --node n1 --peer n2
+//! storectl --config client.toml leave --node n3
 //! ```
+//!
+//! Requests are routed like the library's (to the replicas of the key; see `store_client::client`);
+//! `--quorum N` sets R for reads and W for writes (default: `read_quorum` / `write_quorum` of the
+//! configuration). `status`, `local`, `digests` and `leave` with `--node` ask that node only.
 //!
 //! Every answer is printed as pretty JSON on stdout. Errors go to stderr as `error: ...` (including the
 //! node's error code for refused requests) with exit code 1; usage errors exit with code 2. The
@@ -21,7 +29,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::json;
-use store_client::{CausalContext, Client, ClientConfig, GaugeWrite, Value};
+use store_client::{CausalContext, Client, ClientConfig, GaugeWrite, NodeId, Value};
 
 /// The featurestore command-line client.
 #[derive(Debug, Parser)]
@@ -43,6 +51,9 @@ enum Command {
         /// Only these features (comma-separated).
         #[arg(long, value_delimiter = ',', value_name = "NAMES")]
         features: Option<Vec<String>>,
+        /// Read quorum R: replicas read and merged (stale ones repaired).
+        #[arg(long, value_name = "N")]
+        quorum: Option<u8>,
     },
     /// Read several entities; prints a JSON array in key order.
     GetMany {
@@ -52,6 +63,9 @@ enum Command {
         /// Only these features (comma-separated).
         #[arg(long, value_delimiter = ',', value_name = "NAMES")]
         features: Option<Vec<String>>,
+        /// Read quorum R: replicas read and merged per key.
+        #[arg(long, value_name = "N")]
+        quorum: Option<u8>,
     },
     /// Write gauges: `name=value` (true/false, an integer, a float, else a string; `"42"` forces a string).
     Put {
@@ -66,6 +80,9 @@ enum Command {
         /// Event time (Unix milliseconds) instead of the node's clock.
         #[arg(long, value_name = "MS")]
         timestamp_ms: Option<u64>,
+        /// Write quorum W: replicas holding the write before it is acknowledged.
+        #[arg(long, value_name = "N")]
+        quorum: Option<u8>,
     },
     /// Add to counters: `name=delta`; prints each counter's new value.
     Incr {
@@ -74,6 +91,9 @@ enum Command {
         /// `name=delta` pairs (delta is a signed integer).
         #[arg(required = true, value_parser = parse_delta, value_name = "NAME=DELTA", allow_negative_numbers = true)]
         deltas: Vec<(String, i64)>,
+        /// Write quorum W: replicas holding the write before it is acknowledged.
+        #[arg(long, value_name = "N")]
+        quorum: Option<u8>,
     },
     /// Write a flag: `name=true|false`; prints its siblings and the context to write back.
     Flag {
@@ -88,14 +108,49 @@ enum Command {
         /// Time to live, in milliseconds.
         #[arg(long, value_name = "MS")]
         ttl_ms: Option<u64>,
+        /// Write quorum W: replicas holding the write before it is acknowledged.
+        #[arg(long, value_name = "N")]
+        quorum: Option<u8>,
     },
     /// Erase an entity for good; prints the erasure watermark.
     Erase {
         /// The entity key.
         key: String,
+        /// Write quorum W: replicas holding the erasure before it is acknowledged.
+        #[arg(long, value_name = "N")]
+        quorum: Option<u8>,
     },
-    /// Print the connected node's status.
-    Status,
+    /// Print a node's status: counters, ring version, members with state, liveness and hint queues.
+    Status {
+        /// Ask this node (default: the first reachable node).
+        #[arg(long, value_parser = parse_node, value_name = "ID")]
+        node: Option<NodeId>,
+    },
+    /// Print the cluster view: membership table, virtual nodes, replication factor.
+    Cluster,
+    /// Print one node's raw local state of a key (values and CRDT metadata), or `null`.
+    Local {
+        /// The entity key.
+        key: String,
+        /// The node to ask.
+        #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
+        node: NodeId,
+    },
+    /// Print a node's anti-entropy digests of the keys it shares with a peer (a JSON array).
+    Digests {
+        /// The node to ask.
+        #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
+        node: NodeId,
+        /// The other replica.
+        #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
+        peer: NodeId,
+    },
+    /// Ask a node to leave the cluster (it hands its ranges over, then is marked left).
+    Leave {
+        /// The node that leaves.
+        #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
+        node: NodeId,
+    },
 }
 
 /// Splits `name=value` at the first `=`; the name must be non-empty.
@@ -139,6 +194,18 @@ fn parse_context(token: &str) -> Result<CausalContext, String> {
         .map_err(|e: featurestore::Error| e.to_string())
 }
 
+fn parse_node(id: &str) -> Result<NodeId, String> {
+    NodeId::new(id).map_err(|e| e.to_string())
+}
+
+/// `client` with `quorum` as its read and write quorum, if given.
+fn with_quorum(client: &Client, quorum: Option<u8>) -> Client {
+    match quorum {
+        Some(q) => client.with_quorums(q, q),
+        None => client.clone(),
+    }
+}
+
 fn pretty<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<String> {
     serde_json::to_string_pretty(value).context("cannot render the answer as JSON")
 }
@@ -152,15 +219,27 @@ fn names(features: &Option<Vec<String>>) -> Option<Vec<&str>> {
 /// Runs one command and returns what to print.
 async fn execute(client: &Client, command: Command) -> anyhow::Result<String> {
     match command {
-        Command::Get { key, features } => {
+        Command::Get {
+            key,
+            features,
+            quorum,
+        } => {
             let features = names(&features);
-            let profile = client.get(&key, features.as_deref()).await?;
+            let profile = with_quorum(client, quorum)
+                .get(&key, features.as_deref())
+                .await?;
             pretty(&profile)
         }
-        Command::GetMany { keys, features } => {
+        Command::GetMany {
+            keys,
+            features,
+            quorum,
+        } => {
             let features = names(&features);
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let profiles = client.get_many(&keys, features.as_deref()).await?;
+            let profiles = with_quorum(client, quorum)
+                .get_many(&keys, features.as_deref())
+                .await?;
             pretty(&profiles)
         }
         Command::Put {
@@ -168,6 +247,7 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<String> {
             gauges,
             ttl_ms,
             timestamp_ms,
+            quorum,
         } => {
             let writes = gauges
                 .into_iter()
@@ -177,12 +257,18 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<String> {
                     ttl_ms,
                 })
                 .collect();
-            let ack = client.put_with(&key, writes, timestamp_ms).await?;
+            let ack = with_quorum(client, quorum)
+                .put_with(&key, writes, timestamp_ms)
+                .await?;
             pretty(&json!({ "version": ack.version, "superseded": ack.superseded }))
         }
-        Command::Incr { key, deltas } => {
+        Command::Incr {
+            key,
+            deltas,
+            quorum,
+        } => {
             let pairs: Vec<(&str, i64)> = deltas.iter().map(|(n, d)| (n.as_str(), *d)).collect();
-            let values = client.increment(&key, &pairs).await?;
+            let values = with_quorum(client, quorum).increment(&key, &pairs).await?;
             let map: serde_json::Map<String, serde_json::Value> = deltas
                 .into_iter()
                 .zip(values)
@@ -195,18 +281,27 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<String> {
             flag: (name, value),
             context,
             ttl_ms,
+            quorum,
         } => {
             let context = context.unwrap_or_default();
-            let view = client
+            let view = with_quorum(client, quorum)
                 .set_flag(&key, &name, value, &context, ttl_ms)
                 .await?;
             pretty(&view)
         }
-        Command::Erase { key } => {
-            let watermark = client.erase(&key).await?;
+        Command::Erase { key, quorum } => {
+            let watermark = with_quorum(client, quorum).erase(&key).await?;
             pretty(&json!({ "watermark": watermark }))
         }
-        Command::Status => pretty(&client.status().await?),
+        Command::Status { node: None } => pretty(&client.status().await?),
+        Command::Status { node: Some(node) } => pretty(&client.status_of(&node).await?),
+        Command::Cluster => pretty(&client.refresh_cluster().await?),
+        Command::Local { key, node } => pretty(&client.local_state(&node, &key).await?),
+        Command::Digests { node, peer } => pretty(&client.digests(&node, &peer).await?),
+        Command::Leave { node } => {
+            client.leave(&node).await?;
+            pretty(&json!({ "node": node, "leaving": true }))
+        }
     }
 }
 
@@ -334,7 +429,9 @@ mod tests {
                 gauges,
                 ttl_ms,
                 timestamp_ms,
+                quorum,
             } => {
+                assert_eq!(quorum, None);
                 assert_eq!(key, "user-42");
                 assert_eq!(
                     gauges,
@@ -352,9 +449,14 @@ mod tests {
 
     #[test]
     fn incr_accepts_negative_deltas() {
-        let cli = parse(&["incr", "u1", "a=1", "b=-2"]).unwrap();
+        let cli = parse(&["incr", "u1", "a=1", "b=-2", "--quorum", "2"]).unwrap();
         match cli.command {
-            Command::Incr { key, deltas } => {
+            Command::Incr {
+                key,
+                deltas,
+                quorum,
+            } => {
+                assert_eq!(quorum, Some(2));
                 assert_eq!(key, "u1");
                 assert_eq!(deltas, vec![("a".to_owned(), 1), ("b".to_owned(), -2)]);
             }
@@ -364,15 +466,27 @@ mod tests {
 
     #[test]
     fn get_and_flag_options() {
-        match parse(&["get", "u1", "--features", "a,b"]).unwrap().command {
-            Command::Get { key, features } => {
+        match parse(&["get", "u1", "--features", "a,b", "--quorum", "3"])
+            .unwrap()
+            .command
+        {
+            Command::Get {
+                key,
+                features,
+                quorum,
+            } => {
+                assert_eq!(quorum, Some(3));
                 assert_eq!(key, "u1");
                 assert_eq!(features, Some(vec!["a".to_owned(), "b".to_owned()]));
             }
             other => panic!("parsed as {other:?}"),
         }
         match parse(&["get-many", "u1", "u2"]).unwrap().command {
-            Command::GetMany { keys, features } => {
+            Command::GetMany {
+                keys,
+                features,
+                quorum: None,
+            } => {
                 assert_eq!(keys, vec!["u1".to_owned(), "u2".to_owned()]);
                 assert_eq!(features, None);
             }
@@ -395,6 +509,7 @@ mod tests {
                 flag,
                 context,
                 ttl_ms,
+                quorum: None,
             } => {
                 assert_eq!(key, "u1");
                 assert_eq!(flag, ("vip".to_owned(), true));
@@ -405,12 +520,43 @@ mod tests {
         }
         assert!(matches!(
             parse(&["status"]).unwrap().command,
-            Command::Status
+            Command::Status { node: None }
         ));
         assert!(matches!(
-            parse(&["erase", "u1"]).unwrap().command,
-            Command::Erase { .. }
+            parse(&["erase", "u1", "--quorum", "2"]).unwrap().command,
+            Command::Erase {
+                quorum: Some(2),
+                ..
+            }
         ));
+    }
+
+    #[test]
+    fn cluster_and_admin_commands() {
+        let n = |s: &str| NodeId::new(s).unwrap();
+        match parse(&["status", "--node", "n2"]).unwrap().command {
+            Command::Status { node } => assert_eq!(node, Some(n("n2"))),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            parse(&["cluster"]).unwrap().command,
+            Command::Cluster
+        ));
+        match parse(&["local", "u1", "--node", "n1"]).unwrap().command {
+            Command::Local { key, node } => assert_eq!((key.as_str(), node), ("u1", n("n1"))),
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&["digests", "--node", "n1", "--peer", "n3"])
+            .unwrap()
+            .command
+        {
+            Command::Digests { node, peer } => assert_eq!((node, peer), (n("n1"), n("n3"))),
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&["leave", "--node", "n3"]).unwrap().command {
+            Command::Leave { node } => assert_eq!(node, n("n3")),
+            other => panic!("parsed as {other:?}"),
+        }
     }
 
     #[test]
@@ -440,6 +586,20 @@ mod tests {
         assert_eq!(kind(&["put", "u1"]), ErrorKind::MissingRequiredArgument);
         assert_eq!(kind(&["get-many"]), ErrorKind::MissingRequiredArgument);
         assert_eq!(kind(&["frobnicate"]), ErrorKind::InvalidSubcommand);
+        assert_eq!(kind(&["local", "u1"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            kind(&["digests", "--node", "n1"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(kind(&["leave"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            kind(&["status", "--node", "Not Valid"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            kind(&["get", "u1", "--quorum", "300"]),
+            ErrorKind::ValueValidation
+        );
         assert_eq!(parse(&["put", "u1", "novalue"]).unwrap_err().exit_code(), 2);
     }
 }
