@@ -26,6 +26,50 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// A cluster member known from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seed {
+    /// Its node id.
+    pub id: String,
+    /// Its address (UDP socket address of its QUIC endpoint).
+    pub addr: SocketAddr,
+}
+
+/// How this node finds and forms the cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The address peers and clients should use for this node (default: `listen`).
+    pub advertise: Option<SocketAddr>,
+    /// Nodes to contact. With `bootstrap = true`, the seeds (plus this node) *are* the initial cluster,
+    /// all active. Empty: a single-node cluster.
+    pub seeds: Vec<Seed>,
+    /// On the first start (no membership stored yet): `true` forms a new cluster from the seeds; `false`
+    /// joins the running cluster the seeds belong to (this node starts as `joining`).
+    pub bootstrap: bool,
+    /// Replication settings (replication factor, timeouts, hint budget, anti-entropy interval, ...).
+    pub replication: featurestore::replication::ReplicationConfig,
+    /// How often the replication state machine ticks, in ms.
+    pub tick_ms: u64,
+    /// Capacity of each peer's outbound queue (messages); beyond it messages are dropped and counted
+    /// (the protocol recovers through hints and anti-entropy).
+    pub peer_queue: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            advertise: None,
+            seeds: Vec::new(),
+            bootstrap: true,
+            replication: featurestore::replication::ReplicationConfig::default(),
+            tick_ms: 50,
+            peer_queue: 4096,
+        }
+    }
+}
+
 /// The whole node configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +106,9 @@ pub struct NodeConfig {
     /// How often expired values are physically dropped (0 disables the sweeper). Default 60000.
     #[serde(default = "defaults::expiry_sweep_ms")]
     pub expiry_sweep_ms: u64,
+    /// Cluster membership and replication.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 mod defaults {
@@ -120,7 +167,13 @@ impl NodeConfig {
             request_timeout_ms: defaults::request_timeout_ms(),
             drain_timeout_ms: defaults::drain_timeout_ms(),
             expiry_sweep_ms: defaults::expiry_sweep_ms(),
+            cluster: ClusterConfig::default(),
         }
+    }
+
+    /// The address this node announces to peers and clients.
+    pub fn advertise(&self) -> SocketAddr {
+        self.cluster.advertise.unwrap_or(self.listen)
     }
 
     /// Reads `path`, applies environment overrides from `env` and then `overrides`, resolves relative

@@ -204,11 +204,11 @@ impl Engine {
     async fn dispatch(&self, request: Request) -> Result<Response, Refusal> {
         let now = now_ms();
         match request {
-            Request::Get { key, features } => {
+            Request::Get { key, features, .. } => {
                 Metrics::incr(&self.metrics.keys_read);
                 Ok(Response::Profile(self.read(&key, now, features.as_deref())))
             }
-            Request::GetMany { keys, features } => {
+            Request::GetMany { keys, features, .. } => {
                 let views = keys
                     .iter()
                     .map(|k| self.read(k, now, features.as_deref()))
@@ -222,6 +222,7 @@ impl Engine {
                 key,
                 gauges,
                 timestamp_ms,
+                ..
             } => {
                 let marker = match timestamp_ms {
                     None => self.clock().stamp(now),
@@ -257,7 +258,7 @@ impl Engine {
                     superseded,
                 }))
             }
-            Request::Increment { key, deltas } => {
+            Request::Increment { key, deltas, .. } => {
                 let ts = self.clock().tick(now);
                 let pairs: Vec<(&str, i64)> =
                     deltas.iter().map(|d| (d.name.as_str(), d.delta)).collect();
@@ -272,6 +273,7 @@ impl Engine {
                 value,
                 context,
                 ttl_ms,
+                ..
             } => {
                 let marker = self.clock().stamp(now);
                 let update = FlagUpdate {
@@ -289,7 +291,7 @@ impl Engine {
                     .await?;
                 Ok(Response::Flag(view))
             }
-            Request::Erase { key } => {
+            Request::Erase { key, .. } => {
                 let watermark = self.clock().stamp(now);
                 let w = watermark.clone();
                 self.write(&key, move |p| {
@@ -300,7 +302,61 @@ impl Engine {
                 Ok(Response::Erased { watermark })
             }
             Request::Status => Ok(Response::Status(self.status())),
+            Request::Cluster
+            | Request::LocalState { .. }
+            | Request::Digests { .. }
+            | Request::Leave => Err(Refusal {
+                code: ErrorCode::Internal,
+                message: "cluster requests are answered by the cluster layer".into(),
+            }),
         }
+    }
+
+    /// The state of `key` held here.
+    pub fn state(&self, key: &str) -> Option<Profile> {
+        let shard = self
+            .shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.get(key).cloned()
+    }
+
+    /// The node's clock (for building views of merged remote states).
+    pub fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    /// The storage engine.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The durability policy runner.
+    pub fn durability(&self) -> &Arc<Durability> {
+        &self.durability
+    }
+
+    /// Merges a state from another replica (replication, anti-entropy, read repair). Refuses states
+    /// stamped further ahead than the clock-skew limit; advances the clock past the state otherwise.
+    /// Stores the result if it changed; the caller waits for durability before acknowledging.
+    pub fn merge_state(&self, key: &str, incoming: &Profile) -> crate::Result<bool> {
+        self.limits.check_key(key)?;
+        if let Some(ts) = incoming.max_timestamp() {
+            self.clock().observe(ts, now_ms())?;
+        }
+        let mut shard = self
+            .shard(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut profile = shard.get(key).cloned().unwrap_or_default();
+        if !profile.merge(incoming) && shard.contains_key(key) {
+            return Ok(false);
+        }
+        let record = encode_record(&profile)?;
+        self.storage.put(key.as_bytes(), &record)?;
+        let _ticket = self.durability.written();
+        shard.insert(key.to_owned(), profile);
+        Ok(true)
     }
 
     fn read(
@@ -397,7 +453,49 @@ impl Engine {
             durability: self.durability.policy().to_string(),
             disk_bytes: self.storage.disk_bytes().unwrap_or(0),
             counters,
+            ring_version: 0,
+            members: Vec::new(),
         }
+    }
+}
+
+impl featurestore::replication::LocalStore for Engine {
+    fn state(&self, key: &str) -> Option<Profile> {
+        Engine::state(self, key)
+    }
+
+    fn merge_remote(&self, key: &str, state: &Profile) -> Result<(), String> {
+        self.merge_state(key, state)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn for_each_key(&self, f: &mut dyn FnMut(&str, u64)) {
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for (key, profile) in shard.iter() {
+                f(key, featurestore::replication::state_hash(profile));
+            }
+        }
+    }
+
+    fn remove_if_unchanged(&self, key: &str, expected: u64) -> Result<bool, String> {
+        let mut shard = self
+            .shard(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let unchanged = shard
+            .get(key)
+            .is_some_and(|p| featurestore::replication::state_hash(p) == expected);
+        if !unchanged {
+            return Ok(false);
+        }
+        self.storage
+            .remove(key.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let _ticket = self.durability.written();
+        shard.remove(key);
+        Ok(true)
     }
 }
 

@@ -5,17 +5,20 @@
 //! - [`storage`]: the `Storage` trait, sled and in-memory engines, durability policies (group commit).
 //! - [`engine`]: in-memory profiles, the clock, the write path.
 //! - [`server`]: QUIC connections, streams and frames.
+//! - [`cluster`], [`peer`]: request coordination, replication runtime, peer transport.
 //! - [`node`]: start, recover, serve, shut down.
 //! - [`certs`], [`tls`]: certificate generation and mutual TLS.
 //! - [`dev`]: the local development cluster behind `store-node dev`.
 
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod node;
+pub mod peer;
 pub mod server;
 pub mod storage;
 pub mod tls;

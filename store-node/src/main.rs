@@ -51,14 +51,21 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "app")]
         clients: Vec<String>,
     },
-    /// Start a local node on loopback with generated certificates and embedded storage.
+    /// Start a local cluster of node processes on loopback (generated certificates, sled storage).
+    ///
+    /// Writes `<dir>/n<i>.toml` and `<dir>/client.toml` on every run, relays each node's output with an
+    /// `[n<i>]` prefix and stops every node cleanly on Ctrl-C or SIGTERM (a second signal kills them).
+    /// Use a fresh `--dir` when changing `--nodes` or `--port`: the nodes store their membership.
     Dev {
-        /// Directory for certificates, data and client.toml.
+        /// Directory for certificates, configs, data and client.toml.
         #[arg(long, default_value = "data/dev")]
         dir: PathBuf,
-        /// UDP port of the first node.
+        /// UDP port of the first node; node n<i> listens on port + i - 1.
         #[arg(long, default_value_t = 7401)]
         port: u16,
+        /// Number of nodes (n1..nK).
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
     },
 }
 
@@ -143,10 +150,24 @@ async fn main() -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
-        Command::Dev { dir, port } => {
-            let token = CancellationToken::new();
-            shutdown_on_signals(token.clone());
-            store_node::dev::run(store_node::dev::DevOptions { dir, port }, token).await?;
+        Command::Dev { dir, port, nodes } => {
+            // First signal: stop the nodes gracefully. Second: kill them at once (rather than exiting and
+            // leaving them running: they are in their own process group).
+            let shutdown = CancellationToken::new();
+            let kill_now = CancellationToken::new();
+            let (first, second) = (shutdown.clone(), kill_now.clone());
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!(
+                    "signal received: stopping the dev cluster (send again to kill the nodes)"
+                );
+                first.cancel();
+                wait_for_signal().await;
+                tracing::warn!("second signal: killing the nodes");
+                second.cancel();
+            });
+            let options = store_node::dev::DevOptions { dir, port, nodes };
+            store_node::dev::run(options, shutdown, kill_now).await?;
         }
     }
     Ok(())

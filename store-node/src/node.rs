@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use store_client::tls::CLIENT_ALPN;
+use store_client::tls::{CLIENT_ALPN, PEER_ALPN};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
@@ -52,18 +52,54 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         &config.tls.ca_cert,
         &config.tls.cert,
         &config.tls.key,
-        &[CLIENT_ALPN],
+        &[CLIENT_ALPN, PEER_ALPN],
         &config.transport,
     )?;
-    let endpoint =
-        quinn::Endpoint::server(server_config, config.listen).map_err(|source| Error::Io {
-            path: format!("udp://{}", config.listen).into(),
-            source,
-        })?;
+    // The same certificate authenticates this node when it dials its peers.
+    let peer_client = store_client::tls::client_config(
+        &config.tls.ca_cert,
+        &config.tls.cert,
+        &config.tls.key,
+        PEER_ALPN,
+        &config.transport,
+    )
+    .map_err(|e| Error::Tls(e.to_string()))?;
+    let endpoint = bind_endpoint(&config, server_config)?;
     let local = endpoint.local_addr().map_err(|source| Error::Io {
         path: "udp socket".into(),
         source,
     })?;
+    let peers = crate::peer::Peers::new(
+        endpoint.clone(),
+        peer_client,
+        config.cluster.peer_queue,
+        Duration::from_millis(config.cluster.replication.rpc_timeout_ms.max(100)),
+    );
+    let cluster = Arc::new(crate::cluster::Cluster::open(
+        &config,
+        engine.clone(),
+        peers,
+    )?);
+    let ticker = {
+        let cluster = cluster.clone();
+        let shutdown = shutdown.clone();
+        let every = Duration::from_millis(config.cluster.tick_ms);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        let cluster = cluster.clone();
+                        if tokio::task::spawn_blocking(move || cluster.tick()).await.is_err() {
+                            tracing::error!("replication tick panicked");
+                        }
+                    }
+                }
+            }
+        })
+    };
     tracing::info!(node = %node_id, addr = %local, "listening");
     println!("store-node {node_id} ready on {local}");
 
@@ -96,7 +132,15 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         drain_timeout: Duration::from_millis(config.drain_timeout_ms),
     };
-    serve(endpoint.clone(), engine.clone(), settings, shutdown).await;
+    serve(
+        endpoint.clone(),
+        engine.clone(),
+        cluster.clone(),
+        settings,
+        shutdown,
+    )
+    .await;
+    let _ = ticker.await;
     if let Some(sweeper) = sweeper {
         let _ = sweeper.await;
     }
@@ -105,8 +149,50 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
     endpoint.close(0u32.into(), b"node shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     // Dropping sled flushes and blocks: do it off the runtime threads.
+    drop(cluster);
     let _ = tokio::task::spawn_blocking(move || drop(engine)).await;
     flushed?;
     tracing::info!(node = %node_id, "stopped");
     Ok(())
+}
+
+/// Binds the QUIC endpoint with a stateless-reset key (and connection-id key) derived from this node's
+/// private key, so that after
+/// a restart (even `kill -9`) the node answers packets of its previous incarnation's connections with a
+/// stateless reset: peers and clients learn at once that the old connection is gone instead of sending
+/// into it until their idle timeout.
+fn bind_endpoint(
+    config: &NodeConfig,
+    server_config: quinn::ServerConfig,
+) -> Result<quinn::Endpoint> {
+    let key_bytes = std::fs::read(&config.tls.key).map_err(|source| Error::Io {
+        path: config.tls.key.clone(),
+        source,
+    })?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"featurestore stateless reset v1\0");
+    ctx.update(&key_bytes);
+    let secret = ctx.finish();
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref());
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // Connection ids must validate across restarts too, or the new incarnation drops the old
+    // connections' packets as invalid instead of answering them with a reset.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&secret.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| Error::Io {
+        path: format!("udp://{}", config.listen).into(),
+        source,
+    })?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| Error::Config("no async runtime for QUIC".into()))?;
+    quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime).map_err(|source| {
+        Error::Io {
+            path: format!("udp://{}", config.listen).into(),
+            source,
+        }
+    })
 }

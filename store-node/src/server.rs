@@ -22,9 +22,11 @@ use featurestore::{ErrorCode, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::tls::{peer_identity, PeerIdentity};
+use store_client::tls::{CLIENT_ALPN, PEER_ALPN};
 
 /// Per-request settings of the server.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +43,7 @@ pub struct ServeSettings {
 pub async fn serve(
     endpoint: quinn::Endpoint,
     engine: Arc<Engine>,
+    cluster: Arc<Cluster>,
     settings: ServeSettings,
     shutdown: CancellationToken,
 ) {
@@ -52,6 +55,7 @@ pub async fn serve(
                 Some(incoming) => {
                     let conn = Connection {
                         engine: engine.clone(),
+                        cluster: cluster.clone(),
                         settings,
                         shutdown: shutdown.clone(),
                         tracker: tracker.clone(),
@@ -78,6 +82,7 @@ pub async fn serve(
 
 struct Connection {
     engine: Arc<Engine>,
+    cluster: Arc<Cluster>,
     settings: ServeSettings,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -95,12 +100,20 @@ impl Connection {
                 return;
             }
         };
-        let client = match peer_identity(&conn) {
-            Some(PeerIdentity::Client(name)) => name,
-            other => {
-                tracing::warn!(peer = %remote, identity = ?other, "not a client certificate; closing");
+        let alpn = conn
+            .handshake_data()
+            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.protocol);
+        let client = match (alpn.as_deref(), peer_identity(&conn)) {
+            (Some(CLIENT_ALPN), Some(PeerIdentity::Client(name))) => name,
+            (Some(PEER_ALPN), Some(PeerIdentity::Node(name))) => {
+                self.serve_peer(conn, name).await;
+                return;
+            }
+            (_, other) => {
+                tracing::warn!(peer = %remote, identity = ?other, "certificate does not match the protocol; closing");
                 Metrics::incr(&metrics.wrong_identity);
-                conn.close(1u32.into(), b"client certificate required");
+                conn.close(1u32.into(), b"certificate does not match the protocol");
                 return;
             }
         };
@@ -112,7 +125,7 @@ impl Connection {
                 stream = conn.accept_bi() => match stream {
                     Ok((send, recv)) => {
                         let peer = Peer { addr: remote, client: client.clone() };
-                        self.tracker.spawn(handle_stream(self.engine.clone(), self.settings, peer, send, recv));
+                        self.tracker.spawn(handle_stream(self.engine.clone(), self.cluster.clone(), self.settings, peer, send, recv));
                     }
                     Err(error) => {
                         tracing::debug!(peer = %remote, %client, %error, "connection ended");
@@ -120,6 +133,27 @@ impl Connection {
                     }
                 },
             }
+        }
+    }
+}
+
+impl Connection {
+    /// Receives replication traffic from another node until the connection ends or the node shuts down.
+    async fn serve_peer(&self, conn: quinn::Connection, name: String) {
+        let Ok(from) = featurestore::NodeId::new(name) else {
+            conn.close(1u32.into(), b"bad node id");
+            return;
+        };
+        tracing::debug!(peer = %from, "peer connected");
+        let cluster = self.cluster.clone();
+        let metrics = cluster.peers().metrics().clone();
+        let deliver = move |from, msg| {
+            let cluster = cluster.clone();
+            async move { cluster.on_peer_message(from, msg).await }
+        };
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            () = crate::peer::read_peer_streams(conn, from, metrics, deliver) => {}
         }
     }
 }
@@ -184,6 +218,7 @@ fn error_response(code: ErrorCode, message: String) -> Response {
 
 async fn handle_stream(
     engine: Arc<Engine>,
+    cluster: Arc<Cluster>,
     settings: ServeSettings,
     peer: Peer,
     mut send: quinn::SendStream,
@@ -218,7 +253,7 @@ async fn handle_stream(
             error_response(code, error.to_string())
         }
         Ok(Ok(request)) => {
-            let response = engine.handle(request).await;
+            let response = cluster.handle(request).await;
             if let Response::Error(reply) = &response {
                 tracing::info!(
                     peer = %peer.addr, client = %peer.client, code = ?reply.code,

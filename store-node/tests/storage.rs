@@ -187,6 +187,14 @@ impl Storage for FlakyStorage {
     fn kind(&self) -> &'static str {
         "flaky"
     }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.get_meta(name)
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.inner.put_meta(name, value)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,6 +294,14 @@ impl Storage for GatedStorage {
     }
     fn kind(&self) -> &'static str {
         "gated"
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.get_meta(name)
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.inner.put_meta(name, value)
     }
 }
 

@@ -15,6 +15,7 @@ use crate::error::Result;
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
     map: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+    meta: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl MemoryStorage {
@@ -65,6 +66,17 @@ impl Storage for MemoryStorage {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(meta.get(name).cloned())
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        meta.insert(name.to_owned(), value.to_vec());
+        Ok(())
     }
 }
 

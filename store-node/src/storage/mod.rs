@@ -61,6 +61,10 @@ pub trait Storage: Send + Sync + 'static {
     fn disk_bytes(&self) -> Result<u64>;
     /// Short name for logs/status ("sled" / "memory").
     fn kind(&self) -> &'static str;
+    /// Reads a node metadata record (membership table, hints), kept apart from the profiles.
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Writes a node metadata record. Not durable until a later `flush` returns.
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<()>;
 }
 
 /// Which storage engine a node uses (config key `storage`).

@@ -28,12 +28,14 @@ use crate::error::{Error, Result};
 
 /// Name of the one sled tree holding every record.
 const TREE: &str = "profiles";
+const META_TREE: &str = "meta";
 
 /// Storage on an embedded sled database.
 #[derive(Debug)]
 pub struct SledStorage {
     db: sled::Db,
     tree: sled::Tree,
+    meta: sled::Tree,
     dir: PathBuf,
 }
 
@@ -59,10 +61,17 @@ impl SledStorage {
         let tree = db.open_tree(TREE).map_err(|e| {
             Error::Storage(format!("opening tree {TREE:?} in {}: {e}", dir.display()))
         })?;
+        let meta = db.open_tree(META_TREE).map_err(|e| {
+            Error::Storage(format!(
+                "opening tree {META_TREE:?} in {}: {e}",
+                dir.display()
+            ))
+        })?;
         tracing::debug!(dir = %dir.display(), recovered = db.was_recovered(), "opened sled storage");
         Ok(SledStorage {
             db,
             tree,
+            meta,
             dir: dir.to_path_buf(),
         })
     }
@@ -114,5 +123,19 @@ impl Storage for SledStorage {
 
     fn kind(&self) -> &'static str {
         "sled"
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.meta
+            .get(name.as_bytes())
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.err("meta get", e))
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.meta
+            .insert(name.as_bytes(), value)
+            .map(drop)
+            .map_err(|e| self.err("meta insert", e))
     }
 }

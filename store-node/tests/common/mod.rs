@@ -137,3 +137,185 @@ impl Drop for TestNode {
         }
     }
 }
+
+/// Picks `n` distinct free UDP ports on 127.0.0.1.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let sockets: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Replication settings fast enough for tests (seconds, not minutes, to converge).
+pub const FAST_CLUSTER: &str = "tick_ms = 20\n\
+[cluster.replication]\n\
+rpc_timeout_ms = 500\n\
+hint_replay_ms = 200\n\
+gossip_ms = 100\n\
+anti_entropy_ms = 1000\n\
+[cluster.replication.detector]\n\
+expected_interval_ms = 100\n\
+startup_grace_ms = 2000\n";
+
+/// Several node processes sharing one CA, each with its own directory.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One node of a [`TestCluster`].
+pub struct ClusterNode {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub child: Option<Child>,
+    pub config: PathBuf,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes n1..nN that bootstrap one cluster.
+    pub fn start(n: usize) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (1..=n + 2).map(|i| format!("n{i}")).collect();
+        store_node::certs::generate(&dir.path().join("certs"), &ids, &["app".to_owned()]).unwrap();
+        let ports = free_ports(n);
+        let addrs: Vec<SocketAddr> = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
+            .collect();
+        let mut cluster = TestCluster {
+            dir,
+            nodes: Vec::new(),
+        };
+        let seeds: Vec<(String, SocketAddr)> = (0..n).map(|i| (ids[i].clone(), addrs[i])).collect();
+        for (id, addr) in &seeds {
+            cluster.add_node(id, *addr, &seeds, true);
+        }
+        for i in 0..n {
+            cluster.launch(i);
+        }
+        cluster.write_client_config();
+        cluster
+    }
+
+    fn add_node(
+        &mut self,
+        id: &str,
+        addr: SocketAddr,
+        seeds: &[(String, SocketAddr)],
+        bootstrap: bool,
+    ) {
+        let mut text = format!(
+            "node_id = \"{id}\"\nlisten = \"{addr}\"\ndata_dir = \"{id}\"\n\
+             [tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n\
+             [cluster]\nbootstrap = {bootstrap}\n{FAST_CLUSTER}"
+        );
+        for (sid, saddr) in seeds {
+            text.push_str(&format!(
+                "[[cluster.seeds]]\nid = \"{sid}\"\naddr = \"{saddr}\"\n"
+            ));
+        }
+        let config = self.dir.path().join(format!("{id}.toml"));
+        std::fs::write(&config, text).unwrap();
+        self.nodes.push(ClusterNode {
+            id: id.to_owned(),
+            addr,
+            child: None,
+            config,
+        });
+    }
+
+    /// Adds a node that joins the running cluster through the existing nodes as seeds, and starts it.
+    pub fn join_new_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let id = format!("n{}", i + 1);
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_ports(1)[0]).parse().unwrap();
+        let seeds: Vec<(String, SocketAddr)> =
+            self.nodes.iter().map(|n| (n.id.clone(), n.addr)).collect();
+        self.add_node(&id, addr, &seeds, false);
+        self.launch(i);
+        self.write_client_config();
+        i
+    }
+
+    /// Starts node `i` and waits for its ready line.
+    pub fn launch(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none(), "{} already running", node.id);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_store-node"))
+            .args(["serve", "--config"])
+            .arg(&node.config)
+            .env("FEATURESTORE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains(" ready on ") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{} did not report ready", node.id));
+        node.child = Some(child);
+    }
+
+    /// `kill -9` node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        let mut child = self.nodes[i].child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Writes `client.toml` (all nodes as seeds) and one `client-<id>.toml` per node (that node only).
+    pub fn write_client_config(&self) {
+        let head = "ca_cert = \"certs/ca.pem\"\ncert = \"certs/client-app.pem\"\nkey = \"certs/client-app.key\"\n\
+                    request_timeout_ms = 5000\nconnect_timeout_ms = 2000\n";
+        let mut all = head.to_owned();
+        for n in &self.nodes {
+            let entry = format!("[[nodes]]\nname = \"{}\"\naddr = \"{}\"\n", n.id, n.addr);
+            all.push_str(&entry);
+            std::fs::write(
+                self.dir.path().join(format!("client-{}.toml", n.id)),
+                format!("{head}{entry}"),
+            )
+            .unwrap();
+        }
+        std::fs::write(self.dir.path().join("client.toml"), all).unwrap();
+    }
+
+    /// A client routed by the ring (seeds: every node).
+    pub async fn client(&self) -> Client {
+        Client::connect(ClientConfig::load(self.dir.path().join("client.toml")).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// A client whose only seed is node `i` (for admin requests to that node).
+    pub async fn node_client(&self, i: usize) -> Client {
+        let path = self
+            .dir
+            .path()
+            .join(format!("client-{}.toml", self.nodes[i].id));
+        Client::connect(ClientConfig::load(path).unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut child) = n.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

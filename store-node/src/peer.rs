@@ -1,0 +1,261 @@
+//! Peer transport: QUIC connections between nodes (mutual TLS, the peer ALPN), one unidirectional stream
+//! per message.
+//!
+//! Guarantees:
+//! - Every peer has one outbound queue of bounded capacity and one sender task. When the queue is full the
+//!   message is dropped and counted: the replication protocol tolerates loss (unacknowledged sends become
+//!   hints, anti-entropy repairs the rest), so a slow or dead peer can never make a node buffer without bound.
+//! - Connecting is bounded by a timeout; after a failure the sender waits a short backoff before the next
+//!   attempt and drops what arrives meanwhile, rather than queueing behind a dead peer.
+//! - Inbound: only connections whose certificate names a node (checked by the server) reach
+//!   [`read_peer_streams`]; every frame's size is checked before its buffer is allocated, and a bad frame
+//!   is counted and skipped without closing the connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use featurestore::codec::{decode_peer, encode_frame, parse_header, FRAME_HEADER_BYTES};
+use featurestore::limits::FRAME_BYTES_CEILING;
+use featurestore::replication::PeerMessage;
+use featurestore::NodeId;
+use tokio::sync::mpsc;
+
+use crate::certs::node_server_name;
+
+/// Counters of the peer transport.
+#[derive(Debug, Default)]
+pub struct PeerMetrics {
+    /// Messages handed to a sender.
+    pub sent: AtomicU64,
+    /// Messages dropped because a peer's queue was full.
+    pub queue_drops: AtomicU64,
+    /// Messages dropped because the peer could not be reached.
+    pub unreachable_drops: AtomicU64,
+    /// Inbound messages received.
+    pub received: AtomicU64,
+    /// Inbound frames that could not be decoded or were too large.
+    pub bad_frames: AtomicU64,
+}
+
+impl PeerMetrics {
+    /// The counters with their names.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        [
+            ("peer_sent", &self.sent),
+            ("peer_queue_drops", &self.queue_drops),
+            ("peer_unreachable_drops", &self.unreachable_drops),
+            ("peer_received", &self.received),
+            ("peer_bad_frames", &self.bad_frames),
+        ]
+        .into_iter()
+        .map(|(n, c)| (n.to_owned(), c.load(Ordering::Relaxed)))
+        .collect()
+    }
+}
+
+struct Outbound {
+    tx: mpsc::Sender<(SocketAddr, PeerMessage)>,
+}
+
+/// Outbound connections to every peer.
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    queue_capacity: usize,
+    connect_timeout: Duration,
+    queues: Mutex<HashMap<NodeId, Outbound>>,
+    metrics: Arc<PeerMetrics>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").finish_non_exhaustive()
+    }
+}
+
+impl Peers {
+    /// Outbound peer transport over `endpoint`, authenticating with `client_config` (this node's
+    /// certificate, the peer ALPN).
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        client_config: quinn::ClientConfig,
+        queue_capacity: usize,
+        connect_timeout: Duration,
+    ) -> Self {
+        Peers {
+            endpoint,
+            client_config,
+            queue_capacity,
+            connect_timeout,
+            queues: Mutex::new(HashMap::new()),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The transport's counters.
+    pub fn metrics(&self) -> &Arc<PeerMetrics> {
+        &self.metrics
+    }
+
+    /// Queues `msg` for `to` at `addr`; drops it (counted) if the peer's queue is full.
+    pub fn send(&self, to: &NodeId, addr: SocketAddr, msg: PeerMessage) {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let outbound = queues.entry(to.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(self.queue_capacity);
+            tokio::spawn(sender(
+                to.clone(),
+                self.endpoint.clone(),
+                self.client_config.clone(),
+                self.connect_timeout,
+                rx,
+                self.metrics.clone(),
+            ));
+            Outbound { tx }
+        });
+        match outbound.tx.try_send((addr, msg)) {
+            Ok(()) => {
+                self.metrics.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.queue_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                queues.remove(to);
+            }
+        }
+    }
+}
+
+async fn sender(
+    peer: NodeId,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    connect_timeout: Duration,
+    mut rx: mpsc::Receiver<(SocketAddr, PeerMessage)>,
+    metrics: Arc<PeerMetrics>,
+) {
+    let server_name = node_server_name(peer.as_str());
+    let mut conn: Option<(SocketAddr, quinn::Connection)> = None;
+    let mut failed_at: Option<Instant> = None;
+    while let Some((addr, msg)) = rx.recv().await {
+        let usable = conn
+            .as_ref()
+            .is_some_and(|(a, c)| *a == addr && c.close_reason().is_none());
+        if !usable {
+            conn = None;
+            if failed_at.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+                metrics.unreachable_drops.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let attempt = endpoint
+                .connect_with(client_config.clone(), addr, &server_name)
+                .map_err(|e| e.to_string());
+            let connected = match attempt {
+                Ok(connecting) => match tokio::time::timeout(connect_timeout, connecting).await {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("connect timeout".to_owned()),
+                },
+                Err(e) => Err(e),
+            };
+            match connected {
+                Ok(c) => {
+                    failed_at = None;
+                    conn = Some((addr, c));
+                }
+                Err(error) => {
+                    tracing::debug!(%peer, %addr, %error, "peer unreachable");
+                    failed_at = Some(Instant::now());
+                    metrics.unreachable_drops.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        }
+        let Some((_, c)) = conn.as_ref() else {
+            continue;
+        };
+        let frame = match encode_frame(&msg) {
+            Ok(f) => f,
+            Err(error) => {
+                tracing::error!(%peer, %error, "could not encode a peer message");
+                continue;
+            }
+        };
+        let sent = async {
+            let mut stream = c.open_uni().await.map_err(|e| e.to_string())?;
+            stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+            stream.finish().map_err(|e| e.to_string())
+        };
+        // A dead peer never returns stream credit: without a bound, `open_uni` would wait until the idle
+        // timeout. Give up on the connection instead and reconnect for the next message.
+        let sent = match tokio::time::timeout(connect_timeout, sent).await {
+            Ok(r) => r,
+            Err(_) => Err("send timed out".to_owned()),
+        };
+        if let Err(error) = sent {
+            tracing::debug!(%peer, %error, "peer send failed");
+            metrics.unreachable_drops.fetch_add(1, Ordering::Relaxed);
+            if let Some((_, c)) = conn.take() {
+                c.close(0u32.into(), b"send failed");
+            }
+        }
+    }
+}
+
+/// Reads one message from a unidirectional peer stream.
+async fn read_message(recv: &mut quinn::RecvStream) -> Result<PeerMessage, String> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = parse_header(header, FRAME_BYTES_CEILING).map_err(|e| e.to_string())?;
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload)
+        .await
+        .map_err(|e| e.to_string())?;
+    decode_peer(&payload).map_err(|e| e.to_string())
+}
+
+/// Receives messages from an authenticated peer connection until it closes, handing each to `deliver`.
+pub async fn read_peer_streams<F, Fut>(
+    conn: quinn::Connection,
+    from: NodeId,
+    metrics: Arc<PeerMetrics>,
+    deliver: F,
+) where
+    F: Fn(NodeId, PeerMessage) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    loop {
+        let mut recv = match conn.accept_uni().await {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::debug!(peer = %from, %error, "peer connection ended");
+                return;
+            }
+        };
+        let from = from.clone();
+        let metrics = metrics.clone();
+        let deliver = deliver.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv)).await {
+                Ok(Ok(msg)) => {
+                    metrics.received.fetch_add(1, Ordering::Relaxed);
+                    deliver(from, msg).await;
+                }
+                Ok(Err(error)) => {
+                    metrics.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %from, %error, "bad peer frame");
+                    let _ = recv.stop(0u32.into());
+                }
+                Err(_) => {
+                    metrics.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %from, "peer message timed out");
+                }
+            }
+        });
+    }
+}
