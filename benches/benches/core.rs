@@ -1,0 +1,297 @@
+//! Criterion micro-benchmarks of the featurestore core (`cargo bench -p benches`).
+//!
+//! What is measured, on the same 20-feature profiles the load generator uses
+//! ([`benches::keyspace::Keyspace`]):
+//! - `hlc`: a local tick and the observation of a remote timestamp;
+//! - `merge`: each feature lattice (gauge, counter, flag with concurrent siblings) and whole profiles
+//!   (20 gauges; 14 gauges + 3 counters + 3 flags);
+//! - `read_path`: building the client view of a 20-feature profile (what every `Get` does);
+//! - `codec`: a stored record and a `Response::Profile` frame, encoded and decoded; request frames decoded;
+//! - `ring`: the owner and the 3-node preference list of a key.
+//!
+//! Merges are measured on a fresh copy of the receiving state each iteration (`iter_batched_ref`), so the
+//! copy is not part of the figure.
+
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+
+use benches::keyspace::Keyspace;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use featurestore::codec::{
+    decode_record, decode_request, decode_response, encode_record, encode_request, encode_response,
+    FRAME_HEADER_BYTES,
+};
+use featurestore::counter::Counter;
+use featurestore::gauge::GaugeRegister;
+use featurestore::profile::{FlagUpdate, GaugeUpdate};
+use featurestore::protocol::GaugeWrite;
+use featurestore::ring::Ring;
+use featurestore::{
+    CausalContext, Clock, Limits, Marker, NodeId, Profile, Request, Response, Timestamp, Value,
+};
+
+const NOW: u64 = 1_763_000_000_000;
+
+fn node(name: &str) -> NodeId {
+    NodeId::new(name).expect("valid node id")
+}
+
+fn marker(name: &str, wall_ms: u64, logical: u32) -> Marker {
+    Marker {
+        ts: Timestamp { wall_ms, logical },
+        node: node(name),
+    }
+}
+
+/// Profile `i` of the benchmark keyspace, written at `wall_ms` by `writer`.
+fn gauge_profile(i: usize, writer: &str, wall_ms: u64) -> Profile {
+    let fields = Keyspace::new(i + 1).profile(i);
+    let updates: Vec<GaugeUpdate<'_>> = fields
+        .iter()
+        .map(|(name, value)| GaugeUpdate {
+            name,
+            value,
+            expires_at_ms: None,
+        })
+        .collect();
+    let mut p = Profile::default();
+    p.put_gauges(&updates, &marker(writer, wall_ms, 0), &Limits::default())
+        .expect("20 gauges fit the default limits");
+    p
+}
+
+/// 14 gauges, 3 counters (increments from two nodes) and 3 flags (two concurrent writes each).
+fn mixed_profile(writer: &str, other: &str, wall_ms: u64) -> Profile {
+    let limits = Limits::default();
+    let mut p = Profile::default();
+    let fields = Keyspace::new(1).profile(0);
+    let updates: Vec<GaugeUpdate<'_>> = fields
+        .iter()
+        .take(14)
+        .map(|(name, value)| GaugeUpdate {
+            name,
+            value,
+            expires_at_ms: None,
+        })
+        .collect();
+    p.put_gauges(&updates, &marker(writer, wall_ms, 0), &limits)
+        .expect("gauges fit");
+    for n in [writer, other] {
+        p.increment(
+            &[("orders", 1), ("page_views", 3), ("credits", -2)],
+            &node(n),
+            Timestamp::from_millis(wall_ms),
+            &limits,
+        )
+        .expect("counters fit");
+    }
+    let empty = CausalContext::default();
+    for name in ["vip", "churn_risk", "segment_cart"] {
+        for (n, ms) in [(writer, wall_ms), (other, wall_ms + 1)] {
+            p.set_flag(
+                FlagUpdate {
+                    name,
+                    value: true,
+                    context: &empty,
+                    marker: marker(n, ms, 0),
+                    expires_at_ms: None,
+                },
+                wall_ms,
+                &limits,
+            )
+            .expect("flag fits");
+        }
+    }
+    p
+}
+
+fn hlc(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hlc");
+    let mut clock = Clock::new(node("n1"), 1_000);
+    let mut now = NOW;
+    g.bench_function("tick", |b| {
+        b.iter(|| {
+            now += 1;
+            black_box(clock.tick(black_box(now / 1_000)))
+        })
+    });
+    let mut clock = Clock::new(node("n1"), 1_000);
+    let remote = Timestamp {
+        wall_ms: NOW,
+        logical: 7,
+    };
+    g.bench_function("observe", |b| {
+        b.iter(|| black_box(clock.observe(black_box(remote), NOW)))
+    });
+    g.finish();
+}
+
+fn merges(c: &mut Criterion) {
+    let mut g = c.benchmark_group("merge");
+    let older = GaugeRegister::new(marker("n1", NOW, 0), Value::F64(1.5), None);
+    let newer = GaugeRegister::new(marker("n2", NOW, 1), Value::F64(2.5), None);
+    g.bench_function("gauge_newer_wins", |b| {
+        b.iter_batched_ref(
+            || older.clone(),
+            |r| black_box(r.merge(black_box(&newer))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("gauge_older_ignored", |b| {
+        b.iter_batched_ref(
+            || newer.clone(),
+            |r| black_box(r.merge(black_box(&older))),
+            BatchSize::SmallInput,
+        )
+    });
+
+    let mut ca = Counter::default();
+    let mut cb = Counter::default();
+    for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+        ca.apply(&node(n), 5, Timestamp::from_millis(NOW));
+        cb.apply(&node(n), 5 + i as i64, Timestamp::from_millis(NOW + 1));
+    }
+    g.bench_function("counter_3_slots", |b| {
+        b.iter_batched_ref(
+            || ca.clone(),
+            |c| black_box(c.merge(black_box(&cb))),
+            BatchSize::SmallInput,
+        )
+    });
+
+    // Two replicas that each took concurrent flag writes: merging keeps every sibling.
+    let pa = mixed_profile("n1", "n2", NOW);
+    let pb = mixed_profile("n3", "n4", NOW + 5);
+    let fa = pa.flags.get("vip").cloned().unwrap_or_default();
+    let fb = pb.flags.get("vip").cloned().unwrap_or_default();
+    g.bench_function("flag_with_siblings", |b| {
+        b.iter_batched_ref(
+            || fa.clone(),
+            |f| black_box(f.merge(black_box(&fb))),
+            BatchSize::SmallInput,
+        )
+    });
+
+    let old20 = gauge_profile(7, "n1", NOW);
+    let new20 = gauge_profile(8, "n2", NOW + 1);
+    g.bench_function("profile_20_gauges_all_newer", |b| {
+        b.iter_batched_ref(
+            || old20.clone(),
+            |p| black_box(p.merge(black_box(&new20))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("profile_20_gauges_identical", |b| {
+        b.iter_batched_ref(
+            || old20.clone(),
+            |p| black_box(p.merge(black_box(&old20))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("profile_mixed_20_with_siblings", |b| {
+        b.iter_batched_ref(
+            || pa.clone(),
+            |p| black_box(p.merge(black_box(&pb))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("clone_profile_20_gauges", |b| {
+        b.iter(|| black_box(old20.clone()))
+    });
+    g.finish();
+}
+
+fn read_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("read_path");
+    let p = gauge_profile(3, "n1", NOW);
+    g.bench_function("view_20_gauges", |b| {
+        b.iter(|| black_box(p.view(black_box(NOW), None)))
+    });
+    let mixed = mixed_profile("n1", "n2", NOW);
+    g.bench_function("view_mixed_20", |b| {
+        b.iter(|| black_box(mixed.view(black_box(NOW), None)))
+    });
+    g.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("codec");
+    let p = gauge_profile(3, "n1", NOW);
+    let record = encode_record(&p).expect("encodes");
+    g.bench_function("encode_record_20", |b| {
+        b.iter(|| black_box(encode_record(black_box(&p))))
+    });
+    g.bench_function("decode_record_20", |b| {
+        b.iter(|| black_box(decode_record(black_box(&record))))
+    });
+    let response = Response::Profile(p.view(NOW, None));
+    let frame = encode_response(&response).expect("encodes");
+    g.bench_function("encode_response_profile_20", |b| {
+        b.iter(|| black_box(encode_response(black_box(&response))))
+    });
+    g.bench_function("decode_response_profile_20", |b| {
+        b.iter(|| black_box(decode_response(black_box(&frame[FRAME_HEADER_BYTES..]))))
+    });
+    let get = encode_request(&Request::Get {
+        key: Keyspace::new(10).key(3),
+        features: None,
+        quorum: 1,
+    })
+    .expect("encodes");
+    g.bench_function("decode_request_get", |b| {
+        b.iter(|| black_box(decode_request(black_box(&get[FRAME_HEADER_BYTES..]))))
+    });
+    let put = encode_request(&Request::Put {
+        key: Keyspace::new(10).key(3),
+        gauges: vec![GaugeWrite {
+            name: "cart_value".into(),
+            value: Value::F64(42.5),
+            ttl_ms: None,
+        }],
+        timestamp_ms: None,
+        quorum: 1,
+    })
+    .expect("encodes");
+    g.bench_function("decode_request_put_1", |b| {
+        b.iter(|| black_box(decode_request(black_box(&put[FRAME_HEADER_BYTES..]))))
+    });
+    let ks = Keyspace::new(1_000);
+    let many = encode_request(&Request::GetMany {
+        keys: (0..100).map(|i| ks.key(i)).collect(),
+        features: None,
+        quorum: 1,
+    })
+    .expect("encodes");
+    g.bench_function("decode_request_get_many_100", |b| {
+        b.iter(|| black_box(decode_request(black_box(&many[FRAME_HEADER_BYTES..]))))
+    });
+    g.finish();
+}
+
+fn ring(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ring");
+    let ks = Keyspace::new(100_000);
+    let keys: Vec<String> = (0..1024).map(|i| ks.key(i * 97)).collect();
+    for nodes in [3usize, 9] {
+        let members: Vec<NodeId> = (1..=nodes).map(|i| node(&format!("n{i}"))).collect();
+        let r = Ring::new(1, members, featurestore::ring::DEFAULT_VNODES);
+        let mut i = 0usize;
+        g.bench_function(format!("preference_list_3_of_{nodes}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % keys.len();
+                black_box(r.preference_list(black_box(keys[i].as_bytes()), 3))
+            })
+        });
+        g.bench_function(format!("owner_of_{nodes}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % keys.len();
+                black_box(r.owner(black_box(keys[i].as_bytes())).cloned())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(core, hlc, merges, read_path, codec, ring);
+criterion_main!(core);
