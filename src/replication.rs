@@ -170,10 +170,67 @@ pub trait LocalStore {
     fn remove_if_unchanged(&self, key: &str, expected: u64) -> Result<bool, String>;
 }
 
+/// Whether `profile` holds state that only `node` may extend: its counter slot or its flag dots. A node
+/// must keep such a profile (it may not forget it), or a later write there would reuse the slot or dot and
+/// silently replace or lose acknowledged data.
+pub fn carries_identity_of(profile: &Profile, node: &NodeId) -> bool {
+    profile
+        .counters
+        .values()
+        .any(|c| c.slots.contains_key(node))
+        || profile.flags.values().any(|f| f.clock.0.get(node) > 0)
+}
+
 /// The hash of a profile's state: equal states (after merge) have equal hashes, because the encoding is
 /// canonical (ordered maps, siblings sorted by dot).
 pub fn state_hash(profile: &Profile) -> u64 {
     encode_record(profile).map_or(0, |bytes| ring_hash(&bytes))
+}
+
+/// Where keys live: the current and the target ring and the replication factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The ring that serves now.
+    pub current: Ring,
+    /// The ring ownership is moving to.
+    pub target: Ring,
+    /// Replicas per key.
+    pub replication_factor: usize,
+    in_transition: bool,
+}
+
+impl Placement {
+    /// Placement from a membership table.
+    pub fn of(table: &MembershipTable, vnodes: u32, replication_factor: usize) -> Placement {
+        let current = table.current_ring(vnodes);
+        let target = table.target_ring(vnodes);
+        let in_transition = current.nodes() != target.nodes();
+        Placement {
+            current,
+            target,
+            replication_factor,
+            in_transition,
+        }
+    }
+
+    /// The replicas of `key` (see [`Replication::replicas`]).
+    pub fn replicas(&self, key: &str) -> Vec<NodeId> {
+        let n = self.replication_factor;
+        let mut out = self.current.preference_list(key.as_bytes(), n);
+        if self.in_transition {
+            for node in self.target.preference_list(key.as_bytes(), n) {
+                if !out.contains(&node) {
+                    out.push(node);
+                }
+            }
+        }
+        out
+    }
+
+    /// The ring version these rings were built from.
+    pub fn version(&self) -> u64 {
+        self.current.version()
+    }
 }
 
 /// What the runtime must do.
@@ -229,7 +286,9 @@ pub struct ReplicationStats {
 
 #[derive(Debug, Clone, Default)]
 struct HintQueue {
-    keys: BTreeSet<String>,
+    /// Hinted keys, with the send sequence number current when the hint was (last) recorded: only an
+    /// ack of a later send proves the target has the hinted state.
+    keys: BTreeMap<String, u64>,
     bytes: usize,
 }
 
@@ -256,8 +315,7 @@ pub struct Replication {
     me: NodeId,
     config: ReplicationConfig,
     table: MembershipTable,
-    current: Ring,
-    target: Ring,
+    placement: Placement,
     detector: FailureDetector,
     hints: BTreeMap<NodeId, HintQueue>,
     inflight: BTreeMap<(NodeId, String), (u64, u64)>,
@@ -278,9 +336,26 @@ pub struct Replication {
     /// pushed to their replicas, then removed here. Maps key -> state hash at push time.
     orphans: Handoff,
     orphan_hashes: BTreeMap<String, u64>,
+    /// Orphans that carry this node's own counter slot or flag dots: handed over but kept here (deleting
+    /// them would let this node reissue the same slot or dot later), with the hash last handed over.
+    kept_orphans: BTreeMap<String, u64>,
+    /// Client writes applied locally whose replication has not been started yet.
+    writes_in_progress: usize,
+    /// Rotates the first anti-entropy bucket answered, so large differences are worked through in turn.
+    ae_offset: usize,
     stats: ReplicationStats,
-    dirty_hints: bool,
+    hint_changes: Vec<HintChange>,
     dirty_table: bool,
+}
+
+/// A change to the hint set, for the runtime to persist (one record per hint, so persisting costs the
+/// change, not the size of the whole set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HintChange {
+    /// `(target, key)` is now hinted.
+    Added(NodeId, String),
+    /// `(target, key)` is no longer hinted.
+    Removed(NodeId, String),
 }
 
 impl Replication {
@@ -293,15 +368,13 @@ impl Replication {
         hints: BTreeMap<NodeId, BTreeSet<String>>,
         now_ms: u64,
     ) -> Self {
-        let current = table.current_ring(config.vnodes);
-        let target = table.target_ring(config.vnodes);
+        let placement = Placement::of(&table, config.vnodes, config.replication_factor);
         let detector = FailureDetector::new(config.detector, now_ms);
         let mut r = Replication {
             me,
             config,
             table,
-            current,
-            target,
+            placement,
             detector,
             hints: BTreeMap::new(),
             inflight: BTreeMap::new(),
@@ -316,8 +389,11 @@ impl Replication {
             leave: None,
             orphans: Handoff::new(Vec::new()),
             orphan_hashes: BTreeMap::new(),
+            kept_orphans: BTreeMap::new(),
+            writes_in_progress: 0,
+            ae_offset: 0,
             stats: ReplicationStats::default(),
-            dirty_hints: false,
+            hint_changes: Vec::new(),
             dirty_table: false,
         };
         for (target, keys) in hints {
@@ -325,7 +401,7 @@ impl Replication {
                 r.add_hint(&target, &key);
             }
         }
-        r.dirty_hints = false;
+        r.hint_changes.clear();
         r
     }
 
@@ -346,7 +422,7 @@ impl Replication {
 
     /// The ring that serves now.
     pub fn current_ring(&self) -> &Ring {
-        &self.current
+        &self.placement.current
     }
 
     /// Counters.
@@ -361,7 +437,7 @@ impl Replication {
         self.hints
             .iter()
             .filter(|(_, q)| !q.keys.is_empty())
-            .map(|(t, q)| (t.clone(), q.keys.clone()))
+            .map(|(t, q)| (t.clone(), q.keys.keys().cloned().collect()))
             .collect()
     }
 
@@ -370,13 +446,12 @@ impl Replication {
         self.hints.get(target).map_or(0, |q| q.keys.len())
     }
 
-    /// Returns and clears the "hints changed" and "table changed" flags, so the runtime persists only
-    /// when needed.
-    pub fn take_dirty(&mut self) -> (bool, bool) {
-        let d = (self.dirty_hints, self.dirty_table);
-        self.dirty_hints = false;
+    /// Returns and clears what changed since the last call: the hint changes and whether the membership
+    /// table changed, so the runtime persists exactly that.
+    pub fn take_dirty(&mut self) -> (Vec<HintChange>, bool) {
+        let table = self.dirty_table;
         self.dirty_table = false;
-        d
+        (std::mem::take(&mut self.hint_changes), table)
     }
 
     /// What the failure detector believes about `peer` (this node is always alive to itself).
@@ -391,21 +466,18 @@ impl Replication {
     /// The replicas of `key`: the current ring's preference list, followed by the members of the target
     /// ring's list that are not in it (non-empty only during a join or leave).
     pub fn replicas(&self, key: &str) -> Vec<NodeId> {
-        let n = self.config.replication_factor;
-        let mut out = self.current.preference_list(key.as_bytes(), n);
-        if self.target != self.current {
-            for node in self.target.preference_list(key.as_bytes(), n) {
-                if !out.contains(&node) {
-                    out.push(node);
-                }
-            }
-        }
-        out
+        self.placement.replicas(key)
+    }
+
+    /// A snapshot of the placement (rings and replication factor), for routing without this state machine.
+    pub fn placement(&self) -> Placement {
+        self.placement.clone()
     }
 
     /// The first replica of `key` not considered down, i.e. the node that should coordinate it.
     pub fn coordinator(&self, key: &str, now_ms: u64) -> Option<NodeId> {
         let replicas = self
+            .placement
             .current
             .preference_list(key.as_bytes(), self.config.replication_factor);
         replicas
@@ -416,9 +488,18 @@ impl Replication {
     }
 
     fn add_hint(&mut self, target: &NodeId, key: &str) {
+        if self
+            .table
+            .get(target)
+            .is_none_or(|m| m.state == MemberState::Left)
+        {
+            return; // it left: its ranges moved, and nobody will replay to it
+        }
         let budget = self.config.max_hint_bytes_per_target;
+        let seq = self.next_seq;
         let q = self.hints.entry(target.clone()).or_default();
-        if q.keys.contains(key) {
+        if let Some(created) = q.keys.get_mut(key) {
+            *created = seq;
             return;
         }
         if q.bytes + key.len() > budget {
@@ -426,15 +507,20 @@ impl Replication {
             return;
         }
         q.bytes += key.len();
-        q.keys.insert(key.to_owned());
-        self.dirty_hints = true;
+        q.keys.insert(key.to_owned(), seq);
+        self.hint_changes
+            .push(HintChange::Added(target.clone(), key.to_owned()));
     }
 
-    fn remove_hint(&mut self, target: &NodeId, key: &str) -> bool {
+    /// Removes the hint for `(target, key)` if the acknowledged send `acked_seq` was made after the hint
+    /// was recorded (or unconditionally with `u64::MAX`).
+    fn remove_hint(&mut self, target: &NodeId, key: &str, acked_seq: u64) -> bool {
         if let Some(q) = self.hints.get_mut(target) {
-            if q.keys.remove(key) {
+            if q.keys.get(key).is_some_and(|created| acked_seq >= *created) {
+                q.keys.remove(key);
                 q.bytes -= key.len();
-                self.dirty_hints = true;
+                self.hint_changes
+                    .push(HintChange::Removed(target.clone(), key.to_owned()));
                 return true;
             }
         }
@@ -467,6 +553,26 @@ impl Replication {
         seq
     }
 
+    /// Called before a client write is applied locally. Returns false if this node has left the cluster
+    /// (it must refuse the write: nobody replicates from it any more). Every `true` must be followed by
+    /// [`Replication::on_local_write`] or [`Replication::abort_local_write`].
+    pub fn begin_local_write(&mut self) -> bool {
+        if self
+            .table
+            .get(&self.me)
+            .is_some_and(|m| m.state == MemberState::Left)
+        {
+            return false;
+        }
+        self.writes_in_progress += 1;
+        true
+    }
+
+    /// A write announced with [`Replication::begin_local_write`] was not applied after all.
+    pub fn abort_local_write(&mut self) {
+        self.writes_in_progress = self.writes_in_progress.saturating_sub(1);
+    }
+
     /// Replicates a local write of `key`. Returns the sends (with their sequence numbers, for W > 1) and
     /// records hints for replicas considered down.
     pub fn on_local_write(
@@ -475,6 +581,7 @@ impl Replication {
         store: &dyn LocalStore,
         now_ms: u64,
     ) -> Vec<Effect> {
+        self.writes_in_progress = self.writes_in_progress.saturating_sub(1);
         let mut out = Vec::new();
         let Some(state) = store.state(key) else {
             return out;
@@ -542,7 +649,7 @@ impl Replication {
                 if self.inflight.get(&entry).is_some_and(|(s, _)| *s == seq) {
                     self.inflight.remove(&entry);
                 }
-                if self.remove_hint(from, &entry.1) {
+                if self.remove_hint(from, &entry.1, seq) {
                     self.stats.hints_delivered += 1;
                 }
                 self.note_handoff_ack(from, &entry.1, seq);
@@ -557,12 +664,29 @@ impl Replication {
                 if ours.len() != buckets.len() {
                     return out;
                 }
-                let differing: Vec<u32> = (0..ours.len())
+                let mut differing: Vec<u32> = (0..ours.len())
                     .filter(|&i| ours[i] != buckets[i])
                     .map(|i| i as u32)
                     .collect();
                 if !differing.is_empty() {
-                    let entries = self.entries_in(from, store, &differing);
+                    // Answer whole buckets, starting at a rotating offset, up to `ae_max_keys` entries: a
+                    // reply never grows with the data set, and later rounds cover the rest.
+                    let start = self.ae_offset % differing.len();
+                    self.ae_offset = self.ae_offset.wrapping_add(1);
+                    differing.rotate_left(start);
+                    let counts = self.bucket_counts(from, store);
+                    let mut answered = Vec::new();
+                    let mut total = 0usize;
+                    for bucket in differing {
+                        let more = counts.get(bucket as usize).copied().unwrap_or(0);
+                        if !answered.is_empty() && total + more > self.config.ae_max_keys {
+                            break;
+                        }
+                        total += more;
+                        answered.push(bucket);
+                    }
+                    let entries = self.entries_in(from, store, &answered);
+                    let differing = answered;
                     out.push(Effect::Send {
                         to: from.clone(),
                         msg: PeerMessage::AeEntries {
@@ -649,8 +773,11 @@ impl Replication {
     }
 
     fn rebuild_rings(&mut self) {
-        self.current = self.table.current_ring(self.config.vnodes);
-        self.target = self.table.target_ring(self.config.vnodes);
+        self.placement = Placement::of(
+            &self.table,
+            self.config.vnodes,
+            self.config.replication_factor,
+        );
     }
 
     /// Changes this node's own membership state (join, leave) and announces it.
@@ -685,6 +812,16 @@ impl Replication {
             }
         });
         buckets
+    }
+
+    fn bucket_counts(&self, peer: &NodeId, store: &dyn LocalStore) -> Vec<usize> {
+        let mut counts = vec![0usize; self.config.ae_buckets.max(1) as usize];
+        store.for_each_key(&mut |key, _| {
+            if self.shared(key, peer) {
+                counts[self.bucket(key)] += 1;
+            }
+        });
+        counts
     }
 
     fn entries_in(
@@ -788,12 +925,15 @@ impl Replication {
         let n = self.config.replication_factor;
         let mut found = Vec::new();
         store.for_each_key(&mut |key, hash| {
-            if !self.orphan_hashes.contains_key(key) && !self.replicas(key).contains(&self.me) {
+            if !self.orphan_hashes.contains_key(key)
+                && self.kept_orphans.get(key) != Some(&hash)
+                && !self.replicas(key).contains(&self.me)
+            {
                 found.push((key.to_owned(), hash));
             }
         });
         for (key, hash) in found {
-            let targets = self.current.preference_list(key.as_bytes(), n);
+            let targets = self.placement.current.preference_list(key.as_bytes(), n);
             if targets.is_empty() {
                 continue;
             }
@@ -824,9 +964,15 @@ impl Replication {
             .collect();
         for (key, hash) in done {
             self.orphan_hashes.remove(&key);
-            if !self.replicas(&key).contains(&self.me)
-                && store.remove_if_unchanged(&key, hash).unwrap_or(false)
-            {
+            if self.replicas(&key).contains(&self.me) {
+                continue;
+            }
+            let own = store
+                .state(&key)
+                .is_some_and(|p| carries_identity_of(&p, &self.me));
+            if own {
+                self.kept_orphans.insert(key, hash);
+            } else if store.remove_if_unchanged(&key, hash).unwrap_or(false) {
                 self.stats.orphans_moved += 1;
             }
         }
@@ -853,8 +999,14 @@ impl Replication {
                 // The target left for good: its ranges moved; anti-entropy with the new owners covers them.
                 if let Some(q) = self.hints.remove(&target) {
                     self.stats.hints_dropped += q.keys.len() as u64;
-                    self.dirty_hints = true;
+                    for key in q.keys.into_keys() {
+                        self.hint_changes
+                            .push(HintChange::Removed(target.clone(), key));
+                    }
                 }
+                continue;
+            }
+            if !left && self.liveness(&target, now_ms) == Liveness::Down {
                 continue;
             }
             let batch: Vec<String> = self
@@ -862,7 +1014,7 @@ impl Replication {
                 .get(&target)
                 .map(|q| {
                     q.keys
-                        .iter()
+                        .keys()
                         .filter(|k| !self.inflight.contains_key(&(target.clone(), (*k).clone())))
                         .take(self.config.hint_batch)
                         .cloned()
@@ -875,7 +1027,7 @@ impl Replication {
                         self.send_state(&target, &key, state, now_ms, out);
                     }
                     None => {
-                        self.remove_hint(&target, &key);
+                        self.remove_hint(&target, &key, u64::MAX);
                     }
                 }
             }
@@ -920,10 +1072,11 @@ impl Replication {
                 let pending = Self::all_keys(store)
                     .into_iter()
                     .filter(|k| {
-                        let now_list = self.current.preference_list(k.as_bytes(), n);
+                        let now_list = self.placement.current.preference_list(k.as_bytes(), n);
                         now_list.contains(&self.me)
                             && !now_list.contains(joiner)
                             && self
+                                .placement
                                 .target
                                 .preference_list(k.as_bytes(), n)
                                 .contains(joiner)
@@ -960,16 +1113,19 @@ impl Replication {
         }
 
         if my_state == Some(MemberState::Joining) {
+            // Seeds known only from configuration (version 0) are not members yet; and a member this node
+            // never heard from is waited for, not written off as down.
             let any_active = self
                 .table
                 .members
                 .values()
-                .any(|m| m.state == MemberState::Active);
+                .any(|m| m.state == MemberState::Active && m.version > 0);
             let waiting = self.table.members.values().any(|m| {
                 m.state == MemberState::Active
                     && m.id != self.me
                     && !self.handoff_received.contains(&m.id)
-                    && self.liveness(&m.id, now_ms) != Liveness::Down
+                    && (self.detector.last_heard(&m.id).is_none()
+                        || self.liveness(&m.id, now_ms) != Liveness::Down)
             });
             if any_active && !waiting {
                 if let Some(addr) = self.own_addr() {
@@ -988,6 +1144,7 @@ impl Replication {
                         // after `Left` this node takes part in no anti-entropy, so whatever it holds that a
                         // remaining replica lacks (e.g. sends lost in a crash) must be handed over now.
                         let targets: Vec<NodeId> = self
+                            .placement
                             .target
                             .preference_list(k.as_bytes(), n)
                             .into_iter()
@@ -1002,8 +1159,9 @@ impl Replication {
                 // Done only when the handoff is acknowledged and nothing this node coordinated is still
                 // unreplicated (in flight or hinted): after `Left` nobody talks to it any more.
                 let pushed = self.push_batch(&mut h, store, now_ms, out);
-                let quiet =
-                    self.inflight.is_empty() && self.hints.values().all(|q| q.keys.is_empty());
+                let quiet = self.inflight.is_empty()
+                    && self.writes_in_progress == 0
+                    && self.hints.values().all(|q| q.keys.is_empty());
                 if pushed && quiet {
                     if let Some(addr) = self.own_addr() {
                         self.set_own_state(&addr, MemberState::Left);
@@ -1064,5 +1222,266 @@ impl Replication {
                 h.awaiting.remove(&entry);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::flag::CausalContext;
+    use crate::hlc::Clock;
+    use crate::limits::Limits;
+    use crate::profile::FlagUpdate;
+
+    #[derive(Default)]
+    struct Store(RefCell<BTreeMap<String, Profile>>);
+
+    impl LocalStore for Store {
+        fn state(&self, key: &str) -> Option<Profile> {
+            self.0.borrow().get(key).cloned()
+        }
+        fn merge_remote(&self, key: &str, s: &Profile) -> Result<(), String> {
+            self.0
+                .borrow_mut()
+                .entry(key.to_owned())
+                .or_default()
+                .merge(s);
+            Ok(())
+        }
+        fn for_each_key(&self, f: &mut dyn FnMut(&str, u64)) {
+            for (k, p) in self.0.borrow().iter() {
+                f(k, state_hash(p));
+            }
+        }
+        fn remove_if_unchanged(&self, key: &str, expected: u64) -> Result<bool, String> {
+            let mut d = self.0.borrow_mut();
+            if d.get(key).map(state_hash) == Some(expected) {
+                d.remove(key);
+                return Ok(true);
+            }
+            Ok(false)
+        }
+    }
+
+    /// Four nodes on a perfect network, stepped by hand.
+    struct Cluster {
+        ids: Vec<NodeId>,
+        stores: Vec<Store>,
+        repls: Vec<Replication>,
+        now: u64,
+    }
+
+    impl Cluster {
+        fn new() -> Cluster {
+            let ids: Vec<NodeId> = (1..=4)
+                .map(|i| NodeId::new(format!("n{i}")).expect("valid"))
+                .collect();
+            let mut table = MembershipTable::default();
+            for id in &ids {
+                table.set(id, "x", MemberState::Active);
+            }
+            let config = ReplicationConfig {
+                vnodes: 16,
+                anti_entropy_ms: 400,
+                ..ReplicationConfig::default()
+            };
+            let repls = ids
+                .iter()
+                .map(|id| {
+                    Replication::new(
+                        id.clone(),
+                        config.clone(),
+                        table.clone(),
+                        BTreeMap::new(),
+                        0,
+                    )
+                })
+                .collect();
+            Cluster {
+                stores: ids.iter().map(|_| Store::default()).collect(),
+                ids,
+                repls,
+                now: 0,
+            }
+        }
+
+        fn index(&self, id: &NodeId) -> usize {
+            self.ids.iter().position(|i| i == id).expect("member")
+        }
+
+        fn deliver(&mut self, from: usize, effects: Vec<Effect>) {
+            let mut queue: Vec<(usize, Effect)> = effects.into_iter().map(|e| (from, e)).collect();
+            while let Some((f, e)) = queue.pop() {
+                if let Effect::Send { to, msg } = e {
+                    let t = self.index(&to);
+                    let from_id = self.ids[f].clone();
+                    let out = self.repls[t].handle(&from_id, msg, &self.stores[t], self.now);
+                    queue.extend(out.into_iter().map(|e| (t, e)));
+                }
+            }
+        }
+
+        fn run(&mut self, ms: u64) {
+            let end = self.now + ms;
+            while self.now < end {
+                self.now += 10;
+                for i in 0..self.ids.len() {
+                    let out = self.repls[i].tick(&self.stores[i], self.now);
+                    self.deliver(i, out);
+                }
+            }
+        }
+
+        /// A key node `x` does not replicate.
+        fn foreign_key(&self, x: usize) -> String {
+            (0..1000)
+                .map(|i| format!("k{i}"))
+                .find(|k| !self.repls[x].replicas(k).contains(&self.ids[x]))
+                .expect("some key is elsewhere")
+        }
+
+        fn write(&mut self, at: usize, key: &str, f: impl FnOnce(&mut Profile)) {
+            assert!(self.repls[at].begin_local_write());
+            f(self.stores[at]
+                .0
+                .borrow_mut()
+                .entry(key.to_owned())
+                .or_default());
+            let out = self.repls[at].on_local_write(key, &self.stores[at], self.now);
+            self.deliver(at, out);
+        }
+    }
+
+    /// A node that coordinated sloppy increments hands the key over but keeps its slot: a second sloppy
+    /// increment must add to the first, not start a new slot that replaces it everywhere.
+    #[test]
+    fn repeated_sloppy_increments_all_count() {
+        let mut c = Cluster::new();
+        c.run(500);
+        let x = 3;
+        let key = c.foreign_key(x);
+        let mut clock = Clock::new(c.ids[x].clone(), 1_000);
+        let me = c.ids[x].clone();
+        let ts = clock.tick(c.now);
+        c.write(x, &key, |p| {
+            p.increment(&[("c", 3)], &me, ts, &Limits::default())
+                .expect("valid");
+        });
+        c.run(2_000);
+        let ts = clock.tick(c.now);
+        c.write(x, &key, |p| {
+            p.increment(&[("c", 1)], &me, ts, &Limits::default())
+                .expect("valid");
+        });
+        c.run(2_000);
+        for r in c.repls[0].replicas(&key) {
+            let i = c.index(&r);
+            let v = c.stores[i].state(&key).expect("replicated").counters["c"].value();
+            assert_eq!(v, 4, "{r}: acknowledged 3 + 1");
+        }
+    }
+
+    /// Same for flags: the sloppy coordinator must not reissue a dot a replica has already seen.
+    #[test]
+    fn repeated_sloppy_flag_writes_keep_their_siblings() {
+        let mut c = Cluster::new();
+        c.run(500);
+        let x = 3;
+        let key = c.foreign_key(x);
+        let mut clock = Clock::new(c.ids[x].clone(), 1_000);
+        let empty = CausalContext::default();
+        let m = clock.stamp(c.now);
+        let now = c.now;
+        c.write(x, &key, |p| {
+            let u = FlagUpdate {
+                name: "f",
+                value: true,
+                context: &empty,
+                marker: m,
+                expires_at_ms: None,
+            };
+            p.set_flag(u, now, &Limits::default()).expect("valid");
+        });
+        c.run(2_000);
+        // A client reads at a replica and overwrites with that context.
+        let r = c.index(&c.repls[0].replicas(&key)[0]);
+        let ctx = c.stores[r].state(&key).expect("replicated").flags["f"]
+            .clock
+            .clone();
+        let mut rclock = Clock::new(c.ids[r].clone(), 1_000);
+        let m = rclock.stamp(c.now);
+        let now = c.now;
+        c.write(r, &key, |p| {
+            let u = FlagUpdate {
+                name: "f",
+                value: false,
+                context: &ctx,
+                marker: m,
+                expires_at_ms: None,
+            };
+            p.set_flag(u, now, &Limits::default()).expect("valid");
+        });
+        c.run(500);
+        // A new sloppy write at x that did not see that overwrite: concurrent, so it must survive.
+        c.now += 10;
+        let m = clock.stamp(c.now);
+        let now = c.now;
+        c.write(x, &key, |p| {
+            let u = FlagUpdate {
+                name: "f",
+                value: true,
+                context: &empty,
+                marker: m,
+                expires_at_ms: None,
+            };
+            p.set_flag(u, now, &Limits::default()).expect("valid");
+        });
+        c.run(2_000);
+        let f = c.stores[r].state(&key).expect("replicated").flags["f"].clone();
+        assert_eq!(
+            f.siblings.len(),
+            2,
+            "the concurrent write must be a sibling: {f:?}"
+        );
+    }
+
+    /// Orphans without this node's identity are handed over and removed here.
+    #[test]
+    fn plain_orphans_move_to_their_replicas() {
+        let mut c = Cluster::new();
+        c.run(500);
+        let x = 3;
+        let key = c.foreign_key(x);
+        let mut clock = Clock::new(c.ids[x].clone(), 1_000);
+        let m = clock.stamp(c.now);
+        c.write(x, &key, |p| {
+            let v = crate::value::Value::I64(1);
+            let u = crate::profile::GaugeUpdate {
+                name: "g",
+                value: &v,
+                expires_at_ms: None,
+            };
+            p.put_gauges(&[u], &m, &Limits::default()).expect("valid");
+        });
+        c.run(2_000);
+        assert!(
+            c.stores[x].state(&key).is_none(),
+            "moved away from the non-replica"
+        );
+        for r in c.repls[0].replicas(&key) {
+            assert!(c.stores[c.index(&r)].state(&key).is_some(), "{r} has it");
+        }
+    }
+
+    /// A node that has left refuses client writes.
+    #[test]
+    fn a_left_node_refuses_writes() {
+        let mut c = Cluster::new();
+        c.repls[0].set_own_state("x", MemberState::Left);
+        assert!(!c.repls[0].begin_local_write());
+        assert!(c.repls[1].begin_local_write());
+        c.repls[1].abort_local_write();
     }
 }

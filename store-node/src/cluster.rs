@@ -15,7 +15,8 @@
 //!   the membership table when they change.
 //!
 //! Caveat: the replication state machine sits behind one mutex; it is taken on writes and peer messages,
-//! never on local reads. Anti-entropy rounds hash every local record while holding it.
+//! never on local reads (they route with a placement snapshot). Anti-entropy rounds hash every local
+//! record while holding it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -26,7 +27,9 @@ use std::time::Duration;
 use featurestore::codec::{decode_versioned, encode_versioned};
 use featurestore::membership::{MemberState, MembershipTable};
 use featurestore::protocol::{ClusterView, ErrorReply, MemberStatus, NodeStatus};
-use featurestore::replication::{Effect, PeerMessage, Replication, ReplicationConfig};
+use featurestore::replication::{
+    Effect, HintChange, PeerMessage, Placement, Replication, ReplicationConfig,
+};
 use featurestore::{ErrorCode, NodeId, Profile, Request, Response};
 use tokio::sync::oneshot;
 
@@ -36,7 +39,8 @@ use crate::error::Result;
 use crate::peer::Peers;
 
 const META_MEMBERSHIP: &str = "membership";
-const META_HINTS: &str = "hints";
+/// Hints are stored one record each, named `hint/<target>/<key>` (node ids contain no `/`).
+const META_HINT_PREFIX: &str = "hint/";
 
 type Hints = BTreeMap<NodeId, BTreeSet<String>>;
 
@@ -61,6 +65,8 @@ pub struct Cluster {
     advertise: SocketAddr,
     engine: Arc<Engine>,
     repl: Mutex<Replication>,
+    /// Placement snapshot for routing decisions that must not wait for the replication mutex (reads).
+    placement: std::sync::RwLock<Arc<Placement>>,
     peers: Peers,
     waiters: Mutex<Waiters>,
     next_id: AtomicU64,
@@ -133,21 +139,28 @@ impl Cluster {
             .get_meta(META_MEMBERSHIP)?
             .map(|b| decode_versioned::<MembershipTable>(&b, "membership table"))
             .transpose()?;
-        let hints: Hints = storage
-            .get_meta(META_HINTS)?
-            .map(|b| decode_versioned::<Hints>(&b, "hints"))
-            .transpose()?
-            .unwrap_or_default();
+        let mut hints: Hints = BTreeMap::new();
+        for (name, _) in storage.scan_meta(META_HINT_PREFIX)? {
+            let rest = &name[META_HINT_PREFIX.len()..];
+            match rest.split_once('/').map(|(t, k)| (NodeId::new(t), k)) {
+                Some((Ok(target), key)) => {
+                    hints.entry(target).or_default().insert(key.to_owned());
+                }
+                _ => tracing::warn!(record = %name, "ignoring a malformed hint record"),
+            }
+        }
         let table = initial_table(config, stored_table)?;
         storage.put_meta(META_MEMBERSHIP, &encode_versioned(&table)?)?;
         let replication: ReplicationConfig = config.cluster.replication.clone();
         let rpc_timeout = Duration::from_millis(replication.rpc_timeout_ms);
         let repl = Replication::new(me.clone(), replication, table, hints, now_ms());
+        let placement = std::sync::RwLock::new(Arc::new(repl.placement()));
         Ok(Cluster {
             me,
             advertise: config.advertise(),
             engine,
             repl: Mutex::new(repl),
+            placement,
             peers,
             waiters: Mutex::default(),
             next_id: AtomicU64::new(1),
@@ -173,17 +186,43 @@ impl Cluster {
         &self.peers
     }
 
-    /// Persists the hints and the membership table if they changed. Returns whether anything was written.
+    fn placement(&self) -> Arc<Placement> {
+        self.placement
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Persists the hints and the membership table if they changed (and refreshes the placement snapshot
+    /// when the table did). Returns whether anything was written.
     fn persist_dirty(&self, repl: &mut Replication) -> Result<bool> {
         let (hints, table) = repl.take_dirty();
+        if table {
+            *self
+                .placement
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Arc::new(repl.placement());
+        }
         let storage = self.engine.storage();
-        if hints {
-            storage.put_meta(META_HINTS, &encode_versioned(&repl.hints())?)?;
+        let changed = !hints.is_empty() || table;
+        for change in hints {
+            match change {
+                HintChange::Added(target, key) => {
+                    storage.put_meta(&format!("{META_HINT_PREFIX}{target}/{key}"), &[])?;
+                }
+                HintChange::Removed(target, key) => {
+                    storage.remove_meta(&format!("{META_HINT_PREFIX}{target}/{key}"))?;
+                }
+            }
         }
         if table {
             storage.put_meta(META_MEMBERSHIP, &encode_versioned(repl.table())?)?;
         }
-        Ok(hints || table)
+        if changed {
+            // Let the flusher know (periodic policy flushes only after writes).
+            let _ticket = self.engine.durability().written();
+        }
+        Ok(changed)
     }
 
     /// Executes effects: sends messages, resolves waiters.
@@ -297,13 +336,26 @@ impl Cluster {
     }
 
     async fn write(&self, request: Request) -> Response {
-        let key = request.key().map(str::to_owned);
-        let quorum = request.quorum();
-        let response = self.engine.handle(request).await;
-        let Some(key) = key else {
-            return response;
+        let Some(key) = request.key().map(str::to_owned) else {
+            return self.engine.handle(request).await;
         };
+        let quorum = request.quorum();
+        let replicas = self.placement().replicas(&key).len();
+        if quorum > replicas.max(1) {
+            return error_reply(
+                ErrorCode::InvalidRequest,
+                format!("W={quorum} exceeds the {replicas} replicas of the key"),
+            );
+        }
+        if !self.repl().begin_local_write() {
+            return error_reply(
+                ErrorCode::Unavailable,
+                "this node has left the cluster; send the write to a current member".into(),
+            );
+        }
+        let response = self.engine.handle(request).await;
         if matches!(response, Response::Error(_)) {
+            self.repl().abort_local_write();
             return response;
         }
         let (effects, persisted) = {
@@ -385,8 +437,9 @@ impl Cluster {
             other => return self.engine.handle(other).await,
         };
         let local_only = quorum == 1 && {
-            let repl = self.repl();
-            keys.iter().all(|k| repl.replicas(k).contains(&self.me))
+            let placement = self.placement();
+            keys.iter()
+                .all(|k| placement.replicas(k).contains(&self.me))
         };
         if local_only {
             let request = if many {

@@ -127,6 +127,25 @@ async fn a_killed_replica_catches_up_and_hints_drain() {
     )
     .await;
 
+    // Hints are persistent: the coordinator holding the most hints crashes and still has them after restart.
+    let mut held = Vec::new();
+    for node in &live {
+        let status = client.status_of(node).await.unwrap();
+        held.push(status.members.iter().map(|m| m.hints_queued).sum::<u64>());
+    }
+    let busiest = if held[0] >= held[1] { 0 } else { 1 };
+    assert!(held[busiest] > 0);
+    cluster.kill9(busiest);
+    cluster.launch(busiest);
+    let after = client.status_of(&live[busiest]).await.unwrap();
+    let after: u64 = after.members.iter().map(|m| m.hints_queued).sum();
+    assert!(
+        after >= held[busiest],
+        "{} held {} hints before kill -9, {after} after restart",
+        live[busiest],
+        held[busiest]
+    );
+
     cluster.launch(2);
     eventually("convergence after restart", Duration::from_secs(60), || {
         identical_on(&client, &nodes, &keys)

@@ -195,6 +195,14 @@ impl Storage for FlakyStorage {
     fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
         self.inner.put_meta(name, value)
     }
+
+    fn remove_meta(&self, name: &str) -> Result<()> {
+        self.inner.remove_meta(name)
+    }
+
+    fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.inner.scan_meta(prefix)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,6 +310,14 @@ impl Storage for GatedStorage {
 
     fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
         self.inner.put_meta(name, value)
+    }
+
+    fn remove_meta(&self, name: &str) -> Result<()> {
+        self.inner.remove_meta(name)
+    }
+
+    fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.inner.scan_meta(prefix)
     }
 }
 

@@ -78,6 +78,21 @@ impl Storage for MemoryStorage {
         meta.insert(name.to_owned(), value.to_vec());
         Ok(())
     }
+
+    fn remove_meta(&self, name: &str) -> Result<()> {
+        let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        meta.remove(name);
+        Ok(())
+    }
+
+    fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(meta
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,10 @@ pub trait Storage: Send + Sync + 'static {
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>>;
     /// Writes a node metadata record. Not durable until a later `flush` returns.
     fn put_meta(&self, name: &str, value: &[u8]) -> Result<()>;
+    /// Removes a node metadata record (absent is fine). Not durable until a later `flush` returns.
+    fn remove_meta(&self, name: &str) -> Result<()>;
+    /// Every metadata record whose name starts with `prefix`.
+    fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
 }
 
 /// Which storage engine a node uses (config key `storage`).

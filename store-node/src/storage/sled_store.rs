@@ -138,4 +138,23 @@ impl Storage for SledStorage {
             .map(drop)
             .map_err(|e| self.err("meta insert", e))
     }
+
+    fn remove_meta(&self, name: &str) -> Result<()> {
+        self.meta
+            .remove(name.as_bytes())
+            .map(drop)
+            .map_err(|e| self.err("meta remove", e))
+    }
+
+    fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.meta.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item.map_err(|e| self.err("meta scan", e))?;
+            // Names are written from `&str`; a name that is not UTF-8 is not ours and is skipped.
+            if let Ok(name) = String::from_utf8(k.to_vec()) {
+                out.push((name, v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
 }
