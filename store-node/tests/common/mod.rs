@@ -10,6 +10,35 @@ use std::time::Duration;
 
 use store_client::{Client, ClientConfig};
 
+/// Starts `store-node serve --config CONFIG` and waits (up to 60 s) for its ready line; returns the
+/// process and the address it reported.
+pub fn spawn_node(config: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_store-node"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("FEATURESTORE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split(" ready on ").nth(1) {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(addr) => (child, addr),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{} did not report ready within 60 s", config.display());
+        }
+    }
+}
+
 /// One node process and its files.
 pub struct TestNode {
     pub dir: tempfile::TempDir,
@@ -58,26 +87,7 @@ impl TestNode {
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "already running");
         let config = self.write_config();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_store-node"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("FEATURESTORE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split(" ready on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("node did not report ready within 60 s");
+        let (child, addr) = spawn_node(&config);
         self.addr = addr.parse().unwrap();
         self.child = Some(child);
         self.write_client_config("client.toml", "app");
@@ -244,25 +254,7 @@ impl TestCluster {
     pub fn launch(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "{} already running", node.id);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_store-node"))
-            .args(["serve", "--config"])
-            .arg(&node.config)
-            .env("FEATURESTORE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains(" ready on ") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{} did not report ready", node.id));
+        let (child, _addr) = spawn_node(&node.config);
         node.child = Some(child);
     }
 
