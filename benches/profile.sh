@@ -69,9 +69,9 @@ out="benches/results/profile-$workload-$mode.txt"
     sed 's/^/# /' "$work/run.json"
     echo
     echo "## flat (self time)"
-    perf report -i "$work/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -v '^$' | grep '%' | head -60
+    perf report -i "$work/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -v '^$' | grep '%' | sed "s/ *$//" | head -60
     echo
     echo "## inclusive (children)"
-    perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null | grep '%' | head -60
+    perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null | grep '%' | sed "s/ *$//" | head -60
 } >"$out"
 echo "profile.sh: wrote $out (perf.data in $work)"

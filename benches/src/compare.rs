@@ -26,7 +26,8 @@ use crate::driver::{self, RunSpec, SweepSpec, Workload};
 use crate::error::{Error, Result};
 use crate::keyspace::{KeyDist, Keyspace};
 use crate::report::{
-    LoadRecord, Machine, MemoryRecord, Report, RestartRecord, RunRecord, SweepRecord,
+    LoadRecord, Machine, MemoryRecord, RedisBenchmarkRecord, Report, RestartRecord, RunRecord,
+    SweepRecord,
 };
 use crate::servers::{
     self, NodeSettings, NodeSpec, Pinning, RedisSettings, RedisSpec, ServerProcess,
@@ -427,9 +428,73 @@ impl Ctx<'_> {
             self.save_json(&record.name, &record)?;
             self.report.runs.push(record);
         }
+        if let Some((server, _)) = &redis {
+            self.redis_benchmark(server.addr, &Keyspace::new(p.profiles).key(0));
+        }
         fs.close().await;
         echo.close().await;
         Ok(())
+    }
+
+    /// Reference figures from `redis-benchmark` (skipped with a note if it is not installed).
+    fn redis_benchmark(&mut self, addr: SocketAddr, key: &str) {
+        let Some(program) = servers::find_program("redis-benchmark") else {
+            self.report.skipped.push(
+                "redis-benchmark reference: redis-benchmark not installed (Debian: redis-tools)"
+                    .into(),
+            );
+            return;
+        };
+        let secs = self.params.duration_s.max(0.2);
+        // Request counts sized to take about `duration_s` at this machine's usual rates.
+        let cases = [
+            (
+                "W1: HGETALL, 1 client",
+                1usize,
+                1usize,
+                (secs * 15_000.0) as usize,
+            ),
+            (
+                "W4: 100 pipelined HGETALL, 1 client",
+                1,
+                100,
+                (secs * 60_000.0) as usize,
+            ),
+            (
+                "W1: HGETALL, 50 clients",
+                50,
+                1,
+                (secs * 100_000.0) as usize,
+            ),
+        ];
+        for (what, clients, pipeline, requests) in cases {
+            let out = std::process::Command::new(&program)
+                .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+                .args(["-c", &clients.to_string(), "-P", &pipeline.to_string()])
+                .args(["-n", &requests.max(1_000).to_string(), "HGETALL", key])
+                .output();
+            let parsed = out
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| parse_redis_benchmark(&String::from_utf8_lossy(&o.stdout)));
+            match parsed {
+                Some((rps, p50, p99)) => {
+                    let record = RedisBenchmarkRecord {
+                        what: what.to_owned(),
+                        clients,
+                        pipeline,
+                        requests_per_sec: rps,
+                        p50_us: p50,
+                        p99_us: p99,
+                    };
+                    log(format!("redis-benchmark {record:?}"));
+                    self.report.redis_benchmark.push(record);
+                }
+                None => self.report.skipped.push(format!(
+                    "redis-benchmark reference {what:?}: no parsable output"
+                )),
+            }
+        }
     }
 
     /// Phase 2: `sync` writes.
@@ -594,6 +659,32 @@ impl Ctx<'_> {
     }
 }
 
+/// Parses `redis-benchmark`'s summary: `(requests/s, p50 µs, p99 µs)`.
+fn parse_redis_benchmark(text: &str) -> Option<(f64, f64, f64)> {
+    let text = text.replace('\r', "\n");
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("throughput summary:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())?;
+    // "latency summary (msec):", a header line "avg min p50 p95 p99 max", then the values.
+    let mut lines = text.lines().skip_while(|l| !l.contains("latency summary"));
+    let header: Vec<&str> = lines.nth(1)?.split_whitespace().collect();
+    let values: Vec<f64> = lines
+        .next()?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let at = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .and_then(|i| values.get(i))
+            .map(|ms| ms * 1000.0)
+    };
+    Some((rps, at("p50")?, at("p99")?))
+}
+
 /// Redis `INFO memory` → `used_memory` in bytes.
 async fn used_memory(target: &Target) -> Result<u64> {
     let Target::Redis(conns) = target else {
@@ -640,6 +731,7 @@ pub async fn run(params: &CompareParams, env: &CompareEnv) -> Result<Report> {
         loads: Vec::new(),
         restarts: Vec::new(),
         memory: Vec::new(),
+        redis_benchmark: Vec::new(),
         skipped,
     };
     let mut ctx = Ctx {
@@ -648,16 +740,40 @@ pub async fn run(params: &CompareParams, env: &CompareEnv) -> Result<Report> {
         certs,
         report,
     };
-    let outcome = async {
-        ctx.phase_reads().await?;
-        ctx.phase_sync().await?;
-        ctx.phase_restart().await
+    // A phase that fails is recorded and the next one still runs (its servers were killed when its
+    // future was dropped), so one stalled server does not lose the whole report.
+    let mut failed = false;
+    for phase in 0..3 {
+        let outcome = match phase {
+            0 => ctx.phase_reads().await,
+            1 => ctx.phase_sync().await,
+            _ => ctx.phase_restart().await,
+        };
+        if let Err(e) = outcome {
+            failed = true;
+            let name = [
+                "reads and periodic writes",
+                "sync writes",
+                "W6/W7 restart and memory",
+            ][phase];
+            log(format!("phase {name} FAILED: {e}"));
+            ctx.report
+                .skipped
+                .push(format!("phase \"{name}\" failed: {e}"));
+        }
     }
-    .await;
+    ctx.report.machine.loadavg_end = crate::report::loadavg();
     let path = env.results_dir.join("summary.json");
     ctx.report.write_json(&path)?;
-    let _ = std::fs::remove_dir_all(&env.work_dir);
-    outcome.map(|()| ctx.report)
+    if failed {
+        log(format!(
+            "a phase failed: server logs kept in {}",
+            env.work_dir.display()
+        ));
+    } else {
+        let _ = std::fs::remove_dir_all(&env.work_dir);
+    }
+    Ok(ctx.report)
 }
 
 /// Renders `report` (with the analysis file, if it exists) to `doc`.
@@ -668,4 +784,20 @@ pub fn write_doc(report: &Report, doc: &Path, analysis: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
     std::fs::write(doc, md).map_err(Error::io("writing", doc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_benchmark_summary_is_parsed() {
+        let out = "HGETALL x: rps=1.0\rSummary:\n  throughput summary: 9090.91 requests per second\n  \
+                   latency summary (msec):\n          avg       min       p50       p95       p99       max\n\
+                   \x20       0.101     0.032     0.047     0.087     2.623     5.079\n";
+        let (rps, p50, p99) = parse_redis_benchmark(out).expect("parsed");
+        assert!((rps - 9090.91).abs() < 1e-6);
+        assert!((p50 - 47.0).abs() < 1e-6 && (p99 - 2623.0).abs() < 1e-6);
+        assert!(parse_redis_benchmark("garbage").is_none());
+    }
 }

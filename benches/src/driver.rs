@@ -7,10 +7,10 @@
 //!   **intended** send time. A server stall therefore charges every request that should have been sent
 //!   during it (no coordinated omission). The generator sleeps when the next send is more than 3 ms away
 //!   and otherwise spins (yielding to the runtime), since tokio's timer has 1 ms granularity.
-//! - **Sweep** ([`sweep`]): open-loop steps at geometrically rising rates until a step fails (p99 above the
-//!   limit, errors, fewer than 95% of the offered requests answered in time, or the in-flight cap hit), then
-//!   two geometric bisection steps between the last good and the first bad rate. The result is the highest
-//!   rate that passed.
+//! - **Sweep** ([`sweep`]): open-loop steps at geometrically rising rates until a rate fails twice in a row
+//!   (p99 above the limit, errors, fewer than 95% of the offered requests answered in time, or the
+//!   in-flight cap hit; the retry absorbs one-off scheduling hiccups), then two geometric bisection steps
+//!   between the last good and the first bad rate. The result is the highest rate that passed.
 //!
 //! Every loop is bounded in time and count: a run stops at its duration or its `max_ops`, whichever comes
 //! first, and an open-loop step waits at most [`DRAIN_TIMEOUT`] for stragglers.
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
@@ -35,7 +35,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The workloads of the issue (W5, event → segment latency, arrives with ingestion; W6 and W7 are in
 /// [`crate::compare`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Workload {
     /// Point read of a whole 20-feature profile (Redis `HGETALL`).
     W1,
@@ -103,7 +103,7 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::O
 }
 
 /// What one run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunStats {
     /// Operations measured (successful, after warm-up).
     pub ops: u64,
@@ -485,7 +485,7 @@ pub async fn open_loop(
 }
 
 /// Parameters of a [`sweep`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepSpec {
     /// First offered rate.
     pub start_rate: f64,
@@ -504,7 +504,7 @@ pub struct SweepSpec {
 }
 
 /// One step of a sweep.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepStep {
     /// Whether the step passed.
     pub passed: bool,
@@ -513,7 +513,7 @@ pub struct SweepStep {
 }
 
 /// The result of a sweep.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepResult {
     /// The highest offered rate that passed (0 if none did).
     pub best_rate: f64,
@@ -563,10 +563,19 @@ pub async fn sweep(
     };
     for _ in 0..sweep.max_steps.max(1) {
         let stats = run(rate).await;
-        let passed = passes(&stats, sweep.p99_limit_us);
-        let step = SweepStep { passed, stats };
+        let mut passed = passes(&stats, sweep.p99_limit_us);
+        let mut step = SweepStep { passed, stats };
         progress(&step);
         steps.push(step.clone());
+        if !passed {
+            // One retry at the same rate: a single scheduling hiccup of the VM (a few ms) is enough to
+            // push the p99 of a short step over 1 ms; a rate the target cannot sustain fails twice.
+            let stats = run(rate).await;
+            passed = passes(&stats, sweep.p99_limit_us);
+            step = SweepStep { passed, stats };
+            progress(&step);
+            steps.push(step.clone());
+        }
         if passed {
             best = Some((rate, step.stats));
             if rate >= sweep.max_rate {

@@ -10,6 +10,10 @@
 //! Wire format of the echo: the request's first 4 bytes are the big-endian length of the wanted answer
 //! (at most [`MAX_ECHO_BYTES`]); the rest is padding up to the request size being imitated. The answer is
 //! that many zero bytes, then the stream is finished.
+//!
+//! Session mode (for measuring the alternative to a stream per request): a stream that starts with
+//! [`SESSION_MAGIC`] stays open and carries any number of `[u32 length][request]` frames, each answered
+//! with `[u32 length][answer]` on the same stream ([`EchoSession`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,6 +31,9 @@ pub const ECHO_ALPN: &[u8] = b"featurestore-echo/1";
 
 /// Largest request or answer the echo handles (16 MiB, featurestore's frame ceiling).
 pub const MAX_ECHO_BYTES: usize = 16 * 1024 * 1024;
+
+/// The first 4 bytes of a session-mode stream.
+pub const SESSION_MAGIC: [u8; 4] = [0xff, 0xff, 0xff, 0xff];
 
 /// The TLS server name of the echo server: it presents node `n1`'s certificate.
 pub const ECHO_SERVER_NAME: &str = "n1.node.featurestore";
@@ -97,16 +104,47 @@ pub async fn serve(certs: &Path, listen: SocketAddr, ready: impl FnOnce(SocketAd
     Ok(())
 }
 
-async fn echo_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let Ok(request) = recv.read_to_end(MAX_ECHO_BYTES).await else {
-        return;
-    };
-    let answer = request
+fn answer_len(request: &[u8]) -> usize {
+    request
         .get(..4)
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map_or(0, |b| u32::from_be_bytes(b) as usize)
-        .min(MAX_ECHO_BYTES);
-    let reply = vec![0u8; answer];
+        .min(MAX_ECHO_BYTES)
+}
+
+/// Session mode: frames until the client finishes the stream.
+async fn echo_session(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut len = [0u8; 4];
+    while recv.read_exact(&mut len).await.is_ok() {
+        let n = (u32::from_be_bytes(len) as usize).min(MAX_ECHO_BYTES);
+        let mut request = vec![0u8; n];
+        if recv.read_exact(&mut request).await.is_err() {
+            return;
+        }
+        let answer = answer_len(&request);
+        let mut reply = vec![0u8; 4 + answer];
+        reply[..4].copy_from_slice(&(answer as u32).to_be_bytes());
+        if send.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn echo_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut head = [0u8; 4];
+    if recv.read_exact(&mut head).await.is_err() {
+        return;
+    }
+    if head == SESSION_MAGIC {
+        return echo_session(send, recv).await;
+    }
+    let Ok(rest) = recv.read_to_end(MAX_ECHO_BYTES).await else {
+        return;
+    };
+    let mut request = head.to_vec();
+    request.extend_from_slice(&rest);
+    let reply = vec![0u8; answer_len(&request)];
     if send.write_all(&reply).await.is_ok() {
         let _ = send.finish();
     }
@@ -163,8 +201,53 @@ impl EchoClient {
         Ok(answer.len())
     }
 
+    /// Opens a session: one long-lived stream for many requests.
+    pub async fn session(&self) -> Result<EchoSession> {
+        let (mut send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::Transport(format!("opening a stream: {e}")))?;
+        send.write_all(&SESSION_MAGIC)
+            .await
+            .map_err(|e| Error::Transport(format!("sending: {e}")))?;
+        Ok(EchoSession {
+            streams: std::sync::Arc::new(tokio::sync::Mutex::new((send, recv))),
+        })
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"done");
+    }
+}
+
+/// One long-lived echo stream carrying length-prefixed frames; calls are serialised on it.
+#[derive(Debug, Clone)]
+pub struct EchoSession {
+    streams: std::sync::Arc<tokio::sync::Mutex<(quinn::SendStream, quinn::RecvStream)>>,
+}
+
+impl EchoSession {
+    /// Sends `request` as one frame and reads the answer frame; returns the answer's length.
+    pub async fn call(&self, request: &[u8]) -> Result<usize> {
+        let mut guard = self.streams.lock().await;
+        let (send, recv) = &mut *guard;
+        let mut frame = Vec::with_capacity(4 + request.len());
+        frame.extend_from_slice(&(request.len() as u32).to_be_bytes());
+        frame.extend_from_slice(request);
+        send.write_all(&frame)
+            .await
+            .map_err(|e| Error::Transport(format!("sending: {e}")))?;
+        let mut len = [0u8; 4];
+        recv.read_exact(&mut len)
+            .await
+            .map_err(|e| Error::Transport(format!("receiving: {e}")))?;
+        let n = (u32::from_be_bytes(len) as usize).min(MAX_ECHO_BYTES);
+        let mut answer = vec![0u8; n];
+        recv.read_exact(&mut answer)
+            .await
+            .map_err(|e| Error::Transport(format!("receiving: {e}")))?;
+        Ok(n)
     }
 }

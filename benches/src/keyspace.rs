@@ -164,7 +164,7 @@ fn helper2(x: f64) -> f64 {
 }
 
 /// How keys are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyDist {
     /// Every key equally likely.

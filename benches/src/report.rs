@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::driver::{RunStats, SweepResult, Workload};
 use crate::error::{Error, Result};
@@ -15,13 +15,13 @@ use crate::keyspace::KeyDist;
 use crate::target::{FrameSizes, TargetKind};
 
 /// Facts about the machine a report was measured on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     /// CPU model from `/proc/cpuinfo`.
     pub cpu: String,
     /// Logical CPUs (`/proc/cpuinfo` processors).
     pub cpus: usize,
-    /// CPUs this process may use (`nproc`).
+    /// CPUs online (`/sys/devices/system/cpu/online`).
     pub nproc: usize,
     /// Kernel release.
     pub kernel: String,
@@ -35,6 +35,34 @@ pub struct Machine {
     pub commit: Option<String>,
     /// Whether servers and client were pinned to separate cores.
     pub pinned: bool,
+    /// `/proc/loadavg` when the run started.
+    pub loadavg_start: String,
+    /// `/proc/loadavg` when the run ended (filled in at the end).
+    pub loadavg_end: String,
+}
+
+/// The first three fields of `/proc/loadavg` (1, 5 and 15 minute load averages).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Counts the CPUs of a kernel CPU list such as `0-1` or `0,2-3`.
+fn count_cpu_list(list: &str) -> Option<usize> {
+    let mut n = 0;
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        n += match part.split_once('-') {
+            Some((a, b)) => {
+                b.parse::<usize>()
+                    .ok()?
+                    .checked_sub(a.parse::<usize>().ok()?)?
+                    + 1
+            }
+            None => part.parse::<usize>().map(|_| 1).ok()?,
+        };
+    }
+    Some(n)
 }
 
 fn command_output(program: &str, args: &[&str]) -> Option<String> {
@@ -61,7 +89,11 @@ impl Machine {
             .lines()
             .filter(|l| l.starts_with("processor"))
             .count();
-        let nproc = std::thread::available_parallelism().map_or(1, usize::from);
+        // CPUs online (not `available_parallelism`, which is 1 once the load generator pinned itself).
+        let nproc = std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .ok()
+            .and_then(|t| count_cpu_list(t.trim()))
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
         let memory_gib = std::fs::read_to_string("/proc/meminfo")
@@ -84,12 +116,14 @@ impl Machine {
             rustc: command_output("rustc", &["--version"]),
             commit: command_output("git", &["describe", "--always", "--dirty"]),
             pinned,
+            loadavg_start: loadavg(),
+            loadavg_end: String::new(),
         }
     }
 }
 
 /// One measured run of a workload against a target.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     /// A unique name, also the JSON file name.
     pub name: String,
@@ -112,7 +146,7 @@ pub struct RunRecord {
 }
 
 /// One open-loop sweep.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepRecord {
     /// A unique name, also the JSON file name.
     pub name: String,
@@ -131,7 +165,7 @@ pub struct SweepRecord {
 }
 
 /// W6: restart of a loaded server.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestartRecord {
     /// The system.
     pub target: TargetKind,
@@ -148,7 +182,7 @@ pub struct RestartRecord {
 }
 
 /// W7: memory and disk per profile.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemoryRecord {
     /// The system.
     pub target: TargetKind,
@@ -166,8 +200,26 @@ pub struct MemoryRecord {
     pub load_seconds: f64,
 }
 
+/// A reference measurement of Redis with `redis-benchmark` (its C client, one key): how fast Redis is
+/// without the `redis` crate in the way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedisBenchmarkRecord {
+    /// What it imitates (`W1 1 client`, `W4 100 pipelined`, `W1 50 clients`).
+    pub what: String,
+    /// Parallel clients (`-c`).
+    pub clients: usize,
+    /// Pipeline depth (`-P`).
+    pub pipeline: usize,
+    /// Requests per second (commands, not pipelines).
+    pub requests_per_sec: f64,
+    /// p50 of one request (one pipeline when pipelining), microseconds.
+    pub p50_us: f64,
+    /// p99, microseconds.
+    pub p99_us: f64,
+}
+
 /// Time to load the keyspace into a target.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadRecord {
     /// The system.
     pub target: TargetKind,
@@ -180,7 +232,7 @@ pub struct LoadRecord {
 }
 
 /// A whole comparison run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// When it started (UTC, ISO 8601).
     pub date: String,
@@ -204,6 +256,8 @@ pub struct Report {
     pub restarts: Vec<RestartRecord>,
     /// W7.
     pub memory: Vec<MemoryRecord>,
+    /// Redis measured with `redis-benchmark`, for reference.
+    pub redis_benchmark: Vec<RedisBenchmarkRecord>,
     /// What was skipped and why.
     pub skipped: Vec<String>,
 }
@@ -231,6 +285,29 @@ pub fn utc_now() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// The static "how to run" section.
+fn how_to_run(w: &mut String) {
+    let _ = writeln!(
+        w,
+        "## How to run\n\n\
+         | what | command |\n\
+         |---|---|\n\
+         | everything, writes this file (≈ 15 min; run it on a quiet machine) | `benches/compare.sh` |\n\
+         | shorter full run (the one above) | `benches/compare.sh --duration 5 --step 2` |\n\
+         | smoke: every target and workload for a few seconds, results in a temp dir | `benches/compare.sh --smoke` (or `cargo run --release -p benches --bin loadgen -- --smoke`) |\n\
+         | criterion micro-benchmarks of the core | `cargo bench -p benches` |\n\
+         | re-render this file from `benches/results/summary.json` | `cargo run --release -p benches --bin loadgen -- report` |\n\
+         | one workload against a running server | `target/release/loadgen run --target featurestore --addr 127.0.0.1:7401 --certs data/dev/certs --workload w1 --mode sweep` |\n\
+         | `perf` profile of a loaded node | `benches/profile.sh w1 closed` (writes `benches/results/profile-w1-closed.txt`) |\n\n\
+         `compare.sh` builds the release binaries, installs Debian's `redis-server` when it is missing and it runs \
+         as root (otherwise it names the package and stops), starts every server on 127.0.0.1 (servers on core \
+         0, the load generator on core 1), stops them all at the end or on Ctrl-C, writes one JSON file per run \
+         under `benches/results/runs/` and `benches/results/summary.json`, and renders this file. \
+         `cargo test --workspace` (what CI runs) includes a smoke run of the whole comparison against a real node \
+         (Redis is skipped when `redis-server` is not installed).\n"
+    );
 }
 
 impl Report {
@@ -287,12 +364,14 @@ impl Report {
             );
         }
         self.machine_section(w);
+        how_to_run(w);
         self.targets_section(w);
         self.closed_section(w);
         self.w2_section(w);
         self.sweep_section(w);
         self.open_section(w);
         self.restart_section(w);
+        self.redis_benchmark_section(w);
         if !self.skipped.is_empty() {
             let _ = writeln!(w, "## Skipped\n");
             for s in &self.skipped {
@@ -318,7 +397,7 @@ impl Report {
         );
         let _ = writeln!(
             w,
-            "- Machine: {} × {} ({} usable), {:.1} GiB RAM, Linux {}",
+            "- Machine: {} × {} ({} online), {:.1} GiB RAM, Linux {}",
             m.cpus, m.cpu, m.nproc, m.memory_gib, m.kernel
         );
         let _ = writeln!(
@@ -339,6 +418,12 @@ impl Report {
         if let Some(c) = &m.commit {
             let _ = writeln!(w, "- featurestore commit: `{c}`");
         }
+        let _ = writeln!(
+            w,
+            "- Load average (1/5/15 min) at start: {}; at end: {} (anything above ~0 means other work \
+             shared the 2 cores and the figures are pessimistic)",
+            m.loadavg_start, m.loadavg_end
+        );
         let _ = writeln!(
             w,
             "- Parameters: `{}`",
@@ -685,6 +770,38 @@ impl Report {
         let _ = writeln!(w, "## W3 open loop at a fixed {rate:.0} ops/s\n");
         let base = runs.iter().copied().find(|r| r.target == TargetKind::Redis);
         self.run_table(w, &runs, base, None);
+    }
+
+    fn redis_benchmark_section(&self, w: &mut String) {
+        if self.redis_benchmark.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            w,
+            "## Reference: Redis with `redis-benchmark` (C client, one key)\n\nThe Redis rows above go \
+             through the `redis` crate (what a Rust service would use). `redis-benchmark` shows what Redis \
+             itself can do on this machine with a minimal C client; featurestore's ratios against these \
+             figures are the stricter comparison.\n"
+        );
+        let _ = writeln!(w, "| what | clients | pipeline | requests/s | p50 µs | p99 µs | featurestore p50 / this p50 |");
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+        let u = KeyDist::Uniform;
+        for r in &self.redis_benchmark {
+            let ours = match (r.clients, r.pipeline) {
+                (1, 1) => self.run(TargetKind::Featurestore, Workload::W1, u, "closed", 1, ""),
+                (1, _) => self.run(TargetKind::Featurestore, Workload::W4, u, "closed", 1, ""),
+                _ => None,
+            };
+            let ratio = ours.filter(|_| r.p50_us > 0.0).map_or("—".to_owned(), |o| {
+                format!("{:.2}×", o.stats.latency.p50_us / r.p50_us)
+            });
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {ratio} |",
+                r.what, r.clients, r.pipeline, r.requests_per_sec, r.p50_us, r.p99_us
+            );
+        }
+        let _ = writeln!(w);
     }
 
     fn restart_section(&self, w: &mut String) {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Largest latency recorded (100 s); larger values are clamped to it.
 const MAX_NANOS: u64 = 100_000_000_000;
@@ -79,7 +79,7 @@ impl Latencies {
 }
 
 /// Percentiles of a latency distribution, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Number of samples.
     pub count: u64,

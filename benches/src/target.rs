@@ -26,15 +26,15 @@ use featurestore::profile::GaugeUpdate;
 use featurestore::protocol::{GaugeWrite, PutAck};
 use featurestore::{Limits, Marker, NodeId, Profile, Request, Response, Timestamp};
 use redis::aio::MultiplexedConnection;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use store_client::{Client, ClientConfig, NodeAddr};
 
-use crate::echo::{echo_request, EchoClient};
+use crate::echo::{echo_request, EchoClient, EchoSession};
 use crate::error::{Error, Result};
 use crate::keyspace::{redis_text, Keyspace, FEATURES};
 
 /// Which system a target is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     /// featurestore through `store-client`.
@@ -43,6 +43,10 @@ pub enum TargetKind {
     Redis,
     /// The bare QUIC echo (transport floor).
     Echo,
+    /// The QUIC echo over one long-lived stream with length-prefixed frames (`loadgen run` only): what a
+    /// stream pool would cost instead of a stream per request.
+    #[serde(rename = "echo-stream")]
+    EchoStream,
 }
 
 impl TargetKind {
@@ -52,6 +56,7 @@ impl TargetKind {
             TargetKind::Featurestore => "featurestore",
             TargetKind::Redis => "redis",
             TargetKind::Echo => "echo",
+            TargetKind::EchoStream => "echo-stream",
         }
     }
 }
@@ -70,6 +75,7 @@ impl FromStr for TargetKind {
             "featurestore" | "fs" => Ok(TargetKind::Featurestore),
             "redis" => Ok(TargetKind::Redis),
             "echo" => Ok(TargetKind::Echo),
+            "echo-stream" => Ok(TargetKind::EchoStream),
             other => Err(Error::Setup(format!(
                 "unknown target {other:?} (expected featurestore, redis or echo)"
             ))),
@@ -91,7 +97,7 @@ fn hash_len(reply: &redis::Value) -> usize {
 }
 
 /// Encoded sizes (header included) of the featurestore frames each operation exchanges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameSizes {
     /// `Get` request.
     pub read_request: usize,
@@ -213,6 +219,8 @@ pub enum Target {
     Redis(Vec<MultiplexedConnection>),
     /// One echo connection and the requests to send.
     Echo(EchoClient, Box<EchoRequests>),
+    /// One long-lived echo stream and the requests to send.
+    EchoStream(EchoClient, EchoSession, Box<EchoRequests>),
 }
 
 impl fmt::Debug for Target {
@@ -221,6 +229,7 @@ impl fmt::Debug for Target {
             Target::Featurestore(_) => f.write_str("Featurestore"),
             Target::Redis(conns) => write!(f, "Redis({} connections)", conns.len()),
             Target::Echo(..) => f.write_str("Echo"),
+            Target::EchoStream(..) => f.write_str("EchoStream"),
         }
     }
 }
@@ -233,8 +242,9 @@ pub fn featurestore_config(certs: &Path, addr: SocketAddr) -> ClientConfig {
         certs.join("client-app.key"),
         vec![NodeAddr::new("n1", addr)],
     );
-    // Long enough that an overloaded open-loop step shows up as latency, not as errors.
-    config.request_timeout_ms = 10_000;
+    // Long enough that an overloaded open-loop step, or a node stalled behind a storage flush, shows up
+    // as latency rather than as errors.
+    config.request_timeout_ms = 60_000;
     config
 }
 
@@ -249,9 +259,17 @@ impl Target {
     /// Opens `connections` (at least 1) multiplexed connections to Redis at `addr`.
     pub async fn redis(addr: SocketAddr, connections: usize) -> Result<Target> {
         let client = redis::Client::open(format!("redis://{addr}/"))?;
+        // The `redis` crate gives up on a reply after 500 ms by default; use featurestore's 60 s so both
+        // targets show overload as latency, and a `SAVE` of a million profiles can finish.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(60)));
         let mut conns = Vec::with_capacity(connections.max(1));
         for _ in 0..connections.max(1) {
-            conns.push(client.get_multiplexed_async_connection().await?);
+            conns.push(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            );
         }
         Ok(Target::Redis(conns))
     }
@@ -264,12 +282,24 @@ impl Target {
         ))
     }
 
+    /// Connects to the echo server at `addr` and opens one long-lived stream (session mode).
+    pub async fn echo_stream(certs: &Path, addr: SocketAddr, sizes: &FrameSizes) -> Result<Target> {
+        let client = EchoClient::connect(certs, addr).await?;
+        let session = client.session().await?;
+        Ok(Target::EchoStream(
+            client,
+            session,
+            Box::new(EchoRequests::new(sizes)?),
+        ))
+    }
+
     /// Which system this is.
     pub fn kind(&self) -> TargetKind {
         match self {
             Target::Featurestore(_) => TargetKind::Featurestore,
             Target::Redis(_) => TargetKind::Redis,
             Target::Echo(..) => TargetKind::Echo,
+            Target::EchoStream(..) => TargetKind::EchoStream,
         }
     }
 
@@ -315,6 +345,10 @@ impl Target {
                 client.call(&requests.read).await?;
                 Ok(())
             }
+            Target::EchoStream(_, session, requests) => {
+                session.call(&requests.read).await?;
+                Ok(())
+            }
         }
     }
 
@@ -347,6 +381,10 @@ impl Target {
             }
             Target::Echo(client, requests) => {
                 client.call(&requests.write).await?;
+                Ok(())
+            }
+            Target::EchoStream(_, session, requests) => {
+                session.call(&requests.write).await?;
                 Ok(())
             }
         }
@@ -389,6 +427,10 @@ impl Target {
                 client.call(&requests.batch).await?;
                 Ok(())
             }
+            Target::EchoStream(_, session, requests) => {
+                session.call(&requests.batch).await?;
+                Ok(())
+            }
         }
     }
 
@@ -420,7 +462,7 @@ impl Target {
                 let () = pipe.query_async(&mut conn).await?;
                 Ok(())
             }
-            Target::Echo(..) => Ok(()),
+            Target::Echo(..) | Target::EchoStream(..) => Ok(()),
         }
     }
 
@@ -429,7 +471,7 @@ impl Target {
         match self {
             Target::Featurestore(client) => client.close().await,
             Target::Redis(_) => {}
-            Target::Echo(client, _) => client.close(),
+            Target::Echo(client, _) | Target::EchoStream(client, ..) => client.close(),
         }
     }
 }

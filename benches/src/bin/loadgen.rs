@@ -4,6 +4,8 @@
 //!   `docs/benchmarks.md`. `benches/compare.sh` builds and calls this.
 //! - `loadgen --smoke`: the comparison with tiny parameters (a few seconds per target), for CI.
 //! - `loadgen run [...]`: one workload against an already running server (for profiling with `perf`).
+//! - `loadgen report`: re-renders `docs/benchmarks.md` from `benches/results/summary.json` (e.g. after
+//!   editing `benches/analysis.md`), without measuring.
 //! - `loadgen echo-server`: the echo server (started by `compare` on the server core).
 //!
 //! SIGINT/SIGTERM stop a run cleanly: every server it started is killed.
@@ -39,6 +41,18 @@ enum Command {
     Compare(CompareArgs),
     /// Run one workload against one running server.
     Run(RunArgs),
+    /// Render a markdown report from a summary.json written by `compare` (no measuring).
+    Report {
+        /// The summary written by `compare`.
+        #[arg(long, default_value = "benches/results/summary.json")]
+        summary: PathBuf,
+        /// Where to write the markdown.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        doc: PathBuf,
+        /// Hand-written analysis included in the doc.
+        #[arg(long, default_value = "benches/analysis.md")]
+        analysis: PathBuf,
+    },
     /// Serve the echo floor (prints `echo ready on <addr>`).
     EchoServer {
         /// UDP address to listen on (loopback only).
@@ -107,7 +121,7 @@ struct CompareArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// featurestore, redis or echo.
+    /// featurestore, redis, echo or echo-stream (the echo over one long-lived stream).
     #[arg(long)]
     target: TargetKind,
     /// The server's address (UDP for featurestore/echo, TCP for Redis), on loopback.
@@ -168,6 +182,19 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(benches::echo::serve(&certs, listen, |addr| {
                 println!("echo ready on {addr}");
             }))?;
+            Ok(())
+        }
+        Some(Command::Report {
+            summary,
+            doc,
+            analysis,
+        }) => {
+            let text = std::fs::read_to_string(&summary)
+                .with_context(|| format!("reading {}", summary.display()))?;
+            let report: benches::report::Report = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", summary.display()))?;
+            compare::write_doc(&report, &doc, &analysis)?;
+            eprintln!("wrote {}", doc.display());
             Ok(())
         }
         Some(Command::Run(args)) => client_runtime()?.block_on(with_signals(run_one(args))),
@@ -319,6 +346,9 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
         TargetKind::Redis => Target::redis(args.addr, args.connections).await?,
         TargetKind::Echo => {
             Target::echo(&certs()?, args.addr, &FrameSizes::compute(&keyspace, 100)?).await?
+        }
+        TargetKind::EchoStream => {
+            Target::echo_stream(&certs()?, args.addr, &FrameSizes::compute(&keyspace, 100)?).await?
         }
     };
     if args.load {
