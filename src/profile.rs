@@ -314,6 +314,18 @@ impl Profile {
         changed
     }
 
+    /// Whether [`Profile::expire`] at `now_ms` would change anything (cheap: no copy).
+    pub fn has_expired(&self, now_ms: u64) -> bool {
+        let due = |at: Option<u64>| at.is_some_and(|at| at <= now_ms);
+        self.gauges
+            .values()
+            .any(|g| g.value.is_some() && due(g.expires_at_ms))
+            || self
+                .flags
+                .values()
+                .any(|f| f.siblings.iter().any(|s| due(s.expires_at_ms)))
+    }
+
     /// Turns expired gauges into tombstones and drops expired flag siblings. Returns true if anything
     /// changed (the caller may then persist the smaller state).
     pub fn expire(&mut self, now_ms: u64) -> bool {

@@ -184,7 +184,13 @@ pub fn carries_identity_of(profile: &Profile, node: &NodeId) -> bool {
 /// The hash of a profile's state: equal states (after merge) have equal hashes, because the encoding is
 /// canonical (ordered maps, siblings sorted by dot).
 pub fn state_hash(profile: &Profile) -> u64 {
-    encode_record(profile).map_or(0, |bytes| ring_hash(&bytes))
+    encode_record(profile).map_or(0, |bytes| record_hash(&bytes))
+}
+
+/// [`state_hash`] of a profile from its stored record (the output of `codec::encode_record`), so a node
+/// that has just encoded a record gets the hash without encoding again.
+pub fn record_hash(record: &[u8]) -> u64 {
+    ring_hash(record)
 }
 
 /// Where keys live: the current and the target ring and the replication factor.

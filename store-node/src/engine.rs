@@ -25,6 +25,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use featurestore::codec::{decode_record, encode_record};
 use featurestore::profile::{FlagUpdate, GaugeUpdate, WriteOutcome};
 use featurestore::protocol::{ErrorReply, NodeStatus, PutAck};
+use featurestore::replication::record_hash;
 use featurestore::{
     Clock, ErrorCode, Limits, Marker, NodeId, Profile, Request, Response, Timestamp,
 };
@@ -42,7 +43,15 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-type Shard = RwLock<HashMap<String, Profile>>;
+/// A profile with the hash of its stored record (kept up to date on every write, so anti-entropy and
+/// orphan scans never re-encode profiles).
+#[derive(Debug, Clone)]
+struct Stored {
+    profile: Profile,
+    hash: u64,
+}
+
+type Shard = RwLock<HashMap<String, Stored>>;
 
 /// A failed request, before it becomes an error reply.
 #[derive(Debug)]
@@ -131,10 +140,11 @@ impl Engine {
                         clock.recover(ts);
                     }
                     let shard = &shards[shard_index(&hasher, &key)];
+                    let hash = record_hash(&bytes);
                     shard
                         .write()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .insert(key, profile);
+                        .insert(key, Stored { profile, hash });
                     recovery.entities += 1;
                 }
                 Err(reason) => {
@@ -318,7 +328,7 @@ impl Engine {
             .shard(key)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        shard.get(key).cloned()
+        shard.get(key).map(|s| s.profile.clone())
     }
 
     /// The node's clock (for building views of merged remote states).
@@ -348,14 +358,18 @@ impl Engine {
             .shard(key)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut profile = shard.get(key).cloned().unwrap_or_default();
+        let mut profile = shard
+            .get(key)
+            .map(|s| s.profile.clone())
+            .unwrap_or_default();
         if !profile.merge(incoming) && shard.contains_key(key) {
             return Ok(false);
         }
         let record = encode_record(&profile)?;
         self.storage.put(key.as_bytes(), &record)?;
         let _ticket = self.durability.written();
-        shard.insert(key.to_owned(), profile);
+        let hash = record_hash(&record);
+        shard.insert(key.to_owned(), Stored { profile, hash });
         Ok(true)
     }
 
@@ -369,7 +383,7 @@ impl Engine {
             .shard(key)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        shard.get(key).and_then(|p| p.view(now, features))
+        shard.get(key).and_then(|s| s.profile.view(now, features))
     }
 
     /// Applies `change` to a copy of `key`'s profile, stores it, publishes it, and waits for durability as
@@ -384,12 +398,16 @@ impl Engine {
                 .shard(key)
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            let mut profile = shard.get(key).cloned().unwrap_or_default();
+            let mut profile = shard
+                .get(key)
+                .map(|s| s.profile.clone())
+                .unwrap_or_default();
             let out = change(&mut profile)?;
             let record = encode_record(&profile)?;
             self.storage.put(key.as_bytes(), &record)?;
             let ticket = self.durability.written();
-            shard.insert(key.to_owned(), profile);
+            let hash = record_hash(&record);
+            shard.insert(key.to_owned(), Stored { profile, hash });
             (out, ticket)
         };
         if let Err(e) = self.durability.wait_durable(ticket).await {
@@ -405,17 +423,24 @@ impl Engine {
         let mut rewritten = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
-            for (key, profile) in shard.iter_mut() {
-                let mut copy = profile.clone();
-                if !copy.expire(now) {
+            for (key, entry) in shard.iter_mut() {
+                if !entry.profile.has_expired(now) {
                     continue;
                 }
+                let mut copy = entry.profile.clone();
+                copy.expire(now);
                 let stored = encode_record(&copy)
                     .map_err(crate::Error::from)
-                    .and_then(|r| self.storage.put(key.as_bytes(), &r));
+                    .and_then(|r| {
+                        self.storage.put(key.as_bytes(), &r)?;
+                        Ok(record_hash(&r))
+                    });
                 match stored {
-                    Ok(()) => {
-                        *profile = copy;
+                    Ok(hash) => {
+                        *entry = Stored {
+                            profile: copy,
+                            hash,
+                        };
                         let _ticket = self.durability.written();
                         rewritten += 1;
                     }
@@ -473,8 +498,8 @@ impl featurestore::replication::LocalStore for Engine {
     fn for_each_key(&self, f: &mut dyn FnMut(&str, u64)) {
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
-            for (key, profile) in shard.iter() {
-                f(key, featurestore::replication::state_hash(profile));
+            for (key, entry) in shard.iter() {
+                f(key, entry.hash);
             }
         }
     }
@@ -484,9 +509,7 @@ impl featurestore::replication::LocalStore for Engine {
             .shard(key)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let unchanged = shard
-            .get(key)
-            .is_some_and(|p| featurestore::replication::state_hash(p) == expected);
+        let unchanged = shard.get(key).is_some_and(|s| s.hash == expected);
         if !unchanged {
             return Ok(false);
         }
