@@ -621,14 +621,6 @@ impl Cluster {
         status.counters.extend(self.peers.metrics().snapshot());
         status
     }
-
-    /// Whether this node has left the cluster (its handoff is complete).
-    pub fn has_left(&self) -> bool {
-        let repl = self.repl();
-        repl.table()
-            .get(&self.me)
-            .is_some_and(|m| m.state == MemberState::Left)
-    }
 }
 
 fn error_reply(code: ErrorCode, message: String) -> Response {

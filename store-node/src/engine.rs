@@ -31,7 +31,7 @@ use featurestore::{
 };
 
 use crate::metrics::Metrics;
-use crate::storage::{Durability, Storage};
+use crate::storage::{Durability, Storage, WriteTicket};
 
 /// Number of independently locked shards of the in-memory map.
 pub const SHARDS: usize = 64;
@@ -331,11 +331,6 @@ impl Engine {
         shard.get(key).map(|s| s.profile.clone())
     }
 
-    /// The node's clock (for building views of merged remote states).
-    pub fn now_ms(&self) -> u64 {
-        now_ms()
-    }
-
     /// The storage engine.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
@@ -365,12 +360,25 @@ impl Engine {
         if !profile.merge(incoming) && shard.contains_key(key) {
             return Ok(false);
         }
+        // The caller waits for durability (of everything written so far) before acknowledging.
+        let _ticket = self.store_locked(&mut shard, key, profile)?;
+        Ok(true)
+    }
+
+    /// Encodes `profile`, hands it to storage and publishes it in `shard` (only if storage accepted it).
+    /// Returns the durability ticket of the write.
+    fn store_locked(
+        &self,
+        shard: &mut HashMap<String, Stored>,
+        key: &str,
+        profile: Profile,
+    ) -> crate::Result<WriteTicket> {
         let record = encode_record(&profile)?;
         self.storage.put(key.as_bytes(), &record)?;
-        let _ticket = self.durability.written();
+        let ticket = self.durability.written();
         let hash = record_hash(&record);
         shard.insert(key.to_owned(), Stored { profile, hash });
-        Ok(true)
+        Ok(ticket)
     }
 
     fn read(
@@ -403,11 +411,7 @@ impl Engine {
                 .map(|s| s.profile.clone())
                 .unwrap_or_default();
             let out = change(&mut profile)?;
-            let record = encode_record(&profile)?;
-            self.storage.put(key.as_bytes(), &record)?;
-            let ticket = self.durability.written();
-            let hash = record_hash(&record);
-            shard.insert(key.to_owned(), Stored { profile, hash });
+            let ticket = self.store_locked(&mut shard, key, profile)?;
             (out, ticket)
         };
         if let Err(e) = self.durability.wait_durable(ticket).await {
