@@ -2,9 +2,8 @@
 //!
 //! Every validation failure has its own variant, so that a node can count and report each kind of bad input
 //! separately and a client can react to each (retry, shrink the batch, resolve siblings, ...). Each error maps
-//! to a stable [`ErrorCode`](crate::protocol::ErrorCode) that travels on the wire.
-
-use crate::protocol::ErrorCode;
+//! to a stable [`ErrorCode`](crate::wire::client::ErrorCode) that travels on the wire; that mapping lives
+//! with the protocol (`From<&Error> for ErrorCode`), so this module is a leaf: it imports nothing of the crate.
 
 /// Everything the core can refuse or fail at.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -137,13 +136,16 @@ pub enum Error {
         /// The counter.
         name: String,
     },
-    /// Time-to-live was given for a feature kind that does not support it (counters).
-    #[error("feature {name:?}: {kind} features do not support a TTL")]
-    TtlNotSupported {
-        /// The feature.
-        name: String,
-        /// Its kind.
-        kind: &'static str,
+    /// This node has left the cluster and refuses client writes; send them to a current member.
+    #[error("this node has left the cluster; send the write to a current member")]
+    NodeLeft,
+    /// The write asks for more acknowledging replicas (W) than the key has.
+    #[error("W={quorum} exceeds the {replicas} replicas of the key")]
+    QuorumTooLarge {
+        /// The requested W.
+        quorum: usize,
+        /// Replicas the key has.
+        replicas: usize,
     },
     /// A causal-context token could not be parsed.
     #[error("invalid causal context {token:?}: expected `node:counter,...`")]
@@ -171,36 +173,6 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
-}
-
-impl Error {
-    /// The stable wire code of this error.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Error::EmptyKey
-            | Error::InvalidFeatureName { .. }
-            | Error::NonFiniteValue { .. }
-            | Error::EmptyBatch { .. }
-            | Error::InvalidContext { .. }
-            | Error::InvalidMarker { .. }
-            | Error::InvalidNodeId { .. }
-            | Error::TtlNotSupported { .. }
-            | Error::InvalidLimit { .. } => ErrorCode::InvalidRequest,
-            Error::KeyTooLong { .. }
-            | Error::FeatureNameTooLong { .. }
-            | Error::ValueTooLarge { .. }
-            | Error::TooManyFeatures { .. }
-            | Error::BatchTooLarge { .. } => ErrorCode::LimitExceeded,
-            Error::TooManySiblings { .. } => ErrorCode::TooManySiblings,
-            Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-            Error::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-            Error::Malformed { .. } => ErrorCode::MalformedFrame,
-            Error::Encode(_) => ErrorCode::Internal,
-            Error::ClockSkew { .. } => ErrorCode::ClockSkew,
-            Error::KindMismatch { .. } => ErrorCode::KindMismatch,
-            Error::CounterOverflow { .. } => ErrorCode::CounterOverflow,
-        }
-    }
 }
 
 /// Truncates untrusted text before it is echoed back in an error, so errors stay small.

@@ -1,42 +1,40 @@
 //! # featurestore core
 //!
 //! The I/O-free heart of featurestore: hybrid logical clocks, the CRDT feature kinds and their merges, the
-//! per-entity [`Profile`], the size [`Limits`], and the client wire protocol with its codec.
+//! per-entity [`Profile`] and the decision of every client write ([`profile::apply`]), the size
+//! [`Limits`], placement and membership, the wire protocol with its codec, and the replication protocol.
 //!
 //! Nothing here reads a clock, draws a random number, touches a file or a socket: time and messages are
-//! passed in and decisions come back as values (the sans-IO style of quinn-proto and toydb). That is what
-//! lets the node binary be a thin runtime around this crate and the protocol be tested in-process.
+//! passed in and decisions come back as values (the sans-IO style of quinn-proto and toydb): what to
+//! send, what to persist, and when a write may be acknowledged. That is what lets the node binary be a thin
+//! runtime around this crate, and the simulation (`sim`, tests only) drive exactly the same code.
 //!
-//! Modules:
-//! - [`hlc`]: hybrid logical clocks and `(hlc, node)` markers.
-//! - [`value`], [`gauge`], [`counter`], [`flag`]: feature kinds and their lattices.
-//! - [`profile`]: one entity's features, one merge, the read view.
-//! - [`limits`]: validated size limits.
-//! - [`protocol`], [`codec`]: messages, frames, records.
-//! - [`ring`], [`membership`], [`detector`], [`replication`]: the consistent-hash ring, the gossiped
-//!   membership table, failure detection, and the replication protocol (hints, anti-entropy, handoff).
+//! Layers, each a folder; imports only point down the list (checked by a test in `layering`):
+//! - [`error`], [`hlc`], [`limits`]: the ground floor (the error type imports nothing from the wire).
+//! - [`crdt`]: the feature kinds as lattices behind one [`crdt::Lattice`] trait.
+//! - [`profile`]: one entity's features, one merge, the read view, and [`profile::apply`].
+//! - [`cluster`]: the consistent-hash ring, the gossiped membership table, failure detection, placement.
+//! - [`wire`]: client and peer messages, frames, stored records and their digests.
+//! - [`replication`]: the replication protocol (hints, anti-entropy, handoff) as a state machine.
 
-pub mod codec;
-pub mod counter;
-pub mod detector;
+pub mod cluster;
+pub mod crdt;
 pub mod error;
-pub mod flag;
-pub mod gauge;
 pub mod hlc;
+#[cfg(test)]
+mod layering;
 pub mod limits;
-pub mod membership;
 pub mod profile;
-pub mod protocol;
 pub mod replication;
-pub mod ring;
 #[cfg(test)]
 mod sim;
-pub mod value;
+pub mod wire;
 
+pub use crdt::flag::CausalContext;
+pub use crdt::value::Value;
+pub use crdt::FeatureKind;
 pub use error::{Error, Result};
-pub use flag::CausalContext;
 pub use hlc::{Clock, Marker, NodeId, Timestamp};
 pub use limits::Limits;
-pub use profile::{FeatureKind, FeatureView, FlagView, Profile, ProfileView};
-pub use protocol::{ErrorCode, ErrorReply, Request, Response};
-pub use value::Value;
+pub use profile::{FeatureView, FlagView, Profile, ProfileView};
+pub use wire::client::{ErrorCode, ErrorReply, Request, Response};

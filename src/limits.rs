@@ -3,13 +3,13 @@
 //! Guarantees: every limit has a default, `Limits::validate` rejects nonsensical settings (zero, or a frame
 //! too small to carry the other limits), and each violation is a distinct [`Error`] variant so that it can be
 //! counted and answered precisely. The frame limit is also the decoder's allocation budget (see
-//! [`codec`](crate::codec)), so no request can make a node allocate more than `max_frame_bytes` for its
+//! [`codec`](crate::wire::codec)), so no request can make a node allocate more than `max_frame_bytes` for its
 //! decoded form.
 
 use serde::{Deserialize, Serialize};
 
+use crate::crdt::value::Value;
 use crate::error::{truncate_for_error, Error, Result};
-use crate::value::Value;
 
 /// The hard ceiling on `max_frame_bytes` (16 MiB); configs above it are refused.
 pub const FRAME_BYTES_CEILING: u32 = 16 * 1024 * 1024;

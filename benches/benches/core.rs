@@ -18,15 +18,16 @@ use std::hint::black_box;
 
 use benches::keyspace::Keyspace;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use featurestore::codec::{
+use featurestore::cluster::ring::Ring;
+use featurestore::crdt::counter::Counter;
+use featurestore::crdt::gauge::GaugeRegister;
+use featurestore::crdt::Lattice;
+use featurestore::profile::{FlagUpdate, GaugeUpdate};
+use featurestore::wire::client::GaugeWrite;
+use featurestore::wire::codec::{
     decode_record, decode_request, decode_response, encode_record, encode_request, encode_response,
     FRAME_HEADER_BYTES,
 };
-use featurestore::counter::Counter;
-use featurestore::gauge::GaugeRegister;
-use featurestore::profile::{FlagUpdate, GaugeUpdate};
-use featurestore::protocol::GaugeWrite;
-use featurestore::ring::Ring;
 use featurestore::{
     CausalContext, Clock, Limits, Marker, NodeId, Profile, Request, Response, Timestamp, Value,
 };
@@ -275,7 +276,7 @@ fn ring(c: &mut Criterion) {
     let keys: Vec<String> = (0..1024).map(|i| ks.key(i * 97)).collect();
     for nodes in [3usize, 9] {
         let members: Vec<NodeId> = (1..=nodes).map(|i| node(&format!("n{i}"))).collect();
-        let r = Ring::new(1, members, featurestore::ring::DEFAULT_VNODES);
+        let r = Ring::new(1, members, featurestore::cluster::ring::DEFAULT_VNODES);
         let mut i = 0usize;
         g.bench_function(format!("preference_list_3_of_{nodes}"), |b| {
             b.iter(|| {

@@ -21,9 +21,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
 
-use featurestore::codec::{encode_request, encode_response};
 use featurestore::profile::GaugeUpdate;
-use featurestore::protocol::{GaugeWrite, PutAck};
+use featurestore::wire::client::{GaugeWrite, PutAck};
+use featurestore::wire::codec::{encode_request, encode_response};
 use featurestore::{Limits, Marker, NodeId, Profile, Request, Response, Timestamp};
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,7 @@
 //! [`Client::connect`] connects to the first configured node (a *seed*) whose handshake succeeds, asks it
 //! for the cluster ([`Request::Cluster`]: the membership table, virtual nodes per member and the
 //! replication factor N), and builds the *current* ring from it exactly as the nodes do (`Active` and
-//! `Leaving` members, [`MembershipTable::current_ring`](featurestore::membership::MembershipTable::current_ring)).
+//! `Leaving` members, [`MembershipTable::current_ring`](featurestore::cluster::membership::MembershipTable::current_ring)).
 //! If the seed cannot describe the cluster (an older node, or an error), the client routes over a ring made
 //! of the seeds (N=3) until a later refresh succeeds.
 //!
@@ -82,10 +82,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
-use featurestore::codec::{self, FRAME_HEADER_BYTES};
-use featurestore::protocol::{
+use featurestore::wire::client::{
     ClusterView, CounterDelta, ErrorReply, GaugeWrite, NodeStatus, PutAck,
 };
+use featurestore::wire::codec::{self, FRAME_HEADER_BYTES};
 use featurestore::{
     CausalContext, ErrorCode, FlagView, Marker, NodeId, Profile, ProfileView, Request, Response,
     Value,

@@ -4,7 +4,7 @@
 //! nodes, replication factor N), builds the same consistent-hash ring as the nodes, and sends each request
 //! straight to a replica of its key, over one QUIC connection per node (mutual TLS against the cluster
 //! CA), one bidirectional stream per request, one frame of the core's wire protocol
-//! ([`featurestore::codec`]) each way. Clones share the connections and the cluster view, so one client
+//! ([`featurestore::wire::codec`]) each way. Clones share the connections and the cluster view, so one client
 //! serves a whole application.
 //!
 //! - Reads: [`Client::get`], [`Client::get_many`] (grouped per node, sent in parallel), optionally
@@ -82,8 +82,8 @@ pub use client::Client;
 pub use config::{ClientConfig, NodeAddr};
 pub use error::{ConnectAttempt, Error, Result};
 
-pub use featurestore::membership::{Member, MemberState, MembershipTable};
-pub use featurestore::protocol::{ClusterView, GaugeWrite, MemberStatus, NodeStatus, PutAck};
+pub use featurestore::cluster::membership::{Member, MemberState, MembershipTable};
+pub use featurestore::wire::client::{ClusterView, GaugeWrite, MemberStatus, NodeStatus, PutAck};
 pub use featurestore::{
     CausalContext, ErrorCode, FeatureView, FlagView, Marker, NodeId, Profile, ProfileView, Request,
     Response, Value,

@@ -20,9 +20,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use featurestore::membership::{Member, MemberState, MembershipTable};
-use featurestore::protocol::ClusterView;
-use featurestore::ring::{Ring, DEFAULT_VNODES};
+use featurestore::cluster::membership::{Member, MemberState, MembershipTable};
+use featurestore::cluster::ring::{Ring, DEFAULT_VNODES};
+use featurestore::wire::client::ClusterView;
 use featurestore::NodeId;
 
 /// How long a node that failed is tried only after every other candidate (after its first failure).

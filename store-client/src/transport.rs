@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex as StdMutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use featurestore::codec::{self, FRAME_HEADER_BYTES};
+use featurestore::wire::codec::{self, FRAME_HEADER_BYTES};
 use featurestore::{NodeId, Response};
 use quinn::{
     Connection, Endpoint, ReadExactError, ReadToEndError, RecvStream, SendStream, WriteError,

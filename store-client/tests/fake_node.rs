@@ -24,11 +24,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use featurestore::codec;
-use featurestore::detector::Liveness;
-use featurestore::membership::{MemberState, MembershipTable};
-use featurestore::protocol::{ClusterView, ErrorReply, MemberStatus, NodeStatus, PutAck};
-use featurestore::ring::Ring;
+use featurestore::cluster::detector::Liveness;
+use featurestore::cluster::membership::{MemberState, MembershipTable};
+use featurestore::cluster::ring::Ring;
+use featurestore::wire::client::{ClusterView, ErrorReply, MemberStatus, NodeStatus, PutAck};
+use featurestore::wire::codec;
 use featurestore::{
     ErrorCode, FeatureView, FlagView, Marker, NodeId, Profile, ProfileView, Request, Response,
     Timestamp,
@@ -299,7 +299,7 @@ async fn handle(
     };
     let decoded = codec::split_frame(&bytes, 1 << 20).and_then(codec::decode_request);
     let reply = match decoded {
-        Err(e) => refused(e.code(), &e.to_string()),
+        Err(e) => refused(ErrorCode::from(&e), &e.to_string()),
         Ok(Request::Get { key, quorum, .. }) => {
             state.gets.fetch_add(1, Ordering::SeqCst);
             log(&state, "get", vec![key.clone()], quorum);

@@ -24,23 +24,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use featurestore::codec::{decode_versioned, encode_versioned};
-use featurestore::membership::{MemberState, MembershipTable};
-use featurestore::protocol::{ClusterView, ErrorReply, MemberStatus, NodeStatus};
+use featurestore::cluster::membership::{MemberState, MembershipTable};
+use featurestore::cluster::placement::Placement;
 use featurestore::replication::{
-    Effect, HintChange, PeerMessage, Placement, Replication, ReplicationConfig,
+    Effect, HintChange, Replication, ReplicationConfig, SendWhen, WritePlan,
 };
+use featurestore::wire::client::{ClusterView, ErrorReply, MemberStatus, NodeStatus};
+use featurestore::wire::codec::{decode_versioned, encode_versioned};
+use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, NodeId, Profile, Request, Response};
 use tokio::sync::oneshot;
 
 use crate::config::NodeConfig;
-use crate::engine::{now_ms, Engine};
+use crate::engine::{error_reply as node_error_reply, now_ms, Engine};
 use crate::error::Result;
+use crate::metrics::Metrics;
 use crate::peer::Peers;
 
 const META_MEMBERSHIP: &str = "membership";
 /// Hints are stored one record each, named `hint/<target>/<key>` (node ids contain no `/`).
 const META_HINT_PREFIX: &str = "hint/";
+
+/// The name of the record of the hint `(target, key)`.
+fn hint_record(target: &NodeId, key: &str) -> String {
+    format!("{META_HINT_PREFIX}{target}/{key}")
+}
+
+/// The hint a record name stands for, if it is one.
+fn parse_hint_record(name: &str) -> Option<(NodeId, &str)> {
+    let rest = name.strip_prefix(META_HINT_PREFIX)?;
+    let (target, key) = rest.split_once('/')?;
+    Some((NodeId::new(target).ok()?, key))
+}
 
 type Hints = BTreeMap<NodeId, BTreeSet<String>>;
 
@@ -57,6 +72,46 @@ struct WriteWaiter {
     needed: usize,
     from: HashSet<NodeId>,
     done: Option<oneshot::Sender<()>>,
+}
+
+impl Waiters {
+    /// Waits for `needed` distinct replicas to acknowledge any of `seqs`.
+    fn add_write(&mut self, id: u64, seqs: &[u64], needed: usize, done: oneshot::Sender<()>) {
+        for seq in seqs {
+            self.acks.insert(*seq, id);
+        }
+        self.writes.insert(
+            id,
+            WriteWaiter {
+                needed,
+                from: HashSet::new(),
+                done: Some(done),
+            },
+        );
+    }
+
+    /// Forgets a write waiter; returns how many replicas had acknowledged.
+    fn remove_write(&mut self, id: u64, seqs: &[u64]) -> usize {
+        for seq in seqs {
+            self.acks.remove(seq);
+        }
+        self.writes.remove(&id).map_or(0, |w| w.from.len())
+    }
+
+    /// `from` acknowledged the send `seq`.
+    fn on_ack(&mut self, seq: u64, from: NodeId) {
+        let Some(id) = self.acks.remove(&seq) else {
+            return;
+        };
+        if let Some(waiter) = self.writes.get_mut(&id) {
+            waiter.from.insert(from);
+            if waiter.from.len() >= waiter.needed {
+                if let Some(done) = waiter.done.take() {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
 }
 
 /// The cluster runtime of one node.
@@ -107,7 +162,7 @@ pub fn initial_table(
                     if id != me {
                         t.members.insert(
                             id.clone(),
-                            featurestore::membership::Member {
+                            featurestore::cluster::membership::Member {
                                 id,
                                 addr: seed.addr.to_string(),
                                 state: MemberState::Active,
@@ -141,12 +196,11 @@ impl Cluster {
             .transpose()?;
         let mut hints: Hints = BTreeMap::new();
         for (name, _) in storage.scan_meta(META_HINT_PREFIX)? {
-            let rest = &name[META_HINT_PREFIX.len()..];
-            match rest.split_once('/').map(|(t, k)| (NodeId::new(t), k)) {
-                Some((Ok(target), key)) => {
+            match parse_hint_record(&name) {
+                Some((target, key)) => {
                     hints.entry(target).or_default().insert(key.to_owned());
                 }
-                _ => tracing::warn!(record = %name, "ignoring a malformed hint record"),
+                None => tracing::warn!(record = %name, "ignoring a malformed hint record"),
             }
         }
         let table = initial_table(config, stored_table)?;
@@ -193,70 +247,40 @@ impl Cluster {
             .clone()
     }
 
-    /// Persists the hints and the membership table if they changed (and refreshes the placement snapshot
-    /// when the table did). Returns whether anything was written.
-    fn persist_dirty(&self, repl: &mut Replication) -> Result<bool> {
-        let (hints, table) = repl.take_dirty();
-        if table {
-            *self
-                .placement
-                .write()
-                .unwrap_or_else(PoisonError::into_inner) = Arc::new(repl.placement());
-        }
+    /// Executes effects in order: persistence to storage (refreshing the placement snapshot when the
+    /// table changed), messages that may leave now, resolved waiters. Returns the messages that may leave
+    /// only once what was merged or persisted so far is durable ([`SendWhen::Durable`]).
+    fn execute(&self, effects: Vec<Effect>) -> Result<Vec<(NodeId, PeerMessage)>> {
+        let mut deferred = Vec::new();
+        let mut persisted = false;
         let storage = self.engine.storage();
-        let changed = !hints.is_empty() || table;
-        for change in hints {
-            match change {
-                HintChange::Added(target, key) => {
-                    storage.put_meta(&format!("{META_HINT_PREFIX}{target}/{key}"), &[])?;
-                }
-                HintChange::Removed(target, key) => {
-                    storage.remove_meta(&format!("{META_HINT_PREFIX}{target}/{key}"))?;
-                }
-            }
-        }
-        if table {
-            storage.put_meta(META_MEMBERSHIP, &encode_versioned(repl.table())?)?;
-        }
-        if changed {
-            // Let the flusher know (periodic policy flushes only after writes).
-            let _ticket = self.engine.durability().written();
-        }
-        Ok(changed)
-    }
-
-    /// Executes effects: sends messages, resolves waiters.
-    fn dispatch(&self, effects: Vec<Effect>) {
-        if effects.is_empty() {
-            return;
-        }
-        let addrs: HashMap<NodeId, SocketAddr> = {
-            let repl = self.repl();
-            repl.table()
-                .members
-                .values()
-                .filter_map(|m| m.addr.parse().ok().map(|a| (m.id.clone(), a)))
-                .collect()
-        };
+        let addrs = self.addrs();
         for effect in effects {
             match effect {
-                Effect::Send { to, msg } => match addrs.get(&to) {
-                    Some(addr) => self.peers.send(&to, *addr, msg),
-                    None => tracing::debug!(peer = %to, "no address for peer"),
-                },
-                Effect::Acked { from, seq, .. } => {
-                    let mut w = self.waiters();
-                    if let Some(id) = w.acks.remove(&seq) {
-                        if let Some(waiter) = w.writes.get_mut(&id) {
-                            waiter.from.insert(from);
-                            if waiter.from.len() >= waiter.needed {
-                                if let Some(done) = waiter.done.take() {
-                                    let _ = done.send(());
-                                }
-                            }
-                        }
-                    }
+                Effect::PersistHint(HintChange::Added(target, key)) => {
+                    storage.put_meta(&hint_record(&target, &key), &[])?;
+                    persisted = true;
                 }
+                Effect::PersistHint(HintChange::Removed(target, key)) => {
+                    storage.remove_meta(&hint_record(&target, &key))?;
+                    persisted = true;
+                }
+                Effect::PersistTable(table) => {
+                    storage.put_meta(META_MEMBERSHIP, &encode_versioned(&table)?)?;
+                    *self
+                        .placement
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner) =
+                        Arc::new(self.repl().placement());
+                    persisted = true;
+                }
+                Effect::Send {
+                    to,
+                    msg,
+                    when: SendWhen::Durable,
+                } => deferred.push((to, msg)),
+                Effect::Send { to, msg, .. } => self.send(&addrs, to, msg),
+                Effect::Acked { from, seq, .. } => self.waiters().on_ack(seq, from),
                 Effect::ReadReply { from, req, state } => {
                     if let Some(tx) = self.waiters().reads.get(&req) {
                         let _ = tx.send((from, state));
@@ -264,45 +288,94 @@ impl Cluster {
                 }
             }
         }
+        if persisted {
+            // Let the flusher know (the periodic policy flushes only after writes).
+            let _ticket = self.engine.durability().written();
+        }
+        Ok(deferred)
+    }
+
+    /// Every member's address (parsed once per batch of effects).
+    fn addrs(&self) -> HashMap<NodeId, SocketAddr> {
+        self.repl()
+            .table()
+            .members
+            .values()
+            .filter_map(|m| m.addr.parse().ok().map(|a| (m.id.clone(), a)))
+            .collect()
+    }
+
+    fn send(&self, addrs: &HashMap<NodeId, SocketAddr>, to: NodeId, msg: PeerMessage) {
+        match addrs.get(&to) {
+            Some(addr) => self.peers.send(&to, *addr, msg),
+            None => tracing::debug!(peer = %to, "no address for peer"),
+        }
+    }
+
+    /// Waits until everything written so far is durable; then sends `deferred`.
+    async fn send_when_durable(&self, deferred: Vec<(NodeId, PeerMessage)>) {
+        if deferred.is_empty() {
+            return;
+        }
+        let durability = self.engine.durability();
+        if let Err(error) = durability.wait_durable(durability.written()).await {
+            tracing::error!(%error, "replicated state not durable; not acknowledging");
+            return;
+        }
+        let addrs = self.addrs();
+        for (to, msg) in deferred {
+            self.send(&addrs, to, msg);
+        }
     }
 
     /// Handles a message from a peer.
     pub async fn on_peer_message(&self, from: NodeId, msg: PeerMessage) {
-        let is_replicate = matches!(msg, PeerMessage::Replicate { .. });
-        let effects = {
-            let mut repl = self.repl();
-            let effects = repl.handle(&from, msg, &*self.engine, now_ms());
-            if let Err(error) = self.persist_dirty(&mut repl) {
-                tracing::error!(%error, "could not persist replication metadata");
-            }
-            effects
-        };
-        if is_replicate {
-            // Acknowledge only what the durability policy has made durable.
-            let durability = self.engine.durability();
-            if let Err(error) = durability.wait_durable(durability.written()).await {
-                tracing::error!(%error, "replicated write not durable; not acknowledging");
-                return;
-            }
+        let effects = self.repl().handle(&from, msg, &*self.engine, now_ms());
+        match self.execute(effects) {
+            Ok(deferred) => self.send_when_durable(deferred).await,
+            Err(error) => tracing::error!(%error, "could not persist replication metadata"),
         }
-        self.dispatch(effects);
     }
 
     /// One tick of the replication state machine (timeouts, hints, gossip, anti-entropy, handoffs).
-    pub fn tick(&self) {
-        let effects = {
-            let mut repl = self.repl();
-            let effects = repl.tick(&*self.engine, now_ms());
-            if let Err(error) = self.persist_dirty(&mut repl) {
-                tracing::error!(%error, "could not persist replication metadata");
+    /// Returns the local time (Unix ms) of the state machine's next deadline: the ticker sleeps until
+    /// then. Writes and peer messages never need an earlier tick: what they start (sends awaiting acks,
+    /// new hints) is due later than the next gossip round, which bounds every sleep.
+    pub fn tick(&self) -> u64 {
+        let now = now_ms();
+        let effects = self.repl().tick(&*self.engine, now);
+        match self.execute(effects) {
+            Ok(deferred) if !deferred.is_empty() => {
+                // Ticks never acknowledge merged state today; if they ever do, the same rule applies.
+                tokio::runtime::Handle::current().block_on(self.send_when_durable(deferred));
             }
-            effects
-        };
-        self.dispatch(effects);
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "could not persist replication metadata"),
+        }
+        self.repl().next_deadline(now_ms())
     }
 
-    /// Answers a client request.
+    /// Answers a client request: validated once here (the edge), counted once here, then routed.
     pub async fn handle(&self, request: Request) -> Response {
+        let metrics = self.engine.metrics();
+        Metrics::incr(&metrics.requests);
+        let is_write = request.is_write();
+        let response = match request.validate(self.engine.limits()) {
+            Ok(()) => self.route(request).await,
+            Err(e) => Response::Error(ErrorReply::of(&e)),
+        };
+        match &response {
+            Response::Error(reply) => {
+                metrics.count_error(reply.code);
+                tracing::debug!(code = ?reply.code, message = %reply.message, "request refused");
+            }
+            _ if is_write => Metrics::incr(&metrics.writes_acknowledged),
+            _ => {}
+        }
+        response
+    }
+
+    async fn route(&self, request: Request) -> Response {
         match request {
             Request::Status => Response::Status(self.status()),
             Request::Cluster => {
@@ -320,112 +393,94 @@ impl Cluster {
                 Response::Digests(repl.digests(&peer, &*self.engine))
             }
             Request::Leave => {
-                {
-                    let mut repl = self.repl();
-                    repl.set_own_state(&self.advertise.to_string(), MemberState::Leaving);
-                    if let Err(error) = self.persist_dirty(&mut repl) {
-                        return error_reply(ErrorCode::Storage, error.to_string());
-                    }
+                let effects = self
+                    .repl()
+                    .set_own_state(&self.advertise.to_string(), MemberState::Leaving);
+                if let Err(error) = self.execute(effects) {
+                    return error_reply(ErrorCode::Storage, error.to_string());
                 }
                 tracing::info!(node = %self.me, "leaving: handing ranges over");
                 Response::Leaving
             }
             Request::Get { .. } | Request::GetMany { .. } => self.read(request).await,
-            _ => self.write(request).await,
+            Request::Put { .. }
+            | Request::Increment { .. }
+            | Request::SetFlag { .. }
+            | Request::Erase { .. } => self.write(&request).await,
         }
     }
 
-    async fn write(&self, request: Request) -> Response {
-        let Some(key) = request.key().map(str::to_owned) else {
-            return self.engine.handle(request).await;
+    /// A client write: admitted by replication (refused on a node that left, or W above the replicas),
+    /// decided and made durable by the engine, then replicated; answered when the [`WritePlan`] allows.
+    async fn write(&self, request: &Request) -> Response {
+        let Some((key, write)) = request.write() else {
+            return error_reply(ErrorCode::Internal, "not a write".into());
         };
-        let quorum = request.quorum();
-        let replicas = self.placement().replicas(&key).len();
-        if quorum > replicas.max(1) {
-            return error_reply(
-                ErrorCode::InvalidRequest,
-                format!("W={quorum} exceeds the {replicas} replicas of the key"),
-            );
-        }
-        if !self.repl().begin_local_write() {
-            return error_reply(
-                ErrorCode::Unavailable,
-                "this node has left the cluster; send the write to a current member".into(),
-            );
-        }
-        let response = self.engine.handle(request).await;
-        if matches!(response, Response::Error(_)) {
-            self.repl().abort_local_write();
-            return response;
-        }
-        let (effects, persisted) = {
-            let mut repl = self.repl();
-            let effects = repl.on_local_write(&key, &*self.engine, now_ms());
-            (effects, self.persist_dirty(&mut repl))
+        let ticket = match self.repl().begin_local_write(key, request.quorum()) {
+            Ok(ticket) => ticket,
+            Err(e) => return Response::Error(ErrorReply::of(&e)),
         };
-        match persisted {
-            Ok(true) => {
-                // New hints (a replica down, or a sloppy-quorum write) are durable before the ack.
-                let durability = self.engine.durability();
-                if let Err(e) = durability.wait_durable(durability.written()).await {
-                    return error_reply(ErrorCode::Storage, e.to_string());
-                }
+        let applied = match self.engine.apply(key, write).await {
+            Ok(applied) => applied,
+            Err(reply) => {
+                self.repl().abort_local_write(ticket);
+                return Response::Error(reply);
             }
-            Ok(false) => {}
-            Err(e) => return error_reply(ErrorCode::Storage, e.to_string()),
+        };
+        let plan = self
+            .repl()
+            .on_local_write(ticket, key, &*self.engine, now_ms());
+        match self.replicate(plan).await {
+            Ok(()) => Response::from(applied),
+            Err(reply) => reply,
         }
-        let mut wait = None;
-        if quorum > 1 {
-            let seqs: Vec<u64> = effects
-                .iter()
-                .filter_map(|e| match e {
-                    Effect::Send {
-                        msg: PeerMessage::Replicate { seq, .. },
-                        ..
-                    } => Some(*seq),
-                    _ => None,
-                })
-                .collect();
+    }
+
+    /// Executes a write's plan: persists what it says (and waits for that to be durable if the
+    /// acknowledgement depends on it), sends, and waits for W − 1 replica acknowledgements.
+    async fn replicate(&self, plan: WritePlan) -> std::result::Result<(), Response> {
+        let WritePlan {
+            effects,
+            ack_after_durable,
+            replica_acks_needed,
+            replica_sends,
+        } = plan;
+        let wait = (replica_acks_needed > 0).then(|| {
             let (tx, rx) = oneshot::channel();
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut w = self.waiters();
-            for seq in &seqs {
-                w.acks.insert(*seq, id);
+            self.waiters()
+                .add_write(id, &replica_sends, replica_acks_needed, tx);
+            (id, rx)
+        });
+        let deferred = self
+            .execute(effects)
+            .map_err(|e| error_reply(ErrorCode::Storage, e.to_string()))?;
+        if ack_after_durable {
+            // New hints (a replica down, or a sloppy-quorum write) are durable before the ack.
+            let durability = self.engine.durability();
+            if let Err(e) = durability.wait_durable(durability.written()).await {
+                return Err(node_error_reply_response(&e));
             }
-            w.writes.insert(
-                id,
-                WriteWaiter {
-                    needed: quorum - 1,
-                    from: HashSet::new(),
-                    done: Some(tx),
-                },
-            );
-            wait = Some((id, seqs, rx));
         }
-        self.dispatch(effects);
-        let Some((id, seqs, rx)) = wait else {
-            return response;
+        self.send_when_durable(deferred).await;
+        let Some((id, rx)) = wait else {
+            return Ok(());
         };
         let reached = tokio::time::timeout(self.rpc_timeout, rx)
             .await
             .is_ok_and(|r| r.is_ok());
-        let acked = {
-            let mut w = self.waiters();
-            for seq in &seqs {
-                w.acks.remove(seq);
-            }
-            w.writes.remove(&id).map_or(0, |w| w.from.len())
-        };
+        let acked = self.waiters().remove_write(id, &replica_sends);
         if reached {
-            response
+            Ok(())
         } else {
-            error_reply(
+            Err(error_reply(
                 ErrorCode::Unavailable,
                 format!(
                     "write applied on this node and acknowledged by {acked} other replica(s); \
-                     W={quorum} not reached in time (it keeps replicating)"
+                     W={} not reached in time (it keeps replicating)",
+                    replica_acks_needed + 1
                 ),
-            )
+            ))
         }
     }
 
@@ -434,50 +489,24 @@ impl Cluster {
         let (keys, features, many) = match request {
             Request::Get { key, features, .. } => (vec![key], features, false),
             Request::GetMany { keys, features, .. } => (keys, features, true),
-            other => return self.engine.handle(other).await,
+            _ => return error_reply(ErrorCode::Internal, "not a read".into()),
         };
+        self.engine
+            .metrics()
+            .keys_read
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
         let local_only = quorum == 1 && {
             let placement = self.placement();
             keys.iter()
                 .all(|k| placement.replicas(k).contains(&self.me))
         };
-        if local_only {
-            let request = if many {
-                Request::GetMany {
-                    keys,
-                    features,
-                    quorum: 1,
-                }
-            } else {
-                let key = keys.into_iter().next().unwrap_or_default();
-                Request::Get {
-                    key,
-                    features,
-                    quorum: 1,
-                }
-            };
-            return self.engine.handle(request).await;
-        }
-        // Validate as the engine would, then read each key from enough replicas.
-        let check = if many {
-            Request::GetMany {
-                keys: keys.clone(),
-                features: features.clone(),
-                quorum: 1,
-            }
-        } else {
-            Request::Get {
-                key: keys.first().cloned().unwrap_or_default(),
-                features: features.clone(),
-                quorum: 1,
-            }
-        };
-        if let Err(e) = check.validate(self.engine.limits()) {
-            self.engine.metrics().count_error(e.code());
-            return error_reply(e.code(), e.to_string());
-        }
+        let now = now_ms();
         let mut views = Vec::with_capacity(keys.len());
         for key in &keys {
+            if local_only {
+                views.push(self.engine.view(key, now, features.as_deref()));
+                continue;
+            }
             match self.quorum_read(key, quorum).await {
                 Ok(state) => views.push(state.and_then(|p| p.view(now_ms(), features.as_deref()))),
                 Err(reply) => return reply,
@@ -532,15 +561,19 @@ impl Cluster {
             // Ask every other replica, use the first `remote_needed` answers.
             let effects = alive_first
                 .iter()
-                .map(|to| Effect::Send {
-                    to: to.clone(),
-                    msg: PeerMessage::ReadState {
-                        req,
-                        key: key.to_owned(),
-                    },
+                .map(|to| {
+                    Effect::send(
+                        to.clone(),
+                        PeerMessage::ReadState {
+                            req,
+                            key: key.to_owned(),
+                        },
+                    )
                 })
                 .collect();
-            self.dispatch(effects);
+            if let Err(error) = self.execute(effects) {
+                tracing::warn!(%key, %error, "quorum read: could not execute sends");
+            }
             let deadline = tokio::time::Instant::now() + self.rpc_timeout;
             let mut got = 0;
             while got < remote_needed {
@@ -584,7 +617,9 @@ impl Cluster {
                     effects.extend(self.repl().repair(node, key, m.clone(), now_ms()));
                 }
             }
-            self.dispatch(effects);
+            if let Err(error) = self.execute(effects) {
+                tracing::warn!(%key, %error, "read repair: could not execute sends");
+            }
         }
         Ok(merged)
     }
@@ -625,4 +660,8 @@ impl Cluster {
 
 fn error_reply(code: ErrorCode, message: String) -> Response {
     Response::Error(ErrorReply { code, message })
+}
+
+fn node_error_reply_response(e: &crate::Error) -> Response {
+    Response::Error(node_error_reply(e))
 }

@@ -50,7 +50,9 @@ pub struct ClusterConfig {
     pub bootstrap: bool,
     /// Replication settings (replication factor, timeouts, hint budget, anti-entropy interval, ...).
     pub replication: featurestore::replication::ReplicationConfig,
-    /// How often the replication state machine ticks, in ms.
+    /// The shortest interval between two ticks of the replication state machine, in ms. Ticks run when
+    /// the state machine says something is due (`Replication::next_deadline`), at most this often; this
+    /// also paces join/leave handoff batches.
     pub tick_ms: u64,
     /// Capacity of each peer's outbound queue (messages); beyond it messages are dropped and counted
     /// (the protocol recovers through hints and anti-entropy).

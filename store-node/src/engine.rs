@@ -22,13 +22,11 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use featurestore::codec::{decode_record, encode_record};
-use featurestore::profile::{FlagUpdate, GaugeUpdate, WriteOutcome};
-use featurestore::protocol::{ErrorReply, NodeStatus, PutAck};
-use featurestore::replication::record_hash;
-use featurestore::{
-    Clock, ErrorCode, Limits, Marker, NodeId, Profile, Request, Response, Timestamp,
-};
+use featurestore::profile::{apply, Applied, ProfileView, Write};
+use featurestore::replication::StoreError;
+use featurestore::wire::client::{ErrorReply, NodeStatus};
+use featurestore::wire::codec::{decode_record, encode_record, record_hash};
+use featurestore::{Clock, ErrorCode, Limits, NodeId, Profile};
 
 use crate::metrics::Metrics;
 use crate::storage::{Durability, Storage, WriteTicket};
@@ -53,32 +51,15 @@ struct Stored {
 
 type Shard = RwLock<HashMap<String, Stored>>;
 
-/// A failed request, before it becomes an error reply.
-#[derive(Debug)]
-struct Refusal {
-    code: ErrorCode,
-    message: String,
-}
-
-impl From<featurestore::Error> for Refusal {
-    fn from(e: featurestore::Error) -> Self {
-        Refusal {
-            code: e.code(),
+/// The typed reply for a node error: core validation errors keep their code, anything else is a storage
+/// failure (the write was not acknowledged and may or may not be applied).
+pub fn error_reply(e: &crate::Error) -> ErrorReply {
+    match e {
+        crate::Error::Core(core) => ErrorReply::of(core),
+        _ => ErrorReply {
+            code: ErrorCode::Storage,
             message: e.to_string(),
-        }
-    }
-}
-
-impl From<crate::Error> for Refusal {
-    fn from(e: crate::Error) -> Self {
-        let code = match &e {
-            crate::Error::Core(core) => core.code(),
-            _ => ErrorCode::Storage,
-        };
-        Refusal {
-            code,
-            message: e.to_string(),
-        }
+        },
     }
 }
 
@@ -185,141 +166,23 @@ impl Engine {
         self.clock.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Answers one request. Validation, limit and storage failures become [`Response::Error`].
-    pub async fn handle(&self, request: Request) -> Response {
-        Metrics::incr(&self.metrics.requests);
-        let is_write = request.is_write();
-        let result = match request.validate(&self.limits) {
-            Ok(()) => self.dispatch(request).await,
-            Err(e) => Err(Refusal::from(e)),
-        };
-        match result {
-            Ok(response) => {
-                if is_write {
-                    Metrics::incr(&self.metrics.writes_acknowledged);
-                }
-                response
-            }
-            Err(refusal) => {
-                self.metrics.count_error(refusal.code);
-                tracing::debug!(code = ?refusal.code, message = %refusal.message, "request refused");
-                Response::Error(ErrorReply {
-                    code: refusal.code,
-                    message: refusal.message,
-                })
-            }
-        }
+    /// Applies one client write to `key` (decided by the core's [`apply`]), stores it, publishes it, and
+    /// waits for durability as the policy requires. The request was validated at the edge.
+    pub async fn apply(&self, key: &str, write: Write<'_>) -> Result<Applied, ErrorReply> {
+        let now = now_ms();
+        self.write(key, |p| {
+            apply(p, write, &mut self.clock(), now, &self.limits)
+        })
+        .await
     }
 
-    async fn dispatch(&self, request: Request) -> Result<Response, Refusal> {
-        let now = now_ms();
-        match request {
-            Request::Get { key, features, .. } => {
-                Metrics::incr(&self.metrics.keys_read);
-                Ok(Response::Profile(self.read(&key, now, features.as_deref())))
-            }
-            Request::GetMany { keys, features, .. } => {
-                let views = keys
-                    .iter()
-                    .map(|k| self.read(k, now, features.as_deref()))
-                    .collect();
-                self.metrics
-                    .keys_read
-                    .fetch_add(keys.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                Ok(Response::Profiles(views))
-            }
-            Request::Put {
-                key,
-                gauges,
-                timestamp_ms,
-                ..
-            } => {
-                let marker = match timestamp_ms {
-                    None => self.clock().stamp(now),
-                    Some(t) => {
-                        let ts = Timestamp::from_millis(t);
-                        self.clock().observe(ts, now)?;
-                        Marker {
-                            ts,
-                            node: self.node.clone(),
-                        }
-                    }
-                };
-                let base = timestamp_ms.unwrap_or(now);
-                let updates: Vec<GaugeUpdate<'_>> = gauges
-                    .iter()
-                    .map(|g| GaugeUpdate {
-                        name: &g.name,
-                        value: &g.value,
-                        expires_at_ms: g.ttl_ms.map(|ttl| base.saturating_add(ttl)),
-                    })
-                    .collect();
-                let outcomes = self
-                    .write(&key, |p| p.put_gauges(&updates, &marker, &self.limits))
-                    .await?;
-                let superseded = gauges
-                    .iter()
-                    .zip(outcomes)
-                    .filter(|(_, o)| *o == WriteOutcome::Superseded)
-                    .map(|(g, _)| g.name.clone())
-                    .collect();
-                Ok(Response::Put(PutAck {
-                    version: marker,
-                    superseded,
-                }))
-            }
-            Request::Increment { key, deltas, .. } => {
-                let ts = self.clock().tick(now);
-                let pairs: Vec<(&str, i64)> =
-                    deltas.iter().map(|d| (d.name.as_str(), d.delta)).collect();
-                let values = self
-                    .write(&key, |p| p.increment(&pairs, &self.node, ts, &self.limits))
-                    .await?;
-                Ok(Response::Incremented(values))
-            }
-            Request::SetFlag {
-                key,
-                name,
-                value,
-                context,
-                ttl_ms,
-                ..
-            } => {
-                let marker = self.clock().stamp(now);
-                let update = FlagUpdate {
-                    name: &name,
-                    value,
-                    context: &context,
-                    marker,
-                    expires_at_ms: ttl_ms.map(|ttl| now.saturating_add(ttl)),
-                };
-                let view = self
-                    .write(&key, |p| {
-                        p.set_flag(update, now, &self.limits)?;
-                        Ok(p.flag_view(&name, now))
-                    })
-                    .await?;
-                Ok(Response::Flag(view))
-            }
-            Request::Erase { key, .. } => {
-                let watermark = self.clock().stamp(now);
-                let w = watermark.clone();
-                self.write(&key, move |p| {
-                    p.erase(w);
-                    Ok(())
-                })
-                .await?;
-                Ok(Response::Erased { watermark })
-            }
-            Request::Status => Ok(Response::Status(self.status())),
-            Request::Cluster
-            | Request::LocalState { .. }
-            | Request::Digests { .. }
-            | Request::Leave => Err(Refusal {
-                code: ErrorCode::Internal,
-                message: "cluster requests are answered by the cluster layer".into(),
-            }),
-        }
+    /// What a client sees of `key` at `now`, optionally only some features (served from memory).
+    pub fn view(&self, key: &str, now: u64, features: Option<&[String]>) -> Option<ProfileView> {
+        let shard = self
+            .shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.get(key).and_then(|s| s.profile.view(now, features))
     }
 
     /// The state of `key` held here.
@@ -381,26 +244,13 @@ impl Engine {
         Ok(ticket)
     }
 
-    fn read(
-        &self,
-        key: &str,
-        now: u64,
-        features: Option<&[String]>,
-    ) -> Option<featurestore::ProfileView> {
-        let shard = self
-            .shard(key)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        shard.get(key).and_then(|s| s.profile.view(now, features))
-    }
-
     /// Applies `change` to a copy of `key`'s profile, stores it, publishes it, and waits for durability as
     /// the policy requires.
     async fn write<T>(
         &self,
         key: &str,
         change: impl FnOnce(&mut Profile) -> featurestore::Result<T>,
-    ) -> Result<T, Refusal> {
+    ) -> Result<T, ErrorReply> {
         let (out, ticket) = {
             let mut shard = self
                 .shard(key)
@@ -410,13 +260,15 @@ impl Engine {
                 .get(key)
                 .map(|s| s.profile.clone())
                 .unwrap_or_default();
-            let out = change(&mut profile)?;
-            let ticket = self.store_locked(&mut shard, key, profile)?;
+            let out = change(&mut profile).map_err(|e| ErrorReply::of(&e))?;
+            let ticket = self
+                .store_locked(&mut shard, key, profile)
+                .map_err(|e| error_reply(&e))?;
             (out, ticket)
         };
         if let Err(e) = self.durability.wait_durable(ticket).await {
             tracing::error!(%key, error = %e, "write not durable, not acknowledged");
-            return Err(Refusal::from(e));
+            return Err(error_reply(&e));
         }
         Ok(out)
     }
@@ -426,28 +278,24 @@ impl Engine {
     pub fn sweep_expired(&self, now: u64) -> usize {
         let mut rewritten = 0;
         for shard in self.shards.iter() {
-            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
-            for (key, entry) in shard.iter_mut() {
-                if !entry.profile.has_expired(now) {
+            // Find the expired entries under a read lock; rewrite each under a short write lock.
+            let due: Vec<String> = shard
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .filter(|(_, entry)| entry.profile.has_expired(now))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in due {
+                let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+                let Some(mut copy) = shard.get(&key).map(|s| s.profile.clone()) else {
+                    continue;
+                };
+                if !copy.expire(now) {
                     continue;
                 }
-                let mut copy = entry.profile.clone();
-                copy.expire(now);
-                let stored = encode_record(&copy)
-                    .map_err(crate::Error::from)
-                    .and_then(|r| {
-                        self.storage.put(key.as_bytes(), &r)?;
-                        Ok(record_hash(&r))
-                    });
-                match stored {
-                    Ok(hash) => {
-                        *entry = Stored {
-                            profile: copy,
-                            hash,
-                        };
-                        let _ticket = self.durability.written();
-                        rewritten += 1;
-                    }
+                match self.store_locked(&mut shard, &key, copy) {
+                    Ok(_ticket) => rewritten += 1,
                     Err(e) => tracing::warn!(%key, error = %e, "expiry sweep could not store"),
                 }
             }
@@ -493,10 +341,8 @@ impl featurestore::replication::LocalStore for Engine {
         Engine::state(self, key)
     }
 
-    fn merge_remote(&self, key: &str, state: &Profile) -> Result<(), String> {
-        self.merge_state(key, state)
-            .map(drop)
-            .map_err(|e| e.to_string())
+    fn merge_remote(&self, key: &str, state: &Profile) -> Result<(), StoreError> {
+        self.merge_state(key, state).map(drop).map_err(Into::into)
     }
 
     fn for_each_key(&self, f: &mut dyn FnMut(&str, u64)) {
@@ -508,7 +354,7 @@ impl featurestore::replication::LocalStore for Engine {
         }
     }
 
-    fn remove_if_unchanged(&self, key: &str, expected: u64) -> Result<bool, String> {
+    fn remove_if_unchanged(&self, key: &str, expected: u64) -> Result<bool, StoreError> {
         let mut shard = self
             .shard(key)
             .write()
@@ -517,9 +363,7 @@ impl featurestore::replication::LocalStore for Engine {
         if !unchanged {
             return Ok(false);
         }
-        self.storage
-            .remove(key.as_bytes())
-            .map_err(|e| e.to_string())?;
+        self.storage.remove(key.as_bytes())?;
         let _ticket = self.durability.written();
         shard.remove(key);
         Ok(true)

@@ -83,17 +83,19 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
     let ticker = {
         let cluster = cluster.clone();
         let shutdown = shutdown.clone();
-        let every = Duration::from_millis(config.cluster.tick_ms);
+        // The shortest interval between two ticks; when they run is decided by the core's next deadline.
+        let pace_ms = config.cluster.tick_ms;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut next = now_ms();
             loop {
+                let wait = Duration::from_millis(next.saturating_sub(now_ms()).max(pace_ms));
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    _ = tick.tick() => {
+                    () = tokio::time::sleep(wait) => {
                         let cluster = cluster.clone();
-                        if tokio::task::spawn_blocking(move || cluster.tick()).await.is_err() {
-                            tracing::error!("replication tick panicked");
+                        match tokio::task::spawn_blocking(move || cluster.tick()).await {
+                            Ok(deadline) => next = deadline,
+                            Err(_) => tracing::error!("replication tick panicked"),
                         }
                     }
                 }

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use featurestore::codec::{decode_peer, encode_frame, parse_header, FRAME_HEADER_BYTES};
 use featurestore::limits::FRAME_BYTES_CEILING;
-use featurestore::replication::PeerMessage;
+use featurestore::wire::codec::{decode_peer, encode_frame, parse_header, FRAME_HEADER_BYTES};
+use featurestore::wire::peer::PeerMessage;
 use featurestore::NodeId;
 use tokio::sync::mpsc;
 

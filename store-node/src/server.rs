@@ -16,8 +16,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use featurestore::codec::{decode_request, encode_response, parse_header, FRAME_HEADER_BYTES};
-use featurestore::protocol::ErrorReply;
+use featurestore::wire::client::ErrorReply;
+use featurestore::wire::codec::{
+    decode_request, encode_response, parse_header, FRAME_HEADER_BYTES,
+};
 use featurestore::{ErrorCode, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -245,7 +247,7 @@ async fn handle_stream(
             return;
         }
         Ok(Err(ReadFailure::Frame(error))) => {
-            let code = error.code();
+            let code = ErrorCode::from(&error);
             metrics.count_error(code);
             tracing::warn!(peer = %peer.addr, client = %peer.client, %error, "bad frame");
             // Tell the peer to stop sending the rest of an oversized or broken frame.

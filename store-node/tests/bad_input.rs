@@ -4,12 +4,12 @@
 
 mod common;
 
-use featurestore::codec::{decode_response, encode_request, split_frame};
 use featurestore::limits::FRAME_BYTES_CEILING;
+use featurestore::wire::codec::{decode_response, encode_request, split_frame};
 use featurestore::{ErrorCode, Request, Response, Value};
 use store_client::{Client, ClientConfig};
 
-fn counter(status: &featurestore::protocol::NodeStatus, name: &str) -> u64 {
+fn counter(status: &featurestore::wire::client::NodeStatus, name: &str) -> u64 {
     status
         .counters
         .iter()

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use featurestore::membership::MemberState;
+use featurestore::cluster::membership::MemberState;
 use featurestore::{NodeId, Value};
 use store_client::Client;
 

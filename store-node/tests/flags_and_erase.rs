@@ -3,7 +3,7 @@
 
 mod common;
 
-use featurestore::protocol::GaugeWrite;
+use featurestore::wire::client::GaugeWrite;
 use featurestore::{CausalContext, FeatureView, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The client protocol: requests, responses and typed error replies.
 //!
 //! One request and one response travel on their own QUIC bidirectional stream, each as one frame (see
-//! [`codec`](crate::codec) for the framing and the encoding). This module only defines the messages and
+//! [`codec`](crate::wire::codec) for the framing and the encoding). This module only defines the messages and
 //! their validation against [`Limits`]; it does no I/O.
 //!
 //! Compatibility: the frame carries [`PROTOCOL_VERSION`]; a node answers a frame of another version with
@@ -10,14 +10,14 @@
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
-use crate::detector::Liveness;
-use crate::error::Result;
-use crate::flag::CausalContext;
+use crate::cluster::detector::Liveness;
+use crate::cluster::membership::{MemberState, MembershipTable};
+use crate::crdt::flag::CausalContext;
+use crate::error::{Error, Result};
 use crate::hlc::{Marker, NodeId};
 use crate::limits::Limits;
-use crate::membership::{MemberState, MembershipTable};
-use crate::profile::{FlagView, Profile, ProfileView};
-use crate::value::Value;
+use crate::profile::{Applied, FlagView, Profile, ProfileView, Write};
+pub use crate::profile::{CounterDelta, GaugeWrite};
 
 /// The protocol version carried in every frame header.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -107,26 +107,6 @@ pub enum Request {
     Leave,
 }
 
-/// One gauge write.
-#[derive(Debug, Clone, PartialEq, Encode, Decode)]
-pub struct GaugeWrite {
-    /// Feature name.
-    pub name: String,
-    /// New value.
-    pub value: Value,
-    /// Time to live in milliseconds.
-    pub ttl_ms: Option<u64>,
-}
-
-/// One counter delta.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub struct CounterDelta {
-    /// Feature name.
-    pub name: String,
-    /// Amount to add (negative to subtract).
-    pub delta: i64,
-}
-
 impl Request {
     /// Validates every key, name, value and batch size against `limits`.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
@@ -204,6 +184,44 @@ impl Request {
         usize::from(q.max(1))
     }
 
+    /// The entity write this request asks for, with its key, if it is one (`Put`, `Increment`,
+    /// `SetFlag`, `Erase`): what [`profile::apply`](crate::profile::apply) decides.
+    pub fn write(&self) -> Option<(&str, Write<'_>)> {
+        match self {
+            Request::Put {
+                key,
+                gauges,
+                timestamp_ms,
+                ..
+            } => Some((
+                key,
+                Write::Put {
+                    gauges,
+                    timestamp_ms: *timestamp_ms,
+                },
+            )),
+            Request::Increment { key, deltas, .. } => Some((key, Write::Increment { deltas })),
+            Request::SetFlag {
+                key,
+                name,
+                value,
+                context,
+                ttl_ms,
+                ..
+            } => Some((
+                key,
+                Write::SetFlag {
+                    name,
+                    value: *value,
+                    context,
+                    ttl_ms: *ttl_ms,
+                },
+            )),
+            Request::Erase { key, .. } => Some((key, Write::Erase)),
+            _ => None,
+        }
+    }
+
     /// Whether the request changes data.
     pub fn is_write(&self) -> bool {
         matches!(
@@ -246,6 +264,43 @@ pub enum Response {
     Leaving,
     /// The request was refused or failed.
     Error(ErrorReply),
+}
+
+impl From<Applied> for Response {
+    fn from(applied: Applied) -> Response {
+        match applied {
+            Applied::Put {
+                version,
+                superseded,
+            } => Response::Put(PutAck {
+                version,
+                superseded,
+            }),
+            Applied::Incremented { values, .. } => Response::Incremented(values),
+            Applied::Flag { view, .. } => Response::Flag(view),
+            Applied::Erased { watermark } => Response::Erased { watermark },
+        }
+    }
+}
+
+impl Response {
+    /// The variant's name, for errors and logs (`"Profile"`, `"Put"`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Profile(_) => "Profile",
+            Response::Profiles(_) => "Profiles",
+            Response::Put(_) => "Put",
+            Response::Incremented(_) => "Incremented",
+            Response::Flag(_) => "Flag",
+            Response::Erased { .. } => "Erased",
+            Response::Status(_) => "Status",
+            Response::Cluster(_) => "Cluster",
+            Response::LocalState(_) => "LocalState",
+            Response::Digests(_) => "Digests",
+            Response::Leaving => "Leaving",
+            Response::Error(_) => "Error",
+        }
+    }
 }
 
 /// Acknowledgement of a gauge write.
@@ -293,6 +348,48 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or unexpected condition on the node.
     Internal,
+}
+
+impl From<&Error> for ErrorCode {
+    /// The stable wire code of a core error (the mapping lives with the protocol, so the core's error type
+    /// does not depend on the wire).
+    fn from(error: &Error) -> ErrorCode {
+        match error {
+            Error::EmptyKey
+            | Error::InvalidFeatureName { .. }
+            | Error::NonFiniteValue { .. }
+            | Error::EmptyBatch { .. }
+            | Error::InvalidContext { .. }
+            | Error::InvalidMarker { .. }
+            | Error::InvalidNodeId { .. }
+            | Error::InvalidLimit { .. }
+            | Error::QuorumTooLarge { .. } => ErrorCode::InvalidRequest,
+            Error::NodeLeft => ErrorCode::Unavailable,
+            Error::KeyTooLong { .. }
+            | Error::FeatureNameTooLong { .. }
+            | Error::ValueTooLarge { .. }
+            | Error::TooManyFeatures { .. }
+            | Error::BatchTooLarge { .. } => ErrorCode::LimitExceeded,
+            Error::TooManySiblings { .. } => ErrorCode::TooManySiblings,
+            Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            Error::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            Error::Malformed { .. } => ErrorCode::MalformedFrame,
+            Error::Encode(_) => ErrorCode::Internal,
+            Error::ClockSkew { .. } => ErrorCode::ClockSkew,
+            Error::KindMismatch { .. } => ErrorCode::KindMismatch,
+            Error::CounterOverflow { .. } => ErrorCode::CounterOverflow,
+        }
+    }
+}
+
+impl ErrorReply {
+    /// The typed reply for a core error.
+    pub fn of(error: &Error) -> ErrorReply {
+        ErrorReply {
+            code: ErrorCode::from(error),
+            message: error.to_string(),
+        }
+    }
 }
 
 /// What a ring-aware client needs to route: the membership table and the ring parameters.

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::crdt::{FeatureKind, Lattice};
 use crate::hlc::{Marker, NodeId, Timestamp};
 
 /// One node's contribution to a counter.
@@ -72,9 +73,12 @@ impl Counter {
         slot.last = slot.last.max(ts);
         Some(())
     }
+}
 
-    /// Merges `other` into `self`. Returns true if `self` changed.
-    pub fn merge(&mut self, other: &Counter) -> bool {
+impl Lattice for Counter {
+    const KIND: FeatureKind = FeatureKind::Counter;
+
+    fn merge(&mut self, other: &Counter) -> bool {
         let mut changed = false;
         for (node, theirs) in &other.slots {
             match self.slots.get_mut(node) {
@@ -104,18 +108,18 @@ impl Counter {
         changed
     }
 
-    /// Drops every slot that began at or below `watermark`.
-    pub fn erase_below(&mut self, watermark: &Marker) {
+    /// Drops every slot that began at or below `watermark`; a counter without slots is dropped.
+    fn retain_above(&mut self, watermark: &Marker) -> bool {
         self.slots.retain(|node, slot| {
             Marker {
                 ts: slot.first,
                 node: node.clone(),
             } > *watermark
         });
+        !self.slots.is_empty()
     }
 
-    /// The greatest timestamp in the counter.
-    pub fn max_timestamp(&self) -> Option<Timestamp> {
+    fn max_timestamp(&self) -> Option<Timestamp> {
         self.slots.values().map(|s| s.last).max()
     }
 }

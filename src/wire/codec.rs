@@ -22,9 +22,11 @@
 use bincode::config::{self, Configuration, LittleEndian, Varint};
 use bincode::{Decode, Encode};
 
+use crate::cluster::ring::ring_hash;
 use crate::error::{Error, Result};
 use crate::profile::Profile;
-use crate::protocol::{Request, Response, PROTOCOL_VERSION};
+use crate::wire::client::{Request, Response, PROTOCOL_VERSION};
+use crate::wire::peer::PeerMessage;
 
 /// Bytes in a frame header: the version byte and the big-endian `u32` payload length.
 pub const FRAME_HEADER_BYTES: usize = 5;
@@ -164,7 +166,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Profile> {
 }
 
 /// Decodes a peer message payload (the bytes after the frame header).
-pub fn decode_peer(payload: &[u8]) -> Result<crate::replication::PeerMessage> {
+pub fn decode_peer(payload: &[u8]) -> Result<PeerMessage> {
     decode_exact(payload, "peer message")
 }
 
@@ -193,6 +195,20 @@ pub fn decode_versioned<T: Decode<()>>(bytes: &[u8], what: &'static str) -> Resu
 
 /// A counting global allocator for the tests of this crate: measures the peak bytes allocated by the
 /// current thread inside [`alloc_probe::measure`]. Other threads are not counted.
+/// The digest of a profile's state (anti-entropy compares these): equal states (after merge) have equal hashes, because the encoding is
+/// canonical (ordered maps, siblings sorted by dot).
+pub fn state_hash(profile: &Profile) -> u64 {
+    encode_record(profile).map_or(0, |bytes| record_hash(&bytes))
+}
+
+/// [`state_hash`] of a profile from its stored record (the output of [`encode_record`]), so a node
+/// that has just encoded a record gets the hash without encoding again.
+pub fn record_hash(record: &[u8]) -> u64 {
+    // The ring's pinned hash (FNV-1a + fmix64): stable across builds and platforms, which a digest that
+    // two nodes compare must be.
+    ring_hash(record)
+}
+
 #[cfg(test)]
 #[allow(unsafe_code)]
 mod alloc_probe {
@@ -257,8 +273,8 @@ mod alloc_probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::GaugeWrite;
-    use crate::value::Value;
+    use crate::crdt::value::Value;
+    use crate::wire::client::GaugeWrite;
     use proptest::prelude::*;
 
     fn sample() -> Request {

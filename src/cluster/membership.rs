@@ -21,8 +21,8 @@ use std::fmt;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::ring::Ring;
 use crate::hlc::NodeId;
-use crate::ring::Ring;
 
 /// A member's place in the cluster lifecycle.
 #[derive(

@@ -16,15 +16,17 @@ use std::cmp::Ordering;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
-use crate::hlc::Marker;
-use crate::value::Value;
+use crate::crdt::value::Value;
+use crate::crdt::{FeatureKind, Lattice};
+use crate::hlc::{Marker, Timestamp};
 
 /// A last-writer-wins register.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
 pub struct GaugeRegister {
     /// The version of the current value.
     pub marker: Marker,
-    /// The value, or `None` once it expired (a tombstone that still carries its marker).
+    /// The value, or `None` once it expired (a tombstone that still carries its marker and the expiry that
+    /// made it: expiry commutes with merge only because a tombstone always has `expires_at_ms`).
     pub value: Option<Value>,
     /// Wall-clock milliseconds at which the value expires, if it has a TTL.
     pub expires_at_ms: Option<u64>,
@@ -40,27 +42,19 @@ impl GaugeRegister {
         }
     }
 
-    /// The lattice order: marker first; on equal markers a tombstone beats a live value, then the later
-    /// expiry, then the greater value.
+    /// The lattice order: marker first; on equal markers (the same write, or two event-time writes of one
+    /// node at the same instant) the later expiry, then a tombstone over a live value, then the greater
+    /// value. Expiry first is what makes expiry commute with merge: expiring a state never moves it past
+    /// one with a later expiry.
     fn lattice_cmp(&self, other: &GaugeRegister) -> Ordering {
         self.marker
             .cmp(&other.marker)
-            .then_with(|| other.value.is_some().cmp(&self.value.is_some()))
             .then_with(|| self.expires_at_ms.cmp(&other.expires_at_ms))
+            .then_with(|| other.value.is_some().cmp(&self.value.is_some()))
             .then_with(|| match (&self.value, &other.value) {
                 (Some(a), Some(b)) => a.total_cmp(b),
                 _ => Ordering::Equal,
             })
-    }
-
-    /// Merges `other` into `self`. Returns true if `self` changed.
-    pub fn merge(&mut self, other: &GaugeRegister) -> bool {
-        if other.lattice_cmp(self) == Ordering::Greater {
-            *self = other.clone();
-            true
-        } else {
-            false
-        }
     }
 
     /// The value if it is present and not expired at `now_ms`.
@@ -70,10 +64,36 @@ impl GaugeRegister {
             _ => self.value.as_ref(),
         }
     }
+}
 
-    /// Turns an expired value into a tombstone. Returns true if it did.
-    pub fn expire(&mut self, now_ms: u64) -> bool {
-        if self.value.is_some() && self.expires_at_ms.is_some_and(|at| at <= now_ms) {
+impl Lattice for GaugeRegister {
+    const KIND: FeatureKind = FeatureKind::Gauge;
+
+    fn merge(&mut self, other: &GaugeRegister) -> bool {
+        if other.lattice_cmp(self) == Ordering::Greater {
+            *self = other.clone();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A gauge written at or below the watermark is dropped whole.
+    fn retain_above(&mut self, watermark: &Marker) -> bool {
+        self.marker > *watermark
+    }
+
+    fn max_timestamp(&self) -> Option<Timestamp> {
+        Some(self.marker.ts)
+    }
+
+    fn has_expired(&self, now_ms: u64) -> bool {
+        self.value.is_some() && self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// Turns an expired value into a tombstone that keeps its marker.
+    fn expire(&mut self, now_ms: u64) -> bool {
+        if self.has_expired(now_ms) {
             self.value = None;
             true
         } else {

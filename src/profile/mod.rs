@@ -1,6 +1,9 @@
-//! `Profile`: every feature of one entity, with one merge, and the read view clients get.
+//! `Profile`: every feature of one entity, with one merge; the read [`view`] clients get; and [`apply`],
+//! the core's decision of a client write.
 //!
-//! A profile is three maps — gauges, counters, flags — plus the entity's erasure watermark.
+//! A profile is one map per feature kind plus the entity's erasure watermark. The maps are handled only
+//! through the [`Lattice`] trait (see [`Profile::maps`]), so merge, erasure, expiry and clock recovery are
+//! written once for every kind.
 //!
 //! Guarantees:
 //! - [`Profile::merge`] is the join of the per-feature lattices followed by dropping everything at or below
@@ -8,7 +11,7 @@
 //!   states produced by random writes, erasures and partial syncs between three replicas).
 //! - Local writes validate everything first and then apply, so a refused multi-feature write changes nothing.
 //! - A feature name belongs to one kind per entity: a local write of another kind is refused with
-//!   [`Error::KindMismatch`]. The three maps are independent lattices, so if two replicas concurrently
+//!   [`Error::KindMismatch`]. The maps are independent lattices, so if two replicas concurrently
 //!   create the same name with different kinds, both survive the merge; reads then show the flag over the
 //!   counter over the gauge (a fixed precedence, so every replica shows the same thing).
 //! - Erasure: once a watermark is set, every gauge, counter slot and flag sibling at or below it is dropped
@@ -16,41 +19,25 @@
 //!
 //! The profile never reads the clock: callers pass timestamps and `now_ms`.
 
+pub mod apply;
+pub mod view;
+
 use std::collections::BTreeMap;
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
-use crate::counter::Counter;
+pub use apply::{apply, Applied, CounterDelta, GaugeWrite, Write};
+pub use view::{FeatureView, FlagValue, FlagView, ProfileView};
+
+use crate::crdt::counter::Counter;
+use crate::crdt::flag::{CausalContext, FlagRegister, FlagWrite};
+use crate::crdt::gauge::GaugeRegister;
+use crate::crdt::value::Value;
+use crate::crdt::{FeatureKind, Lattice};
 use crate::error::{truncate_for_error, Error, Result};
-use crate::flag::{CausalContext, FlagRegister, FlagWrite};
-use crate::gauge::GaugeRegister;
 use crate::hlc::{Marker, NodeId, Timestamp};
 use crate::limits::Limits;
-use crate::value::Value;
-
-/// The kind of a feature; it decides the merge rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FeatureKind {
-    /// Last-writer-wins register.
-    Gauge,
-    /// PN counter.
-    Counter,
-    /// Multi-value register with dotted version vectors.
-    Flag,
-}
-
-impl FeatureKind {
-    /// The kind's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FeatureKind::Gauge => "gauge",
-            FeatureKind::Counter => "counter",
-            FeatureKind::Flag => "flag",
-        }
-    }
-}
 
 /// All features of one entity.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Encode, Decode)]
@@ -63,6 +50,68 @@ pub struct Profile {
     pub flags: BTreeMap<String, FlagRegister>,
     /// The erasure watermark: everything at or below it is gone.
     pub erased_at: Option<Marker>,
+}
+
+/// One kind's map of features, seen through its [`Lattice`]: what the profile does to every kind alike.
+pub trait FeatureMap {
+    /// The kind of the features in the map.
+    fn kind(&self) -> FeatureKind;
+    /// Number of features.
+    fn len(&self) -> usize;
+    /// Whether there is no feature.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Whether `name` is a feature of this kind.
+    fn contains(&self, name: &str) -> bool;
+    /// Applies the erasure watermark to every feature, dropping those with nothing left to keep.
+    fn retain_above(&mut self, watermark: &Marker);
+    /// The greatest timestamp of any feature.
+    fn max_timestamp(&self) -> Option<Timestamp>;
+    /// Whether expiry at `now_ms` would change any feature.
+    fn has_expired(&self, now_ms: u64) -> bool;
+    /// Applies expiry at `now_ms` to every feature; true if any changed.
+    fn expire(&mut self, now_ms: u64) -> bool;
+}
+
+impl<L: Lattice> FeatureMap for BTreeMap<String, L> {
+    fn kind(&self) -> FeatureKind {
+        L::KIND
+    }
+    fn len(&self) -> usize {
+        BTreeMap::len(self)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.contains_key(name)
+    }
+    fn retain_above(&mut self, watermark: &Marker) {
+        self.retain(|_, f| f.retain_above(watermark));
+    }
+    fn max_timestamp(&self) -> Option<Timestamp> {
+        self.values().filter_map(Lattice::max_timestamp).max()
+    }
+    fn has_expired(&self, now_ms: u64) -> bool {
+        self.values().any(|f| f.has_expired(now_ms))
+    }
+    fn expire(&mut self, now_ms: u64) -> bool {
+        self.values_mut()
+            .fold(false, |changed, f| f.expire(now_ms) | changed)
+    }
+}
+
+/// Joins `theirs` into `ours`, feature by feature. Returns true if `ours` changed.
+fn merge_map<L: Lattice>(ours: &mut BTreeMap<String, L>, theirs: &BTreeMap<String, L>) -> bool {
+    let mut changed = false;
+    for (name, f) in theirs {
+        match ours.get_mut(name) {
+            Some(mine) => changed |= mine.merge(f),
+            None => {
+                ours.insert(name.clone(), f.clone());
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 /// A gauge write inside a [`Profile::put_gauges`] call.
@@ -102,9 +151,20 @@ pub enum WriteOutcome {
 }
 
 impl Profile {
+    /// Every kind's map, in the fixed kind order (gauge, counter, flag). The one list of the kinds a
+    /// profile holds, with [`Profile::maps_mut`] and [`Profile::merge`].
+    pub fn maps(&self) -> [&dyn FeatureMap; 3] {
+        [&self.gauges, &self.counters, &self.flags]
+    }
+
+    /// Every kind's map, mutable.
+    pub fn maps_mut(&mut self) -> [&mut dyn FeatureMap; 3] {
+        [&mut self.gauges, &mut self.counters, &mut self.flags]
+    }
+
     /// Number of distinct feature entries (all kinds).
     pub fn feature_count(&self) -> usize {
-        self.gauges.len() + self.counters.len() + self.flags.len()
+        self.maps().iter().map(|m| m.len()).sum()
     }
 
     /// Whether the profile holds nothing at all (no features and no watermark).
@@ -113,15 +173,10 @@ impl Profile {
     }
 
     fn kind_of(&self, name: &str) -> Option<FeatureKind> {
-        if self.gauges.contains_key(name) {
-            Some(FeatureKind::Gauge)
-        } else if self.counters.contains_key(name) {
-            Some(FeatureKind::Counter)
-        } else if self.flags.contains_key(name) {
-            Some(FeatureKind::Flag)
-        } else {
-            None
-        }
+        self.maps()
+            .iter()
+            .find(|m| m.contains(name))
+            .map(|m| m.kind())
     }
 
     /// Checks kinds and the feature count for a write of `kind` to `names`.
@@ -165,12 +220,12 @@ impl Profile {
         limits: &Limits,
     ) -> Result<Vec<WriteOutcome>> {
         self.check_write(updates.iter().map(|u| u.name), FeatureKind::Gauge, limits)?;
+        if self.is_erased(marker) {
+            // Erased after this write was stamped: every update is superseded.
+            return Ok(vec![WriteOutcome::Superseded; updates.len()]);
+        }
         let mut outcomes = Vec::with_capacity(updates.len());
         for u in updates {
-            if self.is_erased(marker) {
-                outcomes.push(WriteOutcome::Superseded);
-                continue;
-            }
             let incoming = GaugeRegister::new(marker.clone(), u.value.clone(), u.expires_at_ms);
             let outcome = match self.gauges.get_mut(u.name) {
                 Some(reg) => {
@@ -260,47 +315,17 @@ impl Profile {
         let Some(w) = self.erased_at.clone() else {
             return;
         };
-        self.gauges.retain(|_, g| g.marker > w);
-        for c in self.counters.values_mut() {
-            c.erase_below(&w);
-        }
-        self.counters.retain(|_, c| !c.slots.is_empty());
-        for f in self.flags.values_mut() {
-            f.erase_below(&w);
+        for map in self.maps_mut() {
+            map.retain_above(&w);
         }
     }
 
     /// Merges another replica's state into this one. Returns true if `self` changed.
     pub fn merge(&mut self, other: &Profile) -> bool {
         let before_watermark = self.erased_at.clone();
-        let mut changed = false;
-        for (name, g) in &other.gauges {
-            match self.gauges.get_mut(name) {
-                Some(ours) => changed |= ours.merge(g),
-                None => {
-                    self.gauges.insert(name.clone(), g.clone());
-                    changed = true;
-                }
-            }
-        }
-        for (name, c) in &other.counters {
-            match self.counters.get_mut(name) {
-                Some(ours) => changed |= ours.merge(c),
-                None => {
-                    self.counters.insert(name.clone(), c.clone());
-                    changed = true;
-                }
-            }
-        }
-        for (name, f) in &other.flags {
-            match self.flags.get_mut(name) {
-                Some(ours) => changed |= ours.merge(f),
-                None => {
-                    self.flags.insert(name.clone(), f.clone());
-                    changed = true;
-                }
-            }
-        }
+        let mut changed = merge_map(&mut self.gauges, &other.gauges);
+        changed |= merge_map(&mut self.counters, &other.counters);
+        changed |= merge_map(&mut self.flags, &other.flags);
         if let Some(w) = &other.erased_at {
             if self.erased_at.as_ref().is_none_or(|ours| w > ours) {
                 self.erased_at = Some(w.clone());
@@ -316,144 +341,21 @@ impl Profile {
 
     /// Whether [`Profile::expire`] at `now_ms` would change anything (cheap: no copy).
     pub fn has_expired(&self, now_ms: u64) -> bool {
-        let due = |at: Option<u64>| at.is_some_and(|at| at <= now_ms);
-        self.gauges
-            .values()
-            .any(|g| g.value.is_some() && due(g.expires_at_ms))
-            || self
-                .flags
-                .values()
-                .any(|f| f.siblings.iter().any(|s| due(s.expires_at_ms)))
+        self.maps().iter().any(|m| m.has_expired(now_ms))
     }
 
-    /// Turns expired gauges into tombstones and drops expired flag siblings. Returns true if anything
-    /// changed (the caller may then persist the smaller state).
+    /// Applies expiry to every feature (expired gauges become tombstones, expired flag siblings go).
+    /// Returns true if anything changed (the caller may then persist the smaller state).
     pub fn expire(&mut self, now_ms: u64) -> bool {
-        let mut changed = false;
-        for g in self.gauges.values_mut() {
-            changed |= g.expire(now_ms);
-        }
-        for f in self.flags.values_mut() {
-            changed |= f.expire(now_ms);
-        }
-        changed
+        self.maps_mut()
+            .into_iter()
+            .fold(false, |changed, m| m.expire(now_ms) | changed)
     }
 
     /// The greatest timestamp anywhere in the profile (used to recover the clock at startup).
     pub fn max_timestamp(&self) -> Option<Timestamp> {
-        let gauges = self.gauges.values().map(|g| g.marker.ts);
-        let counters = self.counters.values().filter_map(Counter::max_timestamp);
-        let flags = self.flags.values().filter_map(FlagRegister::max_timestamp);
-        let erased = self.erased_at.iter().map(|w| w.ts);
-        gauges.chain(counters).chain(flags).chain(erased).max()
-    }
-
-    /// What a client sees at `now_ms`: the visible features, optionally only those named in `projection`.
-    /// `None` if no feature is visible (never written, erased, or all expired).
-    pub fn view(&self, now_ms: u64, projection: Option<&[String]>) -> Option<ProfileView> {
-        let wanted = |name: &str| projection.is_none_or(|p| p.iter().any(|n| n == name));
-        let mut features = BTreeMap::new();
-        for (name, g) in self.gauges.iter().filter(|(n, _)| wanted(n)) {
-            if let Some(value) = g.visible(now_ms) {
-                features.insert(
-                    name.clone(),
-                    FeatureView::Gauge {
-                        value: value.clone(),
-                        version: g.marker.clone(),
-                        expires_at_ms: g.expires_at_ms,
-                    },
-                );
-            }
-        }
-        for (name, c) in self.counters.iter().filter(|(n, _)| wanted(n)) {
-            features.insert(name.clone(), FeatureView::Counter { value: c.value() });
-        }
-        for (name, f) in self.flags.iter().filter(|(n, _)| wanted(n)) {
-            if let Some(view) = FlagView::of(f, now_ms) {
-                features.insert(name.clone(), FeatureView::Flag(view));
-            }
-        }
-        if features.is_empty() {
-            None
-        } else {
-            Some(ProfileView { features })
-        }
-    }
-
-    /// The client view of one flag (empty values if it has none visible).
-    pub fn flag_view(&self, name: &str, now_ms: u64) -> FlagView {
-        self.flags
-            .get(name)
-            .and_then(|f| FlagView::of(f, now_ms))
-            .unwrap_or_default()
-    }
-}
-
-/// What a client sees of one entity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
-pub struct ProfileView {
-    /// Visible features by name.
-    pub features: BTreeMap<String, FeatureView>,
-}
-
-/// What a client sees of one feature.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum FeatureView {
-    /// A gauge's current value and its version.
-    Gauge {
-        /// The value.
-        value: Value,
-        /// The `(hlc, node)` marker of the write that set it.
-        version: Marker,
-        /// When it expires, if it has a TTL.
-        expires_at_ms: Option<u64>,
-    },
-    /// A counter's current value.
-    Counter {
-        /// The sum of all increments.
-        value: i64,
-    },
-    /// A flag's concurrent values and the context to write back.
-    Flag(FlagView),
-}
-
-/// What a client sees of one flag: every concurrent value, and the causal context that a write must carry
-/// to replace them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
-pub struct FlagView {
-    /// The siblings, in dot order. One entry when there is no conflict.
-    pub values: Vec<FlagValue>,
-    /// The context to send with the next write of this flag.
-    pub context: CausalContext,
-}
-
-/// One sibling as a client sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
-pub struct FlagValue {
-    /// The value.
-    pub value: bool,
-    /// When and where it was written.
-    pub version: Marker,
-}
-
-impl FlagView {
-    fn of(reg: &FlagRegister, now_ms: u64) -> Option<FlagView> {
-        let values: Vec<FlagValue> = reg
-            .visible(now_ms)
-            .map(|s| FlagValue {
-                value: s.value,
-                version: s.marker.clone(),
-            })
-            .collect();
-        if values.is_empty() {
-            None
-        } else {
-            Some(FlagView {
-                values,
-                context: reg.clock.clone(),
-            })
-        }
+        let features = self.maps().into_iter().filter_map(|m| m.max_timestamp());
+        features.chain(self.erased_at.iter().map(|w| w.ts)).max()
     }
 }
 
@@ -653,7 +555,7 @@ mod tests {
             if let Some(w) = &all.erased_at {
                 prop_assert!(all.gauges.values().all(|g| g.marker > *w));
                 prop_assert!(all.flags.values().flat_map(|f| &f.siblings).all(|s| s.marker > *w));
-                let above = |(n, s): (&NodeId, &crate::counter::CounterSlot)| {
+                let above = |(n, s): (&NodeId, &crate::crdt::counter::CounterSlot)| {
                     Marker { ts: s.first, node: n.clone() } > *w
                 };
                 prop_assert!(all.counters.values().flat_map(|c| c.slots.iter()).all(above));

@@ -34,8 +34,9 @@ use bincode::{BorrowDecode, Decode, Encode};
 use crdts::{CmRDT, CvRDT, VClock};
 use serde::{Deserialize, Serialize};
 
+use crate::crdt::{FeatureKind, Lattice};
 use crate::error::{truncate_for_error, Error, Result};
-use crate::hlc::{Marker, NodeId};
+use crate::hlc::{Marker, NodeId, Timestamp};
 
 /// A causal context: the version vector a client got from a read and sends back with its next flag write.
 ///
@@ -229,8 +230,16 @@ impl FlagRegister {
         Ok(())
     }
 
-    /// Merges `other` into `self`. Returns true if `self` changed.
-    pub fn merge(&mut self, other: &FlagRegister) -> bool {
+    /// The siblings visible at `now_ms`.
+    pub fn visible(&self, now_ms: u64) -> impl Iterator<Item = &FlagSibling> {
+        self.siblings.iter().filter(move |s| !s.is_expired(now_ms))
+    }
+}
+
+impl Lattice for FlagRegister {
+    const KIND: FeatureKind = FeatureKind::Flag;
+
+    fn merge(&mut self, other: &FlagRegister) -> bool {
         let before = self.clone();
         let mut by_dot: BTreeMap<FlagDot, FlagSibling> = BTreeMap::new();
         for ours in &self.siblings {
@@ -256,25 +265,25 @@ impl FlagRegister {
         *self != before
     }
 
-    /// Drops siblings stamped at or below `watermark`.
-    pub fn erase_below(&mut self, watermark: &Marker) {
+    /// Drops siblings stamped at or below `watermark`. The register itself is kept: its clock keeps the
+    /// dropped dots dominated, so no replica can bring them back and this node never reissues them.
+    fn retain_above(&mut self, watermark: &Marker) -> bool {
         self.siblings.retain(|s| s.marker > *watermark);
+        true
     }
 
-    /// Drops expired siblings. Returns true if any was dropped.
-    pub fn expire(&mut self, now_ms: u64) -> bool {
+    fn has_expired(&self, now_ms: u64) -> bool {
+        self.siblings.iter().any(|s| s.is_expired(now_ms))
+    }
+
+    /// Drops expired siblings.
+    fn expire(&mut self, now_ms: u64) -> bool {
         let before = self.siblings.len();
         self.siblings.retain(|s| !s.is_expired(now_ms));
         self.siblings.len() != before
     }
 
-    /// The siblings visible at `now_ms`.
-    pub fn visible(&self, now_ms: u64) -> impl Iterator<Item = &FlagSibling> {
-        self.siblings.iter().filter(move |s| !s.is_expired(now_ms))
-    }
-
-    /// The greatest timestamp in the register.
-    pub fn max_timestamp(&self) -> Option<crate::hlc::Timestamp> {
+    fn max_timestamp(&self) -> Option<Timestamp> {
         self.siblings.iter().map(|s| s.marker.ts).max()
     }
 }

@@ -1,0 +1,243 @@
+//! The feature kinds as lattices: [`gauge`] (LWW register), [`counter`] (per-node PN counter) and [`flag`]
+//! (multi-value register with dotted version vectors), plus the [`value`] a gauge holds.
+//!
+//! Every kind implements one trait, [`Lattice`]: a join (`merge`), the erasure rule, the expiry rule and
+//! the greatest timestamp it carries. [`Profile`](crate::profile::Profile) handles its maps only through
+//! this trait, so a new kind is a new file here plus one entry in [`FeatureKind`] and in the profile's
+//! list of maps (see docs/architecture.md, "Adding a feature kind").
+//!
+//! Guarantees (checked for every kind by the generic law test in this module's tests, on states built
+//! to collide: equal markers with different values, one node's diverging counter slots, concurrent dots):
+//! - `merge` is commutative, associative and idempotent, and reports exactly whether `self` changed;
+//! - erasure and expiry commute with `merge` (they are part of the lattice, so replication can never bring
+//!   back what they dropped).
+
+pub mod counter;
+pub mod flag;
+pub mod gauge;
+pub mod value;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hlc::{Marker, Timestamp};
+
+/// The kind of a feature; it decides the merge rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureKind {
+    /// Last-writer-wins register ([`gauge::GaugeRegister`]).
+    Gauge,
+    /// PN counter ([`counter::Counter`]).
+    Counter,
+    /// Multi-value register with dotted version vectors ([`flag::FlagRegister`]).
+    Flag,
+}
+
+impl FeatureKind {
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeatureKind::Gauge => "gauge",
+            FeatureKind::Counter => "counter",
+            FeatureKind::Flag => "flag",
+        }
+    }
+}
+
+/// A join-semilattice of one feature's replicated state, with the erasure and expiry rules that are part
+/// of it.
+pub trait Lattice: Clone + PartialEq + std::fmt::Debug {
+    /// The kind this lattice implements.
+    const KIND: FeatureKind;
+
+    /// Joins `other` into `self`. Returns true if `self` changed.
+    fn merge(&mut self, other: &Self) -> bool;
+
+    /// Drops everything stamped at or below the entity's erasure `watermark`. Returns whether the feature
+    /// still has to be kept: `false` means the entry can be removed from the profile without losing
+    /// anything (a kept entry may still be invisible, e.g. a flag keeps its clock so dropped siblings stay
+    /// dominated).
+    fn retain_above(&mut self, watermark: &Marker) -> bool;
+
+    /// The greatest timestamp in the state (the clock is recovered past it at start-up).
+    fn max_timestamp(&self) -> Option<Timestamp>;
+
+    /// Whether [`Lattice::expire`] at `now_ms` would change anything (cheap: no copy).
+    fn has_expired(&self, _now_ms: u64) -> bool {
+        false
+    }
+
+    /// Applies expiry at `now_ms` (turning expired values into what the kind keeps of them). Returns true
+    /// if anything changed.
+    fn expire(&mut self, _now_ms: u64) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod laws {
+    //! The generic law test: every [`Lattice`] is checked with it on states built to collide.
+
+    use proptest::prelude::*;
+
+    use super::Lattice;
+
+    fn joined<L: Lattice>(a: &L, b: &L) -> L {
+        let mut x = a.clone();
+        x.merge(b);
+        x
+    }
+
+    /// Commutativity, associativity, idempotence, and that `merge` reports a change exactly when there
+    /// was one.
+    pub(crate) fn check<L: Lattice>(a: &L, b: &L, c: &L) -> Result<(), TestCaseError> {
+        prop_assert_eq!(joined(a, b), joined(b, a), "commutative");
+        prop_assert_eq!(
+            joined(&joined(a, b), c),
+            joined(a, &joined(b, c)),
+            "associative"
+        );
+        prop_assert_eq!(joined(a, a), a.clone(), "idempotent");
+        let ab = joined(a, b);
+        prop_assert_eq!(joined(&ab, b), ab.clone(), "absorbs what it merged");
+        let mut x = a.clone();
+        let changed = x.merge(b);
+        prop_assert_eq!(changed, x != *a, "merge reports exactly whether it changed");
+        Ok(())
+    }
+
+    /// Expiry at any instant commutes with merge.
+    pub(crate) fn check_expiry<L: Lattice>(a: &L, b: &L, now_ms: u64) -> Result<(), TestCaseError> {
+        let mut m = joined(a, b);
+        m.expire(now_ms);
+        let (mut x, mut y) = (a.clone(), b.clone());
+        x.expire(now_ms);
+        y.expire(now_ms);
+        prop_assert_eq!(m, joined(&x, &y), "expiry commutes with merge");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod law_tests {
+    //! Every kind through the one law test, on states built to collide.
+
+    use proptest::prelude::*;
+
+    use super::counter::{Counter, CounterSlot};
+    use super::flag::{CausalContext, FlagRegister, FlagWrite};
+    use super::gauge::GaugeRegister;
+    use super::laws;
+    use super::value::Value;
+    use crate::hlc::{Marker, NodeId, Timestamp};
+
+    fn node(i: u8) -> NodeId {
+        NodeId::new(format!("n{i}")).expect("valid")
+    }
+
+    /// Markers from a tiny space, so equal markers carrying different values are common (event-time
+    /// writes produce exactly that).
+    fn marker() -> impl Strategy<Value = Marker> {
+        (0u64..3, 0u32..2, 1u8..3).prop_map(|(wall_ms, logical, n)| Marker {
+            ts: Timestamp { wall_ms, logical },
+            node: node(n),
+        })
+    }
+
+    fn gauge() -> impl Strategy<Value = GaugeRegister> {
+        (
+            marker(),
+            proptest::option::of(prop_oneof![
+                (0i64..3).prop_map(Value::I64),
+                any::<bool>().prop_map(Value::Bool),
+            ]),
+            proptest::option::of(0u64..4),
+        )
+            // Only reachable states: a tombstone is made by expiry, so it always carries its expiry.
+            .prop_map(|(marker, value, expires_at_ms)| GaugeRegister {
+                marker,
+                expires_at_ms: if value.is_none() {
+                    Some(expires_at_ms.unwrap_or(0))
+                } else {
+                    expires_at_ms
+                },
+                value,
+            })
+    }
+
+    /// Slots of the same two nodes with colliding `first` stamps: one node's slots diverge.
+    fn counter() -> impl Strategy<Value = Counter> {
+        proptest::collection::btree_map(
+            (1u8..3).prop_map(node),
+            (0u64..3, 0u64..3, 0u64..5, 0u64..5).prop_map(|(first, extra, inc, dec)| CounterSlot {
+                first: Timestamp::from_millis(first),
+                last: Timestamp::from_millis(first + extra),
+                inc,
+                dec,
+            }),
+            0..3,
+        )
+        .prop_map(|slots| Counter { slots })
+    }
+
+    /// Three replicas of one flag after random writes (through one or several nodes, with contexts read
+    /// from any replica: fresh, stale or empty) and partial syncs.
+    fn flags() -> impl Strategy<Value = [FlagRegister; 3]> {
+        let step = (
+            0usize..3,
+            any::<bool>(),
+            0usize..4,
+            0usize..3,
+            any::<bool>(),
+        );
+        proptest::collection::vec(step, 0..24).prop_map(|steps| {
+            let mut reps: [FlagRegister; 3] = Default::default();
+            for (i, (at, value, ctx_from, sync_to, sync)) in steps.into_iter().enumerate() {
+                if sync {
+                    let src = reps[at].clone();
+                    super::Lattice::merge(&mut reps[sync_to], &src);
+                    continue;
+                }
+                let context = match ctx_from {
+                    3 => CausalContext::default(),
+                    r => reps[r].clock.clone(),
+                };
+                let write = FlagWrite {
+                    name: "f",
+                    value,
+                    context: &context,
+                    marker: Marker {
+                        ts: Timestamp::from_millis(i as u64),
+                        node: node(at as u8 + 1),
+                    },
+                    expires_at_ms: (i % 3 == 0).then_some(i as u64 + 2),
+                    max_siblings: 8,
+                };
+                let _ = reps[at].write(write);
+            }
+            reps
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn gauges_are_a_lattice(a in gauge(), b in gauge(), c in gauge(), now in 0u64..5) {
+            laws::check(&a, &b, &c)?;
+            laws::check_expiry(&a, &b, now)?;
+        }
+
+        #[test]
+        fn counters_are_a_lattice(a in counter(), b in counter(), c in counter()) {
+            laws::check(&a, &b, &c)?;
+        }
+
+        #[test]
+        fn flags_are_a_lattice(reps in flags(), now in 0u64..30) {
+            let [a, b, c] = reps;
+            laws::check(&a, &b, &c)?;
+            laws::check_expiry(&a, &b, now)?;
+        }
+    }
+}

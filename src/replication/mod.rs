@@ -1,0 +1,679 @@
+//! The replication protocol of one node, sans-IO: who gets which key when, hinted handoff, anti-entropy,
+//! gossip, and the handoff of ranges on join and leave.
+//!
+//! [`Replication`] holds no profile data. It reads and merges through a [`LocalStore`] that the caller
+//! provides, and it returns [`Effect`]s instead of doing I/O: messages to send (some only once what was
+//! merged is durable), hint and membership records to persist, acknowledgements observed. It also says
+//! when it next needs time to pass ([`Replication::next_deadline`]). The node runtime and the
+//! deterministic simulation (`sim` tests) drive the same code.
+//!
+//! Protocol (state-based: what travels is always the key's whole current profile, which merges as a join,
+//! so loss, duplication and reordering of messages are harmless):
+//! - **Write**: a client write is bracketed by a [`LocalWrite`] ticket ([`Replication::begin_local_write`],
+//!   then [`Replication::on_local_write`] or [`Replication::abort_local_write`]). After it is applied, the
+//!   coordinator sends `Replicate{key, state}` to every other replica in the preference list (the union of
+//!   the current and the target ring while a join or leave is in progress) that the failure detector does
+//!   not consider down. Each send is tracked; without a `ReplicateAck` within `rpc_timeout_ms` it becomes a
+//!   hint. Replicas considered down get a hint at once. If the coordinator is not itself a replica (sloppy
+//!   quorum: every preferred replica was unreachable for the client), it hints all N preferred replicas, and
+//!   the [`WritePlan`] says the write may be acknowledged only once those hints are durable.
+//! - **Replica side**: a `Replicate` is merged through the store and answered with a `ReplicateAck` that
+//!   the runtime sends only after what was merged is durable ([`SendWhen::Durable`]).
+//! - **Hinted handoff** ([`hints`]), **anti-entropy** ([`anti_entropy`]), **join, leave and orphans**
+//!   ([`handoff`]): see those modules.
+//! - **Gossip**: every `gossip_ms` the membership table goes to every member; receiving any message counts
+//!   as a heartbeat for the failure detector.
+//!
+//! Caveats: hints and the membership table are persisted by the runtime from [`Effect::PersistHint`] and
+//! [`Effect::PersistTable`]; under a `periodic` durability policy a crash can lose the hints of the last
+//! moments, and anti-entropy repairs what they would have. Failure detection is local and can be wrong; a
+//! wrong "down" costs a hint, never data.
+
+pub mod anti_entropy;
+pub mod handoff;
+pub mod hints;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use handoff::carries_identity_of;
+pub use hints::HintChange;
+
+use crate::cluster::detector::{DetectorConfig, FailureDetector, Liveness};
+use crate::cluster::membership::{MemberState, MembershipTable};
+use crate::cluster::placement::Placement;
+use crate::error::{Error, Result};
+use crate::hlc::NodeId;
+use crate::profile::Profile;
+use crate::wire::peer::PeerMessage;
+use handoff::Handoff;
+use hints::HintQueue;
+
+/// Replication settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Replicas per key (N).
+    pub replication_factor: usize,
+    /// Virtual nodes per member on the ring.
+    pub vnodes: u32,
+    /// Time a `Replicate` may wait for its ack before it becomes a hint.
+    pub rpc_timeout_ms: u64,
+    /// How often hints are replayed.
+    pub hint_replay_ms: u64,
+    /// Most hinted keys replayed to one target per replay.
+    pub hint_batch: usize,
+    /// Most bytes of hinted keys kept per target; beyond it hints are dropped (and counted).
+    pub max_hint_bytes_per_target: usize,
+    /// How often the membership table is gossiped.
+    pub gossip_ms: u64,
+    /// How often an anti-entropy exchange starts (with the next peer in turn).
+    pub anti_entropy_ms: u64,
+    /// Buckets per anti-entropy digest.
+    pub ae_buckets: u32,
+    /// Most keys pushed or pulled per anti-entropy exchange.
+    pub ae_max_keys: usize,
+    /// Most keys pushed per tick during a join or leave handoff (the throttle).
+    pub handoff_batch: usize,
+    /// Failure detector settings.
+    pub detector: DetectorConfig,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            replication_factor: 3,
+            vnodes: crate::cluster::ring::DEFAULT_VNODES,
+            rpc_timeout_ms: 2_000,
+            hint_replay_ms: 500,
+            hint_batch: 512,
+            max_hint_bytes_per_target: 64 * 1024 * 1024,
+            gossip_ms: 200,
+            anti_entropy_ms: 10_000,
+            ae_buckets: 256,
+            ae_max_keys: 4_096,
+            handoff_batch: 256,
+            detector: DetectorConfig::default(),
+        }
+    }
+}
+
+/// Why the store could not do what replication asked (the source is kept).
+pub type StoreError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Local data, as replication sees it.
+pub trait LocalStore {
+    /// The current state of `key`, if any.
+    fn state(&self, key: &str) -> Option<Profile>;
+    /// Merges a remote state into `key`; `Err` if it could not be stored (then it is not acknowledged).
+    fn merge_remote(&self, key: &str, state: &Profile) -> Result<(), StoreError>;
+    /// Calls `f` with every key and the digest of its state
+    /// ([`state_hash`](crate::wire::codec::state_hash)).
+    fn for_each_key(&self, f: &mut dyn FnMut(&str, u64));
+    /// Removes `key` if its state still hashes to `expected` (it was handed over to its replicas and not
+    /// written since). Returns whether it was removed.
+    fn remove_if_unchanged(&self, key: &str, expected: u64) -> Result<bool, StoreError>;
+}
+
+/// When a message may leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendWhen {
+    /// At once.
+    Now,
+    /// Once everything this node merged or persisted so far is durable under its policy (acknowledgements
+    /// of replicated state: an ack is a promise that the state survives a crash).
+    Durable,
+}
+
+/// What the runtime must do, in the order given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send `msg` to `to`.
+    Send {
+        /// The peer.
+        to: NodeId,
+        /// The message.
+        msg: PeerMessage,
+        /// When it may leave.
+        when: SendWhen,
+    },
+    /// Persist a change to the hint set (one record per hint).
+    PersistHint(HintChange),
+    /// Persist the membership table (it changed).
+    PersistTable(MembershipTable),
+    /// `from` answered the read `req` (the runtime resolves R > 1 reads with it).
+    ReadReply {
+        /// The replica.
+        from: NodeId,
+        /// The request id.
+        req: u64,
+        /// Its state.
+        state: Option<Profile>,
+    },
+    /// `from` acknowledged the send `seq` of `key` (the runtime resolves W > 1 waits with it).
+    Acked {
+        /// The replica.
+        from: NodeId,
+        /// The key.
+        key: String,
+        /// The acknowledged send.
+        seq: u64,
+    },
+}
+
+impl Effect {
+    /// A message to send at once.
+    pub fn send(to: NodeId, msg: PeerMessage) -> Effect {
+        Effect::Send {
+            to,
+            msg,
+            when: SendWhen::Now,
+        }
+    }
+
+    /// Whether the runtime must write something to storage for this effect.
+    pub fn is_persist(&self) -> bool {
+        matches!(self, Effect::PersistHint(_) | Effect::PersistTable(_))
+    }
+}
+
+/// Counters the runtime exports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationStats {
+    /// Hints currently queued (all targets).
+    pub hints_queued: u64,
+    /// Hints dropped because a target's hint budget was full.
+    pub hints_dropped: u64,
+    /// Hints delivered (acknowledged).
+    pub hints_delivered: u64,
+    /// Sends that timed out.
+    pub send_timeouts: u64,
+    /// Keys repaired (pushed or pulled) by anti-entropy.
+    pub ae_keys_repaired: u64,
+    /// Anti-entropy exchanges started.
+    pub ae_rounds: u64,
+    /// Keys pushed by join/leave handoff.
+    pub handoff_keys: u64,
+    /// Keys handed to their replicas and removed here because this node does not replicate them.
+    pub orphans_moved: u64,
+}
+
+/// Proof that a client write was admitted by [`Replication::begin_local_write`]; it must be handed back
+/// to [`Replication::on_local_write`] (applied) or [`Replication::abort_local_write`] (refused), so the
+/// count of writes in progress can never drift.
+#[derive(Debug)]
+#[must_use = "a local write must end in on_local_write or abort_local_write"]
+pub struct LocalWrite {
+    quorum: usize,
+}
+
+/// What the runtime must do with an applied client write before and when it answers the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WritePlan {
+    /// Effects to execute, in order (persist hints, send the state to the replicas).
+    pub effects: Vec<Effect>,
+    /// The write may be acknowledged only after the persist effects above are durable (a replica was
+    /// hinted, or this node coordinated a sloppy-quorum write and holds the only copy outside the
+    /// preference list).
+    pub ack_after_durable: bool,
+    /// Acknowledgements of other replicas to wait for before answering (W − 1, at most the sends made).
+    pub replica_acks_needed: usize,
+    /// The sends whose acknowledgements count toward `replica_acks_needed`.
+    pub replica_sends: Vec<u64>,
+}
+
+/// One node's replication state machine.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    me: NodeId,
+    config: ReplicationConfig,
+    table: MembershipTable,
+    placement: Placement,
+    detector: FailureDetector,
+    hints: BTreeMap<NodeId, HintQueue>,
+    /// Tracked sends: `(target, key) -> (seq, deadline)`.
+    inflight: BTreeMap<(NodeId, String), (u64, u64)>,
+    next_seq: u64,
+    next_gossip_ms: u64,
+    next_hint_ms: u64,
+    next_ae_ms: u64,
+    ae_cursor: usize,
+    /// Join handoffs this node is pushing, by joiner.
+    join_pushes: BTreeMap<NodeId, Handoff>,
+    /// Joiners this node has finished pushing to.
+    join_done: BTreeSet<NodeId>,
+    /// Members that told this (joining) node they are done.
+    handoff_received: BTreeSet<NodeId>,
+    /// This node's own leave handoff.
+    leave: Option<Handoff>,
+    /// Keys this node holds but does not replicate (sloppy writes, ranges it lost while it was down):
+    /// pushed to their replicas, then removed here. Maps key -> state hash at push time.
+    orphans: Handoff,
+    orphan_hashes: BTreeMap<String, u64>,
+    /// Orphans that carry this node's own counter slot or flag dots: handed over but kept here (deleting
+    /// them would let this node reissue the same slot or dot later), with the hash last handed over.
+    kept_orphans: BTreeMap<String, u64>,
+    /// Client writes admitted whose replication has not been started yet.
+    writes_in_progress: usize,
+    /// Rotates the first anti-entropy bucket answered, so large differences are worked through in turn.
+    ae_offset: usize,
+    stats: ReplicationStats,
+    /// Hint changes not yet handed to the runtime.
+    persist: Vec<Effect>,
+    /// The membership table changed since it was last handed to the runtime.
+    dirty_table: bool,
+}
+
+impl Replication {
+    /// A replication state machine for `me`, starting from `table` (restored or bootstrapped) and the
+    /// persisted `hints`.
+    pub fn new(
+        me: NodeId,
+        config: ReplicationConfig,
+        table: MembershipTable,
+        hints: BTreeMap<NodeId, BTreeSet<String>>,
+        now_ms: u64,
+    ) -> Self {
+        let placement = Placement::of(&table, config.vnodes, config.replication_factor);
+        let detector = FailureDetector::new(config.detector, now_ms);
+        let mut r = Replication {
+            me,
+            config,
+            table,
+            placement,
+            detector,
+            hints: BTreeMap::new(),
+            inflight: BTreeMap::new(),
+            next_seq: 1,
+            next_gossip_ms: now_ms,
+            next_hint_ms: now_ms,
+            next_ae_ms: now_ms,
+            ae_cursor: 0,
+            join_pushes: BTreeMap::new(),
+            join_done: BTreeSet::new(),
+            handoff_received: BTreeSet::new(),
+            leave: None,
+            orphans: Handoff::default(),
+            orphan_hashes: BTreeMap::new(),
+            kept_orphans: BTreeMap::new(),
+            writes_in_progress: 0,
+            ae_offset: 0,
+            stats: ReplicationStats::default(),
+            persist: Vec::new(),
+            dirty_table: false,
+        };
+        for (target, keys) in hints {
+            for key in keys {
+                r.add_hint(&target, &key);
+            }
+        }
+        r.persist.clear();
+        r
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.config
+    }
+
+    /// The membership table.
+    pub fn table(&self) -> &MembershipTable {
+        &self.table
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ReplicationStats {
+        let mut s = self.stats;
+        s.hints_queued = self.hints.values().map(|q| q.keys.len() as u64).sum();
+        s
+    }
+
+    /// What the failure detector believes about `peer` (this node is always alive to itself).
+    pub fn liveness(&self, peer: &NodeId, now_ms: u64) -> Liveness {
+        if *peer == self.me {
+            Liveness::Alive
+        } else {
+            self.detector.liveness(peer, now_ms)
+        }
+    }
+
+    /// The replicas of `key`: the current ring's preference list, followed by the members of the target
+    /// ring's list that are not in it (non-empty only during a join or leave).
+    pub fn replicas(&self, key: &str) -> Vec<NodeId> {
+        self.placement.replicas(key)
+    }
+
+    /// A snapshot of the placement (rings and replication factor), for routing without this state machine.
+    pub fn placement(&self) -> Placement {
+        self.placement.clone()
+    }
+
+    /// Whether this node has left the cluster (it refuses client writes and takes part in no
+    /// anti-entropy).
+    fn has_left(&self) -> bool {
+        self.table
+            .get(&self.me)
+            .is_some_and(|m| m.state == MemberState::Left)
+    }
+
+    /// Hands the persistence this state machine needs to the runtime, ahead of `out`: hint changes in the
+    /// order they happened, then the membership table if it changed.
+    fn finish(&mut self, out: Vec<Effect>) -> Vec<Effect> {
+        let mut effects = std::mem::take(&mut self.persist);
+        if std::mem::take(&mut self.dirty_table) {
+            effects.push(Effect::PersistTable(self.table.clone()));
+        }
+        if effects.is_empty() {
+            return out;
+        }
+        effects.extend(out);
+        effects
+    }
+
+    /// Sends `key`'s current state to `to`, tracked for its ack.
+    fn send_state(
+        &mut self,
+        to: &NodeId,
+        key: &str,
+        state: Profile,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.inflight.insert(
+            (to.clone(), key.to_owned()),
+            (seq, now_ms + self.config.rpc_timeout_ms),
+        );
+        out.push(Effect::send(
+            to.clone(),
+            PeerMessage::Replicate {
+                seq,
+                key: key.to_owned(),
+                state,
+            },
+        ));
+        seq
+    }
+
+    /// Admits a client write of `key` acknowledged after `quorum` replicas (W; 0 counts as 1) hold it,
+    /// before it is applied locally. Refused if this node has left the cluster (nobody replicates from it
+    /// any more) or if W exceeds the key's replicas.
+    pub fn begin_local_write(&mut self, key: &str, quorum: usize) -> Result<LocalWrite> {
+        if self.has_left() {
+            return Err(Error::NodeLeft);
+        }
+        let quorum = quorum.max(1);
+        let replicas = self.placement.replicas(key).len();
+        if quorum > replicas.max(1) {
+            return Err(Error::QuorumTooLarge { quorum, replicas });
+        }
+        self.writes_in_progress += 1;
+        Ok(LocalWrite { quorum })
+    }
+
+    /// The write admitted with `ticket` was not applied after all.
+    pub fn abort_local_write(&mut self, ticket: LocalWrite) {
+        let LocalWrite { .. } = ticket;
+        self.writes_in_progress = self.writes_in_progress.saturating_sub(1);
+    }
+
+    /// Replicates the applied local write of `key` admitted with `ticket`: sends to live replicas, hints
+    /// for those considered down, and says when the client may be answered.
+    pub fn on_local_write(
+        &mut self,
+        ticket: LocalWrite,
+        key: &str,
+        store: &dyn LocalStore,
+        now_ms: u64,
+    ) -> WritePlan {
+        let LocalWrite { quorum } = ticket;
+        self.writes_in_progress = self.writes_in_progress.saturating_sub(1);
+        let mut out = Vec::new();
+        let mut replica_sends = Vec::new();
+        if let Some(state) = store.state(key) {
+            let replicas = self.replicas(key);
+            // A coordinator outside the preference list (sloppy quorum) holds the only copy that
+            // anti-entropy between replicas cannot see: it hints every replica at once, and those hints
+            // are durable before the write is acknowledged, so a crash cannot strand the data here.
+            let sloppy = !replicas.contains(&self.me);
+            for replica in replicas {
+                if replica == self.me {
+                    continue;
+                }
+                if sloppy {
+                    self.add_hint(&replica, key);
+                }
+                if self.liveness(&replica, now_ms) == Liveness::Down {
+                    self.add_hint(&replica, key);
+                } else {
+                    replica_sends.push(self.send_state(
+                        &replica,
+                        key,
+                        state.clone(),
+                        now_ms,
+                        &mut out,
+                    ));
+                }
+            }
+        }
+        let effects = self.finish(out);
+        WritePlan {
+            ack_after_durable: effects.iter().any(Effect::is_persist),
+            replica_acks_needed: quorum.saturating_sub(1),
+            replica_sends,
+            effects,
+        }
+    }
+
+    /// Whether this node is a replica of `key` (if not, a write it coordinates is a sloppy-quorum write
+    /// whose hints must be persisted before the write is acknowledged).
+    pub fn is_replica(&self, key: &str) -> bool {
+        self.replicas(key).contains(&self.me)
+    }
+
+    /// Handles a message from `from`.
+    pub fn handle(
+        &mut self,
+        from: &NodeId,
+        msg: PeerMessage,
+        store: &dyn LocalStore,
+        now_ms: u64,
+    ) -> Vec<Effect> {
+        self.detector.heard_from(from, now_ms);
+        let mut out = Vec::new();
+        match msg {
+            PeerMessage::Gossip { table } => {
+                self.merge_table(&table);
+                if self.table != table {
+                    // Push-pull: they are missing something we know.
+                    let table = self.table.clone();
+                    out.push(Effect::send(from.clone(), PeerMessage::Gossip { table }));
+                }
+            }
+            PeerMessage::Replicate { seq, key, state } => {
+                if store.merge_remote(&key, &state).is_ok() {
+                    out.push(Effect::Send {
+                        to: from.clone(),
+                        msg: PeerMessage::ReplicateAck { seq, key },
+                        when: SendWhen::Durable,
+                    });
+                }
+            }
+            PeerMessage::ReplicateAck { seq, key } => {
+                self.on_replicate_ack(from, seq, key, &mut out)
+            }
+            PeerMessage::AeDigest { buckets } => self.on_ae_digest(from, buckets, store, &mut out),
+            PeerMessage::AeEntries { buckets, entries } => {
+                self.on_ae_entries(from, buckets, entries, store, now_ms, &mut out);
+            }
+            PeerMessage::AePull { keys } => self.on_ae_pull(from, keys, store, now_ms, &mut out),
+            PeerMessage::HandoffDone => {
+                self.handoff_received.insert(from.clone());
+            }
+            PeerMessage::ReadState { req, key } => {
+                let state = store.state(&key);
+                out.push(Effect::send(
+                    from.clone(),
+                    PeerMessage::ReadStateReply { req, state },
+                ));
+            }
+            PeerMessage::ReadStateReply { req, state } => {
+                out.push(Effect::ReadReply {
+                    from: from.clone(),
+                    req,
+                    state,
+                });
+            }
+        }
+        self.finish(out)
+    }
+
+    fn on_replicate_ack(&mut self, from: &NodeId, seq: u64, key: String, out: &mut Vec<Effect>) {
+        let entry = (from.clone(), key);
+        if self.inflight.get(&entry).is_some_and(|(s, _)| *s == seq) {
+            self.inflight.remove(&entry);
+        }
+        if self.remove_hint(from, &entry.1, seq) {
+            self.stats.hints_delivered += 1;
+        }
+        self.note_handoff_ack(from, &entry.1, seq);
+        out.push(Effect::Acked {
+            from: from.clone(),
+            key: entry.1,
+            seq,
+        });
+    }
+
+    /// Read repair: sends `state` (the merge of the replies of a quorum read) to a replica that answered
+    /// with something older, tracked like any other send.
+    pub fn repair(&mut self, to: &NodeId, key: &str, state: Profile, now_ms: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        self.send_state(to, key, state, now_ms, &mut out);
+        out
+    }
+
+    fn merge_table(&mut self, table: &MembershipTable) {
+        if self.table.merge(table) {
+            self.dirty_table = true;
+            self.rebuild_rings();
+        }
+    }
+
+    fn rebuild_rings(&mut self) {
+        self.placement = Placement::of(
+            &self.table,
+            self.config.vnodes,
+            self.config.replication_factor,
+        );
+    }
+
+    /// Changes this node's own membership state (join, leave) and announces it. The effects persist the
+    /// new table.
+    pub fn set_own_state(&mut self, addr: &str, state: MemberState) -> Vec<Effect> {
+        self.change_own_state(addr, state);
+        self.finish(Vec::new())
+    }
+
+    fn change_own_state(&mut self, addr: &str, state: MemberState) {
+        self.table.set(&self.me.clone(), addr, state);
+        self.dirty_table = true;
+        self.rebuild_rings();
+        if state == MemberState::Leaving {
+            self.leave = None; // computed on the next tick
+        }
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        self.table
+            .members
+            .values()
+            .filter(|m| m.id != self.me && m.state != MemberState::Left)
+            .map(|m| m.id.clone())
+            .collect()
+    }
+
+    /// Time passes: timeouts become hints, hints are replayed, gossip and anti-entropy start, handoffs
+    /// advance. Call it at [`Replication::next_deadline`] (calling it earlier is harmless).
+    pub fn tick(&mut self, store: &dyn LocalStore, now_ms: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+
+        // Sends without an ack in time become hints.
+        let expired: Vec<(NodeId, String)> = self
+            .inflight
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (target, key) in expired {
+            self.inflight.remove(&(target.clone(), key.clone()));
+            self.stats.send_timeouts += 1;
+            self.add_hint(&target, &key);
+        }
+
+        let gossip_due = now_ms >= self.next_gossip_ms;
+        if gossip_due {
+            self.next_gossip_ms = now_ms + self.config.gossip_ms;
+            for peer in self.peers() {
+                let table = self.table.clone();
+                out.push(Effect::send(peer, PeerMessage::Gossip { table }));
+            }
+        }
+
+        if now_ms >= self.next_hint_ms {
+            self.next_hint_ms = now_ms + self.config.hint_replay_ms;
+            self.replay_hints(store, now_ms, &mut out);
+        }
+
+        if now_ms >= self.next_ae_ms {
+            self.next_ae_ms = now_ms + self.config.anti_entropy_ms;
+            self.scan_orphans(store);
+            // A node that left takes part in no anti-entropy: nobody replicates with it any more.
+            if !self.has_left() {
+                self.start_anti_entropy(store, now_ms, &mut out);
+            }
+        }
+
+        self.advance_handoffs(store, now_ms, gossip_due, &mut out);
+        self.move_orphans(store, now_ms, &mut out);
+        self.finish(out)
+    }
+
+    /// The earliest local time at which [`Replication::tick`] has something to do: a send's ack timeout,
+    /// a hint replay (while hints are queued), gossip, anti-entropy, or handoff work (due at once while
+    /// pushes are pending; the runtime paces ticks). The one wake-up rule of the state machine, as quinn's
+    /// `poll_timeout`: a runtime that ticks at this instant (or earlier) misses nothing.
+    pub fn next_deadline(&self, now_ms: u64) -> u64 {
+        let inflight = self.inflight.values().map(|(_, deadline)| *deadline);
+        let hints = self
+            .hints
+            .values()
+            .any(|q| !q.keys.is_empty())
+            .then_some(self.next_hint_ms);
+        let mut due: Vec<u64> = vec![self.next_gossip_ms, self.next_ae_ms];
+        due.extend(inflight);
+        due.extend(hints);
+        for h in self
+            .join_pushes
+            .values()
+            .chain(self.leave.iter())
+            .chain(std::iter::once(&self.orphans))
+        {
+            due.extend(h.next_deadline());
+            if !h.pending.is_empty() {
+                due.push(now_ms);
+            }
+        }
+        // A leaving node also waits for its own writes to drain; moved orphans are removed on a tick.
+        if self.leave.is_some() || !self.orphan_hashes.is_empty() {
+            due.push(now_ms);
+        }
+        due.into_iter().min().unwrap_or(now_ms)
+    }
+}

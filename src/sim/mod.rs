@@ -1,0 +1,480 @@
+//! The one in-process cluster harness (tests only): several nodes, each made of the real core pieces (a
+//! [`Replication`] state machine, a [`Clock`] with its own skew, profiles written with
+//! [`profile::apply`](crate::profile::apply) and merged with [`Profile::merge`]), over a simulated network
+//! that can lose, duplicate, delay and reorder messages and partition the cluster. Nodes crash (losing
+//! everything but their "disk": profiles and the hint and membership records their effects persisted) and
+//! restart.
+//!
+//! Three users drive it, so there is one model of a node and one of the network:
+//! - [`random`]: seeded random schedules with an oracle of acknowledged writes (`cargo test`, 1,000 seeds);
+//! - [`script`]: scenario scripts in `src/sim/scripts/*.txt`, with their expected output (goldenscripts);
+//! - the replication protocol's own scenario tests (in the scripts).
+//!
+//! The harness executes [`Effect`]s exactly as the node runtime does: persistence effects are written to
+//! the node's disk in order, messages leave (or are lost), and each node is ticked when its
+//! [`Replication::next_deadline`] says so (so the simulation also checks that the deadline never sleeps
+//! through due work).
+
+mod random;
+mod script;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::cluster::detector::DetectorConfig;
+use crate::cluster::membership::{MemberState, MembershipTable};
+use crate::error::Result;
+use crate::hlc::{Clock, NodeId};
+use crate::limits::Limits;
+use crate::profile::{apply, Applied, Profile, Write};
+use crate::replication::{
+    Effect, HintChange, LocalStore, Replication, ReplicationConfig, StoreError,
+};
+use crate::wire::codec::state_hash;
+use crate::wire::peer::PeerMessage;
+
+/// The address every simulated member announces (the transport is simulated; it is never dialed).
+const SIM_ADDR: &str = "127.0.0.1:1";
+
+/// SplitMix64: small, seedable, good enough for scheduling.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+/// A node's disk plus its clock: what survives a crash (the clock is recovered from the data).
+pub(crate) struct SimStore {
+    pub(crate) data: RefCell<BTreeMap<String, Profile>>,
+    pub(crate) clock: RefCell<Clock>,
+    now: Cell<u64>,
+    pub(crate) skew: i64,
+}
+
+impl SimStore {
+    fn new(id: &NodeId, now: u64, skew: i64) -> SimStore {
+        SimStore {
+            data: RefCell::default(),
+            clock: RefCell::new(Clock::new(id.clone(), 1_000)),
+            now: Cell::new(now),
+            skew,
+        }
+    }
+
+    /// This node's reading of the (skewed) wall clock.
+    pub(crate) fn local_now(&self) -> u64 {
+        self.now.get().saturating_add_signed(self.skew)
+    }
+}
+
+impl LocalStore for SimStore {
+    fn state(&self, key: &str) -> Option<Profile> {
+        self.data.borrow().get(key).cloned()
+    }
+
+    fn merge_remote(&self, key: &str, state: &Profile) -> Result<(), StoreError> {
+        if let Some(ts) = state.max_timestamp() {
+            self.clock.borrow_mut().observe(ts, self.local_now())?;
+        }
+        self.data
+            .borrow_mut()
+            .entry(key.to_owned())
+            .or_default()
+            .merge(state);
+        Ok(())
+    }
+
+    fn for_each_key(&self, f: &mut dyn FnMut(&str, u64)) {
+        for (k, p) in self.data.borrow().iter() {
+            f(k, state_hash(p));
+        }
+    }
+
+    fn remove_if_unchanged(&self, key: &str, expected: u64) -> Result<bool, StoreError> {
+        let mut data = self.data.borrow_mut();
+        if data.get(key).map(state_hash) == Some(expected) {
+            data.remove(key);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// One simulated node.
+pub(crate) struct SimNode {
+    pub(crate) id: NodeId,
+    pub(crate) store: SimStore,
+    /// `None` while crashed.
+    pub(crate) repl: Option<Replication>,
+    persisted_table: MembershipTable,
+    persisted_hints: BTreeMap<NodeId, BTreeSet<String>>,
+}
+
+struct InFlight {
+    at: u64,
+    from: usize,
+    to: usize,
+    msg: PeerMessage,
+}
+
+/// The network's misbehaviour.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Faults {
+    /// Probability a message is lost.
+    pub(crate) loss: f64,
+    /// Probability a message is delivered twice.
+    pub(crate) dup: f64,
+    /// Largest delivery delay in ms (at least 1).
+    pub(crate) max_delay_ms: u64,
+}
+
+/// What a run exercised (the random schedules assert it is not trivial).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Coverage {
+    pub(crate) messages: u64,
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) crashes: u64,
+    pub(crate) partitions: u64,
+    pub(crate) sloppy_writes: u64,
+    pub(crate) refused_writes: u64,
+    pub(crate) ticks: u64,
+}
+
+/// Simulation time advances in steps of this many ms.
+pub(crate) const STEP_MS: u64 = 10;
+
+/// The cluster under test.
+pub(crate) struct Cluster {
+    pub(crate) rng: Rng,
+    pub(crate) now: u64,
+    pub(crate) nodes: Vec<SimNode>,
+    net: Vec<InFlight>,
+    /// The side of a two-way partition (nodes inside cannot talk to nodes outside), if any.
+    pub(crate) partition: Option<BTreeSet<usize>>,
+    pub(crate) faults: Faults,
+    pub(crate) config: ReplicationConfig,
+    pub(crate) limits: Limits,
+    pub(crate) log: Vec<String>,
+    pub(crate) coverage: Coverage,
+}
+
+/// The replication settings of simulated clusters: short timers, so schedules are short.
+pub(crate) fn sim_config() -> ReplicationConfig {
+    ReplicationConfig {
+        replication_factor: 3,
+        vnodes: 16,
+        rpc_timeout_ms: 300,
+        hint_replay_ms: 200,
+        gossip_ms: 100,
+        anti_entropy_ms: 400,
+        ae_buckets: 8,
+        detector: DetectorConfig {
+            expected_interval_ms: 100,
+            startup_grace_ms: 1_000,
+            ..Default::default()
+        },
+        ..ReplicationConfig::default()
+    }
+}
+
+impl Cluster {
+    /// `count` active nodes `n1..` with the given clock skews (ms), on a perfect network.
+    pub(crate) fn new(
+        count: usize,
+        config: ReplicationConfig,
+        skews: &[i64],
+        seed: u64,
+    ) -> Cluster {
+        let ids: Vec<NodeId> = (1..=count)
+            .map(|i| NodeId::new(format!("n{i}")).expect("valid"))
+            .collect();
+        let mut table = MembershipTable::default();
+        for id in &ids {
+            table.set(id, SIM_ADDR, MemberState::Active);
+        }
+        let nodes = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| SimNode {
+                id: id.clone(),
+                store: SimStore::new(id, 0, skews.get(i).copied().unwrap_or(0)),
+                repl: Some(Replication::new(
+                    id.clone(),
+                    config.clone(),
+                    table.clone(),
+                    BTreeMap::new(),
+                    0,
+                )),
+                persisted_table: table.clone(),
+                persisted_hints: BTreeMap::new(),
+            })
+            .collect();
+        Cluster {
+            rng: Rng(seed),
+            now: 0,
+            nodes,
+            net: Vec::new(),
+            partition: None,
+            faults: Faults {
+                max_delay_ms: 5,
+                ..Faults::default()
+            },
+            config,
+            limits: Limits::default(),
+            log: Vec::new(),
+            coverage: Coverage::default(),
+        }
+    }
+
+    pub(crate) fn up(&self, i: usize) -> bool {
+        self.nodes[i].repl.is_some()
+    }
+
+    pub(crate) fn connected(&self, a: usize, b: usize) -> bool {
+        match &self.partition {
+            None => true,
+            Some(side) => side.contains(&a) == side.contains(&b),
+        }
+    }
+
+    /// The index of node `id`.
+    pub(crate) fn index(&self, id: &NodeId) -> usize {
+        self.nodes.iter().position(|n| n.id == *id).unwrap_or(0)
+    }
+
+    /// The replicas of `key` as the first live node sees them.
+    pub(crate) fn replicas(&self, key: &str) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .find_map(|n| n.repl.as_ref())
+            .map(|r| r.replicas(key))
+            .unwrap_or_default()
+    }
+
+    /// Executes `from`'s effects as the node runtime does: persistence to its disk, in order; messages
+    /// onto the network (where they may be lost, duplicated or delayed).
+    pub(crate) fn execute(&mut self, from: usize, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Send { to, msg, .. } => {
+                    let to = self.index(&to);
+                    self.coverage.messages += 1;
+                    if self.rng.chance(self.faults.loss) {
+                        self.coverage.lost += 1;
+                        continue;
+                    }
+                    let copies = if self.rng.chance(self.faults.dup) {
+                        self.coverage.duplicated += 1;
+                        2
+                    } else {
+                        1
+                    };
+                    for _ in 0..copies {
+                        let delay = 1 + self.rng.below(self.faults.max_delay_ms.max(1));
+                        self.net.push(InFlight {
+                            at: self.now + delay,
+                            from,
+                            to,
+                            msg: msg.clone(),
+                        });
+                    }
+                }
+                Effect::PersistHint(change) => {
+                    let hints = &mut self.nodes[from].persisted_hints;
+                    match change {
+                        HintChange::Added(t, k) => {
+                            hints.entry(t).or_default().insert(k);
+                        }
+                        HintChange::Removed(t, k) => {
+                            if let Some(keys) = hints.get_mut(&t) {
+                                keys.remove(&k);
+                            }
+                        }
+                    }
+                }
+                Effect::PersistTable(table) => self.nodes[from].persisted_table = table,
+                Effect::ReadReply { .. } | Effect::Acked { .. } => {}
+            }
+        }
+    }
+
+    /// A client write of `key` coordinated by node `c`, decided by the same core function the node's
+    /// engine calls. `None` if `c` is down.
+    pub(crate) fn write(
+        &mut self,
+        c: usize,
+        key: &str,
+        write: Write<'_>,
+    ) -> Option<Result<Applied>> {
+        let limits = self.limits.clone();
+        let node = &mut self.nodes[c];
+        let repl = node.repl.as_mut()?;
+        let ticket = match repl.begin_local_write(key, 1) {
+            Ok(t) => t,
+            Err(e) => {
+                self.coverage.refused_writes += 1;
+                return Some(Err(e));
+            }
+        };
+        let local_now = node.store.local_now();
+        let mut profile = node.store.state(key).unwrap_or_default();
+        let applied = apply(
+            &mut profile,
+            write,
+            &mut node.store.clock.borrow_mut(),
+            local_now,
+            &limits,
+        );
+        if applied.is_err() {
+            repl.abort_local_write(ticket);
+            self.coverage.refused_writes += 1;
+            return Some(applied);
+        }
+        node.store.data.borrow_mut().insert(key.to_owned(), profile);
+        if !repl.is_replica(key) {
+            self.coverage.sloppy_writes += 1;
+        }
+        let plan = repl.on_local_write(ticket, key, &node.store, local_now);
+        self.execute(c, plan.effects);
+        Some(applied)
+    }
+
+    /// Crashes node `i`: everything but its disk is gone.
+    pub(crate) fn crash(&mut self, i: usize) {
+        if self.nodes[i].repl.take().is_some() {
+            self.coverage.crashes += 1;
+            self.log
+                .push(format!("{}ms crash {}", self.now, self.nodes[i].id));
+        }
+    }
+
+    /// Restarts node `i` from its disk (a no-op if it is up).
+    pub(crate) fn restart(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if node.repl.is_some() {
+            return;
+        }
+        // The clock is volatile: recover it from the data, as the node runtime does.
+        let mut clock = Clock::new(node.id.clone(), 1_000);
+        for p in node.store.data.borrow().values() {
+            if let Some(ts) = p.max_timestamp() {
+                clock.recover(ts);
+            }
+        }
+        *node.store.clock.borrow_mut() = clock;
+        node.repl = Some(Replication::new(
+            node.id.clone(),
+            self.config.clone(),
+            node.persisted_table.clone(),
+            node.persisted_hints.clone(),
+            self.now,
+        ));
+        self.log.push(format!("{}ms restart {}", self.now, node.id));
+    }
+
+    /// Adds a node that joins the running cluster (it knows the table of a live node, as if from a seed).
+    pub(crate) fn join_new_node(&mut self, skew: i64) {
+        let id = NodeId::new(format!("n{}", self.nodes.len() + 1)).expect("valid");
+        let Some(seed) = self.nodes.iter().find_map(|n| n.repl.as_ref()) else {
+            return;
+        };
+        let mut table = seed.table().clone();
+        table.set(&id, SIM_ADDR, MemberState::Joining);
+        self.nodes.push(SimNode {
+            id: id.clone(),
+            store: SimStore::new(&id, self.now, skew),
+            repl: Some(Replication::new(
+                id.clone(),
+                self.config.clone(),
+                table.clone(),
+                BTreeMap::new(),
+                self.now,
+            )),
+            persisted_table: table,
+            persisted_hints: BTreeMap::new(),
+        });
+        self.log.push(format!("{}ms join {id}", self.now));
+    }
+
+    /// Makes node `i` start leaving the cluster.
+    pub(crate) fn leave(&mut self, i: usize) {
+        let Some(repl) = self.nodes[i].repl.as_mut() else {
+            return;
+        };
+        let effects = repl.set_own_state(SIM_ADDR, MemberState::Leaving);
+        self.log
+            .push(format!("{}ms leave {}", self.now, self.nodes[i].id));
+        self.execute(i, effects);
+    }
+
+    /// One step of time: due messages are delivered (in random order among those due: reordering), then
+    /// every node whose deadline has come is ticked.
+    pub(crate) fn step(&mut self) {
+        self.now += STEP_MS;
+        for n in &self.nodes {
+            n.store.now.set(self.now);
+        }
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.net.len() {
+            if self.net[i].at <= self.now {
+                due.push(self.net.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        while !due.is_empty() {
+            let m = due.swap_remove(self.rng.below(due.len() as u64) as usize);
+            if !self.up(m.to) || !self.connected(m.from, m.to) {
+                continue;
+            }
+            let from_id = self.nodes[m.from].id.clone();
+            let node = &mut self.nodes[m.to];
+            let local_now = node.store.local_now();
+            let Some(repl) = node.repl.as_mut() else {
+                continue;
+            };
+            let effects = repl.handle(&from_id, m.msg, &node.store, local_now);
+            self.execute(m.to, effects);
+        }
+        for i in 0..self.nodes.len() {
+            let node = &mut self.nodes[i];
+            let local_now = node.store.local_now();
+            let Some(repl) = node.repl.as_mut() else {
+                continue;
+            };
+            if repl.next_deadline(local_now) > local_now {
+                continue;
+            }
+            self.coverage.ticks += 1;
+            let effects = repl.tick(&node.store, local_now);
+            self.execute(i, effects);
+        }
+    }
+
+    /// Runs for `ms` of simulated time.
+    pub(crate) fn run(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    /// Node `i`'s state of `key`.
+    pub(crate) fn state(&self, i: usize, key: &str) -> Option<Profile> {
+        self.nodes[i].store.state(key)
+    }
+}
