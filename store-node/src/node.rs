@@ -48,7 +48,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         storage = %kind, durability = %config.durability, "recovered"
     );
 
-    let server_config = crate::tls::server_config(
+    let server_config = crate::net::tls::server_config(
         &config.tls.ca_cert,
         &config.tls.cert,
         &config.tls.key,
@@ -69,7 +69,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         path: "udp socket".into(),
         source,
     })?;
-    let peers = crate::peer::Peers::new(
+    let peers = crate::net::peer::Peers::new(
         endpoint.clone(),
         peer_client,
         config.cluster.peer_queue,

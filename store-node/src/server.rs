@@ -1,7 +1,7 @@
 //! The client-facing QUIC server: connections, streams, frames.
 //!
 //! Guarantees:
-//! - Only clients with a certificate from the cluster CA get a connection (mutual TLS, see [`crate::tls`]);
+//! - Only clients with a certificate from the cluster CA get a connection (mutual TLS, see [`crate::net::tls`]);
 //!   a failed handshake is logged once with the remote address and counted.
 //! - One request per bidirectional stream. The 5-byte header is read and checked (version, size) *before*
 //!   any buffer for the payload is allocated; the payload buffer is exactly the announced size, which is
@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::Cluster;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::tls::{peer_identity, PeerIdentity};
+use crate::net::tls::{peer_identity, PeerIdentity};
 use store_client::tls::{CLIENT_ALPN, PEER_ALPN};
 
 /// Per-request settings of the server.
@@ -153,7 +153,7 @@ impl Connection {
         };
         tokio::select! {
             () = self.shutdown.cancelled() => {}
-            () = crate::peer::read_peer_streams(conn, from, metrics, deliver) => {}
+            () = crate::net::peer::read_peer_streams(conn, from, metrics, deliver) => {}
         }
     }
 }
