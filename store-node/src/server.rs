@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use featurestore::codec::{decode_request, encode_response, parse_header, FRAME_HEADER_BYTES};
+use featurestore::codec::{decode_request, encode_response, FRAME_HEADER_BYTES};
 use featurestore::protocol::ErrorReply;
 use featurestore::{ErrorCode, Response};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,7 @@ use crate::cluster::Cluster;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::net::tls::{peer_identity, PeerIdentity};
+use store_client::frame::{read_frame, FrameError, FramePart};
 use store_client::tls::{CLIENT_ALPN, PEER_ALPN};
 
 /// Per-request settings of the server.
@@ -169,34 +170,41 @@ enum ReadFailure {
     /// The frame is bad: answer with this error.
     Frame(featurestore::Error),
     /// The stream broke (reset, connection lost): nobody to answer.
-    Stream(String),
+    Stream(quinn::ReadError),
+}
+
+impl From<FrameError> for ReadFailure {
+    /// A truncated frame is malformed, a refused header keeps its own error (oversized, bad version), a
+    /// failed read leaves nobody to answer.
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Closed {
+                part: FramePart::Header,
+                read,
+                ..
+            } => ReadFailure::Frame(featurestore::Error::Malformed {
+                what: "frame",
+                reason: format!("stream ended after {read} header bytes"),
+            }),
+            FrameError::Closed {
+                part: FramePart::Payload,
+                read,
+                expected,
+            } => ReadFailure::Frame(featurestore::Error::Malformed {
+                what: "frame",
+                reason: format!("payload ended after {read} of {expected} bytes"),
+            }),
+            FrameError::Header(e) => ReadFailure::Frame(e),
+            FrameError::Read { source, .. } => ReadFailure::Stream(source),
+        }
+    }
 }
 
 async fn read_request(
     recv: &mut quinn::RecvStream,
     max_frame_bytes: u32,
 ) -> Result<featurestore::Request, ReadFailure> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    recv.read_exact(&mut header).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(n) => {
-            ReadFailure::Frame(featurestore::Error::Malformed {
-                what: "frame",
-                reason: format!("stream ended after {n} header bytes"),
-            })
-        }
-        quinn::ReadExactError::ReadError(e) => ReadFailure::Stream(e.to_string()),
-    })?;
-    let len = parse_header(header, max_frame_bytes).map_err(ReadFailure::Frame)?;
-    let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(n) => {
-            ReadFailure::Frame(featurestore::Error::Malformed {
-                what: "frame",
-                reason: format!("payload ended after {n} of {len} bytes"),
-            })
-        }
-        quinn::ReadExactError::ReadError(e) => ReadFailure::Stream(e.to_string()),
-    })?;
+    let payload = read_frame(recv, max_frame_bytes).await?;
     // Exactly one frame per stream: anything after it is a protocol error.
     let mut probe = [0u8; 1];
     match recv.read(&mut probe).await {
@@ -207,7 +215,7 @@ async fn read_request(
                 reason: "data after the frame".into(),
             }))
         }
-        Err(e) => return Err(ReadFailure::Stream(e.to_string())),
+        Err(e) => return Err(ReadFailure::Stream(e)),
     }
     decode_request(&payload).map_err(ReadFailure::Frame)
 }

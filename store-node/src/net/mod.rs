@@ -5,6 +5,9 @@
 //! - [`tls`]: the node's mutual-TLS server configuration and the identity (node or client) a verified
 //!   certificate names.
 //!
+//! Frames are read with [`store_client::frame::read_frame`], the one frame reader that the client, the
+//! client server and the peer transport share.
+//!
 //! Layering: `net` knows nothing of the cluster runtime, the engine or the client server. `cluster` drives
 //! replication *through* [`peer::Peers`], and `server` (the client-facing QUIC server, which sits *above*
 //! `cluster`) uses [`tls`] to tell clients from nodes and hands peer connections to

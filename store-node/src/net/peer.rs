@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use featurestore::codec::{decode_peer, encode_frame, parse_header, FRAME_HEADER_BYTES};
+use featurestore::codec::{decode_peer, encode_frame};
 use featurestore::limits::FRAME_BYTES_CEILING;
 use featurestore::replication::PeerMessage;
 use featurestore::NodeId;
+use store_client::frame::{read_frame, FrameError};
 use tokio::sync::mpsc;
 
 use crate::certs::node_server_name;
@@ -205,18 +206,21 @@ async fn sender(
     }
 }
 
+/// Why an inbound peer message was dropped.
+#[derive(Debug, thiserror::Error)]
+enum BadMessage {
+    /// The frame could not be read (truncated, refused header, broken stream).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The payload is not a peer message.
+    #[error(transparent)]
+    Decode(#[from] featurestore::Error),
+}
+
 /// Reads one message from a unidirectional peer stream.
-async fn read_message(recv: &mut quinn::RecvStream) -> Result<PeerMessage, String> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    recv.read_exact(&mut header)
-        .await
-        .map_err(|e| e.to_string())?;
-    let len = parse_header(header, FRAME_BYTES_CEILING).map_err(|e| e.to_string())?;
-    let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload)
-        .await
-        .map_err(|e| e.to_string())?;
-    decode_peer(&payload).map_err(|e| e.to_string())
+async fn read_message(recv: &mut quinn::RecvStream) -> Result<PeerMessage, BadMessage> {
+    let payload = read_frame(recv, FRAME_BYTES_CEILING).await?;
+    Ok(decode_peer(&payload)?)
 }
 
 /// Receives messages from an authenticated peer connection until it closes, handing each to `deliver`.
