@@ -31,7 +31,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         storage::open(kind, &dir)
     })
     .await
-    .map_err(|e| Error::Storage(format!("storage open task failed: {e}")))??;
+    .map_err(|source| Error::Task {
+        context: "storage open task failed".into(),
+        source,
+    })??;
     let durability = Durability::start(store.clone(), config.durability)?;
     let metrics = Arc::new(Metrics::default());
     let (engine, recovery) = Engine::open(
@@ -63,10 +66,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         PEER_ALPN,
         &config.transport,
     )
-    .map_err(|e| Error::Tls(e.to_string()))?;
+    .map_err(Error::Tls)?;
     let endpoint = bind_endpoint(&config, server_config)?;
-    let local = endpoint.local_addr().map_err(|source| Error::Io {
-        path: "udp socket".into(),
+    let local = endpoint.local_addr().map_err(|source| Error::Socket {
+        addr: config.listen,
         source,
     })?;
     let peers = crate::net::peer::Peers::new(
@@ -183,16 +186,13 @@ fn bind_endpoint(
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| Error::Io {
-        path: format!("udp://{}", config.listen).into(),
+    let socket_error = |source| Error::Socket {
+        addr: config.listen,
         source,
-    })?;
+    };
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(socket_error)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| Error::Config("no async runtime for QUIC".into()))?;
-    quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime).map_err(|source| {
-        Error::Io {
-            path: format!("udp://{}", config.listen).into(),
-            source,
-        }
-    })
+    quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
+        .map_err(socket_error)
 }

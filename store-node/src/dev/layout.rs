@@ -243,8 +243,7 @@ pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
     }
     let pairs: Vec<(String, SocketAddr)> = nodes.iter().map(|n| (n.id.clone(), n.addr)).collect();
     let client_config = write_client_config(dir, &pairs)?;
-    store_client::ClientConfig::load(&client_config)
-        .map_err(|e| Error::Config(format!("generated client config: {e}")))?;
+    store_client::ClientConfig::load(&client_config).map_err(Error::ClientConfig)?;
     Ok(DevLayout {
         dir: dir.clone(),
         nodes,
