@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,34 +26,19 @@ use tokio::sync::mpsc;
 
 use crate::certs::node_server_name;
 
-/// Counters of the peer transport.
-#[derive(Debug, Default)]
-pub struct PeerMetrics {
-    /// Messages handed to a sender.
-    pub sent: AtomicU64,
-    /// Messages dropped because a peer's queue was full.
-    pub queue_drops: AtomicU64,
-    /// Messages dropped because the peer could not be reached.
-    pub unreachable_drops: AtomicU64,
-    /// Inbound messages received.
-    pub received: AtomicU64,
-    /// Inbound frames that could not be decoded or were too large.
-    pub bad_frames: AtomicU64,
-}
-
-impl PeerMetrics {
-    /// The counters with their names.
-    pub fn snapshot(&self) -> Vec<(String, u64)> {
-        [
-            ("peer_sent", &self.sent),
-            ("peer_queue_drops", &self.queue_drops),
-            ("peer_unreachable_drops", &self.unreachable_drops),
-            ("peer_received", &self.received),
-            ("peer_bad_frames", &self.bad_frames),
-        ]
-        .into_iter()
-        .map(|(n, c)| (n.to_owned(), c.load(Ordering::Relaxed)))
-        .collect()
+crate::metrics::counters! {
+    /// Counters of the peer transport, reported as `peer_<field>`.
+    pub struct PeerMetrics as "peer_" {
+        /// Messages handed to a sender.
+        sent,
+        /// Messages dropped because a peer's queue was full.
+        queue_drops,
+        /// Messages dropped because the peer could not be reached.
+        unreachable_drops,
+        /// Inbound messages received.
+        received,
+        /// Inbound frames that could not be decoded or were too large.
+        bad_frames,
     }
 }
 
