@@ -7,20 +7,86 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use featurestore::NodeId;
 use store_client::tls::{CLIENT_ALPN, PEER_ALPN};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::engine::{now_ms, Engine};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::net::peer::Peers;
 use crate::server::{serve, ServeSettings};
 use crate::storage::{self, Durability};
+
+/// How long shutdown waits, after closing the endpoint, for the close to reach clients and peers
+/// (`quinn::Endpoint::wait_idle`) before the storage is released and [`run`] returns.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The peer transport's connect (and send) timeout is the replication RPC timeout
+/// (`cluster.replication.rpc_timeout_ms`), but never less than this.
+const MIN_PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Runs a node with `config` until `shutdown` is cancelled. Prints `store-node <id> ready on <addr>` on
 /// stdout once it accepts connections (tests and the dev cluster wait for that line).
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> {
     let node_id = config.node_id()?;
+    let (engine, durability) = open_storage(&config, &node_id).await?;
+    let (endpoint, peers) = open_endpoint(&config)?;
+    let local = endpoint.local_addr().map_err(|source| Error::Socket {
+        addr: config.listen,
+        source,
+    })?;
+    let cluster = Arc::new(Cluster::open(&config, engine.clone(), peers)?);
+    let ticker = spawn_ticker(
+        cluster.clone(),
+        Duration::from_millis(config.cluster.tick_ms),
+        shutdown.clone(),
+    );
+    tracing::info!(node = %node_id, addr = %local, "listening");
+    println!("store-node {node_id} ready on {local}");
+
+    let sweeper = (config.expiry_sweep_ms > 0).then(|| {
+        spawn_sweeper(
+            engine.clone(),
+            Duration::from_millis(config.expiry_sweep_ms),
+            shutdown.clone(),
+        )
+    });
+
+    let settings = ServeSettings {
+        max_frame_bytes: config.limits.max_frame_bytes,
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+        drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+    };
+    serve(
+        endpoint.clone(),
+        engine.clone(),
+        cluster.clone(),
+        settings,
+        shutdown,
+    )
+    .await;
+    let running = Running {
+        node_id,
+        endpoint,
+        engine,
+        cluster,
+        durability,
+        ticker,
+        sweeper,
+    };
+    running.shut_down().await
+}
+
+/// Creates the data directory, opens the storage, starts its durability policy and recovers every stored
+/// profile into a new engine.
+async fn open_storage(
+    config: &NodeConfig,
+    node_id: &NodeId,
+) -> Result<(Arc<Engine>, Arc<Durability>)> {
     let dir = config.data_dir.clone();
     let kind = config.storage;
     let store = tokio::task::spawn_blocking(move || {
@@ -45,12 +111,16 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         durability.clone(),
         metrics,
     )?;
-    let engine = Arc::new(engine);
     tracing::info!(
         node = %node_id, entities = recovery.entities, corrupt = recovery.corrupt,
         storage = %kind, durability = %config.durability, "recovered"
     );
+    Ok((Arc::new(engine), durability))
+}
 
+/// Builds the TLS configurations (the server's, for clients and peers; and this node's as a client of its
+/// peers, with the same certificate), binds the QUIC endpoint and puts the peer transport on it.
+fn open_endpoint(config: &NodeConfig) -> Result<(quinn::Endpoint, Peers)> {
     let server_config = crate::net::tls::server_config(
         &config.tls.ca_cert,
         &config.tls.cert,
@@ -67,96 +137,110 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         &config.transport,
     )
     .map_err(Error::Tls)?;
-    let endpoint = bind_endpoint(&config, server_config)?;
-    let local = endpoint.local_addr().map_err(|source| Error::Socket {
-        addr: config.listen,
-        source,
-    })?;
-    let peers = crate::net::peer::Peers::new(
+    let endpoint = bind_endpoint(config, server_config)?;
+    let connect_timeout = Duration::from_millis(config.cluster.replication.rpc_timeout_ms)
+        .max(MIN_PEER_CONNECT_TIMEOUT);
+    let peers = Peers::new(
         endpoint.clone(),
         peer_client,
         config.cluster.peer_queue,
-        Duration::from_millis(config.cluster.replication.rpc_timeout_ms.max(100)),
+        connect_timeout,
     );
-    let cluster = Arc::new(crate::cluster::Cluster::open(
-        &config,
-        engine.clone(),
-        peers,
-    )?);
-    let ticker = {
-        let cluster = cluster.clone();
-        let shutdown = shutdown.clone();
-        let every = Duration::from_millis(config.cluster.tick_ms);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    _ = tick.tick() => {
-                        let cluster = cluster.clone();
-                        if tokio::task::spawn_blocking(move || cluster.tick()).await.is_err() {
-                            tracing::error!("replication tick panicked");
+    Ok((endpoint, peers))
+}
+
+/// Runs [`Cluster::tick`] every `every` (off the runtime threads) until `shutdown` is cancelled. A tick
+/// that overruns delays the next one rather than bunching them up.
+fn spawn_ticker(
+    cluster: Arc<Cluster>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let cluster = cluster.clone();
+                    if tokio::task::spawn_blocking(move || cluster.tick()).await.is_err() {
+                        tracing::error!("replication tick panicked");
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Drops expired values ([`Engine::sweep_expired`], off the runtime threads) every `every`, first after
+/// one period, until `shutdown` is cancelled.
+fn spawn_sweeper(
+    engine: Arc<Engine>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let engine = engine.clone();
+                    let swept = tokio::task::spawn_blocking(move || engine.sweep_expired(now_ms())).await;
+                    if let Ok(n) = swept {
+                        if n > 0 {
+                            tracing::debug!(entities = n, "expired values dropped");
                         }
                     }
                 }
             }
-        })
-    };
-    tracing::info!(node = %node_id, addr = %local, "listening");
-    println!("store-node {node_id} ready on {local}");
+        }
+    })
+}
 
-    let sweeper = (config.expiry_sweep_ms > 0).then(|| {
-        let engine = engine.clone();
-        let shutdown = shutdown.clone();
-        let every = Duration::from_millis(config.expiry_sweep_ms);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    _ = tick.tick() => {
-                        let engine = engine.clone();
-                        let swept = tokio::task::spawn_blocking(move || engine.sweep_expired(now_ms())).await;
-                        if let Ok(n) = swept {
-                            if n > 0 {
-                                tracing::debug!(entities = n, "expired values dropped");
-                            }
-                        }
-                    }
-                }
-            }
-        })
-    });
+/// A node that has stopped serving (its `shutdown` token is cancelled and the server drained), with
+/// everything [`Running::shut_down`] still has to stop and release.
+struct Running {
+    node_id: NodeId,
+    endpoint: quinn::Endpoint,
+    engine: Arc<Engine>,
+    cluster: Arc<Cluster>,
+    durability: Arc<Durability>,
+    ticker: JoinHandle<()>,
+    sweeper: Option<JoinHandle<()>>,
+}
 
-    let settings = ServeSettings {
-        max_frame_bytes: config.limits.max_frame_bytes,
-        request_timeout: Duration::from_millis(config.request_timeout_ms),
-        drain_timeout: Duration::from_millis(config.drain_timeout_ms),
-    };
-    serve(
-        endpoint.clone(),
-        engine.clone(),
-        cluster.clone(),
-        settings,
-        shutdown,
-    )
-    .await;
-    let _ = ticker.await;
-    if let Some(sweeper) = sweeper {
-        let _ = sweeper.await;
+impl Running {
+    /// The rest of the shutdown sequence: wait for the ticker and the sweeper, flush the storage, close
+    /// the endpoint and wait up to [`CLOSE_WAIT`] for the close to go out, then release the storage. The
+    /// flush's outcome is the result.
+    async fn shut_down(self) -> Result<()> {
+        let Running {
+            node_id,
+            endpoint,
+            engine,
+            cluster,
+            durability,
+            ticker,
+            sweeper,
+        } = self;
+        let _ = ticker.await;
+        if let Some(sweeper) = sweeper {
+            let _ = sweeper.await;
+        }
+        tracing::info!(node = %node_id, "draining done; flushing");
+        let flushed = durability.shutdown().await;
+        endpoint.close(0u32.into(), b"node shutting down");
+        let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
+        // Dropping sled flushes and blocks: do it off the runtime threads.
+        drop(cluster);
+        let _ = tokio::task::spawn_blocking(move || drop(engine)).await;
+        flushed?;
+        tracing::info!(node = %node_id, "stopped");
+        Ok(())
     }
-    tracing::info!(node = %node_id, "draining done; flushing");
-    let flushed = durability.shutdown().await;
-    endpoint.close(0u32.into(), b"node shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    // Dropping sled flushes and blocks: do it off the runtime threads.
-    drop(cluster);
-    let _ = tokio::task::spawn_blocking(move || drop(engine)).await;
-    flushed?;
-    tracing::info!(node = %node_id, "stopped");
-    Ok(())
 }
 
 /// Binds the QUIC endpoint with a stateless-reset key (and connection-id key) derived from this node's

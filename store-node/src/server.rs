@@ -29,6 +29,10 @@ use crate::net::tls::{peer_identity, PeerIdentity};
 use store_client::frame::{read_frame, FrameError, FramePart};
 use store_client::tls::{CLIENT_ALPN, PEER_ALPN};
 
+/// How long a stream waits, after its response is sent, for the client to acknowledge all of it, so
+/// that a shutdown right after the drain does not cut a response off.
+const RESPONSE_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Per-request settings of the server.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeSettings {
@@ -298,7 +302,6 @@ async fn handle_stream(
         return;
     }
     let _ = send.finish();
-    // Wait (briefly) until the peer acknowledged the whole response, so that a shutdown right after the
-    // drain does not cut it off.
-    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    // Wait (briefly) until the peer acknowledged the whole response.
+    let _ = tokio::time::timeout(RESPONSE_ACK_TIMEOUT, send.stopped()).await;
 }

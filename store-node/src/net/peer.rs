@@ -26,6 +26,15 @@ use tokio::sync::mpsc;
 
 use crate::certs::node_server_name;
 
+/// After a failed connect to a peer, messages for it are dropped, and counted as unreachable, for this
+/// long before the next connection attempt: a dead peer costs one attempt per backoff, not one per
+/// message.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Time an inbound peer stream gets to deliver its whole message; a slower one is counted as a bad frame
+/// and dropped, so a stalled peer cannot hold a task forever.
+const INBOUND_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
 crate::metrics::counters! {
     /// Counters of the peer transport, reported as `peer_<field>`.
     pub struct PeerMetrics as "peer_" {
@@ -132,7 +141,7 @@ async fn sender(
             .is_some_and(|(a, c)| *a == addr && c.close_reason().is_none());
         if !usable {
             conn = None;
-            if failed_at.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+            if failed_at.is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF) {
                 metrics.unreachable_drops.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -230,7 +239,7 @@ pub async fn read_peer_streams<F, Fut>(
         let metrics = metrics.clone();
         let deliver = deliver.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv)).await {
+            match tokio::time::timeout(INBOUND_MESSAGE_TIMEOUT, read_message(&mut recv)).await {
                 Ok(Ok(msg)) => {
                     metrics.received.fetch_add(1, Ordering::Relaxed);
                     deliver(from, msg).await;
