@@ -74,6 +74,7 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod frame;
 pub mod routing;
 pub mod tls;
 mod transport;

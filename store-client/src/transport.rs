@@ -8,15 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex as StdMutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use featurestore::wire::codec::{self, FRAME_HEADER_BYTES};
+use featurestore::wire::codec;
 use featurestore::{NodeId, Response};
-use quinn::{
-    Connection, Endpoint, ReadExactError, ReadToEndError, RecvStream, SendStream, WriteError,
-};
+use quinn::{Connection, Endpoint, ReadToEndError, RecvStream, SendStream, WriteError};
 use tracing::{debug, info, warn};
 
 use crate::config::NODE_NAME_SUFFIX;
 use crate::error::{ConnectAttempt, Error, Result};
+use crate::frame::{read_frame, FrameError};
 
 /// Locks a std mutex, ignoring poisoning (every critical section here leaves the data consistent).
 pub(crate) fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -257,11 +256,9 @@ pub(crate) async fn exchange(
 ) -> Result<Response, Failure> {
     on_stream(conn, timeout, |mut send, mut recv| async move {
         send_request(&mut send, frame).await?;
-        let mut header = [0u8; FRAME_HEADER_BYTES];
-        read_exact(&mut recv, &mut header, "response header").await?;
-        let len = codec::parse_header(header, max_frame_bytes)?;
-        let mut payload = vec![0u8; len];
-        read_exact(&mut recv, &mut payload, "response payload").await?;
+        let payload = read_frame(&mut recv, max_frame_bytes)
+            .await
+            .map_err(response_error)?;
         Ok(codec::decode_response(&payload)?)
     })
     .await
@@ -304,20 +301,23 @@ async fn send_request(send: &mut SendStream, bytes: &[u8]) -> Result<()> {
     }
 }
 
-async fn read_exact(recv: &mut RecvStream, buf: &mut [u8], what: &str) -> Result<()> {
-    match recv.read_exact(buf).await {
-        Ok(()) => Ok(()),
-        Err(ReadExactError::FinishedEarly(read)) => {
-            Err(Error::Protocol(featurestore::Error::Malformed {
-                what: "response",
-                reason: format!(
-                    "the stream ended after {read} of {} bytes of the {what}",
-                    buf.len()
-                ),
-            }))
+/// The client error for a response frame that could not be read: a truncated or refused frame is a
+/// [`Error::Protocol`] error, a failed read a [`Error::Transport`] error.
+fn response_error(e: FrameError) -> Error {
+    match e {
+        FrameError::Closed {
+            part,
+            read,
+            expected,
+        } => Error::Protocol(featurestore::Error::Malformed {
+            what: "response",
+            reason: format!(
+                "the stream ended after {read} of {expected} bytes of the response {part}"
+            ),
+        }),
+        FrameError::Read { part, source } => {
+            Error::Transport(format!("reading the response {part}: {source}"))
         }
-        Err(ReadExactError::ReadError(e)) => {
-            Err(Error::Transport(format!("reading the {what}: {e}")))
-        }
+        FrameError::Header(e) => Error::Protocol(e),
     }
 }

@@ -43,7 +43,7 @@ use rcgen::{
 
 use rustls_pki_types::pem::PemObject;
 
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 
 /// DNS suffix of node certificates: node `N` is `N.node.featurestore`.
 pub const NODE_DOMAIN: &str = "node.featurestore";
@@ -210,7 +210,7 @@ fn pair_exists(files: &CertFiles) -> Result<bool> {
             } else {
                 (&files.key, &files.cert)
             };
-            Err(Error::Certificate(format!(
+            Err(Error::InvalidCertificate(format!(
                 "{} exists but {} does not; remove the stray file or restore the missing one",
                 present.display(),
                 missing.display()
@@ -249,43 +249,36 @@ fn load_or_create_ca(dir: &Path) -> Result<(Issuer<'static, KeyPair>, CertFiles)
 fn load_ca(files: &CertFiles) -> Result<Issuer<'static, KeyPair>> {
     let key_pem = read_to_string(&files.key)?;
     let cert_pem = read_to_string(&files.cert)?;
-    let key = KeyPair::from_pem(&key_pem).map_err(|e| {
-        Error::Certificate(format!("cannot parse CA key {}: {e}", files.key.display()))
+    let key = KeyPair::from_pem(&key_pem).map_err(|source| Error::Certificate {
+        context: format!("cannot parse CA key {}", files.key.display()),
+        source,
     })?;
 
-    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(
-        |reason| {
-            Error::Certificate(format!(
-                "cannot parse CA certificate {}: {reason}",
-                files.cert.display()
-            ))
-        },
-    )?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
-        Error::Certificate(format!(
-            "cannot parse CA certificate {}: {e}",
-            files.cert.display()
-        ))
-    })?;
+    let unparsable = |source: BoxError| Error::CaCertificate {
+        path: files.cert.clone(),
+        source,
+    };
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| unparsable(Box::new(e)))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| unparsable(Box::new(e)))?;
     if !parsed.is_ca() {
-        return Err(Error::Certificate(format!(
+        return Err(Error::InvalidCertificate(format!(
             "{} is not a CA certificate (basicConstraints CA:true missing)",
             files.cert.display()
         )));
     }
     if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(Error::Certificate(format!(
+        return Err(Error::InvalidCertificate(format!(
             "CA key {} does not belong to CA certificate {}",
             files.key.display(),
             files.cert.display()
         )));
     }
 
-    Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| {
-        Error::Certificate(format!(
-            "cannot use {} as issuer: {e}",
-            files.cert.display()
-        ))
+    Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|source| Error::Certificate {
+        context: format!("cannot use {} as issuer", files.cert.display()),
+        source,
     })
 }
 
@@ -333,7 +326,10 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 
 /// Maps an rcgen error to [`Error::Certificate`] with context.
 fn cert_err(context: &'static str) -> impl Fn(rcgen::Error) -> Error {
-    move |e| Error::Certificate(format!("{context}: {e}"))
+    move |source| Error::Certificate {
+        context: context.to_owned(),
+        source,
+    }
 }
 
 /// Reads a small text file (certificate or key).
@@ -442,7 +438,7 @@ mod tests {
         std::fs::remove_file(dir.path().join("node-n1.key")).unwrap();
         assert!(matches!(
             generate(dir.path(), &names(&["n1"]), &[]),
-            Err(Error::Certificate(_))
+            Err(Error::InvalidCertificate(_))
         ));
 
         let other = tempfile::tempdir().unwrap();
@@ -455,7 +451,7 @@ mod tests {
         std::fs::write(dir.path().join("ca.key"), "not a key").unwrap();
         assert!(matches!(
             generate(dir.path(), &[], &[]),
-            Err(Error::Certificate(_))
+            Err(Error::Certificate { .. })
         ));
     }
 

@@ -39,7 +39,7 @@ use crate::config::NodeConfig;
 use crate::engine::{error_reply as node_error_reply, now_ms, Engine};
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::peer::Peers;
+use crate::net::peer::Peers;
 
 const META_MEMBERSHIP: &str = "membership";
 /// Hints are stored one record each, named `hint/<target>/<key>` (node ids contain no `/`).

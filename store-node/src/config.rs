@@ -189,8 +189,10 @@ impl NodeConfig {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: NodeConfig =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|source| Error::ConfigFile {
+            path: path.to_owned(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         config.apply_env(env)?;
@@ -213,12 +215,11 @@ impl NodeConfig {
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
-        let bad = |key: &str, e: &dyn std::fmt::Display| Error::Config(format!("{key}: {e}"));
         if let Some(v) = env("FEATURESTORE_NODE_ID") {
             self.node_id = v;
         }
         if let Some(v) = env("FEATURESTORE_LISTEN") {
-            self.listen = v.parse().map_err(|e| bad("FEATURESTORE_LISTEN", &e))?;
+            self.listen = v.parse().map_err(bad_value("FEATURESTORE_LISTEN"))?;
         }
         if let Some(v) = env("FEATURESTORE_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
@@ -232,7 +233,7 @@ impl NodeConfig {
         if let Some(v) = env("FEATURESTORE_MAX_CLOCK_SKEW_MS") {
             self.max_clock_skew_ms = v
                 .parse()
-                .map_err(|e| bad("FEATURESTORE_MAX_CLOCK_SKEW_MS", &e))?;
+                .map_err(bad_value("FEATURESTORE_MAX_CLOCK_SKEW_MS"))?;
         }
         Ok(())
     }
@@ -260,9 +261,7 @@ impl NodeConfig {
         NodeId::new(self.node_id.as_str())?;
         self.limits.validate()?;
         self.durability.validate()?;
-        self.transport
-            .validate()
-            .map_err(|e| Error::Config(e.to_string()))?;
+        self.transport.validate().map_err(Error::Transport)?;
         if self.request_timeout_ms == 0 {
             return Err(Error::Config(
                 "request_timeout_ms must be at least 1".into(),
@@ -274,6 +273,17 @@ impl NodeConfig {
     /// The validated node id.
     pub fn node_id(&self) -> Result<NodeId> {
         Ok(NodeId::new(self.node_id.as_str())?)
+    }
+}
+
+/// Maps the parse error of the environment variable `key` to [`Error::ConfigValue`].
+fn bad_value<E>(key: &'static str) -> impl FnOnce(E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| Error::ConfigValue {
+        what: key.to_owned(),
+        source: Box::new(e),
     }
 }
 

@@ -1,11 +1,24 @@
 //! The one error type of the `store-node` library.
+//!
+//! Every variant that wraps a failure of a library (sled, rcgen, rustls, toml, tokio, the OS) keeps that
+//! error as its [`source`](std::error::Error::source). Message-only are the checks this crate makes itself
+//! ([`Error::Config`], [`Error::InvalidCertificate`]) and [`Error::Storage`] (see there). The messages say
+//! which of four areas failed (`certificate error`, `TLS configuration error`, `storage error`,
+//! `configuration error`) and, like [`Error::Io`], repeat the source's message, so a one-line `Display`
+//! is complete.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use store_client::tls::TlsError;
+
+/// A source error of any type, for variants whose failures come from several libraries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong inside a node outside of the core's own validation errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file or socket operation failed.
+    /// A file or directory could not be created, read or written.
     #[error("I/O error on {path}: {source}")]
     Io {
         /// The file or directory involved.
@@ -13,24 +26,105 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A certificate or key could not be generated, read or parsed.
+    /// The node's UDP socket could not be bound, handed to QUIC, or asked for its address.
+    #[error("I/O error on udp://{addr}: {source}")]
+    Socket {
+        /// The address the socket is (to be) bound to.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// rcgen could not generate, sign or load a certificate or key.
+    #[error("certificate error: {context}: {source}")]
+    Certificate {
+        /// What was being done (and with which file).
+        context: String,
+        /// The rcgen error.
+        source: rcgen::Error,
+    },
+    /// A CA certificate file could not be parsed (as PEM, or as X.509).
+    #[error("certificate error: cannot parse CA certificate {path}: {source}")]
+    CaCertificate {
+        /// The CA certificate file.
+        path: PathBuf,
+        /// The PEM or X.509 parser's error.
+        source: BoxError,
+    },
+    /// The certificate files are unusable for a reason this crate checks itself: half of a pair is
+    /// missing, a CA certificate is not a CA, a CA key does not belong to its certificate.
     #[error("certificate error: {0}")]
-    Certificate(String),
-    /// The TLS configuration could not be built.
+    InvalidCertificate(String),
+    /// A certificate or key file cannot be used for TLS: too large, not PEM, no certificate or key in
+    /// it, or an unusable CA certificate.
+    #[error("certificate error: {0}")]
+    CertificateFile(#[source] TlsError),
+    /// A TLS configuration could not be built from the certificate files (the client crate's loader).
     #[error("TLS configuration error: {0}")]
-    Tls(String),
-    /// The storage engine failed.
+    Tls(#[source] TlsError),
+    /// rustls rejected the server configuration (e.g. the key does not match the certificate).
+    #[error("TLS configuration error: {context}: {source}")]
+    Rustls {
+        /// The step that failed.
+        context: &'static str,
+        /// The rustls error.
+        source: rustls::Error,
+    },
+    /// The client-certificate verifier could not be built from the CA.
+    #[error("TLS configuration error: client certificate verifier: {0}")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+    /// sled failed.
+    #[error("storage error: {context}: {source}")]
+    Sled {
+        /// What was being done, and in which directory.
+        context: String,
+        /// The sled error.
+        source: sled::Error,
+    },
+    /// A storage thread could not be started.
+    #[error("storage error: {context}: {source}")]
+    Thread {
+        /// Which thread.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A blocking storage task panicked or was cancelled.
+    #[error("storage error: {context}: {source}")]
+    Task {
+        /// Which task.
+        context: String,
+        /// The join error.
+        source: tokio::task::JoinError,
+    },
+    /// The storage failed without an error value to keep: a write whose flush failed earlier (the flush
+    /// error is shared by every waiting write as text), a storage thread that panicked, or a failure
+    /// reported by a [`Storage`](crate::storage::Storage) implementation.
     #[error("storage error: {0}")]
     Storage(String),
-    /// A stored record is corrupt or has an unknown format version.
-    #[error("corrupt record for key {key:?}: {reason}")]
-    CorruptRecord {
-        /// The key of the record (lossy UTF-8).
-        key: String,
-        /// What is wrong with it.
-        reason: String,
+    /// A config file is not valid TOML or does not match the config's shape.
+    #[error("configuration error: {path}: {source}")]
+    ConfigFile {
+        /// The config file.
+        path: PathBuf,
+        /// The TOML error.
+        source: toml::de::Error,
     },
-    /// The configuration is invalid.
+    /// A config value given as text (an environment override, a durability interval) could not be
+    /// parsed.
+    #[error("configuration error: {what}: {source}")]
+    ConfigValue {
+        /// Which value, as the user wrote it.
+        what: String,
+        /// The parser's error.
+        source: BoxError,
+    },
+    /// The transport limits or the ALPN list are invalid.
+    #[error("configuration error: {0}")]
+    Transport(#[source] TlsError),
+    /// A client config this node wrote (the dev cluster's `client.toml`) does not load.
+    #[error("configuration error: generated client config: {0}")]
+    ClientConfig(#[source] store_client::Error),
+    /// The configuration is invalid (a check of this crate, without an underlying error).
     #[error("configuration error: {0}")]
     Config(String),
     /// A validation or protocol error from the core.

@@ -4,10 +4,12 @@
 //! - [`config`]: the TOML config with environment and flag overrides.
 //! - [`storage`]: the `Storage` trait, sled and in-memory engines, durability policies (group commit).
 //! - [`engine`]: in-memory profiles, the clock, the write path.
-//! - [`server`]: QUIC connections, streams and frames.
-//! - [`cluster`], [`peer`]: request coordination, replication runtime, peer transport.
+//! - [`server`]: the client-facing QUIC server: connections, streams and frames.
+//! - [`cluster`]: request coordination, replication runtime.
+//! - [`net`]: the transport below the cluster runtime: [`net::peer`] (peer transport) and [`net::tls`]
+//!   (mutual TLS, peer identity).
 //! - [`node`]: start, recover, serve, shut down.
-//! - [`certs`], [`tls`]: certificate generation and mutual TLS.
+//! - [`certs`]: certificate generation.
 //! - [`dev`]: the local development cluster behind `store-node dev`.
 
 pub mod certs;
@@ -17,10 +19,9 @@ pub mod dev;
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod net;
 pub mod node;
-pub mod peer;
 pub mod server;
 pub mod storage;
-pub mod tls;
 
 pub use error::{Error, Result};

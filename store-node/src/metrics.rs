@@ -8,52 +8,69 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use featurestore::ErrorCode;
 
+/// Declares a struct of `AtomicU64` counters with a `snapshot` that names each counter after its field,
+/// behind an optional prefix: `struct PeerMetrics as "peer_" { sent }` reports `peer_sent`.
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// The node's counters.
+    (
+        $(#[$struct_doc:meta])*
+        $vis:vis struct $ty:ident as $prefix:literal {
+            $($(#[$doc:meta])* $name:ident),* $(,)?
+        }
+    ) => {
+        $(#[$struct_doc])*
         #[derive(Debug, Default)]
-        pub struct Metrics {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+        $vis struct $ty {
+            $($(#[$doc])* pub $name: ::std::sync::atomic::AtomicU64,)*
         }
 
-        impl Metrics {
+        impl $ty {
             /// Every counter with its name, for the status reply.
             pub fn snapshot(&self) -> Vec<(String, u64)> {
-                vec![$((stringify!($name).to_owned(), self.$name.load(Ordering::Relaxed)),)*]
+                vec![$((
+                    concat!($prefix, stringify!($name)).to_owned(),
+                    self.$name.load(::std::sync::atomic::Ordering::Relaxed),
+                ),)*]
             }
         }
     };
+    ($(#[$struct_doc:meta])* $vis:vis struct $ty:ident { $($body:tt)* }) => {
+        $crate::metrics::counters! { $(#[$struct_doc])* $vis struct $ty as "" { $($body)* } }
+    };
 }
+pub(crate) use counters;
 
 counters! {
-    /// Connections whose TLS handshake completed.
-    connections_accepted,
-    /// Connections refused during the handshake (no or bad client certificate, wrong ALPN, ...).
-    tls_handshake_failures,
-    /// Connections from a certificate that is not a client certificate, on the client ALPN.
-    wrong_identity,
-    /// Requests answered (all kinds, including errors).
-    requests,
-    /// Reads served (`get` keys and `get_many` keys).
-    keys_read,
-    /// Writes acknowledged.
-    writes_acknowledged,
-    /// Frames announcing a payload above `max_frame_bytes`.
-    frames_oversized,
-    /// Frames with an unknown protocol version.
-    frames_bad_version,
-    /// Frames that could not be decoded (bad encoding, bad UTF-8, unknown variant, truncated).
-    frames_malformed,
-    /// Requests refused by validation: limits, bad names, bad contexts, kind mismatches, clock skew.
-    requests_rejected,
-    /// Writes that failed to become durable (not acknowledged).
-    storage_failures,
-    /// Responses that would have exceeded `max_frame_bytes`.
-    responses_too_large,
-    /// Streams that timed out before a full request arrived.
-    request_timeouts,
-    /// Expired values physically dropped by the sweeper.
-    expired_sweeps,
+    /// The node's counters.
+    pub struct Metrics {
+        /// Connections whose TLS handshake completed.
+        connections_accepted,
+        /// Connections refused during the handshake (no or bad client certificate, wrong ALPN, ...).
+        tls_handshake_failures,
+        /// Connections from a certificate that is not a client certificate, on the client ALPN.
+        wrong_identity,
+        /// Requests answered (all kinds, including errors).
+        requests,
+        /// Reads served (`get` keys and `get_many` keys).
+        keys_read,
+        /// Writes acknowledged.
+        writes_acknowledged,
+        /// Frames announcing a payload above `max_frame_bytes`.
+        frames_oversized,
+        /// Frames with an unknown protocol version.
+        frames_bad_version,
+        /// Frames that could not be decoded (bad encoding, bad UTF-8, unknown variant, truncated).
+        frames_malformed,
+        /// Requests refused by validation: limits, bad names, bad contexts, kind mismatches, clock skew.
+        requests_rejected,
+        /// Writes that failed to become durable (not acknowledged).
+        storage_failures,
+        /// Responses that would have exceeded `max_frame_bytes`.
+        responses_too_large,
+        /// Streams that timed out before a full request arrived.
+        request_timeouts,
+        /// Expired values physically dropped by the sweeper.
+        expired_sweeps,
+    }
 }
 
 impl Metrics {
@@ -78,5 +95,36 @@ impl Metrics {
             | ErrorCode::CounterOverflow => &self.requests_rejected,
         };
         Metrics::incr(counter);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(snapshot: Vec<(String, u64)>) -> Vec<String> {
+        snapshot.into_iter().map(|(name, _)| name).collect()
+    }
+
+    #[test]
+    fn counters_are_named_after_their_fields_behind_the_prefix() {
+        let node = Metrics::default();
+        Metrics::incr(&node.requests);
+        let snapshot = node.snapshot();
+        assert_eq!(snapshot.len(), 14);
+        assert_eq!(snapshot[0].0, "connections_accepted");
+        assert!(snapshot.contains(&("requests".to_owned(), 1)));
+
+        let peer = crate::net::peer::PeerMetrics::default();
+        assert_eq!(
+            names(peer.snapshot()),
+            [
+                "peer_sent",
+                "peer_queue_drops",
+                "peer_unreachable_drops",
+                "peer_received",
+                "peer_bad_frames"
+            ]
+        );
     }
 }

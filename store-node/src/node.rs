@@ -7,126 +7,53 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use featurestore::NodeId;
 use store_client::tls::{CLIENT_ALPN, PEER_ALPN};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::engine::{now_ms, Engine};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::net::peer::Peers;
 use crate::server::{serve, ServeSettings};
 use crate::storage::{self, Durability};
+
+/// How long shutdown waits, after closing the endpoint, for the close to reach clients and peers
+/// (`quinn::Endpoint::wait_idle`) before the storage is released and [`run`] returns.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The peer transport's connect (and send) timeout is the replication RPC timeout
+/// (`cluster.replication.rpc_timeout_ms`), but never less than this.
+const MIN_PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Runs a node with `config` until `shutdown` is cancelled. Prints `store-node <id> ready on <addr>` on
 /// stdout once it accepts connections (tests and the dev cluster wait for that line).
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> {
     let node_id = config.node_id()?;
-    let dir = config.data_dir.clone();
-    let kind = config.storage;
-    let store = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        storage::open(kind, &dir)
-    })
-    .await
-    .map_err(|e| Error::Storage(format!("storage open task failed: {e}")))??;
-    let durability = Durability::start(store.clone(), config.durability)?;
-    let metrics = Arc::new(Metrics::default());
-    let (engine, recovery) = Engine::open(
-        node_id.clone(),
-        config.limits.clone(),
-        config.max_clock_skew_ms,
-        store,
-        durability.clone(),
-        metrics,
-    )?;
-    let engine = Arc::new(engine);
-    tracing::info!(
-        node = %node_id, entities = recovery.entities, corrupt = recovery.corrupt,
-        storage = %kind, durability = %config.durability, "recovered"
-    );
-
-    let server_config = crate::tls::server_config(
-        &config.tls.ca_cert,
-        &config.tls.cert,
-        &config.tls.key,
-        &[CLIENT_ALPN, PEER_ALPN],
-        &config.transport,
-    )?;
-    // The same certificate authenticates this node when it dials its peers.
-    let peer_client = store_client::tls::client_config(
-        &config.tls.ca_cert,
-        &config.tls.cert,
-        &config.tls.key,
-        PEER_ALPN,
-        &config.transport,
-    )
-    .map_err(|e| Error::Tls(e.to_string()))?;
-    let endpoint = bind_endpoint(&config, server_config)?;
-    let local = endpoint.local_addr().map_err(|source| Error::Io {
-        path: "udp socket".into(),
+    let (engine, durability) = open_storage(&config, &node_id).await?;
+    let (endpoint, peers) = open_endpoint(&config)?;
+    let local = endpoint.local_addr().map_err(|source| Error::Socket {
+        addr: config.listen,
         source,
     })?;
-    let peers = crate::peer::Peers::new(
-        endpoint.clone(),
-        peer_client,
-        config.cluster.peer_queue,
-        Duration::from_millis(config.cluster.replication.rpc_timeout_ms.max(100)),
+    let cluster = Arc::new(Cluster::open(&config, engine.clone(), peers)?);
+    let ticker = spawn_ticker(
+        cluster.clone(),
+        Duration::from_millis(config.cluster.tick_ms),
+        shutdown.clone(),
     );
-    let cluster = Arc::new(crate::cluster::Cluster::open(
-        &config,
-        engine.clone(),
-        peers,
-    )?);
-    let ticker = {
-        let cluster = cluster.clone();
-        let shutdown = shutdown.clone();
-        // The shortest interval between two ticks; when they run is decided by the core's next deadline.
-        let pace_ms = config.cluster.tick_ms;
-        tokio::spawn(async move {
-            let mut next = now_ms();
-            loop {
-                let wait = Duration::from_millis(next.saturating_sub(now_ms()).max(pace_ms));
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(wait) => {
-                        let cluster = cluster.clone();
-                        match tokio::task::spawn_blocking(move || cluster.tick()).await {
-                            Ok(deadline) => next = deadline,
-                            Err(_) => tracing::error!("replication tick panicked"),
-                        }
-                    }
-                }
-            }
-        })
-    };
     tracing::info!(node = %node_id, addr = %local, "listening");
     println!("store-node {node_id} ready on {local}");
 
     let sweeper = (config.expiry_sweep_ms > 0).then(|| {
-        let engine = engine.clone();
-        let shutdown = shutdown.clone();
-        let every = Duration::from_millis(config.expiry_sweep_ms);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    _ = tick.tick() => {
-                        let engine = engine.clone();
-                        let swept = tokio::task::spawn_blocking(move || engine.sweep_expired(now_ms())).await;
-                        if let Ok(n) = swept {
-                            if n > 0 {
-                                tracing::debug!(entities = n, "expired values dropped");
-                            }
-                        }
-                    }
-                }
-            }
-        })
+        spawn_sweeper(
+            engine.clone(),
+            Duration::from_millis(config.expiry_sweep_ms),
+            shutdown.clone(),
+        )
     });
 
     let settings = ServeSettings {
@@ -142,20 +69,182 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         shutdown,
     )
     .await;
-    let _ = ticker.await;
-    if let Some(sweeper) = sweeper {
-        let _ = sweeper.await;
+    let running = Running {
+        node_id,
+        endpoint,
+        engine,
+        cluster,
+        durability,
+        ticker,
+        sweeper,
+    };
+    running.shut_down().await
+}
+
+/// Creates the data directory, opens the storage, starts its durability policy and recovers every stored
+/// profile into a new engine.
+async fn open_storage(
+    config: &NodeConfig,
+    node_id: &NodeId,
+) -> Result<(Arc<Engine>, Arc<Durability>)> {
+    let dir = config.data_dir.clone();
+    let kind = config.storage;
+    let store = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        storage::open(kind, &dir)
+    })
+    .await
+    .map_err(|source| Error::Task {
+        context: "storage open task failed".into(),
+        source,
+    })??;
+    let durability = Durability::start(store.clone(), config.durability)?;
+    let metrics = Arc::new(Metrics::default());
+    let (engine, recovery) = Engine::open(
+        node_id.clone(),
+        config.limits.clone(),
+        config.max_clock_skew_ms,
+        store,
+        durability.clone(),
+        metrics,
+    )?;
+    tracing::info!(
+        node = %node_id, entities = recovery.entities, corrupt = recovery.corrupt,
+        storage = %kind, durability = %config.durability, "recovered"
+    );
+    Ok((Arc::new(engine), durability))
+}
+
+/// Builds the TLS configurations (the server's, for clients and peers; and this node's as a client of its
+/// peers, with the same certificate), binds the QUIC endpoint and puts the peer transport on it.
+fn open_endpoint(config: &NodeConfig) -> Result<(quinn::Endpoint, Peers)> {
+    let server_config = crate::net::tls::server_config(
+        &config.tls.ca_cert,
+        &config.tls.cert,
+        &config.tls.key,
+        &[CLIENT_ALPN, PEER_ALPN],
+        &config.transport,
+    )?;
+    // The same certificate authenticates this node when it dials its peers.
+    let peer_client = store_client::tls::client_config(
+        &config.tls.ca_cert,
+        &config.tls.cert,
+        &config.tls.key,
+        PEER_ALPN,
+        &config.transport,
+    )
+    .map_err(Error::Tls)?;
+    let endpoint = bind_endpoint(config, server_config)?;
+    let connect_timeout = Duration::from_millis(config.cluster.replication.rpc_timeout_ms)
+        .max(MIN_PEER_CONNECT_TIMEOUT);
+    let peers = Peers::new(
+        endpoint.clone(),
+        peer_client,
+        config.cluster.peer_queue,
+        connect_timeout,
+    );
+    Ok((endpoint, peers))
+}
+
+/// Runs [`Cluster::tick`] (off the runtime threads) at the replication state machine's next deadline, at
+/// most once per `pace`, until `shutdown` is cancelled.
+fn spawn_ticker(
+    cluster: Arc<Cluster>,
+    pace: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // When a tick runs is decided by the core's next deadline; `pace` is the shortest interval between
+        // two ticks (it also paces handoff batches).
+        let pace_ms = u64::try_from(pace.as_millis()).unwrap_or(u64::MAX);
+        let mut next = now_ms();
+        loop {
+            let wait = Duration::from_millis(next.saturating_sub(now_ms()).max(pace_ms));
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(wait) => {
+                    let cluster = cluster.clone();
+                    match tokio::task::spawn_blocking(move || cluster.tick()).await {
+                        Ok(deadline) => next = deadline,
+                        Err(_) => tracing::error!("replication tick panicked"),
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Drops expired values ([`Engine::sweep_expired`], off the runtime threads) every `every`, first after
+/// one period, until `shutdown` is cancelled.
+fn spawn_sweeper(
+    engine: Arc<Engine>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let engine = engine.clone();
+                    let swept = tokio::task::spawn_blocking(move || engine.sweep_expired(now_ms())).await;
+                    if let Ok(n) = swept {
+                        if n > 0 {
+                            tracing::debug!(entities = n, "expired values dropped");
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A node that has stopped serving (its `shutdown` token is cancelled and the server drained), with
+/// everything [`Running::shut_down`] still has to stop and release.
+struct Running {
+    node_id: NodeId,
+    endpoint: quinn::Endpoint,
+    engine: Arc<Engine>,
+    cluster: Arc<Cluster>,
+    durability: Arc<Durability>,
+    ticker: JoinHandle<()>,
+    sweeper: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// The rest of the shutdown sequence: wait for the ticker and the sweeper, flush the storage, close
+    /// the endpoint and wait up to [`CLOSE_WAIT`] for the close to go out, then release the storage. The
+    /// flush's outcome is the result.
+    async fn shut_down(self) -> Result<()> {
+        let Running {
+            node_id,
+            endpoint,
+            engine,
+            cluster,
+            durability,
+            ticker,
+            sweeper,
+        } = self;
+        let _ = ticker.await;
+        if let Some(sweeper) = sweeper {
+            let _ = sweeper.await;
+        }
+        tracing::info!(node = %node_id, "draining done; flushing");
+        let flushed = durability.shutdown().await;
+        endpoint.close(0u32.into(), b"node shutting down");
+        let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
+        // Dropping sled flushes and blocks: do it off the runtime threads.
+        drop(cluster);
+        let _ = tokio::task::spawn_blocking(move || drop(engine)).await;
+        flushed?;
+        tracing::info!(node = %node_id, "stopped");
+        Ok(())
     }
-    tracing::info!(node = %node_id, "draining done; flushing");
-    let flushed = durability.shutdown().await;
-    endpoint.close(0u32.into(), b"node shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    // Dropping sled flushes and blocks: do it off the runtime threads.
-    drop(cluster);
-    let _ = tokio::task::spawn_blocking(move || drop(engine)).await;
-    flushed?;
-    tracing::info!(node = %node_id, "stopped");
-    Ok(())
 }
 
 /// Binds the QUIC endpoint with a stateless-reset key (and connection-id key) derived from this node's
@@ -185,16 +274,13 @@ fn bind_endpoint(
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| Error::Io {
-        path: format!("udp://{}", config.listen).into(),
+    let socket_error = |source| Error::Socket {
+        addr: config.listen,
         source,
-    })?;
+    };
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(socket_error)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| Error::Config("no async runtime for QUIC".into()))?;
-    quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime).map_err(|source| {
-        Error::Io {
-            path: format!("udp://{}", config.listen).into(),
-            source,
-        }
-    })
+    quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
+        .map_err(socket_error)
 }

@@ -1,7 +1,7 @@
 //! The client-facing QUIC server: connections, streams, frames.
 //!
 //! Guarantees:
-//! - Only clients with a certificate from the cluster CA get a connection (mutual TLS, see [`crate::tls`]);
+//! - Only clients with a certificate from the cluster CA get a connection (mutual TLS, see [`crate::net::tls`]);
 //!   a failed handshake is logged once with the remote address and counted.
 //! - One request per bidirectional stream. The 5-byte header is read and checked (version, size) *before*
 //!   any buffer for the payload is allocated; the payload buffer is exactly the announced size, which is
@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use featurestore::wire::client::ErrorReply;
-use featurestore::wire::codec::{
-    decode_request, encode_response, parse_header, FRAME_HEADER_BYTES,
-};
+use featurestore::wire::codec::{decode_request, encode_response, FRAME_HEADER_BYTES};
 use featurestore::{ErrorCode, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,8 +25,13 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::Cluster;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::tls::{peer_identity, PeerIdentity};
+use crate::net::tls::{peer_identity, PeerIdentity};
+use store_client::frame::{read_frame, FrameError, FramePart};
 use store_client::tls::{CLIENT_ALPN, PEER_ALPN};
+
+/// How long a stream waits, after its response is sent, for the client to acknowledge all of it, so
+/// that a shutdown right after the drain does not cut a response off.
+const RESPONSE_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Per-request settings of the server.
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +158,7 @@ impl Connection {
         };
         tokio::select! {
             () = self.shutdown.cancelled() => {}
-            () = crate::peer::read_peer_streams(conn, from, metrics, deliver) => {}
+            () = crate::net::peer::read_peer_streams(conn, from, metrics, deliver) => {}
         }
     }
 }
@@ -171,34 +174,41 @@ enum ReadFailure {
     /// The frame is bad: answer with this error.
     Frame(featurestore::Error),
     /// The stream broke (reset, connection lost): nobody to answer.
-    Stream(String),
+    Stream(quinn::ReadError),
+}
+
+impl From<FrameError> for ReadFailure {
+    /// A truncated frame is malformed, a refused header keeps its own error (oversized, bad version), a
+    /// failed read leaves nobody to answer.
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Closed {
+                part: FramePart::Header,
+                read,
+                ..
+            } => ReadFailure::Frame(featurestore::Error::Malformed {
+                what: "frame",
+                reason: format!("stream ended after {read} header bytes"),
+            }),
+            FrameError::Closed {
+                part: FramePart::Payload,
+                read,
+                expected,
+            } => ReadFailure::Frame(featurestore::Error::Malformed {
+                what: "frame",
+                reason: format!("payload ended after {read} of {expected} bytes"),
+            }),
+            FrameError::Header(e) => ReadFailure::Frame(e),
+            FrameError::Read { source, .. } => ReadFailure::Stream(source),
+        }
+    }
 }
 
 async fn read_request(
     recv: &mut quinn::RecvStream,
     max_frame_bytes: u32,
 ) -> Result<featurestore::Request, ReadFailure> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    recv.read_exact(&mut header).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(n) => {
-            ReadFailure::Frame(featurestore::Error::Malformed {
-                what: "frame",
-                reason: format!("stream ended after {n} header bytes"),
-            })
-        }
-        quinn::ReadExactError::ReadError(e) => ReadFailure::Stream(e.to_string()),
-    })?;
-    let len = parse_header(header, max_frame_bytes).map_err(ReadFailure::Frame)?;
-    let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(n) => {
-            ReadFailure::Frame(featurestore::Error::Malformed {
-                what: "frame",
-                reason: format!("payload ended after {n} of {len} bytes"),
-            })
-        }
-        quinn::ReadExactError::ReadError(e) => ReadFailure::Stream(e.to_string()),
-    })?;
+    let payload = read_frame(recv, max_frame_bytes).await?;
     // Exactly one frame per stream: anything after it is a protocol error.
     let mut probe = [0u8; 1];
     match recv.read(&mut probe).await {
@@ -209,7 +219,7 @@ async fn read_request(
                 reason: "data after the frame".into(),
             }))
         }
-        Err(e) => return Err(ReadFailure::Stream(e.to_string())),
+        Err(e) => return Err(ReadFailure::Stream(e)),
     }
     decode_request(&payload).map_err(ReadFailure::Frame)
 }
@@ -292,7 +302,6 @@ async fn handle_stream(
         return;
     }
     let _ = send.finish();
-    // Wait (briefly) until the peer acknowledged the whole response, so that a shutdown right after the
-    // drain does not cut it off.
-    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    // Wait (briefly) until the peer acknowledged the whole response.
+    let _ = tokio::time::timeout(RESPONSE_ACK_TIMEOUT, send.stopped()).await;
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use quinn::crypto::rustls::QuicClientConfig;
 use store_client::tls::{client_config, root_store, TransportLimits, CLIENT_ALPN, PEER_ALPN};
 use store_node::certs::{generate, node_server_name, GeneratedCerts};
-use store_node::tls::{peer_identity, server_config, PeerIdentity};
+use store_node::net::tls::{peer_identity, server_config, PeerIdentity};
 use tokio::sync::mpsc;
 
 const STEP: Duration = Duration::from_secs(10);

@@ -146,10 +146,9 @@ impl FromStr for DurabilityPolicy {
             return Ok(DurabilityPolicy::Sync);
         }
         if let Some(ms) = s.strip_prefix("periodic:") {
-            let interval_ms: u64 = ms.trim().parse().map_err(|e| {
-                Error::Config(format!(
-                    "durability {s:?}: interval {ms:?} is not a number of milliseconds: {e}"
-                ))
+            let interval_ms: u64 = ms.trim().parse().map_err(|e| Error::ConfigValue {
+                what: format!("durability {s:?}: interval {ms:?} is not a number of milliseconds"),
+                source: Box::new(e),
             })?;
             let policy = DurabilityPolicy::Periodic { interval_ms };
             policy.validate()?;
@@ -356,7 +355,10 @@ impl Durability {
         let handle = thread::Builder::new()
             .name(THREAD_NAME.to_owned())
             .spawn(move || thread_shared.run(policy, tx))
-            .map_err(|e| Error::Storage(format!("cannot spawn the {THREAD_NAME} thread: {e}")))?;
+            .map_err(|source| Error::Thread {
+                context: format!("cannot spawn the {THREAD_NAME} thread"),
+                source,
+            })?;
         tracing::debug!(storage = shared.storage.kind(), %policy, "durability flusher started");
         Ok(Arc::new(Durability {
             shared,
@@ -433,9 +435,10 @@ impl Durability {
                 res
             }
             Ok(Err(_panic)) => Err(Error::Storage(format!("the {THREAD_NAME} thread panicked"))),
-            Err(e) => Err(Error::Storage(format!(
-                "joining the {THREAD_NAME} thread: {e}"
-            ))),
+            Err(source) => Err(Error::Task {
+                context: format!("joining the {THREAD_NAME} thread"),
+                source,
+            }),
         }
     }
 

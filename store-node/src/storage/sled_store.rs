@@ -11,7 +11,7 @@
 //! # How
 //!
 //! Values are stored verbatim (opaque bytes); sled checksums its log, and the node's record encoding
-//! carries its own version byte. Every sled error is mapped to [`Error::Storage`] with what was being done.
+//! carries its own version byte. Every sled error is mapped to [`Error::Sled`] with what was being done.
 //!
 //! # Caveats
 //!
@@ -55,18 +55,19 @@ impl SledStorage {
             .path(dir)
             .mode(sled::Mode::LowSpace)
             .flush_every_ms(None);
-        let db = config.open().map_err(|e| {
-            Error::Storage(format!("opening sled database in {}: {e}", dir.display()))
-        })?;
-        let tree = db.open_tree(TREE).map_err(|e| {
-            Error::Storage(format!("opening tree {TREE:?} in {}: {e}", dir.display()))
-        })?;
-        let meta = db.open_tree(META_TREE).map_err(|e| {
-            Error::Storage(format!(
-                "opening tree {META_TREE:?} in {}: {e}",
-                dir.display()
-            ))
-        })?;
+        let failed = |context: String| move |source| Error::Sled { context, source };
+        let db = config.open().map_err(failed(format!(
+            "opening sled database in {}",
+            dir.display()
+        )))?;
+        let tree = db.open_tree(TREE).map_err(failed(format!(
+            "opening tree {TREE:?} in {}",
+            dir.display()
+        )))?;
+        let meta = db.open_tree(META_TREE).map_err(failed(format!(
+            "opening tree {META_TREE:?} in {}",
+            dir.display()
+        )))?;
         tracing::debug!(dir = %dir.display(), recovered = db.was_recovered(), "opened sled storage");
         Ok(SledStorage {
             db,
@@ -81,8 +82,11 @@ impl SledStorage {
         &self.dir
     }
 
-    fn err(&self, what: &str, e: sled::Error) -> Error {
-        Error::Storage(format!("sled {what} in {}: {e}", self.dir.display()))
+    fn err(&self, what: &str, source: sled::Error) -> Error {
+        Error::Sled {
+            context: format!("sled {what} in {}", self.dir.display()),
+            source,
+        }
     }
 }
 

@@ -36,9 +36,10 @@ use crate::error::{Error, Result};
 /// - `alpn`: the accepted ALPN protocols (e.g. `CLIENT_ALPN` and `PEER_ALPN`), at least one;
 /// - `limits`: validated, then applied as the transport configuration.
 ///
-/// Errors: [`Error::Io`] for an unreadable file, [`Error::Certificate`] for a file without a
-/// usable certificate/key, [`Error::Config`] for invalid limits or ALPN list, [`Error::Tls`] if
-/// rustls/quinn reject the configuration (e.g. the key does not match the certificate).
+/// Errors: [`Error::Io`] for an unreadable file, [`Error::CertificateFile`] for a file without a
+/// usable certificate/key, [`Error::Transport`] for invalid limits or ALPN list, [`Error::Rustls`],
+/// [`Error::ClientVerifier`] or [`Error::Tls`] if rustls/quinn reject the configuration (e.g.
+/// [`Error::Rustls`] if the key does not match the certificate).
 pub fn server_config(
     ca: &Path,
     cert: &Path,
@@ -55,20 +56,26 @@ pub fn server_config(
     let roots = Arc::new(root_store(ca).map_err(map_tls_error)?);
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
-        .map_err(|e| Error::Tls(format!("client certificate verifier: {e}")))?;
+        .map_err(Error::ClientVerifier)?;
     let certs = load_certs(cert).map_err(map_tls_error)?;
     let key = load_key(key).map_err(map_tls_error)?;
 
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .map_err(|source| Error::Rustls {
+            context: "TLS 1.3 only",
+            source,
+        })?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|e| Error::Tls(format!("node certificate/key: {e}")))?;
+        .map_err(|source| Error::Rustls {
+            context: "node certificate/key",
+            source,
+        })?;
     tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tls.max_early_data_size = 0;
 
-    let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(TlsError::from(e)))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(limits.to_quinn()));
     config.migration(false);
@@ -83,9 +90,9 @@ fn map_tls_error(e: TlsError) -> Error {
         | TlsError::Pem { .. }
         | TlsError::NoCertificates { .. }
         | TlsError::NoPrivateKey { .. }
-        | TlsError::InvalidCa { .. }) => Error::Certificate(e.to_string()),
-        e @ (TlsError::EmptyAlpn | TlsError::InvalidLimits(_)) => Error::Config(e.to_string()),
-        e => Error::Tls(e.to_string()),
+        | TlsError::InvalidCa { .. }) => Error::CertificateFile(e),
+        e @ (TlsError::EmptyAlpn | TlsError::InvalidLimits(_)) => Error::Transport(e),
+        e => Error::Tls(e),
     }
 }
 
@@ -226,7 +233,7 @@ mod tests {
         ));
         assert!(matches!(
             server_config(&missing, &missing, &missing, &[], &limits),
-            Err(Error::Config(_))
+            Err(Error::Transport(_))
         ));
         let generated = crate::certs::generate(dir.path(), &["n1".to_string()], &[]).unwrap();
         let n1 = &generated.nodes[0];
@@ -239,7 +246,7 @@ mod tests {
                 &[b"x"],
                 &limits
             ),
-            Err(Error::Tls(_))
+            Err(Error::Rustls { .. })
         ));
         server_config(&generated.ca.cert, &n1.cert, &n1.key, &[b"x"], &limits).unwrap();
     }

@@ -13,46 +13,41 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use featurestore::limits::FRAME_BYTES_CEILING;
-use featurestore::wire::codec::{decode_peer, encode_frame, parse_header, FRAME_HEADER_BYTES};
+use featurestore::wire::codec::{decode_peer, encode_frame};
 use featurestore::wire::peer::PeerMessage;
 use featurestore::NodeId;
+use store_client::frame::{read_frame, FrameError};
 use tokio::sync::mpsc;
 
 use crate::certs::node_server_name;
 
-/// Counters of the peer transport.
-#[derive(Debug, Default)]
-pub struct PeerMetrics {
-    /// Messages handed to a sender.
-    pub sent: AtomicU64,
-    /// Messages dropped because a peer's queue was full.
-    pub queue_drops: AtomicU64,
-    /// Messages dropped because the peer could not be reached.
-    pub unreachable_drops: AtomicU64,
-    /// Inbound messages received.
-    pub received: AtomicU64,
-    /// Inbound frames that could not be decoded or were too large.
-    pub bad_frames: AtomicU64,
-}
+/// After a failed connect to a peer, messages for it are dropped, and counted as unreachable, for this
+/// long before the next connection attempt: a dead peer costs one attempt per backoff, not one per
+/// message.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
 
-impl PeerMetrics {
-    /// The counters with their names.
-    pub fn snapshot(&self) -> Vec<(String, u64)> {
-        [
-            ("peer_sent", &self.sent),
-            ("peer_queue_drops", &self.queue_drops),
-            ("peer_unreachable_drops", &self.unreachable_drops),
-            ("peer_received", &self.received),
-            ("peer_bad_frames", &self.bad_frames),
-        ]
-        .into_iter()
-        .map(|(n, c)| (n.to_owned(), c.load(Ordering::Relaxed)))
-        .collect()
+/// Time an inbound peer stream gets to deliver its whole message; a slower one is counted as a bad frame
+/// and dropped, so a stalled peer cannot hold a task forever.
+const INBOUND_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+crate::metrics::counters! {
+    /// Counters of the peer transport, reported as `peer_<field>`.
+    pub struct PeerMetrics as "peer_" {
+        /// Messages handed to a sender.
+        sent,
+        /// Messages dropped because a peer's queue was full.
+        queue_drops,
+        /// Messages dropped because the peer could not be reached.
+        unreachable_drops,
+        /// Inbound messages received.
+        received,
+        /// Inbound frames that could not be decoded or were too large.
+        bad_frames,
     }
 }
 
@@ -146,7 +141,7 @@ async fn sender(
             .is_some_and(|(a, c)| *a == addr && c.close_reason().is_none());
         if !usable {
             conn = None;
-            if failed_at.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+            if failed_at.is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF) {
                 metrics.unreachable_drops.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -205,18 +200,21 @@ async fn sender(
     }
 }
 
+/// Why an inbound peer message was dropped.
+#[derive(Debug, thiserror::Error)]
+enum BadMessage {
+    /// The frame could not be read (truncated, refused header, broken stream).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The payload is not a peer message.
+    #[error(transparent)]
+    Decode(#[from] featurestore::Error),
+}
+
 /// Reads one message from a unidirectional peer stream.
-async fn read_message(recv: &mut quinn::RecvStream) -> Result<PeerMessage, String> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    recv.read_exact(&mut header)
-        .await
-        .map_err(|e| e.to_string())?;
-    let len = parse_header(header, FRAME_BYTES_CEILING).map_err(|e| e.to_string())?;
-    let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload)
-        .await
-        .map_err(|e| e.to_string())?;
-    decode_peer(&payload).map_err(|e| e.to_string())
+async fn read_message(recv: &mut quinn::RecvStream) -> Result<PeerMessage, BadMessage> {
+    let payload = read_frame(recv, FRAME_BYTES_CEILING).await?;
+    Ok(decode_peer(&payload)?)
 }
 
 /// Receives messages from an authenticated peer connection until it closes, handing each to `deliver`.
@@ -241,7 +239,7 @@ pub async fn read_peer_streams<F, Fut>(
         let metrics = metrics.clone();
         let deliver = deliver.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv)).await {
+            match tokio::time::timeout(INBOUND_MESSAGE_TIMEOUT, read_message(&mut recv)).await {
                 Ok(Ok(msg)) => {
                     metrics.received.fetch_add(1, Ordering::Relaxed);
                     deliver(from, msg).await;

@@ -1,0 +1,363 @@
+//! Laying out the dev directory: the node plan for `--nodes`/`--port`, certificates, the node and client
+//! configs, and the warnings about reusing a directory with a different shape. Nothing here starts a
+//! process.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use super::{DevError, DevOptions};
+use crate::certs;
+use crate::config::{NodeConfig, Overrides, Seed};
+use crate::error::Error;
+
+/// The dev client's name (its certificate is `certs/client-app.pem`).
+pub const DEV_CLIENT: &str = "app";
+
+/// Most nodes `store-node dev` starts.
+pub const MAX_NODES: u16 = 64;
+
+/// One node of the dev cluster as laid out on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevNode {
+    /// Node id, `n<i>`.
+    pub id: String,
+    /// Listen (and advertised) address.
+    pub addr: SocketAddr,
+    /// Its config file, `<dir>/n<i>.toml`.
+    pub config: PathBuf,
+    /// Its data directory, `<dir>/n<i>`.
+    pub data_dir: PathBuf,
+}
+
+/// The files [`prepare`] wrote and what it noticed.
+#[derive(Debug, Clone)]
+pub struct DevLayout {
+    /// The dev directory.
+    pub dir: PathBuf,
+    /// The nodes, `n1..nK`.
+    pub nodes: Vec<DevNode>,
+    /// `<dir>/client.toml`.
+    pub client_config: PathBuf,
+    /// Warnings about reusing the directory with a different shape (already logged).
+    pub warnings: Vec<String>,
+}
+
+/// Writes the client configuration for the dev cluster (paths relative to `dir`).
+pub fn write_client_config(
+    dir: &Path,
+    nodes: &[(String, SocketAddr)],
+) -> crate::error::Result<PathBuf> {
+    let mut text = format!(
+        "# Written by `store-node dev` on every run. Paths are relative to this file.\n\
+         ca_cert = \"certs/ca.pem\"\n\
+         cert = \"certs/client-{DEV_CLIENT}.pem\"\n\
+         key = \"certs/client-{DEV_CLIENT}.key\"\n"
+    );
+    for (name, addr) in nodes {
+        let _ = write!(text, "\n[[nodes]]\nname = \"{name}\"\naddr = \"{addr}\"\n");
+    }
+    let path = dir.join("client.toml");
+    write_file(&path, &text)?;
+    Ok(path)
+}
+
+/// The TOML config of `node`, with every node of `all` as a bootstrap seed (paths relative to the dev dir).
+fn node_config_text(node: &DevNode, all: &[DevNode]) -> String {
+    let id = &node.id;
+    let mut text = format!(
+        "# Written by `store-node dev` on every run (edits are overwritten). Paths are relative to this file.\n\
+         node_id = \"{id}\"\n\
+         listen = \"{addr}\"\n\
+         data_dir = \"{id}\"\n\
+         storage = \"sled\"\n\
+         durability = {{ mode = \"sync\" }}\n\
+         \n\
+         [tls]\n\
+         ca_cert = \"certs/ca.pem\"\n\
+         cert = \"certs/node-{id}.pem\"\n\
+         key = \"certs/node-{id}.key\"\n\
+         \n\
+         [cluster]\n\
+         bootstrap = true\n",
+        addr = node.addr,
+    );
+    for seed in all {
+        let _ = write!(
+            text,
+            "\n[[cluster.seeds]]\nid = \"{}\"\naddr = \"{}\"\n",
+            seed.id, seed.addr
+        );
+    }
+    text
+}
+
+fn write_file(path: &Path, text: &str) -> crate::error::Result<()> {
+    std::fs::write(path, text).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The node layout for `options` (no file access).
+pub(super) fn plan(options: &DevOptions) -> Result<Vec<DevNode>, DevError> {
+    if options.nodes == 0 || options.nodes > MAX_NODES {
+        return Err(DevError::Options(format!(
+            "--nodes must be between 1 and {MAX_NODES}, got {}",
+            options.nodes
+        )));
+    }
+    let last = u32::from(options.port) + u32::from(options.nodes) - 1;
+    if options.port == 0 || last > u32::from(u16::MAX) {
+        return Err(DevError::Options(format!(
+            "--port must leave room for {} consecutive ports in 1..=65535, got {}",
+            options.nodes, options.port
+        )));
+    }
+    Ok((1..=options.nodes)
+        .map(|i| {
+            let id = format!("n{i}");
+            DevNode {
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, options.port + (i - 1))),
+                config: options.dir.join(format!("{id}.toml")),
+                data_dir: options.dir.join(&id),
+                id,
+            }
+        })
+        .collect())
+}
+
+/// Indices `i` of the non-empty `n<i>/` directories in `dir`, sorted.
+fn existing_data(dir: &Path) -> Vec<u32> {
+    let mut found: Vec<u32> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let i: u32 = name.to_str()?.strip_prefix('n')?.parse().ok()?;
+            let non_empty =
+                entry.path().is_dir() && std::fs::read_dir(entry.path()).ok()?.next().is_some();
+            (i > 0 && non_empty).then_some(i)
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// Warnings about starting `nodes` in a directory that holds data of a differently shaped cluster.
+/// `previous` is the seed list of the previous run's `n1.toml`, if it could be read; `data` the indices of
+/// the existing data directories.
+fn shape_warnings(
+    dir: &Path,
+    nodes: &[DevNode],
+    previous: Option<&[Seed]>,
+    data: &[u32],
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if data.is_empty() {
+        return warnings;
+    }
+    let k = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
+    let list = |ids: &[u32]| {
+        ids.iter()
+            .map(|i| format!("n{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let beyond: Vec<u32> = data.iter().copied().filter(|&i| i > k).collect();
+    if !beyond.is_empty() {
+        warnings.push(format!(
+            "{} holds data of {} which this run does not start (--nodes {k}): the other nodes still \
+             count them as members, see them as down and keep hints for them",
+            dir.display(),
+            list(&beyond)
+        ));
+    }
+    let fresh: Vec<u32> = (1..=k).filter(|i| !data.contains(i)).collect();
+    if !fresh.is_empty() && data.iter().any(|&i| i <= k) {
+        warnings.push(format!(
+            "{} start without data next to nodes that have some: they bootstrap from the seeds instead \
+             of joining the stored cluster",
+            list(&fresh)
+        ));
+    }
+    if let Some(previous) = previous {
+        let now: Vec<(&str, SocketAddr)> = nodes.iter().map(|n| (n.id.as_str(), n.addr)).collect();
+        let before: Vec<(&str, SocketAddr)> =
+            previous.iter().map(|s| (s.id.as_str(), s.addr)).collect();
+        if now != before {
+            let show = |v: &[(&str, SocketAddr)]| {
+                v.iter()
+                    .map(|(id, addr)| format!("{id}@{addr}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            warnings.push(format!(
+                "the cluster layout changed since the last run (was: {}; now: {}); the nodes' stored \
+                 membership still describes the old one",
+                show(&before),
+                show(&now)
+            ));
+        }
+    }
+    if !warnings.is_empty() {
+        warnings.push(format!(
+            "to change --nodes or --port, use a fresh --dir (or delete {})",
+            dir.display()
+        ));
+    }
+    warnings
+}
+
+/// Creates the dev directory, certificates (first run), node configs and `client.toml`, and logs a warning
+/// if the directory holds data of a differently shaped cluster. Does not start anything.
+pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
+    let nodes = plan(options)?;
+    let dir = &options.dir;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.clone(),
+        source,
+    })?;
+
+    let previous_config = dir.join("n1.toml");
+    let previous = previous_config
+        .exists()
+        .then(|| NodeConfig::load(&previous_config, |_| None, &Overrides::default()).ok())
+        .flatten()
+        .map(|c| c.cluster.seeds);
+    let warnings = shape_warnings(dir, &nodes, previous.as_deref(), &existing_data(dir));
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+
+    let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    let generated = certs::generate(&dir.join("certs"), &ids, &[DEV_CLIENT.to_owned()])?;
+    for path in generated.written() {
+        tracing::info!(path = %path.display(), "generated");
+    }
+    for node in &nodes {
+        write_file(&node.config, &node_config_text(node, &nodes))?;
+        // Read it back exactly as `serve` will, so a config the node would refuse fails here.
+        NodeConfig::load(&node.config, |_| None, &Overrides::default())?;
+    }
+    let pairs: Vec<(String, SocketAddr)> = nodes.iter().map(|n| (n.id.clone(), n.addr)).collect();
+    let client_config = write_client_config(dir, &pairs)?;
+    store_client::ClientConfig::load(&client_config).map_err(Error::ClientConfig)?;
+    Ok(DevLayout {
+        dir: dir.clone(),
+        nodes,
+        client_config,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn options(dir: &Path, nodes: u16) -> DevOptions {
+        DevOptions {
+            dir: dir.to_owned(),
+            port: 7401,
+            nodes,
+        }
+    }
+
+    #[test]
+    fn prepare_writes_configs_every_node_can_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dev");
+        let layout = prepare(&options(&dir, 3)).unwrap();
+        assert!(layout.warnings.is_empty(), "{:?}", layout.warnings);
+        assert_eq!(layout.nodes.len(), 3);
+        for (i, node) in layout.nodes.iter().enumerate() {
+            let c = NodeConfig::load(&node.config, |_| None, &Overrides::default()).unwrap();
+            assert_eq!(c.node_id, format!("n{}", i + 1));
+            assert_eq!(c.listen.port(), 7401 + u16::try_from(i).unwrap());
+            assert_eq!(c.data_dir, dir.join(&c.node_id));
+            assert_eq!(
+                c.tls.cert,
+                dir.join(format!("certs/node-{}.pem", c.node_id))
+            );
+            assert!(c.tls.cert.exists());
+            assert!(c.cluster.bootstrap);
+            let seeds: Vec<&str> = c.cluster.seeds.iter().map(|s| s.id.as_str()).collect();
+            assert_eq!(seeds, ["n1", "n2", "n3"]);
+            assert_eq!(c.storage, crate::storage::StorageKind::Sled);
+            assert_eq!(c.durability, crate::storage::DurabilityPolicy::Sync);
+        }
+        let client = store_client::ClientConfig::load(&layout.client_config).unwrap();
+        assert_eq!(client.nodes.len(), 3);
+        assert_eq!(client.cert, dir.join("certs/client-app.pem"));
+        // The texts are relative: nothing refers to the temporary directory.
+        let text = std::fs::read_to_string(dir.join("n2.toml")).unwrap();
+        assert!(!text.contains(&*tmp.path().to_string_lossy()), "{text}");
+
+        // A second run reuses the CA and rewrites configs for the new port.
+        let ca = std::fs::read(dir.join("certs/ca.pem")).unwrap();
+        let again = prepare(&DevOptions {
+            port: 9000,
+            ..options(&dir, 3)
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(dir.join("certs/ca.pem")).unwrap(), ca);
+        assert_eq!(again.nodes[2].addr.port(), 9002);
+        // No data yet, so no warning.
+        assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+    }
+
+    #[test]
+    fn changing_the_shape_of_a_used_directory_warns() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        prepare(&options(dir, 3)).unwrap();
+        for i in 1..=3 {
+            std::fs::create_dir_all(dir.join(format!("n{i}"))).unwrap();
+            std::fs::write(dir.join(format!("n{i}/db")), b"x").unwrap();
+        }
+        assert!(prepare(&options(dir, 3)).unwrap().warnings.is_empty());
+
+        let fewer = prepare(&options(dir, 2)).unwrap().warnings;
+        assert!(
+            fewer
+                .iter()
+                .any(|w| w.contains("n3 which this run does not start")),
+            "{fewer:?}"
+        );
+        // n1.toml now describes 2 nodes: going back to 3 is a change again, and n3's data is back in use.
+        let more = prepare(&options(dir, 4)).unwrap().warnings;
+        assert!(
+            more.iter().any(|w| w.starts_with("n4 start without data")),
+            "{more:?}"
+        );
+        assert!(
+            more.iter().any(|w| w.contains("layout changed")),
+            "{more:?}"
+        );
+        assert!(more.last().unwrap().contains("fresh --dir"), "{more:?}");
+    }
+
+    #[test]
+    fn options_out_of_range_are_refused() {
+        let dir = Path::new("unused");
+        for (port, nodes) in [(7401, 0), (7401, MAX_NODES + 1), (0, 3), (65535, 2)] {
+            let o = DevOptions {
+                dir: dir.to_owned(),
+                port,
+                nodes,
+            };
+            assert!(
+                matches!(plan(&o), Err(DevError::Options(_))),
+                "{port} {nodes}"
+            );
+        }
+        let o = DevOptions {
+            dir: dir.to_owned(),
+            port: 65534,
+            nodes: 2,
+        };
+        assert_eq!(plan(&o).unwrap()[1].addr.port(), 65535);
+    }
+}

@@ -1,0 +1,286 @@
+//! `store-node dev`: a local cluster of real node processes on loopback, with generated certificates and
+//! embedded storage.
+//!
+//! # Layout
+//!
+//! Under the dev directory (default `./data/dev`), for `--nodes K` and `--port P`:
+//!
+//! | path | contents | lifetime |
+//! |---|---|---|
+//! | `certs/` | cluster CA, `node-n<i>.pem/.key` for n1..nK, `client-app.pem/.key` | generated on first run; the CA and existing pairs are reused, missing pairs are added |
+//! | `n<i>.toml` | config of node `n<i>`: listen `127.0.0.1:<P+i-1>`, data dir `n<i>`, sled, sync durability, all K nodes as `[[cluster.seeds]]` with `bootstrap = true` | rewritten on every run |
+//! | `n<i>/` | node `n<i>`'s sled data (and stored membership) | kept across runs |
+//! | `client.toml` | what `storectl` and the client crate need: every node, the `app` client certificate | rewritten on every run |
+//!
+//! All paths inside the generated files are relative to the file, so the directory can be moved as a whole.
+//! Because the configs are rewritten on every run, edit them only to run a node by hand
+//! (`store-node serve --config <dir>/n<i>.toml`), not to change the dev cluster.
+//!
+//! # Behaviour
+//!
+//! [`run`] checks that the K UDP ports are free, prepares the files ([`prepare`]) and starts K child
+//! processes (this executable with `serve --config <dir>/n<i>.toml`). Each child's stdout and stderr are
+//! relayed line by line with an `[n<i>] ` prefix (stdout to stdout, stderr to stderr). The cluster is
+//! *ready* once every node has printed `store-node n<i> ready on <addr>` (at most [`READY_TIMEOUT`]); then
+//! the nodes and the next commands are printed, ending with the line `dev cluster ready: n1,...,nK`.
+//! If a node exits or does not become ready during startup, the others are stopped and [`run`] fails.
+//!
+//! While running, a node that exits on its own (crash, `kill -9` by an operator testing failures) is
+//! reported loudly with its exit status and the command that restarts it by hand; the other nodes keep
+//! running. [`run`] returns once the `shutdown` token is cancelled (Ctrl-C or SIGTERM, see `main.rs`) or
+//! when no node is left running.
+//!
+//! Stopping: every running node gets SIGTERM (through the `kill` command) and up to [`STOP_TIMEOUT`] to
+//! drain and exit; stragglers then get SIGKILL. Cancelling the `kill_now` token (a second Ctrl-C) skips
+//! the wait and sends SIGKILL at once. [`run`] returns `Ok` only if every node exited with status 0 —
+//! a node that died earlier, or had to be killed, makes it fail (so `store-node dev` exits non-zero).
+//!
+//! Children run in their own process group, so a Ctrl-C in the terminal reaches only the dev process,
+//! which then stops the nodes in order (a node that got both the terminal's SIGINT and our SIGTERM would
+//! treat the second signal as "exit without draining"). The flip side: if the dev process itself is
+//! killed with SIGKILL, the nodes keep running; their PIDs are printed at startup, and the next
+//! `store-node dev` reports their ports as in use. `FEATURESTORE_*` override variables of the dev process
+//! (listen address, node id, data dir, ...) are *not* passed to the children: they would give every node
+//! the same value.
+//!
+//! # Changing `--nodes` or `--port` on an existing directory
+//!
+//! The nodes store their cluster membership in their data directories, so changing the node count or the
+//! ports of an existing dev directory does not give a fresh cluster of the new shape: old nodes still
+//! know the old members (a node that is no longer started is seen as down and hints pile up for it), and
+//! a node started for the first time next to existing ones bootstraps from the seeds instead of joining.
+//! [`prepare`] detects this (from the previous `n1.toml` and the existing `n<i>/` data directories) and
+//! prints a warning; to change the shape, use a fresh `--dir` (or delete the old one).
+//!
+//! Unix only in practice: nodes are signalled with the `kill` command.
+
+mod layout;
+mod procs;
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+
+pub use layout::{prepare, write_client_config, DevLayout, DevNode, DEV_CLIENT, MAX_NODES};
+pub use procs::STOP_TIMEOUT;
+
+use layout::plan;
+use procs::Procs;
+
+/// How long every node together gets to print its ready line after being started.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options of `store-node dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Where certificates, configs, data and `client.toml` live.
+    pub dir: PathBuf,
+    /// UDP port of the first node; node `n<i>` listens on `port + i - 1`.
+    pub port: u16,
+    /// Number of nodes (1..=[`MAX_NODES`]).
+    pub nodes: u16,
+}
+
+/// What can make `store-node dev` fail.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// Preparing files (certificates, configs) failed.
+    #[error(transparent)]
+    Node(#[from] Error),
+    /// The options are out of range.
+    #[error("invalid dev options: {0}")]
+    Options(String),
+    /// A node's port is taken.
+    #[error("{addr} is already in use (is another dev cluster or node still running?)")]
+    PortInUse {
+        /// The address.
+        addr: SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// A node process could not be started.
+    #[error("could not start {node} ({})", exe.display())]
+    Spawn {
+        /// The node id.
+        node: String,
+        /// The executable.
+        exe: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A node exited during startup.
+    #[error("{node} exited before it was ready ({status}); its log is above")]
+    ExitedEarly {
+        /// The node id.
+        node: String,
+        /// How it exited.
+        status: String,
+    },
+    /// Some nodes did not print their ready line in time.
+    #[error("not ready within {} s: {nodes}", READY_TIMEOUT.as_secs())]
+    NotReady {
+        /// The nodes that were not ready, comma-separated.
+        nodes: String,
+    },
+    /// Not every node exited with status 0.
+    #[error("not every node exited cleanly: {0}")]
+    Unclean(String),
+}
+
+/// Fails if one of the nodes' UDP ports cannot be bound now.
+fn check_ports(nodes: &[DevNode]) -> Result<(), DevError> {
+    for node in nodes {
+        UdpSocket::bind(node.addr).map_err(|source| DevError::PortInUse {
+            addr: node.addr,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The banner printed once every node is ready.
+fn banner(layout: &DevLayout, procs: &Procs, exe: &Path) -> String {
+    let dir = layout.dir.display();
+    let client = layout.client_config.display();
+    let mut text = format!(
+        "featurestore dev cluster: {} node(s) in {dir}\n",
+        layout.nodes.len()
+    );
+    for (node, p) in layout.nodes.iter().zip(&procs.procs) {
+        let _ = writeln!(
+            text,
+            "  {:<4} {:<21} pid {:<7} config {}  data {}",
+            node.id,
+            node.addr,
+            p.pid,
+            node.config.display(),
+            node.data_dir.display()
+        );
+    }
+    let storectl =
+        format!("cargo run --release -p store-client --bin storectl -- --config {client}");
+    let last = layout.nodes.last().map_or("n1", |n| n.id.as_str());
+    let _ = write!(
+        text,
+        "client config: {client}\n\
+         next, in another terminal:\n  \
+         {storectl} put u1 cart_value=42.5\n  \
+         {storectl} get u1\n  \
+         {storectl} status\n  \
+         {storectl} local u1 --node {last}\n\
+         to run a node by hand (e.g. after killing it): {} serve --config {}\n\
+         Ctrl-C stops every node cleanly (a second Ctrl-C kills them at once).\n\
+         dev cluster ready: {}",
+        exe.display(),
+        layout.nodes[0].config.display(),
+        layout
+            .nodes
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    text
+}
+
+/// Prepares the files, starts the nodes and supervises them until `shutdown` is cancelled (or every node
+/// has exited), then stops them: SIGTERM, up to [`STOP_TIMEOUT`], SIGKILL. Cancelling `kill_now` (after or
+/// instead of `shutdown`) sends SIGKILL without waiting. Returns `Ok` only if every node exited with
+/// status 0.
+pub async fn run(
+    options: DevOptions,
+    shutdown: CancellationToken,
+    kill_now: CancellationToken,
+) -> Result<(), DevError> {
+    check_ports(&plan(&options)?)?;
+    let layout = prepare(&options)?;
+    let exe = std::env::current_exe().map_err(|source| DevError::Spawn {
+        node: "the nodes".into(),
+        exe: "store-node".into(),
+        source,
+    })?;
+    let mut procs = Procs::new();
+    for node in &layout.nodes {
+        if let Err(e) = procs.spawn(&exe, node) {
+            procs.stop(&kill_now).await;
+            return Err(e);
+        }
+    }
+
+    // Startup: every node must print its ready line in time.
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let failure = loop {
+        if procs.procs.iter().all(|p| p.ready) {
+            break None;
+        }
+        tokio::select! {
+            event = procs.next() => {
+                let Some(event) = event else { break None };
+                if let Some(i) = procs.record(event) {
+                    let p = &procs.procs[i];
+                    break Some(DevError::ExitedEarly {
+                        node: p.id.clone(),
+                        status: p.exit.clone().unwrap_or_default(),
+                    });
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                let late: Vec<&str> =
+                    procs.procs.iter().filter(|p| !p.ready).map(|p| p.id.as_str()).collect();
+                break Some(DevError::NotReady { nodes: late.join(", ") });
+            }
+            () = shutdown.cancelled() => {
+                procs.stop(&kill_now).await;
+                return procs.outcome();
+            }
+        }
+    };
+    if let Some(error) = failure {
+        tracing::error!("{error}; stopping the other nodes");
+        procs.stop(&kill_now).await;
+        return Err(error);
+    }
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        banner(&layout, &procs, &exe)
+    );
+
+    // Running: report nodes that exit on their own, keep the others.
+    while procs.any_running() {
+        tokio::select! {
+            event = procs.next() => {
+                let Some(event) = event else { break };
+                if let Some(i) = procs.record(event) {
+                    let p = &procs.procs[i];
+                    tracing::error!(
+                        "!!! node {} (pid {}) exited on its own: {}. The other nodes keep running. \
+                         Restart it by hand with `{} serve --config {}` (Ctrl-C here will not stop \
+                         that process)",
+                        p.id,
+                        p.pid,
+                        p.exit.as_deref().unwrap_or("?"),
+                        exe.display(),
+                        layout.nodes[i].config.display(),
+                    );
+                }
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
+    if !procs.any_running() {
+        tracing::error!("no dev node is running any more; exiting");
+    }
+    procs.stop(&kill_now).await;
+    let outcome = procs.outcome();
+    if outcome.is_ok() {
+        tracing::info!("every node stopped cleanly");
+    }
+    outcome
+}
