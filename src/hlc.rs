@@ -14,7 +14,7 @@
 //!
 //! Caveat: timestamps are ordered by the HLC, not by real time. With clock skew below `max_skew_ms` a write
 //! that happened later in real time can still lose to an earlier one from a node whose clock runs ahead;
-//! that is the documented price of LWW and the harness counts such inversions.
+//! that is the documented price of LWW.
 
 use std::fmt;
 
@@ -24,11 +24,30 @@ use serde::{Deserialize, Serialize};
 use crate::error::{truncate_for_error, Error, Result};
 
 /// The identity of a node: 1 to 63 characters of `[a-z0-9-]`, the same name its certificate carries.
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
-)]
+///
+/// Parsed, not trusted: every way in (`new`, serde `Deserialize` from TOML or JSON, bincode `Decode` from a
+/// peer or the disk) validates, so a `NodeId` value is always well-formed. It encodes as its text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Encode)]
 #[serde(transparent)]
 pub struct NodeId(String);
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        NodeId::new(text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<C> Decode<C> for NodeId {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let text = String::decode(decoder)?;
+        NodeId::new(text).map_err(|e| bincode::error::DecodeError::OtherString(e.to_string()))
+    }
+}
+
+bincode::impl_borrow_decode!(NodeId);
 
 impl NodeId {
     /// Validates and wraps a node id.

@@ -258,7 +258,9 @@ impl Ring {
     ///
     /// Adjacent ranges are merged; the list is in ring order starting from the range that contains
     /// position 0's successor token. Empty if `node` is not a member or `n == 0`. Costs
-    /// `O(tokens × walk)`: meant for handoff and anti-entropy planning, not the request path.
+    /// `O(tokens × walk)`, never for the request path. Not used by the protocol yet: handoff and
+    /// anti-entropy still scan every key and test membership per key; this (checked against the
+    /// preference lists by a property test) is the basis for range-bounded, incremental scans.
     pub fn owned_ranges(&self, node: &NodeId, n: usize) -> Vec<(u64, u64)> {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         let Ok(target) = self.nodes.binary_search(node) else {

@@ -19,9 +19,9 @@
 //! - Erasure drops siblings stamped at or below the watermark; expiry drops expired siblings. Both keep the
 //!   clock, so the dropped siblings are dominated everywhere they still exist.
 //!
-//! Caveat: dots are `(node, counter)` with the node id as actor. A node that loses acknowledged state (only
-//! possible with the `periodic` durability policy and a crash) could reissue a dot. Per-incarnation actor
-//! ids remove this and arrive with replication.
+//! Caveat: dots are `(node, counter)` with the node id as actor. A node that loses acknowledged state (the
+//! `periodic` durability policy and a crash, or a lost disk) and rejoins under its name could reissue a dot
+//! that replicas already hold. Per-incarnation actors would remove this; they are not built yet.
 
 use std::collections::BTreeMap;
 use std::fmt;

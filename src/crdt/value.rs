@@ -44,26 +44,6 @@ impl Value {
             _ => self.rank().cmp(&other.rank()),
         }
     }
-
-    /// Parses command-line text: `true`/`false`, an integer, a float, or else a string. Wrap the text in
-    /// double quotes to force a string (`"42"`).
-    pub fn parse_cli(text: &str) -> Value {
-        if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-            return Value::Str(inner.to_owned());
-        }
-        match text {
-            "true" => return Value::Bool(true),
-            "false" => return Value::Bool(false),
-            _ => {}
-        }
-        if let Ok(i) = text.parse::<i64>() {
-            return Value::I64(i);
-        }
-        match text.parse::<f64>() {
-            Ok(f) if f.is_finite() => Value::F64(f),
-            _ => Value::Str(text.to_owned()),
-        }
-    }
 }
 
 impl fmt::Display for Value {
@@ -80,16 +60,6 @@ impl fmt::Display for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cli_parsing_picks_the_narrowest_type() {
-        assert_eq!(Value::parse_cli("42.5"), Value::F64(42.5));
-        assert_eq!(Value::parse_cli("42"), Value::I64(42));
-        assert_eq!(Value::parse_cli("true"), Value::Bool(true));
-        assert_eq!(Value::parse_cli("\"42\""), Value::Str("42".into()));
-        assert_eq!(Value::parse_cli("gold"), Value::Str("gold".into()));
-        assert_eq!(Value::parse_cli("NaN"), Value::Str("NaN".into()));
-    }
 
     #[test]
     fn total_order_is_total() {

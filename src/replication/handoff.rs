@@ -153,7 +153,7 @@ impl Replication {
         });
         if any_active && !waiting {
             if let Some(addr) = self.own_addr() {
-                self.change_own_state(&addr, MemberState::Active);
+                self.change_own_state(addr, MemberState::Active);
                 self.handoff_received.clear();
             }
         }
@@ -190,7 +190,7 @@ impl Replication {
                 && self.hints.values().all(|q| q.keys.is_empty());
             if pushed && quiet {
                 if let Some(addr) = self.own_addr() {
-                    self.change_own_state(&addr, MemberState::Left);
+                    self.change_own_state(addr, MemberState::Left);
                 }
             } else {
                 self.leave = Some(h);
@@ -319,7 +319,7 @@ impl Replication {
         keys
     }
 
-    fn own_addr(&self) -> Option<String> {
-        self.table.get(&self.me).map(|m| m.addr.clone())
+    fn own_addr(&self) -> Option<std::net::SocketAddr> {
+        self.table.get(&self.me).map(|m| m.addr.0)
     }
 }

@@ -576,12 +576,12 @@ impl Replication {
 
     /// Changes this node's own membership state (join, leave) and announces it. The effects persist the
     /// new table.
-    pub fn set_own_state(&mut self, addr: &str, state: MemberState) -> Vec<Effect> {
+    pub fn set_own_state(&mut self, addr: std::net::SocketAddr, state: MemberState) -> Vec<Effect> {
         self.change_own_state(addr, state);
         self.finish(Vec::new())
     }
 
-    fn change_own_state(&mut self, addr: &str, state: MemberState) {
+    fn change_own_state(&mut self, addr: std::net::SocketAddr, state: MemberState) {
         self.table.set(&self.me.clone(), addr, state);
         self.dirty_table = true;
         self.rebuild_rings();

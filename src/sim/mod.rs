@@ -34,7 +34,10 @@ use crate::wire::codec::state_hash;
 use crate::wire::peer::PeerMessage;
 
 /// The address every simulated member announces (the transport is simulated; it is never dialed).
-const SIM_ADDR: &str = "127.0.0.1:1";
+const SIM_ADDR: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    1,
+));
 
 /// SplitMix64: small, seedable, good enough for scheduling.
 pub(crate) struct Rng(u64);

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use featurestore::cluster::membership::{Member, MemberState, MembershipTable};
+use featurestore::cluster::membership::{Member, MemberAddr, MemberState, MembershipTable};
 use featurestore::cluster::ring::{Ring, DEFAULT_VNODES};
 use featurestore::wire::client::ClusterView;
 use featurestore::NodeId;
@@ -68,10 +68,10 @@ pub(crate) enum Merged {
     EmptyRing,
 }
 
-/// An address a client can dial: parses, and is neither the unspecified address nor port 0 (a node
-/// that listens on `0.0.0.0` without an `advertise` address publishes such an address).
-fn dialable(addr: &str) -> Option<SocketAddr> {
-    let addr: SocketAddr = addr.parse().ok()?;
+/// An address a client can dial: neither the unspecified address nor port 0 (a node that listens on
+/// `0.0.0.0` without an `advertise` address publishes such an address).
+fn dialable(addr: MemberAddr) -> Option<SocketAddr> {
+    let addr = addr.0;
     (!addr.ip().is_unspecified() && addr.port() != 0).then_some(addr)
 }
 
@@ -81,7 +81,7 @@ impl View {
     pub(crate) fn from_seeds(seeds: &[(NodeId, SocketAddr)]) -> View {
         let table = MembershipTable::from_members(seeds.iter().map(|(id, addr)| Member {
             id: id.clone(),
-            addr: addr.to_string(),
+            addr: MemberAddr(*addr),
             state: MemberState::Active,
             version: 0,
         }));
@@ -124,7 +124,7 @@ impl View {
                 continue;
             }
             let seed = || seeds.iter().find(|(id, _)| *id == member.id).map(|s| s.1);
-            if let Some(addr) = dialable(&member.addr).or_else(seed) {
+            if let Some(addr) = dialable(member.addr).or_else(seed) {
                 addrs.insert(member.id.clone(), addr);
             }
         }
@@ -304,7 +304,7 @@ mod tests {
     fn member(name: &str, addr: &str, state: MemberState, version: u64) -> Member {
         Member {
             id: id(name),
-            addr: addr.into(),
+            addr: MemberAddr(addr.parse().expect("a test address")),
             state,
             version,
         }
@@ -468,7 +468,7 @@ mod tests {
             member("n2", "127.0.0.1:7402", MemberState::Leaving, 3),
             member("n3", "127.0.0.1:7403", MemberState::Left, 4),
             member("n4", "127.0.0.1:7404", MemberState::Joining, 1),
-            member("n5", "not an address", MemberState::Active, 1),
+            member("n5", "127.0.0.1:0", MemberState::Active, 1), // port 0: not dialable
         ]);
         let view = View::from_cluster(
             ClusterView {

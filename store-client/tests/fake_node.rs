@@ -217,7 +217,7 @@ fn start_node(pki: &Pki, name: &str, shared: &Arc<Shared>) -> Fake {
         .table
         .lock()
         .unwrap()
-        .set(&state.id, &addr.to_string(), MemberState::Active);
+        .set(&state.id, addr, MemberState::Active);
     tokio::spawn(serve(endpoint.clone(), state.clone()));
     Fake {
         id: id(name),
@@ -407,7 +407,7 @@ async fn handle(
                     .values()
                     .map(|m| MemberStatus {
                         id: m.id.clone(),
-                        addr: m.addr.clone(),
+                        addr: m.addr.to_string(),
                         state: m.state,
                         liveness: Liveness::Alive,
                         hints_queued: 0,
@@ -439,11 +439,12 @@ async fn handle(
         Ok(Request::Leave) => {
             log(&state, "leave", vec![], 0);
             let addr = state.addr.lock().unwrap().unwrap();
-            state.shared.table.lock().unwrap().set(
-                &state.id,
-                &addr.to_string(),
-                MemberState::Leaving,
-            );
+            state
+                .shared
+                .table
+                .lock()
+                .unwrap()
+                .set(&state.id, addr, MemberState::Leaving);
             Response::Leaving
         }
     };

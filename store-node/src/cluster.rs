@@ -136,53 +136,26 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// Builds the membership table a node starts from: the stored one, or one made from the configuration.
+/// Builds the membership table a node starts from: the stored one, or one made from the configuration
+/// ([`MembershipTable::bootstrap`]).
 pub fn initial_table(
     config: &NodeConfig,
     stored: Option<MembershipTable>,
 ) -> Result<MembershipTable> {
     let me = config.node_id()?;
-    let advertise = config.advertise().to_string();
-    let mut table = match stored {
-        Some(t) => t,
-        None => {
-            let mut t = MembershipTable::default();
-            if config.cluster.bootstrap {
-                for seed in &config.cluster.seeds {
-                    let id = NodeId::new(seed.id.as_str())?;
-                    if id != me {
-                        t.set(&id, &seed.addr.to_string(), MemberState::Active);
-                    }
-                }
-                t.set(&me, &advertise, MemberState::Active);
-            } else {
-                // Seeds at version 0: just enough to gossip with them; their own entries win.
-                for seed in &config.cluster.seeds {
-                    let id = NodeId::new(seed.id.as_str())?;
-                    if id != me {
-                        t.members.insert(
-                            id.clone(),
-                            featurestore::cluster::membership::Member {
-                                id,
-                                addr: seed.addr.to_string(),
-                                state: MemberState::Active,
-                                version: 0,
-                            },
-                        );
-                    }
-                }
-                t.set(&me, &advertise, MemberState::Joining);
-            }
-            t
-        }
-    };
-    // A restart on another address announces the new one.
-    if let Some(m) = table.get(&me).cloned() {
-        if m.addr != advertise {
-            table.set(&me, &advertise, m.state);
-        }
-    }
-    Ok(table)
+    let seeds = config
+        .cluster
+        .seeds
+        .iter()
+        .map(|seed| Ok((NodeId::new(seed.id.as_str())?, seed.addr)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(MembershipTable::bootstrap(
+        &me,
+        config.advertise(),
+        &seeds,
+        config.cluster.bootstrap,
+        stored,
+    ))
 }
 
 impl Cluster {
@@ -295,13 +268,13 @@ impl Cluster {
         Ok(deferred)
     }
 
-    /// Every member's address (parsed once per batch of effects).
+    /// Every member's address.
     fn addrs(&self) -> HashMap<NodeId, SocketAddr> {
         self.repl()
             .table()
             .members
             .values()
-            .filter_map(|m| m.addr.parse().ok().map(|a| (m.id.clone(), a)))
+            .map(|m| (m.id.clone(), m.addr.0))
             .collect()
     }
 
@@ -395,7 +368,7 @@ impl Cluster {
             Request::Leave => {
                 let effects = self
                     .repl()
-                    .set_own_state(&self.advertise.to_string(), MemberState::Leaving);
+                    .set_own_state(self.advertise, MemberState::Leaving);
                 if let Err(error) = self.execute(effects) {
                     return error_reply(ErrorCode::Storage, error.to_string());
                 }
@@ -636,7 +609,7 @@ impl Cluster {
             .values()
             .map(|m| MemberStatus {
                 id: m.id.clone(),
-                addr: m.addr.clone(),
+                addr: m.addr.to_string(),
                 state: m.state,
                 liveness: repl.liveness(&m.id, now),
                 hints_queued: repl.hint_count(&m.id) as u64,

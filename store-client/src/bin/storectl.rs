@@ -161,9 +161,29 @@ fn split_pair(pair: &str) -> Result<(&str, &str), String> {
     }
 }
 
+/// Parses a command-line value: `true`/`false`, an integer, a float, or else a string. Wrap the text in
+/// double quotes to force a string (`"42"`).
+fn parse_value(text: &str) -> Value {
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        return Value::Str(inner.to_owned());
+    }
+    match text {
+        "true" => return Value::Bool(true),
+        "false" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(i) = text.parse::<i64>() {
+        return Value::I64(i);
+    }
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() => Value::F64(f),
+        _ => Value::Str(text.to_owned()),
+    }
+}
+
 fn parse_gauge(pair: &str) -> Result<(String, Value), String> {
     let (name, value) = split_pair(pair)?;
-    Ok((name.to_owned(), Value::parse_cli(value)))
+    Ok((name.to_owned(), parse_value(value)))
 }
 
 fn parse_delta(pair: &str) -> Result<(String, i64), String> {
@@ -356,9 +376,20 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn cli_parsing_picks_the_narrowest_type() {
+        assert_eq!(parse_value("42.5"), Value::F64(42.5));
+        assert_eq!(parse_value("42"), Value::I64(42));
+        assert_eq!(parse_value("true"), Value::Bool(true));
+        assert_eq!(parse_value("\"42\""), Value::Str("42".into()));
+        assert_eq!(parse_value("gold"), Value::Str("gold".into()));
+        assert_eq!(parse_value("NaN"), Value::Str("NaN".into()));
+    }
     use clap::error::ErrorKind;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
