@@ -22,6 +22,8 @@ pub mod crdt;
 pub mod error;
 pub mod hlc;
 #[cfg(test)]
+mod knobs;
+#[cfg(test)]
 mod layering;
 pub mod limits;
 pub mod profile;

@@ -91,12 +91,18 @@ impl Lattice for Counter {
                     changed = true;
                 }
                 Some(ours) if theirs.first == ours.first => {
-                    let merged = CounterSlot {
+                    #[allow(unused_mut)]
+                    let mut merged = CounterSlot {
                         first: ours.first,
                         last: ours.last.max(theirs.last),
                         inc: ours.inc.max(theirs.inc),
                         dec: ours.dec.max(theirs.dec),
                     };
+                    #[cfg(test)]
+                    if crate::knobs::active(crate::knobs::Bug::CounterMinMerge) {
+                        merged.inc = ours.inc.min(theirs.inc);
+                        merged.dec = ours.dec.min(theirs.dec);
+                    }
                     if merged != *ours {
                         *ours = merged;
                         changed = true;

@@ -78,6 +78,10 @@ impl Replication {
         now_ms: u64,
         out: &mut Vec<Effect>,
     ) {
+        #[cfg(test)]
+        if crate::knobs::active(crate::knobs::Bug::NoAntiEntropy) {
+            return;
+        }
         let peers: Vec<NodeId> = self
             .peers()
             .into_iter()

@@ -223,6 +223,34 @@ pub struct WritePlan {
     pub replica_sends: Vec<u64>,
 }
 
+/// The outcome of a quorum read: the join of the answers, and the replicas of the key that answered with
+/// less (they get the merged state: read repair).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuorumRead {
+    /// The merge of every answer (`None` if no replica holds the key).
+    pub merged: Option<Profile>,
+    /// Replicas of the key whose answer differs from `merged`.
+    pub stale: Vec<NodeId>,
+}
+
+/// Merges the answers of a quorum read and decides which replicas to repair. Answers from nodes that are
+/// not replicas of the key count toward the merge but are never repaired.
+pub fn merge_answers(answers: &[(NodeId, Option<Profile>)], replicas: &[NodeId]) -> QuorumRead {
+    let mut merged: Option<Profile> = None;
+    for state in answers.iter().filter_map(|(_, s)| s.as_ref()) {
+        merged.get_or_insert_with(Profile::default).merge(state);
+    }
+    let stale = match &merged {
+        None => Vec::new(),
+        Some(m) => answers
+            .iter()
+            .filter(|(node, state)| state.as_ref() != Some(m) && replicas.contains(node))
+            .map(|(node, _)| node.clone())
+            .collect(),
+    };
+    QuorumRead { merged, stale }
+}
+
 /// One node's replication state machine.
 #[derive(Debug, Clone)]
 pub struct Replication {
@@ -498,7 +526,15 @@ impl Replication {
                 }
             }
             PeerMessage::Replicate { seq, key, state } => {
-                if store.merge_remote(&key, &state).is_ok() {
+                #[cfg(test)]
+                let merged = if crate::knobs::active(crate::knobs::Bug::AckWithoutMerge) {
+                    Ok(())
+                } else {
+                    store.merge_remote(&key, &state)
+                };
+                #[cfg(not(test))]
+                let merged = store.merge_remote(&key, &state);
+                if merged.is_ok() {
                     out.push(Effect::Send {
                         to: from.clone(),
                         msg: PeerMessage::ReplicateAck { seq, key },

@@ -1,9 +1,12 @@
 //! The one in-process cluster harness (tests only): several nodes, each made of the real core pieces (a
 //! [`Replication`] state machine, a [`Clock`] with its own skew, profiles written with
 //! [`profile::apply`](crate::profile::apply) and merged with [`Profile::merge`]), over a simulated network
-//! that can lose, duplicate, delay and reorder messages and partition the cluster. Nodes crash (losing
-//! everything but their "disk": profiles and the hint and membership records their effects persisted) and
-//! restart.
+//! that can lose, duplicate, delay and reorder messages and partition the cluster. Nodes crash and restart;
+//! a crash loses everything that was not flushed to the node's simulated disk. The disk follows the `sync`
+//! policy of the real node: a client write is flushed before it is acknowledged, a replica flushes before it
+//! acknowledges replicated state (`SendWhen::Durable`), hints are flushed before a write whose plan says
+//! `ack_after_durable` is answered, and anything else (hint and table records written by ticks, merged
+//! state not yet acknowledged, expiry sweeps) waits for the next flush, so a crash can lose it.
 //!
 //! Three users drive it, so there is one model of a node and one of the network:
 //! - [`random`]: seeded random schedules with an oracle of acknowledged writes (`cargo test`, 1,000 seeds);
@@ -28,7 +31,8 @@ use crate::hlc::{Clock, NodeId};
 use crate::limits::Limits;
 use crate::profile::{apply, Applied, Profile, Write};
 use crate::replication::{
-    Effect, HintChange, LocalStore, Replication, ReplicationConfig, StoreError,
+    merge_answers, Effect, HintChange, LocalStore, QuorumRead, Replication, ReplicationConfig,
+    SendWhen, StoreError,
 };
 use crate::wire::codec::state_hash;
 use crate::wire::peer::PeerMessage;
@@ -60,7 +64,10 @@ impl Rng {
 
 /// A node's disk plus its clock: what survives a crash (the clock is recovered from the data).
 pub(crate) struct SimStore {
+    /// What the node holds now (memory and the disk's page cache).
     pub(crate) data: RefCell<BTreeMap<String, Profile>>,
+    /// What survives a crash: `data` as of the last flush.
+    durable: RefCell<BTreeMap<String, Profile>>,
     pub(crate) clock: RefCell<Clock>,
     now: Cell<u64>,
     pub(crate) skew: i64,
@@ -70,6 +77,7 @@ impl SimStore {
     fn new(id: &NodeId, now: u64, skew: i64) -> SimStore {
         SimStore {
             data: RefCell::default(),
+            durable: RefCell::default(),
             clock: RefCell::new(Clock::new(id.clone(), 1_000)),
             now: Cell::new(now),
             skew,
@@ -123,6 +131,8 @@ pub(crate) struct SimNode {
     pub(crate) repl: Option<Replication>,
     persisted_table: MembershipTable,
     persisted_hints: BTreeMap<NodeId, BTreeSet<String>>,
+    /// Persistence effects written but not flushed yet.
+    unflushed: Vec<Effect>,
 }
 
 struct InFlight {
@@ -154,6 +164,14 @@ pub(crate) struct Coverage {
     pub(crate) sloppy_writes: u64,
     pub(crate) refused_writes: u64,
     pub(crate) ticks: u64,
+    pub(crate) flushes: u64,
+    pub(crate) lost_on_crash: u64,
+    pub(crate) mid_write_crashes: u64,
+    pub(crate) sweeps: u64,
+    pub(crate) read_repairs: u64,
+    /// Replication counters of node incarnations that crashed (their state machine's stats are gone).
+    pub(crate) hints_dropped: u64,
+    pub(crate) handoff_keys: u64,
 }
 
 /// Simulation time advances in steps of this many ms.
@@ -172,6 +190,24 @@ pub(crate) struct Cluster {
     pub(crate) limits: Limits,
     pub(crate) log: Vec<String>,
     pub(crate) coverage: Coverage,
+    /// Acknowledgements observed by coordinators: `(coordinator, from, seq)` (for W > 1 waits).
+    pub(crate) acks: Vec<(usize, NodeId, u64)>,
+    /// Read replies observed by coordinators: `(coordinator, from, req, state)`.
+    pub(crate) read_replies: Vec<(usize, NodeId, u64, Option<Profile>)>,
+    next_req: u64,
+}
+
+/// A client write as the coordinator handled it.
+pub(crate) struct Coordinated {
+    /// What the core answered.
+    pub(crate) applied: Applied,
+    /// The replica sends whose acks count toward W.
+    pub(crate) replica_sends: Vec<u64>,
+    /// Replica acks needed before the client is answered (W − 1).
+    pub(crate) acks_needed: usize,
+    /// False if the coordinator crashed before answering (the write is durable there, its outcome unknown
+    /// to the client).
+    pub(crate) answered: bool,
 }
 
 /// The replication settings of simulated clusters: short timers, so schedules are short.
@@ -223,6 +259,7 @@ impl Cluster {
                 )),
                 persisted_table: table.clone(),
                 persisted_hints: BTreeMap::new(),
+                unflushed: Vec::new(),
             })
             .collect();
         Cluster {
@@ -239,6 +276,9 @@ impl Cluster {
             limits: Limits::default(),
             log: Vec::new(),
             coverage: Coverage::default(),
+            acks: Vec::new(),
+            read_replies: Vec::new(),
+            next_req: 1,
         }
     }
 
@@ -267,12 +307,16 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// Executes `from`'s effects as the node runtime does: persistence to its disk, in order; messages
-    /// onto the network (where they may be lost, duplicated or delayed).
+    /// Executes `from`'s effects as the node runtime does: persistence is written (and reaches the disk at
+    /// the next flush); messages go onto the network (where they may be lost, duplicated or delayed), those
+    /// marked `SendWhen::Durable` only after a flush; acknowledgements and read replies are collected.
     pub(crate) fn execute(&mut self, from: usize, effects: Vec<Effect>) {
         for e in effects {
             match e {
-                Effect::Send { to, msg, .. } => {
+                Effect::Send { to, msg, when } => {
+                    if when == SendWhen::Durable {
+                        self.flush(from);
+                    }
                     let to = self.index(&to);
                     self.coverage.messages += 1;
                     if self.rng.chance(self.faults.loss) {
@@ -295,37 +339,73 @@ impl Cluster {
                         });
                     }
                 }
-                Effect::PersistHint(change) => {
-                    let hints = &mut self.nodes[from].persisted_hints;
-                    match change {
-                        HintChange::Added(t, k) => {
-                            hints.entry(t).or_default().insert(k);
-                        }
-                        HintChange::Removed(t, k) => {
-                            if let Some(keys) = hints.get_mut(&t) {
-                                keys.remove(&k);
-                            }
-                        }
-                    }
+                persist @ (Effect::PersistHint(_) | Effect::PersistTable(_)) => {
+                    self.nodes[from].unflushed.push(persist);
                 }
-                Effect::PersistTable(table) => self.nodes[from].persisted_table = table,
-                Effect::ReadReply { .. } | Effect::Acked { .. } => {}
+                Effect::Acked {
+                    from: replica, seq, ..
+                } => self.acks.push((from, replica, seq)),
+                Effect::ReadReply {
+                    from: replica,
+                    req,
+                    state,
+                } => self.read_replies.push((from, replica, req, state)),
             }
         }
     }
 
-    /// A client write of `key` coordinated by node `c`, decided by the same core function the node's
-    /// engine calls. `None` if `c` is down.
+    /// Flushes node `i`'s disk: its data and the persistence written so far survive a crash from now on.
+    pub(crate) fn flush(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        self.coverage.flushes += 1;
+        *node.store.durable.borrow_mut() = node.store.data.borrow().clone();
+        for e in std::mem::take(&mut node.unflushed) {
+            match e {
+                Effect::PersistHint(HintChange::Added(t, k)) => {
+                    node.persisted_hints.entry(t).or_default().insert(k);
+                }
+                Effect::PersistHint(HintChange::Removed(t, k)) => {
+                    if let Some(keys) = node.persisted_hints.get_mut(&t) {
+                        keys.remove(&k);
+                    }
+                }
+                Effect::PersistTable(table) => node.persisted_table = table,
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs an expiry sweep on node `i`, as the node's sweeper does (written, flushed later).
+    pub(crate) fn sweep(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        if node.repl.is_none() {
+            return;
+        }
+        let now = node.store.local_now();
+        for p in node.store.data.borrow_mut().values_mut() {
+            if p.has_expired(now) {
+                p.expire(now);
+                self.coverage.sweeps += 1;
+            }
+        }
+    }
+
+    /// A client write of `key` with `quorum` (W) coordinated by node `c`, decided by the same core
+    /// function the node's engine calls and replicated by the plan the core returns. With
+    /// `crash_before_replicating` the coordinator crashes right after the write is durable locally and
+    /// before it executes the plan (so the client gets no answer). `None` if `c` is down.
     pub(crate) fn write(
         &mut self,
         c: usize,
         key: &str,
         write: Write<'_>,
-    ) -> Option<Result<Applied>> {
+        quorum: usize,
+        crash_before_replicating: bool,
+    ) -> Option<Result<Coordinated>> {
         let limits = self.limits.clone();
         let node = &mut self.nodes[c];
         let repl = node.repl.as_mut()?;
-        let ticket = match repl.begin_local_write(key, 1) {
+        let ticket = match repl.begin_local_write(key, quorum) {
             Ok(t) => t,
             Err(e) => {
                 self.coverage.refused_writes += 1;
@@ -341,23 +421,110 @@ impl Cluster {
             local_now,
             &limits,
         );
-        if applied.is_err() {
-            repl.abort_local_write(ticket);
-            self.coverage.refused_writes += 1;
-            return Some(applied);
-        }
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                repl.abort_local_write(ticket);
+                self.coverage.refused_writes += 1;
+                return Some(Err(e));
+            }
+        };
         node.store.data.borrow_mut().insert(key.to_owned(), profile);
         if !repl.is_replica(key) {
             self.coverage.sloppy_writes += 1;
         }
         let plan = repl.on_local_write(ticket, key, &node.store, local_now);
+        // The engine makes the write durable before replication starts.
+        self.flush(c);
+        if crash_before_replicating {
+            self.coverage.mid_write_crashes += 1;
+            self.crash(c);
+            return Some(Ok(Coordinated {
+                applied,
+                replica_sends: Vec::new(),
+                acks_needed: 0,
+                answered: false,
+            }));
+        }
         self.execute(c, plan.effects);
-        Some(applied)
+        if plan.ack_after_durable {
+            self.flush(c);
+        }
+        Some(Ok(Coordinated {
+            applied,
+            replica_sends: plan.replica_sends,
+            acks_needed: plan.replica_acks_needed,
+            answered: true,
+        }))
+    }
+
+    /// Starts a quorum read of `key` at node `c`: asks every other replica for its state. Returns the
+    /// request id its replies carry.
+    pub(crate) fn start_read(&mut self, c: usize, key: &str) -> Option<u64> {
+        let repl = self.nodes[c].repl.as_ref()?;
+        let me = self.nodes[c].id.clone();
+        let req = self.next_req;
+        self.next_req += 1;
+        let effects = repl
+            .replicas(key)
+            .into_iter()
+            .filter(|r| *r != me)
+            .map(|to| {
+                Effect::send(
+                    to,
+                    PeerMessage::ReadState {
+                        req,
+                        key: key.to_owned(),
+                    },
+                )
+            })
+            .collect();
+        self.execute(c, effects);
+        Some(req)
+    }
+
+    /// Finishes a quorum read at `c` with `answers` (the local state included if `c` is a replica): merges
+    /// them and repairs the replicas that answered with less, as the node runtime does.
+    pub(crate) fn finish_read(
+        &mut self,
+        c: usize,
+        key: &str,
+        answers: &[(NodeId, Option<Profile>)],
+    ) -> Option<Profile> {
+        let replicas = self.nodes[c].repl.as_ref()?.replicas(key);
+        let QuorumRead { merged, stale } = merge_answers(answers, &replicas);
+        let m = merged.clone()?;
+        for node in stale {
+            self.coverage.read_repairs += 1;
+            if node == self.nodes[c].id {
+                let _ = self.nodes[c].store.merge_remote(key, &m);
+                continue;
+            }
+            let now = self.nodes[c].store.local_now();
+            let Some(repl) = self.nodes[c].repl.as_mut() else {
+                break;
+            };
+            let effects = repl.repair(&node, key, m.clone(), now);
+            self.execute(c, effects);
+        }
+        merged
     }
 
     /// Crashes node `i`: everything but its disk is gone.
     pub(crate) fn crash(&mut self, i: usize) {
-        if self.nodes[i].repl.take().is_some() {
+        if let Some(repl) = self.nodes[i].repl.take() {
+            self.coverage.hints_dropped += repl.stats().hints_dropped;
+            self.coverage.handoff_keys += repl.stats().handoff_keys;
+            let node = &mut self.nodes[i];
+            if *node.store.data.borrow() != *node.store.durable.borrow()
+                || !node.unflushed.is_empty()
+            {
+                self.coverage.lost_on_crash += 1;
+            }
+            *node.store.data.borrow_mut() = node.store.durable.borrow().clone();
+            node.unflushed.clear();
+            self.acks.retain(|(c, _, _)| *c != i);
+            self.read_replies.retain(|(c, _, _, _)| *c != i);
             self.coverage.crashes += 1;
             self.log
                 .push(format!("{}ms crash {}", self.now, self.nodes[i].id));
@@ -408,6 +575,7 @@ impl Cluster {
             )),
             persisted_table: table,
             persisted_hints: BTreeMap::new(),
+            unflushed: Vec::new(),
         });
         self.log.push(format!("{}ms join {id}", self.now));
     }

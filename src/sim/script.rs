@@ -105,7 +105,7 @@ fn execute(cluster: &mut Option<Cluster>, command: &str) -> Result<Vec<String>, 
                 gauges: &gauges,
                 timestamp_ms: at,
             };
-            out.push(describe(c.write(i, key, write)));
+            out.push(describe(c.write(i, key, write, 1, false)));
         }
         ("incr", [n, key, rest @ ..]) => {
             let i = node(c, n)?;
@@ -117,11 +117,8 @@ fn execute(cluster: &mut Option<Cluster>, command: &str) -> Result<Vec<String>, 
                         .map_err(|e| format!("{v}: {e}"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            out.push(describe(c.write(
-                i,
-                key,
-                Write::Increment { deltas: &deltas },
-            )));
+            let write = Write::Increment { deltas: &deltas };
+            out.push(describe(c.write(i, key, write, 1, false)));
         }
         ("flag", [n, key, rest @ ..]) => {
             let i = node(c, n)?;
@@ -146,11 +143,11 @@ fn execute(cluster: &mut Option<Cluster>, command: &str) -> Result<Vec<String>, 
                 context: &context,
                 ttl_ms: None,
             };
-            out.push(describe(c.write(i, key, write)));
+            out.push(describe(c.write(i, key, write, 1, false)));
         }
         ("erase", [n, key]) => {
             let i = node(c, n)?;
-            out.push(describe(c.write(i, key, Write::Erase)));
+            out.push(describe(c.write(i, key, Write::Erase, 1, false)));
         }
         ("partition", _) => {
             let text = args.join(" ");
@@ -239,8 +236,8 @@ fn list_or_none(items: &[String]) -> String {
 }
 
 /// A write's answer, as the client would see it.
-fn describe(result: Option<crate::Result<Applied>>) -> String {
-    match result {
+fn describe(result: Option<crate::Result<super::Coordinated>>) -> String {
+    match result.map(|r| r.map(|c| c.applied)) {
         None => "node is down".to_owned(),
         Some(Err(e)) => format!("refused: {e}"),
         Some(Ok(Applied::Put {

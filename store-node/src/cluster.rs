@@ -27,7 +27,8 @@ use std::time::Duration;
 use featurestore::cluster::membership::{MemberState, MembershipTable};
 use featurestore::cluster::placement::Placement;
 use featurestore::replication::{
-    Effect, HintChange, Replication, ReplicationConfig, SendWhen, WritePlan,
+    merge_answers, Effect, HintChange, QuorumRead, Replication, ReplicationConfig, SendWhen,
+    WritePlan,
 };
 use featurestore::wire::client::{ClusterView, ErrorReply, MemberStatus, NodeStatus};
 use featurestore::wire::codec::{decode_versioned, encode_versioned};
@@ -569,25 +570,17 @@ impl Cluster {
                 ));
             }
         }
-        let mut merged: Option<Profile> = None;
-        for (_, state) in &answers {
-            if let Some(s) = state {
-                merged.get_or_insert_with(Profile::default).merge(s);
-            }
-        }
+        let QuorumRead { merged, stale } = merge_answers(&answers, &replicas);
         if let Some(m) = &merged {
             // Read repair: every replica that answered with less gets the merged state.
             let mut effects = Vec::new();
-            for (node, state) in &answers {
-                if state.as_ref() == Some(m) || !replicas.contains(node) {
-                    continue;
-                }
-                if *node == self.me {
+            for node in stale {
+                if node == self.me {
                     if let Err(error) = self.engine.merge_state(key, m) {
                         tracing::warn!(%key, %error, "local read repair failed");
                     }
                 } else {
-                    effects.extend(self.repl().repair(node, key, m.clone(), now_ms()));
+                    effects.extend(self.repl().repair(&node, key, m.clone(), now_ms()));
                 }
             }
             if let Err(error) = self.execute(effects) {
