@@ -14,11 +14,17 @@
 //! - A ticker drives timeouts, hint replay, gossip, anti-entropy and handoffs, and persists the hints and
 //!   the membership table when they change.
 //!
+//! Parts: `meta` names and (de)codes the hint and membership records in storage; `waiters` holds
+//! the requests waiting for replica acks and read replies.
+//!
 //! Caveat: the replication state machine sits behind one mutex; it is taken on writes and peer messages,
 //! never on local reads (they route with a placement snapshot). Anti-entropy rounds hash every local
 //! record while holding it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod meta;
+mod waiters;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,89 +36,17 @@ use featurestore::replication::{
     Effect, HintChange, Replication, ReplicationConfig, SendWhen, WritePlan,
 };
 use featurestore::wire::client::{ClusterView, ErrorReply, MemberStatus, NodeStatus};
-use featurestore::wire::codec::{decode_versioned, encode_versioned};
 use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, NodeId, Profile, Request, Response};
 use tokio::sync::oneshot;
+
+use waiters::Waiters;
 
 use crate::config::NodeConfig;
 use crate::engine::{error_reply as node_error_reply, now_ms, Engine};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::net::peer::Peers;
-
-const META_MEMBERSHIP: &str = "membership";
-/// Hints are stored one record each, named `hint/<target>/<key>` (node ids contain no `/`).
-const META_HINT_PREFIX: &str = "hint/";
-
-/// The name of the record of the hint `(target, key)`.
-fn hint_record(target: &NodeId, key: &str) -> String {
-    format!("{META_HINT_PREFIX}{target}/{key}")
-}
-
-/// The hint a record name stands for, if it is one.
-fn parse_hint_record(name: &str) -> Option<(NodeId, &str)> {
-    let rest = name.strip_prefix(META_HINT_PREFIX)?;
-    let (target, key) = rest.split_once('/')?;
-    Some((NodeId::new(target).ok()?, key))
-}
-
-type Hints = BTreeMap<NodeId, BTreeSet<String>>;
-
-/// Waiters for replica acknowledgements (W > 1) and read replies (R > 1).
-#[derive(Default)]
-struct Waiters {
-    /// seq -> write waiter id
-    acks: HashMap<u64, u64>,
-    writes: HashMap<u64, WriteWaiter>,
-    reads: HashMap<u64, tokio::sync::mpsc::UnboundedSender<(NodeId, Option<Profile>)>>,
-}
-
-struct WriteWaiter {
-    needed: usize,
-    from: HashSet<NodeId>,
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl Waiters {
-    /// Waits for `needed` distinct replicas to acknowledge any of `seqs`.
-    fn add_write(&mut self, id: u64, seqs: &[u64], needed: usize, done: oneshot::Sender<()>) {
-        for seq in seqs {
-            self.acks.insert(*seq, id);
-        }
-        self.writes.insert(
-            id,
-            WriteWaiter {
-                needed,
-                from: HashSet::new(),
-                done: Some(done),
-            },
-        );
-    }
-
-    /// Forgets a write waiter; returns how many replicas had acknowledged.
-    fn remove_write(&mut self, id: u64, seqs: &[u64]) -> usize {
-        for seq in seqs {
-            self.acks.remove(seq);
-        }
-        self.writes.remove(&id).map_or(0, |w| w.from.len())
-    }
-
-    /// `from` acknowledged the send `seq`.
-    fn on_ack(&mut self, seq: u64, from: NodeId) {
-        let Some(id) = self.acks.remove(&seq) else {
-            return;
-        };
-        if let Some(waiter) = self.writes.get_mut(&id) {
-            waiter.from.insert(from);
-            if waiter.from.len() >= waiter.needed {
-                if let Some(done) = waiter.done.take() {
-                    let _ = done.send(());
-                }
-            }
-        }
-    }
-}
 
 /// The cluster runtime of one node.
 pub struct Cluster {
@@ -163,21 +97,10 @@ impl Cluster {
     pub fn open(config: &NodeConfig, engine: Arc<Engine>, peers: Peers) -> Result<Cluster> {
         let me = config.node_id()?;
         let storage = engine.storage().clone();
-        let stored_table = storage
-            .get_meta(META_MEMBERSHIP)?
-            .map(|b| decode_versioned::<MembershipTable>(&b, "membership table"))
-            .transpose()?;
-        let mut hints: Hints = BTreeMap::new();
-        for (name, _) in storage.scan_meta(META_HINT_PREFIX)? {
-            match parse_hint_record(&name) {
-                Some((target, key)) => {
-                    hints.entry(target).or_default().insert(key.to_owned());
-                }
-                None => tracing::warn!(record = %name, "ignoring a malformed hint record"),
-            }
-        }
+        let stored_table = meta::load_table(&*storage)?;
+        let hints = meta::load_hints(&*storage)?;
         let table = initial_table(config, stored_table)?;
-        storage.put_meta(META_MEMBERSHIP, &encode_versioned(&table)?)?;
+        meta::store_table(&*storage, &table)?;
         let replication: ReplicationConfig = config.cluster.replication.clone();
         let rpc_timeout = Duration::from_millis(replication.rpc_timeout_ms);
         let repl = Replication::new(me.clone(), replication, table, hints, now_ms());
@@ -231,15 +154,15 @@ impl Cluster {
         for effect in effects {
             match effect {
                 Effect::PersistHint(HintChange::Added(target, key)) => {
-                    storage.put_meta(&hint_record(&target, &key), &[])?;
+                    meta::store_hint(&**storage, &target, &key)?;
                     persisted = true;
                 }
                 Effect::PersistHint(HintChange::Removed(target, key)) => {
-                    storage.remove_meta(&hint_record(&target, &key))?;
+                    meta::remove_hint(&**storage, &target, &key)?;
                     persisted = true;
                 }
                 Effect::PersistTable(table) => {
-                    storage.put_meta(META_MEMBERSHIP, &encode_versioned(&table)?)?;
+                    meta::store_table(&**storage, &table)?;
                     *self
                         .placement
                         .write()
