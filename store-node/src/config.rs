@@ -1,5 +1,8 @@
 //! Node configuration: a TOML file, then `FEATURESTORE_*` environment overrides, then command-line flags.
 //!
+//! The overrides are declared once, in [`Overrides`]: each field is a clap argument with both a `--flag`
+//! and a `FEATURESTORE_*` variable (a flag beats its variable, both beat the file).
+//!
 //! Every key is documented in `docs/configuration.md` and shown in `store-node/node.example.toml`. Unknown
 //! keys are errors (a typo must not silently fall back to a default). Relative paths in the file are
 //! resolved against the file's own directory, so a config can be moved together with its certificates.
@@ -31,7 +34,7 @@ pub struct TlsFiles {
 #[serde(deny_unknown_fields)]
 pub struct Seed {
     /// Its node id.
-    pub id: String,
+    pub id: NodeId,
     /// Its address (UDP socket address of its QUIC endpoint).
     pub addr: SocketAddr,
 }
@@ -77,7 +80,7 @@ impl Default for ClusterConfig {
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's id (`[a-z0-9-]`, 1–63 chars); must match its certificate.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// UDP address the QUIC server listens on.
     pub listen: SocketAddr,
     /// Directory for this node's data.
@@ -128,36 +131,66 @@ mod defaults {
     }
 }
 
-/// Overrides given on the command line (highest precedence).
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// `--node-id`
-    pub node_id: Option<String>,
-    /// `--listen`
-    pub listen: Option<SocketAddr>,
-    /// `--data-dir`
-    pub data_dir: Option<PathBuf>,
-    /// `--durability` (`sync` or `periodic:<ms>`)
-    pub durability: Option<DurabilityPolicy>,
-    /// `--storage` (`sled` or `memory`)
-    pub storage: Option<StorageKind>,
+/// The arguments of `store-node serve`: the config file and its overrides.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The node's TOML config.
+    #[arg(long, env = "FEATURESTORE_CONFIG")]
+    pub config: PathBuf,
+    /// Overrides of the file's values.
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
-/// The environment variables read by [`NodeConfig::load`], in the order they are applied.
-pub const ENV_KEYS: [&str; 6] = [
-    "FEATURESTORE_NODE_ID",
-    "FEATURESTORE_LISTEN",
-    "FEATURESTORE_DATA_DIR",
-    "FEATURESTORE_STORAGE",
-    "FEATURESTORE_DURABILITY",
-    "FEATURESTORE_MAX_CLOCK_SKEW_MS",
-];
+/// Overrides of the config file, each from a command-line flag or, without the flag, from its
+/// `FEATURESTORE_*` environment variable (the one declaration of both; see `docs/configuration.md`).
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct Overrides {
+    /// Override `node_id`.
+    #[arg(long, env = "FEATURESTORE_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<NodeId>,
+    /// Override `listen`.
+    #[arg(long, env = "FEATURESTORE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Override `data_dir`.
+    #[arg(long, env = "FEATURESTORE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Override `durability`: `sync` or `periodic:<ms>`.
+    #[arg(long, env = "FEATURESTORE_DURABILITY")]
+    pub durability: Option<DurabilityPolicy>,
+    /// Override `storage`: `sled` or `memory`.
+    #[arg(long, env = "FEATURESTORE_STORAGE")]
+    pub storage: Option<StorageKind>,
+    /// Override `max_clock_skew_ms`.
+    #[arg(long, env = "FEATURESTORE_MAX_CLOCK_SKEW_MS")]
+    pub max_clock_skew_ms: Option<u64>,
+}
+
+fn parse_node_id(s: &str) -> featurestore::Result<NodeId> {
+    NodeId::new(s)
+}
+
+/// The environment variables `store-node serve` reads for its arguments ([`ServeArgs`]), from their one
+/// declaration.
+pub fn env_keys() -> Vec<String> {
+    use clap::Args as _;
+    ServeArgs::augment_args(clap::Command::new("serve"))
+        .get_arguments()
+        .filter_map(clap::Arg::get_env)
+        .map(|key| key.to_string_lossy().into_owned())
+        .collect()
+}
 
 impl NodeConfig {
     /// A configuration with every optional key at its default.
-    pub fn new(node_id: &str, listen: SocketAddr, data_dir: PathBuf, tls: TlsFiles) -> NodeConfig {
+    pub fn new(
+        node_id: NodeId,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        tls: TlsFiles,
+    ) -> NodeConfig {
         NodeConfig {
-            node_id: node_id.to_owned(),
+            node_id,
             listen,
             data_dir,
             storage: StorageKind::default(),
@@ -178,13 +211,9 @@ impl NodeConfig {
         self.cluster.advertise.unwrap_or(self.listen)
     }
 
-    /// Reads `path`, applies environment overrides from `env` and then `overrides`, resolves relative
-    /// paths against the file's directory, and validates the result.
-    pub fn load(
-        path: &Path,
-        env: impl Fn(&str) -> Option<String>,
-        overrides: &Overrides,
-    ) -> Result<NodeConfig> {
+    /// Reads `path`, resolves relative paths against the file's directory, applies `overrides` (the
+    /// environment and the flags, see [`Overrides`]) and validates the result.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<NodeConfig> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_owned(),
             source,
@@ -195,7 +224,6 @@ impl NodeConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
-        config.apply_env(env)?;
         config.apply_overrides(overrides);
         config.validate()?;
         Ok(config)
@@ -214,30 +242,6 @@ impl NodeConfig {
         }
     }
 
-    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
-        if let Some(v) = env("FEATURESTORE_NODE_ID") {
-            self.node_id = v;
-        }
-        if let Some(v) = env("FEATURESTORE_LISTEN") {
-            self.listen = v.parse().map_err(bad_value("FEATURESTORE_LISTEN"))?;
-        }
-        if let Some(v) = env("FEATURESTORE_DATA_DIR") {
-            self.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = env("FEATURESTORE_STORAGE") {
-            self.storage = v.parse()?;
-        }
-        if let Some(v) = env("FEATURESTORE_DURABILITY") {
-            self.durability = v.parse()?;
-        }
-        if let Some(v) = env("FEATURESTORE_MAX_CLOCK_SKEW_MS") {
-            self.max_clock_skew_ms = v
-                .parse()
-                .map_err(bad_value("FEATURESTORE_MAX_CLOCK_SKEW_MS"))?;
-        }
-        Ok(())
-    }
-
     fn apply_overrides(&mut self, o: &Overrides) {
         if let Some(v) = &o.node_id {
             self.node_id.clone_from(v);
@@ -254,11 +258,13 @@ impl NodeConfig {
         if let Some(v) = o.storage {
             self.storage = v;
         }
+        if let Some(v) = o.max_clock_skew_ms {
+            self.max_clock_skew_ms = v;
+        }
     }
 
-    /// Checks every value.
+    /// Checks every value (node ids are valid by construction: `NodeId` validates when deserialised).
     pub fn validate(&self) -> Result<()> {
-        NodeId::new(self.node_id.as_str())?;
         self.limits.validate()?;
         self.durability.validate()?;
         self.transport.validate().map_err(Error::Transport)?;
@@ -268,22 +274,6 @@ impl NodeConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The validated node id.
-    pub fn node_id(&self) -> Result<NodeId> {
-        Ok(NodeId::new(self.node_id.as_str())?)
-    }
-}
-
-/// Maps the parse error of the environment variable `key` to [`Error::ConfigValue`].
-fn bad_value<E>(key: &'static str) -> impl FnOnce(E) -> Error
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    move |e| Error::ConfigValue {
-        what: key.to_owned(),
-        source: Box::new(e),
     }
 }
 
@@ -308,32 +298,83 @@ key = "certs/node-n1.key"
         p
     }
 
+    /// `store-node serve`'s arguments as `main.rs` parses them.
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> std::result::Result<ServeArgs, clap::Error> {
+        use clap::Parser as _;
+        let argv = ["serve", "--config", "node.toml"].iter().chain(args);
+        Cli::try_parse_from(argv).map(|c| c.serve)
+    }
+
     #[test]
-    fn defaults_relative_paths_env_then_flags() {
+    fn defaults_and_relative_paths() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), EXAMPLE);
-        let c = NodeConfig::load(&p, |_| None, &Overrides::default()).unwrap();
+        let c = NodeConfig::load(&p, &Overrides::default()).unwrap();
+        assert_eq!(c.node_id.as_str(), "n1");
         assert_eq!(c.durability, DurabilityPolicy::Sync);
         assert_eq!(c.storage, StorageKind::Sled);
         assert_eq!(c.data_dir, dir.path().join("n1"));
         assert_eq!(c.tls.ca_cert, dir.path().join("certs/ca.pem"));
         assert_eq!(c.max_clock_skew_ms, 1_000);
+    }
 
-        let env = |k: &str| match k {
-            "FEATURESTORE_DURABILITY" => Some("periodic:50".to_owned()),
-            "FEATURESTORE_LISTEN" => Some("127.0.0.1:9000".to_owned()),
-            _ => None,
-        };
-        let flags = Overrides {
-            listen: Some("127.0.0.1:9001".parse().unwrap()),
-            ..Overrides::default()
-        };
-        let c = NodeConfig::load(&p, env, &flags).unwrap();
+    /// The only test that touches the process environment (the `FEATURESTORE_*` variables are read by
+    /// nothing else in this test binary).
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), EXAMPLE);
+        assert!(env_keys().contains(&"FEATURESTORE_DURABILITY".to_owned()));
+        assert!(env_keys().contains(&"FEATURESTORE_CONFIG".to_owned()));
+        assert_eq!(env_keys().len(), 7, "{:?}", env_keys());
+        let vars = [
+            ("FEATURESTORE_DURABILITY", "periodic:50"),
+            ("FEATURESTORE_LISTEN", "127.0.0.1:9000"),
+            ("FEATURESTORE_MAX_CLOCK_SKEW_MS", "250"),
+        ];
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let with_flags = parse(&["--listen", "127.0.0.1:9001", "--node-id", "n7"]);
+        let env_only = parse(&[]);
+        std::env::set_var("FEATURESTORE_DURABILITY", "always");
+        let bad_env = parse(&[]);
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        let none = parse(&[]).unwrap();
+        assert_eq!(none.overrides, Overrides::default());
+        assert_eq!(none.config, Path::new("node.toml"));
+        assert!(
+            bad_env.is_err(),
+            "a bad value in the environment is an error"
+        );
+
+        let c = NodeConfig::load(&p, &env_only.unwrap().overrides).unwrap();
+        assert_eq!(c.durability, DurabilityPolicy::Periodic { interval_ms: 50 });
+        assert_eq!(
+            c.listen,
+            "127.0.0.1:9000".parse().unwrap(),
+            "env beats file"
+        );
+        assert_eq!(c.max_clock_skew_ms, 250);
+        let c = NodeConfig::load(&p, &with_flags.unwrap().overrides).unwrap();
         assert_eq!(c.durability, DurabilityPolicy::Periodic { interval_ms: 50 });
         assert_eq!(
             c.listen,
             "127.0.0.1:9001".parse().unwrap(),
             "flags beat env"
+        );
+        assert_eq!(c.node_id.as_str(), "n7");
+        assert!(
+            parse(&["--node-id", "N 7"]).is_err(),
+            "node ids are validated"
         );
     }
 
@@ -341,20 +382,25 @@ key = "certs/node-n1.key"
     fn unknown_keys_and_bad_values_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), &format!("{EXAMPLE}\nlisten_port = 3\n"));
-        assert!(NodeConfig::load(&p, |_| None, &Overrides::default()).is_err());
+        assert!(NodeConfig::load(&p, &Overrides::default()).is_err());
         let p = write(
             dir.path(),
             &EXAMPLE.replace("\"n1\"\nlisten", "\"N 1\"\nlisten"),
         );
-        assert!(NodeConfig::load(&p, |_| None, &Overrides::default()).is_err());
+        assert!(NodeConfig::load(&p, &Overrides::default()).is_err());
+        let p = write(
+            dir.path(),
+            &format!("{EXAMPLE}\n[[cluster.seeds]]\nid = \"n/2\"\naddr = \"127.0.0.1:7402\"\n"),
+        );
+        assert!(
+            NodeConfig::load(&p, &Overrides::default()).is_err(),
+            "seed ids are validated"
+        );
         let p = write(
             dir.path(),
             &format!("{EXAMPLE}\n[limits]\nmax_siblings = 0\n"),
         );
-        assert!(NodeConfig::load(&p, |_| None, &Overrides::default()).is_err());
-        let p = write(dir.path(), EXAMPLE);
-        let env = |k: &str| (k == "FEATURESTORE_DURABILITY").then(|| "always".to_owned());
-        assert!(NodeConfig::load(&p, env, &Overrides::default()).is_err());
+        assert!(NodeConfig::load(&p, &Overrides::default()).is_err());
     }
 }
 
@@ -367,8 +413,8 @@ mod example_tests {
     #[test]
     fn the_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("node.example.toml");
-        let c = NodeConfig::load(&path, |_| None, &Overrides::default()).unwrap();
-        assert_eq!(c.node_id, "n1");
+        let c = NodeConfig::load(&path, &Overrides::default()).unwrap();
+        assert_eq!(c.node_id.as_str(), "n1");
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.transport, TransportLimits::default());
     }

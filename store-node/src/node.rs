@@ -32,7 +32,7 @@ const MIN_PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 /// Runs a node with `config` until `shutdown` is cancelled. Prints `store-node <id> ready on <addr>` on
 /// stdout once it accepts connections (tests and the dev cluster wait for that line).
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> {
-    let node_id = config.node_id()?;
+    let node_id = config.node_id.clone();
     let (engine, durability) = open_storage(&config, &node_id).await?;
     let (endpoint, peers) = open_endpoint(&config)?;
     let local = endpoint.local_addr().map_err(|source| Error::Socket {

@@ -72,34 +72,30 @@ impl std::fmt::Debug for Cluster {
 
 /// Builds the membership table a node starts from: the stored one, or one made from the configuration
 /// ([`MembershipTable::bootstrap`]).
-pub fn initial_table(
-    config: &NodeConfig,
-    stored: Option<MembershipTable>,
-) -> Result<MembershipTable> {
-    let me = config.node_id()?;
-    let seeds = config
+pub fn initial_table(config: &NodeConfig, stored: Option<MembershipTable>) -> MembershipTable {
+    let seeds: Vec<(NodeId, SocketAddr)> = config
         .cluster
         .seeds
         .iter()
-        .map(|seed| Ok((NodeId::new(seed.id.as_str())?, seed.addr)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(MembershipTable::bootstrap(
-        &me,
+        .map(|seed| (seed.id.clone(), seed.addr))
+        .collect();
+    MembershipTable::bootstrap(
+        &config.node_id,
         config.advertise(),
         &seeds,
         config.cluster.bootstrap,
         stored,
-    ))
+    )
 }
 
 impl Cluster {
     /// Restores the membership table and hints from storage and starts the replication state machine.
     pub fn open(config: &NodeConfig, engine: Arc<Engine>, peers: Peers) -> Result<Cluster> {
-        let me = config.node_id()?;
+        let me = config.node_id.clone();
         let storage = engine.storage().clone();
         let stored_table = meta::load_table(&*storage)?;
         let hints = meta::load_hints(&*storage)?;
-        let table = initial_table(config, stored_table)?;
+        let table = initial_table(config, stored_table);
         meta::store_table(&*storage, &table)?;
         let replication: ReplicationConfig = config.cluster.replication.clone();
         let rpc_timeout = Duration::from_millis(replication.rpc_timeout_ms);

@@ -223,7 +223,7 @@ pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
     let previous_config = dir.join("n1.toml");
     let previous = previous_config
         .exists()
-        .then(|| NodeConfig::load(&previous_config, |_| None, &Overrides::default()).ok())
+        .then(|| NodeConfig::load(&previous_config, &Overrides::default()).ok())
         .flatten()
         .map(|c| c.cluster.seeds);
     let warnings = shape_warnings(dir, &nodes, previous.as_deref(), &existing_data(dir));
@@ -239,7 +239,7 @@ pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
     for node in &nodes {
         write_file(&node.config, &node_config_text(node, &nodes))?;
         // Read it back exactly as `serve` will, so a config the node would refuse fails here.
-        NodeConfig::load(&node.config, |_| None, &Overrides::default())?;
+        NodeConfig::load(&node.config, &Overrides::default())?;
     }
     let pairs: Vec<(String, SocketAddr)> = nodes.iter().map(|n| (n.id.clone(), n.addr)).collect();
     let client_config = write_client_config(dir, &pairs)?;
@@ -273,10 +273,10 @@ mod tests {
         assert!(layout.warnings.is_empty(), "{:?}", layout.warnings);
         assert_eq!(layout.nodes.len(), 3);
         for (i, node) in layout.nodes.iter().enumerate() {
-            let c = NodeConfig::load(&node.config, |_| None, &Overrides::default()).unwrap();
-            assert_eq!(c.node_id, format!("n{}", i + 1));
+            let c = NodeConfig::load(&node.config, &Overrides::default()).unwrap();
+            assert_eq!(c.node_id.as_str(), format!("n{}", i + 1));
             assert_eq!(c.listen.port(), 7401 + u16::try_from(i).unwrap());
-            assert_eq!(c.data_dir, dir.join(&c.node_id));
+            assert_eq!(c.data_dir, dir.join(c.node_id.as_str()));
             assert_eq!(
                 c.tls.cert,
                 dir.join(format!("certs/node-{}.pem", c.node_id))

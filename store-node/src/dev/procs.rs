@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{DevError, DevNode};
-use crate::config::ENV_KEYS;
+use crate::config::env_keys;
 
 /// How long nodes get to exit after SIGTERM before they are killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,7 +100,7 @@ impl Procs {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for key in ENV_KEYS.iter().chain(&["FEATURESTORE_CONFIG"]) {
+        for key in env_keys() {
             command.env_remove(key);
         }
         #[cfg(unix)]
