@@ -11,14 +11,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use featurestore::{Limits, NodeId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use store_client::tls::TransportLimits;
 
 use crate::error::{Error, Result};
 use crate::storage::{DurabilityPolicy, StorageKind};
 
 /// Paths of the node's certificate material.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The cluster CA certificate (PEM): clients must present a certificate it signed.
@@ -30,7 +30,7 @@ pub struct TlsFiles {
 }
 
 /// A cluster member known from the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Seed {
     /// Its node id.
@@ -40,10 +40,11 @@ pub struct Seed {
 }
 
 /// How this node finds and forms the cluster.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The address peers and clients should use for this node (default: `listen`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<SocketAddr>,
     /// Nodes to contact. With `bootstrap = true`, the seeds (plus this node) *are* the initial cluster,
     /// all active. Empty: a single-node cluster.
@@ -52,6 +53,7 @@ pub struct ClusterConfig {
     /// joins the running cluster the seeds belong to (this node starts as `joining`).
     pub bootstrap: bool,
     /// Replication settings (replication factor, timeouts, hint budget, anti-entropy interval, ...).
+    #[serde(skip_serializing_if = "is_default")]
     pub replication: featurestore::replication::ReplicationConfig,
     /// The shortest interval between two ticks of the replication state machine, in ms. Ticks run when
     /// the state machine says something is due (`Replication::next_deadline`), at most this often; this
@@ -76,7 +78,10 @@ impl Default for ClusterConfig {
 }
 
 /// The whole node configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+///
+/// Serialised ([`NodeConfig::to_toml`]), the sections left at their defaults (`limits`, `transport`,
+/// `cluster.replication`) are left out, so a written config says what was chosen and nothing more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's id (`[a-z0-9-]`, 1–63 chars); must match its certificate.
@@ -94,10 +99,10 @@ pub struct NodeConfig {
     /// Certificates.
     pub tls: TlsFiles,
     /// Size limits.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub limits: Limits,
     /// QUIC transport limits.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub transport: TransportLimits,
     /// Refuse timestamps more than this many ms ahead of the local clock. Default 1000.
     #[serde(default = "defaults::max_clock_skew_ms")]
@@ -114,6 +119,10 @@ pub struct NodeConfig {
     /// Cluster membership and replication.
     #[serde(default)]
     pub cluster: ClusterConfig,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 mod defaults {
@@ -227,6 +236,32 @@ impl NodeConfig {
         config.apply_overrides(overrides);
         config.validate()?;
         Ok(config)
+    }
+
+    /// The config as TOML, the way [`NodeConfig::load`] reads it back (paths are written as they are:
+    /// relative ones stay relative to the file).
+    pub fn to_toml(&self) -> std::result::Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// Writes the config to `path` as TOML ([`NodeConfig::to_toml`]), after `comment` as `#` lines (none
+    /// if empty). The one writer of node configs: the dev cluster, the tests and the benchmarks use it.
+    pub fn write(&self, path: &Path, comment: &str) -> Result<()> {
+        let body = self.to_toml().map_err(|source| Error::ConfigWrite {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut text = String::new();
+        for line in comment.lines() {
+            text.push_str("# ");
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str(&body);
+        std::fs::write(path, text).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -376,6 +411,48 @@ key = "certs/node-n1.key"
             parse(&["--node-id", "N 7"]).is_err(),
             "node ids are validated"
         );
+    }
+
+    #[test]
+    fn a_written_config_loads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = TlsFiles {
+            ca_cert: "certs/ca.pem".into(),
+            cert: "certs/node-n1.pem".into(),
+            key: "certs/node-n1.key".into(),
+        };
+        let mut c = NodeConfig::new(
+            NodeId::new("n1").unwrap(),
+            "127.0.0.1:7401".parse().unwrap(),
+            "n1".into(),
+            tls,
+        );
+        let path = dir.path().join("n1.toml");
+        c.write(&path, "Written by a test.\nSecond line.").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("# Written by a test.\n# Second line.\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("[limits]") && !text.contains("replication"),
+            "{text}"
+        );
+        let loaded = NodeConfig::load(&path, &Overrides::default()).unwrap();
+        c.resolve_paths(dir.path());
+        assert_eq!(loaded, c);
+
+        c.durability = DurabilityPolicy::Periodic { interval_ms: 7 };
+        c.limits.max_siblings = 3;
+        c.cluster.advertise = Some("10.0.0.1:7401".parse().unwrap());
+        c.cluster.replication.rpc_timeout_ms = 500;
+        c.cluster.replication.detector.suspect_phi = 4.5;
+        c.cluster.seeds = vec![Seed {
+            id: NodeId::new("n2").unwrap(),
+            addr: "127.0.0.1:7402".parse().unwrap(),
+        }];
+        c.write(&path, "").unwrap();
+        assert_eq!(NodeConfig::load(&path, &Overrides::default()).unwrap(), c);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`net`]: the transport below the cluster runtime: [`net::peer`] (peer transport) and [`net::tls`]
 //!   (mutual TLS, peer identity).
 //! - [`node`]: start, recover, serve, shut down.
+//! - [`launch`]: start `store-node serve` processes and wait for their ready signal (dev, tests, benches).
 //! - [`certs`]: certificate generation.
 //! - [`dev`]: the local development cluster behind `store-node dev`.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod dev;
 pub mod engine;
 pub mod error;
+pub mod launch;
 pub mod metrics;
 pub mod net;
 pub mod node;
