@@ -119,6 +119,19 @@ pub struct NodeConfig {
     /// Cluster membership and replication.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Test-only controls (fault injection). Left at their defaults they change nothing.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub test: TestConfig,
+}
+
+/// Test-only controls (config section `[test]`), for fault-injection harnesses. Never needed in
+/// production; at their defaults they are inert.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestConfig {
+    /// Milliseconds added to the system clock for everything this node does with wall-clock time
+    /// (timestamps, expiry, deadlines), see [`crate::clock`]. Negative runs the clock behind. Default 0.
+    pub clock_offset_ms: i64,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -212,6 +225,7 @@ impl NodeConfig {
             drain_timeout_ms: defaults::drain_timeout_ms(),
             expiry_sweep_ms: defaults::expiry_sweep_ms(),
             cluster: ClusterConfig::default(),
+            test: TestConfig::default(),
         }
     }
 
@@ -447,6 +461,7 @@ key = "certs/node-n1.key"
         c.cluster.advertise = Some("10.0.0.1:7401".parse().unwrap());
         c.cluster.replication.rpc_timeout_ms = 500;
         c.cluster.replication.detector.suspect_phi = 4.5;
+        c.test.clock_offset_ms = -1500;
         c.cluster.seeds = vec![Seed {
             id: NodeId::new("n2").unwrap(),
             addr: "127.0.0.1:7402".parse().unwrap(),

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use featurestore::profile::{apply, Applied, ProfileView, Write};
 use featurestore::replication::StoreError;
@@ -28,18 +28,12 @@ use featurestore::wire::client::{ErrorReply, NodeStatus};
 use featurestore::wire::codec::{decode_record, encode_record, record_hash};
 use featurestore::{Clock, ErrorCode, Limits, NodeId, Profile};
 
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::storage::{Durability, Storage, WriteTicket};
 
 /// Number of independently locked shards of the in-memory map.
 pub const SHARDS: usize = 64;
-
-/// Milliseconds since the Unix epoch from the system clock (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// A profile with the hash of its stored record (kept up to date on every write, so anti-entropy and
 /// orphan scans never re-encode profiles).

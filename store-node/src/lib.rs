@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the TOML config with environment and flag overrides.
 //! - [`storage`]: the `Storage` trait, sled and in-memory engines, durability policies (group commit).
+//! - [`clock`]: the node's one wall-clock reading, with a test-only offset.
 //! - [`engine`]: in-memory profiles, the clock, the write path.
 //! - [`server`]: the client-facing QUIC server: connections, streams and frames.
 //! - [`cluster`]: request coordination, replication runtime.
@@ -14,6 +15,7 @@
 //! - [`dev`]: the local development cluster behind `store-node dev`.
 
 pub mod certs;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dev;

@@ -12,9 +12,10 @@ use store_client::tls::{CLIENT_ALPN, PEER_ALPN};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
-use crate::engine::{now_ms, Engine};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::launch::{NodeEvent, ReadyInfo};
 use crate::metrics::Metrics;
@@ -35,6 +36,13 @@ const MIN_PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 /// [`crate::launch`]).
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> {
     let node_id = config.node_id.clone();
+    crate::clock::set_offset_ms(config.test.clock_offset_ms);
+    if config.test.clock_offset_ms != 0 {
+        tracing::warn!(
+            node = %node_id, offset_ms = config.test.clock_offset_ms,
+            "test control: this node's clock is offset from the system clock"
+        );
+    }
     let (engine, durability) = open_storage(&config, &node_id).await?;
     let (endpoint, peers) = open_endpoint(&config)?;
     let local = endpoint.local_addr().map_err(|source| Error::Socket {

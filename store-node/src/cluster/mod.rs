@@ -42,8 +42,9 @@ use tokio::sync::oneshot;
 
 use waiters::Waiters;
 
+use crate::clock::now_ms;
 use crate::config::NodeConfig;
-use crate::engine::{error_reply as node_error_reply, now_ms, Engine};
+use crate::engine::{error_reply as node_error_reply, Engine};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::net::peer::Peers;
