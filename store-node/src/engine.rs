@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use featurestore::profile::{apply, Applied, ProfileView, Write};
 use featurestore::replication::StoreError;
-use featurestore::wire::client::{ErrorReply, NodeStatus};
+use featurestore::wire::client::ErrorReply;
 use featurestore::wire::codec::{decode_record, encode_record, record_hash};
 use featurestore::{Clock, ErrorCode, Limits, NodeId, Profile};
 
@@ -300,8 +300,9 @@ impl Engine {
         rewritten
     }
 
-    /// The node's status.
-    pub fn status(&self) -> NodeStatus {
+    /// The engine's part of the node's status: data, storage, durability and their counters (the
+    /// cluster runtime adds the membership, see `Cluster::status`).
+    pub fn status(&self) -> EngineStatus {
         let entities = self
             .shards
             .iter()
@@ -315,19 +316,33 @@ impl Engine {
             ("durable_writes".to_owned(), d.durable_seq),
             ("last_flush_micros".to_owned(), d.last_flush_micros),
         ]);
-        NodeStatus {
-            node_id: self.node.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+        EngineStatus {
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             entities,
-            storage: self.storage.kind().to_owned(),
+            storage: self.storage.kind(),
             durability: self.durability.policy().to_string(),
             disk_bytes: self.storage.disk_bytes().unwrap_or(0),
             counters,
-            ring_version: 0,
-            members: Vec::new(),
         }
     }
+}
+
+/// The engine's part of a node's status ([`Engine::status`]); the fields mean what they mean in
+/// [`NodeStatus`](featurestore::wire::client::NodeStatus).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// Milliseconds since the engine was opened.
+    pub uptime_ms: u64,
+    /// Entities held.
+    pub entities: u64,
+    /// Storage engine (`sled` or `memory`).
+    pub storage: &'static str,
+    /// Durability policy (`sync` or `periodic:<ms>`).
+    pub durability: String,
+    /// Bytes on disk (0 if unknown).
+    pub disk_bytes: u64,
+    /// The request, error and durability counters.
+    pub counters: Vec<(String, u64)>,
 }
 
 impl featurestore::replication::LocalStore for Engine {

@@ -517,13 +517,13 @@ impl Cluster {
         Ok(merged)
     }
 
-    /// The node's status, with the membership as this node sees it.
+    /// The node's status: the engine's part, the membership as this node sees it, and the replication
+    /// and peer counters.
     pub fn status(&self) -> NodeStatus {
-        let mut status = self.engine.status();
+        let engine = self.engine.status();
         let now = now_ms();
         let repl = self.repl();
-        status.ring_version = repl.table().version();
-        status.members = repl
+        let members = repl
             .table()
             .members
             .values()
@@ -535,8 +535,9 @@ impl Cluster {
                 hints_queued: repl.hint_count(&m.id) as u64,
             })
             .collect();
+        let mut counters = engine.counters;
         let s = repl.stats();
-        status.counters.extend([
+        counters.extend([
             ("hints_queued".to_owned(), s.hints_queued),
             ("hints_dropped".to_owned(), s.hints_dropped),
             ("hints_delivered".to_owned(), s.hints_delivered),
@@ -546,8 +547,19 @@ impl Cluster {
             ("handoff_keys".to_owned(), s.handoff_keys),
             ("orphans_moved".to_owned(), s.orphans_moved),
         ]);
-        status.counters.extend(self.peers.metrics().snapshot());
-        status
+        counters.extend(self.peers.metrics().snapshot());
+        NodeStatus {
+            node_id: self.me.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: engine.uptime_ms,
+            entities: engine.entities,
+            storage: engine.storage.to_owned(),
+            durability: engine.durability,
+            disk_bytes: engine.disk_bytes,
+            counters,
+            ring_version: repl.table().version(),
+            members,
+        }
     }
 }
 
