@@ -16,6 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use featurestore::NodeId;
+use store_node::config::{NodeConfig, TlsFiles};
+use store_node::launch::NodeProcess;
+
 use crate::error::{Error, Result};
 
 /// A running server process.
@@ -190,7 +194,8 @@ pub fn free_udp_port() -> Result<u16> {
 }
 
 /// Spawns `cmd` (stdout piped, stderr to `log`) and waits up to `timeout` for a stdout line containing
-/// `marker`; returns the child and the text after the marker.
+/// `marker`; returns the child and the text after the marker. For the echo server (store-node processes
+/// are started by [`store_node::launch`]).
 fn spawn_until_ready(
     mut cmd: Command,
     log: &Path,
@@ -297,7 +302,7 @@ impl NodeSpec {
     }
 
     /// Starts the node on `listen` (port 0 picks a free port) and waits up to `timeout` for its ready
-    /// line. Returns the process and the time from spawn to the ready line.
+    /// event ([`store_node::launch`]). Returns the process and the time from spawn to the ready event.
     pub fn start(
         &self,
         listen: SocketAddr,
@@ -306,41 +311,51 @@ impl NodeSpec {
         std::fs::create_dir_all(&self.dir).map_err(Error::io("creating", &self.dir))?;
         let config = self.dir.join("node.toml");
         let certs = &self.certs;
-        let text = format!(
-            "node_id = \"n1\"\nlisten = \"{listen}\"\ndata_dir = \"{data}\"\n\n[tls]\n\
-             ca_cert = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n",
-            data = self.data_dir().display(),
-            ca = certs.join("ca.pem").display(),
-            cert = certs.join("node-n1.pem").display(),
-            key = certs.join("node-n1.key").display(),
-        );
-        let mut f = std::fs::File::create(&config).map_err(Error::io("writing", &config))?;
-        f.write_all(text.as_bytes())
-            .map_err(Error::io("writing", &config))?;
+        let tls = TlsFiles {
+            ca_cert: certs.join("ca.pem"),
+            cert: certs.join("node-n1.pem"),
+            key: certs.join("node-n1.key"),
+        };
+        let node_id = NodeId::new("n1").map_err(|e| Error::Setup(e.to_string()))?;
+        NodeConfig::new(node_id, listen, self.data_dir(), tls)
+            .write(&config, "")
+            .map_err(|e| Error::Setup(format!("writing {}: {e}", config.display())))?;
         let mut cmd = self.pinning.server_command(&self.binary);
         cmd.args(["serve", "--config"])
             .arg(&config)
             .args(["--storage", &self.settings.storage])
             .args(["--durability", &self.settings.durability])
             .env("FEATURESTORE_LOG", "warn");
-        let begin = Instant::now();
         let log = self.dir.join("node.log");
-        let (child, rest) = spawn_until_ready(cmd, &log, " ready on ", timeout)?;
-        let ready = begin.elapsed();
-        let addr = rest
-            .parse()
-            .map_err(|_| Error::Process(format!("store-node printed a bad address {rest:?}")))?;
+        let log_file =
+            std::fs::File::create(&log).map_err(Error::io("creating a log file", &log))?;
+        cmd.stderr(Stdio::from(log_file));
+        let begin = Instant::now();
+        let mut node = NodeProcess::spawn_command(cmd, |_| {})
+            .map_err(Error::io("starting a server", &self.binary))?;
+        let ready = match node.wait_ready(timeout) {
+            Ok(ready) => ready,
+            Err(e) => {
+                drop(node);
+                return Err(Error::Process(format!(
+                    "{e}; log {}:\n{}",
+                    log.display(),
+                    log_tail(&log)
+                )));
+            }
+        };
+        let elapsed = begin.elapsed();
         Ok((
             ServerProcess {
                 name: format!(
                     "store-node ({}, {})",
                     self.settings.storage, self.settings.durability
                 ),
-                addr,
+                addr: ready.addr,
                 log,
-                child: Some(child),
+                child: Some(node.into_child()),
             },
-            ready,
+            elapsed,
         ))
     }
 }

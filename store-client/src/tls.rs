@@ -28,7 +28,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// ALPN protocol identifier of client → node traffic.
 pub const CLIENT_ALPN: &[u8] = b"featurestore-client/1";
@@ -189,7 +189,7 @@ pub fn root_store(ca: &Path) -> Result<RootCertStore, TlsError> {
 /// Deserialised from configuration with defaults for missing fields; unknown fields are an error.
 /// Call [`TransportLimits::validate`] (done by `client_config` and the node's `server_config`)
 /// before [`TransportLimits::to_quinn`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportLimits {
     /// Bidirectional streams the peer may have open at once (one request per stream).

@@ -1,5 +1,8 @@
 //! Node configuration: a TOML file, then `FEATURESTORE_*` environment overrides, then command-line flags.
 //!
+//! The overrides are declared once, in [`Overrides`]: each field is a clap argument with both a `--flag`
+//! and a `FEATURESTORE_*` variable (a flag beats its variable, both beat the file).
+//!
 //! Every key is documented in `docs/configuration.md` and shown in `store-node/node.example.toml`. Unknown
 //! keys are errors (a typo must not silently fall back to a default). Relative paths in the file are
 //! resolved against the file's own directory, so a config can be moved together with its certificates.
@@ -8,14 +11,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use featurestore::{Limits, NodeId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use store_client::tls::TransportLimits;
 
 use crate::error::{Error, Result};
 use crate::storage::{DurabilityPolicy, StorageKind};
 
 /// Paths of the node's certificate material.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The cluster CA certificate (PEM): clients must present a certificate it signed.
@@ -27,20 +30,21 @@ pub struct TlsFiles {
 }
 
 /// A cluster member known from the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Seed {
     /// Its node id.
-    pub id: String,
+    pub id: NodeId,
     /// Its address (UDP socket address of its QUIC endpoint).
     pub addr: SocketAddr,
 }
 
 /// How this node finds and forms the cluster.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The address peers and clients should use for this node (default: `listen`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<SocketAddr>,
     /// Nodes to contact. With `bootstrap = true`, the seeds (plus this node) *are* the initial cluster,
     /// all active. Empty: a single-node cluster.
@@ -49,6 +53,7 @@ pub struct ClusterConfig {
     /// joins the running cluster the seeds belong to (this node starts as `joining`).
     pub bootstrap: bool,
     /// Replication settings (replication factor, timeouts, hint budget, anti-entropy interval, ...).
+    #[serde(skip_serializing_if = "is_default")]
     pub replication: featurestore::replication::ReplicationConfig,
     /// The shortest interval between two ticks of the replication state machine, in ms. Ticks run when
     /// the state machine says something is due (`Replication::next_deadline`), at most this often; this
@@ -73,11 +78,14 @@ impl Default for ClusterConfig {
 }
 
 /// The whole node configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+///
+/// Serialised ([`NodeConfig::to_toml`]), the sections left at their defaults (`limits`, `transport`,
+/// `cluster.replication`) are left out, so a written config says what was chosen and nothing more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's id (`[a-z0-9-]`, 1–63 chars); must match its certificate.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// UDP address the QUIC server listens on.
     pub listen: SocketAddr,
     /// Directory for this node's data.
@@ -91,10 +99,10 @@ pub struct NodeConfig {
     /// Certificates.
     pub tls: TlsFiles,
     /// Size limits.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub limits: Limits,
     /// QUIC transport limits.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub transport: TransportLimits,
     /// Refuse timestamps more than this many ms ahead of the local clock. Default 1000.
     #[serde(default = "defaults::max_clock_skew_ms")]
@@ -111,6 +119,23 @@ pub struct NodeConfig {
     /// Cluster membership and replication.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Test-only controls (fault injection). Left at their defaults they change nothing.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub test: TestConfig,
+}
+
+/// Test-only controls (config section `[test]`), for fault-injection harnesses. Never needed in
+/// production; at their defaults they are inert.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestConfig {
+    /// Milliseconds added to the system clock for everything this node does with wall-clock time
+    /// (timestamps, expiry, deadlines), see [`crate::clock`]. Negative runs the clock behind. Default 0.
+    pub clock_offset_ms: i64,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 mod defaults {
@@ -128,36 +153,66 @@ mod defaults {
     }
 }
 
-/// Overrides given on the command line (highest precedence).
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// `--node-id`
-    pub node_id: Option<String>,
-    /// `--listen`
-    pub listen: Option<SocketAddr>,
-    /// `--data-dir`
-    pub data_dir: Option<PathBuf>,
-    /// `--durability` (`sync` or `periodic:<ms>`)
-    pub durability: Option<DurabilityPolicy>,
-    /// `--storage` (`sled` or `memory`)
-    pub storage: Option<StorageKind>,
+/// The arguments of `store-node serve`: the config file and its overrides.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The node's TOML config.
+    #[arg(long, env = "FEATURESTORE_CONFIG")]
+    pub config: PathBuf,
+    /// Overrides of the file's values.
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
-/// The environment variables read by [`NodeConfig::load`], in the order they are applied.
-pub const ENV_KEYS: [&str; 6] = [
-    "FEATURESTORE_NODE_ID",
-    "FEATURESTORE_LISTEN",
-    "FEATURESTORE_DATA_DIR",
-    "FEATURESTORE_STORAGE",
-    "FEATURESTORE_DURABILITY",
-    "FEATURESTORE_MAX_CLOCK_SKEW_MS",
-];
+/// Overrides of the config file, each from a command-line flag or, without the flag, from its
+/// `FEATURESTORE_*` environment variable (the one declaration of both; see `docs/configuration.md`).
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct Overrides {
+    /// Override `node_id`.
+    #[arg(long, env = "FEATURESTORE_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<NodeId>,
+    /// Override `listen`.
+    #[arg(long, env = "FEATURESTORE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Override `data_dir`.
+    #[arg(long, env = "FEATURESTORE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Override `durability`: `sync` or `periodic:<ms>`.
+    #[arg(long, env = "FEATURESTORE_DURABILITY")]
+    pub durability: Option<DurabilityPolicy>,
+    /// Override `storage`: `sled` or `memory`.
+    #[arg(long, env = "FEATURESTORE_STORAGE")]
+    pub storage: Option<StorageKind>,
+    /// Override `max_clock_skew_ms`.
+    #[arg(long, env = "FEATURESTORE_MAX_CLOCK_SKEW_MS")]
+    pub max_clock_skew_ms: Option<u64>,
+}
+
+fn parse_node_id(s: &str) -> featurestore::Result<NodeId> {
+    NodeId::new(s)
+}
+
+/// The environment variables `store-node serve` reads for its arguments ([`ServeArgs`]), from their one
+/// declaration.
+pub fn env_keys() -> Vec<String> {
+    use clap::Args as _;
+    ServeArgs::augment_args(clap::Command::new("serve"))
+        .get_arguments()
+        .filter_map(clap::Arg::get_env)
+        .map(|key| key.to_string_lossy().into_owned())
+        .collect()
+}
 
 impl NodeConfig {
     /// A configuration with every optional key at its default.
-    pub fn new(node_id: &str, listen: SocketAddr, data_dir: PathBuf, tls: TlsFiles) -> NodeConfig {
+    pub fn new(
+        node_id: NodeId,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        tls: TlsFiles,
+    ) -> NodeConfig {
         NodeConfig {
-            node_id: node_id.to_owned(),
+            node_id,
             listen,
             data_dir,
             storage: StorageKind::default(),
@@ -170,6 +225,7 @@ impl NodeConfig {
             drain_timeout_ms: defaults::drain_timeout_ms(),
             expiry_sweep_ms: defaults::expiry_sweep_ms(),
             cluster: ClusterConfig::default(),
+            test: TestConfig::default(),
         }
     }
 
@@ -178,13 +234,9 @@ impl NodeConfig {
         self.cluster.advertise.unwrap_or(self.listen)
     }
 
-    /// Reads `path`, applies environment overrides from `env` and then `overrides`, resolves relative
-    /// paths against the file's directory, and validates the result.
-    pub fn load(
-        path: &Path,
-        env: impl Fn(&str) -> Option<String>,
-        overrides: &Overrides,
-    ) -> Result<NodeConfig> {
+    /// Reads `path`, resolves relative paths against the file's directory, applies `overrides` (the
+    /// environment and the flags, see [`Overrides`]) and validates the result.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<NodeConfig> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_owned(),
             source,
@@ -195,10 +247,35 @@ impl NodeConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
-        config.apply_env(env)?;
         config.apply_overrides(overrides);
         config.validate()?;
         Ok(config)
+    }
+
+    /// The config as TOML, the way [`NodeConfig::load`] reads it back (paths are written as they are:
+    /// relative ones stay relative to the file).
+    pub fn to_toml(&self) -> std::result::Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// Writes the config to `path` as TOML ([`NodeConfig::to_toml`]), after `comment` as `#` lines (none
+    /// if empty). The one writer of node configs: the dev cluster, the tests and the benchmarks use it.
+    pub fn write(&self, path: &Path, comment: &str) -> Result<()> {
+        let body = self.to_toml().map_err(|source| Error::ConfigWrite {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut text = String::new();
+        for line in comment.lines() {
+            text.push_str("# ");
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str(&body);
+        std::fs::write(path, text).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -212,30 +289,6 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
-    }
-
-    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
-        if let Some(v) = env("FEATURESTORE_NODE_ID") {
-            self.node_id = v;
-        }
-        if let Some(v) = env("FEATURESTORE_LISTEN") {
-            self.listen = v.parse().map_err(bad_value("FEATURESTORE_LISTEN"))?;
-        }
-        if let Some(v) = env("FEATURESTORE_DATA_DIR") {
-            self.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = env("FEATURESTORE_STORAGE") {
-            self.storage = v.parse()?;
-        }
-        if let Some(v) = env("FEATURESTORE_DURABILITY") {
-            self.durability = v.parse()?;
-        }
-        if let Some(v) = env("FEATURESTORE_MAX_CLOCK_SKEW_MS") {
-            self.max_clock_skew_ms = v
-                .parse()
-                .map_err(bad_value("FEATURESTORE_MAX_CLOCK_SKEW_MS"))?;
-        }
-        Ok(())
     }
 
     fn apply_overrides(&mut self, o: &Overrides) {
@@ -254,11 +307,13 @@ impl NodeConfig {
         if let Some(v) = o.storage {
             self.storage = v;
         }
+        if let Some(v) = o.max_clock_skew_ms {
+            self.max_clock_skew_ms = v;
+        }
     }
 
-    /// Checks every value.
+    /// Checks every value (node ids are valid by construction: `NodeId` validates when deserialised).
     pub fn validate(&self) -> Result<()> {
-        NodeId::new(self.node_id.as_str())?;
         self.limits.validate()?;
         self.durability.validate()?;
         self.transport.validate().map_err(Error::Transport)?;
@@ -268,22 +323,6 @@ impl NodeConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The validated node id.
-    pub fn node_id(&self) -> Result<NodeId> {
-        Ok(NodeId::new(self.node_id.as_str())?)
-    }
-}
-
-/// Maps the parse error of the environment variable `key` to [`Error::ConfigValue`].
-fn bad_value<E>(key: &'static str) -> impl FnOnce(E) -> Error
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    move |e| Error::ConfigValue {
-        what: key.to_owned(),
-        source: Box::new(e),
     }
 }
 
@@ -308,53 +347,152 @@ key = "certs/node-n1.key"
         p
     }
 
+    /// `store-node serve`'s arguments as `main.rs` parses them.
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> std::result::Result<ServeArgs, clap::Error> {
+        use clap::Parser as _;
+        let argv = ["serve", "--config", "node.toml"].iter().chain(args);
+        Cli::try_parse_from(argv).map(|c| c.serve)
+    }
+
     #[test]
-    fn defaults_relative_paths_env_then_flags() {
+    fn defaults_and_relative_paths() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), EXAMPLE);
-        let c = NodeConfig::load(&p, |_| None, &Overrides::default()).unwrap();
+        let c = NodeConfig::load(&p, &Overrides::default()).unwrap();
+        assert_eq!(c.node_id.as_str(), "n1");
         assert_eq!(c.durability, DurabilityPolicy::Sync);
         assert_eq!(c.storage, StorageKind::Sled);
         assert_eq!(c.data_dir, dir.path().join("n1"));
         assert_eq!(c.tls.ca_cert, dir.path().join("certs/ca.pem"));
         assert_eq!(c.max_clock_skew_ms, 1_000);
+    }
 
-        let env = |k: &str| match k {
-            "FEATURESTORE_DURABILITY" => Some("periodic:50".to_owned()),
-            "FEATURESTORE_LISTEN" => Some("127.0.0.1:9000".to_owned()),
-            _ => None,
-        };
-        let flags = Overrides {
-            listen: Some("127.0.0.1:9001".parse().unwrap()),
-            ..Overrides::default()
-        };
-        let c = NodeConfig::load(&p, env, &flags).unwrap();
+    /// The only test that touches the process environment (the `FEATURESTORE_*` variables are read by
+    /// nothing else in this test binary).
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), EXAMPLE);
+        assert!(env_keys().contains(&"FEATURESTORE_DURABILITY".to_owned()));
+        assert!(env_keys().contains(&"FEATURESTORE_CONFIG".to_owned()));
+        assert_eq!(env_keys().len(), 7, "{:?}", env_keys());
+        let vars = [
+            ("FEATURESTORE_DURABILITY", "periodic:50"),
+            ("FEATURESTORE_LISTEN", "127.0.0.1:9000"),
+            ("FEATURESTORE_MAX_CLOCK_SKEW_MS", "250"),
+        ];
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let with_flags = parse(&["--listen", "127.0.0.1:9001", "--node-id", "n7"]);
+        let env_only = parse(&[]);
+        std::env::set_var("FEATURESTORE_DURABILITY", "always");
+        let bad_env = parse(&[]);
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        let none = parse(&[]).unwrap();
+        assert_eq!(none.overrides, Overrides::default());
+        assert_eq!(none.config, Path::new("node.toml"));
+        assert!(
+            bad_env.is_err(),
+            "a bad value in the environment is an error"
+        );
+
+        let c = NodeConfig::load(&p, &env_only.unwrap().overrides).unwrap();
+        assert_eq!(c.durability, DurabilityPolicy::Periodic { interval_ms: 50 });
+        assert_eq!(
+            c.listen,
+            "127.0.0.1:9000".parse().unwrap(),
+            "env beats file"
+        );
+        assert_eq!(c.max_clock_skew_ms, 250);
+        let c = NodeConfig::load(&p, &with_flags.unwrap().overrides).unwrap();
         assert_eq!(c.durability, DurabilityPolicy::Periodic { interval_ms: 50 });
         assert_eq!(
             c.listen,
             "127.0.0.1:9001".parse().unwrap(),
             "flags beat env"
         );
+        assert_eq!(c.node_id.as_str(), "n7");
+        assert!(
+            parse(&["--node-id", "N 7"]).is_err(),
+            "node ids are validated"
+        );
+    }
+
+    #[test]
+    fn a_written_config_loads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = TlsFiles {
+            ca_cert: "certs/ca.pem".into(),
+            cert: "certs/node-n1.pem".into(),
+            key: "certs/node-n1.key".into(),
+        };
+        let mut c = NodeConfig::new(
+            NodeId::new("n1").unwrap(),
+            "127.0.0.1:7401".parse().unwrap(),
+            "n1".into(),
+            tls,
+        );
+        let path = dir.path().join("n1.toml");
+        c.write(&path, "Written by a test.\nSecond line.").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("# Written by a test.\n# Second line.\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("[limits]") && !text.contains("replication"),
+            "{text}"
+        );
+        let loaded = NodeConfig::load(&path, &Overrides::default()).unwrap();
+        c.resolve_paths(dir.path());
+        assert_eq!(loaded, c);
+
+        c.durability = DurabilityPolicy::Periodic { interval_ms: 7 };
+        c.limits.max_siblings = 3;
+        c.cluster.advertise = Some("10.0.0.1:7401".parse().unwrap());
+        c.cluster.replication.rpc_timeout_ms = 500;
+        c.cluster.replication.detector.suspect_phi = 4.5;
+        c.test.clock_offset_ms = -1500;
+        c.cluster.seeds = vec![Seed {
+            id: NodeId::new("n2").unwrap(),
+            addr: "127.0.0.1:7402".parse().unwrap(),
+        }];
+        c.write(&path, "").unwrap();
+        assert_eq!(NodeConfig::load(&path, &Overrides::default()).unwrap(), c);
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), &format!("{EXAMPLE}\nlisten_port = 3\n"));
-        assert!(NodeConfig::load(&p, |_| None, &Overrides::default()).is_err());
+        assert!(NodeConfig::load(&p, &Overrides::default()).is_err());
         let p = write(
             dir.path(),
             &EXAMPLE.replace("\"n1\"\nlisten", "\"N 1\"\nlisten"),
         );
-        assert!(NodeConfig::load(&p, |_| None, &Overrides::default()).is_err());
+        assert!(NodeConfig::load(&p, &Overrides::default()).is_err());
+        let p = write(
+            dir.path(),
+            &format!("{EXAMPLE}\n[[cluster.seeds]]\nid = \"n/2\"\naddr = \"127.0.0.1:7402\"\n"),
+        );
+        assert!(
+            NodeConfig::load(&p, &Overrides::default()).is_err(),
+            "seed ids are validated"
+        );
         let p = write(
             dir.path(),
             &format!("{EXAMPLE}\n[limits]\nmax_siblings = 0\n"),
         );
-        assert!(NodeConfig::load(&p, |_| None, &Overrides::default()).is_err());
-        let p = write(dir.path(), EXAMPLE);
-        let env = |k: &str| (k == "FEATURESTORE_DURABILITY").then(|| "always".to_owned());
-        assert!(NodeConfig::load(&p, env, &Overrides::default()).is_err());
+        assert!(NodeConfig::load(&p, &Overrides::default()).is_err());
     }
 }
 
@@ -367,8 +505,8 @@ mod example_tests {
     #[test]
     fn the_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("node.example.toml");
-        let c = NodeConfig::load(&path, |_| None, &Overrides::default()).unwrap();
-        assert_eq!(c.node_id, "n1");
+        let c = NodeConfig::load(&path, &Overrides::default()).unwrap();
+        assert_eq!(c.node_id.as_str(), "n1");
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.transport, TransportLimits::default());
     }

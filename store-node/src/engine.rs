@@ -20,26 +20,20 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use featurestore::profile::{apply, Applied, ProfileView, Write};
 use featurestore::replication::StoreError;
-use featurestore::wire::client::{ErrorReply, NodeStatus};
+use featurestore::wire::client::ErrorReply;
 use featurestore::wire::codec::{decode_record, encode_record, record_hash};
 use featurestore::{Clock, ErrorCode, Limits, NodeId, Profile};
 
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::storage::{Durability, Storage, WriteTicket};
 
 /// Number of independently locked shards of the in-memory map.
 pub const SHARDS: usize = 64;
-
-/// Milliseconds since the Unix epoch from the system clock (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// A profile with the hash of its stored record (kept up to date on every write, so anti-entropy and
 /// orphan scans never re-encode profiles).
@@ -306,8 +300,9 @@ impl Engine {
         rewritten
     }
 
-    /// The node's status.
-    pub fn status(&self) -> NodeStatus {
+    /// The engine's part of the node's status: data, storage, durability and their counters (the
+    /// cluster runtime adds the membership, see `Cluster::status`).
+    pub fn status(&self) -> EngineStatus {
         let entities = self
             .shards
             .iter()
@@ -321,19 +316,33 @@ impl Engine {
             ("durable_writes".to_owned(), d.durable_seq),
             ("last_flush_micros".to_owned(), d.last_flush_micros),
         ]);
-        NodeStatus {
-            node_id: self.node.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+        EngineStatus {
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             entities,
-            storage: self.storage.kind().to_owned(),
+            storage: self.storage.kind(),
             durability: self.durability.policy().to_string(),
             disk_bytes: self.storage.disk_bytes().unwrap_or(0),
             counters,
-            ring_version: 0,
-            members: Vec::new(),
         }
     }
+}
+
+/// The engine's part of a node's status ([`Engine::status`]); the fields mean what they mean in
+/// [`NodeStatus`](featurestore::wire::client::NodeStatus).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// Milliseconds since the engine was opened.
+    pub uptime_ms: u64,
+    /// Entities held.
+    pub entities: u64,
+    /// Storage engine (`sled` or `memory`).
+    pub storage: &'static str,
+    /// Durability policy (`sync` or `periodic:<ms>`).
+    pub durability: String,
+    /// Bytes on disk (0 if unknown).
+    pub disk_bytes: u64,
+    /// The request, error and durability counters.
+    pub counters: Vec<(String, u64)>,
 }
 
 impl featurestore::replication::LocalStore for Engine {

@@ -109,14 +109,21 @@ pub enum Error {
         /// The TOML error.
         source: toml::de::Error,
     },
-    /// A config value given as text (an environment override, a durability interval) could not be
-    /// parsed.
+    /// A config value given as text (a durability interval) could not be parsed.
     #[error("configuration error: {what}: {source}")]
     ConfigValue {
         /// Which value, as the user wrote it.
         what: String,
         /// The parser's error.
         source: BoxError,
+    },
+    /// A config could not be written as TOML (e.g. a path that is not UTF-8).
+    #[error("configuration error: cannot write {path}: {source}")]
+    ConfigWrite {
+        /// The config file to be written.
+        path: PathBuf,
+        /// The TOML error.
+        source: toml::ser::Error,
     },
     /// The transport limits or the ALPN list are invalid.
     #[error("configuration error: {0}")]

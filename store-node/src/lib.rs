@@ -3,21 +3,25 @@
 //!
 //! - [`config`]: the TOML config with environment and flag overrides.
 //! - [`storage`]: the `Storage` trait, sled and in-memory engines, durability policies (group commit).
+//! - [`clock`]: the node's one wall-clock reading, with a test-only offset.
 //! - [`engine`]: in-memory profiles, the clock, the write path.
 //! - [`server`]: the client-facing QUIC server: connections, streams and frames.
 //! - [`cluster`]: request coordination, replication runtime.
 //! - [`net`]: the transport below the cluster runtime: [`net::peer`] (peer transport) and [`net::tls`]
 //!   (mutual TLS, peer identity).
 //! - [`node`]: start, recover, serve, shut down.
+//! - [`launch`]: start `store-node serve` processes and wait for their ready signal (dev, tests, benches).
 //! - [`certs`]: certificate generation.
 //! - [`dev`]: the local development cluster behind `store-node dev`.
 
 pub mod certs;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod engine;
 pub mod error;
+pub mod launch;
 pub mod metrics;
 pub mod net;
 pub mod node;

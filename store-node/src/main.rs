@@ -1,12 +1,10 @@
 //! `store-node`: run a featurestore node, generate cluster certificates, or start a local dev node.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use store_node::config::{NodeConfig, Overrides};
-use store_node::storage::{DurabilityPolicy, StorageKind};
+use store_node::config::{NodeConfig, ServeArgs};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -19,26 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node from a config file (FEATURESTORE_* environment variables and flags override it).
-    Serve {
-        /// The node's TOML config.
-        #[arg(long, env = "FEATURESTORE_CONFIG")]
-        config: PathBuf,
-        /// Override `node_id`.
-        #[arg(long)]
-        node_id: Option<String>,
-        /// Override `listen`.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Override `data_dir`.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Override `durability`: `sync` or `periodic:<ms>`.
-        #[arg(long)]
-        durability: Option<DurabilityPolicy>,
-        /// Override `storage`: `sled` or `memory`.
-        #[arg(long)]
-        storage: Option<StorageKind>,
-    },
+    Serve(ServeArgs),
     /// Write a cluster CA, node certificates and client certificates (an existing CA is reused).
     Certs {
         /// Output directory.
@@ -119,22 +98,8 @@ async fn main() -> anyhow::Result<()> {
     init_logging();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            config,
-            node_id,
-            listen,
-            data_dir,
-            durability,
-            storage,
-        } => {
-            let overrides = Overrides {
-                node_id,
-                listen,
-                data_dir,
-                durability,
-                storage,
-            };
-            let config = NodeConfig::load(&config, |k| std::env::var(k).ok(), &overrides)
+        Command::Serve(ServeArgs { config, overrides }) => {
+            let config = NodeConfig::load(&config, &overrides)
                 .with_context(|| format!("loading {}", config.display()))?;
             let token = CancellationToken::new();
             shutdown_on_signals(token.clone());

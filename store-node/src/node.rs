@@ -12,10 +12,12 @@ use store_client::tls::{CLIENT_ALPN, PEER_ALPN};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
-use crate::engine::{now_ms, Engine};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::launch::{NodeEvent, ReadyInfo};
 use crate::metrics::Metrics;
 use crate::net::peer::Peers;
 use crate::server::{serve, ServeSettings};
@@ -29,10 +31,18 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// (`cluster.replication.rpc_timeout_ms`), but never less than this.
 const MIN_PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// Runs a node with `config` until `shutdown` is cancelled. Prints `store-node <id> ready on <addr>` on
-/// stdout once it accepts connections (tests and the dev cluster wait for that line).
+/// Runs a node with `config` until `shutdown` is cancelled. Prints the ready signal on stdout once it
+/// accepts connections: `store-node <id> ready on <addr>`, then the JSON line launchers wait for (see
+/// [`crate::launch`]).
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> {
-    let node_id = config.node_id()?;
+    let node_id = config.node_id.clone();
+    crate::clock::set_offset_ms(config.test.clock_offset_ms);
+    if config.test.clock_offset_ms != 0 {
+        tracing::warn!(
+            node = %node_id, offset_ms = config.test.clock_offset_ms,
+            "test control: this node's clock is offset from the system clock"
+        );
+    }
     let (engine, durability) = open_storage(&config, &node_id).await?;
     let (endpoint, peers) = open_endpoint(&config)?;
     let local = endpoint.local_addr().map_err(|source| Error::Socket {
@@ -46,7 +56,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         shutdown.clone(),
     );
     tracing::info!(node = %node_id, addr = %local, "listening");
-    println!("store-node {node_id} ready on {local}");
+    announce_ready(&node_id, local);
 
     let sweeper = (config.expiry_sweep_ms > 0).then(|| {
         spawn_sweeper(
@@ -79,6 +89,22 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         sweeper,
     };
     running.shut_down().await
+}
+
+/// Prints the ready lines (human, then machine-readable) on stdout, in one write.
+fn announce_ready(node_id: &NodeId, local: std::net::SocketAddr) {
+    let event = NodeEvent::Ready(ReadyInfo {
+        node: node_id.clone(),
+        addr: local,
+        http: None,
+        pid: std::process::id(),
+    });
+    let text = format!(
+        "store-node {node_id} ready on {local}\n{}\n",
+        event.to_line()
+    );
+    // A closed stdout must not stop the node.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
 }
 
 /// Creates the data directory, opens the storage, starts its durability policy and recovers every stored

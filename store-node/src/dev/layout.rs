@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 
 use super::{DevError, DevOptions};
 use crate::certs;
-use crate::config::{NodeConfig, Overrides, Seed};
+use featurestore::NodeId;
+
+use crate::config::{NodeConfig, Overrides, Seed, TlsFiles};
 use crate::error::Error;
+use crate::storage::{DurabilityPolicy, StorageKind};
 
 /// The dev client's name (its certificate is `certs/client-app.pem`).
 pub const DEV_CLIENT: &str = "app";
@@ -62,35 +65,30 @@ pub fn write_client_config(
     Ok(path)
 }
 
-/// The TOML config of `node`, with every node of `all` as a bootstrap seed (paths relative to the dev dir).
-fn node_config_text(node: &DevNode, all: &[DevNode]) -> String {
+/// The config of `node`, with every node of `all` as a bootstrap seed (paths relative to the dev dir).
+fn node_config(node: &DevNode, all: &[DevNode]) -> crate::error::Result<NodeConfig> {
     let id = &node.id;
-    let mut text = format!(
-        "# Written by `store-node dev` on every run (edits are overwritten). Paths are relative to this file.\n\
-         node_id = \"{id}\"\n\
-         listen = \"{addr}\"\n\
-         data_dir = \"{id}\"\n\
-         storage = \"sled\"\n\
-         durability = {{ mode = \"sync\" }}\n\
-         \n\
-         [tls]\n\
-         ca_cert = \"certs/ca.pem\"\n\
-         cert = \"certs/node-{id}.pem\"\n\
-         key = \"certs/node-{id}.key\"\n\
-         \n\
-         [cluster]\n\
-         bootstrap = true\n",
-        addr = node.addr,
-    );
+    let tls = TlsFiles {
+        ca_cert: "certs/ca.pem".into(),
+        cert: format!("certs/node-{id}.pem").into(),
+        key: format!("certs/node-{id}.key").into(),
+    };
+    let mut config = NodeConfig::new(NodeId::new(id.as_str())?, node.addr, id.into(), tls);
+    config.storage = StorageKind::Sled;
+    config.durability = DurabilityPolicy::Sync;
+    config.cluster.bootstrap = true;
     for seed in all {
-        let _ = write!(
-            text,
-            "\n[[cluster.seeds]]\nid = \"{}\"\naddr = \"{}\"\n",
-            seed.id, seed.addr
-        );
+        config.cluster.seeds.push(Seed {
+            id: NodeId::new(seed.id.as_str())?,
+            addr: seed.addr,
+        });
     }
-    text
+    Ok(config)
 }
+
+/// The comment at the top of every node config `store-node dev` writes.
+const NODE_CONFIG_COMMENT: &str =
+    "Written by `store-node dev` on every run (edits are overwritten). Paths are relative to this file.";
 
 fn write_file(path: &Path, text: &str) -> crate::error::Result<()> {
     std::fs::write(path, text).map_err(|source| Error::Io {
@@ -223,7 +221,7 @@ pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
     let previous_config = dir.join("n1.toml");
     let previous = previous_config
         .exists()
-        .then(|| NodeConfig::load(&previous_config, |_| None, &Overrides::default()).ok())
+        .then(|| NodeConfig::load(&previous_config, &Overrides::default()).ok())
         .flatten()
         .map(|c| c.cluster.seeds);
     let warnings = shape_warnings(dir, &nodes, previous.as_deref(), &existing_data(dir));
@@ -237,9 +235,9 @@ pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
         tracing::info!(path = %path.display(), "generated");
     }
     for node in &nodes {
-        write_file(&node.config, &node_config_text(node, &nodes))?;
+        node_config(node, &nodes)?.write(&node.config, NODE_CONFIG_COMMENT)?;
         // Read it back exactly as `serve` will, so a config the node would refuse fails here.
-        NodeConfig::load(&node.config, |_| None, &Overrides::default())?;
+        NodeConfig::load(&node.config, &Overrides::default())?;
     }
     let pairs: Vec<(String, SocketAddr)> = nodes.iter().map(|n| (n.id.clone(), n.addr)).collect();
     let client_config = write_client_config(dir, &pairs)?;
@@ -273,10 +271,10 @@ mod tests {
         assert!(layout.warnings.is_empty(), "{:?}", layout.warnings);
         assert_eq!(layout.nodes.len(), 3);
         for (i, node) in layout.nodes.iter().enumerate() {
-            let c = NodeConfig::load(&node.config, |_| None, &Overrides::default()).unwrap();
-            assert_eq!(c.node_id, format!("n{}", i + 1));
+            let c = NodeConfig::load(&node.config, &Overrides::default()).unwrap();
+            assert_eq!(c.node_id.as_str(), format!("n{}", i + 1));
             assert_eq!(c.listen.port(), 7401 + u16::try_from(i).unwrap());
-            assert_eq!(c.data_dir, dir.join(&c.node_id));
+            assert_eq!(c.data_dir, dir.join(c.node_id.as_str()));
             assert_eq!(
                 c.tls.cert,
                 dir.join(format!("certs/node-{}.pem", c.node_id))

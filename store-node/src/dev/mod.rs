@@ -20,9 +20,11 @@
 //!
 //! [`run`] checks that the K UDP ports are free, prepares the files ([`prepare`]) and starts K child
 //! processes (this executable with `serve --config <dir>/n<i>.toml`). Each child's stdout and stderr are
-//! relayed line by line with an `[n<i>] ` prefix (stdout to stdout, stderr to stderr). The cluster is
-//! *ready* once every node has printed `store-node n<i> ready on <addr>` (at most [`READY_TIMEOUT`]); then
-//! the nodes and the next commands are printed, ending with the line `dev cluster ready: n1,...,nK`.
+//! relayed line by line with an `[n<i>] ` prefix (stdout to stdout, stderr to stderr), except the nodes'
+//! machine-readable event lines. The cluster is *ready* once every node has reported its ready event
+//! (the JSON line after `store-node n<i> ready on <addr>`, see [`crate::launch`]; at most
+//! [`READY_TIMEOUT`]); then the nodes and the next commands are printed, ending with the line
+//! `dev cluster ready: n1,...,nK`.
 //! If a node exits or does not become ready during startup, the others are stopped and [`run`] fails.
 //!
 //! While running, a node that exits on its own (crash, `kill -9` by an operator testing failures) is
@@ -73,7 +75,7 @@ pub use procs::STOP_TIMEOUT;
 use layout::plan;
 use procs::Procs;
 
-/// How long every node together gets to print its ready line after being started.
+/// How long every node together gets to report ready after being started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Options of `store-node dev`.
@@ -122,7 +124,7 @@ pub enum DevError {
         /// How it exited.
         status: String,
     },
-    /// Some nodes did not print their ready line in time.
+    /// Some nodes did not report ready in time.
     #[error("not ready within {} s: {nodes}", READY_TIMEOUT.as_secs())]
     NotReady {
         /// The nodes that were not ready, comma-separated.

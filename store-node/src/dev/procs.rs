@@ -1,5 +1,5 @@
-//! Supervising the dev nodes: starting the child processes, relaying their output line by line, noticing
-//! ready lines and exits, and stopping them (SIGTERM, then SIGKILL).
+//! Supervising the dev nodes: starting the child processes ([`crate::launch`]), relaying their output line
+//! by line, noticing ready events and exits, and stopping them (SIGTERM, then SIGKILL).
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::Path;
@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{DevError, DevNode};
-use crate::config::ENV_KEYS;
+use crate::config::env_keys;
+use crate::launch::{send_signal, NodeEvent, NodeProcess, Output, Signal};
 
 /// How long nodes get to exit after SIGTERM before they are killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,14 +44,18 @@ pub(super) struct Procs {
     tx: mpsc::UnboundedSender<Event>,
 }
 
-/// Relays `reader`'s lines to stdout or stderr with `prefix`; reports the ready line of `node` once.
-fn relay(
-    reader: impl std::io::Read,
-    prefix: String,
-    to_stdout: bool,
-    ready: Option<(usize, String, mpsc::UnboundedSender<Event>)>,
-) {
-    let mut ready = ready;
+/// Writes one relayed line with `prefix` to stdout or stderr. Write errors (a closed terminal or pipe)
+/// are ignored: the node must keep running.
+fn relay_line(prefix: &str, line: &str, to_stdout: bool) {
+    if to_stdout {
+        let _ = writeln!(std::io::stdout().lock(), "{prefix}{line}");
+    } else {
+        let _ = writeln!(std::io::stderr().lock(), "{prefix}{line}");
+    }
+}
+
+/// Relays `reader`'s lines to stderr with `prefix`.
+fn relay_stderr(reader: impl std::io::Read, prefix: &str) {
     let mut buf = Vec::new();
     let mut reader = BufReader::new(reader);
     loop {
@@ -60,23 +65,7 @@ fn relay(
             Ok(_) => {}
         }
         let line = String::from_utf8_lossy(&buf);
-        let line = line.trim_end_matches(['\n', '\r']);
-        // Write errors (a closed terminal or pipe) are ignored: the node must keep running.
-        if to_stdout {
-            let _ = writeln!(std::io::stdout().lock(), "{prefix}{line}");
-        } else {
-            let _ = writeln!(std::io::stderr().lock(), "{prefix}{line}");
-        }
-        let is_ready = ready.as_ref().is_some_and(|(_, id, _)| {
-            line.strip_prefix("store-node ")
-                .and_then(|rest| rest.split_once(" ready on "))
-                .is_some_and(|(who, _)| who == id)
-        });
-        if is_ready {
-            if let Some((index, _, tx)) = ready.take() {
-                let _ = tx.send(Event::Ready(index));
-            }
-        }
+        relay_line(prefix, line.trim_end_matches(['\n', '\r']), false);
     }
 }
 
@@ -90,17 +79,12 @@ impl Procs {
         }
     }
 
-    /// Starts `exe serve --config <node.config>` with relayed output.
+    /// Starts `exe serve --config <node.config>` with relayed output. Its stdout lines are relayed
+    /// except the machine-readable events; its ready event is reported once.
     pub(super) fn spawn(&mut self, exe: &Path, node: &DevNode) -> Result<(), DevError> {
-        let mut command = std::process::Command::new(exe);
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(&node.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for key in ENV_KEYS.iter().chain(&["FEATURESTORE_CONFIG"]) {
+        let mut command = NodeProcess::serve_command(exe, &node.config);
+        command.stderr(Stdio::piped());
+        for key in env_keys() {
             command.env_remove(key);
         }
         #[cfg(unix)]
@@ -108,33 +92,36 @@ impl Procs {
             use std::os::unix::process::CommandExt;
             command.process_group(0);
         }
-        let spawn_error = |source| DevError::Spawn {
-            node: node.id.clone(),
-            exe: exe.to_owned(),
-            source,
-        };
-        let mut child = command.spawn().map_err(spawn_error)?;
         let index = self.procs.len();
         let prefix = format!("[{}] ", node.id);
-        let mut relays = Vec::new();
-        if let Some(stdout) = child.stdout.take() {
-            let (prefix, ready) = (prefix.clone(), (index, node.id.clone(), self.tx.clone()));
-            relays.push(std::thread::spawn(move || {
-                relay(stdout, prefix, true, Some(ready));
-            }));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            let prefix = prefix.clone();
-            relays.push(std::thread::spawn(move || {
-                relay(stderr, prefix, false, None);
-            }));
-        }
+        let on_output = {
+            let (prefix, id, tx) = (prefix.clone(), node.id.clone(), self.tx.clone());
+            let mut ready = Some(tx);
+            move |output: Output<'_>| match output {
+                Output::Line(line) => relay_line(&prefix, line, true),
+                Output::Event(NodeEvent::Ready(info)) if info.node.as_str() == id => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(Event::Ready(index));
+                    }
+                }
+                Output::Event(_) => {}
+            }
+        };
+        let mut process =
+            NodeProcess::spawn_command(command, on_output).map_err(|source| DevError::Spawn {
+                node: node.id.clone(),
+                exe: exe.to_owned(),
+                source,
+            })?;
+        let stderr_relay = process
+            .take_stderr()
+            .map(|stderr| std::thread::spawn(move || relay_stderr(stderr, &prefix)));
         let tx = self.tx.clone();
-        let pid = child.id();
+        let pid = process.pid();
         std::thread::spawn(move || {
-            let status = child.wait();
             // The pipes close when the node exits: relay its last lines before reporting the exit.
-            for relay in relays {
+            let status = process.wait();
+            if let Some(relay) = stderr_relay {
                 let _ = relay.join();
             }
             let _ = tx.send(Event::Exited(index, status));
@@ -183,25 +170,16 @@ impl Procs {
         self.events.recv().await
     }
 
-    /// Sends `signal` (`TERM` or `KILL`) to every running node.
-    async fn signal_running(&self, signal: &'static str) {
+    /// Sends `signal` to every running node.
+    async fn signal_running(&self, signal: Signal) {
         for p in self.running() {
-            let (id, pid) = (p.id.clone(), p.pid.to_string());
-            let sent = tokio::task::spawn_blocking(move || {
-                std::process::Command::new("kill")
-                    .args([format!("-{signal}"), pid])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-            })
-            .await;
+            let (id, pid) = (p.id.clone(), p.pid);
+            let sent = tokio::task::spawn_blocking(move || send_signal(pid, signal)).await;
+            let signal = signal.name();
             match sent {
-                Ok(Ok(status)) if status.success() => {
-                    tracing::debug!(node = %id, signal, "signal sent");
-                }
+                Ok(Ok(true)) => tracing::debug!(node = %id, signal, "signal sent"),
                 // Usually: it exited in the meantime (its exit event follows).
-                Ok(Ok(status)) => tracing::debug!(node = %id, signal, %status, "kill failed"),
+                Ok(Ok(false)) => tracing::debug!(node = %id, signal, "kill failed"),
                 Ok(Err(e)) => tracing::error!(node = %id, signal, "could not run `kill`: {e}"),
                 Err(e) => tracing::error!(node = %id, signal, "signal task failed: {e}"),
             }
@@ -239,13 +217,13 @@ impl Procs {
                 self.running().count(),
                 STOP_TIMEOUT.as_secs()
             );
-            self.signal_running("TERM").await;
+            self.signal_running(Signal::Term).await;
             self.wait_all(STOP_TIMEOUT, kill_now).await;
         }
         if self.any_running() {
             let names: Vec<&str> = self.running().map(|p| p.id.as_str()).collect();
             tracing::warn!("killing {} (SIGKILL)", names.join(", "));
-            self.signal_running("KILL").await;
+            self.signal_running(Signal::Kill).await;
             self.wait_all(KILL_TIMEOUT, &CancellationToken::new()).await;
         }
     }

@@ -1,40 +1,54 @@
 //! Test support: real `store-node` processes with real certificates, sled files and QUIC.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use featurestore::NodeId;
 use store_client::{Client, ClientConfig};
+use store_node::config::{NodeConfig, Seed, TlsFiles};
+use store_node::launch::{NodeProcess, ReadyInfo};
 
-/// Starts `store-node serve --config CONFIG` and waits (up to 60 s) for its ready line; returns the
-/// process and the address it reported.
-pub fn spawn_node(config: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_store-node"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("FEATURESTORE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split(" ready on ").nth(1) {
-                let _ = tx.send(addr.trim().to_owned());
+/// How long a node gets to report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts `store-node serve --config CONFIG` and waits (up to 60 s) for its ready event; returns the
+/// process (killed when dropped) and what it reported.
+pub fn spawn_node(config: &Path) -> (NodeProcess, ReadyInfo) {
+    let mut command = NodeProcess::serve_command(env!("CARGO_BIN_EXE_store-node").as_ref(), config);
+    command.env("FEATURESTORE_LOG", "warn");
+    let mut node = NodeProcess::spawn_command(command, |_| {}).unwrap();
+    match node.wait_ready(READY_TIMEOUT) {
+        Ok(ready) => (node, ready),
+        Err(e) => panic!("{}: {e}", config.display()),
+    }
+}
+
+/// Node `id`'s config: listening on `addr`, data in `data_dir`, the certificates `certs/ca.pem` and
+/// `certs/node-<id>.pem/.key` (paths relative to the config file), then `overlay` applied: TOML whose
+/// keys replace the config's (tables are merged key by key).
+pub fn node_config(id: &str, addr: SocketAddr, data_dir: &str, overlay: &str) -> NodeConfig {
+    let tls = TlsFiles {
+        ca_cert: "certs/ca.pem".into(),
+        cert: format!("certs/node-{id}.pem").into(),
+        key: format!("certs/node-{id}.key").into(),
+    };
+    let config = NodeConfig::new(NodeId::new(id).unwrap(), addr, data_dir.into(), tls);
+    let toml::Value::Table(mut table) = toml::Value::try_from(&config).unwrap() else {
+        unreachable!("a config is a table");
+    };
+    merge(&mut table, toml::from_str(overlay).unwrap());
+    toml::Value::Table(table).try_into().unwrap()
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(overlay)) => merge(base, overlay),
+            (_, value) => {
+                base.insert(key, value);
             }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(addr) => (child, addr),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("{} did not report ready within 60 s", config.display());
         }
     }
 }
@@ -42,9 +56,9 @@ pub fn spawn_node(config: &Path) -> (Child, String) {
 /// One node process and its files.
 pub struct TestNode {
     pub dir: tempfile::TempDir,
-    pub child: Option<Child>,
+    pub child: Option<NodeProcess>,
     pub addr: SocketAddr,
-    /// Extra TOML appended to the node config (e.g. a durability section).
+    /// Extra TOML applied to the node config (e.g. a durability section), see [`node_config`].
     pub extra: String,
 }
 
@@ -73,22 +87,19 @@ impl TestNode {
     }
 
     fn write_config(&self) -> PathBuf {
-        let text = format!(
-            "node_id = \"n1\"\nlisten = \"{}\"\ndata_dir = \"data\"\n{}\n\
-             [tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/node-n1.pem\"\nkey = \"certs/node-n1.key\"\n",
-            self.addr, self.extra
-        );
         let path = self.path().join("node.toml");
-        std::fs::write(&path, text).unwrap();
+        node_config("n1", self.addr, "data", &self.extra)
+            .write(&path, "")
+            .unwrap();
         path
     }
 
-    /// Starts the process (on the same port as before, if it ran before) and waits for its ready line.
+    /// Starts the process (on the same port as before, if it ran before) and waits for its ready event.
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "already running");
         let config = self.write_config();
-        let (child, addr) = spawn_node(&config);
-        self.addr = addr.parse().unwrap();
+        let (child, ready) = spawn_node(&config);
+        self.addr = ready.addr;
         self.child = Some(child);
         self.write_client_config("client.toml", "app");
     }
@@ -115,36 +126,24 @@ impl TestNode {
 
     /// `kill -9`.
     pub fn kill9(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        self.child.take().expect("running").kill().unwrap();
     }
 
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        for _ in 0..300 {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        match child.terminate(Duration::from_secs(15)).unwrap() {
+            Some(status) => status,
+            // Dropping `child` kills it.
+            None => panic!("node did not exit within 15 s of SIGTERM"),
         }
-        child.kill().unwrap();
-        panic!("node did not exit within 15 s of SIGTERM");
     }
 }
 
 impl Drop for TestNode {
+    /// Kills the node before its directory is removed.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        drop(self.child.take());
     }
 }
 
@@ -159,8 +158,10 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// Replication settings fast enough for tests (seconds, not minutes, to converge).
-pub const FAST_CLUSTER: &str = "tick_ms = 20\n\
+/// Replication settings fast enough for tests (seconds, not minutes, to converge), as a [`node_config`]
+/// overlay.
+pub const FAST_CLUSTER: &str = "[cluster]\n\
+tick_ms = 20\n\
 [cluster.replication]\n\
 rpc_timeout_ms = 500\n\
 hint_replay_ms = 200\n\
@@ -180,7 +181,7 @@ pub struct TestCluster {
 pub struct ClusterNode {
     pub id: String,
     pub addr: SocketAddr,
-    pub child: Option<Child>,
+    pub child: Option<NodeProcess>,
     pub config: PathBuf,
 }
 
@@ -217,18 +218,17 @@ impl TestCluster {
         seeds: &[(String, SocketAddr)],
         bootstrap: bool,
     ) {
-        let mut text = format!(
-            "node_id = \"{id}\"\nlisten = \"{addr}\"\ndata_dir = \"{id}\"\n\
-             [tls]\nca_cert = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n\
-             [cluster]\nbootstrap = {bootstrap}\n{FAST_CLUSTER}"
-        );
-        for (sid, saddr) in seeds {
-            text.push_str(&format!(
-                "[[cluster.seeds]]\nid = \"{sid}\"\naddr = \"{saddr}\"\n"
-            ));
-        }
+        let mut node = node_config(id, addr, id, FAST_CLUSTER);
+        node.cluster.bootstrap = bootstrap;
+        node.cluster.seeds = seeds
+            .iter()
+            .map(|(sid, saddr)| Seed {
+                id: NodeId::new(sid.as_str()).unwrap(),
+                addr: *saddr,
+            })
+            .collect();
         let config = self.dir.path().join(format!("{id}.toml"));
-        std::fs::write(&config, text).unwrap();
+        node.write(&config, "").unwrap();
         self.nodes.push(ClusterNode {
             id: id.to_owned(),
             addr,
@@ -250,19 +250,17 @@ impl TestCluster {
         i
     }
 
-    /// Starts node `i` and waits for its ready line.
+    /// Starts node `i` and waits for its ready event.
     pub fn launch(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "{} already running", node.id);
-        let (child, _addr) = spawn_node(&node.config);
+        let (child, _ready) = spawn_node(&node.config);
         node.child = Some(child);
     }
 
     /// `kill -9` node `i`.
     pub fn kill9(&mut self, i: usize) {
-        let mut child = self.nodes[i].child.take().expect("running");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        self.nodes[i].child.take().expect("running").kill().unwrap();
     }
 
     /// Writes `client.toml` (all nodes as seeds) and one `client-<id>.toml` per node (that node only).
@@ -302,12 +300,10 @@ impl TestCluster {
 }
 
 impl Drop for TestCluster {
+    /// Kills the nodes before their directory is removed.
     fn drop(&mut self) {
         for n in &mut self.nodes {
-            if let Some(mut child) = n.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            drop(n.child.take());
         }
     }
 }

@@ -14,11 +14,17 @@
 //! - A ticker drives timeouts, hint replay, gossip, anti-entropy and handoffs, and persists the hints and
 //!   the membership table when they change.
 //!
+//! Parts: `meta` names and (de)codes the hint and membership records in storage; `waiters` holds
+//! the requests waiting for replica acks and read replies.
+//!
 //! Caveat: the replication state machine sits behind one mutex; it is taken on writes and peer messages,
 //! never on local reads (they route with a placement snapshot). Anti-entropy rounds hash every local
 //! record while holding it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod meta;
+mod waiters;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -31,89 +37,18 @@ use featurestore::replication::{
     WritePlan,
 };
 use featurestore::wire::client::{ClusterView, ErrorReply, MemberStatus, NodeStatus};
-use featurestore::wire::codec::{decode_versioned, encode_versioned};
 use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, NodeId, Profile, Request, Response};
 use tokio::sync::oneshot;
 
+use waiters::Waiters;
+
+use crate::clock::now_ms;
 use crate::config::NodeConfig;
-use crate::engine::{error_reply as node_error_reply, now_ms, Engine};
+use crate::engine::{error_reply as node_error_reply, Engine};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::net::peer::Peers;
-
-const META_MEMBERSHIP: &str = "membership";
-/// Hints are stored one record each, named `hint/<target>/<key>` (node ids contain no `/`).
-const META_HINT_PREFIX: &str = "hint/";
-
-/// The name of the record of the hint `(target, key)`.
-fn hint_record(target: &NodeId, key: &str) -> String {
-    format!("{META_HINT_PREFIX}{target}/{key}")
-}
-
-/// The hint a record name stands for, if it is one.
-fn parse_hint_record(name: &str) -> Option<(NodeId, &str)> {
-    let rest = name.strip_prefix(META_HINT_PREFIX)?;
-    let (target, key) = rest.split_once('/')?;
-    Some((NodeId::new(target).ok()?, key))
-}
-
-type Hints = BTreeMap<NodeId, BTreeSet<String>>;
-
-/// Waiters for replica acknowledgements (W > 1) and read replies (R > 1).
-#[derive(Default)]
-struct Waiters {
-    /// seq -> write waiter id
-    acks: HashMap<u64, u64>,
-    writes: HashMap<u64, WriteWaiter>,
-    reads: HashMap<u64, tokio::sync::mpsc::UnboundedSender<(NodeId, Option<Profile>)>>,
-}
-
-struct WriteWaiter {
-    needed: usize,
-    from: HashSet<NodeId>,
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl Waiters {
-    /// Waits for `needed` distinct replicas to acknowledge any of `seqs`.
-    fn add_write(&mut self, id: u64, seqs: &[u64], needed: usize, done: oneshot::Sender<()>) {
-        for seq in seqs {
-            self.acks.insert(*seq, id);
-        }
-        self.writes.insert(
-            id,
-            WriteWaiter {
-                needed,
-                from: HashSet::new(),
-                done: Some(done),
-            },
-        );
-    }
-
-    /// Forgets a write waiter; returns how many replicas had acknowledged.
-    fn remove_write(&mut self, id: u64, seqs: &[u64]) -> usize {
-        for seq in seqs {
-            self.acks.remove(seq);
-        }
-        self.writes.remove(&id).map_or(0, |w| w.from.len())
-    }
-
-    /// `from` acknowledged the send `seq`.
-    fn on_ack(&mut self, seq: u64, from: NodeId) {
-        let Some(id) = self.acks.remove(&seq) else {
-            return;
-        };
-        if let Some(waiter) = self.writes.get_mut(&id) {
-            waiter.from.insert(from);
-            if waiter.from.len() >= waiter.needed {
-                if let Some(done) = waiter.done.take() {
-                    let _ = done.send(());
-                }
-            }
-        }
-    }
-}
 
 /// The cluster runtime of one node.
 pub struct Cluster {
@@ -139,46 +74,31 @@ impl std::fmt::Debug for Cluster {
 
 /// Builds the membership table a node starts from: the stored one, or one made from the configuration
 /// ([`MembershipTable::bootstrap`]).
-pub fn initial_table(
-    config: &NodeConfig,
-    stored: Option<MembershipTable>,
-) -> Result<MembershipTable> {
-    let me = config.node_id()?;
-    let seeds = config
+pub fn initial_table(config: &NodeConfig, stored: Option<MembershipTable>) -> MembershipTable {
+    let seeds: Vec<(NodeId, SocketAddr)> = config
         .cluster
         .seeds
         .iter()
-        .map(|seed| Ok((NodeId::new(seed.id.as_str())?, seed.addr)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(MembershipTable::bootstrap(
-        &me,
+        .map(|seed| (seed.id.clone(), seed.addr))
+        .collect();
+    MembershipTable::bootstrap(
+        &config.node_id,
         config.advertise(),
         &seeds,
         config.cluster.bootstrap,
         stored,
-    ))
+    )
 }
 
 impl Cluster {
     /// Restores the membership table and hints from storage and starts the replication state machine.
     pub fn open(config: &NodeConfig, engine: Arc<Engine>, peers: Peers) -> Result<Cluster> {
-        let me = config.node_id()?;
+        let me = config.node_id.clone();
         let storage = engine.storage().clone();
-        let stored_table = storage
-            .get_meta(META_MEMBERSHIP)?
-            .map(|b| decode_versioned::<MembershipTable>(&b, "membership table"))
-            .transpose()?;
-        let mut hints: Hints = BTreeMap::new();
-        for (name, _) in storage.scan_meta(META_HINT_PREFIX)? {
-            match parse_hint_record(&name) {
-                Some((target, key)) => {
-                    hints.entry(target).or_default().insert(key.to_owned());
-                }
-                None => tracing::warn!(record = %name, "ignoring a malformed hint record"),
-            }
-        }
-        let table = initial_table(config, stored_table)?;
-        storage.put_meta(META_MEMBERSHIP, &encode_versioned(&table)?)?;
+        let stored_table = meta::load_table(&*storage)?;
+        let hints = meta::load_hints(&*storage)?;
+        let table = initial_table(config, stored_table);
+        meta::store_table(&*storage, &table)?;
         let replication: ReplicationConfig = config.cluster.replication.clone();
         let rpc_timeout = Duration::from_millis(replication.rpc_timeout_ms);
         let repl = Replication::new(me.clone(), replication, table, hints, now_ms());
@@ -232,15 +152,15 @@ impl Cluster {
         for effect in effects {
             match effect {
                 Effect::PersistHint(HintChange::Added(target, key)) => {
-                    storage.put_meta(&hint_record(&target, &key), &[])?;
+                    meta::store_hint(&**storage, &target, &key)?;
                     persisted = true;
                 }
                 Effect::PersistHint(HintChange::Removed(target, key)) => {
-                    storage.remove_meta(&hint_record(&target, &key))?;
+                    meta::remove_hint(&**storage, &target, &key)?;
                     persisted = true;
                 }
                 Effect::PersistTable(table) => {
-                    storage.put_meta(META_MEMBERSHIP, &encode_versioned(&table)?)?;
+                    meta::store_table(&**storage, &table)?;
                     *self
                         .placement
                         .write()
@@ -590,13 +510,13 @@ impl Cluster {
         Ok(merged)
     }
 
-    /// The node's status, with the membership as this node sees it.
+    /// The node's status: the engine's part, the membership as this node sees it, and the replication
+    /// and peer counters.
     pub fn status(&self) -> NodeStatus {
-        let mut status = self.engine.status();
+        let engine = self.engine.status();
         let now = now_ms();
         let repl = self.repl();
-        status.ring_version = repl.table().version();
-        status.members = repl
+        let members = repl
             .table()
             .members
             .values()
@@ -608,8 +528,9 @@ impl Cluster {
                 hints_queued: repl.hint_count(&m.id) as u64,
             })
             .collect();
+        let mut counters = engine.counters;
         let s = repl.stats();
-        status.counters.extend([
+        counters.extend([
             ("hints_queued".to_owned(), s.hints_queued),
             ("hints_dropped".to_owned(), s.hints_dropped),
             ("hints_delivered".to_owned(), s.hints_delivered),
@@ -619,8 +540,19 @@ impl Cluster {
             ("handoff_keys".to_owned(), s.handoff_keys),
             ("orphans_moved".to_owned(), s.orphans_moved),
         ]);
-        status.counters.extend(self.peers.metrics().snapshot());
-        status
+        counters.extend(self.peers.metrics().snapshot());
+        NodeStatus {
+            node_id: self.me.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: engine.uptime_ms,
+            entities: engine.entities,
+            storage: engine.storage.to_owned(),
+            durability: engine.durability,
+            disk_bytes: engine.disk_bytes,
+            counters,
+            ring_version: repl.table().version(),
+            members,
+        }
     }
 }
 
