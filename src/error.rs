@@ -136,6 +136,15 @@ pub enum Error {
         /// The counter.
         name: String,
     },
+    /// An event is older than its window's span (relative to the newest event the window holds): it is
+    /// counted in no window.
+    #[error("event at {at_ms} ms is older than the span of window {name:?}")]
+    LateEvent {
+        /// The window feature.
+        name: String,
+        /// The event time.
+        at_ms: u64,
+    },
     /// This node has left the cluster and refuses client writes; send them to a current member.
     #[error("this node has left the cluster; send the write to a current member")]
     NodeLeft,

@@ -34,6 +34,7 @@ use crate::crdt::counter::Counter;
 use crate::crdt::flag::{CausalContext, FlagRegister, FlagWrite};
 use crate::crdt::gauge::GaugeRegister;
 use crate::crdt::value::Value;
+use crate::crdt::window::{Window, WindowRefusal, WindowSpec};
 use crate::crdt::{FeatureKind, Lattice};
 use crate::error::{truncate_for_error, Error, Result};
 use crate::hlc::{Marker, NodeId, Timestamp};
@@ -50,6 +51,8 @@ pub struct Profile {
     pub flags: BTreeMap<String, FlagRegister>,
     /// The erasure watermark: everything at or below it is gone.
     pub erased_at: Option<Marker>,
+    /// Window features by name.
+    pub windows: BTreeMap<String, Window>,
 }
 
 /// One kind's map of features, seen through its [`Lattice`]: what the profile does to every kind alike.
@@ -151,15 +154,20 @@ pub enum WriteOutcome {
 }
 
 impl Profile {
-    /// Every kind's map, in the fixed kind order (gauge, counter, flag). The one list of the kinds a
-    /// profile holds, with [`Profile::maps_mut`] and [`Profile::merge`].
-    pub fn maps(&self) -> [&dyn FeatureMap; 3] {
-        [&self.gauges, &self.counters, &self.flags]
+    /// Every kind's map, in the fixed kind order (gauge, counter, flag, window). The one list of the
+    /// kinds a profile holds, with [`Profile::maps_mut`] and [`Profile::merge`].
+    pub fn maps(&self) -> [&dyn FeatureMap; 4] {
+        [&self.gauges, &self.counters, &self.flags, &self.windows]
     }
 
     /// Every kind's map, mutable.
-    pub fn maps_mut(&mut self) -> [&mut dyn FeatureMap; 3] {
-        [&mut self.gauges, &mut self.counters, &mut self.flags]
+    pub fn maps_mut(&mut self) -> [&mut dyn FeatureMap; 4] {
+        [
+            &mut self.gauges,
+            &mut self.counters,
+            &mut self.flags,
+            &mut self.windows,
+        ]
     }
 
     /// Number of distinct feature entries (all kinds).
@@ -303,6 +311,49 @@ impl Profile {
         Ok(())
     }
 
+    /// Adds one event's `value` at event time `at_ms` to the window `name` (created with `spec` if new),
+    /// on behalf of `node` at HLC `ts`. Validates kinds and the feature count first. Refuses late events
+    /// (older than the span) and non-finite values with a typed error, changing nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe(
+        &mut self,
+        name: &str,
+        spec: WindowSpec,
+        node: &NodeId,
+        at_ms: u64,
+        value: f64,
+        ts: Timestamp,
+        limits: &Limits,
+    ) -> Result<()> {
+        self.check_write(std::iter::once(name), FeatureKind::Window, limits)?;
+        if self.is_erased(&Marker {
+            ts,
+            node: node.clone(),
+        }) {
+            return Ok(());
+        }
+        let window = self
+            .windows
+            .entry(name.to_owned())
+            .or_insert_with(|| Window::new(spec));
+        let result = window.add(node, at_ms, value, ts);
+        if window.buckets.is_empty() {
+            self.windows.remove(name);
+        }
+        result.map_err(|refusal| match refusal {
+            WindowRefusal::Late => Error::LateEvent {
+                name: truncate_for_error(name),
+                at_ms,
+            },
+            WindowRefusal::NotFinite => Error::NonFiniteValue {
+                name: truncate_for_error(name),
+            },
+            WindowRefusal::Overflow => Error::CounterOverflow {
+                name: truncate_for_error(name),
+            },
+        })
+    }
+
     /// Erases the entity up to `watermark`: raises the watermark and drops everything at or below it.
     pub fn erase(&mut self, watermark: Marker) {
         if self.erased_at.as_ref().is_none_or(|w| watermark > *w) {
@@ -326,6 +377,7 @@ impl Profile {
         let mut changed = merge_map(&mut self.gauges, &other.gauges);
         changed |= merge_map(&mut self.counters, &other.counters);
         changed |= merge_map(&mut self.flags, &other.flags);
+        changed |= merge_map(&mut self.windows, &other.windows);
         if let Some(w) = &other.erased_at {
             if self.erased_at.as_ref().is_none_or(|ours| w > ours) {
                 self.erased_at = Some(w.clone());

@@ -3,7 +3,7 @@
 //!
 //! Guarantees: a view never shows an expired value or anything at or below the erasure watermark; when a
 //! name exists with several kinds (concurrent creation on two replicas), every replica shows the same one
-//! (flag over counter over gauge).
+//! (flag over window over counter over gauge).
 
 use std::collections::BTreeMap;
 
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crdt::flag::{CausalContext, FlagRegister};
 use crate::crdt::value::Value;
+use crate::crdt::window::Aggregation;
 use crate::hlc::Marker;
 use crate::profile::Profile;
 
@@ -35,6 +36,17 @@ impl Profile {
         }
         for (name, c) in self.counters.iter().filter(|(n, _)| wanted(n)) {
             features.insert(name.clone(), FeatureView::Counter { value: c.value() });
+        }
+        for (name, w) in self.windows.iter().filter(|(n, _)| wanted(n)) {
+            let (events, value) = w.value(now_ms);
+            features.insert(
+                name.clone(),
+                FeatureView::Window {
+                    aggregation: w.spec.aggregation,
+                    value,
+                    events,
+                },
+            );
         }
         for (name, f) in self.flags.iter().filter(|(n, _)| wanted(n)) {
             if let Some(view) = FlagView::of(f, now_ms) {
@@ -84,6 +96,15 @@ pub enum FeatureView {
     },
     /// A flag's concurrent values and the context to write back.
     Flag(FlagView),
+    /// A window's aggregate over the span before now.
+    Window {
+        /// What it aggregates.
+        aggregation: Aggregation,
+        /// The aggregate (`None` for the min or max of no events).
+        value: Option<f64>,
+        /// Events in the span.
+        events: u64,
+    },
 }
 
 /// What a client sees of one flag: every concurrent value, and the causal context that a write must carry

@@ -6,6 +6,8 @@
 //!
 //! Compatibility: the frame carries [`PROTOCOL_VERSION`]; a node answers a frame of another version with
 //! [`ErrorCode::UnsupportedVersion`]. Variants are only ever appended, never reordered, within a version.
+//! Version 2: profiles gained window features (a new `Profile` field and `FeatureView::Window`); nodes and
+//! clients of version 1 and 2 do not talk to each other (no rolling upgrade across it).
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -19,8 +21,8 @@ use crate::limits::Limits;
 use crate::profile::{Applied, FlagView, Profile, ProfileView, Write};
 pub use crate::profile::{CounterDelta, GaugeWrite};
 
-/// The protocol version carried in every frame header.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version carried in every frame header (2 since window features).
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -363,7 +365,8 @@ impl From<&Error> for ErrorCode {
             | Error::InvalidMarker { .. }
             | Error::InvalidNodeId { .. }
             | Error::InvalidLimit { .. }
-            | Error::QuorumTooLarge { .. } => ErrorCode::InvalidRequest,
+            | Error::QuorumTooLarge { .. }
+            | Error::LateEvent { .. } => ErrorCode::InvalidRequest,
             Error::NodeLeft => ErrorCode::Unavailable,
             Error::KeyTooLong { .. }
             | Error::FeatureNameTooLong { .. }

@@ -38,8 +38,12 @@ pub const DECODE_BYTES_PER_INPUT_BYTE: usize = 64;
 /// The largest allocation budget for one message or record (256 MiB).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 28;
 
-/// Format version of stored records.
+/// Format version of stored metadata records (membership table, ...).
 pub const RECORD_VERSION: u8 = 1;
+
+/// Format version of stored profile records: 2 since window features. Version-1 records (profiles without
+/// windows) are still read and upgraded; they are rewritten as version 2 on their next change.
+pub const PROFILE_RECORD_VERSION: u8 = 2;
 
 type Limited<const N: usize> = Configuration<LittleEndian, Varint, config::Limit<N>>;
 
@@ -157,12 +161,37 @@ pub fn split_frame(frame: &[u8], max_frame_bytes: u32) -> Result<&[u8]> {
 
 /// Encodes a profile as a stored record: `[RECORD_VERSION][bincode(profile)]`.
 pub fn encode_record(profile: &Profile) -> Result<Vec<u8>> {
-    encode_versioned(profile)
+    let mut buf = vec![PROFILE_RECORD_VERSION];
+    bincode::encode_into_std_write(profile, &mut buf, config::standard())
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(buf)
+}
+
+/// A profile as version-1 records stored it (before window features).
+#[derive(Decode)]
+struct ProfileV1 {
+    gauges: std::collections::BTreeMap<String, crate::crdt::gauge::GaugeRegister>,
+    counters: std::collections::BTreeMap<String, crate::crdt::counter::Counter>,
+    flags: std::collections::BTreeMap<String, crate::crdt::flag::FlagRegister>,
+    erased_at: Option<crate::hlc::Marker>,
 }
 
 /// Decodes a stored record, refusing unknown format versions.
 pub fn decode_record(bytes: &[u8]) -> Result<Profile> {
-    decode_versioned(bytes, "record")
+    match bytes.split_first() {
+        Some((&PROFILE_RECORD_VERSION, rest)) => decode_exact(rest, "record"),
+        Some((&1, rest)) => {
+            let v1: ProfileV1 = decode_exact(rest, "record")?;
+            Ok(Profile {
+                gauges: v1.gauges,
+                counters: v1.counters,
+                flags: v1.flags,
+                erased_at: v1.erased_at,
+                windows: Default::default(),
+            })
+        }
+        _ => decode_versioned(bytes, "record"),
+    }
 }
 
 /// Decodes a peer message payload (the bytes after the frame header).
@@ -380,12 +409,61 @@ mod tests {
     #[test]
     fn records_carry_their_version() {
         let bytes = encode_record(&Profile::default()).expect("encodes");
-        assert_eq!(bytes[0], RECORD_VERSION);
+        assert_eq!(bytes[0], PROFILE_RECORD_VERSION);
         assert_eq!(decode_record(&bytes).expect("decodes"), Profile::default());
         let mut bad = bytes.clone();
         bad[0] = 99;
         assert!(decode_record(&bad).is_err());
         assert!(decode_record(&[]).is_err());
+    }
+
+    /// A version-1 record (written before window features) is read and upgraded: same gauges, counters,
+    /// flags and watermark, no windows; re-encoding writes version 2.
+    #[test]
+    fn version_one_records_are_upgraded() {
+        use crate::crdt::value::Value;
+        use crate::hlc::{Clock, NodeId};
+        use crate::profile::GaugeUpdate;
+        #[derive(Encode)]
+        struct ProfileV1Out<'a> {
+            gauges: &'a std::collections::BTreeMap<String, crate::crdt::gauge::GaugeRegister>,
+            counters: &'a std::collections::BTreeMap<String, crate::crdt::counter::Counter>,
+            flags: &'a std::collections::BTreeMap<String, crate::crdt::flag::FlagRegister>,
+            erased_at: &'a Option<crate::hlc::Marker>,
+        }
+        let limits = crate::Limits::default();
+        let mut clock = Clock::new(NodeId::new("n1").expect("valid"), 1_000);
+        let mut p = Profile::default();
+        let v = Value::I64(3);
+        let m = clock.stamp(10);
+        p.put_gauges(
+            &[GaugeUpdate {
+                name: "g",
+                value: &v,
+                expires_at_ms: None,
+            }],
+            &m,
+            &limits,
+        )
+        .expect("valid");
+        let ts = clock.tick(11);
+        p.increment(&[("c", 2)], &NodeId::new("n1").expect("valid"), ts, &limits)
+            .expect("valid");
+        p.erase(clock.stamp(5));
+        let old = ProfileV1Out {
+            gauges: &p.gauges,
+            counters: &p.counters,
+            flags: &p.flags,
+            erased_at: &p.erased_at,
+        };
+        let mut v1 = vec![1u8];
+        bincode::encode_into_std_write(&old, &mut v1, config::standard()).expect("encodes");
+        let upgraded = decode_record(&v1).expect("a version-1 record reads");
+        assert_eq!(upgraded, p);
+        assert_eq!(
+            encode_record(&upgraded).expect("encodes")[0],
+            PROFILE_RECORD_VERSION
+        );
     }
 
     /// Builds payloads that start like a real message (a valid variant tag) and then claim huge lengths.

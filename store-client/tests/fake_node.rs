@@ -591,7 +591,11 @@ async fn raw_frames_get_raw_answers() {
     let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
         .await
         .unwrap();
-    let reply = client.send_raw(b"\x01\x00\x00\x00\x03abc").await.unwrap();
+    let v = featurestore::wire::client::PROTOCOL_VERSION;
+    let reply = client
+        .send_raw(&[v, 0, 0, 0, 3, b'a', b'b', b'c'])
+        .await
+        .unwrap();
     let payload = codec::split_frame(&reply, 1 << 20).unwrap();
     match codec::decode_response(payload).unwrap() {
         Response::Error(e) => assert_eq!(e.code, ErrorCode::MalformedFrame),

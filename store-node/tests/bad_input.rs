@@ -5,6 +5,7 @@
 mod common;
 
 use featurestore::limits::FRAME_BYTES_CEILING;
+use featurestore::wire::client::PROTOCOL_VERSION;
 use featurestore::wire::codec::{decode_response, encode_request, split_frame};
 use featurestore::{ErrorCode, Request, Response, Value};
 use store_client::{Client, ClientConfig};
@@ -59,19 +60,20 @@ async fn untrusted_clients_and_bad_frames_are_refused_and_the_node_keeps_serving
 
     // Garbage, an unknown version, an oversized announcement, a truncated frame, trailing bytes.
     let raw = Client::connect(node.client_config()).await.unwrap();
+    let v = PROTOCOL_VERSION;
     let reply = raw
-        .send_raw(b"\x01\x00\x00\x00\x04\xff\xff\xff\xff")
+        .send_raw(&[v, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff])
         .await
         .unwrap();
     assert_eq!(error_code(&reply), ErrorCode::MalformedFrame);
     let reply = raw.send_raw(b"\x07\x00\x00\x00\x01\x00").await.unwrap();
     assert_eq!(error_code(&reply), ErrorCode::UnsupportedVersion);
-    let mut oversized = vec![1u8];
+    let mut oversized = vec![v];
     oversized.extend_from_slice(&(u32::MAX).to_be_bytes());
     oversized.extend_from_slice(&[0u8; 1024]);
     let reply = raw.send_raw(&oversized).await.unwrap();
     assert_eq!(error_code(&reply), ErrorCode::FrameTooLarge);
-    let reply = raw.send_raw(b"\x01\x00\x00\x01\x00\x00").await.unwrap();
+    let reply = raw.send_raw(&[v, 0, 0, 1, 0, 0]).await.unwrap();
     assert_eq!(error_code(&reply), ErrorCode::MalformedFrame);
     let mut trailing = encode_request(&Request::Status).unwrap();
     trailing.push(0);

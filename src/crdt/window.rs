@@ -1,0 +1,438 @@
+//! `window` features: an aggregate (count, sum, min or max) of event values over a sliding span of event
+//! time, kept as event-time buckets whose every bucket holds one slot per node that ingested into it.
+//!
+//! A slot is `(first, count, sum, min, max)`: what one node added to one bucket, where `first` is the HLC
+//! stamp of the slot's first event. A node only ever grows its own slots, so two copies of a slot differ
+//! only in how much of the node's history they have seen.
+//!
+//! Guarantees:
+//! - Merge is a join: per bucket and node, the slot with the later `first` wins (a node starts a fresh slot
+//!   only after its old one was erased), then the one with more events; equal slots of one history are
+//!   equal. So two nodes that both ingested events for one user during a partition merge to the exact
+//!   totals (property-tested: split then merge equals one owner; laws in `crdt`'s generic law test).
+//! - Buckets older than the span are dropped relative to the newest bucket the state holds (its event-time
+//!   high-water mark), never relative to a wall clock, so every replica drops the same buckets whatever its
+//!   clock says; a read counts only the buckets that overlap `[now - span, now]`.
+//! - Erasure drops every slot that began at or below the watermark (like counter slots).
+//!
+//! Caveats: an event older than the span (relative to the high-water mark) is refused by
+//! [`Window::add`] as late rather than counted in no window silently. The parameters (aggregation, bucket
+//! width, span) come from the feature definition and order the states first: if a definition changes, the
+//! state under the greater parameters replaces the other outright (the window starts again), so replicas
+//! still converge.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::crdt::{FeatureKind, Lattice};
+use crate::hlc::{Marker, NodeId, Timestamp};
+
+/// What a window aggregates.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Number of events.
+    Count,
+    /// Sum of the values.
+    Sum,
+    /// Smallest value (`first_seen` when the value is the event time).
+    Min,
+    /// Largest value (`last_seen` when the value is the event time).
+    Max,
+}
+
+/// A window's parameters (from its feature definition).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
+)]
+pub struct WindowSpec {
+    /// What is aggregated.
+    pub aggregation: Aggregation,
+    /// Bucket width in ms (at least 1).
+    pub bucket_ms: u64,
+    /// The span in ms (`0`: all time, one bucket).
+    pub span_ms: u64,
+}
+
+impl WindowSpec {
+    /// The start of the bucket holding event time `at`.
+    pub fn bucket_of(&self, at: u64) -> u64 {
+        if self.span_ms == 0 {
+            0
+        } else {
+            at - at % self.bucket_ms.max(1)
+        }
+    }
+}
+
+/// One node's contribution to one bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
+pub struct WindowSlot {
+    /// HLC stamp of the slot's first event.
+    pub first: Timestamp,
+    /// Events added.
+    pub count: u64,
+    /// Sum of their values.
+    pub sum: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+impl WindowSlot {
+    /// The lattice order of two copies of one node's slot.
+    fn lattice_cmp(&self, other: &WindowSlot) -> Ordering {
+        self.first
+            .cmp(&other.first)
+            .then(self.count.cmp(&other.count))
+            .then(self.sum.total_cmp(&other.sum))
+            .then(self.min.total_cmp(&other.min))
+            .then(self.max.total_cmp(&other.max))
+    }
+}
+
+/// A windowed aggregate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
+pub struct Window {
+    /// Its parameters.
+    pub spec: WindowSpec,
+    /// Buckets by start (event-time ms), each with one slot per node.
+    pub buckets: BTreeMap<u64, BTreeMap<NodeId, WindowSlot>>,
+}
+
+/// Why [`Window::add`] refused an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowRefusal {
+    /// The event is older than the span, relative to the newest bucket held.
+    Late,
+    /// The value is NaN or infinite.
+    NotFinite,
+    /// The slot's count would overflow.
+    Overflow,
+}
+
+impl Window {
+    /// An empty window.
+    pub fn new(spec: WindowSpec) -> Window {
+        Window {
+            spec,
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    /// The start of the newest bucket held (the event-time high-water mark).
+    fn high_water(&self) -> Option<u64> {
+        self.buckets.keys().next_back().copied()
+    }
+
+    /// Whether a bucket starting at `start` is outside the span relative to `reference`.
+    fn outside(&self, start: u64, reference: u64) -> bool {
+        self.spec.span_ms != 0 && start.saturating_add(self.spec.span_ms) <= reference
+    }
+
+    /// Drops the buckets older than the span, relative to the newest bucket held.
+    fn prune(&mut self) {
+        if let Some(hw) = self.high_water() {
+            let span = self.spec.span_ms;
+            if span != 0 {
+                self.buckets
+                    .retain(|start, _| start.saturating_add(span) > hw);
+            }
+        }
+    }
+
+    /// Adds one event with `value` at event time `at_ms`, ingested by `node` at HLC `ts`. Refuses late
+    /// events, non-finite values and overflow, changing nothing.
+    pub fn add(
+        &mut self,
+        node: &NodeId,
+        at_ms: u64,
+        value: f64,
+        ts: Timestamp,
+    ) -> Result<(), WindowRefusal> {
+        if !value.is_finite() {
+            return Err(WindowRefusal::NotFinite);
+        }
+        let start = self.spec.bucket_of(at_ms);
+        if self.high_water().is_some_and(|hw| self.outside(start, hw)) {
+            return Err(WindowRefusal::Late);
+        }
+        let slot = self
+            .buckets
+            .entry(start)
+            .or_default()
+            .entry(node.clone())
+            .or_insert(WindowSlot {
+                first: ts,
+                count: 0,
+                sum: 0.0,
+                min: value,
+                max: value,
+            });
+        let Some(count) = slot.count.checked_add(1) else {
+            return Err(WindowRefusal::Overflow);
+        };
+        slot.count = count;
+        slot.sum += value;
+        slot.min = slot.min.min(value);
+        slot.max = slot.max.max(value);
+        self.prune();
+        Ok(())
+    }
+
+    /// The aggregate over the buckets that overlap `[now_ms - span, now_ms]` (all buckets for an all-time
+    /// window): `(events, value)`, `value` being `None` for min/max of no events.
+    pub fn value(&self, now_ms: u64) -> (u64, Option<f64>) {
+        let from = if self.spec.span_ms == 0 {
+            0
+        } else {
+            now_ms.saturating_sub(self.spec.span_ms)
+        };
+        let width = self.spec.bucket_ms.max(1);
+        let slots = self
+            .buckets
+            .range(..=now_ms)
+            .filter(|(start, _)| self.spec.span_ms == 0 || start.saturating_add(width) > from)
+            .flat_map(|(_, slots)| slots.values());
+        let (mut count, mut sum) = (0u64, 0.0f64);
+        let (mut min, mut max): (Option<f64>, Option<f64>) = (None, None);
+        for s in slots {
+            count = count.saturating_add(s.count);
+            sum += s.sum;
+            min = Some(min.map_or(s.min, |m| m.min(s.min)));
+            max = Some(max.map_or(s.max, |m| m.max(s.max)));
+        }
+        let value = match self.spec.aggregation {
+            Aggregation::Count => Some(count as f64),
+            Aggregation::Sum => Some(sum),
+            Aggregation::Min => min,
+            Aggregation::Max => max,
+        };
+        (count, value)
+    }
+}
+
+impl Lattice for Window {
+    const KIND: FeatureKind = FeatureKind::Window;
+
+    fn merge(&mut self, other: &Window) -> bool {
+        // The parameters order the states first (a lexicographic product, so still a lattice): a window
+        // under a newer, greater definition replaces one under an older definition outright.
+        match other.spec.cmp(&self.spec) {
+            Ordering::Greater => {
+                *self = other.clone();
+                return true;
+            }
+            Ordering::Less => return false,
+            Ordering::Equal => {}
+        }
+        let before = self.clone();
+        for (start, theirs) in &other.buckets {
+            let ours = self.buckets.entry(*start).or_default();
+            for (node, slot) in theirs {
+                match ours.get_mut(node) {
+                    Some(mine) if slot.lattice_cmp(mine) == Ordering::Greater => {
+                        *mine = slot.clone()
+                    }
+                    Some(_) => {}
+                    None => {
+                        ours.insert(node.clone(), slot.clone());
+                    }
+                }
+            }
+        }
+        self.prune();
+        *self != before
+    }
+
+    fn retain_above(&mut self, watermark: &Marker) -> bool {
+        for slots in self.buckets.values_mut() {
+            slots.retain(|node, s| {
+                Marker {
+                    ts: s.first,
+                    node: node.clone(),
+                } > *watermark
+            });
+        }
+        self.buckets.retain(|_, slots| !slots.is_empty());
+        !self.buckets.is_empty()
+    }
+
+    fn max_timestamp(&self) -> Option<Timestamp> {
+        self.buckets
+            .values()
+            .flat_map(|slots| slots.values())
+            .map(|s| s.first)
+            .max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn node(i: u8) -> NodeId {
+        NodeId::new(format!("n{i}")).expect("valid")
+    }
+
+    const SPEC: WindowSpec = WindowSpec {
+        aggregation: Aggregation::Sum,
+        bucket_ms: 10,
+        span_ms: 50,
+    };
+
+    /// Events `(node, event time, value)`.
+    fn events() -> impl Strategy<Value = Vec<(u8, u64, i32)>> {
+        proptest::collection::vec((1u8..4, 0u64..200, -5i32..20), 0..40)
+    }
+
+    /// Applies events in order, each node stamping with its own HLC tick; late events are skipped.
+    fn ingest(w: &mut Window, evs: &[(u8, u64, i32)], clock_base: u64) {
+        for (i, (n, at, v)) in evs.iter().enumerate() {
+            let ts = Timestamp::from_millis(clock_base + i as u64);
+            let _ = w.add(&node(*n), *at, f64::from(*v), ts);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Two owners during a split each ingest their share; merged, they equal one owner that ingested
+        /// everything (in the same per-node order), as long as no event arrived late at either.
+        #[test]
+        fn split_then_merge_equals_one_owner(evs in events(), cut in 0usize..40) {
+            let mut sorted = evs.clone();
+            sorted.sort_by_key(|e| e.1); // in event-time order: nothing is late
+            let cut = cut.min(sorted.len());
+            let (a_evs, b_evs): (Vec<_>, Vec<_>) =
+                sorted.iter().enumerate().partition(|(i, _)| *i < cut);
+            let a_evs: Vec<_> = a_evs.into_iter().map(|(_, e)| *e).collect();
+            let b_evs: Vec<_> = b_evs.into_iter().map(|(_, e)| *e).collect();
+            // Owner A's node ids and owner B's differ: per-node slots never collide.
+            let a_evs: Vec<_> = a_evs.iter().map(|(_, at, v)| (1u8, *at, *v)).collect();
+            let b_evs: Vec<_> = b_evs.iter().map(|(_, at, v)| (2u8, *at, *v)).collect();
+            let (mut a, mut b) = (Window::new(SPEC), Window::new(SPEC));
+            ingest(&mut a, &a_evs, 1_000);
+            ingest(&mut b, &b_evs, 2_000);
+            a.merge(&b);
+            let mut one = Window::new(SPEC);
+            let all: Vec<_> = a_evs.iter().chain(&b_evs).copied().collect();
+            let mut by_time = all.clone();
+            by_time.sort_by_key(|e| e.1);
+            ingest(&mut one, &by_time, 3_000);
+            let now = by_time.last().map_or(0, |e| e.1);
+            let (n1, v1) = a.value(now);
+            let (n2, v2) = one.value(now);
+            prop_assert_eq!(n1, n2);
+            prop_assert!((v1.unwrap_or(0.0) - v2.unwrap_or(0.0)).abs() < 1e-9);
+            prop_assert_eq!(a.buckets.keys().collect::<Vec<_>>(), one.buckets.keys().collect::<Vec<_>>());
+        }
+
+        /// Replicas that saw the same events in any interleaving of merges prune the same buckets.
+        #[test]
+        fn bucket_expiry_is_identical_on_every_replica(evs in events()) {
+            let (mut a, mut b, mut c) = (Window::new(SPEC), Window::new(SPEC), Window::new(SPEC));
+            for (i, (n, at, v)) in evs.iter().enumerate() {
+                let ts = Timestamp::from_millis(1_000 + i as u64);
+                let target = match n { 1 => &mut a, 2 => &mut b, _ => &mut c };
+                let _ = target.add(&node(*n), *at, f64::from(*v), ts);
+            }
+            let mut x = a.clone(); x.merge(&b); x.merge(&c);
+            let mut y = c.clone(); y.merge(&a); y.merge(&b);
+            let mut z = b.clone(); z.merge(&c); z.merge(&a); z.merge(&b);
+            prop_assert_eq!(&x, &y);
+            prop_assert_eq!(&x, &z);
+            if let Some(hw) = x.high_water() {
+                prop_assert!(x.buckets.keys().all(|s| s + SPEC.span_ms > hw));
+            }
+        }
+    }
+
+    #[test]
+    fn late_and_non_finite_events_are_refused_and_change_nothing() {
+        let mut w = Window::new(SPEC);
+        w.add(&node(1), 100, 1.0, Timestamp::from_millis(1))
+            .expect("fits");
+        let before = w.clone();
+        assert_eq!(
+            w.add(&node(1), 40, 1.0, Timestamp::from_millis(2)),
+            Err(WindowRefusal::Late)
+        );
+        assert_eq!(
+            w.add(&node(1), 100, f64::NAN, Timestamp::from_millis(3)),
+            Err(WindowRefusal::NotFinite)
+        );
+        assert_eq!(w, before);
+        assert!(
+            w.add(&node(1), 60, 1.0, Timestamp::from_millis(4)).is_ok(),
+            "inside the span"
+        );
+    }
+
+    #[test]
+    fn reads_count_only_the_buckets_in_the_span_before_now() {
+        let spec = WindowSpec {
+            aggregation: Aggregation::Count,
+            ..SPEC
+        };
+        let mut w = Window::new(spec);
+        for at in [100, 105, 130, 149] {
+            w.add(&node(1), at, 0.0, Timestamp::from_millis(at))
+                .expect("fits");
+        }
+        assert_eq!(w.value(149), (4, Some(4.0)));
+        assert_eq!(
+            w.value(185),
+            (2, Some(2.0)),
+            "buckets 130 and 140 overlap [135, 185]"
+        );
+        assert_eq!(w.value(300), (0, Some(0.0)));
+        let all_time = WindowSpec {
+            aggregation: Aggregation::Min,
+            bucket_ms: 1,
+            span_ms: 0,
+        };
+        let mut first_seen = Window::new(all_time);
+        for at in [500u64, 20, 900] {
+            first_seen
+                .add(&node(2), at, at as f64, Timestamp::from_millis(at))
+                .expect("all-time windows have no late events");
+        }
+        assert_eq!(first_seen.value(1_000), (3, Some(20.0)));
+        assert_eq!(first_seen.buckets.len(), 1);
+    }
+
+    #[test]
+    fn a_slot_begun_after_an_erasure_replaces_the_erased_one() {
+        let mut old = Window::new(SPEC);
+        old.add(&node(1), 100, 5.0, Timestamp::from_millis(10))
+            .expect("fits");
+        old.add(&node(1), 101, 5.0, Timestamp::from_millis(11))
+            .expect("fits");
+        let watermark = Marker {
+            ts: Timestamp::from_millis(20),
+            node: node(9),
+        };
+        let mut fresh = old.clone();
+        assert!(!fresh.retain_above(&watermark), "everything was erased");
+        fresh
+            .add(&node(1), 102, 1.0, Timestamp::from_millis(30))
+            .expect("fits");
+        let mut merged = old.clone();
+        merged.merge(&fresh);
+        merged.retain_above(&watermark);
+        assert_eq!(
+            merged.value(105),
+            (1, Some(1.0)),
+            "the new slot survives, the erased one does not"
+        );
+    }
+}
