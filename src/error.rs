@@ -145,6 +145,19 @@ pub enum Error {
         /// The event time.
         at_ms: u64,
     },
+    /// An ingested event is invalid; the defect says why.
+    #[error("invalid event: {0}")]
+    InvalidEvent(EventDefect),
+    /// A feature definition is invalid.
+    #[error("feature definition {feature:?}, field `{field}`: {reason}")]
+    InvalidDefinition {
+        /// The feature (or its position, `#N`, if it has no usable name).
+        feature: String,
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// This node has left the cluster and refuses client writes; send them to a current member.
     #[error("this node has left the cluster; send the write to a current member")]
     NodeLeft,
@@ -181,6 +194,76 @@ pub enum Error {
         name: &'static str,
         /// Why it is rejected.
         reason: String,
+    },
+}
+
+/// What is wrong with an ingested event (one variant per defect, so each is counted and dead-lettered with
+/// its reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventDefect {
+    /// The event is not a JSON object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// The event carries neither `userId` nor `anonymousId`.
+    #[error("neither userId nor anonymousId")]
+    NoIdentity,
+    /// A field that must be a string is something else.
+    #[error("`{field}` must be a string")]
+    NotAString {
+        /// The field.
+        field: &'static str,
+    },
+    /// A field that must be an object is something else.
+    #[error("`{field}` must be an object")]
+    NotAnObjectField {
+        /// The field.
+        field: &'static str,
+    },
+    /// The `type` is missing or not one this store knows.
+    #[error("unknown type {got:?}")]
+    UnknownType {
+        /// The type given (truncated).
+        got: String,
+    },
+    /// A `track` event without an `event` name.
+    #[error("a track call needs `event`")]
+    MissingEventName,
+    /// An `alias` call without `previousId`.
+    #[error("an alias call needs `previousId`")]
+    MissingPreviousId,
+    /// A timestamp is not RFC 3339 (ISO 8601 with a time zone).
+    #[error("`{field}` is not an RFC 3339 timestamp: {text:?}")]
+    BadTimestamp {
+        /// The field.
+        field: &'static str,
+        /// The text (truncated).
+        text: String,
+    },
+    /// The message id is longer than the limit.
+    #[error("messageId is {len} bytes, the limit is {max}")]
+    MessageIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The event is larger than the limit.
+    #[error("the event is {len} bytes, the limit is {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A property that a feature definition reads has the wrong type.
+    #[error("feature {feature:?} reads `{path}`, which is not a {expected}")]
+    WrongPropertyType {
+        /// The feature.
+        feature: String,
+        /// The property path.
+        path: String,
+        /// What the feature needs.
+        expected: &'static str,
     },
 }
 

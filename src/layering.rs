@@ -1,6 +1,6 @@
 //! The layering rule of the core, checked on the source text (tests only).
 //!
-//! A *layer* is a folder of `src/` (`crdt`, `profile`, `cluster`, `wire`, `replication`, `sim`) or a
+//! A *layer* is a folder of `src/` (`crdt`, `profile`, `ingest`, `cluster`, `wire`, `replication`, `sim`) or a
 //! top-level file (`knobs`, `error`, `hlc`, `limits`). The rule:
 //! 1. the graph of `crate::<layer>` references between layers has no cycle, and the layers only point
 //!    down the order in [`ORDER`];
@@ -16,13 +16,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The layers from the ground up: a layer may refer only to layers before it.
-const ORDER: [&str; 10] = [
+const ORDER: [&str; 11] = [
     "knobs",
     "error",
     "hlc",
     "crdt",
     "limits",
     "profile",
+    "ingest",
     "cluster",
     "wire",
     "replication",

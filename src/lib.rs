@@ -11,8 +11,10 @@
 //!
 //! Layers, each a folder; imports only point down the list (checked by a test in `layering`):
 //! - [`error`], [`hlc`], [`limits`]: the ground floor (the error type imports nothing from the wire).
-//! - [`crdt`]: the feature kinds as lattices behind one [`crdt::Lattice`] trait.
+//! - [`crdt`]: the feature kinds (gauge, counter, flag, window) and the dedup set as lattices behind one
+//!   [`crdt::Lattice`] trait.
 //! - [`profile`]: one entity's features, one merge, the read view, and [`profile::apply`].
+//! - [`ingest`]: behaviour events, feature definitions, and [`ingest::apply_event`].
 //! - [`cluster`]: the consistent-hash ring, the gossiped membership table, failure detection, placement.
 //! - [`wire`]: client and peer messages, frames, stored records and their digests.
 //! - [`replication`]: the replication protocol (hints, anti-entropy, handoff) as a state machine.
@@ -21,6 +23,7 @@ pub mod cluster;
 pub mod crdt;
 pub mod error;
 pub mod hlc;
+pub mod ingest;
 #[cfg(test)]
 mod knobs;
 #[cfg(test)]

@@ -33,6 +33,14 @@ pub struct Limits {
     pub max_batch: usize,
     /// Maximum payload of one frame in bytes; checked before anything is allocated. Default 4 MiB.
     pub max_frame_bytes: u32,
+    /// Maximum size of one ingested event (its JSON) in bytes. Default 32 KiB (Segment's limit).
+    pub max_event_bytes: usize,
+    /// Maximum length of an event's message id in bytes. Default 100 (Segment's limit).
+    pub max_message_id_bytes: usize,
+    /// How long (event time) an ingested message id is remembered for deduplication. Default 24 h.
+    pub dedup_window_ms: u64,
+    /// Most message ids remembered per profile; beyond it the oldest are forgotten. Default 1024.
+    pub max_seen_ids: u32,
 }
 
 impl Default for Limits {
@@ -45,6 +53,10 @@ impl Default for Limits {
             max_siblings: 8,
             max_batch: 1000,
             max_frame_bytes: 4 * 1024 * 1024,
+            max_event_bytes: 32 * 1024,
+            max_message_id_bytes: 100,
+            dedup_window_ms: 24 * 60 * 60 * 1000,
+            max_seen_ids: 1024,
         }
     }
 }
@@ -59,6 +71,9 @@ impl Limits {
             ("max_features_per_entity", self.max_features_per_entity),
             ("max_siblings", self.max_siblings),
             ("max_batch", self.max_batch),
+            ("max_event_bytes", self.max_event_bytes),
+            ("max_message_id_bytes", self.max_message_id_bytes),
+            ("max_seen_ids", self.max_seen_ids as usize),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
-use crate::crdt::{FeatureKind, Lattice};
+use crate::crdt::{Feature, FeatureKind, Lattice};
 use crate::hlc::{Marker, NodeId, Timestamp};
 
 /// One node's contribution to a counter.
@@ -75,9 +75,11 @@ impl Counter {
     }
 }
 
-impl Lattice for Counter {
+impl Feature for Counter {
     const KIND: FeatureKind = FeatureKind::Counter;
+}
 
+impl Lattice for Counter {
     fn merge(&mut self, other: &Counter) -> bool {
         let mut changed = false;
         for (node, theirs) in &other.slots {

@@ -34,7 +34,7 @@ use bincode::{BorrowDecode, Decode, Encode};
 use crdts::{CmRDT, CvRDT, VClock};
 use serde::{Deserialize, Serialize};
 
-use crate::crdt::{FeatureKind, Lattice};
+use crate::crdt::{Feature, FeatureKind, Lattice};
 use crate::error::{truncate_for_error, Error, Result};
 use crate::hlc::{Marker, NodeId, Timestamp};
 
@@ -236,9 +236,11 @@ impl FlagRegister {
     }
 }
 
-impl Lattice for FlagRegister {
+impl Feature for FlagRegister {
     const KIND: FeatureKind = FeatureKind::Flag;
+}
 
+impl Lattice for FlagRegister {
     fn merge(&mut self, other: &FlagRegister) -> bool {
         let before = self.clone();
         let mut by_dot: BTreeMap<FlagDot, FlagSibling> = BTreeMap::new();

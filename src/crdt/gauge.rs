@@ -17,7 +17,7 @@ use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 use crate::crdt::value::Value;
-use crate::crdt::{FeatureKind, Lattice};
+use crate::crdt::{Feature, FeatureKind, Lattice};
 use crate::hlc::{Marker, Timestamp};
 
 /// A last-writer-wins register.
@@ -66,9 +66,11 @@ impl GaugeRegister {
     }
 }
 
-impl Lattice for GaugeRegister {
+impl Feature for GaugeRegister {
     const KIND: FeatureKind = FeatureKind::Gauge;
+}
 
+impl Lattice for GaugeRegister {
     fn merge(&mut self, other: &GaugeRegister) -> bool {
         if other.lattice_cmp(self) == Ordering::Greater {
             *self = other.clone();

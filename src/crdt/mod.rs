@@ -16,6 +16,7 @@
 pub mod counter;
 pub mod flag;
 pub mod gauge;
+pub mod seen;
 pub mod value;
 pub mod window;
 
@@ -49,12 +50,15 @@ impl FeatureKind {
     }
 }
 
-/// A join-semilattice of one feature's replicated state, with the erasure and expiry rules that are part
-/// of it.
-pub trait Lattice: Clone + PartialEq + std::fmt::Debug {
+/// A feature kind: a lattice that a profile keeps in a map by feature name.
+pub trait Feature: Lattice {
     /// The kind this lattice implements.
     const KIND: FeatureKind;
+}
 
+/// A join-semilattice of replicated state (a feature's, or a profile's dedup set), with the erasure and
+/// expiry rules that are part of it.
+pub trait Lattice: Clone + PartialEq + std::fmt::Debug {
     /// Joins `other` into `self`. Returns true if `self` changed.
     fn merge(&mut self, other: &Self) -> bool;
 

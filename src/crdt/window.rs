@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
-use crate::crdt::{FeatureKind, Lattice};
+use crate::crdt::{Feature, FeatureKind, Lattice};
 use crate::hlc::{Marker, NodeId, Timestamp};
 
 /// What a window aggregates.
@@ -218,9 +218,11 @@ impl Window {
     }
 }
 
-impl Lattice for Window {
+impl Feature for Window {
     const KIND: FeatureKind = FeatureKind::Window;
+}
 
+impl Lattice for Window {
     fn merge(&mut self, other: &Window) -> bool {
         // The parameters order the states first (a lexicographic product, so still a lattice): a window
         // under a newer, greater definition replaces one under an older definition outright.

@@ -33,9 +33,10 @@ pub use view::{FeatureView, FlagValue, FlagView, ProfileView};
 use crate::crdt::counter::Counter;
 use crate::crdt::flag::{CausalContext, FlagRegister, FlagWrite};
 use crate::crdt::gauge::GaugeRegister;
+use crate::crdt::seen::Seen;
 use crate::crdt::value::Value;
 use crate::crdt::window::{Window, WindowRefusal, WindowSpec};
-use crate::crdt::{FeatureKind, Lattice};
+use crate::crdt::{Feature, FeatureKind, Lattice};
 use crate::error::{truncate_for_error, Error, Result};
 use crate::hlc::{Marker, NodeId, Timestamp};
 use crate::limits::Limits;
@@ -53,6 +54,8 @@ pub struct Profile {
     pub erased_at: Option<Marker>,
     /// Window features by name.
     pub windows: BTreeMap<String, Window>,
+    /// Message ids already ingested (event deduplication), replicated with the profile.
+    pub seen: Seen,
 }
 
 /// One kind's map of features, seen through its [`Lattice`]: what the profile does to every kind alike.
@@ -77,7 +80,7 @@ pub trait FeatureMap {
     fn expire(&mut self, now_ms: u64) -> bool;
 }
 
-impl<L: Lattice> FeatureMap for BTreeMap<String, L> {
+impl<L: Feature> FeatureMap for BTreeMap<String, L> {
     fn kind(&self) -> FeatureKind {
         L::KIND
     }
@@ -175,9 +178,9 @@ impl Profile {
         self.maps().iter().map(|m| m.len()).sum()
     }
 
-    /// Whether the profile holds nothing at all (no features and no watermark).
+    /// Whether the profile holds nothing at all (no features, no watermark, no ingested message ids).
     pub fn is_empty(&self) -> bool {
-        self.feature_count() == 0 && self.erased_at.is_none()
+        self.feature_count() == 0 && self.erased_at.is_none() && self.seen.ids.is_empty()
     }
 
     fn kind_of(&self, name: &str) -> Option<FeatureKind> {
@@ -378,6 +381,7 @@ impl Profile {
         changed |= merge_map(&mut self.counters, &other.counters);
         changed |= merge_map(&mut self.flags, &other.flags);
         changed |= merge_map(&mut self.windows, &other.windows);
+        changed |= self.seen.merge(&other.seen);
         if let Some(w) = &other.erased_at {
             if self.erased_at.as_ref().is_none_or(|ours| w > ours) {
                 self.erased_at = Some(w.clone());

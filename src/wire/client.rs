@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::detector::Liveness;
 use crate::cluster::membership::{MemberState, MembershipTable};
 use crate::crdt::flag::CausalContext;
-use crate::error::{Error, Result};
+use crate::error::{Error, EventDefect, Result};
 use crate::hlc::{Marker, NodeId};
 use crate::limits::Limits;
 use crate::profile::{Applied, FlagView, Profile, ProfileView, Write};
@@ -366,7 +366,12 @@ impl From<&Error> for ErrorCode {
             | Error::InvalidNodeId { .. }
             | Error::InvalidLimit { .. }
             | Error::QuorumTooLarge { .. }
-            | Error::LateEvent { .. } => ErrorCode::InvalidRequest,
+            | Error::LateEvent { .. }
+            | Error::InvalidDefinition { .. } => ErrorCode::InvalidRequest,
+            Error::InvalidEvent(
+                EventDefect::TooLarge { .. } | EventDefect::MessageIdTooLong { .. },
+            ) => ErrorCode::LimitExceeded,
+            Error::InvalidEvent(_) => ErrorCode::InvalidRequest,
             Error::NodeLeft => ErrorCode::Unavailable,
             Error::KeyTooLong { .. }
             | Error::FeatureNameTooLong { .. }

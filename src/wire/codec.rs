@@ -188,6 +188,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Profile> {
                 flags: v1.flags,
                 erased_at: v1.erased_at,
                 windows: Default::default(),
+                seen: Default::default(),
             })
         }
         _ => decode_versioned(bytes, "record"),

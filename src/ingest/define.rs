@@ -1,0 +1,321 @@
+//! Feature definitions: which events feed which feature, how, and over which window. Written in the node's
+//! `features.toml` (`[[features]]` tables), validated once at start-up into [`Definitions`].
+//!
+//! A definition: `name`; `on` (the event type); `event` (for `track`: the event name to match; for `page` and
+//! `screen`: the page or screen name, optional); `aggregation` (`count`, `sum`, `min`, `max`, `last`,
+//! `first_seen`, `last_seen`); `property` (a dotted path into the properties: required for `sum`, `min`,
+//! `max` and `last`); `window` (`"30m"`, `"24h"`, `"7d"`; absent: all time) and `bucket` (the bucket width,
+//! default a thirtieth of the window, at least 1 s). `identify` traits need no definition: every scalar
+//! trait becomes a gauge of the same name.
+//!
+//! Guarantees: a definition that cannot work (unknown aggregation, a missing property, a bad duration, a
+//! bucket wider than its window, a name that is not a valid feature name, two definitions of one name) is
+//! refused at compile time with [`Error::InvalidDefinition`] naming the feature and the field.
+//!
+//! Caveat: `distinct_count` is not available yet (refused with a clear error).
+
+use serde::{Deserialize, Serialize};
+
+use crate::crdt::window::{Aggregation, WindowSpec};
+use crate::error::{Error, Result};
+use crate::ingest::event::EventType;
+use crate::limits::Limits;
+
+/// One definition as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureDefinition {
+    /// The feature's name.
+    pub name: String,
+    /// The event type that feeds it.
+    pub on: EventType,
+    /// The event (track) or page/screen name to match; any if absent (not allowed for track).
+    #[serde(default)]
+    pub event: Option<String>,
+    /// How events are aggregated.
+    pub aggregation: String,
+    /// The property read, a dotted path.
+    #[serde(default)]
+    pub property: Option<String>,
+    /// The window, e.g. `"30m"`; all time if absent.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// The bucket width, e.g. `"1m"`.
+    #[serde(default)]
+    pub bucket: Option<String>,
+}
+
+/// What a compiled definition writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A window feature: each matching event adds its value (1 for count, the event time for
+    /// first/last seen).
+    Window(WindowSpec),
+    /// A gauge holding the property's latest value by event time.
+    Last,
+}
+
+/// What a window adds per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// 1 per event.
+    One,
+    /// The numeric property.
+    Property,
+    /// The event time.
+    EventTime,
+}
+
+/// One validated definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    /// The feature.
+    pub name: String,
+    /// The event type.
+    pub on: EventType,
+    /// The name to match, if any.
+    pub event: Option<String>,
+    /// The property path, if it reads one.
+    pub property: Option<String>,
+    /// What it writes.
+    pub target: Target,
+    /// What a window adds.
+    pub input: Input,
+}
+
+/// The validated set of definitions a node ingests with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Definitions {
+    /// In definition order.
+    pub features: Vec<Compiled>,
+}
+
+/// Parses `"30m"`, `"24h"`, `"7d"`, `"45s"` or `"500ms"` into milliseconds.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms).filter(|ms| *ms > 0)
+}
+
+impl Definitions {
+    /// Validates every definition.
+    pub fn compile(defs: &[FeatureDefinition], limits: &Limits) -> Result<Definitions> {
+        let mut features: Vec<Compiled> = Vec::with_capacity(defs.len());
+        for (i, d) in defs.iter().enumerate() {
+            let err = |field: &'static str, reason: String| Error::InvalidDefinition {
+                feature: if d.name.is_empty() {
+                    format!("#{}", i + 1)
+                } else {
+                    d.name.clone()
+                },
+                field,
+                reason,
+            };
+            limits
+                .check_feature_name(&d.name)
+                .map_err(|e| err("name", e.to_string()))?;
+            if features.iter().any(|f| f.name == d.name) {
+                return Err(err("name", "defined twice".into()));
+            }
+            if d.on == EventType::Track && d.event.is_none() {
+                return Err(err(
+                    "event",
+                    "a track feature names the event it counts".into(),
+                ));
+            }
+            if matches!(d.on, EventType::Alias) {
+                return Err(err(
+                    "on",
+                    "alias calls link identities; they feed no feature".into(),
+                ));
+            }
+            let (aggregation, input) = match d.aggregation.as_str() {
+                "count" => (Some(Aggregation::Count), Input::One),
+                "sum" => (Some(Aggregation::Sum), Input::Property),
+                "min" => (Some(Aggregation::Min), Input::Property),
+                "max" => (Some(Aggregation::Max), Input::Property),
+                "first_seen" => (Some(Aggregation::Min), Input::EventTime),
+                "last_seen" => (Some(Aggregation::Max), Input::EventTime),
+                "last" => (None, Input::Property),
+                "distinct_count" => {
+                    return Err(err("aggregation", "distinct_count is not available yet".into()))
+                }
+                other => {
+                    return Err(err(
+                        "aggregation",
+                        format!(
+                            "unknown {other:?}: use count, sum, min, max, last, first_seen or last_seen"
+                        ),
+                    ))
+                }
+            };
+            if input == Input::Property && d.property.as_deref().is_none_or(str::is_empty) {
+                return Err(err(
+                    "property",
+                    format!("{} needs a property", d.aggregation),
+                ));
+            }
+            let span_ms = match &d.window {
+                None => 0,
+                Some(w) => parse_duration(w).ok_or_else(|| {
+                    err(
+                        "window",
+                        format!("{w:?} is not a duration like 30m, 24h or 7d"),
+                    )
+                })?,
+            };
+            let bucket_ms = match &d.bucket {
+                None => (span_ms / 30).max(1_000),
+                Some(b) => parse_duration(b)
+                    .ok_or_else(|| err("bucket", format!("{b:?} is not a duration")))?,
+            };
+            if span_ms != 0 && bucket_ms > span_ms {
+                return Err(err("bucket", "wider than the window".into()));
+            }
+            let target = match aggregation {
+                Some(aggregation) => Target::Window(WindowSpec {
+                    aggregation,
+                    bucket_ms,
+                    span_ms,
+                }),
+                None if d.window.is_some() => {
+                    return Err(err(
+                        "window",
+                        "last is a value, not a windowed aggregate".into(),
+                    ))
+                }
+                None => Target::Last,
+            };
+            features.push(Compiled {
+                name: d.name.clone(),
+                on: d.on,
+                event: d.event.clone(),
+                property: d.property.clone(),
+                target,
+                input,
+            });
+        }
+        Ok(Definitions { features })
+    }
+
+    /// The definitions an event of `kind` named `name` feeds.
+    pub fn matching<'a>(
+        &'a self,
+        kind: EventType,
+        name: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Compiled> + 'a {
+        self.features
+            .iter()
+            .filter(move |f| f.on == kind && f.event.as_deref().is_none_or(|e| Some(e) == name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(name: &str, on: EventType, event: Option<&str>, agg: &str) -> FeatureDefinition {
+        FeatureDefinition {
+            name: name.into(),
+            on,
+            event: event.map(Into::into),
+            aggregation: agg.into(),
+            property: None,
+            window: None,
+            bucket: None,
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30m"), Some(1_800_000));
+        assert_eq!(parse_duration("24h"), Some(86_400_000));
+        assert_eq!(parse_duration("7d"), Some(604_800_000));
+        assert_eq!(parse_duration("500ms"), Some(500));
+        for bad in ["", "m", "30", "30x", "-5m", "0s", "1.5h"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn definitions_compile_to_windows_and_gauges() {
+        let mut orders = def(
+            "orders_30m",
+            EventType::Track,
+            Some("Order Completed"),
+            "count",
+        );
+        orders.window = Some("30m".into());
+        let mut revenue = def(
+            "revenue_7d",
+            EventType::Track,
+            Some("Order Completed"),
+            "sum",
+        );
+        revenue.property = Some("revenue".into());
+        revenue.window = Some("7d".into());
+        let mut last = def("last_sku", EventType::Track, Some("Product Added"), "last");
+        last.property = Some("product.sku".into());
+        let pages = def("page_views", EventType::Page, None, "count");
+        let d = Definitions::compile(&[orders, revenue, last, pages], &Limits::default())
+            .expect("valid");
+        assert_eq!(
+            d.features[0].target,
+            Target::Window(WindowSpec {
+                aggregation: Aggregation::Count,
+                bucket_ms: 60_000,
+                span_ms: 1_800_000
+            })
+        );
+        assert_eq!(d.features[2].target, Target::Last);
+        assert_eq!(
+            d.matching(EventType::Track, Some("Order Completed"))
+                .count(),
+            2
+        );
+        assert_eq!(d.matching(EventType::Page, Some("Home")).count(), 1);
+        assert_eq!(d.matching(EventType::Track, Some("Other")).count(), 0);
+    }
+
+    #[test]
+    fn a_bad_definition_names_the_feature_and_the_field() {
+        let mut no_prop = def("s", EventType::Track, Some("x"), "sum");
+        no_prop.window = Some("1h".into());
+        let mut bad_window = def("w", EventType::Page, None, "count");
+        bad_window.window = Some("soon".into());
+        let mut wide = def("b", EventType::Page, None, "count");
+        wide.window = Some("1m".into());
+        wide.bucket = Some("1h".into());
+        let cases = [
+            (def("c", EventType::Track, None, "count"), "event"),
+            (no_prop, "property"),
+            (bad_window, "window"),
+            (wide, "bucket"),
+            (def("d", EventType::Page, None, "median"), "aggregation"),
+            (def("bad name!", EventType::Page, None, "count"), "name"),
+            (def("a", EventType::Alias, None, "count"), "on"),
+        ];
+        for (d, field) in cases {
+            match Definitions::compile(std::slice::from_ref(&d), &Limits::default()) {
+                Err(Error::InvalidDefinition {
+                    feature, field: f, ..
+                }) => {
+                    assert_eq!((feature.as_str(), f), (d.name.as_str(), field))
+                }
+                other => panic!("{d:?}: {other:?}"),
+            }
+        }
+        let twice = def("p", EventType::Page, None, "count");
+        assert!(Definitions::compile(&[twice.clone(), twice], &Limits::default()).is_err());
+    }
+}
