@@ -151,6 +151,25 @@ pub enum Effect {
         /// Its state.
         state: Option<Profile>,
     },
+    /// `from` forwarded events for users this node owns: the runtime applies them (the ingest path) and
+    /// answers with `ForwardReply`.
+    Ingest {
+        /// The forwarding node.
+        from: NodeId,
+        /// Its request id.
+        req: u64,
+        /// The events, in arrival order.
+        events: Vec<crate::wire::event::WireEvent>,
+    },
+    /// `from` answered forwarded events.
+    IngestReply {
+        /// The owner.
+        from: NodeId,
+        /// The request id.
+        req: u64,
+        /// One outcome per event.
+        outcomes: Vec<crate::wire::event::EventOutcome>,
+    },
     /// `from` acknowledged the send `seq` of `key` (the runtime resolves W > 1 waits with it).
     Acked {
         /// The replica.
@@ -567,6 +586,16 @@ impl Replication {
                     state,
                 });
             }
+            PeerMessage::ForwardEvents { req, events } => out.push(Effect::Ingest {
+                from: from.clone(),
+                req,
+                events,
+            }),
+            PeerMessage::ForwardReply { req, outcomes } => out.push(Effect::IngestReply {
+                from: from.clone(),
+                req,
+                outcomes,
+            }),
         }
         self.finish(out)
     }

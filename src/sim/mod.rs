@@ -350,6 +350,8 @@ impl Cluster {
                     req,
                     state,
                 } => self.read_replies.push((from, replica, req, state)),
+                // Event forwarding is not simulated yet: the schedules write through `write`.
+                Effect::Ingest { .. } | Effect::IngestReply { .. } => {}
             }
         }
     }

@@ -20,6 +20,7 @@ use crate::hlc::{Marker, NodeId};
 use crate::limits::Limits;
 use crate::profile::{Applied, FlagView, Profile, ProfileView, Write};
 pub use crate::profile::{CounterDelta, GaugeWrite};
+use crate::wire::event::{EventOutcome, WireEvent};
 
 /// The protocol version carried in every frame header (2 since window features).
 pub const PROTOCOL_VERSION: u8 = 2;
@@ -107,6 +108,12 @@ pub enum Request {
     },
     /// Admin: start leaving the cluster (hand every range over, then mark this node `Left`).
     Leave,
+    /// Ingest behaviour events: each is applied on its user's owner, in order per user, exactly once per
+    /// message id; the answer is one outcome per event, in request order.
+    Ingest {
+        /// The events.
+        events: Vec<WireEvent>,
+    },
 }
 
 impl Request {
@@ -156,6 +163,18 @@ impl Request {
             }
             Request::Erase { key, .. } | Request::LocalState { key } => limits.check_key(key),
             Request::Status | Request::Cluster | Request::Digests { .. } | Request::Leave => Ok(()),
+            Request::Ingest { events } => {
+                limits.check_batch(events.len(), "events")?;
+                for e in events {
+                    let key = e
+                        .user_id
+                        .as_deref()
+                        .or(e.anonymous_id.as_deref())
+                        .unwrap_or_default();
+                    limits.check_key(key)?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -266,6 +285,8 @@ pub enum Response {
     Leaving,
     /// The request was refused or failed.
     Error(ErrorReply),
+    /// Answer to `Ingest`: one outcome per event, in request order.
+    Ingested(Vec<EventOutcome>),
 }
 
 impl From<Applied> for Response {
@@ -301,6 +322,7 @@ impl Response {
             Response::Digests(_) => "Digests",
             Response::Leaving => "Leaving",
             Response::Error(_) => "Error",
+            Response::Ingested(_) => "Ingested",
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Everything that crosses a process boundary: the [`client`] protocol, the [`peer`] messages between
-//! nodes, and the [`codec`] that turns both (and stored records) into bytes and back under a decode budget.
+//! nodes, ingested [`event`]s, and the [`codec`] that turns both (and stored records) into bytes and back under a decode budget.
 //!
 //! Only this layer knows the encoding; the layers below it (`crdt`, `profile`, `cluster`) derive
 //! `Encode`/`Decode` on their types but never encode or decode themselves.
 
 pub mod client;
 pub mod codec;
+pub mod event;
 pub mod peer;

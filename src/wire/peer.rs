@@ -7,6 +7,7 @@ use bincode::{Decode, Encode};
 
 use crate::cluster::membership::MembershipTable;
 use crate::profile::Profile;
+use crate::wire::event::{EventOutcome, WireEvent};
 
 /// Messages between nodes.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -64,5 +65,19 @@ pub enum PeerMessage {
         req: u64,
         /// The replica's state, if it has one.
         state: Option<Profile>,
+    },
+    /// Events forwarded to their users' owner (this node): apply them in order and answer.
+    ForwardEvents {
+        /// Request id, echoed in the reply.
+        req: u64,
+        /// The events, in arrival order.
+        events: Vec<WireEvent>,
+    },
+    /// Answer to `ForwardEvents`: one outcome per event, in order.
+    ForwardReply {
+        /// The request id.
+        req: u64,
+        /// The outcomes.
+        outcomes: Vec<EventOutcome>,
     },
 }

@@ -447,6 +447,13 @@ async fn handle(
                 .set(&state.id, addr, MemberState::Leaving);
             Response::Leaving
         }
+        Ok(Request::Ingest { events }) => {
+            log(&state, "ingest", vec![], 0);
+            refused(
+                ErrorCode::Unavailable,
+                &format!("the fake node does not ingest ({} events)", events.len()),
+            )
+        }
     };
     let frame = codec::encode_response(&reply).unwrap();
     let _ = send.write_all(&frame).await;

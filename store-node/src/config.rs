@@ -119,9 +119,33 @@ pub struct NodeConfig {
     /// Cluster membership and replication.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Event ingestion: feature definitions and backpressure.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ingest: IngestConfig,
     /// Test-only controls (fault injection). Left at their defaults they change nothing.
     #[serde(default, skip_serializing_if = "is_default")]
     pub test: TestConfig,
+}
+
+/// Event ingestion (config section `[ingest]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// The feature definitions file (`[[features]]` tables, see docs/ingest.md); none: events only update
+    /// identify traits and the dedup set.
+    pub features: Option<PathBuf>,
+    /// Most events this node applies as owner at once; beyond it senders get `Unavailable` (retry later).
+    /// Default 4096.
+    pub max_inflight_events: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            features: None,
+            max_inflight_events: 4096,
+        }
+    }
 }
 
 /// Test-only controls (config section `[test]`), for fault-injection harnesses. Never needed in
@@ -225,6 +249,7 @@ impl NodeConfig {
             drain_timeout_ms: defaults::drain_timeout_ms(),
             expiry_sweep_ms: defaults::expiry_sweep_ms(),
             cluster: ClusterConfig::default(),
+            ingest: IngestConfig::default(),
             test: TestConfig::default(),
         }
     }

@@ -22,6 +22,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
+use featurestore::ingest::{apply_event, Definitions, Event, Ingested};
 use featurestore::profile::{apply, Applied, ProfileView, Write};
 use featurestore::replication::StoreError;
 use featurestore::wire::client::ErrorReply;
@@ -166,6 +167,21 @@ impl Engine {
         let now = now_ms();
         self.write(key, |p| {
             apply(p, write, &mut self.clock(), now, &self.limits)
+        })
+        .await
+    }
+
+    /// Applies one event to `key` as its owner (decided by the core's [`apply_event`]), stores it,
+    /// publishes it, and waits for durability as the policy requires.
+    pub async fn ingest(
+        &self,
+        key: &str,
+        event: &Event,
+        definitions: &Definitions,
+    ) -> Result<Ingested, ErrorReply> {
+        let now = now_ms();
+        self.write(key, |p| {
+            apply_event(p, event, definitions, &mut self.clock(), now, &self.limits)
         })
         .await
     }

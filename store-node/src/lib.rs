@@ -21,6 +21,7 @@ pub mod config;
 pub mod dev;
 pub mod engine;
 pub mod error;
+pub mod features;
 pub mod launch;
 pub mod metrics;
 pub mod net;

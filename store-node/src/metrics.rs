@@ -70,6 +70,18 @@ counters! {
         request_timeouts,
         /// Expired values physically dropped by the sweeper.
         expired_sweeps,
+        /// Events applied here as their owner.
+        events_ingested,
+        /// Events whose message id had already been ingested (nothing changed).
+        events_duplicate,
+        /// Events refused here as owner (wrong property type for a definition, storage failure, ...).
+        events_refused,
+        /// Events forwarded to their owner.
+        events_forwarded,
+        /// Window features that refused an event as older than their span.
+        events_late,
+        /// Events refused because the ingest queue was full (the sender retries).
+        events_overloaded,
     }
 }
 

@@ -21,6 +21,7 @@
 //! never on local reads (they route with a placement snapshot). Anti-entropy rounds hash every local
 //! record while holding it.
 
+pub mod ingest;
 mod meta;
 mod waiters;
 
@@ -41,6 +42,9 @@ use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, NodeId, Profile, Request, Response};
 use tokio::sync::oneshot;
 
+use featurestore::ingest::Definitions;
+use featurestore::wire::event::EventOutcome;
+use ingest::Ingester;
 use waiters::Waiters;
 
 use crate::clock::now_ms;
@@ -62,6 +66,8 @@ pub struct Cluster {
     waiters: Mutex<Waiters>,
     next_id: AtomicU64,
     rpc_timeout: Duration,
+    /// Feature definitions and the ingest bound.
+    ingester: Ingester,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -103,6 +109,11 @@ impl Cluster {
         let rpc_timeout = Duration::from_millis(replication.rpc_timeout_ms);
         let repl = Replication::new(me.clone(), replication, table, hints, now_ms());
         let placement = std::sync::RwLock::new(Arc::new(repl.placement()));
+        let definitions = match &config.ingest.features {
+            Some(path) => crate::features::load(path, &config.limits)?,
+            None => Definitions::default(),
+        };
+        let ingester = Ingester::new(definitions, config.ingest.max_inflight_events);
         Ok(Cluster {
             me,
             advertise: config.advertise(),
@@ -113,6 +124,7 @@ impl Cluster {
             waiters: Mutex::default(),
             next_id: AtomicU64::new(1),
             rpc_timeout,
+            ingester,
         })
     }
 
@@ -175,6 +187,14 @@ impl Cluster {
                 } => deferred.push((to, msg)),
                 Effect::Send { to, msg, .. } => self.send(&addrs, to, msg),
                 Effect::Acked { from, seq, .. } => self.waiters().on_ack(seq, from),
+                Effect::IngestReply { req, outcomes, .. } => {
+                    if let Some(tx) = self.waiters().forwards.remove(&req) {
+                        let _ = tx.send(outcomes);
+                    }
+                }
+                Effect::Ingest { from, .. } => {
+                    tracing::warn!(peer = %from, "forwarded events outside a peer message; dropped");
+                }
                 Effect::ReadReply { from, req, state } => {
                     if let Some(tx) = self.waiters().reads.get(&req) {
                         let _ = tx.send((from, state));
@@ -225,9 +245,17 @@ impl Cluster {
     /// Handles a message from a peer.
     pub async fn on_peer_message(&self, from: NodeId, msg: PeerMessage) {
         let effects = self.repl().handle(&from, msg, &*self.engine, now_ms());
+        let (forwarded, effects): (Vec<Effect>, Vec<Effect>) = effects
+            .into_iter()
+            .partition(|e| matches!(e, Effect::Ingest { .. }));
         match self.execute(effects) {
             Ok(deferred) => self.send_when_durable(deferred).await,
             Err(error) => tracing::error!(%error, "could not persist replication metadata"),
+        }
+        for effect in forwarded {
+            if let Effect::Ingest { from, req, events } = effect {
+                self.on_forwarded(from, req, events).await;
+            }
         }
     }
 
@@ -297,6 +325,7 @@ impl Cluster {
                 Response::Leaving
             }
             Request::Get { .. } | Request::GetMany { .. } => self.read(request).await,
+            Request::Ingest { events } => Response::Ingested(self.ingest_wire(events).await),
             Request::Put { .. }
             | Request::Increment { .. }
             | Request::SetFlag { .. }
@@ -553,6 +582,40 @@ impl Cluster {
             ring_version: repl.table().version(),
             members,
         }
+    }
+}
+
+impl Cluster {
+    /// Ingests a client's batch: each event validated again (a bad one refused with its defect), the
+    /// valid ones routed to their owners; one outcome per event, in order.
+    async fn ingest_wire(
+        &self,
+        events: Vec<featurestore::wire::event::WireEvent>,
+    ) -> Vec<EventOutcome> {
+        let limits = self.engine.limits().clone();
+        let mut outcomes: Vec<Option<EventOutcome>> = Vec::with_capacity(events.len());
+        let mut valid = Vec::new();
+        let mut at = Vec::new();
+        for (i, wire) in events.into_iter().enumerate() {
+            match wire.to_event(&limits) {
+                Ok(event) => {
+                    valid.push(event);
+                    at.push(i);
+                    outcomes.push(None);
+                }
+                Err(e) => {
+                    let reply = ErrorReply::of(&e);
+                    outcomes.push(Some(EventOutcome::Refused {
+                        code: reply.code,
+                        message: reply.message,
+                    }));
+                }
+            }
+        }
+        for (i, outcome) in at.into_iter().zip(self.ingest(valid).await) {
+            outcomes[i] = Some(outcome);
+        }
+        outcomes.into_iter().flatten().collect()
     }
 }
 

@@ -1,8 +1,10 @@
-//! Waiters for replica acknowledgements (W > 1) and read replies (R > 1): the requests that wait, and
+//! Waiters for replica acknowledgements (W > 1), read replies (R > 1) and the outcomes of events forwarded
+//! to their owner: the requests that wait, and
 //! the effects of the replication state machine that wake them.
 
 use std::collections::{HashMap, HashSet};
 
+use featurestore::wire::event::EventOutcome;
 use featurestore::{NodeId, Profile};
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,6 +19,8 @@ pub(super) struct Waiters {
     writes: HashMap<u64, WriteWaiter>,
     /// read request id -> where its replies go
     pub(super) reads: HashMap<u64, ReadReplies>,
+    /// forwarded event batch id -> where the owner's outcomes go
+    pub(super) forwards: HashMap<u64, oneshot::Sender<Vec<EventOutcome>>>,
 }
 
 /// One client write waiting for `needed` distinct replicas.
