@@ -260,6 +260,10 @@ pub struct Report {
     pub redis_benchmark: Vec<RedisBenchmarkRecord>,
     /// What was skipped and why.
     pub skipped: Vec<String>,
+    /// The phases that failed (each also explained in `skipped`); `loadgen compare` exits non-zero when
+    /// this is not empty. Absent in summaries written before it existed.
+    #[serde(default)]
+    pub failed_phases: Vec<String>,
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, no time-zone database needed).
