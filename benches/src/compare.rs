@@ -733,6 +733,7 @@ pub async fn run(params: &CompareParams, env: &CompareEnv) -> Result<Report> {
         memory: Vec::new(),
         redis_benchmark: Vec::new(),
         skipped,
+        failed_phases: Vec::new(),
     };
     let mut ctx = Ctx {
         params,
@@ -741,8 +742,8 @@ pub async fn run(params: &CompareParams, env: &CompareEnv) -> Result<Report> {
         report,
     };
     // A phase that fails is recorded and the next one still runs (its servers were killed when its
-    // future was dropped), so one stalled server does not lose the whole report.
-    let mut failed = false;
+    // future was dropped), so one stalled server does not lose the whole report; the caller sees the
+    // failure in `failed_phases` (and `loadgen` exits non-zero).
     for phase in 0..3 {
         let outcome = match phase {
             0 => ctx.phase_reads().await,
@@ -750,7 +751,6 @@ pub async fn run(params: &CompareParams, env: &CompareEnv) -> Result<Report> {
             _ => ctx.phase_restart().await,
         };
         if let Err(e) = outcome {
-            failed = true;
             let name = [
                 "reads and periodic writes",
                 "sync writes",
@@ -760,12 +760,13 @@ pub async fn run(params: &CompareParams, env: &CompareEnv) -> Result<Report> {
             ctx.report
                 .skipped
                 .push(format!("phase \"{name}\" failed: {e}"));
+            ctx.report.failed_phases.push(name.to_owned());
         }
     }
     ctx.report.machine.loadavg_end = crate::report::loadavg();
     let path = env.results_dir.join("summary.json");
     ctx.report.write_json(&path)?;
-    if failed {
+    if !ctx.report.failed_phases.is_empty() {
         log(format!(
             "a phase failed: server logs kept in {}",
             env.work_dir.display()

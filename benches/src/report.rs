@@ -260,6 +260,10 @@ pub struct Report {
     pub redis_benchmark: Vec<RedisBenchmarkRecord>,
     /// What was skipped and why.
     pub skipped: Vec<String>,
+    /// The phases that failed (each also explained in `skipped`); `loadgen compare` exits non-zero when
+    /// this is not empty. Absent in summaries written before it existed.
+    #[serde(default)]
+    pub failed_phases: Vec<String>,
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, no time-zone database needed).
@@ -305,8 +309,9 @@ fn how_to_run(w: &mut String) {
          as root (otherwise it names the package and stops), starts every server on 127.0.0.1 (servers on core \
          0, the load generator on core 1), stops them all at the end or on Ctrl-C, writes one JSON file per run \
          under `benches/results/runs/` and `benches/results/summary.json`, and renders this file. \
-         `cargo test --workspace` (what CI runs) includes a smoke run of the whole comparison against a real node \
-         (Redis is skipped when `redis-server` is not installed).\n"
+         `cargo test --workspace` (what CI runs) includes a smoke run of the whole comparison against a real node; \
+         it fails if a phase fails. In CI (`CI` set) it also requires Redis, which `.ci/run` installs; elsewhere \
+         Redis is skipped, with a note, when `redis-server` is not installed.\n"
     );
 }
 

@@ -38,14 +38,18 @@ async fn identical_on(client: &Client, nodes: &[NodeId], keys: &[String]) -> Res
     Ok(())
 }
 
-async fn hints_queued(client: &Client, nodes: &[NodeId]) -> u64 {
+/// The hints queued on `nodes` in total. A node that does not answer its status is an error, never a 0:
+/// otherwise "every hint queue drained" would hold with no node answering.
+async fn hints_queued(client: &Client, nodes: &[NodeId]) -> Result<u64, String> {
     let mut total = 0;
     for node in nodes {
-        if let Ok(status) = client.status_of(node).await {
-            total += status.members.iter().map(|m| m.hints_queued).sum::<u64>();
-        }
+        let status = client
+            .status_of(node)
+            .await
+            .map_err(|e| format!("status of {node}: {e}"))?;
+        total += status.members.iter().map(|m| m.hints_queued).sum::<u64>();
     }
-    total
+    Ok(total)
 }
 
 async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
@@ -83,6 +87,9 @@ async fn a_killed_replica_catches_up_and_hints_drain() {
     .await;
 
     cluster.kill9(2);
+    // A node that does not answer makes the hint count an error, not a 0 that would pass for "drained".
+    let counted = hints_queued(&client, &nodes).await;
+    assert!(counted.is_err(), "hints counted with n3 dead: {counted:?}");
     // With N = 3 on three nodes, n3 replicates every key: all of these are writes for its keys. A request
     // already sent to n3 when it died times out (it may or may not have been applied), so the client
     // retries gauge writes (idempotent) and counts only acknowledged increments.
@@ -117,7 +124,7 @@ async fn a_killed_replica_catches_up_and_hints_drain() {
         "hints for the dead node",
         Duration::from_secs(30),
         || async {
-            let queued = hints_queued(&client, &live).await;
+            let queued = hints_queued(&client, &live).await?;
             if queued > 0 {
                 Ok(())
             } else {
@@ -152,7 +159,7 @@ async fn a_killed_replica_catches_up_and_hints_drain() {
     })
     .await;
     eventually("hints drained", Duration::from_secs(30), || async {
-        match hints_queued(&client, &nodes).await {
+        match hints_queued(&client, &nodes).await? {
             0 => Ok(()),
             n => Err(format!("{n} hints queued")),
         }

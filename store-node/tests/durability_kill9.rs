@@ -1,18 +1,38 @@
-//! Acceptance: with the `sync` policy, every acknowledged write survives `kill -9` of the node process.
+//! Acceptance: with the `sync` policy, every acknowledged write survives `kill -9` of the node process;
+//! the same run under `periodic` (no flush before the kill) loses some, which shows the check sees losses.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use featurestore::{FeatureView, Value};
 
-/// 32 writers keep writing while the node is killed once 1,000 writes have been acknowledged; after a
-/// restart on the same data directory, every acknowledged write is there with its exact value.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_kill_9() {
-    let mut node = common::TestNode::start("[durability]\nmode = \"sync\"\n");
+/// Every test ends within this bound, whatever hangs (each step below has its own bound too: client
+/// requests time out after 10 s, a node start after 60 s).
+const TEST_LIMIT: Duration = Duration::from_secs(300);
+
+/// What a kill -9 run found after the restart.
+struct Kill9Run {
+    /// Puts acknowledged before the kill.
+    acked_puts: usize,
+    /// Increments acknowledged before the kill.
+    acked_incrs: i64,
+    /// Counters (one per writer) with at least one acknowledged increment.
+    counters: usize,
+    /// Acknowledged puts missing or different after the restart, described.
+    lost_puts: Vec<String>,
+    /// Counters whose value after the restart is not the acknowledged count (or one more), described.
+    lost_counters: Vec<String>,
+}
+
+/// 32 writers keep writing to a node with durability `durability` (a TOML `[durability]` section) while
+/// it is killed with SIGKILL once 1,000 puts have been acknowledged; the node restarts on the same data
+/// directory and every acknowledged put and increment is looked up.
+async fn kill9_run(durability: &str) -> Kill9Run {
+    let mut node = common::TestNode::start(durability);
     let client = node.client().await;
     let acked_puts: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
     let acked_incrs: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
@@ -50,7 +70,14 @@ async fn acknowledged_writes_survive_kill_9() {
             }
         }));
     }
-    enough_rx.wait_for(|v| *v).await.unwrap();
+    // Only the writers can say "enough": if they all stop early, the wait ends with an error.
+    drop(enough_tx);
+    let enough = enough_rx.wait_for(|v| *v).await.is_ok();
+    assert!(
+        enough,
+        "the writers stopped before 1,000 puts were acknowledged ({} were)",
+        acked_puts.lock().unwrap().len()
+    );
     // Kill while the writers are still writing: in-flight writes may or may not survive, acked ones must.
     node.kill9();
     for w in writers {
@@ -63,7 +90,7 @@ async fn acknowledged_writes_survive_kill_9() {
     node.launch();
     let client = node.client().await;
     let keys: Vec<&str> = acked_puts.keys().map(String::as_str).collect();
-    let mut lost = Vec::new();
+    let mut lost_puts = Vec::new();
     for chunk in keys.chunks(500) {
         let views = client.get_many(chunk, None).await.unwrap();
         for (key, view) in chunk.iter().zip(views) {
@@ -73,27 +100,79 @@ async fn acknowledged_writes_survive_kill_9() {
                     value: Value::I64(got),
                     ..
                 }) if got == expected => {}
-                other => lost.push(format!("{key}: expected {expected}, got {other:?}")),
+                other => lost_puts.push(format!("{key}: expected {expected}, got {other:?}")),
             }
         }
     }
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes lost: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
+    let mut lost_counters = Vec::new();
     for (key, acked) in &acked_incrs {
-        let view = client.get(key, None).await.unwrap().unwrap();
-        match view.features.get("events") {
+        let view = client.get(key, None).await.unwrap();
+        match view.as_ref().and_then(|v| v.features.get("events")) {
             // An increment in flight at the kill may have been applied without its ack reaching us.
-            Some(FeatureView::Counter { value }) => assert!(
-                *value == *acked || *value == *acked + 1,
-                "{key}: {acked} acknowledged increments, counter says {value}"
-            ),
-            other => panic!("{key}: counter missing: {other:?}"),
+            Some(FeatureView::Counter { value }) if *value == *acked || *value == *acked + 1 => {}
+            other => lost_counters.push(format!(
+                "{key}: {acked} acknowledged increments, counter {other:?}"
+            )),
         }
     }
+    client.close().await;
+    Kill9Run {
+        acked_puts: acked_puts.len(),
+        acked_incrs: acked_incrs.values().sum(),
+        counters: acked_incrs.len(),
+        lost_puts,
+        lost_counters,
+    }
+}
+
+/// With `sync`, after the restart every acknowledged write is there with its exact value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9() {
+    let run = tokio::time::timeout(TEST_LIMIT, kill9_run("[durability]\nmode = \"sync\"\n"))
+        .await
+        .expect("the sync kill -9 run did not finish in time");
+    assert!(
+        run.lost_puts.is_empty(),
+        "{} of {} acknowledged puts lost: {:?}",
+        run.lost_puts.len(),
+        run.acked_puts,
+        &run.lost_puts[..run.lost_puts.len().min(10)]
+    );
+    assert!(
+        run.lost_counters.is_empty(),
+        "counters lost acknowledged increments ({} acknowledged in all): {:?}",
+        run.acked_incrs,
+        &run.lost_counters[..run.lost_counters.len().min(10)]
+    );
+}
+
+/// Negative control: the same run under `periodic`, with a flush interval far longer than the run (so
+/// nothing is flushed before the kill), loses acknowledged writes, so the checks above can see losses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_run_under_periodic_loses_acknowledged_writes() {
+    let run = tokio::time::timeout(
+        TEST_LIMIT,
+        kill9_run("[durability]\nmode = \"periodic\"\ninterval_ms = 600000\n"),
+    )
+    .await
+    .expect("the periodic kill -9 run did not finish in time");
+    eprintln!(
+        "periodic: {} of {} acknowledged puts and {} of {} counters lost after kill -9",
+        run.lost_puts.len(),
+        run.acked_puts,
+        run.lost_counters.len(),
+        run.counters
+    );
+    assert!(
+        !run.lost_puts.is_empty(),
+        "periodic with no flush before the kill: none of {} acknowledged puts lost",
+        run.acked_puts
+    );
+    assert!(
+        !run.lost_counters.is_empty(),
+        "periodic with no flush before the kill: no counter lost an increment ({} acknowledged)",
+        run.acked_incrs
+    );
 }
 
 /// With the `periodic` policy a graceful shutdown (SIGTERM) flushes everything and exits 0.

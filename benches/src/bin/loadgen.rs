@@ -325,6 +325,14 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
         compare::write_doc(&report, &doc, &args.analysis)?;
         eprintln!("[loadgen] wrote {}", doc.display());
     }
+    if !report.failed_phases.is_empty() {
+        bail!(
+            "{} phase(s) failed: {} (the results of the others are in {})",
+            report.failed_phases.len(),
+            report.failed_phases.join(", "),
+            results_dir.join("summary.json").display()
+        );
+    }
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! Test support: real `store-node` processes with real certificates, sled files and QUIC.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
