@@ -28,6 +28,7 @@ use crate::cluster::detector::DetectorConfig;
 use crate::cluster::membership::{MemberState, MembershipTable};
 use crate::error::Result;
 use crate::hlc::{Clock, NodeId};
+use crate::ingest::{apply_event, Definitions, Event, Ingested};
 use crate::limits::Limits;
 use crate::profile::{apply, Applied, Profile, Write};
 use crate::replication::{
@@ -458,6 +459,48 @@ impl Cluster {
             acks_needed: plan.replica_acks_needed,
             answered: true,
         }))
+    }
+
+    /// Ingests `event` at node `c` acting as its owner, with the same core calls as the node's ingest path:
+    /// admitted by the write ticket, decided by `ingest::apply_event`, flushed, replicated by the plan.
+    /// `None` if `c` is down.
+    pub(crate) fn ingest(
+        &mut self,
+        c: usize,
+        event: &Event,
+        definitions: &Definitions,
+    ) -> Option<Result<Ingested>> {
+        let limits = self.limits.clone();
+        let key = event.key().to_owned();
+        let node = &mut self.nodes[c];
+        let repl = node.repl.as_mut()?;
+        let ticket = match repl.begin_local_write(&key, 1) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        let local_now = node.store.local_now();
+        let mut profile = node.store.state(&key).unwrap_or_default();
+        let result = apply_event(
+            &mut profile,
+            event,
+            definitions,
+            &mut node.store.clock.borrow_mut(),
+            local_now,
+            &limits,
+        );
+        match &result {
+            Ok(ingested) if !ingested.duplicate => {
+                node.store.data.borrow_mut().insert(key.clone(), profile);
+                let plan = repl.on_local_write(ticket, &key, &node.store, local_now);
+                self.flush(c);
+                self.execute(c, plan.effects);
+                if plan.ack_after_durable {
+                    self.flush(c);
+                }
+            }
+            _ => repl.abort_local_write(ticket),
+        }
+        Some(result)
     }
 
     /// Starts a quorum read of `key` at node `c`: asks every other replica for its state. Returns the

@@ -10,6 +10,9 @@
 //! - `incr NODE KEY name=DELTA ...`: counters;
 //! - `flag NODE KEY name=BOOL [ctx=NODE2]`: a flag write with the context NODE2 holds for it (none: empty);
 //! - `erase NODE KEY`;
+//! - `track NODE USER EVENT_NAME [prop=NUMBER ...] [id=MESSAGE_ID] [at=MS]` and `page NODE USER [id=..]`:
+//!   an event ingested at NODE acting as the user's owner (`ingest::apply_event`, as the node's ingest path
+//!   does), with the dev cluster's example definitions (event names use `_` for spaces: `Order_Completed`);
 //! - `partition NODES | NODES` (comma-separated) and `heal`;
 //! - `crash NODE`, `restart NODE`, `join` (a new node joins), `leave NODE`;
 //! - `run MS`: time passes;
@@ -148,6 +151,53 @@ fn execute(cluster: &mut Option<Cluster>, command: &str) -> Result<Vec<String>, 
         ("erase", [n, key]) => {
             let i = node(c, n)?;
             out.push(describe(c.write(i, key, Write::Erase, 1, false)));
+        }
+        ("track" | "page", [n, user, rest @ ..]) => {
+            let i = node(c, n)?;
+            let (name, rest) = match (*verb, rest) {
+                ("track", [name, rest @ ..]) => (Some(name.replace('_', " ")), rest),
+                ("track", []) => return Err("usage: track NODE USER EVENT ...".into()),
+                _ => (None, rest),
+            };
+            let mut json = serde_json::Map::new();
+            json.insert("type".into(), (*verb).into());
+            json.insert("userId".into(), (*user).into());
+            if let Some(name) = name {
+                json.insert("event".into(), name.into());
+            }
+            let mut properties = serde_json::Map::new();
+            let mut at = None;
+            for (k, v) in pairs(rest)? {
+                match k.as_str() {
+                    "id" => {
+                        json.insert("messageId".into(), v.into());
+                    }
+                    "at" => at = Some(v.parse::<u64>().map_err(|e| format!("at: {e}"))?),
+                    _ => {
+                        let n: f64 = v.parse().map_err(|e| format!("{k}: {e}"))?;
+                        properties.insert(k, n.into());
+                    }
+                }
+            }
+            json.insert("properties".into(), properties.into());
+            let received = at.unwrap_or_else(|| c.nodes[i].store.local_now());
+            let event = crate::ingest::Event::from_segment(
+                &serde_json::Value::Object(json),
+                None,
+                received,
+                &c.limits,
+            )
+            .map_err(|e| e.to_string())?;
+            let defs = example_definitions();
+            out.push(match c.ingest(i, &event, &defs) {
+                None => "node is down".to_owned(),
+                Some(Err(e)) => format!("refused: {e}"),
+                Some(Ok(ing)) if ing.duplicate => "duplicate".to_owned(),
+                Some(Ok(ing)) if !ing.late.is_empty() => {
+                    format!("ok, late for {}", ing.late.join(","))
+                }
+                Some(Ok(ing)) => format!("ok {}", ing.features.join(",")),
+            });
         }
         ("partition", _) => {
             let text = args.join(" ");
@@ -289,6 +339,41 @@ fn show(state: Option<&Profile>) -> String {
             .collect();
         parts.push(format!("{name}=[{}]", siblings.join(" ")));
     }
+    for (name, w) in &p.windows {
+        let events: u64 = w
+            .buckets
+            .values()
+            .flat_map(|s| s.values())
+            .map(|s| s.count)
+            .sum();
+        let slots: Vec<String> = w
+            .buckets
+            .values()
+            .flat_map(|s| s.keys())
+            .map(|n| n.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let (_, value) = w.value(u64::MAX / 2);
+        let total: f64 = w
+            .buckets
+            .values()
+            .flat_map(|s| s.values())
+            .map(|s| s.sum)
+            .sum();
+        let shown = match w.spec.aggregation {
+            crate::crdt::window::Aggregation::Count => events.to_string(),
+            crate::crdt::window::Aggregation::Sum => total.to_string(),
+            _ => format!("{value:?}"),
+        };
+        parts.push(format!(
+            "{name}={shown} ({events} events from {})",
+            slots.join(" ")
+        ));
+    }
+    if !p.seen.ids.is_empty() {
+        parts.push(format!("seen={}", p.seen.ids.len()));
+    }
     if let Some(w) = &p.erased_at {
         parts.push(format!("erased<={w}"));
     }
@@ -297,6 +382,17 @@ fn show(state: Option<&Profile>) -> String {
     } else {
         parts.join(" ")
     }
+}
+
+/// The dev cluster's example definitions (store-node/features.example.toml), for the scripts.
+fn example_definitions() -> crate::ingest::Definitions {
+    let defs: Vec<crate::ingest::FeatureDefinition> = serde_json::from_value(serde_json::json!([
+        {"name": "page_views", "on": "page", "aggregation": "count"},
+        {"name": "orders_30m", "on": "track", "event": "Order Completed", "aggregation": "count", "window": "30m"},
+        {"name": "revenue_7d", "on": "track", "event": "Order Completed", "aggregation": "sum", "property": "revenue", "window": "7d"},
+    ]))
+    .expect("definitions");
+    crate::ingest::Definitions::compile(&defs, &crate::Limits::default()).expect("valid")
 }
 
 fn scripts_dir() -> PathBuf {
