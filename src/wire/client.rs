@@ -15,12 +15,13 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::detector::Liveness;
 use crate::cluster::membership::{MemberState, MembershipTable};
 use crate::crdt::flag::CausalContext;
-use crate::error::{Error, EventDefect, Result};
+use crate::error::Result;
 use crate::hlc::{Marker, NodeId};
 use crate::limits::Limits;
 use crate::profile::{Applied, FlagView, Profile, ProfileView, Write};
 pub use crate::profile::{CounterDelta, GaugeWrite};
 use crate::wire::event::{EventOutcome, WireEvent};
+pub use crate::wire::reply::{ErrorCode, ErrorReply};
 
 /// The protocol version carried in every frame header (2 since window features).
 pub const PROTOCOL_VERSION: u8 = 2;
@@ -334,92 +335,6 @@ pub struct PutAck {
     pub version: Marker,
     /// Names of features whose write was dropped because a newer version (or an erasure) already covers it.
     pub superseded: Vec<String>,
-}
-
-/// A typed error reply.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub struct ErrorReply {
-    /// What kind of error.
-    pub code: ErrorCode,
-    /// Human-readable detail.
-    pub message: String,
-}
-
-/// Stable error codes on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
-pub enum ErrorCode {
-    /// The request is malformed in content (empty key, bad name, bad context, ...).
-    InvalidRequest,
-    /// A size limit was exceeded.
-    LimitExceeded,
-    /// A flag has too many siblings; resolve them by writing with the read context.
-    TooManySiblings,
-    /// The frame announced more bytes than the node accepts.
-    FrameTooLarge,
-    /// The frame's protocol version is not spoken here.
-    UnsupportedVersion,
-    /// The frame could not be decoded.
-    MalformedFrame,
-    /// A timestamp was too far in the future.
-    ClockSkew,
-    /// The feature exists with another kind.
-    KindMismatch,
-    /// A counter would overflow.
-    CounterOverflow,
-    /// The node could not make the write durable; it was not acknowledged and may or may not be applied.
-    Storage,
-    /// The node is shutting down or overloaded; retry elsewhere or later.
-    Unavailable,
-    /// A bug or unexpected condition on the node.
-    Internal,
-}
-
-impl From<&Error> for ErrorCode {
-    /// The stable wire code of a core error (the mapping lives with the protocol, so the core's error type
-    /// does not depend on the wire).
-    fn from(error: &Error) -> ErrorCode {
-        match error {
-            Error::EmptyKey
-            | Error::InvalidFeatureName { .. }
-            | Error::NonFiniteValue { .. }
-            | Error::EmptyBatch { .. }
-            | Error::InvalidContext { .. }
-            | Error::InvalidMarker { .. }
-            | Error::InvalidNodeId { .. }
-            | Error::InvalidLimit { .. }
-            | Error::QuorumTooLarge { .. }
-            | Error::LateEvent { .. }
-            | Error::InvalidDefinition { .. } => ErrorCode::InvalidRequest,
-            Error::InvalidEvent(
-                EventDefect::TooLarge { .. } | EventDefect::MessageIdTooLong { .. },
-            ) => ErrorCode::LimitExceeded,
-            Error::InvalidEvent(_) => ErrorCode::InvalidRequest,
-            Error::NodeLeft => ErrorCode::Unavailable,
-            Error::KeyTooLong { .. }
-            | Error::FeatureNameTooLong { .. }
-            | Error::ValueTooLarge { .. }
-            | Error::TooManyFeatures { .. }
-            | Error::BatchTooLarge { .. } => ErrorCode::LimitExceeded,
-            Error::TooManySiblings { .. } => ErrorCode::TooManySiblings,
-            Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-            Error::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-            Error::Malformed { .. } => ErrorCode::MalformedFrame,
-            Error::Encode(_) => ErrorCode::Internal,
-            Error::ClockSkew { .. } => ErrorCode::ClockSkew,
-            Error::KindMismatch { .. } => ErrorCode::KindMismatch,
-            Error::CounterOverflow { .. } => ErrorCode::CounterOverflow,
-        }
-    }
-}
-
-impl ErrorReply {
-    /// The typed reply for a core error.
-    pub fn of(error: &Error) -> ErrorReply {
-        ErrorReply {
-            code: ErrorCode::from(error),
-            message: error.to_string(),
-        }
-    }
 }
 
 /// What a ring-aware client needs to route: the membership table and the ring parameters.

@@ -114,7 +114,7 @@ pub enum EventOutcome {
     /// Refused (invalid for its definitions, or not storable): the reason.
     Refused {
         /// The error code.
-        code: crate::wire::client::ErrorCode,
+        code: crate::wire::reply::ErrorCode,
         /// The reason.
         message: String,
     },

@@ -8,3 +8,4 @@ pub mod client;
 pub mod codec;
 pub mod event;
 pub mod peer;
+pub mod reply;
