@@ -19,6 +19,26 @@ pub enum Error {
         /// The configured maximum.
         max: usize,
     },
+    /// The entity key contains control characters.
+    #[error("invalid key {key:?}: control characters are not allowed")]
+    InvalidKey {
+        /// The offending key, escaped and truncated.
+        key: String,
+    },
+    /// A write asked for a time to live of 0 (it would be invisible the moment it is acknowledged).
+    #[error("feature {name:?}: a TTL must be at least 1 ms")]
+    ZeroTtl {
+        /// The feature.
+        name: String,
+    },
+    /// A flag write's causal context names more writers than the limit.
+    #[error("causal context of {len} entries, the limit is {max}")]
+    ContextTooLarge {
+        /// Entries in the context.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
     /// A feature name is empty or contains characters outside `[A-Za-z0-9_.:-]`.
     #[error("invalid feature name {name:?}: use 1 or more of [A-Za-z0-9_.:-]")]
     InvalidFeatureName {

@@ -41,6 +41,8 @@ pub struct Limits {
     pub dedup_window_ms: u64,
     /// Most message ids remembered per profile; beyond it the oldest are forgotten. Default 1024.
     pub max_seen_ids: u32,
+    /// Most entries (writers) in the causal context a flag write carries. Default 256.
+    pub max_context_entries: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +59,7 @@ impl Default for Limits {
             max_message_id_bytes: 100,
             dedup_window_ms: 24 * 60 * 60 * 1000,
             max_seen_ids: 1024,
+            max_context_entries: 256,
         }
     }
 }
@@ -74,6 +77,7 @@ impl Limits {
             ("max_event_bytes", self.max_event_bytes),
             ("max_message_id_bytes", self.max_message_id_bytes),
             ("max_seen_ids", self.max_seen_ids as usize),
+            ("max_context_entries", self.max_context_entries),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -102,7 +106,8 @@ impl Limits {
         Ok(())
     }
 
-    /// Checks an entity key.
+    /// Checks an entity key: not empty, within the length limit, no control characters (they break logs,
+    /// terminals and the text tools operators use on keys).
     pub fn check_key(&self, key: &str) -> Result<()> {
         if key.is_empty() {
             return Err(Error::EmptyKey);
@@ -111,6 +116,32 @@ impl Limits {
             return Err(Error::KeyTooLong {
                 len: key.len(),
                 max: self.max_key_bytes,
+            });
+        }
+        if key.chars().any(char::is_control) {
+            return Err(Error::InvalidKey {
+                key: truncate_for_error(&key.escape_default().to_string()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a time to live: zero would be acknowledged and invisible at once, so it is refused.
+    pub fn check_ttl(&self, name: &str, ttl_ms: Option<u64>) -> Result<()> {
+        if ttl_ms == Some(0) {
+            return Err(Error::ZeroTtl {
+                name: truncate_for_error(name),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the size of a flag write's causal context.
+    pub fn check_context(&self, entries: usize) -> Result<()> {
+        if entries > self.max_context_entries {
+            return Err(Error::ContextTooLarge {
+                len: entries,
+                max: self.max_context_entries,
             });
         }
         Ok(())

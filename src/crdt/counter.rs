@@ -56,6 +56,17 @@ impl Counter {
         i64::try_from(total).unwrap_or(if total < 0 { i64::MIN } else { i64::MAX })
     }
 
+    /// Whether the exact sum over the slots fits an `i64` (beyond it [`Counter::value`] saturates; local
+    /// increments that would get there are refused).
+    pub fn in_range(&self) -> bool {
+        let total: i128 = self
+            .slots
+            .values()
+            .map(|s| i128::from(s.inc) - i128::from(s.dec))
+            .sum();
+        i64::try_from(total).is_ok()
+    }
+
     /// Applies a local increment by `node` at `ts`. Returns `None` (and changes nothing) if a slot would
     /// overflow.
     pub fn apply(&mut self, node: &NodeId, delta: i64, ts: Timestamp) -> Option<()> {

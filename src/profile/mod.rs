@@ -286,6 +286,14 @@ impl Profile {
                     name: truncate_for_error(name),
                 })?;
         }
+        // A value outside `i64` would read back saturated: refuse the write instead of lying later.
+        for (name, counter) in &touched {
+            if !counter.in_range() {
+                return Err(Error::CounterOverflow {
+                    name: truncate_for_error(name),
+                });
+            }
+        }
         for (name, counter) in touched {
             self.counters.insert(name.to_owned(), counter);
         }
@@ -692,6 +700,38 @@ mod tests {
         );
         assert!(matches!(err, Err(Error::CounterOverflow { .. })));
         assert_eq!(p.counters["x"].value(), i64::MAX);
+    }
+
+    /// Two slots that each fit but together exceed `i64` would read back saturated: a local increment
+    /// that leaves the total outside `i64` is refused (a merge, being a lattice join, always applies).
+    #[test]
+    fn a_counter_whose_total_would_leave_i64_is_refused() {
+        let limits = Limits::default();
+        let mut big = Profile::default();
+        big.increment(
+            &[("x", i64::MAX)],
+            &node(0),
+            Timestamp::from_millis(1),
+            &limits,
+        )
+        .expect("fits");
+        let mut p = Profile::default();
+        p.increment(&[("x", -1)], &node(1), Timestamp::from_millis(2), &limits)
+            .expect("fits");
+        p.merge(&big);
+        assert_eq!(p.counters["x"].value(), i64::MAX - 1);
+        let refused = p.increment(&[("x", 2)], &node(1), Timestamp::from_millis(3), &limits);
+        assert!(
+            matches!(refused, Err(Error::CounterOverflow { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(
+            p.counters["x"].value(),
+            i64::MAX - 1,
+            "a refused increment changes nothing"
+        );
+        p.increment(&[("x", 1)], &node(1), Timestamp::from_millis(4), &limits)
+            .expect("exactly i64::MAX fits");
     }
 
     #[test]

@@ -147,6 +147,7 @@ impl Request {
                 for g in gauges {
                     limits.check_feature_name(&g.name)?;
                     limits.check_value(&g.name, &g.value)?;
+                    limits.check_ttl(&g.name, g.ttl_ms)?;
                 }
                 Ok(())
             }
@@ -158,9 +159,17 @@ impl Request {
                 }
                 Ok(())
             }
-            Request::SetFlag { key, name, .. } => {
+            Request::SetFlag {
+                key,
+                name,
+                context,
+                ttl_ms,
+                ..
+            } => {
                 limits.check_key(key)?;
-                limits.check_feature_name(name)
+                limits.check_feature_name(name)?;
+                limits.check_ttl(name, *ttl_ms)?;
+                limits.check_context(context.0.dots.len())
             }
             Request::Erase { key, .. } | Request::LocalState { key } => limits.check_key(key),
             Request::Status | Request::Cluster | Request::Digests { .. } | Request::Leave => Ok(()),
@@ -386,4 +395,68 @@ pub struct NodeStatus {
     pub ring_version: u64,
     /// Every member as this node sees it.
     pub members: Vec<MemberStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use crdts::CmRDT;
+
+    use super::*;
+    use crate::crdt::value::Value;
+    use crate::hlc::NodeId;
+    use crate::Error;
+
+    fn put(key: &str, ttl_ms: Option<u64>) -> Request {
+        Request::Put {
+            key: key.into(),
+            gauges: vec![GaugeWrite {
+                name: "g".into(),
+                value: Value::I64(1),
+                ttl_ms,
+            }],
+            timestamp_ms: None,
+            quorum: 1,
+        }
+    }
+
+    /// Input that used to be accepted although it should not be gets a typed error.
+    #[test]
+    fn control_characters_zero_ttls_and_huge_contexts_are_refused() {
+        let limits = Limits::default();
+        assert!(put("user-1", Some(1)).validate(&limits).is_ok());
+        for key in ["a\nb", "tab\there", "nul\0", "esc\u{1b}[31m"] {
+            assert!(
+                matches!(
+                    put(key, None).validate(&limits),
+                    Err(Error::InvalidKey { .. })
+                ),
+                "{key:?}"
+            );
+        }
+        assert!(matches!(
+            put("u", Some(0)).validate(&limits),
+            Err(Error::ZeroTtl { .. })
+        ));
+        let mut context = CausalContext::default();
+        for i in 0..300 {
+            let node = NodeId::new(format!("n{i}")).expect("valid");
+            context.0.apply(crdts::Dot::new(node, 1));
+        }
+        let flag = Request::SetFlag {
+            key: "u".into(),
+            name: "f".into(),
+            value: true,
+            context,
+            ttl_ms: None,
+            quorum: 1,
+        };
+        assert!(matches!(
+            flag.validate(&limits),
+            Err(Error::ContextTooLarge { len: 300, max: 256 })
+        ));
+        assert_eq!(
+            ErrorCode::from(&Error::ContextTooLarge { len: 1, max: 0 }),
+            ErrorCode::LimitExceeded
+        );
+    }
 }

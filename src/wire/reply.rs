@@ -50,6 +50,8 @@ impl From<&Error> for ErrorCode {
     fn from(error: &Error) -> ErrorCode {
         match error {
             Error::EmptyKey
+            | Error::InvalidKey { .. }
+            | Error::ZeroTtl { .. }
             | Error::InvalidFeatureName { .. }
             | Error::NonFiniteValue { .. }
             | Error::EmptyBatch { .. }
@@ -69,6 +71,7 @@ impl From<&Error> for ErrorCode {
             | Error::FeatureNameTooLong { .. }
             | Error::ValueTooLarge { .. }
             | Error::TooManyFeatures { .. }
+            | Error::ContextTooLarge { .. }
             | Error::BatchTooLarge { .. } => ErrorCode::LimitExceeded,
             Error::TooManySiblings { .. } => ErrorCode::TooManySiblings,
             Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
