@@ -297,7 +297,8 @@ fn shape_warnings(
     warnings
 }
 
-/// Creates the dev directory, certificates (first run), node configs and `client.toml`, and logs a warning
+/// Creates the dev directory, certificates (first run), `features.toml` (when missing), node configs,
+/// `client.toml` and `http.env` (the write key is generated once, then read back from it), and logs a warning
 /// if the directory holds data of a differently shaped cluster. Does not start anything.
 pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
     let nodes = plan(options)?;
