@@ -122,6 +122,9 @@ pub struct NodeConfig {
     /// Event ingestion: feature definitions and backpressure.
     #[serde(default, skip_serializing_if = "is_default")]
     pub ingest: IngestConfig,
+    /// The HTTP listener (the Segment-compatible ingest API, `/health`); off unless `listen` is set.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub http: HttpConfig,
     /// Test-only controls (fault injection). Left at their defaults they change nothing.
     #[serde(default, skip_serializing_if = "is_default")]
     pub test: TestConfig,
@@ -145,6 +148,137 @@ impl Default for IngestConfig {
             features: None,
             max_inflight_events: 4096,
         }
+    }
+}
+
+/// One source's write key (`[[http.write_keys]]`): the secret an analytics SDK sends (HTTP Basic user
+/// name, or `writeKey` in the body). Removing the entry (and restarting the node) revokes the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteKey {
+    /// The source's name (`web`, `ios`, `backend`, ...), for logs.
+    pub source: String,
+    /// The key: 16 to 256 printable ASCII characters without `:` or spaces.
+    pub key: String,
+}
+
+impl std::fmt::Debug for WriteKey {
+    /// Never prints the key itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteKey")
+            .field("source", &self.source)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The HTTP listener (config section `[http]`): the Segment-compatible ingest API (`/v1/*`) and `/health`.
+/// Off unless `listen` is set. Every size has a limit; the defaults are Segment's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// TCP address to listen on (port 0 picks a free port, reported in the ready line); none: no HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Serve plain HTTP instead of HTTPS (for loopback, e.g. the dev cluster, or behind a proxy that
+    /// terminates TLS). Default `false`: HTTPS with the node's certificate (or `cert`/`key`).
+    pub plaintext: bool,
+    /// Certificate chain (PEM) for HTTPS; default: the node's `tls.cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) for HTTPS; default: the node's `tls.key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The write keys, one per source. At least one when `listen` is set.
+    pub write_keys: Vec<WriteKey>,
+    /// Largest body of `/v1/batch` and `/v1/import`, in bytes *after* decompression (the decompressed size
+    /// is capped while reading). Default 512000 (Segment's 500 KB). Single calls (`/v1/track`, ...) are
+    /// bounded by `[limits] max_event_bytes`.
+    pub max_batch_bytes: usize,
+    /// Most events in one batch. Default 2500 (Segment's limit).
+    pub max_batch_events: usize,
+    /// After a body is refused as too large, at most this many more (decompressed) bytes of it are read
+    /// and dropped before the answer, so the client is not cut off while it still sends. Default 4194304.
+    pub max_drain_bytes: usize,
+    /// Time a request gets to deliver its headers, and then its whole body. Default 10000.
+    pub request_timeout_ms: u64,
+    /// Most open connections; beyond it new ones are closed at once. Default 1024.
+    pub max_connections: usize,
+    /// Most ingest requests handled at once; beyond it the answer is 429 with `Retry-After`. Default 256.
+    pub max_inflight_requests: usize,
+    /// The `Retry-After` (seconds) of 429 and 503 answers. Default 1.
+    pub retry_after_s: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            plaintext: false,
+            cert: None,
+            key: None,
+            write_keys: Vec::new(),
+            max_batch_bytes: 500 * 1024,
+            max_batch_events: 2500,
+            max_drain_bytes: 4 * 1024 * 1024,
+            request_timeout_ms: 10_000,
+            max_connections: 1024,
+            max_inflight_requests: 256,
+            retry_after_s: 1,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Checks the section (only when `listen` is set: an unused section is not an error).
+    pub fn validate(&self) -> Result<()> {
+        let Some(listen) = self.listen else {
+            return Ok(());
+        };
+        let bad = |what: String| Err(Error::Config(format!("[http] {what}")));
+        for (name, v) in [
+            ("max_batch_bytes", self.max_batch_bytes),
+            ("max_batch_events", self.max_batch_events),
+            ("max_connections", self.max_connections),
+            ("max_inflight_requests", self.max_inflight_requests),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.request_timeout_ms == 0 {
+            return bad("request_timeout_ms must be at least 1".into());
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return bad("cert and key go together".into());
+        }
+        if self.write_keys.is_empty() {
+            return bad(format!(
+                "listen = \"{listen}\" needs at least one [[http.write_keys]] entry"
+            ));
+        }
+        for (i, wk) in self.write_keys.iter().enumerate() {
+            let printable = wk.key.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+            if !(16..=256).contains(&wk.key.len()) || !printable {
+                return bad(format!(
+                    "write key of source {:?}: use 16 to 256 printable ASCII characters, no ':' or spaces",
+                    wk.source
+                ));
+            }
+            if wk.source.is_empty() || wk.source.len() > 64 {
+                return bad(format!(
+                    "write key #{}: source must be 1 to 64 characters",
+                    i + 1
+                ));
+            }
+            if self.write_keys[..i].iter().any(|other| other.key == wk.key) {
+                return bad(format!(
+                    "the write key of source {:?} is also another source's",
+                    wk.source
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -250,6 +384,7 @@ impl NodeConfig {
             expiry_sweep_ms: defaults::expiry_sweep_ms(),
             cluster: ClusterConfig::default(),
             ingest: IngestConfig::default(),
+            http: HttpConfig::default(),
             test: TestConfig::default(),
         }
     }
@@ -304,12 +439,18 @@ impl NodeConfig {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        for p in [
+        let optional = [
+            self.ingest.features.as_mut(),
+            self.http.cert.as_mut(),
+            self.http.key.as_mut(),
+        ];
+        let required = [
             &mut self.data_dir,
             &mut self.tls.ca_cert,
             &mut self.tls.cert,
             &mut self.tls.key,
-        ] {
+        ];
+        for p in required.into_iter().chain(optional.into_iter().flatten()) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -342,6 +483,7 @@ impl NodeConfig {
         self.limits.validate()?;
         self.durability.validate()?;
         self.transport.validate().map_err(Error::Transport)?;
+        self.http.validate()?;
         if self.request_timeout_ms == 0 {
             return Err(Error::Config(
                 "request_timeout_ms must be at least 1".into(),
@@ -493,6 +635,56 @@ key = "certs/node-n1.key"
         }];
         c.write(&path, "").unwrap();
         assert_eq!(NodeConfig::load(&path, &Overrides::default()).unwrap(), c);
+    }
+
+    #[test]
+    fn the_http_section_is_validated_and_its_paths_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let http = "[ingest]\nfeatures = \"features.toml\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+                    cert = \"web.pem\"\nkey = \"web.key\"\n\
+                    [[http.write_keys]]\nsource = \"web\"\nkey = \"0123456789abcdef\"\n";
+        let p = write(dir.path(), &format!("{EXAMPLE}{http}"));
+        let c = NodeConfig::load(&p, &Overrides::default()).unwrap();
+        assert_eq!(c.http.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert!(!c.http.plaintext, "HTTPS unless configured");
+        assert_eq!(c.http.max_batch_bytes, 512_000);
+        assert_eq!(c.http.max_batch_events, 2500);
+        assert_eq!(c.http.cert, Some(dir.path().join("web.pem")));
+        assert_eq!(c.ingest.features, Some(dir.path().join("features.toml")));
+        assert!(
+            !format!("{:?}", c.http).contains("0123456789abcdef"),
+            "keys are not printed"
+        );
+        // Written and loaded back the same.
+        c.write(&p, "").unwrap();
+        assert_eq!(NodeConfig::load(&p, &Overrides::default()).unwrap(), c);
+
+        let bad = [
+            "[http]\nlisten = \"127.0.0.1:0\"\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\n[[http.write_keys]]\nsource = \"web\"\nkey = \"short\"\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\n[[http.write_keys]]\nsource = \"web\"\nkey = \"0123456789abcdef:\"\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\n[[http.write_keys]]\nsource = \"a\"\nkey = \"0123456789abcdef\"\n\
+             [[http.write_keys]]\nsource = \"b\"\nkey = \"0123456789abcdef\"\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\nmax_batch_events = 0\n[[http.write_keys]]\nsource = \"a\"\nkey = \"0123456789abcdef\"\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\ncert = \"x.pem\"\n[[http.write_keys]]\nsource = \"a\"\nkey = \"0123456789abcdef\"\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\nmax_body = 3\n",
+        ];
+        for text in bad {
+            let p = write(dir.path(), &format!("{EXAMPLE}{text}"));
+            assert!(
+                NodeConfig::load(&p, &Overrides::default()).is_err(),
+                "{text}"
+            );
+        }
+        // Without `listen`, the section is inert and not checked.
+        let p = write(dir.path(), &format!("{EXAMPLE}[http]\nplaintext = true\n"));
+        assert_eq!(
+            NodeConfig::load(&p, &Overrides::default())
+                .unwrap()
+                .http
+                .listen,
+            None
+        );
     }
 
     #[test]

@@ -34,6 +34,14 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The HTTP listener's TCP socket could not be bound or asked for its address.
+    #[error("I/O error on tcp://{addr}: {source}")]
+    HttpSocket {
+        /// The address the socket is (to be) bound to.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// rcgen could not generate, sign or load a certificate or key.
     #[error("certificate error: {context}: {source}")]
     Certificate {

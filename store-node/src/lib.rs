@@ -6,7 +6,8 @@
 //! - [`clock`]: the node's one wall-clock reading, with a test-only offset.
 //! - [`engine`]: in-memory profiles, the clock, the write path.
 //! - [`server`]: the client-facing QUIC server: connections, streams and frames.
-//! - [`cluster`]: request coordination, replication runtime.
+//! - [`cluster`]: request coordination, replication runtime, the ingest path.
+//! - [`http`]: the node's HTTP listener: the Segment-compatible ingest API and `/health`.
 //! - [`net`]: the transport below the cluster runtime: [`net::peer`] (peer transport) and [`net::tls`]
 //!   (mutual TLS, peer identity).
 //! - [`node`]: start, recover, serve, shut down.
@@ -22,6 +23,7 @@ pub mod dev;
 pub mod engine;
 pub mod error;
 pub mod features;
+pub mod http;
 pub mod launch;
 pub mod metrics;
 pub mod net;

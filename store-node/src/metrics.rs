@@ -82,6 +82,30 @@ counters! {
         events_late,
         /// Events refused because the ingest queue was full (the sender retries).
         events_overloaded,
+        /// HTTP requests to the ingest API (`/v1/*`).
+        http_requests,
+        /// HTTP requests refused for a missing or unknown write key (401).
+        http_unauthorized,
+        /// HTTP requests refused whole: invalid JSON, too large, too many events, every event invalid,
+        /// too slow (400, 408).
+        http_rejected,
+        /// HTTP requests refused because `max_inflight_requests` were being handled (429).
+        http_overloaded,
+        /// HTTP requests answered 503 or 500 because some of their events could not be applied (the client
+        /// retries).
+        http_retry_later,
+        /// Events in HTTP requests that were read and authenticated.
+        http_events_received,
+        /// Events received over HTTP and applied, or recognised as duplicates.
+        http_events_accepted,
+        /// Events received over HTTP and refused: invalid at the edge, or for their definitions on the owner.
+        http_events_refused,
+        /// Events received over HTTP whose owner was unavailable or could not store them (answered 503/500).
+        http_events_retry,
+        /// HTTP connections closed at once because `max_connections` were open.
+        http_connections_refused,
+        /// HTTPS handshakes that failed or timed out.
+        http_tls_failures,
     }
 }
 
@@ -89,6 +113,11 @@ impl Metrics {
     /// Adds one to a counter.
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Counts an error reply under the counter its code belongs to.
@@ -123,8 +152,10 @@ mod tests {
         let node = Metrics::default();
         Metrics::incr(&node.requests);
         let snapshot = node.snapshot();
-        assert_eq!(snapshot.len(), 14);
+        // 14 request counters, 6 of the ingest path, 11 of the HTTP listener.
+        assert_eq!(snapshot.len(), 31);
         assert_eq!(snapshot[0].0, "connections_accepted");
+        assert_eq!(snapshot[30].0, "http_tls_failures");
         assert!(snapshot.contains(&("requests".to_owned(), 1)));
 
         let peer = crate::net::peer::PeerMetrics::default();

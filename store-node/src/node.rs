@@ -1,7 +1,7 @@
 //! Running one node: open storage, recover, serve, and shut down gracefully.
 //!
 //! Shutdown order (on the cancellation of the token passed to [`run`]): stop accepting connections and
-//! streams, let in-flight requests finish (bounded), flush storage (so `periodic` writes are durable too),
+//! streams (QUIC and HTTP), let in-flight requests finish (bounded), flush storage (so `periodic` writes are durable too),
 //! close the endpoint, wait briefly for clients to see the close, release the storage.
 
 use std::sync::Arc;
@@ -50,13 +50,14 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         source,
     })?;
     let cluster = Arc::new(Cluster::open(&config, engine.clone(), peers)?);
+    let http = start_http(&config, &engine, &cluster, &shutdown)?;
     let ticker = spawn_ticker(
         cluster.clone(),
         Duration::from_millis(config.cluster.tick_ms),
         shutdown.clone(),
     );
     tracing::info!(node = %node_id, addr = %local, "listening");
-    announce_ready(&node_id, local);
+    announce_ready(&node_id, local, http.as_ref().map(|(addr, _)| *addr));
 
     let sweeper = (config.expiry_sweep_ms > 0).then(|| {
         spawn_sweeper(
@@ -87,16 +88,53 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         durability,
         ticker,
         sweeper,
+        http: http.map(|(_, task)| task),
     };
     running.shut_down().await
 }
 
+/// Binds the HTTP listener of `[http]` (if it has a `listen` address) and serves it in a task until
+/// `shutdown`; returns its bound address and the task.
+fn start_http(
+    config: &NodeConfig,
+    engine: &Arc<Engine>,
+    cluster: &Arc<Cluster>,
+    shutdown: &CancellationToken,
+) -> Result<Option<(std::net::SocketAddr, JoinHandle<()>)>> {
+    let Some(listener) = crate::http::bind(config)? else {
+        return Ok(None);
+    };
+    let addr = listener.local_addr();
+    tracing::info!(
+        node = %config.node_id, %addr, https = listener.is_https(),
+        sources = config.http.write_keys.len(), "http listening"
+    );
+    let state = crate::http::HttpState::new(
+        cluster.clone(),
+        engine.limits().clone(),
+        config.http.clone(),
+        engine.metrics().clone(),
+    );
+    let task = tokio::spawn(crate::http::serve(
+        listener,
+        crate::http::router(state),
+        crate::http::ServeSettings::of(config),
+        engine.metrics().clone(),
+        shutdown.clone(),
+    ));
+    Ok(Some((addr, task)))
+}
+
 /// Prints the ready lines (human, then machine-readable) on stdout, in one write.
-fn announce_ready(node_id: &NodeId, local: std::net::SocketAddr) {
+fn announce_ready(
+    node_id: &NodeId,
+    local: std::net::SocketAddr,
+    http: Option<std::net::SocketAddr>,
+) {
     let event = NodeEvent::Ready(ReadyInfo {
         node: node_id.clone(),
         addr: local,
-        http: None,
+        http,
         pid: std::process::id(),
     });
     let text = format!(
@@ -240,6 +278,7 @@ struct Running {
     durability: Arc<Durability>,
     ticker: JoinHandle<()>,
     sweeper: Option<JoinHandle<()>>,
+    http: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -255,7 +294,12 @@ impl Running {
             durability,
             ticker,
             sweeper,
+            http,
         } = self;
+        if let Some(http) = http {
+            // Drains concurrently with the QUIC server (both watch the shutdown token).
+            let _ = http.await;
+        }
         let _ = ticker.await;
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;

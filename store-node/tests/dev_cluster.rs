@@ -1,9 +1,12 @@
 //! `store-node dev` end to end: the real binary starts three node processes, a client writes and reads
-//! back through the generated `client.toml`, and SIGTERM stops everything cleanly.
+//! back through the generated `client.toml`, the README's `curl` of `/v1/batch` with `http.env` becomes
+//! features, and SIGTERM stops everything cleanly.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -13,7 +16,8 @@ use store_client::{Client, ClientConfig};
 
 const NODES: u16 = 3;
 
-/// A base port with `base..base + NODES` free on 127.0.0.1 (UDP), found by binding ephemeral sockets.
+/// A base port with `base..base + NODES` free on 127.0.0.1 (UDP for QUIC, TCP for HTTP), found by
+/// binding ephemeral sockets.
 fn free_port_base() -> u16 {
     for _ in 0..50 {
         let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -22,7 +26,9 @@ fn free_port_base() -> u16 {
         if base.checked_add(NODES).is_none() {
             continue;
         }
-        let all_free = (base..base + NODES).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        let all_free = (base..base + NODES).all(|p| {
+            UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p)).is_ok()
+        });
         if all_free {
             return base;
         }
@@ -128,6 +134,55 @@ async fn dev_starts_three_nodes_serves_a_client_and_stops_cleanly() {
         panic!("not a gauge: {view:?}");
     };
     assert_eq!(*value, Value::F64(42.5));
+
+    // The README's tour: `. data/dev/http.env`, then a curl of /v1/batch with Basic auth.
+    let env = std::fs::read_to_string(dir.join("http.env")).unwrap();
+    let var = |name: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} missing from http.env: {env}"))
+            .to_owned()
+    };
+    let (url, key) = (var("HTTP_URL"), var("WRITE_KEY"));
+    assert_eq!(url, format!("http://127.0.0.1:{base}"));
+    let target = common::http::Target::plain(url.trim_start_matches("http://").parse().unwrap());
+    let batch = serde_json::json!({"batch": [
+        {"type": "page", "userId": "u1", "name": "Home"},
+        {"type": "track", "userId": "u1", "event": "Product Added", "properties": {"product_id": "p-1"}},
+        {"type": "track", "userId": "u1", "event": "Order Completed", "properties": {"revenue": 42.5}},
+    ]});
+    let reply = common::http::post(
+        &target,
+        "/v1/batch",
+        Some(&key),
+        batch.to_string().as_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // Applied on the owner before the 200; a read that lands on another replica may need a moment.
+    let windows = |view: &featurestore::ProfileView| -> Vec<Option<f64>> {
+        ["page_views", "cart_adds_30m", "orders_30m", "revenue_7d"]
+            .iter()
+            .map(|name| match view.features.get(*name) {
+                Some(FeatureView::Window { value, .. }) => *value,
+                _ => None,
+            })
+            .collect()
+    };
+    let want = vec![Some(1.0), Some(1.0), Some(1.0), Some(42.5)];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = client.get("u1", None).await.unwrap().unwrap();
+        if windows(&view) == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "features of the batch not readable: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     client.close().await;
 
     // SIGTERM: the dev process stops every node and exits 0 within 20 s.
@@ -157,5 +212,7 @@ async fn dev_starts_three_nodes_serves_a_client_and_stops_cleanly() {
     }
     for (id, addr) in &expected {
         UdpSocket::bind(addr).unwrap_or_else(|e| panic!("{id}'s port {addr} still taken: {e}"));
+        TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("{id}'s HTTP port {addr} still taken: {e}"));
     }
 }

@@ -10,7 +10,7 @@ use super::{DevError, DevOptions};
 use crate::certs;
 use featurestore::NodeId;
 
-use crate::config::{NodeConfig, Overrides, Seed, TlsFiles};
+use crate::config::{NodeConfig, Overrides, Seed, TlsFiles, WriteKey};
 use crate::error::Error;
 use crate::storage::{DurabilityPolicy, StorageKind};
 
@@ -27,6 +27,8 @@ pub struct DevNode {
     pub id: String,
     /// Listen (and advertised) address.
     pub addr: SocketAddr,
+    /// Its plain-HTTP listener: the same IP and port number, on TCP.
+    pub http: SocketAddr,
     /// Its config file, `<dir>/n<i>.toml`.
     pub config: PathBuf,
     /// Its data directory, `<dir>/n<i>`.
@@ -42,6 +44,12 @@ pub struct DevLayout {
     pub nodes: Vec<DevNode>,
     /// `<dir>/client.toml`.
     pub client_config: PathBuf,
+    /// `<dir>/features.toml`: the feature definitions every node loads.
+    pub features: PathBuf,
+    /// `<dir>/http.env`: `HTTP_URL` (n1's HTTP listener) and `WRITE_KEY`, shell-sourceable.
+    pub http_env: PathBuf,
+    /// The dev write key (source `dev`).
+    pub write_key: String,
     /// Warnings about reusing the directory with a different shape (already logged).
     pub warnings: Vec<String>,
 }
@@ -65,8 +73,19 @@ pub fn write_client_config(
     Ok(path)
 }
 
-/// The config of `node`, with every node of `all` as a bootstrap seed (paths relative to the dev dir).
-fn node_config(node: &DevNode, all: &[DevNode]) -> crate::error::Result<NodeConfig> {
+/// The feature definitions `store-node dev` ships (`store-node/features.example.toml`).
+pub const EXAMPLE_FEATURES: &str = include_str!("../../features.example.toml");
+
+/// The write key's source name in the dev configs.
+pub const DEV_SOURCE: &str = "dev";
+
+/// The config of `node`, with every node of `all` as a bootstrap seed (paths relative to the dev dir),
+/// the dev feature definitions, and plain HTTP on loopback accepting `write_key`.
+fn node_config(
+    node: &DevNode,
+    all: &[DevNode],
+    write_key: &str,
+) -> crate::error::Result<NodeConfig> {
     let id = &node.id;
     let tls = TlsFiles {
         ca_cert: "certs/ca.pem".into(),
@@ -83,7 +102,75 @@ fn node_config(node: &DevNode, all: &[DevNode]) -> crate::error::Result<NodeConf
             addr: seed.addr,
         });
     }
+    config.ingest.features = Some(FEATURES_FILE.into());
+    config.http.listen = Some(node.http);
+    config.http.plaintext = true;
+    config.http.write_keys = vec![WriteKey {
+        source: DEV_SOURCE.to_owned(),
+        key: write_key.to_owned(),
+    }];
     Ok(config)
+}
+
+const FEATURES_FILE: &str = "features.toml";
+const HTTP_ENV_FILE: &str = "http.env";
+
+/// Writes `<dir>/features.toml` from the shipped example if it does not exist (an edited file is kept).
+fn ensure_features(dir: &Path) -> crate::error::Result<PathBuf> {
+    let path = dir.join(FEATURES_FILE);
+    if !path.exists() {
+        write_file(&path, EXAMPLE_FEATURES)?;
+        tracing::info!(path = %path.display(), "generated");
+    }
+    Ok(path)
+}
+
+/// The write key of the previous run's `http.env`, if it holds a usable one.
+fn previous_write_key(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let key = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("WRITE_KEY="))?
+        .trim()
+        .to_owned();
+    let usable = key.len() >= 16 && key.bytes().all(|b| b.is_ascii_alphanumeric());
+    usable.then_some(key)
+}
+
+/// A new random write key: 32 hex digits.
+fn new_write_key() -> crate::error::Result<String> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Config("no randomness for the dev write key".into()))?;
+    Ok(bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
+}
+
+/// Writes `<dir>/http.env` (`HTTP_URL` of `first`, `WRITE_KEY`), readable by its owner only.
+fn write_http_env(dir: &Path, first: SocketAddr, write_key: &str) -> crate::error::Result<PathBuf> {
+    let path = dir.join(HTTP_ENV_FILE);
+    let text = format!(
+        "# Written by `store-node dev` on every run (the key is kept across runs). Source it: . {}\n\
+         HTTP_URL=http://{first}\n\
+         WRITE_KEY={write_key}\n",
+        path.display()
+    );
+    write_file(&path, &text)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| Error::Io {
+                path: path.clone(),
+                source,
+            },
+        )?;
+    }
+    Ok(path)
 }
 
 /// The comment at the top of every node config `store-node dev` writes.
@@ -115,8 +202,10 @@ pub(super) fn plan(options: &DevOptions) -> Result<Vec<DevNode>, DevError> {
     Ok((1..=options.nodes)
         .map(|i| {
             let id = format!("n{i}");
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, options.port + (i - 1)));
             DevNode {
-                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, options.port + (i - 1))),
+                addr,
+                http: addr,
                 config: options.dir.join(format!("{id}.toml")),
                 data_dir: options.dir.join(&id),
                 id,
@@ -208,7 +297,8 @@ fn shape_warnings(
     warnings
 }
 
-/// Creates the dev directory, certificates (first run), node configs and `client.toml`, and logs a warning
+/// Creates the dev directory, certificates (first run), `features.toml` (when missing), node configs,
+/// `client.toml` and `http.env` (the write key is generated once, then read back from it), and logs a warning
 /// if the directory holds data of a differently shaped cluster. Does not start anything.
 pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
     let nodes = plan(options)?;
@@ -234,18 +324,28 @@ pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
     for path in generated.written() {
         tracing::info!(path = %path.display(), "generated");
     }
+    let features = ensure_features(dir)?;
+    let http_env_path = dir.join(HTTP_ENV_FILE);
+    let write_key = match previous_write_key(&http_env_path) {
+        Some(key) => key,
+        None => new_write_key()?,
+    };
     for node in &nodes {
-        node_config(node, &nodes)?.write(&node.config, NODE_CONFIG_COMMENT)?;
+        node_config(node, &nodes, &write_key)?.write(&node.config, NODE_CONFIG_COMMENT)?;
         // Read it back exactly as `serve` will, so a config the node would refuse fails here.
         NodeConfig::load(&node.config, &Overrides::default())?;
     }
     let pairs: Vec<(String, SocketAddr)> = nodes.iter().map(|n| (n.id.clone(), n.addr)).collect();
     let client_config = write_client_config(dir, &pairs)?;
     store_client::ClientConfig::load(&client_config).map_err(Error::ClientConfig)?;
+    let http_env = write_http_env(dir, nodes[0].http, &write_key)?;
     Ok(DevLayout {
         dir: dir.clone(),
         nodes,
         client_config,
+        features,
+        http_env,
+        write_key,
         warnings,
     })
 }
@@ -288,6 +388,31 @@ mod tests {
         }
         let client = store_client::ClientConfig::load(&layout.client_config).unwrap();
         assert_eq!(client.nodes.len(), 3);
+        // Every node loads the shipped definitions and serves plain HTTP on loopback with the dev key.
+        assert_eq!(
+            std::fs::read_to_string(&layout.features).unwrap(),
+            EXAMPLE_FEATURES
+        );
+        for (i, node) in layout.nodes.iter().enumerate() {
+            let c = NodeConfig::load(&node.config, &Overrides::default()).unwrap();
+            assert_eq!(c.ingest.features, Some(dir.join("features.toml")));
+            crate::features::load(c.ingest.features.as_ref().unwrap(), &c.limits).unwrap();
+            let port = 7401 + u16::try_from(i).unwrap();
+            assert_eq!(
+                c.http.listen,
+                Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            );
+            assert!(c.http.plaintext);
+            assert_eq!(c.http.write_keys.len(), 1);
+            assert_eq!(c.http.write_keys[0].key, layout.write_key);
+        }
+        let env = std::fs::read_to_string(&layout.http_env).unwrap();
+        assert!(env.contains("\nHTTP_URL=http://127.0.0.1:7401\n"), "{env}");
+        assert!(
+            env.contains(&format!("\nWRITE_KEY={}\n", layout.write_key)),
+            "{env}"
+        );
+        assert_eq!(layout.write_key.len(), 32);
         assert_eq!(client.cert, dir.join("certs/client-app.pem"));
         // The texts are relative: nothing refers to the temporary directory.
         let text = std::fs::read_to_string(dir.join("n2.toml")).unwrap();
@@ -302,6 +427,16 @@ mod tests {
         .unwrap();
         assert_eq!(std::fs::read(dir.join("certs/ca.pem")).unwrap(), ca);
         assert_eq!(again.nodes[2].addr.port(), 9002);
+        // The write key is kept, the URL follows the port, an edited features.toml is kept.
+        assert_eq!(again.write_key, layout.write_key);
+        let env = std::fs::read_to_string(&again.http_env).unwrap();
+        assert!(env.contains("HTTP_URL=http://127.0.0.1:9000\n"), "{env}");
+        std::fs::write(&layout.features, "# mine\n").unwrap();
+        prepare(&options(&dir, 3)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&layout.features).unwrap(),
+            "# mine\n"
+        );
         // No data yet, so no warning.
         assert!(again.warnings.is_empty(), "{:?}", again.warnings);
     }

@@ -8,9 +8,11 @@
 //! | path | contents | lifetime |
 //! |---|---|---|
 //! | `certs/` | cluster CA, `node-n<i>.pem/.key` for n1..nK, `client-app.pem/.key` | generated on first run; the CA and existing pairs are reused, missing pairs are added |
-//! | `n<i>.toml` | config of node `n<i>`: listen `127.0.0.1:<P+i-1>`, data dir `n<i>`, sled, sync durability, all K nodes as `[[cluster.seeds]]` with `bootstrap = true` | rewritten on every run |
+//! | `n<i>.toml` | config of node `n<i>`: listen `127.0.0.1:<P+i-1>` (UDP, QUIC), data dir `n<i>`, sled, sync durability, all K nodes as `[[cluster.seeds]]` with `bootstrap = true`; `[ingest] features = "features.toml"`; `[http]` plain HTTP on `127.0.0.1:<P+i-1>` (TCP) accepting the dev write key (source `dev`) | rewritten on every run |
 //! | `n<i>/` | node `n<i>`'s sled data (and stored membership) | kept across runs |
 //! | `client.toml` | what `storectl` and the client crate need: every node, the `app` client certificate | rewritten on every run |
+//! | `features.toml` | the feature definitions every node loads: a copy of `store-node/features.example.toml` ([`EXAMPLE_FEATURES`]) | written when missing; an edited file is kept (restart dev to load it) |
+//! | `http.env` | `HTTP_URL=http://127.0.0.1:<P>` (n1's HTTP listener) and `WRITE_KEY=<32 hex digits>`, for `. <dir>/http.env` in a shell; mode 0600 | rewritten on every run; the key is generated once and then read back from it |
 //!
 //! All paths inside the generated files are relative to the file, so the directory can be moved as a whole.
 //! Because the configs are rewritten on every run, edit them only to run a node by hand
@@ -18,7 +20,7 @@
 //!
 //! # Behaviour
 //!
-//! [`run`] checks that the K UDP ports are free, prepares the files ([`prepare`]) and starts K child
+//! [`run`] checks that the K ports are free (UDP for QUIC and TCP for HTTP), prepares the files ([`prepare`]) and starts K child
 //! processes (this executable with `serve --config <dir>/n<i>.toml`). Each child's stdout and stderr are
 //! relayed line by line with an `[n<i>] ` prefix (stdout to stdout, stderr to stderr), except the nodes'
 //! machine-readable event lines. The cluster is *ready* once every node has reported its ready event
@@ -61,7 +63,7 @@ mod procs;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -69,7 +71,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 
-pub use layout::{prepare, write_client_config, DevLayout, DevNode, DEV_CLIENT, MAX_NODES};
+pub use layout::{
+    prepare, write_client_config, DevLayout, DevNode, DEV_CLIENT, DEV_SOURCE, EXAMPLE_FEATURES,
+    MAX_NODES,
+};
 pub use procs::STOP_TIMEOUT;
 
 use layout::plan;
@@ -135,11 +140,15 @@ pub enum DevError {
     Unclean(String),
 }
 
-/// Fails if one of the nodes' UDP ports cannot be bound now.
+/// Fails if one of the nodes' UDP (QUIC) or TCP (HTTP) ports cannot be bound now.
 fn check_ports(nodes: &[DevNode]) -> Result<(), DevError> {
     for node in nodes {
         UdpSocket::bind(node.addr).map_err(|source| DevError::PortInUse {
             addr: node.addr,
+            source,
+        })?;
+        TcpListener::bind(node.http).map_err(|source| DevError::PortInUse {
+            addr: node.http,
             source,
         })?;
     }
@@ -157,10 +166,11 @@ fn banner(layout: &DevLayout, procs: &Procs, exe: &Path) -> String {
     for (node, p) in layout.nodes.iter().zip(&procs.procs) {
         let _ = writeln!(
             text,
-            "  {:<4} {:<21} pid {:<7} config {}  data {}",
+            "  {:<4} {:<21} pid {:<7} http {:<21} config {}  data {}",
             node.id,
             node.addr,
             p.pid,
+            format!("http://{}", node.http),
             node.config.display(),
             node.data_dir.display()
         );
@@ -168,14 +178,22 @@ fn banner(layout: &DevLayout, procs: &Procs, exe: &Path) -> String {
     let storectl =
         format!("cargo run --release -p store-client --bin storectl -- --config {client}");
     let last = layout.nodes.last().map_or("n1", |n| n.id.as_str());
+    let http_url = format!("http://{}", layout.nodes[0].http);
+    let features = layout.features.display();
+    let env = layout.http_env.display();
+    let key = &layout.write_key;
     let _ = write!(
         text,
         "client config: {client}\n\
+         feature definitions: {features}\n\
+         HTTP (Segment-compatible ingest): HTTP_URL={http_url} WRITE_KEY={key}  (both in {env})\n\
          next, in another terminal:\n  \
          {storectl} put u1 cart_value=42.5\n  \
          {storectl} get u1\n  \
          {storectl} status\n  \
-         {storectl} local u1 --node {last}\n\
+         {storectl} local u1 --node {last}\n  \
+         . {env} && curl -s -u \"$WRITE_KEY:\" -H 'Content-Type: application/json' \
+         -d '{{\"batch\":[{{\"type\":\"page\",\"userId\":\"u1\"}}]}}' \"$HTTP_URL/v1/batch\"\n\
          to run a node by hand (e.g. after killing it): {} serve --config {}\n\
          Ctrl-C stops every node cleanly (a second Ctrl-C kills them at once).\n\
          dev cluster ready: {}",

@@ -83,7 +83,7 @@ pub fn server_config(
 }
 
 /// Maps a client-crate TLS error onto the node's error type.
-fn map_tls_error(e: TlsError) -> Error {
+pub(crate) fn map_tls_error(e: TlsError) -> Error {
     match e {
         TlsError::Read { path, source } => Error::Io { path, source },
         e @ (TlsError::TooLarge { .. }

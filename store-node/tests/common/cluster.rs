@@ -59,6 +59,7 @@ pub fn start_with(n: usize, overlay: &str) -> TestCluster {
         nodes.push(ClusterNode {
             id: id.clone(),
             addr: *addr,
+            http: None,
             child: None,
             config,
         });

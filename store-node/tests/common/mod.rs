@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod http;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -183,6 +184,8 @@ pub struct TestCluster {
 pub struct ClusterNode {
     pub id: String,
     pub addr: SocketAddr,
+    /// Its HTTP listener's address, as its last ready event reported it (`[http] listen`).
+    pub http: Option<SocketAddr>,
     pub child: Option<NodeProcess>,
     pub config: PathBuf,
 }
@@ -234,6 +237,7 @@ impl TestCluster {
         self.nodes.push(ClusterNode {
             id: id.to_owned(),
             addr,
+            http: None,
             child: None,
             config,
         });
@@ -256,7 +260,8 @@ impl TestCluster {
     pub fn launch(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "{} already running", node.id);
-        let (child, _ready) = spawn_node(&node.config);
+        let (child, ready) = spawn_node(&node.config);
+        node.http = ready.http;
         node.child = Some(child);
     }
 

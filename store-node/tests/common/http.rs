@@ -1,0 +1,168 @@
+//! A minimal HTTP/1.1 client for the HTTP listener's tests: one request per connection, over plain TCP
+//! or HTTPS trusting the cluster CA (server name `localhost`, which node certificates carry).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value as Json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// How to reach a listener.
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `Some`: HTTPS with this client configuration.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Target {
+    /// Plain HTTP to `addr`.
+    pub fn plain(addr: SocketAddr) -> Target {
+        Target { addr, tls: None }
+    }
+
+    /// HTTPS to `addr`, trusting only the CA certificate at `ca`.
+    pub fn https(addr: SocketAddr, ca: &Path) -> Target {
+        let roots = store_client::tls::root_store(ca).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(store_client::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Target {
+            addr,
+            tls: Some(Arc::new(config)),
+        }
+    }
+}
+
+/// An answer: status, `Retry-After`, and the body as JSON (`Null` if it is not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Json,
+}
+
+/// The `Authorization` value SDKs send for `key`.
+pub fn basic(key: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+async fn exchange<S>(io: S, request: Request<Full<Bytes>>) -> Result<Reply, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status().as_u16();
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &hyper::header::HeaderValue| v.to_str().unwrap().to_owned())
+    };
+    let retry_after = header(hyper::header::RETRY_AFTER);
+    let content_type = header(hyper::header::CONTENT_TYPE);
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Json::Null);
+    Ok(Reply {
+        status,
+        retry_after,
+        content_type,
+        body,
+    })
+}
+
+/// Sends `method path` with `headers` and `body` (30 s at most); `Err` if the exchange fails.
+pub async fn request(
+    target: &Target,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> Result<Reply, String> {
+    let mut builder = Request::builder().method(method).uri(path).header(
+        hyper::header::HOST,
+        format!("localhost:{}", target.addr.port()),
+    );
+    for (name, value) in headers {
+        builder = builder.header(*name, value);
+    }
+    let request = builder.body(Full::new(Bytes::from(body))).unwrap();
+    let work = async {
+        let tcp = TcpStream::connect(target.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        match &target.tls {
+            None => exchange(tcp, request).await,
+            Some(config) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("tls: {e}"))?;
+                exchange(tls, request).await
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+/// POSTs `body` (JSON text) to `path` with the write key `key` as Basic auth (none if `None`),
+/// gzip-compressed if `gzipped`. Panics if the exchange fails.
+pub async fn post(
+    target: &Target,
+    path: &str,
+    key: Option<&str>,
+    body: &[u8],
+    gzipped: bool,
+) -> Reply {
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    if let Some(key) = key {
+        headers.push(("authorization", basic(key)));
+    }
+    let body = if gzipped {
+        headers.push(("content-encoding", "gzip".to_owned()));
+        gzip(body)
+    } else {
+        body.to_vec()
+    };
+    request(target, "POST", path, &headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
