@@ -382,11 +382,14 @@ impl NodeConn {
             return;
         }
         let before = traffic(&conn);
+        let asked = Instant::now();
         let answer = tokio::time::timeout(
             self.dialer.failure_timeout,
             exchange(&conn, &self.dialer.probe_frame, self.dialer.max_frame_bytes),
         )
         .await;
+        // A probe whose timeout fired late (this process was starved) judges nothing.
+        let on_time = asked.elapsed() <= self.dialer.failure_timeout * 5 / 4;
         match answer {
             Ok(Ok(_)) => self.answered(),
             Ok(Err(failure)) => {
@@ -396,7 +399,7 @@ impl NodeConn {
                 }
             }
             Err(_) => {
-                if silent(before, traffic(&conn)) {
+                if on_time && silent(before, traffic(&conn)) {
                     debug!(node = %self.id, "probe: not one packet back; closing the connection");
                     self.drop_conn(&conn);
                 }
