@@ -67,22 +67,21 @@
 //!   transport error, a node judged down, or an [`ErrorCode::Unavailable`] reply (the node could not
 //!   reach the read quorum). A node whose connection was lost in the middle of the read (it restarted, or
 //!   closed the connection) gets one more try on a fresh connection after the other replicas. Reads
-//!   never go to nodes outside the preference list. Hedging trades freshness for nothing: with R = 1 any
-//!   replica may be behind (this is an AP store), hedged or not.
-//! - **Gauge writes and erasures** (`Put`, `Erase`) are idempotent in effect: a put assigns values
-//!   (last-writer-wins) and an erasure raises a watermark, so applying one twice leaves the state of
-//!   applying it once, a moment later. They move on to the next node when the request certainly did not
-//!   reach the node (connecting or opening the stream failed) **and** when the node is judged failed
-//!   after the request may have reached it (connection broken, or silent for the failure timeout). They
-//!   are never hedged and never re-sent because an answer is merely slow or because the node refused
-//!   them. A put that was re-sent may be applied twice, with two versions of the same values; with an
-//!   explicit event time (`put_with`) its acknowledgement may then name features as superseded by the
-//!   put's own first copy.
-//! - **Other writes** (`Increment`, `SetFlag`, and `Leave`) move on to the next node **only if the request
-//!   certainly did not reach the node**. Once the first byte has been handed to QUIC, a failure is
-//!   returned to the caller: the write may have been applied, and applying an increment (or a flag
-//!   write, which would add a sibling) twice would be wrong. (Making them retryable needs a write id
-//!   the coordinator deduplicates, a protocol change not made yet.)
+//!   never go to nodes outside the preference list. Hedging costs no consistency: with R = 1 any replica
+//!   may be behind (this is an AP store), hedged or not.
+//! - **Writes** (`Put`, `Increment`, `SetFlag`, `Erase`, and `Leave`) move on to the next node **only if
+//!   the request certainly did not reach the node**: connecting failed, or the stream could not be
+//!   opened. Once the first byte has been handed to QUIC, a failure is returned to the caller: the write
+//!   may have been applied. Writes are never hedged. Not even a gauge put is sent again, although
+//!   applying the same assignment twice looks harmless: the node stamps a write when it *applies* it,
+//!   so a first copy that was only delayed (a node paused or cut off, not dead, with the request in its
+//!   socket buffer) would be stamped *after* the re-sent copy and after any write made since, even the
+//!   caller's own next one, and overwrite it; an erasure delivered late would erase later writes. A
+//!   write whose node is judged down while it waits fails at once with [`Error::Transport`] (the silent
+//!   connection is closed) instead of at the deadline; the caller, who knows whether its write can be
+//!   repeated, decides. (Re-sending writes safely needs the client to fix what a write means when it
+//!   is first sent, a write id deduplicated by the coordinator together with a client-side stamp: a
+//!   protocol change not made yet.)
 //! - Writes are never sent to a node judged down while another candidate exists: if no replica that is
 //!   up can be reached, a write goes to the other members that are up, in ring order from the key (such a
 //!   node accepts it as a sloppy-quorum coordinator and hands it over to the replicas later: hinted
@@ -113,9 +112,9 @@
 //!
 //! # Closing
 //!
-//! [`Client::close`] closes every connection, aborts the dials in progress, and waits (at most 250 ms)
-//! only for the connections that were established to nodes that are up to drain, so the nodes learn
-//! about the close. A handshake that never finished costs nothing there.
+//! [`Client::close`] closes every connection, aborts the dials in progress, and waits only until the
+//! close of each connection established to a node that is up has been sent (about a millisecond; at
+//! most 250 ms), so the nodes learn about it. A handshake that never finished costs nothing there.
 //!
 //! # Caveats
 //!
@@ -123,8 +122,9 @@
 //!   a request may reach a node that is no longer (or not yet) a replica; nodes coordinate such requests
 //!   themselves, so this costs a hop, not correctness.
 //! - Quorums are enforced by the node that coordinates the request, not by the client.
-//! - An increment or flag write in flight to a node that dies fails (with [`Error::Transport`] when the
-//!   probe closes the dead connection, or [`Error::Timeout`] at the deadline) rather than being re-sent.
+//! - A write in flight to a node that dies fails (with [`Error::Transport`] once the node is judged down,
+//!   about `failure_timeout_ms` after the first unanswered packet) rather than being re-sent; its outcome
+//!   is unknown. Writes that start after that go to the next replica without delay.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -155,7 +155,7 @@ use crate::routing::{self, silent, LatencyWindow, Merged, Traffic, View};
 use crate::tls::{self, CLIENT_ALPN};
 use crate::transport::{self, lock, Dialer, Failure, NodeConn, NodeHealth};
 
-/// The longest [`Client::close`] waits for established connections to drain.
+/// The longest [`Client::close`] waits for the closes of established connections to be sent.
 const CLOSE_WAIT: Duration = Duration::from_millis(250);
 
 /// The shortest time between two refreshes of the cluster view triggered by node failures.
@@ -229,10 +229,7 @@ impl Drop for Inner {
 enum Resend {
     /// Reads: move on after any failure of a node (connection, transport, judged down, `Unavailable`).
     Read,
-    /// Gauge writes and erasures: move on when the node is judged failed (connection broken, silent),
-    /// even if the request may have been applied: applying them twice equals applying them once.
-    Idempotent,
-    /// Other writes: move on only if the request certainly did not reach the node.
+    /// Writes: move on only if the request certainly did not reach the node.
     Never,
 }
 
@@ -264,10 +261,6 @@ impl Policy {
     };
     const BATCH: Policy = Policy {
         give_up_when_down: true,
-        ..Policy::READ
-    };
-    const IDEMPOTENT_WRITE: Policy = Policy {
-        resend: Resend::Idempotent,
         ..Policy::READ
     };
     const WRITE: Policy = Policy {
@@ -1053,11 +1046,20 @@ impl Client {
                 let move_on = !failure.sent
                     || match policy.resend {
                         Resend::Read => unreachable || unavailable,
-                        Resend::Idempotent => unreachable,
                         Resend::Never => false,
                     };
                 if !move_on {
-                    return Err(failure.error);
+                    let down = attempt.slot.as_ref().is_some_and(|s| s.is_down());
+                    return Err(match failure.error {
+                        Error::Transport(detail) if down && failure.conn_lost => {
+                            Error::Transport(format!(
+                                "{} was judged down while the request waited; it may or may not have \
+                                 been applied ({detail})",
+                                attempt.node
+                            ))
+                        }
+                        error => error,
+                    });
                 }
                 if policy.resend == Resend::Read
                     && failure.sent
@@ -1072,8 +1074,11 @@ impl Client {
                     Error::Connect { attempts } => connect_failures.extend(attempts),
                     error => last = Some(error),
                 }
-                if let Some(node) = queue.pop_front() {
-                    launch!(node);
+                // Keep one attempt in flight whose node is not judged down (the hedge adds more).
+                if running.iter().all(|r| r.judged) {
+                    if let Some(node) = queue.pop_front() {
+                        launch!(node);
+                    }
                 }
                 continue;
             }
@@ -1085,7 +1090,6 @@ impl Client {
                     after: deadline.budget,
                 });
             }
-            let mut judged_now = 0;
             for r in running
                 .iter_mut()
                 .filter(|r| !r.judged && r.check_at <= now)
@@ -1103,7 +1107,7 @@ impl Client {
                         (Some(before), Some(after)) => silent(before, after),
                         _ => false,
                     };
-                if quiet {
+                if let (true, Some(dead)) = (quiet, traffic) {
                     self.node_failed(
                         slot,
                         &format!(
@@ -1111,19 +1115,19 @@ impl Client {
                             failure_timeout.as_millis()
                         ),
                     );
+                    // Every request waiting on that connection fails now (reads move on, writes
+                    // report that they may have been applied) instead of at its deadline.
+                    slot.abandon(dead.conn);
                 }
                 if quiet || slot.is_down() {
                     r.judged = true;
-                    judged_now += 1;
                 } else {
                     r.traffic = traffic;
                 }
             }
-            if policy.resend != Resend::Never {
-                for _ in 0..judged_now {
-                    if let Some(node) = queue.pop_front() {
-                        launch!(node);
-                    }
+            if policy.resend == Resend::Read && running.iter().all(|r| r.judged) {
+                if let Some(node) = queue.pop_front() {
+                    launch!(node);
                 }
             }
             if policy.give_up_when_down && queue.is_empty() && running.iter().all(|r| r.judged) {
@@ -1240,8 +1244,7 @@ impl Client {
             }
             Request::LocalState { key } => self.routed(key, &frame, Policy::READ, deadline).await,
             Request::Put { key, .. } | Request::Erase { key, .. } => {
-                self.routed(key, &frame, Policy::IDEMPOTENT_WRITE, deadline)
-                    .await
+                self.routed(key, &frame, Policy::WRITE, deadline).await
             }
             Request::Increment { key, .. } | Request::SetFlag { key, .. } => {
                 self.routed(key, &frame, Policy::WRITE, deadline).await
@@ -1483,12 +1486,7 @@ impl Client {
         };
         let frame = codec::encode_request(&request)?;
         match self
-            .routed(
-                key,
-                &frame,
-                Policy::IDEMPOTENT_WRITE,
-                Deadline::after(self.deadline),
-            )
+            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
             .await?
         {
             Response::Put(ack) => Ok(ack),
@@ -1601,12 +1599,7 @@ impl Client {
         };
         let frame = codec::encode_request(&request)?;
         match self
-            .routed(
-                key,
-                &frame,
-                Policy::IDEMPOTENT_WRITE,
-                Deadline::after(self.deadline),
-            )
+            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
             .await?
         {
             Response::Erased { watermark } => Ok(watermark),
@@ -1742,27 +1735,28 @@ impl Client {
     }
 
     /// Closes every connection gracefully (application code 0, reason `bye`), aborts the dials in
-    /// progress, and waits (at most 250 ms) for the connections that were established to nodes that are
-    /// up to drain, so that the closes reach the nodes. A handshake that never finished, or a
-    /// connection to a node judged down, is not waited for. Afterwards every request on this client and
-    /// its clones fails with [`Error::Closed`]; requests still in flight fail with
-    /// [`Error::Transport`] or [`Error::Closed`].
+    /// progress, and waits until the close of every connection established to a node that is up has
+    /// been sent (a millisecond or so; at most 250 ms), so that the nodes learn about it. A handshake
+    /// that never finished, or a connection to a node judged down, is not waited for. Afterwards every
+    /// request on this client and its clones fails with [`Error::Closed`]; requests still in flight
+    /// fail with [`Error::Transport`] or [`Error::Closed`].
     pub async fn close(&self) {
         self.inner.dialer.closed.store(true, Ordering::SeqCst);
         let nodes: Vec<Arc<NodeConn>> = lock(&self.inner.pool).values().cloned().collect();
-        let endpoints: Vec<quinn::Endpoint> =
+        let closing: Vec<transport::Closing> =
             nodes.iter().filter_map(|node| node.close()).collect();
-        if endpoints.is_empty() {
-            return;
-        }
-        let idle = async {
-            for endpoint in &endpoints {
-                endpoint.wait_idle().await;
+        let begin = Instant::now();
+        // A closed connection sends nothing but its CONNECTION_CLOSE, so one more datagram means the
+        // close is out; waiting for the endpoint to be idle would wait out the whole drain period
+        // (three probe timeouts) instead.
+        while closing.iter().any(|c| !c.sent()) {
+            if begin.elapsed() >= CLOSE_WAIT {
+                debug!("closes not sent after {CLOSE_WAIT:?}; not waiting longer");
+                break;
             }
-        };
-        if tokio::time::timeout(CLOSE_WAIT, idle).await.is_err() {
-            debug!("connections not drained after {CLOSE_WAIT:?}; not waiting longer");
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        tokio::task::yield_now().await;
     }
 }
 

@@ -31,10 +31,12 @@
 //! - Reads are hedged: if the first replica has not answered within the hedge delay (the p99 of recent
 //!   reads, at least 1 ms; configurable), the next replica is asked too and the first answer wins. They
 //!   also move on at once on a failure or an [`ErrorCode::Unavailable`] reply.
-//! - Gauge puts and erasures (idempotent in effect: re-applying them changes nothing but the version)
-//!   move on to the next replica when the node fails; increments and flag writes only if the request
-//!   certainly did not reach the node, so the client never applies them twice. If no replica can be
-//!   reached, any other live member takes the write (sloppy quorum; the node hands it on).
+//! - Writes move on to another node only if the request certainly did not reach the first one
+//!   (connecting or opening the stream failed); a write that may have arrived is never sent again, so
+//!   the client never applies a write twice, nor lets a delayed copy overwrite a later write. A write
+//!   waiting on a node that is judged down fails at once ([`Error::Transport`]: it may have been
+//!   applied), and the next ones go to the next replica. If no replica can be reached, any other live
+//!   member takes the write (sloppy quorum; the node hands it on).
 //! - One deadline (`request_timeout_ms`, or [`Client::with_deadline`]) bounds a whole call, retries and
 //!   hedges included; running out of it is [`Error::Timeout`].
 //! - Other error replies come back as [`Error::Server`] with a stable [`ErrorCode`]

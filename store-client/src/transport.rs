@@ -5,8 +5,8 @@
 //! reached the node.
 //!
 //! Every dial binds its own UDP socket (a quinn endpoint). A handshake that never finished then costs
-//! nothing at [`NodeConn::close`]: its endpoint is dropped and never waited for, while the endpoints of
-//! established connections are drained so that their close reaches the nodes.
+//! nothing at [`NodeConn::close`]: its endpoint is dropped and never waited for, while for established
+//! connections `Client::close` waits until their close has been sent, so that it reaches the nodes.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -129,6 +129,22 @@ struct Verdict {
     reason: Option<String>,
     /// Whether the background probe task runs.
     probing: bool,
+}
+
+/// A connection being closed (see [`NodeConn::close`]).
+pub(crate) struct Closing {
+    conn: Connection,
+    /// Kept until the close is sent.
+    _endpoint: Endpoint,
+    sent_before: u64,
+}
+
+impl Closing {
+    /// Whether a datagram went out after the close: once closed, a connection sends nothing but its
+    /// CONNECTION_CLOSE.
+    pub(crate) fn sent(&self) -> bool {
+        self.conn.stats().udp_tx.datagrams > self.sent_before
+    }
 }
 
 /// What the client believes about one node at one instant (see
@@ -409,11 +425,17 @@ impl NodeConn {
 
     /// Closes `conn` if it is still this node's connection (requests waiting on it fail at once).
     fn drop_conn(&self, conn: &Connection) {
+        self.abandon(conn.stable_id());
+    }
+
+    /// Closes the connection whose `stable_id` is `conn` if it is still this node's connection: the
+    /// node is judged dead on it, so requests waiting on it fail at once.
+    pub(crate) fn abandon(&self, conn: usize) {
         let mut slot = lock(&self.slot);
         if slot
             .conn
             .as_ref()
-            .is_some_and(|(c, _)| c.stable_id() == conn.stable_id())
+            .is_some_and(|(c, _)| c.stable_id() == conn)
         {
             if let Some((conn, _endpoint)) = slot.conn.take() {
                 conn.close(0u32.into(), b"node judged down");
@@ -422,17 +444,23 @@ impl NodeConn {
     }
 
     /// Closes the connection gracefully (application code 0, reason `bye`) and aborts a dial in
-    /// progress. Returns the endpoint worth draining: that of an established connection to a node
-    /// that is not judged down (a dead node would never acknowledge the close).
-    pub(crate) fn close(&self) -> Option<Endpoint> {
+    /// progress. Returns what is worth waiting for until the close has been sent: an established
+    /// connection to a node that is not judged down (a dead node would never read it), with its
+    /// endpoint and the number of datagrams it had sent before the close.
+    pub(crate) fn close(&self) -> Option<Closing> {
         let mut slot = lock(&self.slot);
         if let Some((_, dial)) = slot.dial.take() {
             dial.abort();
         }
         let (conn, endpoint) = slot.conn.take()?;
+        let sent_before = conn.stats().udp_tx.datagrams;
         conn.close(0u32.into(), b"bye");
         debug!(node = %self.id, "connection closed");
-        (!self.is_down()).then_some(endpoint)
+        (!self.is_down()).then_some(Closing {
+            conn,
+            _endpoint: endpoint,
+            sent_before,
+        })
     }
 
     /// Stops using this slot: closes its connection, aborts its dial, ends its probe.
