@@ -911,8 +911,9 @@ impl FaultReport {
     }
 
     /// The markdown section for `docs/benchmarks.md`, between [`SECTION_BEGIN`] and [`SECTION_END`];
-    /// the picture is referenced as `svg_name` (next to the document).
-    pub fn to_markdown(&self, svg_name: &str) -> String {
+    /// the picture is referenced as `svg_name` (next to the document), and `analysis` (hand-written,
+    /// e.g. `benches/fault-analysis.md`) is included verbatim at the end.
+    pub fn to_markdown(&self, svg_name: &str, analysis: Option<&str>) -> String {
         let p = &self.params;
         let c = &self.client;
         let victim = format!("n{}", p.victim);
@@ -1117,6 +1118,9 @@ impl FaultReport {
              fraction of all answers the long-lived client got from {victim} in it (probes included); \
              \"judged down\" is the client's verdict at the end of the second (`Client::node_health`)."
         );
+        if let Some(analysis) = analysis {
+            let _ = writeln!(md, "\n{}", analysis.trim_end());
+        }
         let _ = writeln!(md, "{SECTION_END}");
         md
     }
@@ -1206,8 +1210,8 @@ impl FaultReport {
                 svg,
                 r##"<line x1="{left}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#c00" stroke-dasharray="2 4"/><text x="{}" y="{:.1}" fill="#c00">target {label}</text>"##,
                 left + plot_w,
-                left + plot_w + 6.0,
-                y + 4.0
+                left + 6.0,
+                y - 4.0
             );
         }
         // Seconds axis.
@@ -1479,7 +1483,8 @@ mod tests {
             .iter()
             .any(|v| v.met && v.target.contains("steady")));
 
-        let md = good.to_markdown("fault-timeline.svg");
+        let md = good.to_markdown("fault-timeline.svg", Some("### Reading it\n\nhand-written"));
+        assert!(md.contains("\n### Reading it\n\nhand-written\n<!-- loadgen fault: end -->"));
         assert!(md.starts_with(SECTION_BEGIN) && md.trim_end().ends_with(SECTION_END));
         assert!(md.contains("| 5 | back |"), "{md}");
         assert!(md.contains("![per-second timeline of the fault run](fault-timeline.svg)"));
@@ -1593,6 +1598,13 @@ pub struct FaultArgs {
     /// Where the SVG goes (default: fault-timeline.svg next to --doc, else in --results).
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Hand-written analysis appended to the section (skipped if the file does not exist).
+    #[arg(long, default_value = "benches/fault-analysis.md")]
+    pub analysis: PathBuf,
+    /// Do not measure: render the section and the SVG again from this fault.json (e.g. after editing
+    /// the analysis).
+    #[arg(long, value_name = "FAULT_JSON")]
+    pub render: Option<PathBuf>,
     /// The store-node binary (default: next to this binary).
     #[arg(long)]
     pub store_node: Option<PathBuf>,
@@ -1607,9 +1619,16 @@ pub struct FaultArgs {
     pub command_line: Option<String>,
 }
 
-/// Runs `loadgen fault` and writes its outputs.
+/// Runs `loadgen fault` (or, with `--render`, only renders a previous run) and writes its outputs.
 pub async fn cli(args: FaultArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    if let Some(json) = &args.render {
+        let text =
+            std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+        let report: FaultReport =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+        return write_outputs(&report, &args, false);
+    }
     let params = FaultParams {
         nodes: args.nodes,
         victim: args.victim,
@@ -1623,7 +1642,7 @@ pub async fn cli(args: FaultArgs) -> anyhow::Result<()> {
         seed: args.seed,
     };
     params.validate()?;
-    let store_node = match args.store_node {
+    let store_node = match args.store_node.clone() {
         Some(p) => p,
         None => crate::servers::sibling_program("store-node").context(
             "store-node not found next to loadgen: build it (cargo build --release -p store-node) or pass --store-node",
@@ -1633,22 +1652,33 @@ pub async fn cli(args: FaultArgs) -> anyhow::Result<()> {
     pinning.pin_self()?;
     let env = FaultEnv {
         store_node,
-        work_dir: args.work_dir.unwrap_or_else(|| {
+        work_dir: args.work_dir.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("featurestore-loadgen-fault-{}", std::process::id()))
         }),
         pinning,
         command: args
             .command_line
+            .clone()
             .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
     };
     let report = run(&params, &env).await?;
+    write_outputs(&report, &args, true)
+}
 
-    std::fs::create_dir_all(&args.results)
-        .with_context(|| format!("creating {}", args.results.display()))?;
-    let json = args.results.join("fault.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", json.display()))?;
-    let svg = args.svg.unwrap_or_else(|| match &args.doc {
+/// Writes fault.json into `--results` (if `json`), the SVG, and the section (into `--doc`, or to
+/// stdout); prints the verdicts.
+fn write_outputs(report: &FaultReport, args: &FaultArgs, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut wrote: Vec<PathBuf> = Vec::new();
+    if json {
+        std::fs::create_dir_all(&args.results)
+            .with_context(|| format!("creating {}", args.results.display()))?;
+        let path = args.results.join("fault.json");
+        std::fs::write(&path, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        wrote.push(path);
+    }
+    let svg = args.svg.clone().unwrap_or_else(|| match &args.doc {
         Some(doc) => doc.with_file_name("fault-timeline.svg"),
         None => args.results.join("fault-timeline.svg"),
     });
@@ -1657,28 +1687,20 @@ pub async fn cli(args: FaultArgs) -> anyhow::Result<()> {
         || "fault-timeline.svg".into(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let section = report.to_markdown(&svg_name);
+    wrote.push(svg);
+    let analysis = std::fs::read_to_string(&args.analysis).ok();
+    let section = report.to_markdown(&svg_name, analysis.as_deref());
     match &args.doc {
         Some(doc) => {
             let old = std::fs::read_to_string(doc).unwrap_or_default();
             std::fs::write(doc, splice_section(&old, &section))
                 .with_context(|| format!("writing {}", doc.display()))?;
-            eprintln!(
-                "[loadgen fault] wrote {}, {} and {}",
-                json.display(),
-                svg.display(),
-                doc.display()
-            );
+            wrote.push(doc.clone());
         }
-        None => {
-            println!("{section}");
-            eprintln!(
-                "[loadgen fault] wrote {} and {}",
-                json.display(),
-                svg.display()
-            );
-        }
+        None => println!("{section}"),
     }
+    let wrote: Vec<String> = wrote.iter().map(|p| p.display().to_string()).collect();
+    eprintln!("[loadgen fault] wrote {}", wrote.join(", "));
     for v in report.verdicts() {
         eprintln!(
             "[loadgen fault] {}: {} — {}",
