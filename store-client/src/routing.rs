@@ -482,7 +482,7 @@ mod tests {
         // Groups in order of first appearance.
         assert_eq!(groups[0].1[0], 0);
 
-        // n1 backed off: its keys go to their next replica; nothing goes to n1.
+        // n1 down: its keys go to their next replica; nothing goes to n1.
         let n1 = id("n1");
         let groups = group_keys(&ring, 3, &keys, |n| *n == n1);
         assert_eq!(groups.len(), 3);
@@ -494,7 +494,7 @@ mod tests {
                 assert_eq!(node, expected);
             }
         }
-        // Everything backed off: the owners again.
+        // Everything down: the owners again.
         let groups = group_keys(&ring, 3, &keys, |_| true);
         for (node, indices) in &groups {
             for &i in indices {
