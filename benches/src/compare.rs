@@ -781,6 +781,8 @@ pub async fn run(params: &CompareParams, env: &CompareEnv) -> Result<Report> {
 pub fn write_doc(report: &Report, doc: &Path, analysis: &Path) -> Result<()> {
     let analysis = std::fs::read_to_string(analysis).ok();
     let md = report.to_markdown(analysis.as_deref());
+    // The section written by `loadgen fault` is kept as it is.
+    let md = crate::fault::carry_section(std::fs::read_to_string(doc).ok().as_deref(), md);
     if let Some(dir) = doc.parent() {
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }

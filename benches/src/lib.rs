@@ -13,6 +13,7 @@
 //! - [`servers`]: starting `store-node`, `redis-server` and the echo server on loopback, pinned with
 //!   `taskset`, killed when dropped.
 //! - [`compare`]: the whole comparison in one call; [`report`]: its JSON and markdown.
+//! - [`fault`]: `loadgen fault`, a node of a three-node cluster killed under a running client, per second.
 //!
 //! How to run everything: `benches/compare.sh` (see `docs/benchmarks.md`).
 
@@ -20,6 +21,7 @@ pub mod compare;
 pub mod driver;
 pub mod echo;
 pub mod error;
+pub mod fault;
 pub mod keyspace;
 pub mod report;
 pub mod servers;

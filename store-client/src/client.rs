@@ -2,16 +2,20 @@
 //!
 //! # Cluster view
 //!
-//! [`Client::connect`] connects to the first configured node (a *seed*) whose handshake succeeds, asks it
-//! for the cluster ([`Request::Cluster`]: the membership table, virtual nodes per member and the
-//! replication factor N), and builds the *current* ring from it exactly as the nodes do (`Active` and
-//! `Leaving` members, [`MembershipTable::current_ring`](featurestore::cluster::membership::MembershipTable::current_ring)).
-//! If the seed cannot describe the cluster (an older node, or an error), the client routes over a ring made
-//! of the seeds (N=3) until a later refresh succeeds.
+//! [`Client::connect`] dials the configured nodes (the *seeds*) in parallel, happy-eyeballs style: the
+//! first at once, each next one [`SEED_STAGGER`] later or as soon as every
+//! earlier one failed; the first handshake that succeeds wins and the others carry on in the background
+//! (their connections are kept). It then asks that node for the cluster ([`Request::Cluster`]: the
+//! membership table, virtual nodes per member and the replication factor N) and, at the same time, for
+//! its status (the liveness its failure detector gives every member), and builds the *current* ring
+//! exactly as the nodes do (`Active` and `Leaving` members,
+//! [`MembershipTable::current_ring`](featurestore::cluster::membership::MembershipTable::current_ring)).
+//! If the seed cannot describe the cluster (an older node, or an error), the client routes over a ring
+//! made of the seeds (N=3) until a later refresh succeeds.
 //!
 //! The view is refreshed in the background (one refresh at a time, from a node the client is connected to,
 //! else from any reachable node) by the first request made after it is `ring_refresh_ms` old, and after
-//! any transport error (at most every 100 ms). Answers are merged into the cached membership table as the
+//! any node failure (at most every 100 ms). Answers are merged into the cached membership table as the
 //! nodes merge theirs (per member, the higher version wins), so the view never goes back to an older
 //! ring, whichever node answers. [`Client::cluster`] returns the cached view; [`Client::refresh_cluster`]
 //! fetches it now.
@@ -19,53 +23,98 @@
 //! # Connections
 //!
 //! One QUIC connection (mutual TLS against the cluster CA, server name `<id>.node.featurestore`) per node,
-//! dialed when a request first needs that node, redialed when it has closed, shared by every clone of the
-//! client. Each request has its own bidirectional stream, so requests from many tasks run concurrently
-//! and cannot interleave. Addresses come from the membership table (members in state `Left` are skipped;
-//! a member publishing an undialable address such as `0.0.0.0:7401` gets its seed's configured address).
+//! shared by every clone of the client. Each request has its own bidirectional stream, so requests from
+//! many tasks run concurrently and cannot interleave. Addresses come from the membership table (members
+//! in state `Left` are skipped; a member publishing an undialable address such as `0.0.0.0:7401` gets its
+//! seed's configured address).
 //!
-//! # Routing and retries
+//! Dials run in the background, one at a time per node, bounded by `connect_timeout_ms` (500 ms by
+//! default: a LAN). A request that needs a node without a connection waits for that node's dial like for
+//! any slow answer: a read hedges to the next replica after its hedge delay, and a request that stops
+//! waiting does not abandon the dial.
 //!
-//! A request for a key goes to the key's replicas, `ring.preference_list(key, N)`, tried in order. A node
-//! that failed (could not be connected, transport error, timeout) is *backed off*: tried only after the
-//! others, for one second ([`NODE_BACKOFF`](crate::routing::NODE_BACKOFF)), doubling with each failure
-//! after a backoff up to eight ([`MAX_NODE_BACKOFF`](crate::routing::MAX_NODE_BACKOFF)); any answer from
-//! it clears that.
+//! # Failure detection
 //!
-//! - **Reads** (`Get`, `GetMany`, `LocalState`, `Status`, `Cluster`, `Digests`) move on to the next
-//!   replica on any connection failure, transport error or timeout, and on an
-//!   [`ErrorCode::Unavailable`] reply (the node could not reach the read quorum). A node whose connection
-//!   was lost in the middle of the read (it restarted, or closed the connection) gets one more try on a
-//!   fresh connection after the other replicas. Reads never go to nodes outside the preference list.
+//! The client keeps a verdict per node ([`Client::node_health`]). A node is **judged down** when
+//! - its handshake fails or times out, or its connection breaks;
+//! - not one packet (not even a QUIC acknowledgement) came back from it for `failure_timeout_ms` (150 ms)
+//!   while a request to it was outstanding and the client was sending to it. A live node acknowledges
+//!   within milliseconds, even while it is still working on a long request, so this never judges a slow
+//!   node, only one that is gone (killed, paused, cut off): a `kill -9` is noticed within the failure
+//!   timeout of the first request sent after it;
+//! - the cluster's own failure detector (the liveness in the status of the node the client refreshes
+//!   from) reports it down and the client has not heard from it for a second.
+//!
+//! A node judged down is routed around at once (tried only after every other candidate) and **probed in
+//! the background** every `probe_interval_ms` (250 ms): a `Cluster` request on its connection, or a new
+//! handshake. A connection on which the node stays silent is closed then, so requests still waiting on
+//! it fail at once. The node is up again as soon as it answers anything (a probe, a request, a
+//! handshake); time alone never brings it back, so a dead node is never put first again while it stays
+//! dead, and no request ever waits on a dial to it while another replica is reachable.
+//!
+//! # Routing, hedging and retries
+//!
+//! A request for a key goes to the key's replicas, `ring.preference_list(key, N)`, tried in order, those
+//! judged down last.
+//!
+//! - **Reads** (`Get`) are **hedged**: if the replica asked has not answered after the *hedge delay*,
+//!   the next replica is asked too, and the first answer wins (the slower attempt is dropped). The delay
+//!   is `hedge_delay_us` if configured (0: no hedging), otherwise the p99 of the client's reads of the last
+//!   one to two seconds (point reads and quorum reads are tracked apart), at least `hedge_min_us` (1 ms)
+//!   and at most [`MAX_HEDGE_DELAY`](crate::config::MAX_HEDGE_DELAY), and
+//!   [`INITIAL_HEDGE_DELAY`](crate::config::INITIAL_HEDGE_DELAY) before 32 reads were seen. At the p99
+//!   about one read in a hundred is sent twice. Reads also move on at once on a connection failure,
+//!   transport error, a node judged down, or an [`ErrorCode::Unavailable`] reply (the node could not
+//!   reach the read quorum). A node whose connection was lost in the middle of the read (it restarted, or
+//!   closed the connection) gets one more try on a fresh connection after the other replicas. Reads
+//!   never go to nodes outside the preference list. Hedging costs no consistency: with R = 1 any replica
+//!   may be behind (this is an AP store), hedged or not.
 //! - **Writes** (`Put`, `Increment`, `SetFlag`, `Erase`, and `Leave`) move on to the next node **only if
 //!   the request certainly did not reach the node**: connecting failed, or the stream could not be
-//!   opened. Once the first byte has been handed to QUIC, a failure (transport error, timeout) is
-//!   returned to the caller: the write may have been applied, and applying an increment twice would be
-//!   wrong. If no replica that is not backed off can be reached, the write goes to the other members
-//!   not backed off, in ring order from the key (such a node accepts it as a sloppy-quorum coordinator
-//!   and hands it over to the replicas later: hinted handoff), and only then to the backed-off replicas.
+//!   opened. Once the first byte has been handed to QUIC, a failure is returned to the caller: the write
+//!   may have been applied. Writes are never hedged. Not even a gauge put is sent again, although
+//!   applying the same assignment twice looks harmless: the node stamps a write when it *applies* it,
+//!   so a first copy that was only delayed (a node paused or cut off, not dead, with the request in its
+//!   socket buffer) would be stamped *after* the re-sent copy and after any write made since, even the
+//!   caller's own next one, and overwrite it; an erasure delivered late would erase later writes. A
+//!   write whose node is judged down while it waits fails at once with [`Error::Transport`] (the silent
+//!   connection is closed) instead of at the deadline; the caller, who knows whether its write can be
+//!   repeated, decides. (Re-sending writes safely needs the client to fix what a write means when it
+//!   is first sent, a write id deduplicated by the coordinator together with a client-side stamp: a
+//!   protocol change not made yet.)
+//! - Writes are never sent to a node judged down while another candidate exists: if no replica that is
+//!   up can be reached, a write goes to the other members that are up, in ring order from the key (such a
+//!   node accepts it as a sloppy-quorum coordinator and hands it over to the replicas later: hinted
+//!   handoff), and only then to the replicas judged down.
 //! - Every other error reply of a node is returned as [`Error::Server`] without retry; malformed answers
 //!   ([`Error::Protocol`], [`Error::UnexpectedResponse`]) are returned at once as well.
 //! - When every candidate fails, the last error other than a connection failure is returned; if every
 //!   candidate failed to connect, one [`Error::Connect`] lists every attempt.
 //! - Requests bound to no key ([`Client::status`], [`Client::send_raw`], and `Status`, `Cluster`,
 //!   `Digests`, `Leave` through [`Client::request`]) go to the [connected node](Client::connected_node)
-//!   first, then to the seeds and the other members, with the same read and write rules. Node-directed
-//!   calls ([`Client::status_of`], [`Client::local_state`], [`Client::digests`], [`Client::leave`]) ask
-//!   the named node only.
+//!   first, then to the seeds and the other members, with the same read and write rules (not hedged).
+//!   Node-directed calls ([`Client::status_of`], [`Client::local_state`], [`Client::digests`],
+//!   [`Client::leave`]) ask the named node only.
 //!
-//! [`Client::get_many`] groups the keys by the first replica to try, sends one `GetMany` per node
+//! [`Client::get_many`] groups the keys by the first replica to try (up), sends one `GetMany` per node
 //! concurrently, and reassembles the answers in request order; the keys of a node that fails (as above,
-//! including `Unavailable`) are then read one by one with the routing of [`Client::get`].
+//! including `Unavailable` and a node judged down while the batch waits) are then read one by one with
+//! the routing (and hedging) of [`Client::get`].
 //!
-//! # Bounds
+//! # Deadline
 //!
-//! - Every handshake is bounded by `connect_timeout_ms`; every attempt (open a stream, send, receive) by
-//!   `request_timeout_ms`. A request may make one attempt per candidate node (plus the one retry of a
-//!   read on a lost connection), so a read of a key whose N replicas all hang takes about N times
-//!   `request_timeout_ms`.
-//! - Every response header is checked against `max_frame_bytes` before the payload is allocated; the
-//!   payload is read exactly and decoded with the core's bounded decoder.
+//! One deadline bounds a whole call, every attempt, hedge and retry of it together (and for `get_many`
+//! every batch and every key read one by one): `request_timeout_ms` (5 s by default), or the duration
+//! given to [`Client::with_deadline`]. When it passes, the call fails with [`Error::Timeout`] (for a
+//! write, the outcome is then unknown). Every response header is checked against `max_frame_bytes`
+//! before the payload is allocated; the payload is read exactly and decoded with the core's bounded
+//! decoder.
+//!
+//! # Closing
+//!
+//! [`Client::close`] closes every connection, aborts the dials in progress, and waits only until the
+//! close of each connection established to a node that is up has been sent (about a millisecond; at
+//! most 250 ms), so the nodes learn about it. A handshake that never finished costs nothing there.
 //!
 //! # Caveats
 //!
@@ -73,15 +122,21 @@
 //!   a request may reach a node that is no longer (or not yet) a replica; nodes coordinate such requests
 //!   themselves, so this costs a hop, not correctness.
 //! - Quorums are enforced by the node that coordinates the request, not by the client.
+//! - A write in flight to a node that dies fails (with [`Error::Transport`] once the node is judged down,
+//!   about `failure_timeout_ms` after the first unanswered packet) rather than being re-sent; its outcome
+//!   is unknown. Writes that start after that go to the next replica without delay.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use featurestore::cluster::detector::Liveness;
 use featurestore::wire::client::{
     ClusterView, CounterDelta, ErrorReply, GaugeWrite, NodeStatus, PutAck,
 };
@@ -94,24 +149,28 @@ use quinn::Connection;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, SEED_STAGGER};
 use crate::error::{ConnectAttempt, Error, Result};
-use crate::routing::{self, Backoff, Merged, View};
+use crate::routing::{self, silent, LatencyWindow, Merged, Traffic, View};
 use crate::tls::{self, CLIENT_ALPN};
-use crate::transport::{self, lock, Endpoints, Failure, NodeConn};
+use crate::transport::{self, lock, Dialer, Failure, NodeConn, NodeHealth};
 
-/// The longest [`Client::close`] waits for the endpoints to become idle.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// The longest [`Client::close`] waits for the closes of established connections to be sent.
+const CLOSE_WAIT: Duration = Duration::from_millis(250);
 
-/// The shortest time between two refreshes of the cluster view triggered by transport errors.
+/// The shortest time between two refreshes of the cluster view triggered by node failures.
 const ERROR_REFRESH_GAP: Duration = Duration::from_millis(100);
+
+/// The cluster's "down" verdict on a node is taken only if the client has not heard from the node for
+/// this long (its own evidence is fresher).
+const OWN_EVIDENCE: Duration = Duration::from_secs(1);
 
 /// A ring-aware connection to a featurestore cluster.
 ///
-/// Cheap to clone (an `Arc` and two quorums); clones share the connections and the cluster view and may
-/// be used from many tasks at once. Dropping the last clone closes the connections abruptly; call
-/// [`Client::close`] to close them gracefully. See the [module docs](crate::client) for routing and
-/// retries.
+/// Cheap to clone (an `Arc`, two quorums and a deadline); clones share the connections, the node
+/// verdicts and the cluster view and may be used from many tasks at once. Dropping the last clone closes
+/// the connections abruptly; call [`Client::close`] to close them gracefully. See the
+/// [module docs](crate::client) for failure detection, hedging, retries and the deadline.
 ///
 /// ```no_run
 /// use store_client::{Client, ClientConfig, Value};
@@ -130,13 +189,14 @@ pub struct Client {
     inner: Arc<Inner>,
     read_quorum: u8,
     write_quorum: u8,
+    deadline: Duration,
 }
 
 struct Inner {
     config: ClientConfig,
     /// The configured seeds, in order.
     seeds: Vec<(NodeId, SocketAddr)>,
-    endpoints: Endpoints,
+    dialer: Arc<Dialer>,
     view: StdMutex<Arc<View>>,
     /// When a node last confirmed the view.
     fetched: StdMutex<Instant>,
@@ -145,19 +205,156 @@ struct Inner {
     /// Set while a background refresh runs.
     refreshing: AtomicBool,
     pool: StdMutex<HashMap<NodeId, Arc<NodeConn>>>,
-    backoff: StdMutex<Backoff>,
+    /// Recent read latencies, per [`Class`], for the adaptive hedge delay.
+    latency: [StdMutex<LatencyWindow>; 2],
     /// The node that answered the last node-independent request (status, cluster, raw frames).
     home: StdMutex<NodeId>,
-    closed: AtomicBool,
 }
 
-/// Whether a request may be sent again after it may have reached a node.
+impl Drop for Inner {
+    /// The last clone is gone: stop every connection, dial and probe.
+    fn drop(&mut self) {
+        let pool = self
+            .pool
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for node in pool.values() {
+            node.retire();
+        }
+    }
+}
+
+/// What a call may send again after the request may have reached a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Yes: it does not change anything (reads).
+enum Resend {
+    /// Reads: move on after any failure of a node (connection, transport, judged down, `Unavailable`).
     Read,
-    /// No: only if it certainly did not reach the node (writes).
-    Write,
+    /// Writes: move on only if the request certainly did not reach the node.
+    Never,
+}
+
+/// Reads whose latencies are tracked apart for the hedge delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// `Get` with R ≤ 1.
+    Point = 0,
+    /// `Get` with R > 1 (the node reads other replicas first).
+    Quorum = 1,
+}
+
+/// How a call treats failures, slowness and requests that may have been delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Policy {
+    resend: Resend,
+    /// Hedge to the next node after the hedge delay of this class (reads only).
+    hedge: Option<Class>,
+    /// Give up once every node tried is judged down and none is left, instead of waiting for the
+    /// deadline (`get_many` batches, whose keys are then read one by one).
+    give_up_when_down: bool,
+}
+
+impl Policy {
+    const READ: Policy = Policy {
+        resend: Resend::Read,
+        hedge: None,
+        give_up_when_down: false,
+    };
+    const BATCH: Policy = Policy {
+        give_up_when_down: true,
+        ..Policy::READ
+    };
+    const WRITE: Policy = Policy {
+        resend: Resend::Never,
+        ..Policy::READ
+    };
+
+    fn get(quorum: u8) -> Policy {
+        Policy {
+            hedge: Some(if quorum > 1 {
+                Class::Quorum
+            } else {
+                Class::Point
+            }),
+            ..Policy::READ
+        }
+    }
+
+    fn is_write(self) -> bool {
+        self.resend != Resend::Read
+    }
+}
+
+/// When a call must be over, and how long it was given.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    fn after(budget: Duration) -> Deadline {
+        let now = Instant::now();
+        Deadline {
+            at: now
+                .checked_add(budget)
+                .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+            budget,
+        }
+    }
+}
+
+/// One attempt in flight.
+type Attempt<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The attempts of one call that are in flight, polled together; each is identified by a number.
+struct Race<'a, T> {
+    attempts: Vec<(u64, Attempt<'a, T>)>,
+}
+
+impl<'a, T> Race<'a, T> {
+    fn new() -> Self {
+        Race {
+            attempts: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, id: u64, attempt: impl Future<Output = T> + Send + 'a) {
+        self.attempts.push((id, Box::pin(attempt)));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.attempts.is_empty()
+    }
+
+    /// The next attempt to finish, with its number; `None` if none is in flight.
+    async fn next(&mut self) -> Option<(u64, T)> {
+        std::future::poll_fn(|cx| {
+            if self.attempts.is_empty() {
+                return Poll::Ready(None);
+            }
+            for i in 0..self.attempts.len() {
+                if let Poll::Ready(out) = self.attempts[i].1.as_mut().poll(cx) {
+                    let (id, _) = self.attempts.remove(i);
+                    return Poll::Ready(Some((id, out)));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// One attempt of a call as the call watches it.
+struct Running {
+    id: u64,
+    node: NodeId,
+    slot: Option<Arc<NodeConn>>,
+    /// The node's packet counters at the last check (`None` while it has no connection).
+    traffic: Option<Traffic>,
+    /// When the attempt is checked for silence next.
+    check_at: Instant,
+    /// Whether its node was judged down while it ran (handled once).
+    judged: bool,
 }
 
 /// Clears [`Inner::refreshing`] when the background refresh ends, even if it panics.
@@ -180,6 +377,17 @@ fn projection(features: Option<&[&str]>) -> Option<Vec<String>> {
     features.map(|names| names.iter().map(|n| (*n).to_owned()).collect())
 }
 
+/// The error of a call whose every candidate failed.
+fn final_error(last: Option<Error>, connect_failures: Vec<ConnectAttempt>) -> Error {
+    match last {
+        Some(error) => error,
+        None if !connect_failures.is_empty() => Error::Connect {
+            attempts: connect_failures,
+        },
+        None => Error::Transport("no node to send the request to".into()),
+    }
+}
+
 /// Whether the keys of a failed `GetMany` group are worth reading one by one on other replicas.
 fn group_falls_back(error: &Error) -> bool {
     matches!(
@@ -196,12 +404,14 @@ fn group_falls_back(error: &Error) -> bool {
 }
 
 impl Client {
-    /// Validates `config`, loads the certificates, connects to the first seed (`[[nodes]]`, in order)
-    /// whose handshake succeeds, and learns the cluster from it (see the [module docs](crate::client)).
+    /// Validates `config`, loads the certificates, dials the seeds (`[[nodes]]`) in parallel, keeps the
+    /// first whose handshake succeeds, and learns the cluster from it (see the
+    /// [module docs](crate::client)). A dead first seed costs [`SEED_STAGGER`], not a handshake timeout.
     ///
     /// Must be called within a tokio runtime. Errors: [`Error::Config`], [`Error::Tls`] (certificate
-    /// files), [`Error::Connect`] listing every seed tried. A seed that connects but cannot describe the
-    /// cluster is not an error: the client then routes over the seeds and keeps asking in the background.
+    /// files), [`Error::Connect`] listing every seed tried, in configuration order. A seed that
+    /// connects but cannot describe the cluster is not an error: the client then routes over the seeds
+    /// and keeps asking in the background.
     ///
     /// ```no_run
     /// use store_client::{Client, ClientConfig, NodeAddr};
@@ -237,69 +447,123 @@ impl Client {
             CLIENT_ALPN,
             &config.transport,
         )?;
+        let dialer = Arc::new(Dialer::new(
+            quic,
+            config.connect_timeout(),
+            config.failure_timeout(),
+            config.probe_interval(),
+            config.max_frame_bytes,
+        )?);
         let view = View::from_seeds(&seeds);
         let first = seeds[0].0.clone();
+        let now = Instant::now();
         let client = Client {
             read_quorum: config.read_quorum,
             write_quorum: config.write_quorum,
+            deadline: config.request_timeout(),
             inner: Arc::new(Inner {
-                endpoints: Endpoints::new(quic),
+                dialer,
                 seeds,
                 config,
                 view: StdMutex::new(Arc::new(view)),
-                fetched: StdMutex::new(Instant::now()),
+                fetched: StdMutex::new(now),
                 refresh_started: StdMutex::new(None),
                 refreshing: AtomicBool::new(false),
                 pool: StdMutex::new(HashMap::new()),
-                backoff: StdMutex::new(Backoff::default()),
+                latency: [
+                    StdMutex::new(LatencyWindow::new(now)),
+                    StdMutex::new(LatencyWindow::new(now)),
+                ],
                 home: StdMutex::new(first),
-                closed: AtomicBool::new(false),
             }),
         };
 
-        let mut attempts: Vec<ConnectAttempt> = Vec::new();
-        let mut home = None;
-        for (id, _) in &client.inner.seeds {
-            let Some(node) = client.node_conn(id) else {
-                continue;
-            };
-            match node
-                .connection(
-                    &client.inner.endpoints,
-                    client.inner.config.connect_timeout(),
-                    &client.inner.closed,
-                )
-                .await
-            {
-                Ok(_) => {
-                    home = Some(id.clone());
-                    break;
-                }
-                Err(Error::Connect { attempts: failed }) => attempts.extend(failed),
-                Err(other) => return Err(other),
-            }
-        }
-        let Some(home) = home else {
-            return Err(Error::Connect { attempts });
-        };
+        let home = client.dial_seeds().await?;
         *lock(&client.inner.home) = home.clone();
 
-        let frame = codec::encode_request(&Request::Cluster)?;
-        match client
-            .run(vec![home.clone()], Retry::Read, |c| client.typed(c, &frame))
-            .await
-        {
+        // The cluster view from the first node that answers, and at the same time the status of the
+        // seed that connected: the liveness its failure detector gives every member.
+        let deadline = Deadline::after(client.deadline);
+        let status_deadline =
+            Deadline::after(client.deadline.min(client.inner.config.failure_timeout()));
+        let cluster_frame = codec::encode_request(&Request::Cluster)?;
+        let status_frame = codec::encode_request(&Request::Status)?;
+        let (cluster, status) = tokio::join!(
+            client.call(client.home_plan(), Policy::READ, deadline, |c| client
+                .typed(c, &cluster_frame)),
+            client.call(vec![home.clone()], Policy::READ, status_deadline, |c| {
+                client.typed(c, &status_frame)
+            }),
+        );
+        match cluster {
             Ok((_, Response::Cluster(cluster))) => {
                 client.apply(cluster);
             }
-            Ok((_, other)) => {
-                warn!(node = %home, got = other.kind(), "the seed did not describe the cluster; routing over the seeds");
+            Ok((node, other)) => {
+                warn!(%node, got = other.kind(), "the seed did not describe the cluster; routing over the seeds");
             }
             Err(error) => {
                 warn!(node = %home, %error, "the seed did not describe the cluster; routing over the seeds");
             }
         }
+        if let Ok((_, Response::Status(status))) = status {
+            client.apply_liveness(&status);
+        }
         Ok(client)
+    }
+
+    /// Dials the seeds in parallel, happy-eyeballs style: the first at once, each next one
+    /// [`SEED_STAGGER`] later, or at once when a dial fails. Returns the first seed whose handshake
+    /// succeeds; the other dials go on in the background. Fails with one [`Error::Connect`] listing
+    /// every seed, in configuration order, if none succeeds.
+    async fn dial_seeds(&self) -> Result<NodeId> {
+        let seeds = self.inner.seeds.clone();
+        let mut race: Race<'_, Result<Connection>> = Race::new();
+        let mut failed: Vec<(usize, ConnectAttempt)> = Vec::new();
+        let mut started = 0usize;
+        let mut last_start = Instant::now();
+        macro_rules! start_next {
+            () => {
+                while started < seeds.len() {
+                    let i = started;
+                    started += 1;
+                    if let Some(slot) = self.node_conn(&seeds[i].0) {
+                        last_start = Instant::now();
+                        race.push(i as u64, async move { slot.connection().await });
+                        break;
+                    }
+                }
+            };
+        }
+        start_next!();
+        loop {
+            if race.is_empty() {
+                if started < seeds.len() {
+                    start_next!();
+                    continue;
+                }
+                failed.sort_by_key(|(i, _)| *i);
+                return Err(Error::Connect {
+                    attempts: failed.into_iter().map(|(_, a)| a).collect(),
+                });
+            }
+            let stagger = (started < seeds.len()).then(|| last_start + SEED_STAGGER);
+            tokio::select! {
+                biased;
+                done = race.next() => match done {
+                    Some((i, Ok(_))) => return Ok(seeds[i as usize].0.clone()),
+                    Some((i, Err(Error::Connect { attempts }))) => {
+                        failed.extend(attempts.into_iter().map(|a| (i as usize, a)));
+                        start_next!();
+                    }
+                    Some((_, Err(other))) => return Err(other),
+                    None => {}
+                },
+                () = tokio::time::sleep_until(stagger.unwrap_or(last_start).into()), if stagger.is_some() => {
+                    start_next!();
+                }
+            }
+        }
     }
 
     /// The configuration this client was built from.
@@ -322,10 +586,84 @@ impl Client {
     /// ```
     pub fn with_quorums(&self, read: u8, write: u8) -> Client {
         Client {
-            inner: self.inner.clone(),
             read_quorum: read,
             write_quorum: write,
+            ..self.clone()
         }
+    }
+
+    /// A clone of this client (sharing its connections and cluster view) whose calls each have
+    /// `deadline` in total, every attempt, hedge and retry included, instead of the configured
+    /// `request_timeout_ms`. A call that runs out of it fails with [`Error::Timeout`].
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn example(client: store_client::Client) -> Result<(), store_client::Error> {
+    /// // A decision engine that must answer within 20 ms reads with a 5 ms budget.
+    /// let fast = client.with_deadline(Duration::from_millis(5));
+    /// match fast.get("user-42", None).await {
+    ///     Ok(profile) => println!("{profile:?}"),
+    ///     Err(store_client::Error::Timeout { .. }) => println!("no profile in time; using defaults"),
+    ///     Err(other) => return Err(other),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_deadline(&self, deadline: Duration) -> Client {
+        Client {
+            deadline,
+            ..self.clone()
+        }
+    }
+
+    /// The deadline of each call of this client (see [`Client::with_deadline`]).
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// What the client currently believes about each node it has dealt with, by node id: whether it is
+    /// connected, judged down (and why, for how long), and how many answers and failures it has seen.
+    ///
+    /// ```no_run
+    /// # fn example(client: store_client::Client) {
+    /// for node in client.node_health() {
+    ///     if node.down {
+    ///         println!("{} down for {:?}: {:?}", node.node, node.down_for, node.reason);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn node_health(&self) -> Vec<NodeHealth> {
+        let mut health: Vec<NodeHealth> = lock(&self.inner.pool)
+            .values()
+            .map(|node| node.health())
+            .collect();
+        health.sort_by(|a, b| a.node.cmp(&b.node));
+        health
+    }
+
+    /// The hedge delay a point read (R ≤ 1) would use now: the configured `hedge_delay_us`, or the
+    /// adaptive one (see the [module docs](crate::client)); `None` if hedging is off.
+    pub fn hedge_delay(&self) -> Option<Duration> {
+        self.hedge_delay_of(Class::Point)
+    }
+
+    fn hedge_delay_of(&self, class: Class) -> Option<Duration> {
+        let config = &self.inner.config;
+        let p99 = match config.hedge_delay_us {
+            Some(_) => None,
+            None => lock(&self.inner.latency[class as usize]).p99(Instant::now()),
+        };
+        routing::hedge_delay(
+            config.hedge_delay_us,
+            Duration::from_micros(config.hedge_min_us),
+            p99,
+        )
+    }
+
+    fn record_latency(&self, class: Class, latency: Duration) {
+        lock(&self.inner.latency[class as usize]).record(latency, Instant::now());
     }
 
     /// The read quorum (R) of this client's reads.
@@ -387,7 +725,7 @@ impl Client {
             let pool = lock(&self.inner.pool);
             let mut open: Vec<NodeId> = pool
                 .values()
-                .filter(|n| n.open().is_some())
+                .filter(|n| !n.is_down() && n.open().is_some())
                 .map(|n| n.id.clone())
                 .collect();
             open.sort();
@@ -399,12 +737,46 @@ impl Client {
             }
         }
         let frame = codec::encode_request(&Request::Cluster)?;
-        let (_, response) = self
-            .run(nodes, Retry::Read, |c| self.typed(c, &frame))
+        let (node, response) = self
+            .call(nodes, Policy::READ, Deadline::after(self.deadline), |c| {
+                self.typed(c, &frame)
+            })
             .await?;
-        match response {
-            Response::Cluster(cluster) => Ok(self.apply(cluster)),
-            other => Err(unexpected("Cluster", &other)),
+        let view = match response {
+            Response::Cluster(cluster) => self.apply(cluster),
+            other => return Err(unexpected("Cluster", &other)),
+        };
+        // The liveness the same node's failure detector gives every member (best effort, briefly).
+        let frame = codec::encode_request(&Request::Status)?;
+        let budget = self.deadline.min(self.inner.config.failure_timeout());
+        if let Ok((_, Response::Status(status))) = self
+            .call(vec![node], Policy::READ, Deadline::after(budget), |c| {
+                self.typed(c, &frame)
+            })
+            .await
+        {
+            self.apply_liveness(&status);
+        }
+        Ok(view)
+    }
+
+    /// Takes the "down" verdicts of a node's failure detector on the members the client has not heard
+    /// from for [`OWN_EVIDENCE`] (the client's own, fresher evidence wins; the probe then decides).
+    fn apply_liveness(&self, status: &NodeStatus) {
+        for member in &status.members {
+            if member.liveness != Liveness::Down || member.id == status.node_id {
+                continue;
+            }
+            let Some(slot) = self.node_conn(&member.id) else {
+                continue;
+            };
+            if slot.is_down() || slot.since_answer().is_some_and(|d| d < OWN_EVIDENCE) {
+                continue;
+            }
+            slot.failed(&format!(
+                "the failure detector of {} reports it down",
+                status.node_id
+            ));
         }
     }
 
@@ -442,7 +814,7 @@ impl Client {
             pool.retain(|id, node| {
                 let keep = view.addr(id) == Some(node.addr);
                 if !keep {
-                    node.close();
+                    node.retire();
                 }
                 keep
             });
@@ -451,10 +823,11 @@ impl Client {
     }
 
     /// Starts a background refresh of the cluster view if one is due: the view is older than
-    /// `ring_refresh_ms` (and so is the last refresh), or `after_error` and the last refresh started
-    /// at least [`ERROR_REFRESH_GAP`] ago. At most one runs at a time.
+    /// `ring_refresh_ms` (and so is the last refresh), or `after_error` (a node failed) and the last
+    /// refresh started at least [`ERROR_REFRESH_GAP`] ago. At most one runs at a time.
     fn maybe_refresh(&self, after_error: bool) {
-        if self.inner.closed.load(Ordering::SeqCst) || self.inner.refreshing.load(Ordering::SeqCst)
+        if self.inner.dialer.closed.load(Ordering::SeqCst)
+            || self.inner.refreshing.load(Ordering::SeqCst)
         {
             return;
         }
@@ -500,21 +873,31 @@ impl Client {
                 return Some(existing.clone());
             }
         }
-        let fresh = Arc::new(NodeConn::new(node.clone(), addr));
+        let fresh = Arc::new(NodeConn::new(node.clone(), addr, self.inner.dialer.clone()));
         if let Some(old) = pool.insert(node.clone(), fresh.clone()) {
-            old.close();
+            old.retire();
         }
         Some(fresh)
     }
 
-    /// Whether `node` failed recently, for each node at one instant.
-    fn backed_off_now(&self) -> impl Fn(&NodeId) -> bool {
-        let backed_off = lock(&self.inner.backoff).backed_off(Instant::now());
-        move |node| backed_off.contains(node)
+    /// Whether each node is judged down, as of now.
+    fn down_now(&self) -> impl Fn(&NodeId) -> bool {
+        let down: Vec<NodeId> = lock(&self.inner.pool)
+            .values()
+            .filter(|n| n.is_down())
+            .map(|n| n.id.clone())
+            .collect();
+        move |node| down.contains(node)
+    }
+
+    /// Judges `slot`'s node down and refreshes the cluster view soon.
+    fn node_failed(&self, slot: &Arc<NodeConn>, why: &str) {
+        slot.failed(why);
+        self.maybe_refresh(true);
     }
 
     /// The nodes for requests bound to no key or node: the last node that answered one, the seeds, then
-    /// every other known node; those that failed recently last.
+    /// every other known node; those judged down last.
     fn home_plan(&self) -> Vec<NodeId> {
         let home = lock(&self.inner.home).clone();
         let view = self.view();
@@ -530,23 +913,15 @@ impl Client {
                 nodes.push(node.clone());
             }
         }
-        let backed_off = self.backed_off_now();
-        let (mut fresh, late): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|n| !backed_off(n));
+        let down = self.down_now();
+        let (mut fresh, late): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|n| !down(n));
         fresh.extend(late);
         fresh
     }
 
     /// One typed exchange on `conn`; an error reply becomes a [`Failure`] carrying [`Error::Server`].
     async fn typed(&self, conn: Connection, frame: &[u8]) -> Result<Response, Failure> {
-        let config = &self.inner.config;
-        match transport::exchange(
-            &conn,
-            frame,
-            config.request_timeout(),
-            config.max_frame_bytes,
-        )
-        .await?
-        {
+        match transport::exchange(&conn, frame, self.inner.config.max_frame_bytes).await? {
             Response::Error(ErrorReply { code, message }) => Err(Failure {
                 error: Error::Server { code, message },
                 sent: true,
@@ -556,108 +931,272 @@ impl Client {
         }
     }
 
-    /// Tries `nodes` in order with `op` until one succeeds, following the retry rules of the
-    /// [module docs](crate::client). Returns the node that answered and its answer.
-    async fn run<T, F, Fut>(&self, nodes: Vec<NodeId>, retry: Retry, op: F) -> Result<(NodeId, T)>
+    /// Runs `op` on `nodes` following `policy` (see the [module docs](crate::client)) until one answers
+    /// or `deadline` passes. Returns the node that answered and its answer.
+    ///
+    /// Attempts run concurrently: the first at once; the next when the running one failed in a way the
+    /// policy moves on from, when its node is judged down (silence for `failure_timeout_ms`, checked
+    /// every failure timeout), or, for hedged reads, when the hedge delay has passed since the last
+    /// attempt started. The first answer wins; the others are dropped.
+    async fn call<T, F, Fut>(
+        &self,
+        nodes: Vec<NodeId>,
+        policy: Policy,
+        deadline: Deadline,
+        op: F,
+    ) -> Result<(NodeId, T)>
     where
-        F: Fn(Connection) -> Fut,
-        Fut: Future<Output = Result<T, Failure>>,
+        T: Send,
+        F: Fn(Connection) -> Fut + Sync,
+        Fut: Future<Output = Result<T, Failure>> + Send,
     {
+        let failure_timeout = self.inner.config.failure_timeout();
+        let hedge = policy.hedge.and_then(|class| self.hedge_delay_of(class));
+        let op = &op;
         let mut queue: VecDeque<NodeId> = nodes.into();
         let mut second_chance: Vec<NodeId> = Vec::new();
         let mut connect_failures: Vec<ConnectAttempt> = Vec::new();
         let mut last: Option<Error> = None;
-        while let Some(node) = queue.pop_front() {
-            let outcome = match self.node_conn(&node) {
-                None => Err(Failure::unsent(Error::UnknownNode(node.to_string()))),
-                Some(slot) => match slot
-                    .connection(
-                        &self.inner.endpoints,
-                        self.inner.config.connect_timeout(),
-                        &self.inner.closed,
-                    )
-                    .await
-                {
-                    Ok(conn) => op(conn).await,
-                    Err(error) => Err(Failure::unsent(error)),
-                },
-            };
-            let failure = match outcome {
-                Ok(value) => {
-                    lock(&self.inner.backoff).succeeded(&node);
-                    return Ok((node, value));
+        let mut race: Race<'_, Result<(T, Instant), Failure>> = Race::new();
+        let mut running: Vec<Running> = Vec::new();
+        let mut next_id = 0u64;
+        let mut last_launch = Instant::now();
+
+        macro_rules! launch {
+            ($node:expr) => {{
+                let node: NodeId = $node;
+                let slot = self.node_conn(&node);
+                let now = Instant::now();
+                running.push(Running {
+                    id: next_id,
+                    node: node.clone(),
+                    slot: slot.clone(),
+                    traffic: slot.as_ref().and_then(|s| s.traffic()),
+                    check_at: now + failure_timeout,
+                    judged: false,
+                });
+                last_launch = now;
+                race.push(next_id, async move {
+                    let Some(slot) = slot else {
+                        return Err(Failure::unsent(Error::UnknownNode(node.to_string())));
+                    };
+                    let conn = slot.connection().await.map_err(Failure::unsent)?;
+                    let sent = Instant::now();
+                    op(conn).await.map(|value| (value, sent))
+                });
+                next_id += 1;
+            }};
+        }
+
+        loop {
+            if race.is_empty() {
+                match queue.pop_front() {
+                    Some(node) => launch!(node),
+                    None => return Err(final_error(last, connect_failures)),
                 }
-                Err(failure) => failure,
+            }
+            let mut wake = deadline.at;
+            if let Some(delay) = hedge {
+                if !queue.is_empty() {
+                    wake = wake.min(last_launch + delay);
+                }
+            }
+            for r in running.iter().filter(|r| !r.judged) {
+                wake = wake.min(r.check_at);
+            }
+            let done = tokio::select! {
+                biased;
+                done = race.next() => done,
+                () = tokio::time::sleep_until(wake.into()) => None,
             };
-            if matches!(failure.error, Error::Closed) {
-                return Err(Error::Closed);
+
+            if let Some((id, outcome)) = done {
+                let Some(at) = running.iter().position(|r| r.id == id) else {
+                    continue;
+                };
+                let attempt = running.remove(at);
+                let failure = match outcome {
+                    Ok((value, sent)) => {
+                        if let Some(slot) = &attempt.slot {
+                            slot.answered();
+                        }
+                        if let Some(class) = policy.hedge {
+                            self.record_latency(class, sent.elapsed());
+                        }
+                        return Ok((attempt.node, value));
+                    }
+                    Err(failure) => failure,
+                };
+                if matches!(failure.error, Error::Closed) {
+                    return Err(Error::Closed);
+                }
+                let unreachable = failure.is_unreachable();
+                if let Some(slot) = &attempt.slot {
+                    match &failure.error {
+                        // A failed dial has judged the node already.
+                        Error::Connect { .. } => self.maybe_refresh(true),
+                        Error::Transport(_) if failure.conn_lost => {
+                            self.node_failed(slot, &format!("connection lost: {}", failure.error));
+                        }
+                        Error::Server { .. } => slot.answered(),
+                        _ => {}
+                    }
+                }
+                let unavailable = failure.error.server_code() == Some(ErrorCode::Unavailable);
+                let move_on = !failure.sent
+                    || match policy.resend {
+                        Resend::Read => unreachable || unavailable,
+                        Resend::Never => false,
+                    };
+                if !move_on {
+                    let down = attempt.slot.as_ref().is_some_and(|s| s.is_down());
+                    return Err(match failure.error {
+                        Error::Transport(detail) if down && failure.conn_lost => {
+                            Error::Transport(format!(
+                                "{} was judged down while the request waited; it may or may not have \
+                                 been applied ({detail})",
+                                attempt.node
+                            ))
+                        }
+                        error => error,
+                    });
+                }
+                if policy.resend == Resend::Read
+                    && failure.sent
+                    && failure.conn_lost
+                    && !second_chance.contains(&attempt.node)
+                {
+                    second_chance.push(attempt.node.clone());
+                    queue.push_back(attempt.node.clone());
+                }
+                debug!(node = %attempt.node, error = %failure.error, sent = failure.sent, "request failed; trying the next node");
+                match failure.error {
+                    Error::Connect { attempts } => connect_failures.extend(attempts),
+                    error => last = Some(error),
+                }
+                // Keep one attempt in flight whose node is not judged down (the hedge adds more).
+                if running.iter().all(|r| r.judged) {
+                    if let Some(node) = queue.pop_front() {
+                        launch!(node);
+                    }
+                }
+                continue;
             }
-            let unreachable = failure.is_unreachable();
-            if unreachable {
-                lock(&self.inner.backoff).failed(&node, Instant::now());
-                self.maybe_refresh(true);
-            } else if matches!(failure.error, Error::Server { .. }) {
-                lock(&self.inner.backoff).succeeded(&node);
+
+            // The timer: the deadline, silence checks, the hedge.
+            let now = Instant::now();
+            if now >= deadline.at {
+                return Err(Error::Timeout {
+                    after: deadline.budget,
+                });
             }
-            let unavailable = failure.error.server_code() == Some(ErrorCode::Unavailable);
-            let move_on = !failure.sent || (retry == Retry::Read && (unreachable || unavailable));
-            if !move_on {
-                return Err(failure.error);
-            }
-            if retry == Retry::Read
-                && failure.sent
-                && failure.conn_lost
-                && !second_chance.contains(&node)
+            for r in running
+                .iter_mut()
+                .filter(|r| !r.judged && r.check_at <= now)
             {
-                second_chance.push(node.clone());
-                queue.push_back(node.clone());
+                // A check that runs late says more about this process (starved of CPU: the packets
+                // may be waiting in its socket) than about the node; it only takes a new reading.
+                let on_time = now.saturating_duration_since(r.check_at) <= failure_timeout / 4;
+                r.check_at = now + failure_timeout;
+                let Some(slot) = &r.slot else {
+                    continue;
+                };
+                let traffic = slot.traffic();
+                let quiet = on_time
+                    && match (r.traffic, traffic) {
+                        (Some(before), Some(after)) => silent(before, after),
+                        _ => false,
+                    };
+                if let (true, Some(dead)) = (quiet, traffic) {
+                    self.node_failed(
+                        slot,
+                        &format!(
+                            "not one packet back in {} ms with a request outstanding",
+                            failure_timeout.as_millis()
+                        ),
+                    );
+                    // Every request waiting on that connection fails now (reads move on, writes
+                    // report that they may have been applied) instead of at its deadline.
+                    slot.abandon(dead.conn);
+                }
+                if quiet || slot.is_down() {
+                    r.judged = true;
+                } else {
+                    r.traffic = traffic;
+                }
             }
-            debug!(%node, error = %failure.error, sent = failure.sent, "request failed; trying the next node");
-            match failure.error {
-                Error::Connect { attempts } => connect_failures.extend(attempts),
-                error => last = Some(error),
+            if policy.resend == Resend::Read && running.iter().all(|r| r.judged) {
+                if let Some(node) = queue.pop_front() {
+                    launch!(node);
+                }
+            }
+            if policy.give_up_when_down && queue.is_empty() && running.iter().all(|r| r.judged) {
+                let nodes: Vec<String> = running.iter().map(|r| r.node.to_string()).collect();
+                return Err(last.unwrap_or_else(|| {
+                    Error::Transport(format!("{} judged down", nodes.join(", ")))
+                }));
+            }
+            if let Some(delay) = hedge {
+                if now >= last_launch + delay {
+                    if let Some(node) = queue.pop_front() {
+                        launch!(node);
+                    }
+                }
             }
         }
-        Err(match last {
-            Some(error) => error,
-            None if !connect_failures.is_empty() => Error::Connect {
-                attempts: connect_failures,
-            },
-            None => Error::Transport("no node to send the request to".into()),
-        })
     }
 
     /// Sends `frame` (a request about `key`) along the key's plan.
-    async fn routed(&self, key: &str, frame: &[u8], write: bool) -> Result<Response> {
+    async fn routed(
+        &self,
+        key: &str,
+        frame: &[u8],
+        policy: Policy,
+        deadline: Deadline,
+    ) -> Result<Response> {
         self.maybe_refresh(false);
         let view = self.view();
         let nodes = routing::plan(
             &view.ring,
             view.replication_factor,
             key.as_bytes(),
-            write,
-            self.backed_off_now(),
+            policy.is_write(),
+            self.down_now(),
         );
-        let retry = if write { Retry::Write } else { Retry::Read };
-        let (_, response) = self.run(nodes, retry, |c| self.typed(c, frame)).await?;
+        let (_, response) = self
+            .call(nodes, policy, deadline, |c| self.typed(c, frame))
+            .await?;
         Ok(response)
     }
 
     /// Sends `frame` (a request bound to no key) along [`Client::home_plan`].
-    async fn at_home(&self, frame: &[u8], retry: Retry) -> Result<Response> {
+    async fn at_home(&self, frame: &[u8], policy: Policy) -> Result<Response> {
         self.maybe_refresh(false);
         let (node, response) = self
-            .run(self.home_plan(), retry, |c| self.typed(c, frame))
+            .call(
+                self.home_plan(),
+                policy,
+                Deadline::after(self.deadline),
+                |c| self.typed(c, frame),
+            )
             .await?;
         *lock(&self.inner.home) = node;
         Ok(response)
     }
 
     /// Sends `request` to `node` only.
-    async fn at_node(&self, node: &NodeId, request: &Request, retry: Retry) -> Result<Response> {
+    async fn at_node(
+        &self,
+        node: &NodeId,
+        request: &Request,
+        policy: Policy,
+        deadline: Deadline,
+    ) -> Result<Response> {
         let frame = codec::encode_request(request)?;
         let (_, response) = self
-            .run(vec![node.clone()], retry, |c| self.typed(c, &frame))
+            .call(vec![node.clone()], policy, deadline, |c| {
+                self.typed(c, &frame)
+            })
             .await?;
         Ok(response)
     }
@@ -697,16 +1236,21 @@ impl Client {
             ));
         }
         let frame = codec::encode_request(&request)?;
+        let deadline = Deadline::after(self.deadline);
         match &request {
-            Request::Get { key, .. } | Request::LocalState { key } => {
-                self.routed(key, &frame, false).await
+            Request::Get { key, quorum, .. } => {
+                self.routed(key, &frame, Policy::get(*quorum), deadline)
+                    .await
             }
-            Request::Put { key, .. }
-            | Request::Increment { key, .. }
-            | Request::SetFlag { key, .. }
-            | Request::Erase { key, .. } => self.routed(key, &frame, true).await,
-            Request::Leave => self.at_home(&frame, Retry::Write).await,
-            _ => self.at_home(&frame, Retry::Read).await,
+            Request::LocalState { key } => self.routed(key, &frame, Policy::READ, deadline).await,
+            Request::Put { key, .. } | Request::Erase { key, .. } => {
+                self.routed(key, &frame, Policy::WRITE, deadline).await
+            }
+            Request::Increment { key, .. } | Request::SetFlag { key, .. } => {
+                self.routed(key, &frame, Policy::WRITE, deadline).await
+            }
+            Request::Leave => self.at_home(&frame, Policy::WRITE).await,
+            _ => self.at_home(&frame, Policy::READ).await,
         }
     }
 
@@ -719,13 +1263,14 @@ impl Client {
     /// not be opened; once bytes were sent, nothing is retried. A stream the node resets or stops without
     /// answering is an [`Error::Transport`].
     pub async fn send_raw(&self, bytes: &[u8]) -> Result<Vec<u8>> {
-        let config = &self.inner.config;
-        let limit = config.max_frame_bytes as usize + FRAME_HEADER_BYTES;
-        let timeout = config.request_timeout();
+        let limit = self.inner.config.max_frame_bytes as usize + FRAME_HEADER_BYTES;
         let (node, reply) = self
-            .run(self.home_plan(), Retry::Write, |c| async move {
-                transport::exchange_raw(&c, bytes, timeout, limit).await
-            })
+            .call(
+                self.home_plan(),
+                Policy::WRITE,
+                Deadline::after(self.deadline),
+                |c| async move { transport::exchange_raw(&c, bytes, limit).await },
+            )
             .await?;
         *lock(&self.inner.home) = node;
         Ok(reply)
@@ -766,7 +1311,8 @@ impl Client {
         features: Option<&[&str]>,
         r: u8,
     ) -> Result<Option<ProfileView>> {
-        self.get_owned(key, projection(features), r).await
+        self.get_owned(key, projection(features), r, Deadline::after(self.deadline))
+            .await
     }
 
     async fn get_owned(
@@ -774,13 +1320,17 @@ impl Client {
         key: &str,
         features: Option<Vec<String>>,
         quorum: u8,
+        deadline: Deadline,
     ) -> Result<Option<ProfileView>> {
         let frame = codec::encode_request(&Request::Get {
             key: key.to_owned(),
             features,
             quorum,
         })?;
-        match self.routed(key, &frame, false).await? {
+        match self
+            .routed(key, &frame, Policy::get(quorum), deadline)
+            .await?
+        {
             Response::Profile(profile) => Ok(profile),
             other => Err(unexpected("Profile", &other)),
         }
@@ -818,14 +1368,11 @@ impl Client {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        let deadline = Deadline::after(self.deadline);
         self.maybe_refresh(false);
         let view = self.view();
-        let groups = routing::group_keys(
-            &view.ring,
-            view.replication_factor,
-            &keys,
-            self.backed_off_now(),
-        );
+        let groups =
+            routing::group_keys(&view.ring, view.replication_factor, &keys, self.down_now());
         let mut results: Vec<Option<Option<ProfileView>>> = vec![None; keys.len()];
         let mut tasks = JoinSet::new();
         for (node, indices) in groups {
@@ -836,7 +1383,9 @@ impl Client {
                 quorum,
             };
             tasks.spawn(async move {
-                let outcome = client.at_node(&node, &request, Retry::Read).await;
+                let outcome = client
+                    .at_node(&node, &request, Policy::BATCH, deadline)
+                    .await;
                 (node, indices, outcome)
             });
         }
@@ -868,7 +1417,9 @@ impl Client {
             let client = self.clone();
             let key = keys[i].clone();
             let features = features.clone();
-            tasks.spawn(async move { (i, client.get_owned(&key, features, quorum).await) });
+            tasks.spawn(
+                async move { (i, client.get_owned(&key, features, quorum, deadline).await) },
+            );
         }
         while let Some(joined) = tasks.join_next().await {
             let (i, outcome) =
@@ -934,7 +1485,10 @@ impl Client {
             quorum: self.write_quorum,
         };
         let frame = codec::encode_request(&request)?;
-        match self.routed(key, &frame, true).await? {
+        match self
+            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
+            .await?
+        {
             Response::Put(ack) => Ok(ack),
             other => Err(unexpected("Put", &other)),
         }
@@ -966,7 +1520,10 @@ impl Client {
             quorum: self.write_quorum,
         };
         let frame = codec::encode_request(&request)?;
-        match self.routed(key, &frame, true).await? {
+        match self
+            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
+            .await?
+        {
             Response::Incremented(values) if values.len() == deltas.len() => Ok(values),
             Response::Incremented(values) => Err(Error::UnexpectedResponse {
                 expected: "one value per delta",
@@ -1016,7 +1573,10 @@ impl Client {
             quorum: self.write_quorum,
         };
         let frame = codec::encode_request(&request)?;
-        match self.routed(key, &frame, true).await? {
+        match self
+            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
+            .await?
+        {
             Response::Flag(flag) => Ok(flag),
             other => Err(unexpected("Flag", &other)),
         }
@@ -1038,7 +1598,10 @@ impl Client {
             quorum: self.write_quorum,
         };
         let frame = codec::encode_request(&request)?;
-        match self.routed(key, &frame, true).await? {
+        match self
+            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
+            .await?
+        {
             Response::Erased { watermark } => Ok(watermark),
             other => Err(unexpected("Erased", &other)),
         }
@@ -1060,7 +1623,7 @@ impl Client {
     /// ```
     pub async fn status(&self) -> Result<NodeStatus> {
         let frame = codec::encode_request(&Request::Status)?;
-        match self.at_home(&frame, Retry::Read).await? {
+        match self.at_home(&frame, Policy::READ).await? {
             Response::Status(status) => Ok(status),
             other => Err(unexpected("Status", &other)),
         }
@@ -1080,7 +1643,15 @@ impl Client {
     /// # }
     /// ```
     pub async fn status_of(&self, node: &NodeId) -> Result<NodeStatus> {
-        match self.at_node(node, &Request::Status, Retry::Read).await? {
+        match self
+            .at_node(
+                node,
+                &Request::Status,
+                Policy::READ,
+                Deadline::after(self.deadline),
+            )
+            .await?
+        {
             Response::Status(status) => Ok(status),
             other => Err(unexpected("Status", &other)),
         }
@@ -1105,7 +1676,10 @@ impl Client {
         let request = Request::LocalState {
             key: key.to_owned(),
         };
-        match self.at_node(node, &request, Retry::Read).await? {
+        match self
+            .at_node(node, &request, Policy::READ, Deadline::after(self.deadline))
+            .await?
+        {
             Response::LocalState(profile) => Ok(profile),
             other => Err(unexpected("LocalState", &other)),
         }
@@ -1125,7 +1699,10 @@ impl Client {
     /// ```
     pub async fn digests(&self, node: &NodeId, peer: &NodeId) -> Result<Vec<u64>> {
         let request = Request::Digests { peer: peer.clone() };
-        match self.at_node(node, &request, Retry::Read).await? {
+        match self
+            .at_node(node, &request, Policy::READ, Deadline::after(self.deadline))
+            .await?
+        {
             Response::Digests(digests) => Ok(digests),
             other => Err(unexpected("Digests", &other)),
         }
@@ -1143,32 +1720,43 @@ impl Client {
     /// # }
     /// ```
     pub async fn leave(&self, node: &NodeId) -> Result<()> {
-        match self.at_node(node, &Request::Leave, Retry::Write).await? {
+        match self
+            .at_node(
+                node,
+                &Request::Leave,
+                Policy::WRITE,
+                Deadline::after(self.deadline),
+            )
+            .await?
+        {
             Response::Leaving => Ok(()),
             other => Err(unexpected("Leaving", &other)),
         }
     }
 
-    /// Closes every connection gracefully (application code 0, reason `bye`) and waits, at most one
-    /// second, for the endpoints to become idle, so that the closes reach the nodes. (The bound matters
-    /// after a failed connection attempt: an abandoned handshake to an unreachable node would otherwise
-    /// keep an endpoint busy for several seconds.) Afterwards every request on this client and its clones
-    /// fails with [`Error::Closed`]; requests still in flight fail with [`Error::Transport`].
+    /// Closes every connection gracefully (application code 0, reason `bye`), aborts the dials in
+    /// progress, and waits until the close of every connection established to a node that is up has
+    /// been sent (a millisecond or so; at most 250 ms), so that the nodes learn about it. A handshake
+    /// that never finished, or a connection to a node judged down, is not waited for. Afterwards every
+    /// request on this client and its clones fails with [`Error::Closed`]; requests still in flight
+    /// fail with [`Error::Transport`] or [`Error::Closed`].
     pub async fn close(&self) {
-        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.dialer.closed.store(true, Ordering::SeqCst);
         let nodes: Vec<Arc<NodeConn>> = lock(&self.inner.pool).values().cloned().collect();
-        for node in nodes {
-            node.close();
-        }
-        let endpoints = self.inner.endpoints.bound();
-        let idle = async {
-            for endpoint in &endpoints {
-                endpoint.wait_idle().await;
+        let closing: Vec<transport::Closing> =
+            nodes.iter().filter_map(|node| node.close()).collect();
+        let begin = Instant::now();
+        // A closed connection sends nothing but its CONNECTION_CLOSE, so one more datagram means the
+        // close is out; waiting for the endpoint to be idle would wait out the whole drain period
+        // (three probe timeouts) instead.
+        while closing.iter().any(|c| !c.sent()) {
+            if begin.elapsed() >= CLOSE_WAIT {
+                debug!("closes not sent after {CLOSE_WAIT:?}; not waiting longer");
+                break;
             }
-        };
-        if tokio::time::timeout(CLOSE_WAIT, idle).await.is_err() {
-            debug!("endpoints not idle after {CLOSE_WAIT:?}; not waiting longer");
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        tokio::task::yield_now().await;
     }
 }
 
@@ -1182,7 +1770,8 @@ impl fmt::Debug for Client {
             .field("replication_factor", &view.replication_factor)
             .field("read_quorum", &self.read_quorum)
             .field("write_quorum", &self.write_quorum)
-            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .field("deadline", &self.deadline)
+            .field("closed", &self.inner.dialer.closed.load(Ordering::Relaxed))
             .field("seeds", &self.inner.config.nodes)
             .finish()
     }

@@ -6,8 +6,12 @@
 //! ca_cert = "certs/ca.pem"            # the cluster CA, the only trust root
 //! cert = "certs/client-app.pem"       # this client's certificate (chain, leaf first)
 //! key = "certs/client-app.key"        # its private key (PKCS#8, PKCS#1 or SEC1, unencrypted)
-//! request_timeout_ms = 5000           # optional, default 5000: bound on one request attempt
-//! connect_timeout_ms = 5000           # optional, default 5000: bound on one handshake
+//! request_timeout_ms = 5000           # optional, default 5000: deadline of a whole call (every attempt)
+//! connect_timeout_ms = 500            # optional, default 500: bound on one handshake (a LAN's worth)
+//! failure_timeout_ms = 150            # optional, default 150: silence after which a node is judged down
+//! probe_interval_ms = 250             # optional, default 250: how often a node judged down is re-probed
+//! hedge_delay_us = 2000               # optional, default: adaptive (the observed p99, see below); 0 = off
+//! hedge_min_us = 1000                 # optional, default 1000: floor of the adaptive hedge delay
 //! max_frame_bytes = 16777216          # optional: largest response payload accepted
 //! read_quorum = 1                     # optional, default 1: replicas a read merges (R; 0 = 1)
 //! write_quorum = 1                    # optional, default 1: replicas that hold a write before its ack (W)
@@ -21,10 +25,26 @@
 //! idle_timeout_ms = 30000
 //! ```
 //!
-//! The `[[nodes]]` are *seeds*: the client connects to the first one that answers, learns the membership
-//! table and the ring from it, and from then on talks to every member directly (see
+//! The `[[nodes]]` are *seeds*: the client dials them in parallel (the first at once, each next one
+//! [`SEED_STAGGER`] later or as soon as the previous ones failed), keeps the first that answers, learns
+//! the membership table and the ring from it, and from then on talks to every member directly (see
 //! [`client`](crate::client)). One reachable seed is enough; listing a few guards against the first
-//! being down.
+//! being down, and a dead first seed costs [`SEED_STAGGER`], not a handshake timeout.
+//!
+//! Availability settings (what they do is described in [`client`](crate::client)):
+//! - `request_timeout_ms` is the **deadline of a whole call**: every attempt, hedge and retry of one
+//!   `get`, `put`, ... together. When it passes the call fails with [`Error::Timeout`].
+//!   [`Client::with_deadline`](crate::Client::with_deadline) overrides it per clone.
+//! - `connect_timeout_ms` bounds one handshake. Handshakes run in the background: no request waits for
+//!   one longer than its hedge delay if another replica is connected.
+//! - `failure_timeout_ms`: a node from which not one packet (not even a QUIC acknowledgement) has
+//!   arrived for this long while a request to it was outstanding and unacknowledged is judged down, as
+//!   is a node whose handshake failed or whose connection broke. A node judged down is tried only after
+//!   every other candidate and is re-probed every `probe_interval_ms` in the background until it answers.
+//! - `hedge_delay_us`: a read that has no answer after this delay is also sent to the key's next replica,
+//!   and the first answer wins. Absent: adaptive, the p99 of the client's recent reads (at least
+//!   `hedge_min_us`, at most [`MAX_HEDGE_DELAY`]; [`INITIAL_HEDGE_DELAY`] until enough reads were seen).
+//!   `0` turns hedging off (reads then move on only after a failure).
 //!
 //! Guarantees:
 //! - Unknown keys are an error (`deny_unknown_fields`), here and in `[transport]`, so a typo is never
@@ -46,8 +66,32 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::tls::TransportLimits;
 
-/// Default for [`ClientConfig::request_timeout_ms`] and [`ClientConfig::connect_timeout_ms`].
+/// Default for [`ClientConfig::request_timeout_ms`]: the deadline of a whole call.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+
+/// Default for [`ClientConfig::connect_timeout_ms`]: a handshake on a LAN takes a few milliseconds (one
+/// QUIC round trip and the TLS 1.3 signatures); 500 ms is two orders of magnitude of headroom, and a
+/// failed handshake costs no request more than its hedge delay anyway.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 500;
+
+/// Default for [`ClientConfig::failure_timeout_ms`].
+pub const DEFAULT_FAILURE_TIMEOUT_MS: u64 = 150;
+
+/// Default for [`ClientConfig::probe_interval_ms`].
+pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 250;
+
+/// Default for [`ClientConfig::hedge_min_us`].
+pub const DEFAULT_HEDGE_MIN_US: u64 = 1_000;
+
+/// The adaptive hedge delay never exceeds this.
+pub const MAX_HEDGE_DELAY: Duration = Duration::from_millis(100);
+
+/// The adaptive hedge delay before the client has seen enough reads to know their p99 (it covers a
+/// LAN handshake, so a fresh client does not hedge just because its first connection is being set up).
+pub const INITIAL_HEDGE_DELAY: Duration = Duration::from_millis(10);
+
+/// The delay between starting the dials of two consecutive seeds at connect time.
+pub const SEED_STAGGER: Duration = Duration::from_millis(10);
 
 /// The DNS suffix of node certificates: node `n1` presents a certificate for `n1.node.featurestore`.
 pub const NODE_NAME_SUFFIX: &str = "node.featurestore";
@@ -90,6 +134,22 @@ fn default_timeout_ms() -> u64 {
     DEFAULT_TIMEOUT_MS
 }
 
+fn default_connect_timeout_ms() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+
+fn default_failure_timeout_ms() -> u64 {
+    DEFAULT_FAILURE_TIMEOUT_MS
+}
+
+fn default_probe_interval_ms() -> u64 {
+    DEFAULT_PROBE_INTERVAL_MS
+}
+
+fn default_hedge_min_us() -> u64 {
+    DEFAULT_HEDGE_MIN_US
+}
+
 fn default_max_frame_bytes() -> u32 {
     FRAME_BYTES_CEILING
 }
@@ -115,12 +175,27 @@ pub struct ClientConfig {
     pub cert: PathBuf,
     /// PEM file of this client's private key.
     pub key: PathBuf,
-    /// Bound on one request attempt (open stream, send, receive), in milliseconds. Default 5000.
+    /// The deadline of a whole call, in milliseconds: every attempt, hedge and retry of one request
+    /// together; when it passes, the call fails with [`Error::Timeout`]. Default 5000.
     #[serde(default = "default_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Bound on one connection handshake, in milliseconds (per node tried). Default 5000.
-    #[serde(default = "default_timeout_ms")]
+    /// Bound on one connection handshake, in milliseconds. Default 500 (a LAN).
+    #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// A node that has sent not one packet for this long while a request to it was waiting (and
+    /// unacknowledged) is judged down, in milliseconds. Default 150.
+    #[serde(default = "default_failure_timeout_ms")]
+    pub failure_timeout_ms: u64,
+    /// How often a node judged down is probed in the background, in milliseconds. Default 250.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+    /// Hedge delay of reads, in microseconds: `None` (absent) adapts it to the observed p99 of reads,
+    /// `Some(0)` turns hedging off, any other value is used as it is.
+    #[serde(default)]
+    pub hedge_delay_us: Option<u64>,
+    /// Floor of the adaptive hedge delay, in microseconds. Default 1000.
+    #[serde(default = "default_hedge_min_us")]
+    pub hedge_min_us: u64,
     /// Largest response payload accepted, in bytes; checked before anything is allocated. Default (and
     /// maximum) [`FRAME_BYTES_CEILING`].
     #[serde(default = "default_max_frame_bytes")]
@@ -161,7 +236,11 @@ impl ClientConfig {
             cert: cert.into(),
             key: key.into(),
             request_timeout_ms: DEFAULT_TIMEOUT_MS,
-            connect_timeout_ms: DEFAULT_TIMEOUT_MS,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            failure_timeout_ms: DEFAULT_FAILURE_TIMEOUT_MS,
+            probe_interval_ms: DEFAULT_PROBE_INTERVAL_MS,
+            hedge_delay_us: None,
+            hedge_min_us: DEFAULT_HEDGE_MIN_US,
             max_frame_bytes: FRAME_BYTES_CEILING,
             read_quorum: DEFAULT_QUORUM,
             write_quorum: DEFAULT_QUORUM,
@@ -227,6 +306,20 @@ impl ClientConfig {
                 "connect_timeout_ms must be at least 1".into(),
             ));
         }
+        for (name, value) in [
+            ("failure_timeout_ms", self.failure_timeout_ms),
+            ("probe_interval_ms", self.probe_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be at least 1")));
+            }
+        }
+        let max_hedge_us = MAX_HEDGE_DELAY.as_micros() as u64;
+        if self.hedge_min_us > max_hedge_us {
+            return Err(Error::Config(format!(
+                "hedge_min_us must be at most {max_hedge_us}"
+            )));
+        }
         if self.max_frame_bytes == 0 || self.max_frame_bytes > FRAME_BYTES_CEILING {
             return Err(Error::Config(format!(
                 "max_frame_bytes must be between 1 and {FRAME_BYTES_CEILING}"
@@ -245,6 +338,16 @@ impl ClientConfig {
     /// [`ClientConfig::connect_timeout_ms`] as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// [`ClientConfig::failure_timeout_ms`] as a duration.
+    pub fn failure_timeout(&self) -> Duration {
+        Duration::from_millis(self.failure_timeout_ms)
+    }
+
+    /// [`ClientConfig::probe_interval_ms`] as a duration.
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
     }
 
     /// [`ClientConfig::ring_refresh_ms`] as a duration; `None` if the periodic refresh is disabled.
@@ -308,7 +411,11 @@ addr = "[::1]:7402"
         assert_eq!(config.cert, dir.path().join("certs/client-app.pem"));
         assert_eq!(config.key, PathBuf::from("/abs/client-app.key"));
         assert_eq!(config.request_timeout_ms, DEFAULT_TIMEOUT_MS);
-        assert_eq!(config.connect_timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(config.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
+        assert_eq!(config.failure_timeout_ms, DEFAULT_FAILURE_TIMEOUT_MS);
+        assert_eq!(config.probe_interval_ms, DEFAULT_PROBE_INTERVAL_MS);
+        assert_eq!(config.hedge_delay_us, None);
+        assert_eq!(config.hedge_min_us, DEFAULT_HEDGE_MIN_US);
         assert_eq!(config.max_frame_bytes, FRAME_BYTES_CEILING);
         assert_eq!(config.transport, TransportLimits::default());
         assert_eq!(config.read_quorum, 1);
@@ -330,6 +437,7 @@ addr = "[::1]:7402"
         let text = format!(
             "request_timeout_ms = 250\nconnect_timeout_ms = 100\nmax_frame_bytes = 65536\n\
              read_quorum = 2\nwrite_quorum = 3\nring_refresh_ms = 0\n\
+             failure_timeout_ms = 80\nprobe_interval_ms = 90\nhedge_delay_us = 0\nhedge_min_us = 7\n\
              {MINIMAL}\n[transport]\nkeep_alive_ms = 1000\n"
         );
         let config = ClientConfig::from_toml(&text, Path::new("/etc")).unwrap();
@@ -338,6 +446,9 @@ addr = "[::1]:7402"
         assert_eq!(config.max_frame_bytes, 65536);
         assert_eq!((config.read_quorum, config.write_quorum), (2, 3));
         assert_eq!(config.ring_refresh(), None);
+        assert_eq!(config.failure_timeout(), Duration::from_millis(80));
+        assert_eq!(config.probe_interval(), Duration::from_millis(90));
+        assert_eq!((config.hedge_delay_us, config.hedge_min_us), (Some(0), 7));
         assert_eq!(config.transport.keep_alive_ms, 1000);
         assert_eq!(config.ca_cert, PathBuf::from("/etc/certs/ca.pem"));
     }
@@ -396,6 +507,18 @@ addr = "[::1]:7402"
             },
             ClientConfig {
                 max_frame_bytes: FRAME_BYTES_CEILING + 1,
+                ..base.clone()
+            },
+            ClientConfig {
+                failure_timeout_ms: 0,
+                ..base.clone()
+            },
+            ClientConfig {
+                probe_interval_ms: 0,
+                ..base.clone()
+            },
+            ClientConfig {
+                hedge_min_us: 100_001,
                 ..base.clone()
             },
             ClientConfig {

@@ -3,8 +3,8 @@
 //! Every fallible call of this crate returns [`Error`]. The variants separate what a caller may want to
 //! handle differently: configuration and TLS problems (fix the setup), [`Error::Connect`] and
 //! [`Error::Transport`] (the network or the node is down: retry later or elsewhere), [`Error::Timeout`]
-//! (the outcome of a write is unknown), [`Error::Server`] (the node refused the request, with a stable
-//! [`ErrorCode`]), and [`Error::Protocol`] / [`Error::UnexpectedResponse`] (a bug or version mismatch).
+//! (the call's deadline passed; the outcome of a write is unknown), [`Error::Server`] (the node refused
+//! the request, with a stable [`ErrorCode`]), and [`Error::Protocol`] / [`Error::UnexpectedResponse`] (a bug or version mismatch).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -55,11 +55,13 @@ pub enum Error {
         /// One entry per node tried.
         attempts: Vec<ConnectAttempt>,
     },
-    /// The request got no complete answer within `request_timeout_ms`. For a write, the outcome is
-    /// unknown: it may or may not have been applied.
+    /// The call's deadline passed (`request_timeout_ms`, or the duration given to
+    /// [`Client::with_deadline`](crate::Client::with_deadline)) before any node answered: one deadline
+    /// covers every attempt, hedge and retry of the call. For a write, the outcome is unknown: it may
+    /// or may not have been applied.
     #[error("request timed out after {} ms", after.as_millis())]
     Timeout {
-        /// The timeout that elapsed.
+        /// The deadline that elapsed (the call's whole budget).
         after: Duration,
     },
     /// The QUIC connection or stream failed (connection lost, stream reset, local I/O error).

@@ -18,15 +18,27 @@
 //! - Admin, per node: [`Client::local_state`] (one replica's raw state of a key), [`Client::digests`]
 //!   (anti-entropy digests), [`Client::leave`]; and [`Client::request`] for any [`Request`].
 //!
-//! Routing and retries, precisely (details in [`client`]):
-//! - A request for a key goes to the key's N replicas in preference order; nodes that failed recently
-//!   (backoff of 1 s, growing to 8 s while they keep failing) are tried last.
-//! - Reads move on to the next replica on a connection failure, transport error, timeout or an
-//!   [`ErrorCode::Unavailable`] reply.
-//! - Writes move on only if the request certainly did not reach the node (connecting or opening the
-//!   stream failed); a write that may have arrived is never sent again, so an increment is never applied
-//!   twice by the client. If no replica can be reached, any other live member takes the write (sloppy
-//!   quorum; the node hands it on).
+//! - Health: [`Client::node_health`] (what the client believes about each node),
+//!   [`Client::hedge_delay`], [`Client::with_deadline`].
+//!
+//! Availability, in short (details in [`client`]; the design and its measurements in
+//! `docs/client.md` and `docs/benchmarks.md`):
+//! - Seeds are dialed in parallel at connect; a dead first seed costs 10 ms, not a handshake timeout.
+//! - A node is judged down when its handshake fails, its connection breaks, or it sends not one packet
+//!   (not even a QUIC acknowledgement) for `failure_timeout_ms` (150 ms) while a request to it waits.
+//!   It is then tried last and probed in the background every `probe_interval_ms` (250 ms) until it
+//!   answers; no request waits on a dial to it while another replica is reachable.
+//! - Reads are hedged: if the first replica has not answered within the hedge delay (the p99 of recent
+//!   reads, at least 1 ms; configurable), the next replica is asked too and the first answer wins. They
+//!   also move on at once on a failure or an [`ErrorCode::Unavailable`] reply.
+//! - Writes move on to another node only if the request certainly did not reach the first one
+//!   (connecting or opening the stream failed); a write that may have arrived is never sent again, so
+//!   the client never applies a write twice, nor lets a delayed copy overwrite a later write. A write
+//!   waiting on a node that is judged down fails at once ([`Error::Transport`]: it may have been
+//!   applied), and the next ones go to the next replica. If no replica can be reached, any other live
+//!   member takes the write (sloppy quorum; the node hands it on).
+//! - One deadline (`request_timeout_ms`, or [`Client::with_deadline`]) bounds a whole call, retries and
+//!   hedges included; running out of it is [`Error::Timeout`].
 //! - Other error replies come back as [`Error::Server`] with a stable [`ErrorCode`]
 //!   ([`Error::server_code`]), without retry.
 //!
@@ -82,6 +94,7 @@ mod transport;
 pub use client::Client;
 pub use config::{ClientConfig, NodeAddr};
 pub use error::{ConnectAttempt, Error, Result};
+pub use transport::NodeHealth;
 
 pub use featurestore::cluster::membership::{Member, MemberState, MembershipTable};
 pub use featurestore::wire::client::{ClusterView, GaugeWrite, MemberStatus, NodeStatus, PutAck};

@@ -1,20 +1,24 @@
 //! The routing decisions of the ring-aware [`Client`](crate::Client), free of I/O so they can be tested
 //! on their own: the cached cluster view, the order in which nodes are tried for a key, the grouping of
-//! a `get_many` per node, and the per-node failure backoff.
+//! a `get_many` per node, the rule that judges a node down, and the adaptive hedge delay.
 //!
 //! - `View`: the membership table a node sent (or, if no node could send one, a table made of the
 //!   seeds), the *current* ring built from it (`Active` and `Leaving` members, exactly as the nodes build
 //!   it: [`MembershipTable::current_ring`]), the replication factor N, and each member's address.
 //! - `plan`: the nodes to try for one key, in order. Reads: the key's N replicas (its preference list),
-//!   those not backed off first, in preference-list order, then the backed-off ones (a node that failed
-//!   recently is avoided, not banned: if every replica failed recently, they are still tried). Writes:
-//!   the replicas not backed off, then every other member not backed off, in ring order from the key
-//!   (such a node accepts the write as a sloppy-quorum coordinator and hands it on later: hinted
-//!   handoff), then the backed-off replicas. Reads never go to non-replicas.
+//!   those not judged down first, in preference-list order, then the ones judged down (a node judged
+//!   down is avoided, not banned: if every replica is down, they are still tried). Writes: the replicas
+//!   not down, then every other member not down, in ring order from the key (such a node accepts the
+//!   write as a sloppy-quorum coordinator and hands it on later: hinted handoff), then the replicas that
+//!   are down. Reads never go to non-replicas. A node leaves the "down" group only when it answers (a
+//!   request or a background probe), never because time passed, so a dead node is never put first
+//!   again while it stays dead.
 //! - `group_keys`: for `get_many`, each key goes to the first node of its read plan.
-//! - `Backoff`: a node that failed (connection, transport error, timeout) is backed off for
-//!   [`NODE_BACKOFF`], doubled after each further failure up to [`MAX_NODE_BACKOFF`]; an answer clears
-//!   it. Failures while a node is backed off (requests that were already in flight) do not double it.
+//! - `silent`: the failure rule. A node is judged down when, while a request to it is outstanding, the
+//!   client has sent it packets and received not one in `failure_timeout_ms` (QUIC acknowledges every
+//!   packet within milliseconds, even while the request itself is still being worked on).
+//! - `hedge_delay` and `LatencyWindow`: how long a read waits for its first replica before it is also
+//!   sent to the next one: the p99 of the last one to two seconds of reads, clamped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -25,18 +29,7 @@ use featurestore::cluster::ring::{Ring, DEFAULT_VNODES};
 use featurestore::wire::client::ClusterView;
 use featurestore::NodeId;
 
-/// How long a node that failed is tried only after every other candidate (after its first failure).
-pub const NODE_BACKOFF: Duration = Duration::from_secs(1);
-
-/// The longest backoff: [`NODE_BACKOFF`] doubles with each failure that follows a backoff, up to this.
-///
-/// Why it grows: a node that was killed leaves its connection looking open until the QUIC idle timeout,
-/// so the first request after each backoff waits for `request_timeout_ms` before moving on; growing
-/// the backoff makes that cost rarer while the node stays down.
-pub const MAX_NODE_BACKOFF: Duration = Duration::from_secs(8);
-
-/// A failure record older than this is forgotten: the next failure starts from [`NODE_BACKOFF`] again.
-const FORGET_AFTER: Duration = Duration::from_secs(60);
+use crate::config::{INITIAL_HEDGE_DELAY, MAX_HEDGE_DELAY};
 
 /// The replication factor assumed when no node could describe the cluster (the node's default, N=3).
 pub const FALLBACK_REPLICATION_FACTOR: u32 = 3;
@@ -170,26 +163,26 @@ impl View {
 }
 
 /// The nodes to try for `key`, in order (see the [module docs](self)). `n` is the replication factor;
-/// `backed_off` says whether a node failed recently. Empty only for an empty ring.
+/// `down` says whether a node is judged down. Empty only for an empty ring.
 ///
-/// Reads: the replicas not backed off, then the backed-off replicas. Writes: the replicas not backed
-/// off, then every other member not backed off (in ring order from the key), then the backed-off
-/// replicas. (Walking the ring until every member is found visits about `k ln k` tokens for `k`
-/// members, so the longer write plan is cheap.)
+/// Reads: the replicas not down, then the replicas that are down. Writes: the replicas not down, then
+/// every other member not down (in ring order from the key), then the replicas that are down.
+/// (Walking the ring until every member is found visits about `k ln k` tokens for `k` members, so the
+/// longer write plan is cheap.)
 pub(crate) fn plan(
     ring: &Ring,
     n: usize,
     key: &[u8],
     write: bool,
-    backed_off: impl Fn(&NodeId) -> bool,
+    down: impl Fn(&NodeId) -> bool,
 ) -> Vec<NodeId> {
     let n = n.max(1);
     let all = ring.preference_list(key, if write { ring.len() } else { n });
     let (replicas, others) = all.split_at(n.min(all.len()));
     let mut out: Vec<NodeId> = Vec::with_capacity(all.len());
-    out.extend(replicas.iter().filter(|node| !backed_off(node)).cloned());
-    out.extend(others.iter().filter(|node| !backed_off(node)).cloned());
-    out.extend(replicas.iter().filter(|node| backed_off(node)).cloned());
+    out.extend(replicas.iter().filter(|node| !down(node)).cloned());
+    out.extend(others.iter().filter(|node| !down(node)).cloned());
+    out.extend(replicas.iter().filter(|node| down(node)).cloned());
     out
 }
 
@@ -200,7 +193,7 @@ pub(crate) fn group_keys<S: AsRef<str>>(
     ring: &Ring,
     n: usize,
     keys: &[S],
-    backed_off: impl Fn(&NodeId) -> bool,
+    down: impl Fn(&NodeId) -> bool,
 ) -> Vec<(NodeId, Vec<usize>)> {
     let mut groups: Vec<(NodeId, Vec<usize>)> = Vec::new();
     let mut slot: HashMap<NodeId, usize> = HashMap::new();
@@ -209,7 +202,7 @@ pub(crate) fn group_keys<S: AsRef<str>>(
         ring.preference_list_into(key.as_ref().as_bytes(), n.max(1), &mut replicas);
         let Some(target) = replicas
             .iter()
-            .find(|node| !backed_off(node))
+            .find(|node| !down(node))
             .or_else(|| replicas.first())
         else {
             continue;
@@ -225,59 +218,150 @@ pub(crate) fn group_keys<S: AsRef<str>>(
     groups
 }
 
-/// Which nodes failed recently. Time is passed in, so the rules are testable.
-#[derive(Debug, Default)]
-pub(crate) struct Backoff {
-    /// Per node: when the current backoff started and how many backoffs in a row it has had.
-    failed: HashMap<NodeId, (Instant, u32)>,
+/// Packet counters of one connection at one instant ([`silent`] compares two of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Traffic {
+    /// The connection's `stable_id` (counters of different connections are not comparable).
+    pub(crate) conn: usize,
+    /// UDP datagrams received from the node on it so far.
+    pub(crate) rx: u64,
+    /// UDP datagrams sent to the node on it so far.
+    pub(crate) tx: u64,
 }
 
-/// The backoff after `streak` backoffs in a row.
-fn backoff_for(streak: u32) -> Duration {
-    NODE_BACKOFF
-        .saturating_mul(1 << streak.saturating_sub(1).min(16))
-        .min(MAX_NODE_BACKOFF)
+/// Whether a node stayed silent between two readings of its connection's counters: the client sent
+/// packets (a request, or QUIC's retransmissions of one) and not a single one came back, not even an
+/// acknowledgement. A live node acknowledges within its `max_ack_delay` (25 ms for quinn) even while it
+/// is still working on the request, so silence over a whole failure timeout means the process is gone
+/// (or paused, or cut off); a node that is merely slow is never judged by it. Readings of different
+/// connections say nothing.
+pub(crate) fn silent(before: Traffic, now: Traffic) -> bool {
+    before.conn == now.conn && now.rx == before.rx && now.tx > before.tx
 }
 
-impl Backoff {
-    /// Records that `node` failed at `now`. A failure while the node is still backed off belongs to the
-    /// same episode and changes nothing; a later one starts a backoff twice as long (up to
-    /// [`MAX_NODE_BACKOFF`]).
-    pub(crate) fn failed(&mut self, node: &NodeId, now: Instant) {
-        self.failed
-            .retain(|_, (at, _)| now.saturating_duration_since(*at) < FORGET_AFTER);
-        match self.failed.get_mut(node) {
-            Some((at, streak)) => {
-                if now.saturating_duration_since(*at) >= backoff_for(*streak) {
-                    *at = now;
-                    *streak = streak.saturating_add(1);
-                }
-            }
-            None => {
-                self.failed.insert(node.clone(), (now, 1));
-            }
+/// The hedge delay of a read: `configured` is `hedge_delay_us` (`Some(0)`: no hedging, `Some(us)`: fixed),
+/// otherwise the observed `p99` clamped to `[min, MAX_HEDGE_DELAY]`, or [`INITIAL_HEDGE_DELAY`] (at least
+/// `min`) while there is no p99 yet.
+pub(crate) fn hedge_delay(
+    configured: Option<u64>,
+    min: Duration,
+    p99: Option<Duration>,
+) -> Option<Duration> {
+    let min = min.min(MAX_HEDGE_DELAY);
+    match configured {
+        Some(0) => None,
+        Some(us) => Some(Duration::from_micros(us)),
+        None => Some(match p99 {
+            None => INITIAL_HEDGE_DELAY.max(min),
+            Some(p99) => p99.clamp(min, MAX_HEDGE_DELAY),
+        }),
+    }
+}
+
+/// Buckets per octave of [`LatencyWindow`]: 8 (each bucket spans about 9%).
+const BUCKETS_PER_OCTAVE: f64 = 8.0;
+
+/// Buckets of [`LatencyWindow`]: enough for 2^32 µs (over an hour); longer latencies share the last one.
+const BUCKETS: usize = 32 * 8;
+
+/// How long one window of [`LatencyWindow`] lasts; the p99 is taken over the current and the previous
+/// window, so it follows a change within two windows.
+pub(crate) const LATENCY_WINDOW: Duration = Duration::from_secs(1);
+
+/// Fewest samples in the current and previous window for a p99 to be reported.
+pub(crate) const MIN_LATENCY_SAMPLES: u64 = 32;
+
+/// How many samples are recorded between two recomputations of the p99 (it is also recomputed when a
+/// window ends).
+const RECOMPUTE_EVERY: u32 = 16;
+
+/// Recent latencies of one class of requests, for the adaptive hedge delay: log-bucketed histograms of
+/// the current and the previous [`LATENCY_WINDOW`]. Time is passed in, so the rules are testable.
+#[derive(Debug, Clone)]
+pub(crate) struct LatencyWindow {
+    current: Box<[u32; BUCKETS]>,
+    previous: Box<[u32; BUCKETS]>,
+    started: Instant,
+    p99: Option<Duration>,
+    since_recompute: u32,
+}
+
+fn bucket_of(latency: Duration) -> usize {
+    let us = latency.as_micros().min(u128::from(u32::MAX)) as f64;
+    ((us + 1.0).log2() * BUCKETS_PER_OCTAVE) as usize
+}
+
+/// The largest latency of bucket `i` (its upper edge), what a percentile falling in it reports.
+fn bucket_top(i: usize) -> Duration {
+    let us = 2f64.powf((i + 1) as f64 / BUCKETS_PER_OCTAVE) - 1.0;
+    Duration::from_micros(us.ceil() as u64)
+}
+
+impl LatencyWindow {
+    /// An empty window starting at `now`.
+    pub(crate) fn new(now: Instant) -> Self {
+        LatencyWindow {
+            current: Box::new([0; BUCKETS]),
+            previous: Box::new([0; BUCKETS]),
+            started: now,
+            p99: None,
+            since_recompute: 0,
         }
     }
 
-    /// Records that `node` answered: it is no longer backed off.
-    pub(crate) fn succeeded(&mut self, node: &NodeId) {
-        self.failed.remove(node);
+    /// Records one latency observed at `now`.
+    pub(crate) fn record(&mut self, latency: Duration, now: Instant) {
+        self.roll(now);
+        let i = bucket_of(latency).min(BUCKETS - 1);
+        self.current[i] = self.current[i].saturating_add(1);
+        self.since_recompute += 1;
+        if self.since_recompute >= RECOMPUTE_EVERY || self.p99.is_none() {
+            self.recompute();
+        }
     }
 
-    /// Whether `node` is backed off at `now`.
-    pub(crate) fn is_backed_off(&self, node: &NodeId, now: Instant) -> bool {
-        self.failed
-            .get(node)
-            .is_some_and(|(at, streak)| now.saturating_duration_since(*at) < backoff_for(*streak))
+    /// The p99 of the current and previous window at `now`; `None` with fewer than
+    /// [`MIN_LATENCY_SAMPLES`] samples.
+    pub(crate) fn p99(&mut self, now: Instant) -> Option<Duration> {
+        self.roll(now);
+        self.p99
     }
 
-    /// The nodes backed off at `now`.
-    pub(crate) fn backed_off(&self, now: Instant) -> Vec<NodeId> {
-        self.failed
-            .keys()
-            .filter(|node| self.is_backed_off(node, now))
-            .cloned()
-            .collect()
+    /// Starts a new window if the current one is over (two if it is long over).
+    fn roll(&mut self, now: Instant) {
+        let age = now.saturating_duration_since(self.started);
+        if age < LATENCY_WINDOW {
+            return;
+        }
+        if age >= 2 * LATENCY_WINDOW {
+            self.previous.fill(0);
+        } else {
+            std::mem::swap(&mut self.previous, &mut self.current);
+        }
+        self.current.fill(0);
+        self.started = now;
+        self.recompute();
+    }
+
+    fn recompute(&mut self) {
+        self.since_recompute = 0;
+        let count = |i: usize| u64::from(self.current[i]) + u64::from(self.previous[i]);
+        let total: u64 = (0..BUCKETS).map(count).sum();
+        if total < MIN_LATENCY_SAMPLES {
+            self.p99 = None;
+            return;
+        }
+        // The smallest latency at or below which 99% of the samples lie.
+        let rank = total - total / 100;
+        let mut seen = 0;
+        for i in 0..BUCKETS {
+            seen += count(i);
+            if seen >= rank {
+                self.p99 = Some(bucket_top(i));
+                return;
+            }
+        }
+        self.p99 = Some(bucket_top(BUCKETS - 1));
     }
 }
 
@@ -318,17 +402,17 @@ mod tests {
     }
 
     #[test]
-    fn reads_try_the_replicas_in_order_backed_off_ones_last() {
+    fn reads_try_the_replicas_in_order_down_ones_last() {
         let ring = ring(5);
         for k in 0..200 {
             let key = format!("user-{k}");
             let replicas = ring.preference_list(key.as_bytes(), 3);
             assert_eq!(plan(&ring, 3, key.as_bytes(), false, none), replicas);
-            // The owner failed recently: the other replicas first, the owner last.
+            // The owner is down: the other replicas first, the owner last.
             let owner = replicas[0].clone();
             let p = plan(&ring, 3, key.as_bytes(), false, |n| *n == owner);
             assert_eq!(p, vec![replicas[1].clone(), replicas[2].clone(), owner]);
-            // Every replica failed: all still tried, in preference order; never a non-replica.
+            // Every replica is down: all still tried, in preference order; never a non-replica.
             let p = plan(&ring, 3, key.as_bytes(), false, |_| true);
             assert_eq!(p, replicas);
         }
@@ -398,7 +482,7 @@ mod tests {
         // Groups in order of first appearance.
         assert_eq!(groups[0].1[0], 0);
 
-        // n1 backed off: its keys go to their next replica; nothing goes to n1.
+        // n1 down: its keys go to their next replica; nothing goes to n1.
         let n1 = id("n1");
         let groups = group_keys(&ring, 3, &keys, |n| *n == n1);
         assert_eq!(groups.len(), 3);
@@ -410,7 +494,7 @@ mod tests {
                 assert_eq!(node, expected);
             }
         }
-        // Everything backed off: the owners again.
+        // Everything down: the owners again.
         let groups = group_keys(&ring, 3, &keys, |_| true);
         for (node, indices) in &groups {
             for &i in indices {
@@ -420,45 +504,74 @@ mod tests {
     }
 
     #[test]
-    fn backoff_expires_grows_and_clears_on_success() {
-        let mut b = Backoff::default();
+    fn silence_is_packets_sent_and_none_received_on_one_connection() {
+        let t = |conn, rx, tx| Traffic { conn, rx, tx };
+        // Sent, nothing back: silent.
+        assert!(silent(t(1, 10, 10), t(1, 10, 13)));
+        // An acknowledgement (or anything) came back: alive, however slow the answer.
+        assert!(!silent(t(1, 10, 10), t(1, 11, 13)));
+        // Nothing sent, nothing received (a node busy with an acknowledged request): not judged.
+        assert!(!silent(t(1, 10, 10), t(1, 10, 10)));
+        // Another connection: the counters cannot be compared.
+        assert!(!silent(t(1, 10, 10), t(2, 0, 5)));
+    }
+
+    #[test]
+    fn hedge_delay_is_fixed_off_or_the_clamped_p99() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        let min = ms(1);
+        assert_eq!(hedge_delay(Some(0), min, Some(ms(5))), None);
+        assert_eq!(hedge_delay(Some(300), min, Some(ms(5))), Some(us(300)));
+        assert_eq!(hedge_delay(None, min, None), Some(INITIAL_HEDGE_DELAY));
+        assert_eq!(hedge_delay(None, ms(20), None), Some(ms(20)));
+        assert_eq!(hedge_delay(None, min, Some(us(150))), Some(min));
+        assert_eq!(hedge_delay(None, min, Some(ms(3))), Some(ms(3)));
+        assert_eq!(hedge_delay(None, min, Some(ms(900))), Some(MAX_HEDGE_DELAY));
+        assert_eq!(
+            hedge_delay(None, ms(500), Some(ms(1))),
+            Some(MAX_HEDGE_DELAY)
+        );
+    }
+
+    #[test]
+    fn latency_window_reports_the_p99_of_the_last_two_windows() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let n1 = id("n1");
-        assert!(!b.is_backed_off(&n1, t0));
-        b.failed(&n1, t0);
-        assert!(b.is_backed_off(&n1, t0 + ms(999)));
-        assert!(!b.is_backed_off(&n1, t0 + NODE_BACKOFF));
-        assert_eq!(b.backed_off(t0), vec![n1.clone()]);
-        assert!(b.backed_off(t0 + NODE_BACKOFF).is_empty());
-
-        // Failures of requests already in flight do not extend the backoff.
-        b.failed(&n1, t0 + ms(500));
-        assert!(!b.is_backed_off(&n1, t0 + NODE_BACKOFF));
-
-        // Failing again after the backoff doubles it, up to the maximum.
-        let t1 = t0 + NODE_BACKOFF;
-        b.failed(&n1, t1);
-        assert!(b.is_backed_off(&n1, t1 + ms(1_999)));
-        assert!(!b.is_backed_off(&n1, t1 + ms(2_000)));
-        let mut t = t1 + ms(2_000);
-        for expected in [4_000, 8_000, 8_000, 8_000] {
-            b.failed(&n1, t);
-            assert!(b.is_backed_off(&n1, t + ms(expected - 1)));
-            assert!(!b.is_backed_off(&n1, t + ms(expected)), "{expected}");
-            t += ms(expected);
+        let us = Duration::from_micros;
+        let mut w = LatencyWindow::new(t0);
+        assert_eq!(w.p99(t0), None);
+        for _ in 0..MIN_LATENCY_SAMPLES - 1 {
+            w.record(us(100), t0);
         }
-
-        // An answer clears it all: the next failure starts over.
-        b.succeeded(&n1);
-        assert!(!b.is_backed_off(&n1, t));
-        b.failed(&n1, t);
-        assert!(!b.is_backed_off(&n1, t + NODE_BACKOFF));
-
-        // Old records are forgotten when another failure is recorded.
-        b.failed(&id("n2"), t + FORGET_AFTER);
-        assert_eq!(b.failed.len(), 1);
-        assert_eq!(backoff_for(u32::MAX), MAX_NODE_BACKOFF);
+        assert_eq!(w.p99(t0), None, "too few samples");
+        // 990 samples of 100 µs and 10 of 5 ms: the p99 is 100 µs (within a bucket, ~9%).
+        for i in MIN_LATENCY_SAMPLES - 1..1000 {
+            w.record(if i % 100 == 0 { ms(5) } else { us(100) }, t0);
+        }
+        let p99 = w.p99(t0).unwrap();
+        assert!(p99 >= us(100) && p99 <= us(110), "{p99:?}");
+        // 30 more slow ones: over 1% are slow now, the p99 moves up to them.
+        for _ in 0..30 {
+            w.record(ms(5), t0);
+        }
+        let p99 = w.p99(t0 + ms(1)).unwrap();
+        assert!(p99 >= ms(5) && p99 <= ms(6), "{p99:?}");
+        // One window later the samples are still counted (previous window)...
+        assert!(w.p99(t0 + LATENCY_WINDOW).unwrap() >= ms(5));
+        // ...two windows later they are forgotten.
+        assert_eq!(w.p99(t0 + LATENCY_WINDOW * 2 + ms(1)), None);
+        // A long idle period forgets everything at once.
+        let mut w = LatencyWindow::new(t0);
+        for _ in 0..100 {
+            w.record(us(50), t0);
+        }
+        assert_eq!(w.p99(t0 + LATENCY_WINDOW * 5), None);
+        // Extreme values land in the first and last bucket.
+        w.record(Duration::ZERO, t0 + LATENCY_WINDOW * 5);
+        w.record(Duration::from_secs(1 << 40), t0 + LATENCY_WINDOW * 5);
+        assert_eq!(bucket_of(Duration::ZERO), 0);
+        assert!(bucket_top(bucket_of(us(1000))) >= us(1000));
     }
 
     #[test]

@@ -10,10 +10,15 @@
 //! stores nothing and never replicates.
 //!
 //! Canned behaviours, by key: `drop-conn` closes the connection instead of answering (a `Get` only the
-//! first time), `hang` never answers, `huge` announces an oversize frame, `wrong-variant` answers a `Get`
-//! with `Incremented`, `no-answer` finishes the stream without answering, `refuse` is refused with
+//! first time), `hang` never answers (nor a batch holding it), `p-slow-<node>-...` is never answered by `<node>` (the other nodes
+//! answer it as a `p-` key), `huge` announces an oversize frame, `wrong-variant` answers a `Get` with
+//! `Incremented`, `no-answer` finishes the stream without answering, `refuse` is refused with
 //! `LimitExceeded`, keys starting with `unavail` are refused with `Unavailable`, and keys starting with
 //! `p-` are read as a profile naming the key and the node that served it.
+//!
+//! [`Fake::kill`] makes a node look like a `kill -9`ed process to the client: its UDP port closes, so
+//! nothing comes back from it (not even an acknowledgement) while the client's connection still looks
+//! open; [`Fake::revive`] brings it back on the same port.
 
 #![allow(clippy::unwrap_used)]
 
@@ -22,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use featurestore::cluster::detector::Liveness;
 use featurestore::cluster::membership::{MemberState, MembershipTable};
@@ -84,6 +89,8 @@ struct State {
     refuse_batches: AtomicBool,
     log: Mutex<Vec<Seen>>,
     written: Mutex<BTreeSet<String>>,
+    /// Why each connection ended, as the node saw it.
+    closes: Mutex<Vec<String>>,
 }
 
 impl State {
@@ -118,6 +125,31 @@ impl Fake {
     /// Stops the node: open connections are closed, new handshakes fail.
     fn stop(&self) {
         self.endpoint.close(0u32.into(), b"stopped");
+    }
+
+    /// Kills the node as `kill -9` would, seen from the client: the endpoint moves to another port, so
+    /// whatever it sends comes from an address the client does not talk to and is dropped there; not
+    /// one packet (not even an acknowledgement) reaches the client any more, and new handshakes time
+    /// out, while the client's connection still looks open. (quinn keeps reading the old socket until
+    /// traffic arrives on the new one, so the node itself carries on, unheard.)
+    fn kill(&self) {
+        let elsewhere = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        self.endpoint.rebind(elsewhere).unwrap();
+    }
+
+    /// Brings a killed node back on its port: one more move releases the old socket (quinn keeps only
+    /// the previous one), then the port is bound again.
+    async fn revive(&self) {
+        let transit = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        self.endpoint.rebind(transit).unwrap();
+        for _ in 0..100 {
+            if let Ok(socket) = std::net::UdpSocket::bind(self.addr) {
+                self.endpoint.rebind(socket).unwrap();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} cannot be bound again", self.addr);
     }
 }
 
@@ -169,6 +201,9 @@ fn client_config(pki: &Pki, nodes: Vec<NodeAddr>) -> ClientConfig {
     ClientConfig {
         connect_timeout_ms: 500,
         request_timeout_ms: 2_000,
+        // Routing tests count the requests each node saw: no hedge within a test's time (hedging has
+        // tests of its own).
+        hedge_delay_us: Some(1_000_000),
         ..ClientConfig::new(
             dir.join("ca.pem"),
             dir.join("client.pem"),
@@ -212,6 +247,7 @@ fn start_node(pki: &Pki, name: &str, shared: &Arc<Shared>) -> Fake {
         refuse_batches: AtomicBool::new(false),
         log: Mutex::new(Vec::new()),
         written: Mutex::new(BTreeSet::new()),
+        closes: Mutex::new(Vec::new()),
     });
     shared
         .table
@@ -244,6 +280,8 @@ async fn serve(endpoint: Endpoint, state: Arc<State>) {
             while let Ok((send, recv)) = conn.accept_bi().await {
                 tokio::spawn(handle(conn.clone(), send, recv, state.clone()));
             }
+            let reason = format!("{:?}", conn.close_reason());
+            state.closes.lock().unwrap().push(reason);
         });
     }
 }
@@ -303,6 +341,13 @@ async fn handle(
         Ok(Request::Get { key, quorum, .. }) => {
             state.gets.fetch_add(1, Ordering::SeqCst);
             log(&state, "get", vec![key.clone()], quorum);
+            let slow_here = key
+                .strip_prefix("p-slow-")
+                .is_some_and(|rest| rest.starts_with(&format!("{}-", state.id)));
+            if slow_here {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                return;
+            }
             match key.as_str() {
                 "drop-conn" if !state.dropped_read.swap(true, Ordering::SeqCst) => {
                     conn.close(7u32.into(), b"restarting");
@@ -328,6 +373,10 @@ async fn handle(
         }
         Ok(Request::GetMany { keys, quorum, .. }) => {
             log(&state, "get_many", keys.clone(), quorum);
+            if keys.iter().any(|k| k == "hang") {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                return;
+            }
             if state.refuse_batches.load(Ordering::SeqCst) {
                 refused(ErrorCode::Unavailable, "batches refused")
             } else {
@@ -1208,4 +1257,304 @@ async fn storectl_prints_json_and_reports_errors() {
     let (code, out, _) = storectl(dir, &["cluster"]).await;
     assert_eq!(code, 0);
     assert_eq!(json(&out)["table"]["members"]["n1"]["state"], "leaving");
+}
+
+/// What `client` believes about node `node`.
+fn health_of(client: &Client, node: &str) -> store_client::NodeHealth {
+    client
+        .node_health()
+        .into_iter()
+        .find(|h| h.node.as_str() == node)
+        .unwrap_or_else(|| panic!("no health for {node}: {:?}", client.node_health()))
+}
+
+/// The `skip`-th key `<prefix><k>` whose first replica is `owner`.
+fn key_owned_by(ring: &Ring, prefix: &str, owner: &str, skip: usize) -> String {
+    (0..)
+        .map(|k| format!("{prefix}{k}"))
+        .filter(|k| ring.owner(k.as_bytes()) == Some(&id(owner)))
+        .nth(skip)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replica_is_hedged_and_not_judged_down() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 3, 3);
+    let seeds: Vec<NodeAddr> = nodes.iter().map(Fake::seed).collect();
+    let client = Client::connect(ClientConfig {
+        hedge_delay_us: Some(20_000),
+        ..client_config(&pki, seeds.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(client.hedge_delay(), Some(Duration::from_millis(20)));
+    let ring = expected_ring(&nodes.iter().collect::<Vec<_>>());
+    // n1 owns the key and never answers it, but it is alive: it acknowledges the request.
+    let key = key_owned_by(&ring, "p-slow-n1-", "n1", 0);
+    let second = ring.preference_list(key.as_bytes(), 3)[1].clone();
+
+    let begin = Instant::now();
+    let profile = client.get(&key, None).await.unwrap();
+    let took = begin.elapsed();
+    assert_eq!(text(&profile, "node"), second.as_str());
+    assert!(
+        took >= Duration::from_millis(20) && took < Duration::from_secs(1),
+        "{took:?}"
+    );
+    // n1 was asked first, the second replica after the hedge delay.
+    assert_eq!(nodes[0].state.keys("get"), vec![key.clone()]);
+    assert_eq!(
+        node_of(&nodes, &second).state.keys("get"),
+        vec![key.clone()]
+    );
+    // Well past the failure timeout: a slow node that acknowledges is not judged down.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n1 = health_of(&client, "n1");
+    assert!(!n1.down && n1.failures == 0, "{n1:?}");
+    client.close().await;
+
+    // Without hedging the same read waits for n1 until the deadline: a typed timeout.
+    let patient = Client::connect(ClientConfig {
+        hedge_delay_us: Some(0),
+        request_timeout_ms: 400,
+        ..client_config(&pki, seeds)
+    })
+    .await
+    .unwrap();
+    assert_eq!(patient.hedge_delay(), None);
+    let begin = Instant::now();
+    let err = patient.get(&key, None).await.unwrap_err();
+    let took = begin.elapsed();
+    assert!(
+        matches!(err, Error::Timeout { after } if after == Duration::from_millis(400)),
+        "{err}"
+    );
+    assert!(took < Duration::from_millis(1_500), "{took:?}");
+    patient.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deadline_bounds_the_whole_call() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 3, 3);
+    let client = Client::connect(ClientConfig {
+        hedge_delay_us: Some(10_000),
+        ..client_config(&pki, vec![nodes[0].seed()])
+    })
+    .await
+    .unwrap();
+    // Every replica hangs: hedged to all three, and the whole call still ends at its deadline (the
+    // previous client gave every attempt its own timeout).
+    let quick = client.with_deadline(Duration::from_millis(300));
+    assert_eq!(quick.deadline(), Duration::from_millis(300));
+    assert_eq!(client.deadline(), Duration::from_millis(2_000));
+    let begin = Instant::now();
+    let err = quick.get("hang", None).await.unwrap_err();
+    let took = begin.elapsed();
+    assert!(
+        matches!(err, Error::Timeout { after } if after == Duration::from_millis(300)),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+    for node in &nodes {
+        assert_eq!(node.state.keys("get"), vec!["hang"], "{}", node.id);
+    }
+    // get_many is bounded by one deadline too: its batches and the keys read one by one after them.
+    let begin = Instant::now();
+    let err = quick.get_many(&["hang", "p-1"], None).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(
+        begin.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        begin.elapsed()
+    );
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_routed_around_and_back_when_it_returns() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 3, 3);
+    // Hedging is off in effect (1 s): what moves the reads on here is the failure verdict.
+    let client = Client::connect(client_config(&pki, nodes.iter().map(Fake::seed).collect()))
+        .await
+        .unwrap();
+    let ring = expected_ring(&nodes.iter().collect::<Vec<_>>());
+    for owner in ["n1", "n2", "n3"] {
+        let key = key_owned_by(&ring, "p-", owner, 0);
+        assert_eq!(text(&client.get(&key, None).await.unwrap(), "node"), owner);
+    }
+    nodes[0].kill();
+
+    // The first read of one of n1's keys goes to n1, gets not one packet back, and moves on when n1 is
+    // judged down (after the 150 ms failure timeout, long before the 1 s hedge).
+    let key = key_owned_by(&ring, "p-", "n1", 1);
+    let second = ring.preference_list(key.as_bytes(), 3)[1].clone();
+    let begin = Instant::now();
+    let profile = client.get(&key, None).await.unwrap();
+    let took = begin.elapsed();
+    assert_eq!(text(&profile, "node"), second.as_str());
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+    let n1 = health_of(&client, "n1");
+    assert!(n1.down, "{n1:?}");
+    assert!(
+        n1.reason.as_deref().unwrap_or("").contains("packet"),
+        "{n1:?}"
+    );
+
+    // From then on n1 is tried last: its keys are read from their next replica at once.
+    for skip in 2..12 {
+        let key = key_owned_by(&ring, "p-", "n1", skip);
+        let begin = Instant::now();
+        let profile = client.get(&key, None).await.unwrap();
+        assert_ne!(text(&profile, "node"), "n1");
+        assert!(
+            begin.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            begin.elapsed()
+        );
+    }
+
+    // n1 comes back: the background probe finds it, and its keys go to it again.
+    nodes[0].revive().await;
+    let revived = Instant::now();
+    let key = key_owned_by(&ring, "p-", "n1", 12);
+    loop {
+        let profile = client.get(&key, None).await.unwrap();
+        if text(&profile, "node") == "n1" {
+            break;
+        }
+        assert!(
+            revived.elapsed() < Duration::from_secs(3),
+            "n1 not used again: {:?}",
+            client.node_health()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!health_of(&client, "n1").down);
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_waiting_on_a_killed_node_fail_fast_and_are_not_sent_again() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 3, 3);
+    let ring = expected_ring(&nodes.iter().collect::<Vec<_>>());
+    let client = Client::connect(client_config(&pki, nodes.iter().map(Fake::seed).collect()))
+        .await
+        .unwrap();
+    // Connected to n1 before it dies.
+    let warm = key_owned_by(&ring, "p-", "n1", 0);
+    client.get(&warm, None).await.unwrap();
+    nodes[0].kill();
+
+    // A put and an increment sent to n1 may have reached it: neither is sent elsewhere. Both fail as
+    // soon as n1 is judged down (the 150 ms failure timeout), not at the 2 s deadline.
+    let put_key = key_owned_by(&ring, "p-", "n1", 1);
+    let incr_key = key_owned_by(&ring, "p-", "n1", 2);
+    let begin = Instant::now();
+    let (put, incr) = tokio::join!(
+        client.put(&put_key, &[("a", Value::I64(1))]),
+        client.increment(&incr_key, &[("c", 1)]),
+    );
+    let took = begin.elapsed();
+    for err in [put.unwrap_err(), incr.unwrap_err()] {
+        assert!(matches!(err, Error::Transport(_)), "{err}");
+        assert!(
+            err.to_string().contains("may or may not have been applied"),
+            "{err}"
+        );
+    }
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_millis(1_000),
+        "{took:?}"
+    );
+    for node in &nodes[1..] {
+        assert!(node.state.seen("put").is_empty(), "{}", node.id);
+        assert_eq!(
+            node.state.increments.load(Ordering::SeqCst),
+            0,
+            "{}",
+            node.id
+        );
+    }
+    // Now n1 is judged down: the next writes go to the next replica at once, never to n1.
+    let second = node_of(&nodes, &ring.preference_list(put_key.as_bytes(), 3)[1]);
+    let begin = Instant::now();
+    client.put(&put_key, &[("a", Value::I64(2))]).await.unwrap();
+    assert_eq!(
+        client.increment(&incr_key, &[("c", 1)]).await.unwrap(),
+        vec![1]
+    );
+    assert!(
+        begin.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        begin.elapsed()
+    );
+    assert_eq!(second.state.keys("put"), vec![put_key.clone()]);
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_are_dialed_in_parallel_and_close_skips_unfinished_handshakes() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 1, 3);
+    // A UDP socket that never answers, first in the list: a dead first seed.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = client_config(
+        &pki,
+        vec![
+            NodeAddr::new("n2", silent.local_addr().unwrap()),
+            nodes[0].seed(),
+        ],
+    );
+    let begin = Instant::now();
+    let client = Client::connect(config).await.unwrap();
+    let connected = begin.elapsed();
+    assert_eq!(client.connected_node(), "n1");
+    // The dead seed's 500 ms handshake timeout is not waited for.
+    assert!(connected < Duration::from_millis(400), "{connected:?}");
+    assert_eq!(client.get("u1", None).await.unwrap(), None);
+    // Its handshake is still pending: close() neither waits for it nor for a fixed second.
+    let begin = Instant::now();
+    client.close().await;
+    let closed = begin.elapsed();
+    assert!(closed < Duration::from_millis(400), "{closed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storectl_answers_quickly_when_the_first_seed_is_dead() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 1, 3);
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dir = pki.dir.path();
+    // Default timeouts: what a user's client.toml says.
+    std::fs::write(
+        dir.join("client.toml"),
+        format!(
+            "ca_cert = \"ca.pem\"\ncert = \"client.pem\"\nkey = \"client.key\"\n\
+             [[nodes]]\nname = \"n2\"\naddr = \"{}\"\n\
+             [[nodes]]\nname = \"n1\"\naddr = \"{}\"\n",
+            silent.local_addr().unwrap(),
+            nodes[0].addr
+        ),
+    )
+    .unwrap();
+    let begin = Instant::now();
+    let (code, out, err) = storectl(dir, &["get", "p-7", "--features", "node"]).await;
+    let took = begin.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["features"]["node"]["value"], "n1", "{out}");
+    // The whole process (start, connect, read, close, exit) takes well under a second.
+    assert!(took < Duration::from_secs(1), "storectl took {took:?}");
+    // And its close reached the node before it exited (not an idle timeout 30 s later).
+    let closed = nodes[0].state.closes.lock().unwrap().clone();
+    assert!(closed.len() == 1 && closed[0].contains("bye"), "{closed:?}");
 }

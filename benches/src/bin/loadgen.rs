@@ -7,6 +7,8 @@
 //! - `loadgen report`: re-renders `docs/benchmarks.md` from `benches/results/summary.json` (e.g. after
 //!   editing `benches/analysis.md`), without measuring.
 //! - `loadgen echo-server`: the echo server (started by `compare` on the server core).
+//! - `loadgen fault [...]`: kill -9 one node of a three-node cluster under a running client (and restart
+//!   it); a per-second timeline (`--doc` puts it into `docs/benchmarks.md`). See `benches::fault`.
 //!
 //! SIGINT/SIGTERM stop a run cleanly: every server it started is killed.
 
@@ -53,6 +55,8 @@ enum Command {
         #[arg(long, default_value = "benches/analysis.md")]
         analysis: PathBuf,
     },
+    /// Kill -9 a node of a three-node cluster under a running client; per-second timeline.
+    Fault(benches::fault::FaultArgs),
     /// Serve the echo floor (prints `echo ready on <addr>`).
     EchoServer {
         /// UDP address to listen on (loopback only).
@@ -198,6 +202,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Run(args)) => client_runtime()?.block_on(with_signals(run_one(args))),
+        Some(Command::Fault(args)) => {
+            client_runtime()?.block_on(with_signals(benches::fault::cli(args)))
+        }
         Some(Command::Compare(args)) => client_runtime()?.block_on(with_signals(run_compare(args))),
         None if cli.smoke => client_runtime()?.block_on(with_signals(run_compare(CompareArgs {
             smoke: true,
