@@ -1533,6 +1533,49 @@ impl Client {
         }
     }
 
+    /// Ingests behaviour events (parsed with [`Event::from_segment`](featurestore::ingest::Event)): each
+    /// is applied on its user's owner, in order per user, exactly once per message id. Returns one outcome
+    /// per event, in order: `Applied` once it is durable on its owner and handed to replication,
+    /// `Duplicate` if its message id was already ingested, or `Refused` with the reason.
+    ///
+    /// Events are sent one request per run of consecutive events of one user, to a replica of that user
+    /// (the node forwards to the owner if it is not it). A request that fails is safe to send again: the
+    /// events are deduplicated by message id.
+    pub async fn ingest(
+        &self,
+        events: &[featurestore::ingest::Event],
+    ) -> Result<Vec<featurestore::wire::event::EventOutcome>> {
+        use featurestore::wire::event::WireEvent;
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut start = 0;
+        while start < events.len() {
+            let key = events[start].key();
+            let end = events[start..]
+                .iter()
+                .position(|e| e.key() != key)
+                .map_or(events.len(), |n| start + n);
+            let request = Request::Ingest {
+                events: events[start..end].iter().map(WireEvent::from).collect(),
+            };
+            let frame = codec::encode_request(&request)?;
+            match self
+                .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
+                .await?
+            {
+                Response::Ingested(got) if got.len() == end - start => outcomes.extend(got),
+                Response::Ingested(got) => {
+                    return Err(Error::UnexpectedResponse {
+                        expected: "one outcome per event",
+                        got: format!("{} outcomes for {} events", got.len(), end - start),
+                    })
+                }
+                other => return Err(unexpected("Ingested", &other)),
+            }
+            start = end;
+        }
+        Ok(outcomes)
+    }
+
     /// Writes a flag with the causal context of the read it is based on (the empty context if the writer
     /// saw nothing). Returns the flag after the write: every sibling, and the context for the next write.
     ///

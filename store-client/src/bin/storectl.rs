@@ -27,6 +27,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use featurestore::ingest::Event;
+use featurestore::wire::event::EventOutcome;
 use serde::Serialize;
 use serde_json::json;
 use store_client::{CausalContext, Client, ClientConfig, GaugeWrite, NodeId, Value};
@@ -151,6 +153,131 @@ enum Command {
         #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
         node: NodeId,
     },
+    /// Send a track event for USER (Segment's track call): `storectl track u1 "Order Completed" revenue=42.5`.
+    Track {
+        /// The user id.
+        user: String,
+        /// The event name.
+        event: String,
+        /// Properties as NAME=VALUE.
+        #[arg(value_parser = parse_gauge)]
+        properties: Vec<(String, Value)>,
+        /// The message id (default: a fresh one; send the same id again to retry without double counting).
+        #[arg(long)]
+        message_id: Option<String>,
+    },
+    /// Send an identify call for USER with traits as NAME=VALUE (each becomes a gauge).
+    Identify {
+        /// The user id.
+        user: String,
+        /// Traits as NAME=VALUE.
+        #[arg(value_parser = parse_gauge)]
+        traits: Vec<(String, Value)>,
+        /// The message id (default: a fresh one).
+        #[arg(long)]
+        message_id: Option<String>,
+    },
+    /// Ingest a file of Segment-format events, one JSON object per line (nothing is sent if a line is
+    /// invalid).
+    Ingest {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// A fresh message id for a command-line event.
+fn fresh_message_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("storectl-{}-{nanos}", std::process::id())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn json_of(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Bool(b) => (*b).into(),
+        Value::I64(i) => (*i).into(),
+        Value::F64(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::Str(s) => s.clone().into(),
+    }
+}
+
+/// A command-line event as the Segment API would receive it.
+fn cli_event(
+    kind: &str,
+    user: &str,
+    name: Option<&str>,
+    fields: &[(String, Value)],
+    message_id: Option<String>,
+) -> anyhow::Result<Event> {
+    let map: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| (k.clone(), json_of(v)))
+        .collect();
+    let mut json = serde_json::json!({
+        "type": kind,
+        "userId": user,
+        "messageId": message_id.unwrap_or_else(fresh_message_id),
+    });
+    if let Some(name) = name {
+        json["event"] = name.into();
+    }
+    json[if kind == "identify" {
+        "traits"
+    } else {
+        "properties"
+    }] = map.into();
+    Event::from_segment(&json, None, now_ms(), &featurestore::Limits::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Reads a JSON-lines file of events.
+fn events_of_file(path: &std::path::Path) -> anyhow::Result<Vec<Event>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut events = Vec::new();
+    for (no, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let json: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}, line {}: not JSON", path.display(), no + 1))?;
+        let event = Event::from_segment(&json, None, now_ms(), &featurestore::Limits::default())
+            .map_err(|e| anyhow::anyhow!("{}, line {}: {e}", path.display(), no + 1))?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Outcomes as JSON lines for the terminal.
+fn render_outcomes(events: &[Event], outcomes: &[EventOutcome]) -> anyhow::Result<String> {
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .zip(outcomes)
+        .map(|(e, o)| {
+            let (outcome, detail) = match o {
+                EventOutcome::Applied { late } if late.is_empty() => {
+                    ("applied", serde_json::Value::Null)
+                }
+                EventOutcome::Applied { late } => ("applied", serde_json::json!({ "late": late })),
+                EventOutcome::Duplicate => ("duplicate", serde_json::Value::Null),
+                EventOutcome::Refused { code, message } => (
+                    "refused",
+                    serde_json::json!({ "code": format!("{code:?}"), "message": message }),
+                ),
+            };
+            serde_json::json!({ "message_id": e.message_id, "outcome": outcome, "detail": detail })
+        })
+        .collect();
+    pretty(&rows)
 }
 
 /// Splits `name=value` at the first `=`; the name must be non-empty.
@@ -318,6 +445,33 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<String> {
         Command::Cluster => pretty(&client.refresh_cluster().await?),
         Command::Local { key, node } => pretty(&client.local_state(&node, &key).await?),
         Command::Digests { node, peer } => pretty(&client.digests(&node, &peer).await?),
+        Command::Track {
+            user,
+            event,
+            properties,
+            message_id,
+        } => {
+            let events = [cli_event(
+                "track",
+                &user,
+                Some(&event),
+                &properties,
+                message_id,
+            )?];
+            render_outcomes(&events, &client.ingest(&events).await?)
+        }
+        Command::Identify {
+            user,
+            traits,
+            message_id,
+        } => {
+            let events = [cli_event("identify", &user, None, &traits, message_id)?];
+            render_outcomes(&events, &client.ingest(&events).await?)
+        }
+        Command::Ingest { file } => {
+            let events = events_of_file(&file)?;
+            render_outcomes(&events, &client.ingest(&events).await?)
+        }
         Command::Leave { node } => {
             client.leave(&node).await?;
             pretty(&json!({ "node": node, "leaving": true }))
