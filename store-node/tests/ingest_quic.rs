@@ -2,6 +2,8 @@
 //! processes: applied on the owner, readable as windowed features, a retry counted once — also when the
 //! owner was `kill -9`ed between the first delivery and the retry, so the retry lands on another owner.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;
