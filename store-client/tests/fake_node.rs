@@ -358,7 +358,15 @@ async fn handle(
                     return;
                 }
                 "huge" => {
-                    let _ = send.write_all(&[1, 0xff, 0xff, 0xff, 0xff]).await;
+                    let _ = send
+                        .write_all(&[
+                            featurestore::wire::client::PROTOCOL_VERSION,
+                            0xff,
+                            0xff,
+                            0xff,
+                            0xff,
+                        ])
+                        .await;
                     let _ = send.finish();
                     return;
                 }
