@@ -713,3 +713,143 @@ impl Replication {
         due.into_iter().min().unwrap_or(now_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Unit tests of single decisions of the state machine; the protocol as a whole is tested by the
+    //! simulation (`sim`).
+
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::cluster::ring::Ring;
+
+    const ADDR: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        7000,
+    ));
+
+    fn node(i: usize) -> NodeId {
+        NodeId::new(format!("n{i}")).expect("valid")
+    }
+
+    /// A store that reports the `(key, hash)` entries it is given (each key's state is empty).
+    #[derive(Default)]
+    struct Entries(RefCell<Vec<(String, u64)>>);
+
+    impl LocalStore for Entries {
+        fn state(&self, key: &str) -> Option<Profile> {
+            self.0
+                .borrow()
+                .iter()
+                .any(|(k, _)| k == key)
+                .then(Profile::default)
+        }
+        fn merge_remote(&self, _key: &str, _state: &Profile) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn for_each_key(&self, f: &mut dyn FnMut(&str, u64)) {
+            for (k, h) in self.0.borrow().iter() {
+                f(k, *h);
+            }
+        }
+        fn remove_if_unchanged(&self, _key: &str, _expected: u64) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+    }
+
+    /// `n1` of an active three-node cluster (N = 3: every node replicates every key).
+    fn n1(config: ReplicationConfig) -> Replication {
+        let mut table = MembershipTable::default();
+        for i in 1..=3 {
+            table.set(&node(i), ADDR, MemberState::Active);
+        }
+        Replication::new(node(1), config, table, BTreeMap::new(), 0)
+    }
+
+    #[test]
+    fn an_idle_node_sleeps_until_its_next_gossip_round() {
+        let config = ReplicationConfig::default();
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        assert_eq!(r.next_deadline(0), 0, "everything is due at start");
+        r.tick(&store, 0);
+        assert_eq!(r.next_deadline(0), config.gossip_ms);
+    }
+
+    #[test]
+    fn a_send_without_an_ack_in_time_becomes_a_hint() {
+        let config = ReplicationConfig::default();
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let ticket = r.begin_local_write("k", 1).expect("admitted");
+        let plan = r.on_local_write(ticket, "k", &store, 0);
+        assert_eq!(plan.replica_sends.len(), 2);
+        assert_eq!(r.hint_count(&node(2)), 0);
+        r.tick(&store, config.rpc_timeout_ms);
+        assert_eq!(r.hint_count(&node(2)), 1);
+        assert_eq!(r.hint_count(&node(3)), 1);
+        assert_eq!(r.stats().send_timeouts, 2);
+    }
+
+    /// Anti-entropy finds a difference only if the bucket digest moves: any change of a key's state
+    /// hash, down to one bit, must change it.
+    #[test]
+    fn every_bit_of_a_state_hash_moves_its_digest() {
+        let r = n1(ReplicationConfig::default());
+        let store = Entries::default();
+        let base = 0x0123_4567_89ab_cdef_u64;
+        store.0.borrow_mut().push(("k".into(), base));
+        let before = r.digests(&node(2), &store);
+        for bit in 0..64 {
+            store.0.borrow_mut()[0].1 = base ^ (1 << bit);
+            assert_ne!(r.digests(&node(2), &store), before, "bit {bit}");
+        }
+    }
+
+    /// A digest reply answers whole differing buckets until the next would pass `ae_max_keys`.
+    #[test]
+    fn a_digest_reply_answers_buckets_up_to_the_key_budget() {
+        let buckets = 64u32;
+        // Keys in distinct buckets, so every bucket holds exactly one.
+        let mut seen = BTreeSet::new();
+        let keys: Vec<String> = (0..)
+            .map(|i| format!("key-{i}"))
+            .filter(|k| seen.insert(Ring::position(k.as_bytes()) % u64::from(buckets)))
+            .take(6)
+            .collect();
+        let store = Entries::default();
+        store
+            .0
+            .borrow_mut()
+            .extend(keys.iter().map(|k| (k.clone(), 7)));
+        for (max_keys, expected) in [(4_096, 6), (2, 2), (1, 1)] {
+            let mut r = n1(ReplicationConfig {
+                ae_buckets: buckets,
+                ae_max_keys: max_keys,
+                ..ReplicationConfig::default()
+            });
+            // The peer holds nothing: every bucket with a key differs.
+            let effects = r.handle(
+                &node(2),
+                PeerMessage::AeDigest {
+                    buckets: vec![0; buckets as usize],
+                },
+                &store,
+                0,
+            );
+            let entries: Vec<&(String, u64)> = effects
+                .iter()
+                .flat_map(|e| match e {
+                    Effect::Send {
+                        msg: PeerMessage::AeEntries { entries, .. },
+                        ..
+                    } => entries.iter().collect(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            assert_eq!(entries.len(), expected, "ae_max_keys = {max_keys}");
+        }
+    }
+}
