@@ -276,6 +276,7 @@ mod tests {
     use crate::crdt::value::Value;
     use crate::wire::client::GaugeWrite;
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     fn sample() -> Request {
         Request::Put {
@@ -341,6 +342,25 @@ mod tests {
             decode_request(&frame[FRAME_HEADER_BYTES..]).expect("decodes"),
             req
         );
+    }
+
+    /// Every budget class decodes a legitimate message of its size (the largest class too): the
+    /// allocation limit of each class is at least the budget it stands for.
+    #[test]
+    fn a_legitimate_message_of_every_size_class_decodes() {
+        let mut classes = BTreeSet::new();
+        for n in [1, 100, 1_000, 10_000, 40_000] {
+            let req = Request::GetMany {
+                keys: (0..n).map(|i| format!("user-{i}")).collect(),
+                features: None,
+                quorum: 1,
+            };
+            let frame = encode_request(&req).expect("encodes");
+            let payload = &frame[FRAME_HEADER_BYTES..];
+            classes.insert(decode_budget(payload.len()));
+            assert_eq!(decode_request(payload).expect("decodes"), req, "{n} keys");
+        }
+        assert_eq!(classes.len(), 5, "one message per class: {classes:?}");
     }
 
     #[test]
