@@ -793,6 +793,117 @@ mod tests {
         assert_eq!(r.stats().send_timeouts, 2);
     }
 
+    /// A hint's bytes are given back when it is delivered: a target's budget bounds the hints it has
+    /// now, not all it ever had.
+    #[test]
+    fn a_delivered_hint_gives_its_budget_back() {
+        let config = ReplicationConfig {
+            max_hint_bytes_per_target: 1,
+            ..ReplicationConfig::default()
+        };
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let mut now = 0;
+        for round in 0..3 {
+            let ticket = r.begin_local_write("k", 1).expect("admitted");
+            let _ = r.on_local_write(ticket, "k", &store, now);
+            now += config.rpc_timeout_ms;
+            let mut effects = r.tick(&store, now);
+            assert_eq!(r.hint_count(&node(2)), 1, "round {round}: hinted");
+            // Replayed (on this tick or the next replay round); n2 acknowledges the replay.
+            now += config.hint_replay_ms;
+            effects.extend(r.tick(&store, now));
+            let seq = effects
+                .iter()
+                .find_map(|e| match e {
+                    Effect::Send {
+                        to,
+                        msg: PeerMessage::Replicate { seq, .. },
+                        ..
+                    } if *to == node(2) => Some(*seq),
+                    _ => None,
+                })
+                .expect("the hint is replayed");
+            let key = "k".to_owned();
+            r.handle(
+                &node(2),
+                PeerMessage::ReplicateAck { seq, key },
+                &store,
+                now,
+            );
+            assert_eq!(r.hint_count(&node(2)), 0, "round {round}: delivered");
+        }
+        assert_eq!(r.stats().hints_dropped, 0);
+    }
+
+    /// Step 3 of anti-entropy: what the peer has and this node lacks is pulled.
+    #[test]
+    fn keys_only_the_peer_has_are_pulled() {
+        let mut r = n1(ReplicationConfig::default());
+        let store = Entries::default();
+        let effects = r.handle(
+            &node(2),
+            PeerMessage::AeEntries {
+                buckets: (0..ReplicationConfig::default().ae_buckets).collect(),
+                entries: vec![("theirs".into(), 5)],
+            },
+            &store,
+            0,
+        );
+        let pulls: Vec<&Effect> = effects
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Send {
+                        msg: PeerMessage::AePull { .. },
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(
+            pulls,
+            vec![&Effect::send(
+                node(2),
+                PeerMessage::AePull {
+                    keys: vec!["theirs".into()]
+                }
+            )]
+        );
+    }
+
+    /// A joiner turns active only once every active member it can hear has handed over.
+    #[test]
+    fn a_joiner_waits_for_the_handoff_of_a_member_it_hears() {
+        let mut table = MembershipTable::default();
+        table.set(&node(1), ADDR, MemberState::Active);
+        table.set(&node(2), ADDR, MemberState::Joining);
+        let mut r = Replication::new(
+            node(2),
+            ReplicationConfig::default(),
+            table,
+            BTreeMap::new(),
+            0,
+        );
+        let store = Entries::default();
+        let state = |r: &Replication| r.table().get(&node(2)).map(|m| m.state);
+        let gossip = PeerMessage::Gossip {
+            table: r.table().clone(),
+        };
+        r.handle(&node(1), gossip, &store, 0);
+        r.tick(&store, 10);
+        assert_eq!(
+            state(&r),
+            Some(MemberState::Joining),
+            "n1 has not handed over"
+        );
+        r.handle(&node(1), PeerMessage::HandoffDone, &store, 20);
+        r.tick(&store, 30);
+        assert_eq!(state(&r), Some(MemberState::Active));
+    }
+
     /// Anti-entropy finds a difference only if the bucket digest moves: any change of a key's state
     /// hash, down to one bit, must change it.
     #[test]
