@@ -389,6 +389,21 @@ mod tests {
         assert_eq!(reg.siblings.len(), 1);
     }
 
+    /// A context encodes as its dots and decodes back, owned and borrowed (a derived `BorrowDecode` of
+    /// any type that holds a flag goes through the borrowed path).
+    #[test]
+    fn contexts_round_trip_through_bincode() {
+        let ctx: CausalContext = "n1:3,n2:1".parse().expect("valid");
+        let config = bincode::config::standard();
+        let bytes = bincode::encode_to_vec(&ctx, config).expect("encodes");
+        let (owned, _): (CausalContext, usize) =
+            bincode::decode_from_slice(&bytes, config).expect("decodes");
+        let (borrowed, _): (CausalContext, usize) =
+            bincode::borrow_decode_from_slice(&bytes, config).expect("decodes");
+        assert_eq!(owned, ctx);
+        assert_eq!(borrowed, ctx);
+    }
+
     #[test]
     fn context_tokens_round_trip_and_reject_garbage() {
         let ctx: CausalContext = "n1:3,n2:1".parse().expect("valid");

@@ -874,6 +874,24 @@ mod tests {
         );
     }
 
+    /// A leaving node with work left is due again at once (the runtime paces its ticks).
+    #[test]
+    fn a_leaving_node_is_due_at_once() {
+        let mut r = n1(ReplicationConfig::default());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let ticket = r.begin_local_write("k", 1).expect("admitted");
+        let _ = r.on_local_write(ticket, "k", &store, 0);
+        let _ = r.set_own_state(ADDR, MemberState::Leaving);
+        r.tick(&store, 10);
+        assert_eq!(
+            r.table().get(&node(1)).map(|m| m.state),
+            Some(MemberState::Leaving),
+            "its write is still unacknowledged"
+        );
+        assert_eq!(r.next_deadline(10), 10);
+    }
+
     /// A joiner turns active only once every active member it can hear has handed over.
     #[test]
     fn a_joiner_waits_for_the_handoff_of_a_member_it_hears() {
