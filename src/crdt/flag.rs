@@ -354,6 +354,21 @@ mod tests {
         assert_eq!(values(&a), vec![false]);
     }
 
+    /// Erasure drops what is stamped *at* the watermark too, and keeps the clock.
+    #[test]
+    fn erasure_drops_siblings_at_or_below_the_watermark() {
+        let mut reg = FlagRegister::default();
+        let empty = CausalContext::default();
+        write(&mut reg, "n1", 1, true, &empty).expect("fits");
+        write(&mut reg, "n1", 2, false, &empty).expect("fits");
+        write(&mut reg, "n1", 3, true, &empty).expect("fits");
+        let clock = reg.clock.clone();
+        assert!(reg.retain_above(&marker("n1", 2)));
+        assert_eq!(values(&reg), vec![true]);
+        assert_eq!(reg.siblings[0].marker, marker("n1", 3));
+        assert_eq!(reg.clock, clock);
+    }
+
     #[test]
     fn concurrent_writes_on_two_nodes_merge_to_siblings() {
         let mut a = FlagRegister::default();

@@ -793,6 +793,47 @@ mod tests {
         assert_eq!(r.stats().send_timeouts, 2);
     }
 
+    /// A target's hints stop at its byte budget; the overflow is dropped and counted.
+    #[test]
+    fn hints_stop_at_the_byte_budget_of_their_target() {
+        let config = ReplicationConfig {
+            max_hint_bytes_per_target: 2,
+            ..ReplicationConfig::default()
+        };
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        for key in ["k1", "k2"] {
+            store.0.borrow_mut().push((key.into(), 1));
+            let ticket = r.begin_local_write(key, 1).expect("admitted");
+            let _ = r.on_local_write(ticket, key, &store, 0);
+        }
+        r.tick(&store, config.rpc_timeout_ms);
+        assert_eq!(r.hint_count(&node(2)), 1);
+        assert_eq!(r.hint_count(&node(3)), 1);
+        assert_eq!(r.stats().hints_dropped, 2);
+    }
+
+    /// The hints of a target that left are dropped (its ranges moved) and counted.
+    #[test]
+    fn the_hints_of_a_target_that_left_are_dropped_and_counted() {
+        let config = ReplicationConfig::default();
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let ticket = r.begin_local_write("k", 1).expect("admitted");
+        let _ = r.on_local_write(ticket, "k", &store, 0);
+        let mut now = config.rpc_timeout_ms;
+        r.tick(&store, now);
+        assert_eq!(r.hint_count(&node(2)), 1);
+        let mut table = r.table().clone();
+        table.set(&node(2), ADDR, MemberState::Left);
+        r.handle(&node(2), PeerMessage::Gossip { table }, &store, now);
+        now += config.hint_replay_ms;
+        r.tick(&store, now);
+        assert_eq!(r.hint_count(&node(2)), 0);
+        assert_eq!(r.stats().hints_dropped, 1);
+    }
+
     /// A hint's bytes are given back when it is delivered: a target's budget bounds the hints it has
     /// now, not all it ever had.
     #[test]
@@ -920,6 +961,32 @@ mod tests {
         r.handle(&node(1), PeerMessage::HandoffDone, &store, 20);
         r.tick(&store, 30);
         assert_eq!(state(&r), Some(MemberState::Active));
+    }
+
+    /// Seeds known only from configuration (version 0) are not members yet: a joiner that knows nothing
+    /// more, and cannot reach them, stays joining rather than declaring itself a cluster.
+    #[test]
+    fn a_joiner_that_knows_only_unreachable_seeds_stays_joining() {
+        let table = MembershipTable::bootstrap(&node(2), ADDR, &[(node(1), ADDR)], false, None);
+        let mut r = Replication::new(
+            node(2),
+            ReplicationConfig::default(),
+            table,
+            BTreeMap::new(),
+            0,
+        );
+        let store = Entries::default();
+        let heard = PeerMessage::ReadStateReply {
+            req: 0,
+            state: None,
+        };
+        r.handle(&node(1), heard, &store, 0);
+        r.tick(&store, 600_000);
+        assert_eq!(r.liveness(&node(1), 600_000), Liveness::Down);
+        assert_eq!(
+            r.table().get(&node(2)).map(|m| m.state),
+            Some(MemberState::Joining)
+        );
     }
 
     /// Anti-entropy finds a difference only if the bucket digest moves: any change of a key's state
