@@ -354,6 +354,25 @@ mod tests {
         assert_eq!(values(&a), vec![false]);
     }
 
+    /// A sibling with a TTL is visible until its expiry instant and gone from it on.
+    #[test]
+    fn a_sibling_expires_at_its_instant() {
+        let mut reg = FlagRegister::default();
+        reg.write(FlagWrite {
+            name: "f",
+            value: true,
+            context: &CausalContext::default(),
+            marker: marker("n1", 1),
+            expires_at_ms: Some(10),
+            max_siblings: 8,
+        })
+        .expect("fits");
+        assert_eq!(reg.visible(9).count(), 1);
+        assert_eq!(reg.visible(10).count(), 0);
+        assert!(!reg.has_expired(9));
+        assert!(reg.has_expired(10));
+    }
+
     /// Erasure drops what is stamped *at* the watermark too, and keeps the clock.
     #[test]
     fn erasure_drops_siblings_at_or_below_the_watermark() {

@@ -878,20 +878,40 @@ mod tests {
         assert_eq!(r.stats().hints_dropped, 0);
     }
 
-    /// Step 3 of anti-entropy: what the peer has and this node lacks is pulled.
+    /// Step 3 of anti-entropy: what differs is pushed and pulled, what only the peer has is pulled,
+    /// what is equal is left alone.
     #[test]
-    fn keys_only_the_peer_has_are_pulled() {
+    fn entries_that_differ_are_pushed_and_missing_ones_pulled() {
         let mut r = n1(ReplicationConfig::default());
         let store = Entries::default();
+        store
+            .0
+            .borrow_mut()
+            .extend([("differs".into(), 1), ("equal".into(), 2)]);
         let effects = r.handle(
             &node(2),
             PeerMessage::AeEntries {
                 buckets: (0..ReplicationConfig::default().ae_buckets).collect(),
-                entries: vec![("theirs".into(), 5)],
+                entries: vec![
+                    ("differs".into(), 9),
+                    ("equal".into(), 2),
+                    ("theirs".into(), 5),
+                ],
             },
             &store,
             0,
         );
+        let pushed: Vec<&str> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    msg: PeerMessage::Replicate { key, .. },
+                    ..
+                } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pushed, vec!["differs"]);
         let pulls: Vec<&Effect> = effects
             .iter()
             .filter(|e| {
@@ -909,20 +929,22 @@ mod tests {
             vec![&Effect::send(
                 node(2),
                 PeerMessage::AePull {
-                    keys: vec!["theirs".into()]
+                    keys: vec!["differs".into(), "theirs".into()]
                 }
             )]
         );
     }
 
-    /// A leaving node with work left is due again at once (the runtime paces its ticks).
+    /// A leaving node leaves only once what it coordinated is acknowledged, even with nothing left to
+    /// hand over; until then it is due again at once (the runtime paces its ticks).
     #[test]
-    fn a_leaving_node_is_due_at_once() {
+    fn a_leaving_node_waits_for_its_unacknowledged_writes() {
         let mut r = n1(ReplicationConfig::default());
         let store = Entries::default();
         store.0.borrow_mut().push(("k".into(), 1));
         let ticket = r.begin_local_write("k", 1).expect("admitted");
         let _ = r.on_local_write(ticket, "k", &store, 0);
+        store.0.borrow_mut().clear();
         let _ = r.set_own_state(ADDR, MemberState::Leaving);
         r.tick(&store, 10);
         assert_eq!(
