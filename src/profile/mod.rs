@@ -320,23 +320,35 @@ impl Profile {
         }
     }
 
-    /// Merges another replica's state into this one. Returns true if `self` changed.
+    /// Merges another replica's state into this one. Returns true if `self` changed (exactly: a write
+    /// that `other` holds but the joint watermark erases is no change).
     pub fn merge(&mut self, other: &Profile) -> bool {
-        let before_watermark = self.erased_at.clone();
+        let raised = match &other.erased_at {
+            Some(w) if self.erased_at.as_ref().is_none_or(|ours| w > ours) => {
+                self.erased_at = Some(w.clone());
+                self.apply_watermark();
+                true
+            }
+            _ => false,
+        };
+        // Join only what survives the joint watermark. Erasure commutes with merge, so the state is the
+        // same as joining first and erasing after, but a feature that would be inserted and dropped at
+        // once is not reported as a change.
+        let filtered;
+        let other = match &self.erased_at {
+            Some(w) => {
+                let mut o = other.clone();
+                o.erased_at = Some(w.clone());
+                o.apply_watermark();
+                filtered = o;
+                &filtered
+            }
+            None => other,
+        };
         let mut changed = merge_map(&mut self.gauges, &other.gauges);
         changed |= merge_map(&mut self.counters, &other.counters);
         changed |= merge_map(&mut self.flags, &other.flags);
-        if let Some(w) = &other.erased_at {
-            if self.erased_at.as_ref().is_none_or(|ours| w > ours) {
-                self.erased_at = Some(w.clone());
-            }
-        }
-        if changed || self.erased_at != before_watermark {
-            let before = self.feature_count();
-            self.apply_watermark();
-            changed |= self.erased_at != before_watermark || before != self.feature_count();
-        }
-        changed
+        changed || raised
     }
 
     /// Whether [`Profile::expire`] at `now_ms` would change anything (cheap: no copy).
@@ -550,6 +562,17 @@ mod tests {
             a.expire(now);
             b.expire(now);
             prop_assert_eq!(m, merged(&a, &b));
+        }
+
+        /// The node persists and re-replicates a merged state only when `merge` says it changed.
+        #[test]
+        fn merge_reports_exactly_whether_it_changed(steps in proptest::collection::vec(step(), 0..40)) {
+            let [a, b, c] = play(&steps);
+            for (x, y) in [(&a, &b), (&b, &c), (&c, &a)] {
+                let mut m = x.clone();
+                let changed = m.merge(y);
+                prop_assert_eq!(changed, m != *x);
+            }
         }
 
         /// `has_expired` (the node's cheap sweep check) predicts exactly when `expire` changes something,
