@@ -777,6 +777,31 @@ mod tests {
         assert_eq!(r.next_deadline(0), config.gossip_ms);
     }
 
+    /// `HandoffDone` goes to joiners only: in a cluster where nobody joins, nobody is told.
+    #[test]
+    fn without_joiners_no_handoff_is_announced() {
+        let config = ReplicationConfig::default();
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let mut effects = r.tick(&store, 0);
+        effects.extend(r.tick(&store, config.gossip_ms));
+        assert!(effects.iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                msg: PeerMessage::Gossip { .. },
+                ..
+            }
+        )));
+        assert!(!effects.iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                msg: PeerMessage::HandoffDone,
+                ..
+            }
+        )));
+    }
+
     #[test]
     fn a_send_without_an_ack_in_time_becomes_a_hint() {
         let config = ReplicationConfig::default();
