@@ -777,6 +777,53 @@ mod tests {
         assert_eq!(r.next_deadline(0), config.gossip_ms);
     }
 
+    /// An active member pushes to a joiner exactly the keys the joiner gains where the member is a
+    /// current replica, and nothing else.
+    #[test]
+    fn a_member_pushes_a_joiner_exactly_the_keys_it_gains() {
+        let mut table = MembershipTable::default();
+        for i in 1..=3 {
+            table.set(&node(i), ADDR, MemberState::Active);
+        }
+        table.set(&node(4), ADDR, MemberState::Joining);
+        let config = ReplicationConfig {
+            replication_factor: 2,
+            ..ReplicationConfig::default()
+        };
+        let mut r = Replication::new(node(1), config, table, BTreeMap::new(), 0);
+        let store = Entries::default();
+        let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
+        store
+            .0
+            .borrow_mut()
+            .extend(keys.iter().map(|k| (k.clone(), 1)));
+        let placement = r.placement();
+        let gains: BTreeSet<&str> = keys
+            .iter()
+            .filter(|k| {
+                let now = placement.current.preference_list(k.as_bytes(), 2);
+                let then = placement.target.preference_list(k.as_bytes(), 2);
+                now.contains(&node(1)) && !now.contains(&node(4)) && then.contains(&node(4))
+            })
+            .map(String::as_str)
+            .collect();
+        let replicated = keys.iter().filter(|k| r.is_replica(k)).count();
+        assert!(!gains.is_empty() && gains.len() < replicated, "{gains:?}");
+        let pushed: BTreeSet<&str> = r
+            .tick(&store, 0)
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    to,
+                    msg: PeerMessage::Replicate { key, .. },
+                    ..
+                } if *to == node(4) => keys.iter().find(|k| *k == key).map(String::as_str),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pushed, gains);
+    }
+
     /// `HandoffDone` goes to joiners only: in a cluster where nobody joins, nobody is told.
     #[test]
     fn without_joiners_no_handoff_is_announced() {
