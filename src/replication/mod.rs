@@ -824,6 +824,51 @@ mod tests {
         assert_eq!(pushed, gains);
     }
 
+    /// A leaving node hands every key it holds to each of the key's replicas in the target ring.
+    #[test]
+    fn a_leaving_node_hands_every_key_to_its_new_replicas() {
+        let mut table = MembershipTable::default();
+        for i in 1..=4 {
+            table.set(&node(i), ADDR, MemberState::Active);
+        }
+        table.set(&node(1), ADDR, MemberState::Leaving);
+        let config = ReplicationConfig {
+            replication_factor: 2,
+            ..ReplicationConfig::default()
+        };
+        let mut r = Replication::new(node(1), config, table, BTreeMap::new(), 0);
+        let store = Entries::default();
+        let keys: Vec<String> = (0..20).map(|i| format!("key-{i}")).collect();
+        store
+            .0
+            .borrow_mut()
+            .extend(keys.iter().map(|k| (k.clone(), 1)));
+        let target = r.placement().target;
+        let expected: BTreeSet<(NodeId, String)> = keys
+            .iter()
+            .flat_map(|k| {
+                target
+                    .preference_list(k.as_bytes(), 2)
+                    .into_iter()
+                    .map(move |t| (t, k.clone()))
+            })
+            .collect();
+        assert!(expected.iter().all(|(t, _)| *t != node(1)));
+        let pushed: BTreeSet<(NodeId, String)> = r
+            .tick(&store, 0)
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    to,
+                    msg: PeerMessage::Replicate { key, .. },
+                    ..
+                } => Some((to, key)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pushed, expected);
+    }
+
     /// `HandoffDone` goes to joiners only: in a cluster where nobody joins, nobody is told.
     #[test]
     fn without_joiners_no_handoff_is_announced() {
