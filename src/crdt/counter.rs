@@ -142,3 +142,37 @@ impl Lattice for Counter {
         self.slots.values().map(|s| s.last).max()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(inc: u64, dec: u64) -> CounterSlot {
+        CounterSlot {
+            first: Timestamp::from_millis(1),
+            last: Timestamp::from_millis(1),
+            inc,
+            dec,
+        }
+    }
+
+    /// The value saturates to the `i64` range on both sides.
+    #[test]
+    fn the_value_saturates_both_ways() {
+        let counter = |a: CounterSlot, b: CounterSlot| Counter {
+            slots: [("n1", a), ("n2", b)]
+                .into_iter()
+                .map(|(n, s)| (NodeId::new(n).expect("valid"), s))
+                .collect(),
+        };
+        assert_eq!(
+            counter(slot(u64::MAX, 0), slot(u64::MAX, 0)).value(),
+            i64::MAX
+        );
+        assert_eq!(
+            counter(slot(0, u64::MAX), slot(0, u64::MAX)).value(),
+            i64::MIN
+        );
+        assert_eq!(counter(slot(5, 7), slot(1, 0)).value(), -1);
+    }
+}

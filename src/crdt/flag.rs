@@ -356,6 +356,40 @@ mod tests {
         assert_eq!(values(&a), vec![false]);
     }
 
+    /// A sibling with a TTL is visible until its expiry instant and gone from it on.
+    #[test]
+    fn a_sibling_expires_at_its_instant() {
+        let mut reg = FlagRegister::default();
+        reg.write(FlagWrite {
+            name: "f",
+            value: true,
+            context: &CausalContext::default(),
+            marker: marker("n1", 1),
+            expires_at_ms: Some(10),
+            max_siblings: 8,
+        })
+        .expect("fits");
+        assert_eq!(reg.visible(9).count(), 1);
+        assert_eq!(reg.visible(10).count(), 0);
+        assert!(!reg.has_expired(9));
+        assert!(reg.has_expired(10));
+    }
+
+    /// Erasure drops what is stamped *at* the watermark too, and keeps the clock.
+    #[test]
+    fn erasure_drops_siblings_at_or_below_the_watermark() {
+        let mut reg = FlagRegister::default();
+        let empty = CausalContext::default();
+        write(&mut reg, "n1", 1, true, &empty).expect("fits");
+        write(&mut reg, "n1", 2, false, &empty).expect("fits");
+        write(&mut reg, "n1", 3, true, &empty).expect("fits");
+        let clock = reg.clock.clone();
+        assert!(reg.retain_above(&marker("n1", 2)));
+        assert_eq!(values(&reg), vec![true]);
+        assert_eq!(reg.siblings[0].marker, marker("n1", 3));
+        assert_eq!(reg.clock, clock);
+    }
+
     #[test]
     fn concurrent_writes_on_two_nodes_merge_to_siblings() {
         let mut a = FlagRegister::default();
@@ -389,6 +423,21 @@ mod tests {
         let ctx = reg.clock.clone();
         write(&mut reg, "n1", 10, true, &ctx).expect("a resolving write always fits");
         assert_eq!(reg.siblings.len(), 1);
+    }
+
+    /// A context encodes as its dots and decodes back, owned and borrowed (a derived `BorrowDecode` of
+    /// any type that holds a flag goes through the borrowed path).
+    #[test]
+    fn contexts_round_trip_through_bincode() {
+        let ctx: CausalContext = "n1:3,n2:1".parse().expect("valid");
+        let config = bincode::config::standard();
+        let bytes = bincode::encode_to_vec(&ctx, config).expect("encodes");
+        let (owned, _): (CausalContext, usize) =
+            bincode::decode_from_slice(&bytes, config).expect("decodes");
+        let (borrowed, _): (CausalContext, usize) =
+            bincode::borrow_decode_from_slice(&bytes, config).expect("decodes");
+        assert_eq!(owned, ctx);
+        assert_eq!(borrowed, ctx);
     }
 
     #[test]

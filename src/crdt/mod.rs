@@ -115,7 +115,8 @@ pub(crate) mod laws {
         Ok(())
     }
 
-    /// Expiry at any instant commutes with merge.
+    /// Expiry at any instant commutes with merge; `expire` reports exactly whether it changed the state,
+    /// and `has_expired` predicts it (a sweep that trusts either never skips or rewrites needlessly).
     pub(crate) fn check_expiry<L: Lattice>(a: &L, b: &L, now_ms: u64) -> Result<(), TestCaseError> {
         let mut m = joined(a, b);
         m.expire(now_ms);
@@ -123,6 +124,17 @@ pub(crate) mod laws {
         x.expire(now_ms);
         y.expire(now_ms);
         prop_assert_eq!(m, joined(&x, &y), "expiry commutes with merge");
+        for s in [a, b] {
+            let mut e = s.clone();
+            let predicted = s.has_expired(now_ms);
+            let changed = e.expire(now_ms);
+            prop_assert_eq!(
+                changed,
+                e != *s,
+                "expire reports exactly whether it changed"
+            );
+            prop_assert_eq!(predicted, changed, "has_expired predicts expire");
+        }
         Ok(())
     }
 }
@@ -139,6 +151,7 @@ mod law_tests {
     use super::laws;
     use super::value::Value;
     use super::window::{Aggregation, Window, WindowSpec};
+    use super::FeatureKind;
     use crate::hlc::{Marker, NodeId, Timestamp};
 
     fn node(i: u8) -> NodeId {
@@ -160,6 +173,8 @@ mod law_tests {
             proptest::option::of(prop_oneof![
                 (0i64..3).prop_map(Value::I64),
                 any::<bool>().prop_map(Value::Bool),
+                prop_oneof![Just(-2.0), Just(0.5), Just(1.5)].prop_map(Value::F64),
+                prop_oneof![Just("a"), Just("b")].prop_map(|s| Value::Str(s.into())),
             ]),
             proptest::option::of(0u64..4),
         )
@@ -248,6 +263,20 @@ mod law_tests {
         )
     }
 
+    /// Errors name kinds by `as_str`; it must be the name the JSON wire format uses for the same kind.
+    #[test]
+    fn kind_names_are_the_wire_names() {
+        for kind in [
+            FeatureKind::Gauge,
+            FeatureKind::Counter,
+            FeatureKind::Flag,
+            FeatureKind::Window,
+        ] {
+            let json = serde_json::to_string(&kind).expect("serialises");
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1024))]
 
@@ -263,8 +292,9 @@ mod law_tests {
         }
 
         #[test]
-        fn counters_are_a_lattice(a in counter(), b in counter(), c in counter()) {
+        fn counters_are_a_lattice(a in counter(), b in counter(), c in counter(), now in 0u64..5) {
             laws::check(&a, &b, &c)?;
+            laws::check_expiry(&a, &b, now)?;
         }
 
         #[test]

@@ -76,4 +76,26 @@ mod tests {
             }
         }
     }
+
+    /// The tie-break must tell every two different values apart (within a type too), or two replicas
+    /// holding different values under one marker would each keep their own.
+    #[test]
+    fn only_identical_values_tie() {
+        let vals = [
+            Value::Bool(false),
+            Value::Bool(true),
+            Value::I64(-1),
+            Value::I64(2),
+            Value::F64(-0.0),
+            Value::F64(0.0),
+            Value::F64(1.5),
+            Value::Str("a".into()),
+            Value::Str("b".into()),
+        ];
+        for (i, a) in vals.iter().enumerate() {
+            for (j, b) in vals.iter().enumerate() {
+                assert_eq!(a.total_cmp(b), i.cmp(&j), "{a:?} vs {b:?}");
+            }
+        }
+    }
 }

@@ -382,25 +382,37 @@ impl Profile {
         }
     }
 
-    /// Merges another replica's state into this one. Returns true if `self` changed.
+    /// Merges another replica's state into this one. Returns true if `self` changed (exactly: a write
+    /// that `other` holds but the joint watermark erases is no change).
     pub fn merge(&mut self, other: &Profile) -> bool {
-        let before_watermark = self.erased_at.clone();
+        let raised = match &other.erased_at {
+            Some(w) if self.erased_at.as_ref().is_none_or(|ours| w > ours) => {
+                self.erased_at = Some(w.clone());
+                self.apply_watermark();
+                true
+            }
+            _ => false,
+        };
+        // Join only what survives the joint watermark. Erasure commutes with merge, so the state is the
+        // same as joining first and erasing after, but a feature that would be inserted and dropped at
+        // once is not reported as a change.
+        let filtered;
+        let other = match &self.erased_at {
+            Some(w) => {
+                let mut o = other.clone();
+                o.erased_at = Some(w.clone());
+                o.apply_watermark();
+                filtered = o;
+                &filtered
+            }
+            None => other,
+        };
         let mut changed = merge_map(&mut self.gauges, &other.gauges);
         changed |= merge_map(&mut self.counters, &other.counters);
         changed |= merge_map(&mut self.flags, &other.flags);
         changed |= merge_map(&mut self.windows, &other.windows);
         changed |= self.seen.merge(&other.seen);
-        if let Some(w) = &other.erased_at {
-            if self.erased_at.as_ref().is_none_or(|ours| w > ours) {
-                self.erased_at = Some(w.clone());
-            }
-        }
-        if changed || self.erased_at != before_watermark {
-            let before = self.feature_count();
-            self.apply_watermark();
-            changed |= self.erased_at != before_watermark || before != self.feature_count();
-        }
-        changed
+        changed || raised
     }
 
     /// Whether [`Profile::expire`] at `now_ms` would change anything (cheap: no copy).
@@ -455,6 +467,7 @@ mod tests {
             name: usize,
             value: bool,
             context_from: Option<usize>,
+            ttl: Option<u64>,
         },
         Erase {
             at: usize,
@@ -491,13 +504,15 @@ mod tests {
                 0..3usize,
                 0..3usize,
                 any::<bool>(),
-                proptest::option::of(0..3usize)
+                proptest::option::of(0..3usize),
+                proptest::option::of(0u64..30)
             )
-                .prop_map(|(at, name, value, context_from)| Step::Flag {
+                .prop_map(|(at, name, value, context_from, ttl)| Step::Flag {
                     at,
                     name,
                     value,
-                    context_from
+                    context_from,
+                    ttl
                 }),
             (0..3usize).prop_map(|at| Step::Erase { at }),
             (0..3usize, 0..3usize).prop_map(|(from, to)| Step::Sync { from, to }),
@@ -541,6 +556,7 @@ mod tests {
                     name,
                     value,
                     context_from,
+                    ttl,
                 } => {
                     let ctx = context_from
                         .and_then(|r| reps[r].flags.get(NAMES[name]).map(|f| f.clock.clone()))
@@ -551,7 +567,7 @@ mod tests {
                         value,
                         context: &ctx,
                         marker: m,
-                        expires_at_ms: None,
+                        expires_at_ms: ttl.map(|t| now + t),
                     };
                     let _ = reps[at].set_flag(u, now, &limits);
                 }
@@ -612,6 +628,49 @@ mod tests {
             prop_assert_eq!(m, merged(&a, &b));
         }
 
+        /// The node persists and re-replicates a merged state only when `merge` says it changed.
+        #[test]
+        fn merge_reports_exactly_whether_it_changed(steps in proptest::collection::vec(step(), 0..40)) {
+            let [a, b, c] = play(&steps);
+            for (x, y) in [(&a, &b), (&b, &c), (&c, &a)] {
+                let mut m = x.clone();
+                let changed = m.merge(y);
+                prop_assert_eq!(changed, m != *x);
+            }
+        }
+
+        /// `has_expired` (the node's cheap sweep check) predicts exactly when `expire` changes something,
+        /// and `expire` reports exactly whether it did (the caller persists only then).
+        #[test]
+        fn expiry_is_predicted_and_reported_exactly(steps in proptest::collection::vec(step(), 0..40), now in 1_000u64..1_500) {
+            let [a, b, c] = play(&steps);
+            let ab = merged(&a, &b);
+            for p in [a, b, c, ab] {
+                let mut e = p.clone();
+                let predicted = p.has_expired(now);
+                let changed = e.expire(now);
+                prop_assert_eq!(changed, e != p, "expire reports exactly whether it changed");
+                prop_assert_eq!(predicted, changed, "has_expired predicts expire");
+            }
+        }
+
+        /// The clock is recovered past `max_timestamp` at start-up: it must be the greatest stamp anywhere
+        /// in the profile (gauge markers, counter slots, flag siblings, the erasure watermark).
+        #[test]
+        fn max_timestamp_is_the_greatest_stamp(steps in proptest::collection::vec(step(), 0..40)) {
+            let [a, b, c] = play(&steps);
+            for p in [a, b, c] {
+                let gauges = p.gauges.values().map(|g| g.marker.ts);
+                let slots = p.counters.values().flat_map(|c| c.slots.values());
+                let siblings = p.flags.values().flat_map(|f| &f.siblings);
+                let stamps = gauges
+                    .chain(slots.flat_map(|s| [s.first, s.last]))
+                    .chain(siblings.map(|s| s.marker.ts))
+                    .chain(p.erased_at.iter().map(|w| w.ts));
+                prop_assert_eq!(p.max_timestamp(), stamps.max());
+            }
+        }
+
         #[test]
         fn nothing_at_or_below_the_watermark_survives_a_merge(steps in proptest::collection::vec(step(), 0..40)) {
             let [a, b, c] = play(&steps);
@@ -632,6 +691,30 @@ mod tests {
             ts: Timestamp::from_millis(ms),
             node: node(0),
         }
+    }
+
+    /// `maps()` lists each kind's map once, under its own kind, and each map answers for its own names.
+    #[test]
+    fn each_map_answers_for_its_own_kind() {
+        let limits = Limits::default();
+        let mut p = Profile::default();
+        assert!(p.maps().iter().all(|m| m.is_empty()));
+        p.increment(&[("c", 1)], &node(0), Timestamp::from_millis(1), &limits)
+            .expect("valid");
+        let kinds: Vec<(FeatureKind, usize, bool, bool)> = p
+            .maps()
+            .iter()
+            .map(|m| (m.kind(), m.len(), m.is_empty(), m.contains("c")))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (FeatureKind::Gauge, 0, true, false),
+                (FeatureKind::Counter, 1, false, true),
+                (FeatureKind::Flag, 0, true, false),
+                (FeatureKind::Window, 0, true, false),
+            ]
+        );
     }
 
     #[test]

@@ -742,3 +742,478 @@ impl Replication {
         due.into_iter().min().unwrap_or(now_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Unit tests of single decisions of the state machine; the protocol as a whole is tested by the
+    //! simulation (`sim`).
+
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::cluster::ring::Ring;
+
+    const ADDR: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        7000,
+    ));
+
+    fn node(i: usize) -> NodeId {
+        NodeId::new(format!("n{i}")).expect("valid")
+    }
+
+    /// A store that reports the `(key, hash)` entries it is given (each key's state is empty).
+    #[derive(Default)]
+    struct Entries(RefCell<Vec<(String, u64)>>);
+
+    impl LocalStore for Entries {
+        fn state(&self, key: &str) -> Option<Profile> {
+            self.0
+                .borrow()
+                .iter()
+                .any(|(k, _)| k == key)
+                .then(Profile::default)
+        }
+        fn merge_remote(&self, _key: &str, _state: &Profile) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn for_each_key(&self, f: &mut dyn FnMut(&str, u64)) {
+            for (k, h) in self.0.borrow().iter() {
+                f(k, *h);
+            }
+        }
+        fn remove_if_unchanged(&self, _key: &str, _expected: u64) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+    }
+
+    /// `n1` of an active three-node cluster (N = 3: every node replicates every key).
+    fn n1(config: ReplicationConfig) -> Replication {
+        let mut table = MembershipTable::default();
+        for i in 1..=3 {
+            table.set(&node(i), ADDR, MemberState::Active);
+        }
+        Replication::new(node(1), config, table, BTreeMap::new(), 0)
+    }
+
+    #[test]
+    fn an_idle_node_sleeps_until_its_next_gossip_round() {
+        let config = ReplicationConfig::default();
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        assert_eq!(r.next_deadline(0), 0, "everything is due at start");
+        r.tick(&store, 0);
+        assert_eq!(r.next_deadline(0), config.gossip_ms);
+    }
+
+    /// An active member pushes to a joiner exactly the keys the joiner gains where the member is a
+    /// current replica, and nothing else.
+    #[test]
+    fn a_member_pushes_a_joiner_exactly_the_keys_it_gains() {
+        let mut table = MembershipTable::default();
+        for i in 1..=3 {
+            table.set(&node(i), ADDR, MemberState::Active);
+        }
+        table.set(&node(4), ADDR, MemberState::Joining);
+        let config = ReplicationConfig {
+            replication_factor: 2,
+            ..ReplicationConfig::default()
+        };
+        let mut r = Replication::new(node(1), config, table, BTreeMap::new(), 0);
+        let store = Entries::default();
+        let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
+        store
+            .0
+            .borrow_mut()
+            .extend(keys.iter().map(|k| (k.clone(), 1)));
+        let placement = r.placement();
+        let gains: BTreeSet<&str> = keys
+            .iter()
+            .filter(|k| {
+                let now = placement.current.preference_list(k.as_bytes(), 2);
+                let then = placement.target.preference_list(k.as_bytes(), 2);
+                now.contains(&node(1)) && !now.contains(&node(4)) && then.contains(&node(4))
+            })
+            .map(String::as_str)
+            .collect();
+        let replicated = keys.iter().filter(|k| r.is_replica(k)).count();
+        assert!(!gains.is_empty() && gains.len() < replicated, "{gains:?}");
+        let pushed: BTreeSet<&str> = r
+            .tick(&store, 0)
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    to,
+                    msg: PeerMessage::Replicate { key, .. },
+                    ..
+                } if *to == node(4) => keys.iter().find(|k| *k == key).map(String::as_str),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pushed, gains);
+    }
+
+    /// A leaving node hands every key it holds to each of the key's replicas in the target ring.
+    #[test]
+    fn a_leaving_node_hands_every_key_to_its_new_replicas() {
+        let mut table = MembershipTable::default();
+        for i in 1..=4 {
+            table.set(&node(i), ADDR, MemberState::Active);
+        }
+        table.set(&node(1), ADDR, MemberState::Leaving);
+        let config = ReplicationConfig {
+            replication_factor: 2,
+            ..ReplicationConfig::default()
+        };
+        let mut r = Replication::new(node(1), config, table, BTreeMap::new(), 0);
+        let store = Entries::default();
+        let keys: Vec<String> = (0..20).map(|i| format!("key-{i}")).collect();
+        store
+            .0
+            .borrow_mut()
+            .extend(keys.iter().map(|k| (k.clone(), 1)));
+        let target = r.placement().target;
+        let expected: BTreeSet<(NodeId, String)> = keys
+            .iter()
+            .flat_map(|k| {
+                target
+                    .preference_list(k.as_bytes(), 2)
+                    .into_iter()
+                    .map(move |t| (t, k.clone()))
+            })
+            .collect();
+        assert!(expected.iter().all(|(t, _)| *t != node(1)));
+        let pushed: BTreeSet<(NodeId, String)> = r
+            .tick(&store, 0)
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    to,
+                    msg: PeerMessage::Replicate { key, .. },
+                    ..
+                } => Some((to, key)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pushed, expected);
+    }
+
+    /// `HandoffDone` goes to joiners only: in a cluster where nobody joins, nobody is told.
+    #[test]
+    fn without_joiners_no_handoff_is_announced() {
+        let config = ReplicationConfig::default();
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let mut effects = r.tick(&store, 0);
+        effects.extend(r.tick(&store, config.gossip_ms));
+        assert!(effects.iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                msg: PeerMessage::Gossip { .. },
+                ..
+            }
+        )));
+        assert!(!effects.iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                msg: PeerMessage::HandoffDone,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn a_send_without_an_ack_in_time_becomes_a_hint() {
+        let config = ReplicationConfig::default();
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let ticket = r.begin_local_write("k", 1).expect("admitted");
+        let plan = r.on_local_write(ticket, "k", &store, 0);
+        assert_eq!(plan.replica_sends.len(), 2);
+        assert_eq!(r.hint_count(&node(2)), 0);
+        r.tick(&store, config.rpc_timeout_ms);
+        assert_eq!(r.hint_count(&node(2)), 1);
+        assert_eq!(r.hint_count(&node(3)), 1);
+        assert_eq!(r.stats().send_timeouts, 2);
+    }
+
+    /// A target's hints stop at its byte budget; the overflow is dropped and counted.
+    #[test]
+    fn hints_stop_at_the_byte_budget_of_their_target() {
+        let config = ReplicationConfig {
+            max_hint_bytes_per_target: 2,
+            ..ReplicationConfig::default()
+        };
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        for key in ["k1", "k2"] {
+            store.0.borrow_mut().push((key.into(), 1));
+            let ticket = r.begin_local_write(key, 1).expect("admitted");
+            let _ = r.on_local_write(ticket, key, &store, 0);
+        }
+        r.tick(&store, config.rpc_timeout_ms);
+        assert_eq!(r.hint_count(&node(2)), 1);
+        assert_eq!(r.hint_count(&node(3)), 1);
+        assert_eq!(r.stats().hints_dropped, 2);
+    }
+
+    /// The hints of a target that left are dropped (its ranges moved) and counted.
+    #[test]
+    fn the_hints_of_a_target_that_left_are_dropped_and_counted() {
+        let config = ReplicationConfig::default();
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let ticket = r.begin_local_write("k", 1).expect("admitted");
+        let _ = r.on_local_write(ticket, "k", &store, 0);
+        let mut now = config.rpc_timeout_ms;
+        r.tick(&store, now);
+        assert_eq!(r.hint_count(&node(2)), 1);
+        let mut table = r.table().clone();
+        table.set(&node(2), ADDR, MemberState::Left);
+        r.handle(&node(2), PeerMessage::Gossip { table }, &store, now);
+        now += config.hint_replay_ms;
+        r.tick(&store, now);
+        assert_eq!(r.hint_count(&node(2)), 0);
+        assert_eq!(r.stats().hints_dropped, 1);
+    }
+
+    /// A hint's bytes are given back when it is delivered: a target's budget bounds the hints it has
+    /// now, not all it ever had.
+    #[test]
+    fn a_delivered_hint_gives_its_budget_back() {
+        let config = ReplicationConfig {
+            max_hint_bytes_per_target: 1,
+            ..ReplicationConfig::default()
+        };
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let mut now = 0;
+        for round in 0..3 {
+            let ticket = r.begin_local_write("k", 1).expect("admitted");
+            let _ = r.on_local_write(ticket, "k", &store, now);
+            now += config.rpc_timeout_ms;
+            let mut effects = r.tick(&store, now);
+            assert_eq!(r.hint_count(&node(2)), 1, "round {round}: hinted");
+            // Replayed (on this tick or the next replay round); n2 acknowledges the replay.
+            now += config.hint_replay_ms;
+            effects.extend(r.tick(&store, now));
+            let seq = effects
+                .iter()
+                .find_map(|e| match e {
+                    Effect::Send {
+                        to,
+                        msg: PeerMessage::Replicate { seq, .. },
+                        ..
+                    } if *to == node(2) => Some(*seq),
+                    _ => None,
+                })
+                .expect("the hint is replayed");
+            let key = "k".to_owned();
+            r.handle(
+                &node(2),
+                PeerMessage::ReplicateAck { seq, key },
+                &store,
+                now,
+            );
+            assert_eq!(r.hint_count(&node(2)), 0, "round {round}: delivered");
+        }
+        assert_eq!(r.stats().hints_dropped, 0);
+    }
+
+    /// Step 3 of anti-entropy: what differs is pushed and pulled, what only the peer has is pulled,
+    /// what is equal is left alone.
+    #[test]
+    fn entries_that_differ_are_pushed_and_missing_ones_pulled() {
+        let mut r = n1(ReplicationConfig::default());
+        let store = Entries::default();
+        store
+            .0
+            .borrow_mut()
+            .extend([("differs".into(), 1), ("equal".into(), 2)]);
+        let effects = r.handle(
+            &node(2),
+            PeerMessage::AeEntries {
+                buckets: (0..ReplicationConfig::default().ae_buckets).collect(),
+                entries: vec![
+                    ("differs".into(), 9),
+                    ("equal".into(), 2),
+                    ("theirs".into(), 5),
+                ],
+            },
+            &store,
+            0,
+        );
+        let pushed: Vec<&str> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    msg: PeerMessage::Replicate { key, .. },
+                    ..
+                } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pushed, vec!["differs"]);
+        let pulls: Vec<&Effect> = effects
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Send {
+                        msg: PeerMessage::AePull { .. },
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(
+            pulls,
+            vec![&Effect::send(
+                node(2),
+                PeerMessage::AePull {
+                    keys: vec!["differs".into(), "theirs".into()]
+                }
+            )]
+        );
+    }
+
+    /// A leaving node leaves only once what it coordinated is acknowledged, even with nothing left to
+    /// hand over; until then it is due again at once (the runtime paces its ticks).
+    #[test]
+    fn a_leaving_node_waits_for_its_unacknowledged_writes() {
+        let mut r = n1(ReplicationConfig::default());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let ticket = r.begin_local_write("k", 1).expect("admitted");
+        let _ = r.on_local_write(ticket, "k", &store, 0);
+        store.0.borrow_mut().clear();
+        let _ = r.set_own_state(ADDR, MemberState::Leaving);
+        r.tick(&store, 10);
+        assert_eq!(
+            r.table().get(&node(1)).map(|m| m.state),
+            Some(MemberState::Leaving),
+            "its write is still unacknowledged"
+        );
+        assert_eq!(r.next_deadline(10), 10);
+    }
+
+    /// A joiner turns active only once every active member it can hear has handed over.
+    #[test]
+    fn a_joiner_waits_for_the_handoff_of_a_member_it_hears() {
+        let mut table = MembershipTable::default();
+        table.set(&node(1), ADDR, MemberState::Active);
+        table.set(&node(2), ADDR, MemberState::Joining);
+        let mut r = Replication::new(
+            node(2),
+            ReplicationConfig::default(),
+            table,
+            BTreeMap::new(),
+            0,
+        );
+        let store = Entries::default();
+        let state = |r: &Replication| r.table().get(&node(2)).map(|m| m.state);
+        let gossip = PeerMessage::Gossip {
+            table: r.table().clone(),
+        };
+        r.handle(&node(1), gossip, &store, 0);
+        r.tick(&store, 10);
+        assert_eq!(
+            state(&r),
+            Some(MemberState::Joining),
+            "n1 has not handed over"
+        );
+        r.handle(&node(1), PeerMessage::HandoffDone, &store, 20);
+        r.tick(&store, 30);
+        assert_eq!(state(&r), Some(MemberState::Active));
+    }
+
+    /// Seeds known only from configuration (version 0) are not members yet: a joiner that knows nothing
+    /// more, and cannot reach them, stays joining rather than declaring itself a cluster.
+    #[test]
+    fn a_joiner_that_knows_only_unreachable_seeds_stays_joining() {
+        let table = MembershipTable::bootstrap(&node(2), ADDR, &[(node(1), ADDR)], false, None);
+        let mut r = Replication::new(
+            node(2),
+            ReplicationConfig::default(),
+            table,
+            BTreeMap::new(),
+            0,
+        );
+        let store = Entries::default();
+        let heard = PeerMessage::ReadStateReply {
+            req: 0,
+            state: None,
+        };
+        r.handle(&node(1), heard, &store, 0);
+        r.tick(&store, 600_000);
+        assert_eq!(r.liveness(&node(1), 600_000), Liveness::Down);
+        assert_eq!(
+            r.table().get(&node(2)).map(|m| m.state),
+            Some(MemberState::Joining)
+        );
+    }
+
+    /// Anti-entropy finds a difference only if the bucket digest moves: any change of a key's state
+    /// hash, down to one bit, must change it.
+    #[test]
+    fn every_bit_of_a_state_hash_moves_its_digest() {
+        let r = n1(ReplicationConfig::default());
+        let store = Entries::default();
+        let base = 0x0123_4567_89ab_cdef_u64;
+        store.0.borrow_mut().push(("k".into(), base));
+        let before = r.digests(&node(2), &store);
+        for bit in 0..64 {
+            store.0.borrow_mut()[0].1 = base ^ (1 << bit);
+            assert_ne!(r.digests(&node(2), &store), before, "bit {bit}");
+        }
+    }
+
+    /// A digest reply answers whole differing buckets until the next would pass `ae_max_keys`.
+    #[test]
+    fn a_digest_reply_answers_buckets_up_to_the_key_budget() {
+        let buckets = 64u32;
+        // Keys in distinct buckets, so every bucket holds exactly one.
+        let mut seen = BTreeSet::new();
+        let keys: Vec<String> = (0..)
+            .map(|i| format!("key-{i}"))
+            .filter(|k| seen.insert(Ring::position(k.as_bytes()) % u64::from(buckets)))
+            .take(6)
+            .collect();
+        let store = Entries::default();
+        store
+            .0
+            .borrow_mut()
+            .extend(keys.iter().map(|k| (k.clone(), 7)));
+        for (max_keys, expected) in [(4_096, 6), (2, 2), (1, 1)] {
+            let mut r = n1(ReplicationConfig {
+                ae_buckets: buckets,
+                ae_max_keys: max_keys,
+                ..ReplicationConfig::default()
+            });
+            // The peer holds nothing: every bucket with a key differs.
+            let effects = r.handle(
+                &node(2),
+                PeerMessage::AeDigest {
+                    buckets: vec![0; buckets as usize],
+                },
+                &store,
+                0,
+            );
+            let entries: Vec<&(String, u64)> = effects
+                .iter()
+                .flat_map(|e| match e {
+                    Effect::Send {
+                        msg: PeerMessage::AeEntries { entries, .. },
+                        ..
+                    } => entries.iter().collect(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            assert_eq!(entries.len(), expected, "ae_max_keys = {max_keys}");
+        }
+    }
+}

@@ -306,6 +306,7 @@ mod tests {
     use crate::crdt::value::Value;
     use crate::wire::client::GaugeWrite;
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     fn sample() -> Request {
         Request::Put {
@@ -373,6 +374,43 @@ mod tests {
         );
     }
 
+    /// Every budget class decodes a legitimate message of its size: the allocation limit of each class
+    /// is at least the budget it stands for (the largest message needs more than the 16 MiB below it).
+    #[test]
+    fn a_legitimate_message_of_every_size_class_decodes() {
+        let mut classes = BTreeSet::new();
+        for n in [1, 100, 1_000, 10_000, 1_000_000] {
+            let req = Request::GetMany {
+                keys: (0..n).map(|i| format!("user-{i}")).collect(),
+                features: None,
+                quorum: 1,
+            };
+            let frame = encode_request(&req).expect("encodes");
+            let payload = &frame[FRAME_HEADER_BYTES..];
+            classes.insert(decode_budget(payload.len()));
+            assert_eq!(decode_request(payload).expect("decodes"), req, "{n} keys");
+        }
+        assert_eq!(classes.len(), 5, "one message per class: {classes:?}");
+    }
+
+    /// In every budget class, a payload that claims four times its budget is refused before the
+    /// decoder allocates it (the existing property test only reaches the two smallest classes).
+    #[test]
+    fn every_size_class_refuses_claims_beyond_its_budget() {
+        for class in [1usize << 12, 1 << 16, 1 << 20, 1 << 24, DECODE_LIMIT_BYTES] {
+            let len = class / DECODE_BYTES_PER_INPUT_BYTE;
+            assert_eq!(decode_budget(len), class);
+            // GetMany (variant 1) with a varint count of keys whose `String`s alone take 4 x the class.
+            let keys = (4 * class / std::mem::size_of::<String>()) as u64;
+            let mut payload = vec![1u8, 0xFD];
+            payload.extend_from_slice(&keys.to_le_bytes());
+            payload.resize(len, 0);
+            let (result, peak) = alloc_probe::measure(|| decode_request(&payload));
+            assert!(matches!(result, Err(Error::Malformed { .. })), "{result:?}");
+            assert!(peak <= 2 * class + 4096, "class {class}: peak {peak}");
+        }
+    }
+
     #[test]
     fn a_huge_length_prefix_is_refused_before_allocation() {
         // Variant 1 = GetMany; then a varint length of u64::MAX for `keys`.
@@ -405,6 +443,39 @@ mod tests {
             decode_request(&payload),
             Err(Error::Malformed { .. })
         ));
+    }
+
+    /// A stored record keeps every kind's state, the flag's causal context included.
+    #[test]
+    fn records_round_trip_every_kind() {
+        let mut p = Profile::default();
+        let node = crate::hlc::NodeId::new("n1").expect("valid");
+        let mut clock = crate::hlc::Clock::new(node.clone(), 1_000);
+        let limits = crate::limits::Limits::default();
+        let v = Value::Str("x".into());
+        let gauge = crate::profile::GaugeUpdate {
+            name: "g",
+            value: &v,
+            expires_at_ms: Some(5_000),
+        };
+        p.put_gauges(&[gauge], &clock.stamp(1_000), &limits)
+            .expect("valid");
+        p.increment(&[("c", -3)], &node, clock.tick(1_000), &limits)
+            .expect("valid");
+        for value in [true, false] {
+            let context = crate::CausalContext::default();
+            let flag = crate::profile::FlagUpdate {
+                name: "f",
+                value,
+                context: &context,
+                marker: clock.stamp(1_000),
+                expires_at_ms: None,
+            };
+            p.set_flag(flag, 1_000, &limits).expect("valid");
+        }
+        assert!(!p.flags["f"].clock.is_empty());
+        let bytes = encode_record(&p).expect("encodes");
+        assert_eq!(decode_record(&bytes).expect("decodes"), p);
     }
 
     #[test]
