@@ -179,6 +179,20 @@ impl Engine {
         event: &Event,
         definitions: &Definitions,
     ) -> Result<Ingested, ErrorReply> {
+        // A retry of an ingested message changes nothing: answer it without a copy, a store or a flush.
+        // (A duplicate that races past this check is still caught by `apply_event` below.)
+        let seen = self
+            .shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|s| s.profile.seen.contains(&event.message_id));
+        if seen {
+            return Ok(Ingested {
+                duplicate: true,
+                ..Ingested::default()
+            });
+        }
         let now = now_ms();
         self.write(key, |p| {
             apply_event(p, event, definitions, &mut self.clock(), now, &self.limits)
