@@ -207,6 +207,45 @@ pub enum Error {
         /// The offending id (truncated).
         id: String,
     },
+    /// An identity link would make an id an alias of itself (directly, or through a chain of links).
+    #[error(
+        "identity loop: {id:?} cannot be linked into {into:?}, which is already linked into it"
+    )]
+    IdentityLoop {
+        /// The id that was to be linked (truncated).
+        id: String,
+        /// The canonical id it was to be linked into (truncated).
+        into: String,
+    },
+    /// An identity link names an id that is already linked into another canonical id.
+    #[error("identity conflict: {id:?} is already linked into {linked_to:?}, not {into:?}")]
+    IdentityConflict {
+        /// The id that was to be linked (truncated).
+        id: String,
+        /// Where it is linked already (truncated).
+        linked_to: String,
+        /// Where it was to be linked (truncated).
+        into: String,
+    },
+    /// A profile already holds the most linked identities `max_identity_links` allows.
+    #[error("{key:?} already has {count} linked identities, the limit is {max}")]
+    TooManyIdentityLinks {
+        /// The canonical id (truncated).
+        key: String,
+        /// Linked identities it would hold.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An event followed more identity redirects than `max_identity_depth` allows (a chain too long, or a
+    /// loop created by concurrent links during a partition).
+    #[error("identity chain of {key:?} is longer than {max} links")]
+    IdentityTooDeep {
+        /// The key the event had reached (truncated).
+        key: String,
+        /// The limit.
+        max: u8,
+    },
     /// A configuration value is out of range.
     #[error("invalid limit {name}: {reason}")]
     InvalidLimit {

@@ -43,6 +43,11 @@ pub struct Limits {
     pub max_seen_ids: u32,
     /// Most entries (writers) in the causal context a flag write carries. Default 256.
     pub max_context_entries: usize,
+    /// Most identities (anonymous ids, earlier user ids) linked into one canonical profile; each is kept
+    /// as a copy of the profile it had when it was linked. Default 32.
+    pub max_identity_links: usize,
+    /// Most identity redirects one event follows before it is refused (chains of aliases). Default 8.
+    pub max_identity_depth: u8,
 }
 
 impl Default for Limits {
@@ -60,6 +65,8 @@ impl Default for Limits {
             dedup_window_ms: 24 * 60 * 60 * 1000,
             max_seen_ids: 1024,
             max_context_entries: 256,
+            max_identity_links: 32,
+            max_identity_depth: 8,
         }
     }
 }
@@ -78,6 +85,8 @@ impl Limits {
             ("max_message_id_bytes", self.max_message_id_bytes),
             ("max_seen_ids", self.max_seen_ids as usize),
             ("max_context_entries", self.max_context_entries),
+            ("max_identity_links", self.max_identity_links),
+            ("max_identity_depth", usize::from(self.max_identity_depth)),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -13,16 +13,20 @@
 //!   definition is fixed is not mistaken for a duplicate.
 //! - **Late events are not lost silently**: a window that refuses an event as older than its span is
 //!   reported in [`Ingested::late`]; the event's other features still apply.
+//! - **Redirected, not applied**, when the profile's id was linked into another (see [`identity`]): the
+//!   answer names the canonical id, and the caller sends the event there.
 //! - Windows are stamped with this node's HLC and slot, `last` gauges and identify traits with the event
 //!   time (so a late event never overwrites a newer value), checked against `max_clock_skew`.
 
 pub mod define;
 pub mod event;
+pub mod identity;
 
 use serde_json::Value as Json;
 
 pub use define::{Compiled, Definitions, FeatureDefinition, Input, Target};
 pub use event::{Event, EventType};
+pub use identity::{apply_linking_event, check_link, check_redirect, link_of};
 
 use crate::crdt::value::Value;
 use crate::error::{Error, EventDefect, Result};
@@ -39,6 +43,10 @@ pub struct Ingested {
     pub features: Vec<String>,
     /// Window features that refused the event as late (counted, not applied).
     pub late: Vec<String>,
+    /// The profile's id was linked into this canonical id: nothing changed, and the event belongs there.
+    pub redirect: Option<String>,
+    /// The id this event linked into the profile (see [`identity`]).
+    pub linked: Option<String>,
 }
 
 /// One update derived from an event, before anything is applied.
@@ -137,9 +145,15 @@ pub fn apply_event(
     now_ms: u64,
     limits: &Limits,
 ) -> Result<Ingested> {
-    if profile.seen.contains(&event.message_id) {
+    if profile.has_seen(&event.message_id) {
         return Ok(Ingested {
             duplicate: true,
+            ..Ingested::default()
+        });
+    }
+    if let Some(canonical) = profile.alias_of() {
+        return Ok(Ingested {
+            redirect: Some(canonical.to_owned()),
             ..Ingested::default()
         });
     }

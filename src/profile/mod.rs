@@ -20,6 +20,7 @@
 //! The profile never reads the clock: callers pass timestamps and `now_ms`.
 
 pub mod apply;
+pub mod identity;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 pub use apply::{apply, Applied, CounterDelta, GaugeWrite, Write};
+pub use identity::Identity;
 pub use view::{FeatureView, FlagValue, FlagView, ProfileView};
 
 use crate::crdt::counter::Counter;
@@ -56,6 +58,8 @@ pub struct Profile {
     pub windows: BTreeMap<String, Window>,
     /// Message ids already ingested (event deduplication), replicated with the profile.
     pub seen: Seen,
+    /// Identity links: the id this one was linked into, and the profiles linked into this one.
+    pub identity: Identity,
 }
 
 /// One kind's map of features, seen through its [`Lattice`]: what the profile does to every kind alike.
@@ -180,7 +184,10 @@ impl Profile {
 
     /// Whether the profile holds nothing at all (no features, no watermark, no ingested message ids).
     pub fn is_empty(&self) -> bool {
-        self.feature_count() == 0 && self.erased_at.is_none() && self.seen.ids.is_empty()
+        self.feature_count() == 0
+            && self.erased_at.is_none()
+            && self.seen.ids.is_empty()
+            && self.identity.is_empty()
     }
 
     fn kind_of(&self, name: &str) -> Option<FeatureKind> {
@@ -380,6 +387,7 @@ impl Profile {
         for map in self.maps_mut() {
             map.retain_above(&w);
         }
+        self.identity.retain_above(&w);
     }
 
     /// Merges another replica's state into this one. Returns true if `self` changed (exactly: a write
@@ -412,26 +420,32 @@ impl Profile {
         changed |= merge_map(&mut self.flags, &other.flags);
         changed |= merge_map(&mut self.windows, &other.windows);
         changed |= self.seen.merge(&other.seen);
+        changed |= self.identity.merge(&other.identity);
         changed || raised
     }
 
     /// Whether [`Profile::expire`] at `now_ms` would change anything (cheap: no copy).
     pub fn has_expired(&self, now_ms: u64) -> bool {
-        self.maps().iter().any(|m| m.has_expired(now_ms))
+        self.maps().iter().any(|m| m.has_expired(now_ms)) || self.identity.has_expired(now_ms)
     }
 
     /// Applies expiry to every feature (expired gauges become tombstones, expired flag siblings go).
     /// Returns true if anything changed (the caller may then persist the smaller state).
     pub fn expire(&mut self, now_ms: u64) -> bool {
-        self.maps_mut()
+        let features = self
+            .maps_mut()
             .into_iter()
-            .fold(false, |changed, m| m.expire(now_ms) | changed)
+            .fold(false, |changed, m| m.expire(now_ms) | changed);
+        self.identity.expire(now_ms) | features
     }
 
     /// The greatest timestamp anywhere in the profile (used to recover the clock at startup).
     pub fn max_timestamp(&self) -> Option<Timestamp> {
         let features = self.maps().into_iter().filter_map(|m| m.max_timestamp());
-        features.chain(self.erased_at.iter().map(|w| w.ts)).max()
+        features
+            .chain(self.erased_at.iter().map(|w| w.ts))
+            .chain(self.identity.max_timestamp())
+            .max()
     }
 }
 

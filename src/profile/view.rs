@@ -3,7 +3,8 @@
 //!
 //! Guarantees: a view never shows an expired value or anything at or below the erasure watermark; when a
 //! name exists with several kinds (concurrent creation on two replicas), every replica shows the same one
-//! (flag over window over counter over gauge).
+//! (flag over window over counter over gauge). The profiles of ids linked into this one are combined into
+//! its view (see [`identity`](crate::profile::identity)).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use crate::crdt::flag::{CausalContext, FlagRegister};
 use crate::crdt::value::Value;
 use crate::crdt::window::Aggregation;
 use crate::hlc::Marker;
+use crate::profile::identity::combine_views;
 use crate::profile::Profile;
 
 impl Profile {
@@ -51,6 +53,11 @@ impl Profile {
         for (name, f) in self.flags.iter().filter(|(n, _)| wanted(n)) {
             if let Some(view) = FlagView::of(f, now_ms) {
                 features.insert(name.clone(), FeatureView::Flag(view));
+            }
+        }
+        for absorbed in self.identity.absorbed.values() {
+            if let Some(theirs) = absorbed.view(now_ms, projection) {
+                combine_views(&mut features, theirs.features);
             }
         }
         if features.is_empty() {

@@ -30,6 +30,9 @@ pub struct WireEvent {
     pub properties_json: String,
     /// `previousId` of an alias.
     pub previous_id: Option<String>,
+    /// Identity redirects the event followed so far (0 from a client): an owner that would redirect it
+    /// once more than `max_identity_depth` refuses it instead.
+    pub hops: u8,
 }
 
 const KINDS: [EventType; 6] = [
@@ -52,6 +55,7 @@ impl From<&Event> for WireEvent {
             timestamp_ms: e.timestamp_ms,
             properties_json: serde_json::Value::Object(e.properties.clone()).to_string(),
             previous_id: e.previous_id.clone(),
+            hops: 0,
         }
     }
 }
@@ -152,6 +156,7 @@ mod tests {
             timestamp_ms: 1,
             properties_json: "{}".into(),
             previous_id: None,
+            hops: 0,
         };
         assert!(good.to_event(&limits).is_ok());
         let cases = [

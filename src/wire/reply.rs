@@ -61,7 +61,10 @@ impl From<&Error> for ErrorCode {
             | Error::InvalidLimit { .. }
             | Error::QuorumTooLarge { .. }
             | Error::LateEvent { .. }
-            | Error::InvalidDefinition { .. } => ErrorCode::InvalidRequest,
+            | Error::InvalidDefinition { .. }
+            | Error::IdentityLoop { .. }
+            | Error::IdentityConflict { .. }
+            | Error::IdentityTooDeep { .. } => ErrorCode::InvalidRequest,
             Error::InvalidEvent(
                 EventDefect::TooLarge { .. } | EventDefect::MessageIdTooLong { .. },
             ) => ErrorCode::LimitExceeded,
@@ -72,7 +75,8 @@ impl From<&Error> for ErrorCode {
             | Error::ValueTooLarge { .. }
             | Error::TooManyFeatures { .. }
             | Error::ContextTooLarge { .. }
-            | Error::BatchTooLarge { .. } => ErrorCode::LimitExceeded,
+            | Error::BatchTooLarge { .. }
+            | Error::TooManyIdentityLinks { .. } => ErrorCode::LimitExceeded,
             Error::TooManySiblings { .. } => ErrorCode::TooManySiblings,
             Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             Error::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,

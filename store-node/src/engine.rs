@@ -22,7 +22,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
-use featurestore::ingest::{apply_event, Definitions, Event, Ingested};
+use featurestore::ingest::{apply_event, apply_linking_event, Definitions, Event, Ingested};
 use featurestore::profile::{apply, Applied, ProfileView, Write};
 use featurestore::replication::StoreError;
 use featurestore::wire::client::ErrorReply;
@@ -181,15 +181,22 @@ impl Engine {
     ) -> Result<Ingested, ErrorReply> {
         // A retry of an ingested message changes nothing: answer it without a copy, a store or a flush.
         // (A duplicate that races past this check is still caught by `apply_event` below.)
-        let seen = self
-            .shard(key)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .is_some_and(|s| s.profile.seen.contains(&event.message_id));
-        if seen {
+        // So is an event for an id linked into another (it is redirected there).
+        let (seen, redirect) = {
+            let shard = self
+                .shard(key)
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let profile = shard.get(key).map(|s| &s.profile);
+            (
+                profile.is_some_and(|p| p.has_seen(&event.message_id)),
+                profile.and_then(|p| p.alias_of().map(str::to_owned)),
+            )
+        };
+        if seen || redirect.is_some() {
             return Ok(Ingested {
-                duplicate: true,
+                duplicate: seen,
+                redirect: redirect.filter(|_| !seen),
                 ..Ingested::default()
             });
         }
@@ -198,6 +205,71 @@ impl Engine {
             apply_event(p, event, definitions, &mut self.clock(), now, &self.limits)
         })
         .await
+    }
+
+    /// Applies a linking event (an identify or alias, see `featurestore::ingest::identity`) to the
+    /// canonical profile `key` as its owner, absorbing `state`, the merged profile of the linked `id`.
+    pub async fn ingest_linking(
+        &self,
+        key: &str,
+        event: &Event,
+        id: &str,
+        state: &Profile,
+        definitions: &Definitions,
+    ) -> Result<Ingested, ErrorReply> {
+        let now = now_ms();
+        self.write(key, |p| {
+            apply_linking_event(
+                p,
+                key,
+                event,
+                id,
+                state,
+                definitions,
+                &mut self.clock(),
+                now,
+                &self.limits,
+            )
+        })
+        .await
+    }
+
+    /// Marks `key` as linked into `canonical` (a fresh marker of this node), stores it and waits for
+    /// durability as the policy requires.
+    pub async fn set_alias(&self, key: &str, canonical: &str) -> Result<(), ErrorReply> {
+        let now = now_ms();
+        self.write(key, |p| {
+            let marker = self.clock().stamp(now);
+            p.set_alias(canonical, marker, &self.limits)
+        })
+        .await
+    }
+
+    /// The canonical id `key` was linked into, if this node's copy says so.
+    pub fn alias_of(&self, key: &str) -> Option<String> {
+        self.shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .and_then(|s| s.profile.alias_of().map(str::to_owned))
+    }
+
+    /// Whether this node's copy of `key` has ingested `event` already.
+    pub fn has_seen(&self, key: &str, event: &Event) -> bool {
+        self.shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|s| s.profile.has_seen(&event.message_id))
+    }
+
+    /// Whether this node's copy of `key` has `id` linked into it.
+    pub fn has_absorbed(&self, key: &str, id: &str) -> bool {
+        self.shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|s| s.profile.has_absorbed(id))
     }
 
     /// What a client sees of `key` at `now`, optionally only some features (served from memory).

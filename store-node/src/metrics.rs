@@ -78,6 +78,12 @@ counters! {
         events_refused,
         /// Events forwarded to their owner.
         events_forwarded,
+        /// Identities linked into a canonical profile (identify with both ids, alias).
+        identity_links,
+        /// Events redirected from a linked id to its canonical id.
+        identity_redirects,
+        /// Identity links refused (loop, conflict, limit) and events refused for a chain too long.
+        identity_refused,
         /// Window features that refused an event as older than their span.
         events_late,
         /// Events refused because the ingest queue was full (the sender retries).

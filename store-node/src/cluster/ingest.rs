@@ -17,17 +17,28 @@
 //!   owner does not answer within the RPC timeout, the outcome is `Unavailable` and the sender should retry
 //!   (retries are safe: events are deduplicated).
 //!
-//! Not built yet: identity resolution (anonymous → user links), the dead-letter queue (refused events are
-//! counted and answered with their reason, not stored).
+//! - **Identity**: an event for an id linked into another (its profile's `alias_of`) is redirected to the
+//!   canonical id's owner, at most `max_identity_depth` times. A linking event (`identify` with both ids,
+//!   `alias`) is applied by the canonical id's owner in three steps: read the linked id's state from its
+//!   live replicas and check the link (the core's `check_link`), write the redirect on the linked id (a
+//!   replicated write), read the linked id again (to catch what its old owner applied meanwhile), then
+//!   apply the event and absorb the state in one write of the canonical profile. A failure after the
+//!   redirect leaves the event unapplied and the sender retries: the redirect is idempotent, and the retry
+//!   absorbs the state. Caveat: an event applied to the linked id by an owner that had not yet received
+//!   the redirect (on the far side of a partition, or in the milliseconds the redirect is in flight) stays
+//!   on the linked id's own profile until the next linking event for the pair.
+//!
+//! Not built yet: the dead-letter queue (refused events are counted and answered with their reason, not
+//! stored).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use featurestore::cluster::detector::Liveness;
-use featurestore::ingest::{Definitions, Event};
+use featurestore::ingest::{check_link, check_redirect, link_of, Definitions, Event};
 use featurestore::wire::event::{EventOutcome, WireEvent};
 use featurestore::wire::peer::PeerMessage;
-use featurestore::{ErrorCode, ErrorReply, NodeId, Response};
+use featurestore::{ErrorCode, ErrorReply, NodeId, Profile, Response};
 use tokio::sync::{oneshot, Semaphore};
 
 use super::Cluster;
@@ -74,11 +85,27 @@ impl Cluster {
     /// Ingests validated events received by this node: each goes to its owner; the answer is one outcome
     /// per event, in order.
     pub async fn ingest(&self, events: Vec<Event>) -> Vec<EventOutcome> {
+        self.route_events(events.into_iter().map(|e| (e, 0)).collect())
+            .await
+    }
+
+    /// [`Cluster::route_events`], boxed: the redirect of a linked id routes again from inside the owner's
+    /// path.
+    fn route_boxed(
+        &self,
+        events: Vec<(Event, u8)>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<EventOutcome>> + Send + '_>> {
+        Box::pin(self.route_events(events))
+    }
+
+    /// Sends each event (with the identity redirects it followed so far) to its owner; one outcome per
+    /// event, in order.
+    async fn route_events(&self, events: Vec<(Event, u8)>) -> Vec<EventOutcome> {
         let metrics = self.engine.metrics();
         let mut outcomes: Vec<Option<EventOutcome>> = vec![None; events.len()];
         let mut remote: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
         let mut local = Vec::new();
-        for (i, e) in events.iter().enumerate() {
+        for (i, (e, _)) in events.iter().enumerate() {
             let owner = self.owner_of(e.key());
             if owner == self.me {
                 local.push(i);
@@ -96,7 +123,13 @@ impl Cluster {
             self.waiters().forwards.insert(req, tx);
             let batch: Vec<WireEvent> = indices
                 .iter()
-                .map(|i| WireEvent::from(&events[*i]))
+                .map(|i| {
+                    let (event, hops) = &events[*i];
+                    WireEvent {
+                        hops: *hops,
+                        ..WireEvent::from(event)
+                    }
+                })
                 .collect();
             metrics
                 .events_forwarded
@@ -110,7 +143,8 @@ impl Cluster {
             waiting.push((owner, req, indices, rx));
         }
         for i in local {
-            outcomes[i] = Some(self.apply_as_owner(&events[i]).await);
+            let (event, hops) = &events[i];
+            outcomes[i] = Some(self.apply_as_owner(event, *hops).await);
         }
         for (owner, req, indices, rx) in waiting {
             let answer = tokio::time::timeout(self.rpc_timeout, rx).await;
@@ -143,7 +177,7 @@ impl Cluster {
         let mut outcomes = Vec::with_capacity(events.len());
         for wire in events {
             let outcome = match wire.to_event(&limits) {
-                Ok(event) => self.apply_as_owner(&event).await,
+                Ok(event) => self.apply_as_owner(&event, wire.hops).await,
                 Err(e) => {
                     self.engine.metrics().count_error(ErrorCode::from(&e));
                     let reply = ErrorReply::of(&e);
@@ -158,19 +192,41 @@ impl Cluster {
 
     /// Applies one event here as its owner: admitted by replication, decided by the core, durable, then
     /// replicated.
-    async fn apply_as_owner(&self, event: &Event) -> EventOutcome {
+    async fn apply_as_owner(&self, event: &Event, hops: u8) -> EventOutcome {
         let metrics = self.engine.metrics();
-        let Ok(_permit) = self.ingester.permits.try_acquire() else {
+        let Ok(permit) = self.ingester.permits.try_acquire() else {
             Metrics::incr(&metrics.events_overloaded);
             return refused(ErrorCode::Unavailable, "ingest queue full; retry later");
         };
         let key = event.key();
+        if let Some(canonical) = self.engine.alias_of(key) {
+            drop(permit);
+            return self.redirect(event, canonical, hops).await;
+        }
+        // A retried linking event needs no second link (it is a duplicate below).
+        let link = link_of(event)
+            .filter(|id| !self.engine.has_absorbed(key, id) && !self.engine.has_seen(key, event));
+        let linked = match link {
+            Some(id) => match self.prepare_link(key, id).await {
+                Ok(state) => Some((id, state)),
+                Err(outcome) => return outcome,
+            },
+            None => None,
+        };
         let ticket = match self.repl().begin_local_write(key, 1) {
             Ok(ticket) => ticket,
             Err(e) => return refused(ErrorCode::from(&e), e.to_string()),
         };
         let definitions = self.ingester.definitions.clone();
-        let ingested = match self.engine.ingest(key, event, &definitions).await {
+        let result = match &linked {
+            Some((id, state)) => {
+                self.engine
+                    .ingest_linking(key, event, id, state, &definitions)
+                    .await
+            }
+            None => self.engine.ingest(key, event, &definitions).await,
+        };
+        let ingested = match result {
             Ok(ingested) => ingested,
             Err(reply) => {
                 self.repl().abort_local_write(ticket);
@@ -182,6 +238,15 @@ impl Cluster {
             self.repl().abort_local_write(ticket);
             Metrics::incr(&metrics.events_duplicate);
             return EventOutcome::Duplicate;
+        }
+        if let Some(canonical) = ingested.redirect {
+            // Linked since the check above (a redirect replicated in meanwhile).
+            self.repl().abort_local_write(ticket);
+            drop(permit);
+            return self.redirect(event, canonical, hops).await;
+        }
+        if ingested.linked.is_some() {
+            Metrics::incr(&metrics.identity_links);
         }
         let plan = self
             .repl()
@@ -197,5 +262,71 @@ impl Cluster {
         EventOutcome::Applied {
             late: ingested.late,
         }
+    }
+}
+
+impl Cluster {
+    /// Sends `event`, whose id was linked into `canonical`, to `canonical`'s owner as an event of that user.
+    async fn redirect(&self, event: &Event, canonical: String, hops: u8) -> EventOutcome {
+        let metrics = self.engine.metrics();
+        if let Err(e) = check_redirect(event.key(), hops, self.engine.limits()) {
+            Metrics::incr(&metrics.identity_refused);
+            return refused(ErrorCode::from(&e), e.to_string());
+        }
+        Metrics::incr(&metrics.identity_redirects);
+        let mut routed = event.clone();
+        routed.user_id = Some(canonical);
+        let mut outcomes = self.route_boxed(vec![(routed, hops + 1)]).await;
+        outcomes
+            .pop()
+            .unwrap_or_else(|| refused(ErrorCode::Internal, "no outcome"))
+    }
+
+    /// Reads the state of `id` (to be linked into `key`) from its live replicas, merged.
+    async fn read_linked(&self, id: &str) -> Result<Profile, EventOutcome> {
+        let now = now_ms();
+        let live = {
+            let repl = self.repl();
+            repl.replicas(id)
+                .iter()
+                .filter(|r| **r == self.me || repl.liveness(r, now) != Liveness::Down)
+                .count()
+        };
+        match self.quorum_read(id, live.max(1)).await {
+            Ok(state) => Ok(state.unwrap_or_default()),
+            Err(_) => Err(refused(
+                ErrorCode::Unavailable,
+                format!("could not read {id:?} to link it; retry (events are deduplicated)"),
+            )),
+        }
+    }
+
+    /// The first steps of a link of `id` into `key` (see the module docs): check, redirect, read again.
+    /// Returns the state to absorb.
+    async fn prepare_link(&self, key: &str, id: &str) -> Result<Profile, EventOutcome> {
+        let metrics = self.engine.metrics();
+        let mut state = self.read_linked(id).await?;
+        let canonical = self.engine.state(key).unwrap_or_default();
+        if let Err(e) = check_link(&canonical, key, id, &state, self.engine.limits()) {
+            Metrics::incr(&metrics.identity_refused);
+            return Err(refused(ErrorCode::from(&e), e.to_string()));
+        }
+        let ticket = match self.repl().begin_local_write(id, 1) {
+            Ok(ticket) => ticket,
+            Err(e) => return Err(refused(ErrorCode::from(&e), e.to_string())),
+        };
+        if let Err(reply) = self.engine.set_alias(id, key).await {
+            self.repl().abort_local_write(ticket);
+            return Err(refused(reply.code, reply.message));
+        }
+        let plan = self
+            .repl()
+            .on_local_write(ticket, id, &*self.engine, now_ms());
+        if let Err(Response::Error(reply)) = self.replicate(plan).await {
+            return Err(refused(reply.code, reply.message));
+        }
+        // What the linked id's owner applied before the redirect reached it.
+        state.merge(&self.read_linked(id).await?);
+        Ok(state)
     }
 }
