@@ -305,7 +305,7 @@ struct Sample {
 }
 
 /// A base port with `base..base + n` free on 127.0.0.1 (UDP).
-fn free_port_base(n: u16) -> Result<u16> {
+pub(crate) fn free_port_base(n: u16) -> Result<u16> {
     for _ in 0..100 {
         let probe = UdpSocket::bind("127.0.0.1:0").map_err(Error::io("binding", "127.0.0.1:0"))?;
         let base = probe

@@ -14,6 +14,7 @@
 //!   `taskset`, killed when dropped.
 //! - [`compare`]: the whole comparison in one call; [`report`]: its JSON and markdown.
 //! - [`fault`]: `loadgen fault`, a node of a three-node cluster killed under a running client, per second.
+//! - [`ingest`]: `loadgen ingest` (W5a), event ingest on the dev cluster beside a Lua-per-event Redis.
 //!
 //! How to run everything: `benches/compare.sh` (see `docs/benchmarks.md`).
 
@@ -22,6 +23,7 @@ pub mod driver;
 pub mod echo;
 pub mod error;
 pub mod fault;
+pub mod ingest;
 pub mod keyspace;
 pub mod report;
 pub mod servers;

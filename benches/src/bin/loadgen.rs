@@ -10,6 +10,9 @@
 //! - `loadgen fault [...]`: kill -9 one node of a three-node cluster under a running client (and restart
 //!   it); a per-second timeline (`--doc` puts it into `docs/benchmarks.md`). See `benches::fault`.
 //!
+//! - `loadgen ingest [...]`: W5a, event ingest throughput and event → readable latency on the dev cluster
+//!   beside Redis (`--doc` puts the section into `docs/benchmarks.md`). See `benches::ingest`.
+//!
 //! SIGINT/SIGTERM stop a run cleanly: every server it started is killed.
 
 use std::net::SocketAddr;
@@ -57,6 +60,8 @@ enum Command {
     },
     /// Kill -9 a node of a three-node cluster under a running client; per-second timeline.
     Fault(benches::fault::FaultArgs),
+    /// W5a: event ingest throughput and event → readable latency, featurestore beside Redis.
+    Ingest(IngestArgs),
     /// Serve the echo floor (prints `echo ready on <addr>`).
     EchoServer {
         /// UDP address to listen on (loopback only).
@@ -121,6 +126,40 @@ struct CompareArgs {
     /// The command line recorded in the report (compare.sh passes its own).
     #[arg(long)]
     command_line: Option<String>,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// Distinct users.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// Concurrent closed loops (and paced senders in the latency run).
+    #[arg(long, default_value_t = 64)]
+    workers: usize,
+    /// Seconds of each throughput run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Probe events of each latency run.
+    #[arg(long, default_value_t = 2_000)]
+    probes: usize,
+    /// Seed of the event stream.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Where ingest.json goes.
+    #[arg(long, default_value = "benches/results")]
+    results: PathBuf,
+    /// Put the W5a section into this markdown file (e.g. docs/benchmarks.md), replacing its previous one.
+    #[arg(long)]
+    doc: Option<PathBuf>,
+    /// The store-node binary (default: next to this binary).
+    #[arg(long)]
+    store_node: Option<PathBuf>,
+    /// Do not run Redis.
+    #[arg(long)]
+    no_redis: bool,
+    /// Do not pin servers and client to separate cores.
+    #[arg(long)]
+    no_pin: bool,
 }
 
 #[derive(Args)]
@@ -205,6 +244,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Fault(args)) => {
             client_runtime()?.block_on(with_signals(benches::fault::cli(args)))
         }
+        Some(Command::Ingest(args)) => client_runtime()?.block_on(with_signals(run_ingest(args))),
         Some(Command::Compare(args)) => client_runtime()?.block_on(with_signals(run_compare(args))),
         None if cli.smoke => client_runtime()?.block_on(with_signals(run_compare(CompareArgs {
             smoke: true,
@@ -424,6 +464,60 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
         }
         None => println!("{text}"),
+    }
+    Ok(())
+}
+
+/// `loadgen ingest`: W5a on the dev cluster and Redis; writes ingest.json and, with `--doc`, the section.
+async fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
+    use benches::ingest::{self, IngestEnv, IngestParams};
+    let store_node = match args.store_node.clone() {
+        Some(p) => p,
+        None => servers::sibling_program("store-node").context(
+            "store-node not found next to loadgen: build it (cargo build --release -p store-node) or pass --store-node",
+        )?,
+    };
+    let redis_server = if args.no_redis {
+        None
+    } else {
+        Some(
+            servers::find_program("redis-server")
+                .context("redis-server not found (or pass --no-redis)")?,
+        )
+    };
+    let pinning = Pinning::detect(!args.no_pin);
+    pinning.pin_self()?;
+    let work_dir = std::env::temp_dir().join(format!(
+        "featurestore-loadgen-ingest-{}",
+        std::process::id()
+    ));
+    let env = IngestEnv {
+        store_node,
+        redis_server,
+        work_dir: work_dir.clone(),
+        pinning,
+    };
+    let params = IngestParams {
+        users: args.users.max(1),
+        workers: args.workers.max(1),
+        duration_s: args.duration,
+        probes: args.probes,
+        seed: args.seed,
+    };
+    let report = ingest::run(&params, &env).await;
+    let _ = std::fs::remove_dir_all(&work_dir);
+    let report = report?;
+    ingest::write_json(&report, &args.results)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let section = ingest::to_markdown(&report, &command);
+    match &args.doc {
+        Some(doc) => {
+            let text = std::fs::read_to_string(doc)
+                .with_context(|| format!("reading {}", doc.display()))?;
+            let text = benches::fault::splice_section(&text, &section);
+            std::fs::write(doc, text).with_context(|| format!("writing {}", doc.display()))?;
+        }
+        None => println!("{section}"),
     }
     Ok(())
 }
