@@ -43,7 +43,16 @@ pub struct Limits {
     pub max_seen_ids: u32,
     /// Most entries (writers) in the causal context a flag write carries. Default 256.
     pub max_context_entries: usize,
+    /// The sketch size K of `distinct_count` features: values hashed and kept per node and bucket, so
+    /// counts are exact below K and estimated (relative standard error about `1 / sqrt(K - 2)`) at and
+    /// above it. Each slot holds at most K 8-byte hashes. Default 256; between 2 and
+    /// [`MAX_DISTINCT_EXACT_CEILING`].
+    pub max_distinct_exact: u32,
 }
+
+/// The ceiling on `max_distinct_exact` (65,536 hashes: 512 KiB per window slot); configs above it are
+/// refused.
+pub const MAX_DISTINCT_EXACT_CEILING: u32 = 1 << 16;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -60,6 +69,7 @@ impl Default for Limits {
             dedup_window_ms: 24 * 60 * 60 * 1000,
             max_seen_ids: 1024,
             max_context_entries: 256,
+            max_distinct_exact: 256,
         }
     }
 }
@@ -86,6 +96,14 @@ impl Limits {
                     reason: "must be at least 1".into(),
                 });
             }
+        }
+        if !(2..=MAX_DISTINCT_EXACT_CEILING).contains(&self.max_distinct_exact) {
+            return Err(Error::InvalidLimit {
+                name: "max_distinct_exact",
+                reason: format!(
+                    "must be between 2 and {MAX_DISTINCT_EXACT_CEILING} (the estimate above it divides by K - 1)"
+                ),
+            });
         }
         if self.max_frame_bytes > FRAME_BYTES_CEILING {
             return Err(Error::InvalidLimit {
@@ -273,6 +291,29 @@ mod tests {
                 ..
             })
         ));
+        for k in [0, 1, MAX_DISTINCT_EXACT_CEILING + 1] {
+            let l = Limits {
+                max_distinct_exact: k,
+                ..Limits::default()
+            };
+            assert!(
+                matches!(
+                    l.validate(),
+                    Err(Error::InvalidLimit {
+                        name: "max_distinct_exact",
+                        ..
+                    })
+                ),
+                "{k}"
+            );
+        }
+        for k in [2, MAX_DISTINCT_EXACT_CEILING] {
+            let l = Limits {
+                max_distinct_exact: k,
+                ..Limits::default()
+            };
+            assert_eq!(l.validate(), Ok(()), "{k}");
+        }
         let l = Limits {
             max_frame_bytes: 100,
             ..Limits::default()

@@ -25,6 +25,7 @@ pub use define::{Compiled, Definitions, FeatureDefinition, Input, Target};
 pub use event::{Event, EventType};
 
 use crate::crdt::value::Value;
+use crate::crdt::window::{distinct_hash, Observation};
 use crate::error::{Error, EventDefect, Result};
 use crate::hlc::{Clock, Marker, Timestamp};
 use crate::limits::Limits;
@@ -43,7 +44,10 @@ pub struct Ingested {
 
 /// One update derived from an event, before anything is applied.
 enum Update<'a> {
-    Observe { def: &'a Compiled, value: f64 },
+    Observe {
+        def: &'a Compiled,
+        value: Observation,
+    },
     Gauge { name: String, value: Value },
 }
 
@@ -52,6 +56,16 @@ fn number(v: &Json) -> Option<f64> {
     match v {
         Json::Number(n) => n.as_f64().filter(|f| f.is_finite()),
         Json::String(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+        _ => None,
+    }
+}
+
+/// The distinct-count hash of a JSON scalar: of its JSON text (objects, arrays and nulls are not values).
+fn distinct(v: &Json) -> Option<u64> {
+    match v {
+        Json::Bool(_) | Json::Number(_) | Json::String(_) => {
+            serde_json::to_string(v).ok().map(|t| distinct_hash(t.as_bytes()))
+        }
         _ => None,
     }
 }
@@ -81,18 +95,34 @@ fn derive<'a>(event: &'a Event, defs: &'a Definitions, limits: &Limits) -> Resul
             })
         };
         match (def.target, def.input) {
-            (Target::Window(_), Input::One) => updates.push(Update::Observe { def, value: 1.0 }),
+            (Target::Window(_), Input::One) => updates.push(Update::Observe {
+                def,
+                value: Observation::Value(1.0),
+            }),
             (Target::Window(_), Input::EventTime) => updates.push(Update::Observe {
                 def,
-                value: event.timestamp_ms as f64,
+                value: Observation::Value(event.timestamp_ms as f64),
             }),
+            (Target::Window(_), Input::Distinct) => match event.property(property()) {
+                None | Some(Json::Null) => {}
+                Some(v) => {
+                    let hash = distinct(v).ok_or_else(|| wrong("scalar"))?;
+                    updates.push(Update::Observe {
+                        def,
+                        value: Observation::Distinct(hash),
+                    });
+                }
+            },
             (Target::Window(_), Input::Property) => {
                 // An event without the property contributes nothing; one with a non-number is refused.
                 match event.property(property()) {
                     None | Some(Json::Null) => {}
                     Some(v) => {
                         let value = number(v).ok_or_else(|| wrong("number"))?;
-                        updates.push(Update::Observe { def, value });
+                        updates.push(Update::Observe {
+                            def,
+                            value: Observation::Value(value),
+                        });
                     }
                 }
             }
