@@ -11,7 +11,8 @@
 //! to collide: equal markers with different values, one node's diverging counter slots, concurrent dots):
 //! - `merge` is commutative, associative and idempotent, and reports exactly whether `self` changed;
 //! - erasure and expiry commute with `merge` (they are part of the lattice, so replication can never bring
-//!   back what they dropped).
+//!   back what they dropped). Known gap: windows, whose pruning depends on their newest bucket, which
+//!   erasure can remove (see [`window`]); their erasure law is not checked.
 
 pub mod counter;
 pub mod flag;
@@ -319,6 +320,34 @@ mod law_tests {
             let json = serde_json::to_string(&kind).expect("serialises");
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
+    }
+
+    /// The erasure law is a checker: fed a known defect it must fail. Windows have that defect (a known
+    /// gap, see docs/architecture.md "Adding a feature kind"): pruning is relative to the newest bucket,
+    /// which erasure can remove, so erasing after a merge drops an old bucket that erasing first keeps.
+    #[test]
+    fn the_erasure_law_catches_a_window_whose_newest_bucket_is_erased() {
+        let spec = WindowSpec {
+            aggregation: Aggregation::Count,
+            bucket_ms: 10,
+            span_ms: 40,
+            max_exact: 0,
+        };
+        let (mut a, mut b) = (Window::new(spec), Window::new(spec));
+        a.add(&node(1), 100, Observation::Value(1.0), Timestamp::from_millis(1))
+            .expect("fits");
+        b.add(&node(2), 0, Observation::Value(1.0), Timestamp::from_millis(5))
+            .expect("fits");
+        let watermark = Marker {
+            ts: Timestamp::from_millis(2),
+            node: node(1),
+        };
+        assert!(laws::check_erasure(&a, &b, &watermark).is_err());
+        // The same law holds where nothing erased is the newest bucket.
+        let mut c = Window::new(spec);
+        c.add(&node(2), 100, Observation::Value(1.0), Timestamp::from_millis(6))
+            .expect("fits");
+        assert!(laws::check_erasure(&a, &c, &watermark).is_ok());
     }
 
     proptest! {

@@ -38,6 +38,8 @@
 //! a definition changes, the state under the greater parameters replaces the other outright (the window
 //! starts again), so replicas still converge. A distinct count is exact only below K; at and above it the
 //! estimate's error is random in the value set (deterministic for a given set), not bounded per read.
+//! Known gap: erasure does not commute with pruning when it removes the newest bucket (see
+//! docs/architecture.md "Adding a feature kind"); replicas that exchange states still converge.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
