@@ -268,13 +268,18 @@ mod law_tests {
             aggregation: Aggregation::Sum,
             bucket_ms: 10,
             span_ms: 40,
-        max_exact: 0,
+            max_exact: 0,
         };
         proptest::collection::vec((1u8..3, 0u64..120, -3i32..9, 0u64..4), 0..12).prop_map(
             move |evs| {
                 let mut w = Window::new(spec);
                 for (n, at, v, first) in evs {
-                    let _ = w.add(&node(n), at, Observation::Value(f64::from(v)), Timestamp::from_millis(first));
+                    let _ = w.add(
+                        &node(n),
+                        at,
+                        Observation::Value(f64::from(v)),
+                        Timestamp::from_millis(first),
+                    );
                 }
                 w
             },
@@ -334,10 +339,20 @@ mod law_tests {
             max_exact: 0,
         };
         let (mut a, mut b) = (Window::new(spec), Window::new(spec));
-        a.add(&node(1), 100, Observation::Value(1.0), Timestamp::from_millis(1))
-            .expect("fits");
-        b.add(&node(2), 0, Observation::Value(1.0), Timestamp::from_millis(5))
-            .expect("fits");
+        a.add(
+            &node(1),
+            100,
+            Observation::Value(1.0),
+            Timestamp::from_millis(1),
+        )
+        .expect("fits");
+        b.add(
+            &node(2),
+            0,
+            Observation::Value(1.0),
+            Timestamp::from_millis(5),
+        )
+        .expect("fits");
         let watermark = Marker {
             ts: Timestamp::from_millis(2),
             node: node(1),
@@ -345,8 +360,13 @@ mod law_tests {
         assert!(laws::check_erasure(&a, &b, &watermark).is_err());
         // The same law holds where nothing erased is the newest bucket.
         let mut c = Window::new(spec);
-        c.add(&node(2), 100, Observation::Value(1.0), Timestamp::from_millis(6))
-            .expect("fits");
+        c.add(
+            &node(2),
+            100,
+            Observation::Value(1.0),
+            Timestamp::from_millis(6),
+        )
+        .expect("fits");
         assert!(laws::check_erasure(&a, &c, &watermark).is_ok());
     }
 

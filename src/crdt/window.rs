@@ -454,20 +454,41 @@ mod tests {
     #[test]
     fn late_and_non_finite_events_are_refused_and_change_nothing() {
         let mut w = Window::new(SPEC);
-        w.add(&node(1), 100, Observation::Value(1.0), Timestamp::from_millis(1))
-            .expect("fits");
+        w.add(
+            &node(1),
+            100,
+            Observation::Value(1.0),
+            Timestamp::from_millis(1),
+        )
+        .expect("fits");
         let before = w.clone();
         assert_eq!(
-            w.add(&node(1), 40, Observation::Value(1.0), Timestamp::from_millis(2)),
+            w.add(
+                &node(1),
+                40,
+                Observation::Value(1.0),
+                Timestamp::from_millis(2)
+            ),
             Err(WindowRefusal::Late)
         );
         assert_eq!(
-            w.add(&node(1), 100, Observation::Value(f64::NAN), Timestamp::from_millis(3)),
+            w.add(
+                &node(1),
+                100,
+                Observation::Value(f64::NAN),
+                Timestamp::from_millis(3)
+            ),
             Err(WindowRefusal::NotFinite)
         );
         assert_eq!(w, before);
         assert!(
-            w.add(&node(1), 60, Observation::Value(1.0), Timestamp::from_millis(4)).is_ok(),
+            w.add(
+                &node(1),
+                60,
+                Observation::Value(1.0),
+                Timestamp::from_millis(4)
+            )
+            .is_ok(),
             "inside the span"
         );
     }
@@ -480,8 +501,13 @@ mod tests {
         };
         let mut w = Window::new(spec);
         for at in [100, 105, 130, 149] {
-            w.add(&node(1), at, Observation::Value(0.0), Timestamp::from_millis(at))
-                .expect("fits");
+            w.add(
+                &node(1),
+                at,
+                Observation::Value(0.0),
+                Timestamp::from_millis(at),
+            )
+            .expect("fits");
         }
         assert_eq!(w.value(149), (4, Some(4.0)));
         assert_eq!(
@@ -494,12 +520,17 @@ mod tests {
             aggregation: Aggregation::Min,
             bucket_ms: 1,
             span_ms: 0,
-        max_exact: 0,
+            max_exact: 0,
         };
         let mut first_seen = Window::new(all_time);
         for at in [500u64, 20, 900] {
             first_seen
-                .add(&node(2), at, Observation::Value(at as f64), Timestamp::from_millis(at))
+                .add(
+                    &node(2),
+                    at,
+                    Observation::Value(at as f64),
+                    Timestamp::from_millis(at),
+                )
                 .expect("all-time windows have no late events");
         }
         assert_eq!(first_seen.value(1_000), (3, Some(20.0)));
@@ -509,10 +540,20 @@ mod tests {
     #[test]
     fn a_slot_begun_after_an_erasure_replaces_the_erased_one() {
         let mut old = Window::new(SPEC);
-        old.add(&node(1), 100, Observation::Value(5.0), Timestamp::from_millis(10))
-            .expect("fits");
-        old.add(&node(1), 101, Observation::Value(5.0), Timestamp::from_millis(11))
-            .expect("fits");
+        old.add(
+            &node(1),
+            100,
+            Observation::Value(5.0),
+            Timestamp::from_millis(10),
+        )
+        .expect("fits");
+        old.add(
+            &node(1),
+            101,
+            Observation::Value(5.0),
+            Timestamp::from_millis(11),
+        )
+        .expect("fits");
         let watermark = Marker {
             ts: Timestamp::from_millis(20),
             node: node(9),
@@ -520,7 +561,12 @@ mod tests {
         let mut fresh = old.clone();
         assert!(!fresh.retain_above(&watermark), "everything was erased");
         fresh
-            .add(&node(1), 102, Observation::Value(1.0), Timestamp::from_millis(30))
+            .add(
+                &node(1),
+                102,
+                Observation::Value(1.0),
+                Timestamp::from_millis(30),
+            )
             .expect("fits");
         let mut merged = old.clone();
         merged.merge(&fresh);
@@ -602,8 +648,13 @@ mod distinct_tests {
         for set in 0..20u64 {
             let mut w = Window::new(spec(0, K));
             for v in 0..10_000u64 {
-                w.add(&node(1), 5, h(set * 1_000_000 + v), Timestamp::from_millis(1))
-                    .expect("fits");
+                w.add(
+                    &node(1),
+                    5,
+                    h(set * 1_000_000 + v),
+                    Timestamp::from_millis(1),
+                )
+                .expect("fits");
             }
             assert!(w
                 .buckets

@@ -48,7 +48,10 @@ enum Update<'a> {
         def: &'a Compiled,
         value: Observation,
     },
-    Gauge { name: String, value: Value },
+    Gauge {
+        name: String,
+        value: Value,
+    },
 }
 
 /// The numeric value of a JSON property (numbers, and numeric strings as some SDKs send them).
@@ -63,9 +66,9 @@ fn number(v: &Json) -> Option<f64> {
 /// The distinct-count hash of a JSON scalar: of its JSON text (objects, arrays and nulls are not values).
 fn distinct(v: &Json) -> Option<u64> {
     match v {
-        Json::Bool(_) | Json::Number(_) | Json::String(_) => {
-            serde_json::to_string(v).ok().map(|t| distinct_hash(t.as_bytes()))
-        }
+        Json::Bool(_) | Json::Number(_) | Json::String(_) => serde_json::to_string(v)
+            .ok()
+            .map(|t| distinct_hash(t.as_bytes())),
         _ => None,
     }
 }
@@ -388,8 +391,15 @@ mod tests {
             json!(7),
         ];
         for (i, sku) in skus.into_iter().enumerate() {
-            let out = apply_event(&mut p, &added(&format!("a{i}"), sku), &d, &mut c, NOW, &limits)
-                .expect("applies");
+            let out = apply_event(
+                &mut p,
+                &added(&format!("a{i}"), sku),
+                &d,
+                &mut c,
+                NOW,
+                &limits,
+            )
+            .expect("applies");
             assert!(out.features.contains(&"distinct_skus_7d".to_owned()));
         }
         // Without the property: counted as an event of the other features, not as a value.
@@ -419,8 +429,15 @@ mod tests {
         .expect("definitions");
         let only = Definitions::compile(&only, &limits).expect("valid");
         let before = p.clone();
-        let err = apply_event(&mut p, &added("obj", json!({"id": 1})), &only, &mut c, NOW, &limits)
-            .expect_err("refused");
+        let err = apply_event(
+            &mut p,
+            &added("obj", json!({"id": 1})),
+            &only,
+            &mut c,
+            NOW,
+            &limits,
+        )
+        .expect_err("refused");
         assert!(
             matches!(&err, Error::InvalidEvent(EventDefect::WrongPropertyType { feature, expected: "scalar", .. }) if feature == "distinct_skus_7d"),
             "{err}"

@@ -682,7 +682,8 @@ mod tests {
         }
         p.increment(&[("c", 2)], &n1, clock.tick(10_000), &limits)
             .expect("valid");
-        p.seen.insert("m1", 9_000, limits.dedup_window_ms, limits.max_seen_ids);
+        p.seen
+            .insert("m1", 9_000, limits.dedup_window_ms, limits.max_seen_ids);
         let windows = p
             .windows
             .iter()
