@@ -4,9 +4,9 @@
 //! A definition: `name`; `on` (the event type); `event` (for `track`: the event name to match; for `page` and
 //! `screen`: the page or screen name, optional); `aggregation` (`count`, `sum`, `min`, `max`, `last`,
 //! `first_seen`, `last_seen`, `distinct_count`); `property` (a dotted path into the properties: required for
-//! `sum`, `min`, `max`, `last` and `distinct_count`); `window` (`"30m"`, `"24h"`, `"7d"`; absent: all time) and `bucket` (the bucket width,
-//! default a thirtieth of the window, at least 1 s). `identify` traits need no definition: every scalar
-//! trait becomes a gauge of the same name.
+//! `sum`, `min`, `max`, `last` and `distinct_count`); `window` (`"30m"`, `"24h"`, `"7d"`; absent: all
+//! time) and `bucket` (the bucket width, default a thirtieth of the window, at least 1 s). `identify`
+//! traits need no definition: every scalar trait becomes a gauge of the same name.
 //!
 //! Guarantees: a definition that cannot work (unknown aggregation, a missing property, a bad duration, a
 //! bucket wider than its window, a name that is not a valid feature name, two definitions of one name) is

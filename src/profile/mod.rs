@@ -322,9 +322,10 @@ impl Profile {
         Ok(())
     }
 
-    /// Adds one event's observation `value` at event time `at_ms` to the window `name` (created with `spec` if new),
-    /// on behalf of `node` at HLC `ts`. Validates kinds and the feature count first. Refuses late events
-    /// (older than the span) and non-finite values with a typed error, changing nothing.
+    /// Adds one event's observation `value` (a number, or a distinct-count hash) at event time `at_ms` to
+    /// the window `name` (created with `spec` if new), on behalf of `node` at HLC `ts`. Validates kinds and
+    /// the feature count first. Refuses late events (older than the span) and non-finite values with a
+    /// typed error, changing nothing.
     #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
