@@ -48,7 +48,16 @@ pub struct Limits {
     pub max_identity_links: usize,
     /// Most identity redirects one event follows before it is refused (chains of aliases). Default 8.
     pub max_identity_depth: u8,
+    /// The sketch size K of `distinct_count` features: values hashed and kept per node and bucket, so
+    /// counts are exact below K and estimated (relative standard error about `1 / sqrt(K - 2)`) at and
+    /// above it. Each slot holds at most K 8-byte hashes. Default 256; between 2 and
+    /// [`MAX_DISTINCT_EXACT_CEILING`].
+    pub max_distinct_exact: u32,
 }
+
+/// The ceiling on `max_distinct_exact` (65,536 hashes: 512 KiB per window slot); configs above it are
+/// refused.
+pub const MAX_DISTINCT_EXACT_CEILING: u32 = 1 << 16;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -67,6 +76,7 @@ impl Default for Limits {
             max_context_entries: 256,
             max_identity_links: 32,
             max_identity_depth: 8,
+            max_distinct_exact: 256,
         }
     }
 }
@@ -95,6 +105,14 @@ impl Limits {
                     reason: "must be at least 1".into(),
                 });
             }
+        }
+        if !(2..=MAX_DISTINCT_EXACT_CEILING).contains(&self.max_distinct_exact) {
+            return Err(Error::InvalidLimit {
+                name: "max_distinct_exact",
+                reason: format!(
+                    "must be between 2 and {MAX_DISTINCT_EXACT_CEILING} (the estimate above it divides by K - 1)"
+                ),
+            });
         }
         if self.max_frame_bytes > FRAME_BYTES_CEILING {
             return Err(Error::InvalidLimit {
@@ -282,6 +300,29 @@ mod tests {
                 ..
             })
         ));
+        for k in [0, 1, MAX_DISTINCT_EXACT_CEILING + 1] {
+            let l = Limits {
+                max_distinct_exact: k,
+                ..Limits::default()
+            };
+            assert!(
+                matches!(
+                    l.validate(),
+                    Err(Error::InvalidLimit {
+                        name: "max_distinct_exact",
+                        ..
+                    })
+                ),
+                "{k}"
+            );
+        }
+        for k in [2, MAX_DISTINCT_EXACT_CEILING] {
+            let l = Limits {
+                max_distinct_exact: k,
+                ..Limits::default()
+            };
+            assert_eq!(l.validate(), Ok(()), "{k}");
+        }
         let l = Limits {
             max_frame_bytes: 100,
             ..Limits::default()

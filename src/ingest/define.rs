@@ -3,16 +3,19 @@
 //!
 //! A definition: `name`; `on` (the event type); `event` (for `track`: the event name to match; for `page` and
 //! `screen`: the page or screen name, optional); `aggregation` (`count`, `sum`, `min`, `max`, `last`,
-//! `first_seen`, `last_seen`); `property` (a dotted path into the properties: required for `sum`, `min`,
-//! `max` and `last`); `window` (`"30m"`, `"24h"`, `"7d"`; absent: all time) and `bucket` (the bucket width,
-//! default a thirtieth of the window, at least 1 s). `identify` traits need no definition: every scalar
-//! trait becomes a gauge of the same name.
+//! `first_seen`, `last_seen`, `distinct_count`); `property` (a dotted path into the properties: required for
+//! `sum`, `min`, `max`, `last` and `distinct_count`); `window` (`"30m"`, `"24h"`, `"7d"`; absent: all
+//! time) and `bucket` (the bucket width, default a thirtieth of the window, at least 1 s). `identify`
+//! traits need no definition: every scalar trait becomes a gauge of the same name.
 //!
 //! Guarantees: a definition that cannot work (unknown aggregation, a missing property, a bad duration, a
 //! bucket wider than its window, a name that is not a valid feature name, two definitions of one name) is
 //! refused at compile time with [`Error::InvalidDefinition`] naming the feature and the field.
 //!
-//! Caveat: `distinct_count` is not available yet (refused with a clear error).
+//! `distinct_count` counts the distinct values of its property (strings, numbers and bools, each by its JSON
+//! text, so `1`, `1.0` and `"1"` are three values), exactly below `Limits::max_distinct_exact` (K) distinct
+//! values and as a bottom-k sketch estimate at and above it (see [`crate::crdt::window`]); K is part of
+//! the compiled window's parameters.
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +67,8 @@ pub enum Input {
     Property,
     /// The event time.
     EventTime,
+    /// The hash of the property's value (distinct counts).
+    Distinct,
 }
 
 /// One validated definition.
@@ -147,19 +152,19 @@ impl Definitions {
                 "first_seen" => (Some(Aggregation::Min), Input::EventTime),
                 "last_seen" => (Some(Aggregation::Max), Input::EventTime),
                 "last" => (None, Input::Property),
-                "distinct_count" => {
-                    return Err(err("aggregation", "distinct_count is not available yet".into()))
-                }
+                "distinct_count" => (Some(Aggregation::DistinctCount), Input::Distinct),
                 other => {
                     return Err(err(
                         "aggregation",
                         format!(
-                            "unknown {other:?}: use count, sum, min, max, last, first_seen or last_seen"
+                            "unknown {other:?}: use count, sum, min, max, last, first_seen, last_seen or distinct_count"
                         ),
                     ))
                 }
             };
-            if input == Input::Property && d.property.as_deref().is_none_or(str::is_empty) {
+            if matches!(input, Input::Property | Input::Distinct)
+                && d.property.as_deref().is_none_or(str::is_empty)
+            {
                 return Err(err(
                     "property",
                     format!("{} needs a property", d.aggregation),
@@ -187,6 +192,11 @@ impl Definitions {
                     aggregation,
                     bucket_ms,
                     span_ms,
+                    max_exact: if aggregation == Aggregation::DistinctCount {
+                        limits.max_distinct_exact
+                    } else {
+                        0
+                    },
                 }),
                 None if d.window.is_some() => {
                     return Err(err(
@@ -274,7 +284,8 @@ mod tests {
             Target::Window(WindowSpec {
                 aggregation: Aggregation::Count,
                 bucket_ms: 60_000,
-                span_ms: 1_800_000
+                span_ms: 1_800_000,
+                max_exact: 0,
             })
         );
         assert_eq!(d.features[2].target, Target::Last);
@@ -285,6 +296,46 @@ mod tests {
         );
         assert_eq!(d.matching(EventType::Page, Some("Home")).count(), 1);
         assert_eq!(d.matching(EventType::Track, Some("Other")).count(), 0);
+    }
+
+    #[test]
+    fn distinct_counts_compile_with_the_sketch_size_of_the_limits() {
+        let mut skus = def(
+            "distinct_products_7d",
+            EventType::Track,
+            Some("Product Viewed"),
+            "distinct_count",
+        );
+        skus.property = Some("product_id".into());
+        skus.window = Some("7d".into());
+        let mut all_time = def("distinct_pages", EventType::Page, None, "distinct_count");
+        all_time.property = Some("path".into());
+        let limits = Limits {
+            max_distinct_exact: 64,
+            ..Limits::default()
+        };
+        let d = Definitions::compile(&[skus, all_time], &limits).expect("valid");
+        assert_eq!(
+            d.features[0].target,
+            Target::Window(WindowSpec {
+                aggregation: Aggregation::DistinctCount,
+                bucket_ms: 20_160_000,
+                span_ms: 604_800_000,
+                max_exact: 64,
+            })
+        );
+        assert_eq!(d.features[0].input, Input::Distinct);
+        assert!(
+            matches!(d.features[1].target, Target::Window(s) if s.span_ms == 0 && s.max_exact == 64)
+        );
+        let no_property = def("d", EventType::Page, None, "distinct_count");
+        match Definitions::compile(&[no_property], &limits) {
+            Err(Error::InvalidDefinition { field, reason, .. }) => {
+                assert_eq!(field, "property");
+                assert!(reason.contains("distinct_count"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

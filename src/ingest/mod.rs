@@ -29,6 +29,7 @@ pub use event::{Event, EventType};
 pub use identity::{apply_linking_event, check_link, check_redirect, link_of};
 
 use crate::crdt::value::Value;
+use crate::crdt::window::{distinct_hash, Observation};
 use crate::error::{Error, EventDefect, Result};
 use crate::hlc::{Clock, Marker, Timestamp};
 use crate::limits::Limits;
@@ -51,8 +52,14 @@ pub struct Ingested {
 
 /// One update derived from an event, before anything is applied.
 enum Update<'a> {
-    Observe { def: &'a Compiled, value: f64 },
-    Gauge { name: String, value: Value },
+    Observe {
+        def: &'a Compiled,
+        value: Observation,
+    },
+    Gauge {
+        name: String,
+        value: Value,
+    },
 }
 
 /// The numeric value of a JSON property (numbers, and numeric strings as some SDKs send them).
@@ -60,6 +67,16 @@ fn number(v: &Json) -> Option<f64> {
     match v {
         Json::Number(n) => n.as_f64().filter(|f| f.is_finite()),
         Json::String(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+        _ => None,
+    }
+}
+
+/// The distinct-count hash of a JSON scalar: of its JSON text (objects, arrays and nulls are not values).
+fn distinct(v: &Json) -> Option<u64> {
+    match v {
+        Json::Bool(_) | Json::Number(_) | Json::String(_) => serde_json::to_string(v)
+            .ok()
+            .map(|t| distinct_hash(t.as_bytes())),
         _ => None,
     }
 }
@@ -89,18 +106,34 @@ fn derive<'a>(event: &'a Event, defs: &'a Definitions, limits: &Limits) -> Resul
             })
         };
         match (def.target, def.input) {
-            (Target::Window(_), Input::One) => updates.push(Update::Observe { def, value: 1.0 }),
+            (Target::Window(_), Input::One) => updates.push(Update::Observe {
+                def,
+                value: Observation::Value(1.0),
+            }),
             (Target::Window(_), Input::EventTime) => updates.push(Update::Observe {
                 def,
-                value: event.timestamp_ms as f64,
+                value: Observation::Value(event.timestamp_ms as f64),
             }),
+            (Target::Window(_), Input::Distinct) => match event.property(property()) {
+                None | Some(Json::Null) => {}
+                Some(v) => {
+                    let hash = distinct(v).ok_or_else(|| wrong("scalar"))?;
+                    updates.push(Update::Observe {
+                        def,
+                        value: Observation::Distinct(hash),
+                    });
+                }
+            },
             (Target::Window(_), Input::Property) => {
                 // An event without the property contributes nothing; one with a non-number is refused.
                 match event.property(property()) {
                     None | Some(Json::Null) => {}
                     Some(v) => {
                         let value = number(v).ok_or_else(|| wrong("number"))?;
-                        updates.push(Update::Observe { def, value });
+                        updates.push(Update::Observe {
+                            def,
+                            value: Observation::Value(value),
+                        });
                     }
                 }
             }
@@ -229,7 +262,8 @@ mod tests {
             {"name": "orders_30m", "on": "track", "event": "Order Completed", "aggregation": "count", "window": "30m"},
             {"name": "revenue_7d", "on": "track", "event": "Order Completed", "aggregation": "sum", "property": "revenue", "window": "7d"},
             {"name": "last_cart_add", "on": "track", "event": "Product Added", "aggregation": "last_seen"},
-            {"name": "last_sku", "on": "track", "event": "Product Added", "aggregation": "last", "property": "sku"}
+            {"name": "last_sku", "on": "track", "event": "Product Added", "aggregation": "last", "property": "sku"},
+            {"name": "distinct_skus_7d", "on": "track", "event": "Product Added", "aggregation": "distinct_count", "property": "sku", "window": "7d"}
         ]);
         let defs: Vec<FeatureDefinition> = serde_json::from_value(toml_like).expect("definitions");
         Definitions::compile(&defs, &Limits::default()).expect("valid")
@@ -349,6 +383,114 @@ mod tests {
             matches!(feature(&p, "plan"), Some(FeatureView::Gauge { value: Value::Str(s), .. }) if s == "gold")
         );
         assert_eq!(feature(&p, "address"), None, "objects are not gauge values");
+    }
+
+    fn added(id: &str, sku: Json) -> Event {
+        event(
+            json!({"type": "track", "event": "Product Added", "userId": "u", "messageId": id, "properties": {"sku": sku}}),
+        )
+    }
+
+    #[test]
+    fn distinct_counts_count_each_scalar_value_once_by_its_json_text() {
+        let (d, mut c, limits) = (defs(), clock("n1"), Limits::default());
+        let mut p = Profile::default();
+        let skus = [
+            json!("s-1"),
+            json!("s-2"),
+            json!("s-1"),
+            json!(7),
+            json!("7"),
+            json!(true),
+            json!(7),
+        ];
+        for (i, sku) in skus.into_iter().enumerate() {
+            let out = apply_event(
+                &mut p,
+                &added(&format!("a{i}"), sku),
+                &d,
+                &mut c,
+                NOW,
+                &limits,
+            )
+            .expect("applies");
+            assert!(out.features.contains(&"distinct_skus_7d".to_owned()));
+        }
+        // Without the property: counted as an event of the other features, not as a value.
+        let bare = event(
+            json!({"type": "track", "event": "Product Added", "userId": "u", "messageId": "bare"}),
+        );
+        let out = apply_event(&mut p, &bare, &d, &mut c, NOW, &limits).expect("applies");
+        assert!(!out.features.contains(&"distinct_skus_7d".to_owned()));
+        assert_eq!(
+            feature(&p, "distinct_skus_7d"),
+            Some(FeatureView::Window {
+                aggregation: crate::crdt::window::Aggregation::DistinctCount,
+                value: Some(5.0),
+                events: 7,
+            }),
+            "s-1, s-2, 7, \"7\" and true"
+        );
+        let json = serde_json::to_value(feature(&p, "distinct_skus_7d")).expect("serialises");
+        assert_eq!(
+            json,
+            json!({"kind": "window", "aggregation": "distinct_count", "value": 5.0, "events": 7})
+        );
+        // An object is not a value: the event is refused and changes nothing.
+        let only: Vec<FeatureDefinition> = serde_json::from_value(json!([
+            {"name": "distinct_skus_7d", "on": "track", "event": "Product Added", "aggregation": "distinct_count", "property": "sku", "window": "7d"}
+        ]))
+        .expect("definitions");
+        let only = Definitions::compile(&only, &limits).expect("valid");
+        let before = p.clone();
+        let err = apply_event(
+            &mut p,
+            &added("obj", json!({"id": 1})),
+            &only,
+            &mut c,
+            NOW,
+            &limits,
+        )
+        .expect_err("refused");
+        assert!(
+            matches!(&err, Error::InvalidEvent(EventDefect::WrongPropertyType { feature, expected: "scalar", .. }) if feature == "distinct_skus_7d"),
+            "{err}"
+        );
+        assert_eq!(p, before);
+    }
+
+    #[test]
+    fn two_owners_during_a_split_merge_to_the_distinct_count_of_one_owner() {
+        let (d, limits) = (defs(), Limits::default());
+        let (mut a, mut b, mut one) = (Profile::default(), Profile::default(), Profile::default());
+        let (mut ca, mut cb, mut c1) = (clock("n1"), clock("n2"), clock("n3"));
+        // n1 sees skus 0..300, n2 sees 200..600 (overlapping; together past K = 256 per slot).
+        for i in 0..300u64 {
+            let ev = added(&format!("a{i}"), json!(format!("s-{i}")));
+            apply_event(&mut a, &ev, &d, &mut ca, NOW + i, &limits).expect("applies");
+            apply_event(&mut one, &ev, &d, &mut c1, NOW + i, &limits).expect("applies");
+        }
+        for i in 200..600u64 {
+            let ev = added(&format!("b{i}"), json!(format!("s-{i}")));
+            apply_event(&mut b, &ev, &d, &mut cb, NOW + i, &limits).expect("applies");
+            apply_event(&mut one, &ev, &d, &mut c1, NOW + i, &limits).expect("applies");
+        }
+        let (mut ab, mut ba) = (a.clone(), b.clone());
+        ab.merge(&b);
+        ba.merge(&a);
+        assert_eq!(ab, ba);
+        let merged = feature(&ab, "distinct_skus_7d");
+        assert_eq!(merged, feature(&one, "distinct_skus_7d"));
+        let Some(FeatureView::Window {
+            value: Some(v),
+            events,
+            ..
+        }) = merged
+        else {
+            panic!("{merged:?}");
+        };
+        assert_eq!(events, 700);
+        assert!((v - 600.0).abs() < 0.25 * 600.0, "estimate {v} of 600");
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //! - The canonical profile's erasure watermark applies to the absorbed copies too: erasing a user erases
 //!   what was merged into it.
 //!
-//! Caveats: a view combines kinds as their meaning allows — counters and windows (count, sum) add, window
+//! Caveats: a view combines kinds as their meaning allows — counters and windows (count, sum, and distinct
+//! counts, as an upper bound) add, window
 //! minima and maxima take the extreme, gauges take the newest version, and a flag shows the canonical
 //! profile's own siblings when it has any (its causal context is the one a write to the canonical id needs),
 //! else the first absorbed id's. A read of a linked id itself is not redirected: it shows that id's own
@@ -294,7 +295,9 @@ fn combine_feature(mine: &mut FeatureView, theirs: FeatureView) {
             *events = events.saturating_add(theirs_events);
             *value = match (*value, theirs_value) {
                 (Some(a), Some(b)) => Some(match aggregation {
-                    Aggregation::Count | Aggregation::Sum => a + b,
+                    // A distinct count adds too: an upper bound, since a value seen under both ids
+                    // counts twice (the views hold counts, not the sketches).
+                    Aggregation::Count | Aggregation::Sum | Aggregation::DistinctCount => a + b,
                     Aggregation::Min => a.min(b),
                     Aggregation::Max => a.max(b),
                 }),

@@ -37,7 +37,7 @@ use crate::crdt::flag::{CausalContext, FlagRegister, FlagWrite};
 use crate::crdt::gauge::GaugeRegister;
 use crate::crdt::seen::Seen;
 use crate::crdt::value::Value;
-use crate::crdt::window::{Window, WindowRefusal, WindowSpec};
+use crate::crdt::window::{Observation, Window, WindowRefusal, WindowSpec};
 use crate::crdt::{Feature, FeatureKind, Lattice};
 use crate::error::{truncate_for_error, Error, Result};
 use crate::hlc::{Marker, NodeId, Timestamp};
@@ -329,9 +329,10 @@ impl Profile {
         Ok(())
     }
 
-    /// Adds one event's `value` at event time `at_ms` to the window `name` (created with `spec` if new),
-    /// on behalf of `node` at HLC `ts`. Validates kinds and the feature count first. Refuses late events
-    /// (older than the span) and non-finite values with a typed error, changing nothing.
+    /// Adds one event's observation `value` (a number, or a distinct-count hash) at event time `at_ms` to
+    /// the window `name` (created with `spec` if new), on behalf of `node` at HLC `ts`. Validates kinds and
+    /// the feature count first. Refuses late events (older than the span) and non-finite values with a
+    /// typed error, changing nothing.
     #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
@@ -339,7 +340,7 @@ impl Profile {
         spec: WindowSpec,
         node: &NodeId,
         at_ms: u64,
-        value: f64,
+        value: Observation,
         ts: Timestamp,
         limits: &Limits,
     ) -> Result<()> {

@@ -364,6 +364,21 @@ fn show(state: Option<&Profile>) -> String {
         let shown = match w.spec.aggregation {
             crate::crdt::window::Aggregation::Count => events.to_string(),
             crate::crdt::window::Aggregation::Sum => total.to_string(),
+            crate::crdt::window::Aggregation::DistinctCount => {
+                let sketched: Vec<String> = w
+                    .buckets
+                    .values()
+                    .flat_map(|s| s.iter())
+                    .map(|(n, s)| format!("{n}:{}", s.hashes.len()))
+                    .collect();
+                // Read at the newest bucket: every bucket held overlaps the span before it.
+                let newest = w.buckets.keys().next_back().copied().unwrap_or_default();
+                format!(
+                    "{} distinct [sketches {}]",
+                    w.value(newest).1.unwrap_or_default(),
+                    sketched.join(" ")
+                )
+            }
             _ => format!("{value:?}"),
         };
         parts.push(format!(
@@ -390,6 +405,7 @@ fn example_definitions() -> crate::ingest::Definitions {
         {"name": "page_views", "on": "page", "aggregation": "count"},
         {"name": "orders_30m", "on": "track", "event": "Order Completed", "aggregation": "count", "window": "30m"},
         {"name": "revenue_7d", "on": "track", "event": "Order Completed", "aggregation": "sum", "property": "revenue", "window": "7d"},
+        {"name": "distinct_products_7d", "on": "track", "event": "Product Viewed", "aggregation": "distinct_count", "property": "product_id", "window": "7d"},
     ]))
     .expect("definitions");
     crate::ingest::Definitions::compile(&defs, &crate::Limits::default()).expect("valid")

@@ -7,8 +7,10 @@
 //! Compatibility: the frame carries [`PROTOCOL_VERSION`]; a node answers a frame of another version with
 //! [`ErrorCode::UnsupportedVersion`]. Variants are only ever appended, never reordered, within a version.
 //! Version 2: profiles gained window features (a new `Profile` field and `FeatureView::Window`); nodes and
-//! clients of version 1 and 2 do not talk to each other (no rolling upgrade across it). Version 3: profiles
-//! gained identity links (a new `Profile` field) and events the redirect count `WireEvent::hops`.
+//! clients of version 1 and 2 do not talk to each other (no rolling upgrade across it). Version 3: window
+//! slots carry a distinct-count sketch and window parameters its size (`Aggregation::DistinctCount`),
+//! profiles gained identity links (a new `Profile` field) and events the redirect count `WireEvent::hops`;
+//! no rolling upgrade across it either.
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -24,7 +26,8 @@ pub use crate::profile::{CounterDelta, GaugeWrite};
 use crate::wire::event::{EventOutcome, WireEvent};
 pub use crate::wire::reply::{ErrorCode, ErrorReply};
 
-/// The protocol version carried in every frame header (3 since identity links).
+/// The protocol version carried in every frame header (2 since window features, 3 since distinct counts
+/// and identity links).
 pub const PROTOCOL_VERSION: u8 = 3;
 
 /// A request from a client.

@@ -41,9 +41,10 @@ pub const DECODE_LIMIT_BYTES: usize = 1 << 28;
 /// Format version of stored metadata records (membership table, ...).
 pub const RECORD_VERSION: u8 = 1;
 
-/// Format version of stored profile records: 3 since identity links (2 added window features and the dedup
-/// set). Version-1 and version-2 records are still read and upgraded; they are rewritten in the current
-/// version on their next change.
+/// Format version of stored profile records: 2 since window features, 3 since distinct counts (window
+/// slots gained their sketch, window parameters the sketch size) and identity links (a new `Profile`
+/// field). Version-1 records (profiles without windows) and version-2 records are still read and upgraded;
+/// they are rewritten as version 3 on their next change.
 pub const PROFILE_RECORD_VERSION: u8 = 3;
 
 type Limited<const N: usize> = Configuration<LittleEndian, Varint, config::Limit<N>>;
@@ -177,14 +178,78 @@ struct ProfileV1 {
     erased_at: Option<crate::hlc::Marker>,
 }
 
-/// A profile as version-2 records stored it (before identity links).
+/// Window parameters as version-2 records stored them (before the sketch size).
+#[derive(Decode)]
+struct WindowSpecV2 {
+    aggregation: crate::crdt::window::Aggregation,
+    bucket_ms: u64,
+    span_ms: u64,
+}
+
+/// A window slot as version-2 records stored it (before the sketch).
+#[derive(Decode)]
+struct WindowSlotV2 {
+    first: crate::hlc::Timestamp,
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+/// A window as version-2 records stored it.
+#[derive(Decode)]
+struct WindowV2 {
+    spec: WindowSpecV2,
+    buckets: std::collections::BTreeMap<
+        u64,
+        std::collections::BTreeMap<crate::hlc::NodeId, WindowSlotV2>,
+    >,
+}
+
+impl WindowV2 {
+    fn upgrade(self) -> crate::crdt::window::Window {
+        use crate::crdt::window::{Window, WindowSlot, WindowSpec};
+        let buckets = self
+            .buckets
+            .into_iter()
+            .map(|(start, slots)| {
+                let slots = slots
+                    .into_iter()
+                    .map(|(node, s)| {
+                        let slot = WindowSlot {
+                            first: s.first,
+                            count: s.count,
+                            sum: s.sum,
+                            min: s.min,
+                            max: s.max,
+                            hashes: Vec::new(),
+                        };
+                        (node, slot)
+                    })
+                    .collect();
+                (start, slots)
+            })
+            .collect();
+        Window {
+            spec: WindowSpec {
+                aggregation: self.spec.aggregation,
+                bucket_ms: self.spec.bucket_ms,
+                span_ms: self.spec.span_ms,
+                max_exact: 0,
+            },
+            buckets,
+        }
+    }
+}
+
+/// A profile as version-2 records stored it (before distinct counts and identity links).
 #[derive(Decode)]
 struct ProfileV2 {
     gauges: std::collections::BTreeMap<String, crate::crdt::gauge::GaugeRegister>,
     counters: std::collections::BTreeMap<String, crate::crdt::counter::Counter>,
     flags: std::collections::BTreeMap<String, crate::crdt::flag::FlagRegister>,
     erased_at: Option<crate::hlc::Marker>,
-    windows: std::collections::BTreeMap<String, crate::crdt::window::Window>,
+    windows: std::collections::BTreeMap<String, WindowV2>,
     seen: crate::crdt::seen::Seen,
 }
 
@@ -192,6 +257,22 @@ struct ProfileV2 {
 pub fn decode_record(bytes: &[u8]) -> Result<Profile> {
     match bytes.split_first() {
         Some((&PROFILE_RECORD_VERSION, rest)) => decode_exact(rest, "record"),
+        Some((&2, rest)) => {
+            let v2: ProfileV2 = decode_exact(rest, "record")?;
+            Ok(Profile {
+                gauges: v2.gauges,
+                counters: v2.counters,
+                flags: v2.flags,
+                erased_at: v2.erased_at,
+                windows: v2
+                    .windows
+                    .into_iter()
+                    .map(|(name, w)| (name, w.upgrade()))
+                    .collect(),
+                seen: v2.seen,
+                identity: Default::default(),
+            })
+        }
         Some((&1, rest)) => {
             let v1: ProfileV1 = decode_exact(rest, "record")?;
             Ok(Profile {
@@ -201,18 +282,6 @@ pub fn decode_record(bytes: &[u8]) -> Result<Profile> {
                 erased_at: v1.erased_at,
                 windows: Default::default(),
                 seen: Default::default(),
-                identity: Default::default(),
-            })
-        }
-        Some((&2, rest)) => {
-            let v2: ProfileV2 = decode_exact(rest, "record")?;
-            Ok(Profile {
-                gauges: v2.gauges,
-                counters: v2.counters,
-                flags: v2.flags,
-                erased_at: v2.erased_at,
-                windows: v2.windows,
-                seen: v2.seen,
                 identity: Default::default(),
             })
         }
@@ -515,7 +584,7 @@ mod tests {
     }
 
     /// A version-1 record (written before window features) is read and upgraded: same gauges, counters,
-    /// flags and watermark, no windows; re-encoding writes version 2.
+    /// flags and watermark, no windows; re-encoding writes the current version.
     #[test]
     fn version_one_records_are_upgraded() {
         use crate::crdt::value::Value;
@@ -600,39 +669,109 @@ mod tests {
         assert!(decode_record(&encode_record(&u).expect("encodes")).is_ok());
     }
 
-    /// A version-2 record (before identity links) is read and upgraded with no links.
+    /// A version-2 record (written before distinct counts) is read and upgraded: windows keep their slots,
+    /// gain empty sketches and sketch size 0 (their aggregations have none); re-encoding writes version 3.
     #[test]
     fn version_two_records_are_upgraded() {
-        use crate::hlc::{Clock, NodeId};
+        use crate::crdt::window::{Aggregation, Observation, WindowSpec};
+        use crate::hlc::{Clock, NodeId, Timestamp};
+        use std::collections::BTreeMap;
+        #[derive(Encode)]
+        struct SpecV2Out {
+            aggregation: Aggregation,
+            bucket_ms: u64,
+            span_ms: u64,
+        }
+        #[derive(Encode)]
+        struct SlotV2Out {
+            first: Timestamp,
+            count: u64,
+            sum: f64,
+            min: f64,
+            max: f64,
+        }
+        #[derive(Encode)]
+        struct WindowV2Out {
+            spec: SpecV2Out,
+            buckets: BTreeMap<u64, BTreeMap<NodeId, SlotV2Out>>,
+        }
         #[derive(Encode)]
         struct ProfileV2Out<'a> {
-            gauges: &'a std::collections::BTreeMap<String, crate::crdt::gauge::GaugeRegister>,
-            counters: &'a std::collections::BTreeMap<String, crate::crdt::counter::Counter>,
-            flags: &'a std::collections::BTreeMap<String, crate::crdt::flag::FlagRegister>,
+            gauges: &'a BTreeMap<String, crate::crdt::gauge::GaugeRegister>,
+            counters: &'a BTreeMap<String, crate::crdt::counter::Counter>,
+            flags: &'a BTreeMap<String, crate::crdt::flag::FlagRegister>,
             erased_at: &'a Option<crate::hlc::Marker>,
-            windows: &'a std::collections::BTreeMap<String, crate::crdt::window::Window>,
+            windows: BTreeMap<String, WindowV2Out>,
             seen: &'a crate::crdt::seen::Seen,
         }
         let limits = crate::Limits::default();
         let n1 = NodeId::new("n1").expect("valid");
         let mut clock = Clock::new(n1.clone(), 1_000);
         let mut p = Profile::default();
-        let ts = clock.tick(11);
-        p.increment(&[("c", 2)], &n1, ts, &limits).expect("valid");
+        let spec = WindowSpec {
+            aggregation: Aggregation::Sum,
+            bucket_ms: 1_000,
+            span_ms: 60_000,
+            max_exact: 0,
+        };
+        for (at, v) in [(5_000, 2.0), (5_500, 3.0), (9_000, -1.0)] {
+            let ts = clock.tick(at);
+            p.observe("revenue", spec, &n1, at, Observation::Value(v), ts, &limits)
+                .expect("fits");
+        }
+        p.increment(&[("c", 2)], &n1, clock.tick(10_000), &limits)
+            .expect("valid");
         p.seen
-            .insert("m-1", 11, limits.dedup_window_ms, limits.max_seen_ids);
+            .insert("m1", 9_000, limits.dedup_window_ms, limits.max_seen_ids);
+        let windows = p
+            .windows
+            .iter()
+            .map(|(name, w)| {
+                let buckets = w
+                    .buckets
+                    .iter()
+                    .map(|(start, slots)| {
+                        let slots = slots
+                            .iter()
+                            .map(|(node, s)| {
+                                let slot = SlotV2Out {
+                                    first: s.first,
+                                    count: s.count,
+                                    sum: s.sum,
+                                    min: s.min,
+                                    max: s.max,
+                                };
+                                (node.clone(), slot)
+                            })
+                            .collect();
+                        (*start, slots)
+                    })
+                    .collect();
+                let spec = SpecV2Out {
+                    aggregation: w.spec.aggregation,
+                    bucket_ms: w.spec.bucket_ms,
+                    span_ms: w.spec.span_ms,
+                };
+                (name.clone(), WindowV2Out { spec, buckets })
+            })
+            .collect();
         let old = ProfileV2Out {
             gauges: &p.gauges,
             counters: &p.counters,
             flags: &p.flags,
             erased_at: &p.erased_at,
-            windows: &p.windows,
+            windows,
             seen: &p.seen,
         };
         let mut v2 = vec![2u8];
         bincode::encode_into_std_write(&old, &mut v2, config::standard()).expect("encodes");
         let upgraded = decode_record(&v2).expect("a version-2 record reads");
         assert_eq!(upgraded, p);
+        assert_eq!(upgraded.windows["revenue"].value(9_000), (3, Some(4.0)));
+        assert_eq!(
+            encode_record(&upgraded).expect("encodes")[0],
+            PROFILE_RECORD_VERSION
+        );
         assert!(upgraded.identity.is_empty());
     }
 
