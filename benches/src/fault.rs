@@ -1339,9 +1339,15 @@ impl FaultReport {
 
 /// `doc` with `section` in place of its fault-mode section, or appended if it has none.
 pub fn splice_section(doc: &str, section: &str) -> String {
-    match (doc.find(SECTION_BEGIN), doc.find(SECTION_END)) {
+    splice_between(doc, section, SECTION_BEGIN, SECTION_END)
+}
+
+/// `doc` with the part from `begin` to `end` (markers included) replaced by `section` (which carries the
+/// markers itself), or with `section` appended when `doc` has no such part.
+pub fn splice_between(doc: &str, section: &str, begin: &str, end: &str) -> String {
+    match (doc.find(begin), doc.find(end)) {
         (Some(b), Some(e)) if e > b => {
-            let after = &doc[e + SECTION_END.len()..];
+            let after = &doc[e + end.len()..];
             let after = after.strip_prefix('\n').unwrap_or(after);
             format!("{}{section}{after}", &doc[..b])
         }
@@ -1355,17 +1361,24 @@ pub fn splice_section(doc: &str, section: &str) -> String {
 }
 
 /// `rendered` (a freshly rendered `docs/benchmarks.md`) with the fault-mode section of `previous` (the
-/// file it replaces) carried over, so that re-rendering the comparison does not drop it.
+/// file it replaces) carried over, so that re-rendering the comparison does not drop it; likewise the
+/// ingest (W5a) section.
 pub fn carry_section(previous: Option<&str>, rendered: String) -> String {
     let Some(previous) = previous else {
         return rendered;
     };
-    match (previous.find(SECTION_BEGIN), previous.find(SECTION_END)) {
-        (Some(b), Some(e)) if e > b => {
-            splice_section(&rendered, &previous[b..e + SECTION_END.len()])
+    let mut out = rendered;
+    for (begin, end) in [
+        (SECTION_BEGIN, SECTION_END),
+        (crate::ingest::SECTION_BEGIN, crate::ingest::SECTION_END),
+    ] {
+        if let (Some(b), Some(e)) = (previous.find(begin), previous.find(end)) {
+            if e > b {
+                out = splice_between(&out, &previous[b..e + end.len()], begin, end);
+            }
         }
-        _ => rendered,
     }
+    out
 }
 
 #[cfg(test)]

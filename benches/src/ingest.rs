@@ -36,6 +36,11 @@ use crate::servers::{free_tcp_port, Pinning, RedisSettings, RedisSpec};
 use crate::stats::{Latencies, LatencySummary};
 use crate::{Error, Result};
 
+/// Where the W5a section starts in `docs/benchmarks.md`.
+pub const SECTION_BEGIN: &str = "<!-- loadgen ingest: begin -->";
+/// Where it ends.
+pub const SECTION_END: &str = "<!-- loadgen ingest: end -->";
+
 /// The Lua script a Redis team would write for the dev definitions: exactly-once by message id, all-time
 /// and bucketed windowed aggregates, last values. KEYS[1] = profile hash, KEYS[2] = dedup key;
 /// ARGV = kind, event name, bucket (minutes), revenue, sku, now (ms).
@@ -85,6 +90,8 @@ pub struct IngestResult {
     pub background_per_s: f64,
     /// Send → first read showing the event, under the background load.
     pub readable: LatencySummary,
+    /// Probes refused, or not readable within 5 s (not in `readable`).
+    pub unreadable: u64,
 }
 
 /// The whole W5a report.
@@ -245,7 +252,7 @@ async fn readable_latency(
     params: &IngestParams,
     rate: f64,
     tag: &str,
-) -> Result<Latencies> {
+) -> Result<(Latencies, u64)> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut background = tokio::task::JoinSet::new();
     let per_worker = (rate / params.workers.max(1) as f64).max(1.0);
@@ -272,6 +279,8 @@ async fn readable_latency(
     }
     let probe_user = format!("w5-probe-{tag}");
     let latencies = Arc::new(Mutex::new(Latencies::new()));
+    let mut unreadable = 0;
+    let mut applied = 0u32;
     for i in 0..params.probes {
         let s = Synthetic {
             user: usize::MAX,
@@ -293,11 +302,20 @@ async fn readable_latency(
             }
         };
         if !ok {
+            unreadable += 1;
             continue;
         }
-        let want = (i + 1) as f64;
+        applied += 1;
+        let want = f64::from(applied);
         let deadline = begin + Duration::from_secs(5);
-        while sink.page_views(&probe_user).await? < want && Instant::now() < deadline {}
+        let mut seen = sink.page_views(&probe_user).await? >= want;
+        while !seen && Instant::now() < deadline {
+            seen = sink.page_views(&probe_user).await? >= want;
+        }
+        if !seen {
+            unreadable += 1;
+            continue;
+        }
         latencies
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -306,7 +324,7 @@ async fn readable_latency(
     stop.store(true, Ordering::Relaxed);
     while background.join_next().await.is_some() {}
     let out = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    Ok(out)
+    Ok((out, unreadable))
 }
 
 async fn send_redis_probe(
@@ -350,13 +368,14 @@ async fn measure(
     eprintln!(
         "[loadgen ingest] {target}: {events_per_s:.0} events/s; latency at {background:.0} events/s"
     );
-    let latencies = readable_latency(sink, params, background, tag).await?;
+    let (latencies, unreadable) = readable_latency(sink, params, background, tag).await?;
     Ok(IngestResult {
         target: target.to_owned(),
         events_per_s,
         failed,
         background_per_s: background,
         readable: latencies.summary(),
+        unreadable,
     })
 }
 
@@ -457,7 +476,7 @@ pub async fn run(params: &IngestParams, env: &IngestEnv) -> Result<IngestReport>
 
 /// The markdown section of `docs/benchmarks.md`.
 pub fn to_markdown(report: &IngestReport, command: &str) -> String {
-    let mut out = String::from("## W5a: event ingest\n\n");
+    let mut out = format!("{SECTION_BEGIN}\n## W5a: event ingest\n\n");
     out.push_str(&format!(
         "`{command}`: {} users, {} concurrent closed loops, {} s per throughput run, {} probes. \
          featurestore: the three-node dev cluster (sled, `sync`, the shipped `features.toml`), events \
@@ -466,18 +485,19 @@ pub fn to_markdown(report: &IngestReport, command: &str) -> String {
          (see `benches/src/ingest.rs`); no replication.\n\n",
         report.params.users, report.params.workers, report.params.duration_s, report.params.probes
     ));
-    out.push_str("| target | events/s | failed | latency at | readable p50 | p99 | p99.9 |\n");
-    out.push_str("|---|---|---|---|---|---|---|\n");
+    out.push_str("| target | events/s | failed | latency at | readable p50 | p99 | p99.9 | unreadable |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
     for r in &report.results {
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {:.0}/s | {:.2} ms | {:.2} ms | {:.2} ms |\n",
+            "| {} | {:.0} | {} | {:.0}/s | {:.2} ms | {:.2} ms | {:.2} ms | {} |\n",
             r.target,
             r.events_per_s,
             r.failed,
             r.background_per_s,
             r.readable.p50_us / 1000.0,
             r.readable.p99_us / 1000.0,
-            r.readable.p999_us / 1000.0
+            r.readable.p999_us / 1000.0,
+            r.unreadable
         ));
     }
     if let [fs, rd] = report.results.as_slice() {
@@ -488,6 +508,8 @@ pub fn to_markdown(report: &IngestReport, command: &str) -> String {
             fs.readable.p99_us / 1000.0
         ));
     }
+    out.push_str(SECTION_END);
+    out.push('\n');
     out
 }
 

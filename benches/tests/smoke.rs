@@ -158,3 +158,53 @@ fn a_failing_phase_makes_loadgen_exit_non_zero() {
         "failed phases: {failed}"
     );
 }
+
+/// `loadgen ingest` (W5a) with tiny parameters: both targets acknowledge every event and every probe
+/// becomes readable, and `ingest.json` says so.
+#[test]
+fn ingest_smoke_run_acknowledges_every_event() {
+    let Some(store_node) = store_node() else {
+        return;
+    };
+    let results = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    cmd.args([
+        "ingest",
+        "--no-pin",
+        "--users",
+        "200",
+        "--workers",
+        "4",
+        "--duration",
+        "1",
+        "--probes",
+        "20",
+        "--store-node",
+    ])
+    .arg(&store_node)
+    .arg("--results")
+    .arg(results.path());
+    if redis_server().is_none() {
+        assert!(!in_ci(), "CI: redis-server must be installed");
+        eprintln!("SKIPPED Redis (not in CI): redis-server is not on PATH");
+        cmd.arg("--no-redis");
+    }
+    let out = cmd.output().expect("loadgen runs");
+    assert!(
+        out.status.success(),
+        "loadgen ingest failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(results.path().join("ingest.json")).expect("ingest.json written"),
+    )
+    .expect("ingest.json is JSON");
+    let targets = report["results"].as_array().expect("results");
+    assert!(!targets.is_empty());
+    for t in targets {
+        assert_eq!(t["failed"], 0, "{t}");
+        assert!(t["events_per_s"].as_f64().expect("a rate") > 0.0, "{t}");
+        assert_eq!(t["unreadable"], 0, "every probe readable: {t}");
+        assert_eq!(t["readable"]["count"], 20, "{t}");
+    }
+}

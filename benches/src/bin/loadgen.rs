@@ -514,7 +514,12 @@ async fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
         Some(doc) => {
             let text = std::fs::read_to_string(doc)
                 .with_context(|| format!("reading {}", doc.display()))?;
-            let text = benches::fault::splice_section(&text, &section);
+            let text = benches::fault::splice_between(
+                &text,
+                &section,
+                ingest::SECTION_BEGIN,
+                ingest::SECTION_END,
+            );
             std::fs::write(doc, text).with_context(|| format!("writing {}", doc.display()))?;
         }
         None => println!("{section}"),
