@@ -320,6 +320,11 @@ pub struct ServeArgs {
     /// Overrides of the file's values.
     #[command(flatten)]
     pub overrides: Overrides,
+    /// Stop (as on SIGTERM) when the process PID, which must be this node's parent, exits, even by
+    /// `kill -9`: what `store-node dev` passes to its nodes (Linux parent-death signal, see
+    /// `store_node::supervision`). Exits at once if the parent is already gone.
+    #[arg(long, value_name = "PID")]
+    pub die_with_parent: Option<u32>,
 }
 
 /// Overrides of the config file, each from a command-line flag or, without the flag, from its

@@ -48,23 +48,13 @@ enum Command {
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FEATURESTORE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 /// Cancels `token` on SIGINT or SIGTERM; a second signal exits at once.
 fn shutdown_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("signal received: shutting down (send again to exit at once)");
+        // Cancel first: nothing (such as a failing log write) may stand between the signal and shutdown.
         token.cancel();
+        tracing::info!("signal received: shutting down (send again to exit at once)");
         wait_for_signal().await;
         tracing::warn!("second signal: exiting without draining");
         std::process::exit(130);
@@ -95,10 +85,17 @@ async fn wait_for_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_logging();
+    store_node::logging::init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(ServeArgs { config, overrides }) => {
+        Command::Serve(ServeArgs {
+            config,
+            overrides,
+            die_with_parent,
+        }) => {
+            if let Some(parent) = die_with_parent {
+                store_node::supervision::die_with_parent(parent)?;
+            }
             let config = NodeConfig::load(&config, &overrides)
                 .with_context(|| format!("loading {}", config.display()))?;
             let token = CancellationToken::new();
@@ -112,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let generated = store_node::certs::generate(&out, &nodes, &clients)?;
             for path in generated.written() {
-                println!("wrote {}", path.display());
+                store_node::logging::print_line(&format!("wrote {}", path.display()));
             }
         }
         Command::Dev { dir, port, nodes } => {
@@ -123,13 +120,13 @@ async fn main() -> anyhow::Result<()> {
             let (first, second) = (shutdown.clone(), kill_now.clone());
             tokio::spawn(async move {
                 wait_for_signal().await;
+                first.cancel();
                 tracing::info!(
                     "signal received: stopping the dev cluster (send again to kill the nodes)"
                 );
-                first.cancel();
                 wait_for_signal().await;
-                tracing::warn!("second signal: killing the nodes");
                 second.cancel();
+                tracing::warn!("second signal: killing the nodes");
             });
             let options = store_node::dev::DevOptions { dir, port, nodes };
             store_node::dev::run(options, shutdown, kill_now).await?;

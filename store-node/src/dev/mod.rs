@@ -41,11 +41,18 @@
 //!
 //! Children run in their own process group, so a Ctrl-C in the terminal reaches only the dev process,
 //! which then stops the nodes in order (a node that got both the terminal's SIGINT and our SIGTERM would
-//! treat the second signal as "exit without draining"). The flip side: if the dev process itself is
-//! killed with SIGKILL, the nodes keep running; their PIDs are printed at startup, and the next
-//! `store-node dev` reports their ports as in use. `FEATURESTORE_*` override variables of the dev process
-//! (listen address, node id, data dir, ...) are *not* passed to the children: they would give every node
-//! the same value.
+//! treat the second signal as "exit without draining"). Because the nodes are not in the terminal's group,
+//! they are started with `--die-with-parent` instead: if the dev process itself dies (`kill -9`, a crash),
+//! the kernel sends each node SIGTERM and it shuts down cleanly ([`crate::supervision`]). `FEATURESTORE_*`
+//! override variables of the dev process (listen address, node id, data dir, ...) are *not* passed to the
+//! children: they would give every node the same value.
+//!
+//! # One dev process per directory
+//!
+//! The dev process holds `<dir>/dev.lock` ([`DevLock`]) while it runs: a second `store-node dev` on the same
+//! directory fails at once, naming the first one's pid ([`DevError::AlreadyRunning`]). A dev process that was
+//! killed leaves its record in the lock file; the next run reports it and stops any of its nodes that are
+//! still running (they should not be, see above) before it probes the ports.
 //!
 //! # Changing `--nodes` or `--port` on an existing directory
 //!
@@ -59,6 +66,7 @@
 //! Unix only in practice: nodes are signalled with the `kill` command.
 
 mod layout;
+mod lock;
 mod procs;
 
 use std::fmt::Write as _;
@@ -75,6 +83,7 @@ pub use layout::{
     prepare, write_client_config, DevLayout, DevNode, DEV_CLIENT, DEV_SOURCE, EXAMPLE_FEATURES,
     MAX_NODES,
 };
+pub use lock::{DevLock, LOCK_FILE};
 pub use procs::STOP_TIMEOUT;
 
 use layout::plan;
@@ -103,6 +112,20 @@ pub enum DevError {
     /// The options are out of range.
     #[error("invalid dev options: {0}")]
     Options(String),
+    /// Another `store-node dev` holds the directory's lock.
+    #[error(
+        "another `store-node dev` ({}) is running on {}: stop it first (Ctrl-C in its terminal{}), \
+         or use another --dir",
+        pid.map_or("pid unknown".to_owned(), |p| format!("pid {p}")),
+        dir.display(),
+        pid.map_or(String::new(), |p| format!(" or `kill {p}`"))
+    )]
+    AlreadyRunning {
+        /// The dev directory.
+        dir: PathBuf,
+        /// Its pid, as its lock file records it.
+        pid: Option<u32>,
+    },
     /// A node's port is taken.
     #[error("{addr} is already in use (is another dev cluster or node still running?)")]
     PortInUse {
@@ -218,7 +241,10 @@ pub async fn run(
     shutdown: CancellationToken,
     kill_now: CancellationToken,
 ) -> Result<(), DevError> {
-    check_ports(&plan(&options)?)?;
+    let nodes = plan(&options)?;
+    // Before the ports: a leftover of a killed dev process holds them, and the lock knows it.
+    let mut lock = DevLock::acquire(&options.dir)?;
+    check_ports(&nodes)?;
     let layout = prepare(&options)?;
     let exe = std::env::current_exe().map_err(|source| DevError::Spawn {
         node: "the nodes".into(),
@@ -227,7 +253,10 @@ pub async fn run(
     })?;
     let mut procs = Procs::new();
     for node in &layout.nodes {
-        if let Err(e) = procs.spawn(&exe, node) {
+        let spawned = procs
+            .spawn(&exe, node)
+            .and_then(|pid| lock.add_node(&node.id, pid, &node.config));
+        if let Err(e) = spawned {
             procs.stop(&kill_now).await;
             return Err(e);
         }
