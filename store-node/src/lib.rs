@@ -13,6 +13,7 @@
 //! - [`node`]: start, recover, serve, shut down.
 //! - [`logging`]: the log subscriber, whose failed writes are counted and dropped (never a panic).
 //! - [`supervision`]: a node started by `store-node dev` dies with its supervisor (parent-death signal).
+//! - [`telemetry`]: what `GET /metrics` (OpenMetrics) and `GET /ready` report.
 //! - [`launch`]: start `store-node serve` processes and wait for their ready signal (dev, tests, benches).
 //! - [`certs`]: certificate generation.
 //! - [`dev`]: the local development cluster behind `store-node dev`.
@@ -34,5 +35,6 @@ pub mod node;
 pub mod server;
 pub mod storage;
 pub mod supervision;
+pub mod telemetry;
 
 pub use error::{Error, Result};

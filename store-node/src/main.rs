@@ -18,7 +18,8 @@ struct Cli {
 enum Command {
     /// Run a node from a config file (FEATURESTORE_* environment variables and flags override it).
     Serve(ServeArgs),
-    /// Write a cluster CA, node certificates and client certificates (an existing CA is reused).
+    /// Write a cluster CA, node certificates and client certificates, application or admin (an existing
+    /// CA is reused).
     Certs {
         /// Output directory.
         #[arg(long)]
@@ -26,13 +27,18 @@ enum Command {
         /// Node ids, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
-        /// Client names, comma-separated.
+        /// Application client names, comma-separated (data requests only).
         #[arg(long, value_delimiter = ',', default_value = "app")]
         clients: Vec<String>,
+        /// Admin client names, comma-separated: their certificates carry the admin role and may also make
+        /// admin requests (`leave`, `local`, `digests`).
+        #[arg(long, value_delimiter = ',')]
+        admins: Vec<String>,
     },
     /// Start a local cluster of node processes on loopback (generated certificates, sled storage).
     ///
-    /// Writes `<dir>/n<i>.toml` and `<dir>/client.toml` on every run, relays each node's output with an
+    /// Writes `<dir>/n<i>.toml`, `<dir>/client.toml` (application certificate) and `<dir>/admin.toml`
+    /// (admin certificate) on every run, relays each node's output with an
     /// `[n<i>]` prefix and stops every node cleanly on Ctrl-C or SIGTERM (a second signal kills them).
     /// Use a fresh `--dir` when changing `--nodes` or `--port`: the nodes store their membership.
     Dev {
@@ -106,8 +112,10 @@ async fn main() -> anyhow::Result<()> {
             out,
             nodes,
             clients,
+            admins,
         } => {
-            let generated = store_node::certs::generate(&out, &nodes, &clients)?;
+            let generated =
+                store_node::certs::generate_with_admins(&out, &nodes, &clients, &admins)?;
             for path in generated.written() {
                 store_node::logging::print_line(&format!("wrote {}", path.display()));
             }

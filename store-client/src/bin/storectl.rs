@@ -9,19 +9,24 @@
 //! storectl --config client.toml erase user-42
 //! storectl --config client.toml status [--node n2]
 //! storectl --config client.toml cluster
-//! storectl --config client.toml local user-42 --node n2
-//! storectl --config client.toml digests --node n1 --peer n2
-//! storectl --config client.toml leave --node n3
+//! storectl --config admin.toml local user-42 --node n2
+//! storectl --config admin.toml digests --node n1 --peer n2
+//! storectl --config admin.toml leave --node n3
 //! ```
 //!
 //! Requests are routed like the library's (to the replicas of the key; see `store_client::client`);
 //! `--quorum N` sets R for reads and W for writes (default: `read_quorum` / `write_quorum` of the
 //! configuration). `status`, `local`, `digests` and `leave` with `--node` ask that node only.
 //!
+//! `local`, `digests` and `leave` are admin requests: the configuration's certificate must carry the admin
+//! role (`store-node certs --admins NAME`; `store-node dev` writes `admin.toml` for that). With an
+//! application certificate they fail with `error: forbidden: ...`.
+//!
 //! Every answer is printed as pretty JSON on stdout. Errors go to stderr as `error: ...` (including the
 //! node's error code for refused requests) with exit code 1; usage errors exit with code 2. The
 //! configuration path may also come from `FEATURESTORE_CLIENT_CONFIG`.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -130,7 +135,7 @@ enum Command {
     },
     /// Print the cluster view: membership table, virtual nodes, replication factor.
     Cluster,
-    /// Print one node's raw local state of a key (values and CRDT metadata), or `null`.
+    /// Print one node's raw local state of a key (values and CRDT metadata), or `null`. Admin.
     Local {
         /// The entity key.
         key: String,
@@ -138,7 +143,7 @@ enum Command {
         #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
         node: NodeId,
     },
-    /// Print a node's anti-entropy digests of the keys it shares with a peer (a JSON array).
+    /// Print a node's anti-entropy digests of the keys it shares with a peer (a JSON array). Admin.
     Digests {
         /// The node to ask.
         #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
@@ -147,7 +152,7 @@ enum Command {
         #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
         peer: NodeId,
     },
-    /// Ask a node to leave the cluster (it hands its ranges over, then is marked left).
+    /// Ask a node to leave the cluster (it hands its ranges over, then is marked left). Admin.
     Leave {
         /// The node that leaves.
         #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
@@ -512,17 +517,21 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "error: cannot start the async runtime: {e}"
+            );
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(output) => {
-            println!("{output}");
+            // `storectl ... | head` must not panic on the closed pipe.
+            let _ = writeln!(std::io::stdout().lock(), "{output}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            let _ = writeln!(std::io::stderr().lock(), "error: {}", report(&e));
             ExitCode::FAILURE
         }
     }

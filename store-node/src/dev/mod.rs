@@ -7,10 +7,12 @@
 //!
 //! | path | contents | lifetime |
 //! |---|---|---|
-//! | `certs/` | cluster CA, `node-n<i>.pem/.key` for n1..nK, `client-app.pem/.key` | generated on first run; the CA and existing pairs are reused, missing pairs are added |
+//! | `certs/` | cluster CA, `node-n<i>.pem/.key` for n1..nK, `client-app.pem/.key` (application), `client-admin.pem/.key` (admin role) | generated on first run; the CA and existing pairs are reused, missing pairs are added |
 //! | `n<i>.toml` | config of node `n<i>`: listen `127.0.0.1:<P+i-1>` (UDP, QUIC), data dir `n<i>`, sled, sync durability, all K nodes as `[[cluster.seeds]]` with `bootstrap = true`; `[ingest] features = "features.toml"`; `[http]` plain HTTP on `127.0.0.1:<P+i-1>` (TCP) accepting the dev write key (source `dev`) | rewritten on every run |
 //! | `n<i>/` | node `n<i>`'s sled data (and stored membership) | kept across runs |
-//! | `client.toml` | what `storectl` and the client crate need: every node, the `app` client certificate | rewritten on every run |
+//! | `client.toml` | what `storectl` and the client crate need: every node, the `app` application certificate (data requests) | rewritten on every run |
+//! | `admin.toml` | as `client.toml`, with the `admin` certificate: also the admin requests (`storectl leave`, `local`, `digests`) | rewritten on every run |
+//! | `dev.lock` | held (flock) by the running dev process, with its pid and its nodes' pids; empty after a clean stop | see [One dev process per directory](#one-dev-process-per-directory) |
 //! | `features.toml` | the feature definitions every node loads: a copy of `store-node/features.example.toml` ([`EXAMPLE_FEATURES`]) | written when missing; an edited file is kept (restart dev to load it) |
 //! | `http.env` | `HTTP_URL=http://127.0.0.1:<P>` (n1's HTTP listener) and `WRITE_KEY=<32 hex digits>`, for `. <dir>/http.env` in a shell; mode 0600 | rewritten on every run; the key is generated once and then read back from it |
 //!
@@ -80,8 +82,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 
 pub use layout::{
-    prepare, write_client_config, DevLayout, DevNode, DEV_CLIENT, DEV_SOURCE, EXAMPLE_FEATURES,
-    MAX_NODES,
+    prepare, write_admin_config, write_client_config, DevLayout, DevNode, DEV_ADMIN, DEV_CLIENT,
+    DEV_SOURCE, EXAMPLE_FEATURES, MAX_NODES,
 };
 pub use lock::{DevLock, LOCK_FILE};
 pub use procs::STOP_TIMEOUT;
@@ -198,8 +200,11 @@ fn banner(layout: &DevLayout, procs: &Procs, exe: &Path) -> String {
             node.data_dir.display()
         );
     }
+    let admin = layout.admin_config.display();
     let storectl =
         format!("cargo run --release -p store-client --bin storectl -- --config {client}");
+    let storectl_admin =
+        format!("cargo run --release -p store-client --bin storectl -- --config {admin}");
     let last = layout.nodes.last().map_or("n1", |n| n.id.as_str());
     let http_url = format!("http://{}", layout.nodes[0].http);
     let features = layout.features.display();
@@ -207,14 +212,14 @@ fn banner(layout: &DevLayout, procs: &Procs, exe: &Path) -> String {
     let key = &layout.write_key;
     let _ = write!(
         text,
-        "client config: {client}\n\
+        "client config: {client}  (admin requests: {admin})\n\
          feature definitions: {features}\n\
          HTTP (Segment-compatible ingest): HTTP_URL={http_url} WRITE_KEY={key}  (both in {env})\n\
          next, in another terminal:\n  \
          {storectl} put u1 cart_value=42.5\n  \
          {storectl} get u1\n  \
          {storectl} status\n  \
-         {storectl} local u1 --node {last}\n  \
+         {storectl_admin} local u1 --node {last}\n  \
          . {env} && curl -s -u \"$WRITE_KEY:\" -H 'Content-Type: application/json' \
          -d '{{\"batch\":[{{\"type\":\"page\",\"userId\":\"u1\"}}]}}' \"$HTTP_URL/v1/batch\"\n\
          to run a node by hand (e.g. after killing it): {} serve --config {}\n\
