@@ -59,7 +59,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_name = "NAMES")]
         features: Option<Vec<String>>,
         /// Read quorum R: replicas read and merged (stale ones repaired).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Read several entities; prints a JSON array in key order.
@@ -71,7 +71,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_name = "NAMES")]
         features: Option<Vec<String>>,
         /// Read quorum R: replicas read and merged per key.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Write gauges: `name=value` (true/false, an integer, a float, else a string; `"42"` forces a string).
@@ -88,7 +88,7 @@ enum Command {
         #[arg(long, value_name = "MS")]
         timestamp_ms: Option<u64>,
         /// Write quorum W: replicas holding the write before it is acknowledged.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Add to counters: `name=delta`; prints each counter's new value.
@@ -99,7 +99,7 @@ enum Command {
         #[arg(required = true, value_parser = parse_delta, value_name = "NAME=DELTA", allow_negative_numbers = true)]
         deltas: Vec<(String, i64)>,
         /// Write quorum W: replicas holding the write before it is acknowledged.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Write a flag: `name=true|false`; prints its siblings and the context to write back.
@@ -116,7 +116,7 @@ enum Command {
         #[arg(long, value_name = "MS")]
         ttl_ms: Option<u64>,
         /// Write quorum W: replicas holding the write before it is acknowledged.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Erase an entity for good; prints the erasure watermark.
@@ -124,7 +124,7 @@ enum Command {
         /// The entity key.
         key: String,
         /// Write quorum W: replicas holding the erasure before it is acknowledged.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Print a node's status: counters, ring version, members with state, liveness and hint queues.
@@ -294,28 +294,43 @@ fn split_pair(pair: &str) -> Result<(&str, &str), String> {
 }
 
 /// Parses a command-line value: `true`/`false`, an integer, a float, or else a string. Wrap the text in
-/// double quotes to force a string (`"42"`).
-fn parse_value(text: &str) -> Value {
+/// double quotes to force a string (`"42"`). Text that reads as a number but is not a finite one (`NaN`,
+/// `inf`, `-Infinity`, `1e999`, which overflows) is an error rather than silently stored as a string;
+/// quote it to store the text.
+fn parse_value(text: &str) -> Result<Value, String> {
     if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        return Value::Str(inner.to_owned());
+        return Ok(Value::Str(inner.to_owned()));
     }
     match text {
-        "true" => return Value::Bool(true),
-        "false" => return Value::Bool(false),
+        "true" => return Ok(Value::Bool(true)),
+        "false" => return Ok(Value::Bool(false)),
         _ => {}
     }
     if let Ok(i) = text.parse::<i64>() {
-        return Value::I64(i);
+        return Ok(Value::I64(i));
     }
     match text.parse::<f64>() {
-        Ok(f) if f.is_finite() => Value::F64(f),
-        _ => Value::Str(text.to_owned()),
+        Ok(f) if f.is_finite() => Ok(Value::F64(f)),
+        Ok(_) => Err(format!(
+            "{text:?} is not a finite number (NaN, infinities and numbers beyond ±1.8e308 cannot be \
+             stored); quote it to store the text: '\"{text}\"'"
+        )),
+        Err(_) => Ok(Value::Str(text.to_owned())),
     }
 }
 
 fn parse_gauge(pair: &str) -> Result<(String, Value), String> {
     let (name, value) = split_pair(pair)?;
-    Ok((name.to_owned(), parse_value(value)))
+    Ok((name.to_owned(), parse_value(value)?))
+}
+
+/// `--quorum N`: 1 to 255 (0 would silently mean 1).
+fn parse_quorum(text: &str) -> Result<u8, String> {
+    match text.parse::<u8>() {
+        Ok(0) => Err("the quorum must be at least 1 (1 = the coordinator only)".into()),
+        Ok(q) => Ok(q),
+        Err(_) => Err(format!("expected a quorum from 1 to 255, got {text:?}")),
+    }
 }
 
 fn parse_delta(pair: &str) -> Result<(String, i64), String> {
@@ -546,12 +561,49 @@ mod tests {
 
     #[test]
     fn cli_parsing_picks_the_narrowest_type() {
-        assert_eq!(parse_value("42.5"), Value::F64(42.5));
-        assert_eq!(parse_value("42"), Value::I64(42));
-        assert_eq!(parse_value("true"), Value::Bool(true));
-        assert_eq!(parse_value("\"42\""), Value::Str("42".into()));
-        assert_eq!(parse_value("gold"), Value::Str("gold".into()));
-        assert_eq!(parse_value("NaN"), Value::Str("NaN".into()));
+        assert_eq!(parse_value("42.5"), Ok(Value::F64(42.5)));
+        assert_eq!(parse_value("42"), Ok(Value::I64(42)));
+        assert_eq!(parse_value("true"), Ok(Value::Bool(true)));
+        assert_eq!(parse_value("\"42\""), Ok(Value::Str("42".into())));
+        assert_eq!(parse_value("gold"), Ok(Value::Str("gold".into())));
+        assert_eq!(parse_value("1e-999"), Ok(Value::F64(0.0)));
+    }
+
+    #[test]
+    fn non_finite_numbers_are_errors_unless_quoted() {
+        for text in ["NaN", "nan", "inf", "-inf", "+Infinity", "1e999", "-1e999"] {
+            let e = parse_value(text).unwrap_err();
+            assert!(e.contains("not a finite number"), "{text}: {e}");
+            assert!(parse_gauge(&format!("x={text}")).is_err(), "{text}");
+            assert_eq!(
+                parse_value(&format!("\"{text}\"")),
+                Ok(Value::Str(text.into()))
+            );
+        }
+        assert!(parse(&["put", "u1", "x=NaN"]).is_err());
+        assert!(parse(&["track", "u1", "e", "x=inf"]).is_err());
+    }
+
+    #[test]
+    fn a_quorum_of_zero_is_refused() {
+        for cmd in [
+            &["get", "u1"][..],
+            &["get-many", "u1"],
+            &["put", "u1", "a=1"],
+            &["incr", "u1", "a=1"],
+            &["flag", "u1", "f=true"],
+            &["erase", "u1"],
+        ] {
+            let mut args = cmd.to_vec();
+            args.extend(["--quorum", "0"]);
+            let e = parse(&args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(e.to_string().contains("at least 1"), "{args:?}: {e}");
+            args.pop();
+            args.push("1");
+            assert!(parse(&args).is_ok(), "{args:?}");
+        }
     }
     use clap::error::ErrorKind;
 
