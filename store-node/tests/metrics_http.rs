@@ -68,9 +68,39 @@ impl Scrape {
             .sum()
     }
 
+    /// Every sample name of the scrape.
+    fn sample_names(&self) -> std::collections::BTreeSet<String> {
+        self.0
+            .values()
+            .flat_map(|f| f["samples"].as_array().unwrap())
+            .map(|s| s[0].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     fn family_type(&self, family: &str) -> Option<&str> {
         self.0.get(family).and_then(|f| f["type"].as_str())
     }
+}
+
+/// The `featurestore_*` names in the queries of a Grafana dashboard that `scrape` does not have.
+fn unknown_metrics(dashboard: &Json, scrape: &Scrape) -> Vec<String> {
+    let known = scrape.sample_names();
+    let mut unknown = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("featurestore_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !known.contains(&name) && !unknown.contains(&name) {
+                    unknown.push(name);
+                }
+            }
+        }
+    }
+    unknown
 }
 
 /// GET `path` on `target`.
@@ -252,6 +282,18 @@ async fn metrics_parse_as_openmetrics_and_move_with_traffic_and_ready_follows_th
     assert!(
         after[0].sum("featurestore_profiles", &[]) + after[1].sum("featurestore_profiles", &[])
             >= n
+    );
+
+    // Every metric the Grafana dashboard queries exists (the checker is shown to catch a wrong name).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json");
+    let mut dashboard: Json =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(unknown_metrics(&dashboard, &after[0]), Vec::<String>::new());
+    dashboard["panels"][1]["targets"][0]["expr"] =
+        json!("rate(featurestore_no_such_metric_total[1m])");
+    assert_eq!(
+        unknown_metrics(&dashboard, &after[0]),
+        ["featurestore_no_such_metric_total"]
     );
 
     // A node that leaves is no longer ready (503, with its state), though still healthy.
