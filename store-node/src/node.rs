@@ -110,6 +110,11 @@ fn start_http(
         node = %config.node_id, %addr, https = listener.is_https(),
         sources = config.http.write_keys.len(), "http listening"
     );
+    if config.http.write_keys.is_empty() {
+        tracing::info!(
+            "no [[http.write_keys]]: /health, /metrics and /ready only (ingest answers 401)"
+        );
+    }
     let state = crate::http::HttpState::new(
         cluster.clone(),
         engine.limits().clone(),
