@@ -619,7 +619,7 @@ impl Schedule {
         for _ in 0..6_000 {
             self.cluster.step();
             self.resolve();
-            if self.cluster.now % 1_000 == 0 && self.check().is_ok() {
+            if self.cluster.now.is_multiple_of(1_000) && self.check().is_ok() {
                 converged = true;
                 break;
             }

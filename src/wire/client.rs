@@ -257,6 +257,44 @@ impl Request {
         }
     }
 
+    /// Whether the request is an admin request, answered only to a client certificate with the admin
+    /// role (others get [`ErrorCode::Forbidden`](crate::ErrorCode::Forbidden)): `Leave`, and the per-replica
+    /// reads `LocalState` and `Digests`, which bypass quorums and expose CRDT metadata. Every new request
+    /// kind must be classified here.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Request::LocalState { .. } | Request::Digests { .. } | Request::Leave => true,
+            Request::Get { .. }
+            | Request::GetMany { .. }
+            | Request::Put { .. }
+            | Request::Increment { .. }
+            | Request::SetFlag { .. }
+            | Request::Erase { .. }
+            | Request::Status
+            | Request::Cluster
+            | Request::Ingest { .. } => false,
+        }
+    }
+
+    /// The request's kind in snake case (`get`, `get_many`, `put`, ..., `ingest`): a stable label for
+    /// metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Get { .. } => "get",
+            Request::GetMany { .. } => "get_many",
+            Request::Put { .. } => "put",
+            Request::Increment { .. } => "increment",
+            Request::SetFlag { .. } => "set_flag",
+            Request::Erase { .. } => "erase",
+            Request::Status => "status",
+            Request::Cluster => "cluster",
+            Request::LocalState { .. } => "local_state",
+            Request::Digests { .. } => "digests",
+            Request::Leave => "leave",
+            Request::Ingest { .. } => "ingest",
+        }
+    }
+
     /// Whether the request changes data.
     pub fn is_write(&self) -> bool {
         matches!(

@@ -42,6 +42,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or unexpected condition on the node.
     Internal,
+    /// The request is an admin request ([`Request::is_admin`](crate::Request::is_admin)) and the client's
+    /// certificate does not carry the admin role. Not retried: ask with an admin certificate.
+    Forbidden,
 }
 
 impl From<&Error> for ErrorCode {

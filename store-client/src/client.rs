@@ -922,6 +922,14 @@ impl Client {
     /// One typed exchange on `conn`; an error reply becomes a [`Failure`] carrying [`Error::Server`].
     async fn typed(&self, conn: Connection, frame: &[u8]) -> Result<Response, Failure> {
         match transport::exchange(&conn, frame, self.inner.config.max_frame_bytes).await? {
+            Response::Error(ErrorReply {
+                code: ErrorCode::Forbidden,
+                message,
+            }) => Err(Failure {
+                error: Error::Forbidden { message },
+                sent: true,
+                conn_lost: false,
+            }),
             Response::Error(ErrorReply { code, message }) => Err(Failure {
                 error: Error::Server { code, message },
                 sent: true,
@@ -1038,7 +1046,7 @@ impl Client {
                         Error::Transport(_) if failure.conn_lost => {
                             self.node_failed(slot, &format!("connection lost: {}", failure.error));
                         }
-                        Error::Server { .. } => slot.answered(),
+                        Error::Server { .. } | Error::Forbidden { .. } => slot.answered(),
                         _ => {}
                     }
                 }

@@ -4,7 +4,8 @@
 //! handle differently: configuration and TLS problems (fix the setup), [`Error::Connect`] and
 //! [`Error::Transport`] (the network or the node is down: retry later or elsewhere), [`Error::Timeout`]
 //! (the call's deadline passed; the outcome of a write is unknown), [`Error::Server`] (the node refused
-//! the request, with a stable [`ErrorCode`]), and [`Error::Protocol`] / [`Error::UnexpectedResponse`] (a bug or version mismatch).
+//! the request, with a stable [`ErrorCode`]), [`Error::Forbidden`] (an admin request without the admin
+//! role), and [`Error::Protocol`] / [`Error::UnexpectedResponse`] (a bug or version mismatch).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -79,6 +80,14 @@ pub enum Error {
         /// The node's explanation.
         message: String,
     },
+    /// The node refused an admin request (`leave`, `local_state`, `digests`) because this client's
+    /// certificate does not carry the admin role ([`ErrorCode::Forbidden`]). Not retried: connect with an
+    /// admin certificate (`store-node certs --admins NAME`).
+    #[error("forbidden: {message}")]
+    Forbidden {
+        /// The node's explanation.
+        message: String,
+    },
     /// The node answered with a response that does not fit the request (a bug or version mismatch).
     #[error("unexpected response: expected {expected}, got {got}")]
     UnexpectedResponse {
@@ -102,6 +111,7 @@ impl Error {
     pub fn server_code(&self) -> Option<ErrorCode> {
         match self {
             Error::Server { code, .. } => Some(*code),
+            Error::Forbidden { .. } => Some(ErrorCode::Forbidden),
             _ => None,
         }
     }

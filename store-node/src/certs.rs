@@ -8,6 +8,17 @@
 //! | `ca.pem`, `ca.key` | self-signed cluster CA (`CA:true`, key usages keyCertSign + cRLSign) |
 //! | `node-N.pem`, `node-N.key` | node `N`: CN `N`, SAN DNS `N.node.featurestore`, `localhost`, IP `127.0.0.1`; EKU serverAuth + clientAuth |
 //! | `client-C.pem`, `client-C.key` | client `C`: CN `C`, SAN DNS `C.client.featurestore`; EKU clientAuth |
+//! | `client-A.pem`, `client-A.key` | admin client `A` (`--admins A`): as a client, plus SAN URI [`ADMIN_ROLE_URI`] |
+//!
+//! # Roles
+//!
+//! A client certificate is an *application* certificate unless it carries the SAN URI
+//! [`ADMIN_ROLE_URI`] (`urn:featurestore:role:admin`): then it is an *admin* certificate, which the node
+//! also answers admin requests (`leave`, the per-replica reads `local` and `digests`, see
+//! `featurestore::Request::is_admin`); an application certificate gets the typed `Forbidden` error for
+//! them. The role is part of the signed certificate, so only the CA's holder can grant it. A name is
+//! either a client or an admin: asking for an existing pair with the other role is an error (remove the
+//! pair to reissue it).
 //!
 //! Guarantees:
 //! - Names are validated before anything is written: 1..=63 characters of `[a-z0-9-]`, not starting
@@ -38,7 +49,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use rustls_pki_types::pem::PemObject;
@@ -56,6 +67,9 @@ pub const CA_CERT_FILE: &str = "ca.pem";
 
 /// File name of the CA private key inside a certificate directory.
 pub const CA_KEY_FILE: &str = "ca.key";
+
+/// The SAN URI that makes a client certificate an admin certificate (see the module docs).
+pub const ADMIN_ROLE_URI: &str = "urn:featurestore:role:admin";
 
 /// Subject common name of CAs created by [`generate`].
 const CA_COMMON_NAME: &str = "featurestore cluster CA";
@@ -95,6 +109,8 @@ pub struct GeneratedCerts {
     pub nodes: Vec<CertFiles>,
     /// One entry per requested client, in request order.
     pub clients: Vec<CertFiles>,
+    /// One entry per requested admin client, in request order.
+    pub admins: Vec<CertFiles>,
 }
 
 impl GeneratedCerts {
@@ -103,6 +119,7 @@ impl GeneratedCerts {
         std::iter::once(&self.ca)
             .chain(&self.nodes)
             .chain(&self.clients)
+            .chain(&self.admins)
             .filter(|f| f.created)
             .flat_map(|f| [f.cert.as_path(), f.key.as_path()])
             .collect()
@@ -128,18 +145,37 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
-/// Generates (or extends) the certificate directory `out_dir`; see the module documentation.
-///
-/// All names are validated (and checked for duplicates) before anything is written. The directory
-/// is created if missing.
+/// Generates (or extends) the certificate directory `out_dir` with node and application client
+/// certificates; see the module documentation. Same as [`generate_with_admins`] without admins.
 pub fn generate(out_dir: &Path, nodes: &[String], clients: &[String]) -> Result<GeneratedCerts> {
-    for (kind, names) in [("node", nodes), ("client", clients)] {
+    generate_with_admins(out_dir, nodes, clients, &[])
+}
+
+/// Generates (or extends) the certificate directory `out_dir`: node certificates, application client
+/// certificates (`clients`) and admin client certificates (`admins`, with the admin role); see the
+/// module documentation.
+///
+/// All names are validated (and checked for duplicates, also across `clients` and `admins`) before
+/// anything is written. The directory is created if missing. An existing client pair whose role is not
+/// the requested one is an error.
+pub fn generate_with_admins(
+    out_dir: &Path,
+    nodes: &[String],
+    clients: &[String],
+    admins: &[String],
+) -> Result<GeneratedCerts> {
+    for (kind, names) in [("node", nodes), ("client", clients), ("admin", admins)] {
         for (i, name) in names.iter().enumerate() {
             validate_name(name)?;
             if names[..i].contains(name) {
                 return Err(Error::Config(format!("{kind} name {name:?} listed twice")));
             }
         }
+    }
+    if let Some(both) = clients.iter().find(|c| admins.contains(c)) {
+        return Err(Error::Config(format!(
+            "{both:?} is listed as a client and as an admin; a certificate has one role"
+        )));
     }
     std::fs::create_dir_all(out_dir).map_err(|source| Error::Io {
         path: out_dir.to_path_buf(),
@@ -152,6 +188,7 @@ pub fn generate(out_dir: &Path, nodes: &[String], clients: &[String]) -> Result<
         ca,
         nodes: Vec::with_capacity(nodes.len()),
         clients: Vec::with_capacity(clients.len()),
+        admins: Vec::with_capacity(admins.len()),
     };
     for node in nodes {
         let files = pair_paths(out_dir, &format!("node-{node}"), node);
@@ -173,20 +210,70 @@ pub fn generate(out_dir: &Path, nodes: &[String], clients: &[String]) -> Result<
             .nodes
             .push(issue_if_missing(files, params, &issuer)?);
     }
-    for client in clients {
-        let files = pair_paths(out_dir, &format!("client-{client}"), client);
-        let params = || {
-            leaf_params(
-                client,
-                vec![client_name(client)],
-                vec![ExtendedKeyUsagePurpose::ClientAuth],
-            )
-        };
-        generated
-            .clients
-            .push(issue_if_missing(files, params, &issuer)?);
+    for (names, admin) in [(clients, false), (admins, true)] {
+        for client in names {
+            let files = pair_paths(out_dir, &format!("client-{client}"), client);
+            let params = || client_params(client, admin);
+            let files = issue_if_missing(files, params, &issuer)?;
+            if !files.created && is_admin_certificate(&files.cert)? != admin {
+                let (has, wanted) = if admin {
+                    ("an application", "an admin")
+                } else {
+                    ("an admin", "an application")
+                };
+                return Err(Error::InvalidCertificate(format!(
+                    "{} exists as {has} certificate but {wanted} certificate was asked for; remove \
+                     {} and {} to reissue it, or choose another name",
+                    files.cert.display(),
+                    files.cert.display(),
+                    files.key.display()
+                )));
+            }
+            if admin {
+                generated.admins.push(files);
+            } else {
+                generated.clients.push(files);
+            }
+        }
     }
     Ok(generated)
+}
+
+/// Parameters of client `client`'s certificate, with the admin role if `admin`.
+fn client_params(client: &str, admin: bool) -> Result<CertificateParams> {
+    let mut params = leaf_params(
+        client,
+        vec![client_name(client)],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )?;
+    if admin {
+        let uri = rcgen::string::Ia5String::try_from(ADMIN_ROLE_URI)
+            .map_err(cert_err("encoding the admin role URI"))?;
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
+    Ok(params)
+}
+
+/// Whether the DER certificate carries the admin role (SAN URI [`ADMIN_ROLE_URI`]). Does not verify
+/// the certificate: only call it on certificates a TLS handshake verified, or on local files.
+pub fn has_admin_role(der: &[u8]) -> bool {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(|name| {
+        matches!(name, x509_parser::extensions::GeneralName::URI(uri) if *uri == ADMIN_ROLE_URI)
+    })
+}
+
+/// Whether the PEM certificate at `path` carries the admin role.
+fn is_admin_certificate(path: &Path) -> Result<bool> {
+    let pem = read_to_string(path)?;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| Error::InvalidCertificate(format!("cannot parse {}: {e}", path.display())))?;
+    Ok(has_admin_role(&der))
 }
 
 /// The `CertFiles` (with `created = false`) of `<stem>.pem` / `<stem>.key` in `dir`.
@@ -429,6 +516,46 @@ mod tests {
             before
         );
         assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
+    }
+
+    #[test]
+    fn admin_certificates_carry_the_role_and_roles_never_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let der = |name: &str| {
+            let pem = std::fs::read(dir.path().join(format!("client-{name}.pem"))).unwrap();
+            rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap()
+        };
+        let made = generate_with_admins(
+            dir.path(),
+            &names(&["n1"]),
+            &names(&["app"]),
+            &names(&["ops"]),
+        )
+        .unwrap();
+        assert!(made.admins[0].created && made.clients[0].created);
+        assert!(has_admin_role(&der("ops")));
+        assert!(!has_admin_role(&der("app")));
+        let node = std::fs::read(dir.path().join("node-n1.pem")).unwrap();
+        let node = rustls_pki_types::CertificateDer::from_pem_slice(&node).unwrap();
+        assert!(!has_admin_role(&node));
+        // Reused as they are when asked again with the same role.
+        let again =
+            generate_with_admins(dir.path(), &[], &names(&["app"]), &names(&["ops"])).unwrap();
+        assert!(again.written().is_empty());
+        // Never silently given (or kept with) another role.
+        let promote = generate_with_admins(dir.path(), &[], &[], &names(&["app"])).unwrap_err();
+        assert!(
+            promote
+                .to_string()
+                .contains("an admin certificate was asked for"),
+            "{promote}"
+        );
+        let demote = generate(dir.path(), &[], &names(&["ops"])).unwrap_err();
+        assert!(
+            demote.to_string().contains("as an admin certificate"),
+            "{demote}"
+        );
+        assert!(generate_with_admins(dir.path(), &[], &names(&["x"]), &names(&["x"])).is_err());
     }
 
     #[test]

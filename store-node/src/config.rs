@@ -122,7 +122,8 @@ pub struct NodeConfig {
     /// Event ingestion: feature definitions and backpressure.
     #[serde(default, skip_serializing_if = "is_default")]
     pub ingest: IngestConfig,
-    /// The HTTP listener (the Segment-compatible ingest API, `/health`); off unless `listen` is set.
+    /// The HTTP listener (the Segment-compatible ingest API, `/health`, `/metrics`, `/ready`); off unless
+    /// `listen` is set.
     #[serde(default, skip_serializing_if = "is_default")]
     pub http: HttpConfig,
     /// Test-only controls (fault injection). Left at their defaults they change nothing.
@@ -232,9 +233,9 @@ impl Default for HttpConfig {
 impl HttpConfig {
     /// Checks the section (only when `listen` is set: an unused section is not an error).
     pub fn validate(&self) -> Result<()> {
-        let Some(listen) = self.listen else {
+        if self.listen.is_none() {
             return Ok(());
-        };
+        }
         let bad = |what: String| Err(Error::Config(format!("[http] {what}")));
         for (name, v) in [
             ("max_batch_bytes", self.max_batch_bytes),
@@ -252,11 +253,8 @@ impl HttpConfig {
         if self.cert.is_some() != self.key.is_some() {
             return bad("cert and key go together".into());
         }
-        if self.write_keys.is_empty() {
-            return bad(format!(
-                "listen = \"{listen}\" needs at least one [[http.write_keys]] entry"
-            ));
-        }
+        // No write keys is allowed: a listener for `/health`, `/metrics` and `/ready` only (ingest then
+        // answers 401 to every request).
         for (i, wk) in self.write_keys.iter().enumerate() {
             let printable = wk.key.bytes().all(|b| b.is_ascii_graphic() && b != b':');
             if !(16..=256).contains(&wk.key.len()) || !printable {
@@ -320,6 +318,11 @@ pub struct ServeArgs {
     /// Overrides of the file's values.
     #[command(flatten)]
     pub overrides: Overrides,
+    /// Stop (as on SIGTERM) when the process PID, which must be this node's parent, exits, even by
+    /// `kill -9`: what `store-node dev` passes to its nodes (Linux parent-death signal, see
+    /// `store_node::supervision`). Exits at once if the parent is already gone.
+    #[arg(long, value_name = "PID")]
+    pub die_with_parent: Option<u32>,
 }
 
 /// Overrides of the config file, each from a command-line flag or, without the flag, from its
@@ -659,8 +662,18 @@ key = "certs/node-n1.key"
         c.write(&p, "").unwrap();
         assert_eq!(NodeConfig::load(&p, &Overrides::default()).unwrap(), c);
 
+        // No write keys: a listener for /health, /metrics and /ready only.
+        let p = write(
+            dir.path(),
+            &format!("{EXAMPLE}[http]\nlisten = \"127.0.0.1:0\"\n"),
+        );
+        assert!(NodeConfig::load(&p, &Overrides::default())
+            .unwrap()
+            .http
+            .write_keys
+            .is_empty());
+
         let bad = [
-            "[http]\nlisten = \"127.0.0.1:0\"\n",
             "[http]\nlisten = \"127.0.0.1:0\"\n[[http.write_keys]]\nsource = \"web\"\nkey = \"short\"\n",
             "[http]\nlisten = \"127.0.0.1:0\"\n[[http.write_keys]]\nsource = \"web\"\nkey = \"0123456789abcdef:\"\n",
             "[http]\nlisten = \"127.0.0.1:0\"\n[[http.write_keys]]\nsource = \"a\"\nkey = \"0123456789abcdef\"\n\

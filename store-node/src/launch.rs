@@ -109,6 +109,8 @@ pub enum LaunchError {
 pub enum Signal {
     /// SIGTERM: drain and stop.
     Term,
+    /// SIGINT (Ctrl-C): drain and stop, as SIGTERM.
+    Int,
     /// SIGKILL.
     Kill,
     /// SIGSTOP: pause.
@@ -122,6 +124,7 @@ impl Signal {
     pub fn name(self) -> &'static str {
         match self {
             Signal::Term => "TERM",
+            Signal::Int => "INT",
             Signal::Kill => "KILL",
             Signal::Stop => "STOP",
             Signal::Cont => "CONT",

@@ -11,6 +11,9 @@
 //! - [`net`]: the transport below the cluster runtime: [`net::peer`] (peer transport) and [`net::tls`]
 //!   (mutual TLS, peer identity).
 //! - [`node`]: start, recover, serve, shut down.
+//! - [`logging`]: the log subscriber, whose failed writes are counted and dropped (never a panic).
+//! - [`supervision`]: a node started by `store-node dev` dies with its supervisor (parent-death signal).
+//! - [`telemetry`]: what `GET /metrics` (OpenMetrics) and `GET /ready` report.
 //! - [`launch`]: start `store-node serve` processes and wait for their ready signal (dev, tests, benches).
 //! - [`certs`]: certificate generation.
 //! - [`dev`]: the local development cluster behind `store-node dev`.
@@ -25,10 +28,13 @@ pub mod error;
 pub mod features;
 pub mod http;
 pub mod launch;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod server;
 pub mod storage;
+pub mod supervision;
+pub mod telemetry;
 
 pub use error::{Error, Result};

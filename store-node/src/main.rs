@@ -18,7 +18,8 @@ struct Cli {
 enum Command {
     /// Run a node from a config file (FEATURESTORE_* environment variables and flags override it).
     Serve(ServeArgs),
-    /// Write a cluster CA, node certificates and client certificates (an existing CA is reused).
+    /// Write a cluster CA, node certificates and client certificates, application or admin (an existing
+    /// CA is reused).
     Certs {
         /// Output directory.
         #[arg(long)]
@@ -26,13 +27,18 @@ enum Command {
         /// Node ids, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
-        /// Client names, comma-separated.
+        /// Application client names, comma-separated (data requests only).
         #[arg(long, value_delimiter = ',', default_value = "app")]
         clients: Vec<String>,
+        /// Admin client names, comma-separated: their certificates carry the admin role and may also make
+        /// admin requests (`leave`, `local`, `digests`).
+        #[arg(long, value_delimiter = ',')]
+        admins: Vec<String>,
     },
     /// Start a local cluster of node processes on loopback (generated certificates, sled storage).
     ///
-    /// Writes `<dir>/n<i>.toml` and `<dir>/client.toml` on every run, relays each node's output with an
+    /// Writes `<dir>/n<i>.toml`, `<dir>/client.toml` (application certificate) and `<dir>/admin.toml`
+    /// (admin certificate) on every run, relays each node's output with an
     /// `[n<i>]` prefix and stops every node cleanly on Ctrl-C or SIGTERM (a second signal kills them).
     /// Use a fresh `--dir` when changing `--nodes` or `--port`: the nodes store their membership.
     Dev {
@@ -48,23 +54,13 @@ enum Command {
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FEATURESTORE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 /// Cancels `token` on SIGINT or SIGTERM; a second signal exits at once.
 fn shutdown_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("signal received: shutting down (send again to exit at once)");
+        // Cancel first: nothing (such as a failing log write) may stand between the signal and shutdown.
         token.cancel();
+        tracing::info!("signal received: shutting down (send again to exit at once)");
         wait_for_signal().await;
         tracing::warn!("second signal: exiting without draining");
         std::process::exit(130);
@@ -95,10 +91,17 @@ async fn wait_for_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_logging();
+    store_node::logging::init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(ServeArgs { config, overrides }) => {
+        Command::Serve(ServeArgs {
+            config,
+            overrides,
+            die_with_parent,
+        }) => {
+            if let Some(parent) = die_with_parent {
+                store_node::supervision::die_with_parent(parent)?;
+            }
             let config = NodeConfig::load(&config, &overrides)
                 .with_context(|| format!("loading {}", config.display()))?;
             let token = CancellationToken::new();
@@ -109,10 +112,12 @@ async fn main() -> anyhow::Result<()> {
             out,
             nodes,
             clients,
+            admins,
         } => {
-            let generated = store_node::certs::generate(&out, &nodes, &clients)?;
+            let generated =
+                store_node::certs::generate_with_admins(&out, &nodes, &clients, &admins)?;
             for path in generated.written() {
-                println!("wrote {}", path.display());
+                store_node::logging::print_line(&format!("wrote {}", path.display()));
             }
         }
         Command::Dev { dir, port, nodes } => {
@@ -123,13 +128,13 @@ async fn main() -> anyhow::Result<()> {
             let (first, second) = (shutdown.clone(), kill_now.clone());
             tokio::spawn(async move {
                 wait_for_signal().await;
+                first.cancel();
                 tracing::info!(
                     "signal received: stopping the dev cluster (send again to kill the nodes)"
                 );
-                first.cancel();
                 wait_for_signal().await;
-                tracing::warn!("second signal: killing the nodes");
                 second.cancel();
+                tracing::warn!("second signal: killing the nodes");
             });
             let options = store_node::dev::DevOptions { dir, port, nodes };
             store_node::dev::run(options, shutdown, kill_now).await?;

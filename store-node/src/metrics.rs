@@ -1,4 +1,5 @@
-//! Node counters: plain atomics, cheap enough for the hot path, reported by the `status` request.
+//! Node counters: plain atomics, cheap enough for the hot path, reported by the `status` request and, as
+//! `featurestore_<name>_total`, by `GET /metrics` ([`crate::telemetry`]).
 //!
 //! Every refused or failed input is counted under its own name, so an operator can tell a misbehaving
 //! client (malformed frames) from a misconfigured one (TLS failures) from an application bug (limit or
@@ -10,17 +11,21 @@ use featurestore::ErrorCode;
 
 /// Declares a struct of `AtomicU64` counters with a `snapshot` that names each counter after its field,
 /// behind an optional prefix: `struct PeerMetrics as "peer_" { sent }` reports `peer_sent`.
+/// Fields after the counters, in `extra { name: Type }`, are carried along (they need `Debug` and `Default`)
+/// and not part of the snapshot.
 macro_rules! counters {
     (
         $(#[$struct_doc:meta])*
         $vis:vis struct $ty:ident as $prefix:literal {
             $($(#[$doc:meta])* $name:ident),* $(,)?
         }
+        $(extra { $($(#[$xdoc:meta])* $xname:ident: $xty:ty),* $(,)? })?
     ) => {
         $(#[$struct_doc])*
         #[derive(Debug, Default)]
         $vis struct $ty {
             $($(#[$doc])* pub $name: ::std::sync::atomic::AtomicU64,)*
+            $($($(#[$xdoc])* pub $xname: $xty,)*)?
         }
 
         impl $ty {
@@ -40,8 +45,8 @@ macro_rules! counters {
 pub(crate) use counters;
 
 counters! {
-    /// The node's counters.
-    pub struct Metrics {
+    /// The node's counters, and the latency histograms of `GET /metrics` ([`crate::telemetry`]).
+    pub struct Metrics as "" {
         /// Connections whose TLS handshake completed.
         connections_accepted,
         /// Connections refused during the handshake (no or bad client certificate, wrong ALPN, ...).
@@ -62,6 +67,8 @@ counters! {
         frames_malformed,
         /// Requests refused by validation: limits, bad names, bad contexts, kind mismatches, clock skew.
         requests_rejected,
+        /// Admin requests refused because the client certificate has no admin role.
+        requests_forbidden,
         /// Writes that failed to become durable (not acknowledged).
         storage_failures,
         /// Responses that would have exceeded `max_frame_bytes`.
@@ -113,6 +120,10 @@ counters! {
         /// HTTPS handshakes that failed or timed out.
         http_tls_failures,
     }
+    extra {
+        /// Request, replication and ingest latencies.
+        histograms: crate::telemetry::Histograms,
+    }
 }
 
 impl Metrics {
@@ -133,6 +144,7 @@ impl Metrics {
             ErrorCode::UnsupportedVersion => &self.frames_bad_version,
             ErrorCode::MalformedFrame => &self.frames_malformed,
             ErrorCode::Storage => &self.storage_failures,
+            ErrorCode::Forbidden => &self.requests_forbidden,
             ErrorCode::Unavailable | ErrorCode::Internal => return,
             ErrorCode::InvalidRequest
             | ErrorCode::LimitExceeded
@@ -158,10 +170,10 @@ mod tests {
         let node = Metrics::default();
         Metrics::incr(&node.requests);
         let snapshot = node.snapshot();
-        // 14 request counters, 6 of the ingest path, 11 of the HTTP listener.
-        assert_eq!(snapshot.len(), 31);
+        // 15 request counters, 6 of the ingest path, 11 of the HTTP listener.
+        assert_eq!(snapshot.len(), 35);
         assert_eq!(snapshot[0].0, "connections_accepted");
-        assert_eq!(snapshot[30].0, "http_tls_failures");
+        assert_eq!(snapshot[31].0, "http_tls_failures");
         assert!(snapshot.contains(&("requests".to_owned(), 1)));
 
         let peer = crate::net::peer::PeerMetrics::default();

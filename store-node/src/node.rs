@@ -50,7 +50,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         source,
     })?;
     let cluster = Arc::new(Cluster::open(&config, engine.clone(), peers)?);
-    let http = start_http(&config, &engine, &cluster, &shutdown)?;
+    let http = start_http(&config, &engine, &cluster, &durability, &shutdown)?;
     let ticker = spawn_ticker(
         cluster.clone(),
         Duration::from_millis(config.cluster.tick_ms),
@@ -93,12 +93,13 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
     running.shut_down().await
 }
 
-/// Binds the HTTP listener of `[http]` (if it has a `listen` address) and serves it in a task until
-/// `shutdown`; returns its bound address and the task.
+/// Binds the HTTP listener of `[http]` (if it has a `listen` address: the ingest API, `/health`,
+/// `/metrics`, `/ready`) and serves it in a task until `shutdown`; returns its bound address and the task.
 fn start_http(
     config: &NodeConfig,
     engine: &Arc<Engine>,
     cluster: &Arc<Cluster>,
+    durability: &Durability,
     shutdown: &CancellationToken,
 ) -> Result<Option<(std::net::SocketAddr, JoinHandle<()>)>> {
     let Some(listener) = crate::http::bind(config)? else {
@@ -109,12 +110,22 @@ fn start_http(
         node = %config.node_id, %addr, https = listener.is_https(),
         sources = config.http.write_keys.len(), "http listening"
     );
+    if config.http.write_keys.is_empty() {
+        tracing::info!(
+            "no [[http.write_keys]]: /health, /metrics and /ready only (ingest answers 401)"
+        );
+    }
     let state = crate::http::HttpState::new(
         cluster.clone(),
         engine.limits().clone(),
         config.http.clone(),
         engine.metrics().clone(),
     );
+    state.set_telemetry(Arc::new(crate::telemetry::Telemetry::new(
+        cluster.clone(),
+        durability.flush_histograms(),
+        shutdown.clone(),
+    )));
     let task = tokio::spawn(crate::http::serve(
         listener,
         crate::http::router(state),

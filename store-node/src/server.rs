@@ -9,6 +9,10 @@
 //! - Every bad frame (oversized, unknown version, undecodable, trailing data) gets a typed error reply on its
 //!   own stream, is logged once with the peer and counted; the connection and every other stream carry on.
 //! - A response larger than `max_frame_bytes` is replaced by a `LimitExceeded` error reply.
+//! - Admin requests (`Request::is_admin`: leave, per-replica reads, digests) are answered only on a
+//!   connection whose client certificate carries the admin role ([`crate::certs::ADMIN_ROLE_URI`]); any
+//!   other client gets a `Forbidden` error reply, logged and counted (`requests_forbidden`), and the
+//!   request is not executed.
 //! - Shutdown: stop accepting connections and streams, let in-flight requests finish (bounded by
 //!   `drain_timeout_ms`), then return so the caller can flush and close.
 
@@ -25,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::Cluster;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::net::tls::{peer_identity, PeerIdentity};
+use crate::net::tls::{peer_identity, peer_is_admin, PeerIdentity};
 use store_client::frame::{read_frame, FrameError, FramePart};
 use store_client::tls::{CLIENT_ALPN, PEER_ALPN};
 
@@ -123,13 +127,14 @@ impl Connection {
             }
         };
         Metrics::incr(&metrics.connections_accepted);
-        tracing::debug!(peer = %remote, %client, "client connected");
+        let admin = peer_is_admin(&conn);
+        tracing::debug!(peer = %remote, %client, admin, "client connected");
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
                 stream = conn.accept_bi() => match stream {
                     Ok((send, recv)) => {
-                        let peer = Peer { addr: remote, client: client.clone() };
+                        let peer = Peer { addr: remote, client: client.clone(), admin };
                         self.tracker.spawn(handle_stream(self.engine.clone(), self.cluster.clone(), self.settings, peer, send, recv));
                     }
                     Err(error) => {
@@ -167,6 +172,8 @@ impl Connection {
 struct Peer {
     addr: SocketAddr,
     client: String,
+    /// Whether its certificate carries the admin role.
+    admin: bool,
 }
 
 /// Why a request could not be read.
@@ -242,6 +249,8 @@ async fn handle_stream(
         read_request(&mut recv, settings.max_frame_bytes),
     )
     .await;
+    let started = std::time::Instant::now();
+    let mut kind = None;
     let response = match read {
         Err(_elapsed) => {
             Metrics::incr(&metrics.request_timeouts);
@@ -264,7 +273,25 @@ async fn handle_stream(
             let _ = recv.stop(0u32.into());
             error_response(code, error.to_string())
         }
+        Ok(Ok(request)) if request.is_admin() && !peer.admin => {
+            kind = Some(request.kind());
+            Metrics::incr(&metrics.requests);
+            metrics.count_error(ErrorCode::Forbidden);
+            tracing::warn!(
+                peer = %peer.addr, client = %peer.client,
+                "admin request refused: the client certificate has no admin role"
+            );
+            error_response(
+                ErrorCode::Forbidden,
+                format!(
+                    "admin request refused: client {:?} has no admin role (issue an admin certificate \
+                     with `store-node certs --admins NAME`)",
+                    peer.client
+                ),
+            )
+        }
         Ok(Ok(request)) => {
+            kind = Some(request.kind());
             let response = cluster.handle(request).await;
             if let Response::Error(reply) = &response {
                 tracing::info!(
@@ -297,6 +324,11 @@ async fn handle_stream(
             }
         }
     };
+    if let Some(kind) = kind {
+        metrics
+            .histograms
+            .observe_request(kind, started.elapsed().as_secs_f64());
+    }
     if let Err(error) = send.write_all(&frame).await {
         tracing::debug!(peer = %peer.addr, %error, "could not send the response");
         return;

@@ -101,7 +101,7 @@ async fn a_killed_replica_stalls_no_read_and_no_fresh_client() {
                     .wrapping_mul(6_364_136_223_846_793_005)
                     .wrapping_add(1_442_695_040_888_963_407);
                 let i = (rng >> 33) as usize % KEYS;
-                let write = (rng >> 20) % 10 == 0;
+                let write = (rng >> 20).is_multiple_of(10);
                 let started = Instant::now();
                 let outcome = if write {
                     client

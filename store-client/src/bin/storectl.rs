@@ -9,19 +9,24 @@
 //! storectl --config client.toml erase user-42
 //! storectl --config client.toml status [--node n2]
 //! storectl --config client.toml cluster
-//! storectl --config client.toml local user-42 --node n2
-//! storectl --config client.toml digests --node n1 --peer n2
-//! storectl --config client.toml leave --node n3
+//! storectl --config admin.toml local user-42 --node n2
+//! storectl --config admin.toml digests --node n1 --peer n2
+//! storectl --config admin.toml leave --node n3
 //! ```
 //!
 //! Requests are routed like the library's (to the replicas of the key; see `store_client::client`);
 //! `--quorum N` sets R for reads and W for writes (default: `read_quorum` / `write_quorum` of the
 //! configuration). `status`, `local`, `digests` and `leave` with `--node` ask that node only.
 //!
+//! `local`, `digests` and `leave` are admin requests: the configuration's certificate must carry the admin
+//! role (`store-node certs --admins NAME`; `store-node dev` writes `admin.toml` for that). With an
+//! application certificate they fail with `error: forbidden: ...`.
+//!
 //! Every answer is printed as pretty JSON on stdout. Errors go to stderr as `error: ...` (including the
 //! node's error code for refused requests) with exit code 1; usage errors exit with code 2. The
 //! configuration path may also come from `FEATURESTORE_CLIENT_CONFIG`.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -54,7 +59,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_name = "NAMES")]
         features: Option<Vec<String>>,
         /// Read quorum R: replicas read and merged (stale ones repaired).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Read several entities; prints a JSON array in key order.
@@ -66,7 +71,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_name = "NAMES")]
         features: Option<Vec<String>>,
         /// Read quorum R: replicas read and merged per key.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Write gauges: `name=value` (true/false, an integer, a float, else a string; `"42"` forces a string).
@@ -83,7 +88,7 @@ enum Command {
         #[arg(long, value_name = "MS")]
         timestamp_ms: Option<u64>,
         /// Write quorum W: replicas holding the write before it is acknowledged.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Add to counters: `name=delta`; prints each counter's new value.
@@ -94,7 +99,7 @@ enum Command {
         #[arg(required = true, value_parser = parse_delta, value_name = "NAME=DELTA", allow_negative_numbers = true)]
         deltas: Vec<(String, i64)>,
         /// Write quorum W: replicas holding the write before it is acknowledged.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Write a flag: `name=true|false`; prints its siblings and the context to write back.
@@ -111,7 +116,7 @@ enum Command {
         #[arg(long, value_name = "MS")]
         ttl_ms: Option<u64>,
         /// Write quorum W: replicas holding the write before it is acknowledged.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Erase an entity for good; prints the erasure watermark.
@@ -119,7 +124,7 @@ enum Command {
         /// The entity key.
         key: String,
         /// Write quorum W: replicas holding the erasure before it is acknowledged.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_quorum)]
         quorum: Option<u8>,
     },
     /// Print a node's status: counters, ring version, members with state, liveness and hint queues.
@@ -130,7 +135,7 @@ enum Command {
     },
     /// Print the cluster view: membership table, virtual nodes, replication factor.
     Cluster,
-    /// Print one node's raw local state of a key (values and CRDT metadata), or `null`.
+    /// Print one node's raw local state of a key (values and CRDT metadata), or `null`. Admin.
     Local {
         /// The entity key.
         key: String,
@@ -138,7 +143,7 @@ enum Command {
         #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
         node: NodeId,
     },
-    /// Print a node's anti-entropy digests of the keys it shares with a peer (a JSON array).
+    /// Print a node's anti-entropy digests of the keys it shares with a peer (a JSON array). Admin.
     Digests {
         /// The node to ask.
         #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
@@ -147,7 +152,7 @@ enum Command {
         #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
         peer: NodeId,
     },
-    /// Ask a node to leave the cluster (it hands its ranges over, then is marked left).
+    /// Ask a node to leave the cluster (it hands its ranges over, then is marked left). Admin.
     Leave {
         /// The node that leaves.
         #[arg(long, required = true, value_parser = parse_node, value_name = "ID")]
@@ -289,28 +294,43 @@ fn split_pair(pair: &str) -> Result<(&str, &str), String> {
 }
 
 /// Parses a command-line value: `true`/`false`, an integer, a float, or else a string. Wrap the text in
-/// double quotes to force a string (`"42"`).
-fn parse_value(text: &str) -> Value {
+/// double quotes to force a string (`"42"`). Text that reads as a number but is not a finite one (`NaN`,
+/// `inf`, `-Infinity`, `1e999`, which overflows) is an error rather than silently stored as a string;
+/// quote it to store the text.
+fn parse_value(text: &str) -> Result<Value, String> {
     if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        return Value::Str(inner.to_owned());
+        return Ok(Value::Str(inner.to_owned()));
     }
     match text {
-        "true" => return Value::Bool(true),
-        "false" => return Value::Bool(false),
+        "true" => return Ok(Value::Bool(true)),
+        "false" => return Ok(Value::Bool(false)),
         _ => {}
     }
     if let Ok(i) = text.parse::<i64>() {
-        return Value::I64(i);
+        return Ok(Value::I64(i));
     }
     match text.parse::<f64>() {
-        Ok(f) if f.is_finite() => Value::F64(f),
-        _ => Value::Str(text.to_owned()),
+        Ok(f) if f.is_finite() => Ok(Value::F64(f)),
+        Ok(_) => Err(format!(
+            "{text:?} is not a finite number (NaN, infinities and numbers beyond ±1.8e308 cannot be \
+             stored); quote it to store the text: '\"{text}\"'"
+        )),
+        Err(_) => Ok(Value::Str(text.to_owned())),
     }
 }
 
 fn parse_gauge(pair: &str) -> Result<(String, Value), String> {
     let (name, value) = split_pair(pair)?;
-    Ok((name.to_owned(), parse_value(value)))
+    Ok((name.to_owned(), parse_value(value)?))
+}
+
+/// `--quorum N`: 1 to 255 (0 would silently mean 1).
+fn parse_quorum(text: &str) -> Result<u8, String> {
+    match text.parse::<u8>() {
+        Ok(0) => Err("the quorum must be at least 1 (1 = the coordinator only)".into()),
+        Ok(q) => Ok(q),
+        Err(_) => Err(format!("expected a quorum from 1 to 255, got {text:?}")),
+    }
 }
 
 fn parse_delta(pair: &str) -> Result<(String, i64), String> {
@@ -512,17 +532,21 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "error: cannot start the async runtime: {e}"
+            );
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(output) => {
-            println!("{output}");
+            // `storectl ... | head` must not panic on the closed pipe.
+            let _ = writeln!(std::io::stdout().lock(), "{output}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            let _ = writeln!(std::io::stderr().lock(), "error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -537,12 +561,49 @@ mod tests {
 
     #[test]
     fn cli_parsing_picks_the_narrowest_type() {
-        assert_eq!(parse_value("42.5"), Value::F64(42.5));
-        assert_eq!(parse_value("42"), Value::I64(42));
-        assert_eq!(parse_value("true"), Value::Bool(true));
-        assert_eq!(parse_value("\"42\""), Value::Str("42".into()));
-        assert_eq!(parse_value("gold"), Value::Str("gold".into()));
-        assert_eq!(parse_value("NaN"), Value::Str("NaN".into()));
+        assert_eq!(parse_value("42.5"), Ok(Value::F64(42.5)));
+        assert_eq!(parse_value("42"), Ok(Value::I64(42)));
+        assert_eq!(parse_value("true"), Ok(Value::Bool(true)));
+        assert_eq!(parse_value("\"42\""), Ok(Value::Str("42".into())));
+        assert_eq!(parse_value("gold"), Ok(Value::Str("gold".into())));
+        assert_eq!(parse_value("1e-999"), Ok(Value::F64(0.0)));
+    }
+
+    #[test]
+    fn non_finite_numbers_are_errors_unless_quoted() {
+        for text in ["NaN", "nan", "inf", "-inf", "+Infinity", "1e999", "-1e999"] {
+            let e = parse_value(text).unwrap_err();
+            assert!(e.contains("not a finite number"), "{text}: {e}");
+            assert!(parse_gauge(&format!("x={text}")).is_err(), "{text}");
+            assert_eq!(
+                parse_value(&format!("\"{text}\"")),
+                Ok(Value::Str(text.into()))
+            );
+        }
+        assert!(parse(&["put", "u1", "x=NaN"]).is_err());
+        assert!(parse(&["track", "u1", "e", "x=inf"]).is_err());
+    }
+
+    #[test]
+    fn a_quorum_of_zero_is_refused() {
+        for cmd in [
+            &["get", "u1"][..],
+            &["get-many", "u1"],
+            &["put", "u1", "a=1"],
+            &["incr", "u1", "a=1"],
+            &["flag", "u1", "f=true"],
+            &["erase", "u1"],
+        ] {
+            let mut args = cmd.to_vec();
+            args.extend(["--quorum", "0"]);
+            let e = parse(&args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(e.to_string().contains("at least 1"), "{args:?}: {e}");
+            args.pop();
+            args.push("1");
+            assert!(parse(&args).is_ok(), "{args:?}");
+        }
     }
     use clap::error::ErrorKind;
 

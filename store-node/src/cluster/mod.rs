@@ -136,6 +136,11 @@ impl Cluster {
         self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The engine this cluster drives.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
     /// This node's id.
     pub fn me(&self) -> &NodeId {
         &self.me
@@ -186,7 +191,12 @@ impl Cluster {
                     when: SendWhen::Durable,
                 } => deferred.push((to, msg)),
                 Effect::Send { to, msg, .. } => self.send(&addrs, to, msg),
-                Effect::Acked { from, seq, .. } => self.waiters().on_ack(seq, from),
+                Effect::Acked { from, seq, .. } => {
+                    if let Some(lag) = self.waiters().on_ack(seq, from) {
+                        let h = &self.engine.metrics().histograms;
+                        h.replication_ack_seconds.observe(lag.as_secs_f64());
+                    }
+                }
                 Effect::IngestReply { req, outcomes, .. } => {
                     if let Some(tx) = self.waiters().forwards.remove(&req) {
                         let _ = tx.send(outcomes);
@@ -368,6 +378,8 @@ impl Cluster {
             replica_acks_needed,
             replica_sends,
         } = plan;
+        self.waiters()
+            .sent(&replica_sends, std::time::Instant::now());
         let wait = (replica_acks_needed > 0).then(|| {
             let (tx, rx) = oneshot::channel();
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);

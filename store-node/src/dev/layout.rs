@@ -14,8 +14,12 @@ use crate::config::{NodeConfig, Overrides, Seed, TlsFiles, WriteKey};
 use crate::error::Error;
 use crate::storage::{DurabilityPolicy, StorageKind};
 
-/// The dev client's name (its certificate is `certs/client-app.pem`).
+/// The dev application client's name (its certificate is `certs/client-app.pem`, used by `client.toml`).
 pub const DEV_CLIENT: &str = "app";
+
+/// The dev admin client's name (its certificate, with the admin role, is `certs/client-admin.pem`, used by
+/// `admin.toml`).
+pub const DEV_ADMIN: &str = "admin";
 
 /// Most nodes `store-node dev` starts.
 pub const MAX_NODES: u16 = 64;
@@ -42,8 +46,10 @@ pub struct DevLayout {
     pub dir: PathBuf,
     /// The nodes, `n1..nK`.
     pub nodes: Vec<DevNode>,
-    /// `<dir>/client.toml`.
+    /// `<dir>/client.toml`: the application certificate (data requests).
     pub client_config: PathBuf,
+    /// `<dir>/admin.toml`: the admin certificate (also `leave`, `local`, `digests`).
+    pub admin_config: PathBuf,
     /// `<dir>/features.toml`: the feature definitions every node loads.
     pub features: PathBuf,
     /// `<dir>/http.env`: `HTTP_URL` (n1's HTTP listener) and `WRITE_KEY`, shell-sourceable.
@@ -54,21 +60,40 @@ pub struct DevLayout {
     pub warnings: Vec<String>,
 }
 
-/// Writes the client configuration for the dev cluster (paths relative to `dir`).
+/// Writes the application client configuration of the dev cluster, `<dir>/client.toml` (paths relative
+/// to `dir`).
 pub fn write_client_config(
     dir: &Path,
+    nodes: &[(String, SocketAddr)],
+) -> crate::error::Result<PathBuf> {
+    write_config_for(dir, "client.toml", DEV_CLIENT, nodes)
+}
+
+/// Writes the admin client configuration of the dev cluster, `<dir>/admin.toml`: as `client.toml`, with
+/// the admin certificate.
+pub fn write_admin_config(
+    dir: &Path,
+    nodes: &[(String, SocketAddr)],
+) -> crate::error::Result<PathBuf> {
+    write_config_for(dir, "admin.toml", DEV_ADMIN, nodes)
+}
+
+fn write_config_for(
+    dir: &Path,
+    file: &str,
+    client: &str,
     nodes: &[(String, SocketAddr)],
 ) -> crate::error::Result<PathBuf> {
     let mut text = format!(
         "# Written by `store-node dev` on every run. Paths are relative to this file.\n\
          ca_cert = \"certs/ca.pem\"\n\
-         cert = \"certs/client-{DEV_CLIENT}.pem\"\n\
-         key = \"certs/client-{DEV_CLIENT}.key\"\n"
+         cert = \"certs/client-{client}.pem\"\n\
+         key = \"certs/client-{client}.key\"\n"
     );
     for (name, addr) in nodes {
         let _ = write!(text, "\n[[nodes]]\nname = \"{name}\"\naddr = \"{addr}\"\n");
     }
-    let path = dir.join("client.toml");
+    let path = dir.join(file);
     write_file(&path, &text)?;
     Ok(path)
 }
@@ -320,7 +345,12 @@ pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
     }
 
     let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
-    let generated = certs::generate(&dir.join("certs"), &ids, &[DEV_CLIENT.to_owned()])?;
+    let generated = certs::generate_with_admins(
+        &dir.join("certs"),
+        &ids,
+        &[DEV_CLIENT.to_owned()],
+        &[DEV_ADMIN.to_owned()],
+    )?;
     for path in generated.written() {
         tracing::info!(path = %path.display(), "generated");
     }
@@ -338,11 +368,14 @@ pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
     let pairs: Vec<(String, SocketAddr)> = nodes.iter().map(|n| (n.id.clone(), n.addr)).collect();
     let client_config = write_client_config(dir, &pairs)?;
     store_client::ClientConfig::load(&client_config).map_err(Error::ClientConfig)?;
+    let admin_config = write_admin_config(dir, &pairs)?;
+    store_client::ClientConfig::load(&admin_config).map_err(Error::ClientConfig)?;
     let http_env = write_http_env(dir, nodes[0].http, &write_key)?;
     Ok(DevLayout {
         dir: dir.clone(),
         nodes,
         client_config,
+        admin_config,
         features,
         http_env,
         write_key,
@@ -414,6 +447,16 @@ mod tests {
         );
         assert_eq!(layout.write_key.len(), 32);
         assert_eq!(client.cert, dir.join("certs/client-app.pem"));
+        // admin.toml: the same nodes, the admin certificate (with the role); client.toml's has none.
+        let admin = store_client::ClientConfig::load(&layout.admin_config).unwrap();
+        assert_eq!(admin.nodes, client.nodes);
+        assert_eq!(admin.cert, dir.join("certs/client-admin.pem"));
+        let der = |path: &Path| {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::CertificateDer::from_pem_file(path).unwrap()
+        };
+        assert!(certs::has_admin_role(&der(&admin.cert)));
+        assert!(!certs::has_admin_role(&der(&client.cert)));
         // The texts are relative: nothing refers to the temporary directory.
         let text = std::fs::read_to_string(dir.join("n2.toml")).unwrap();
         assert!(!text.contains(&*tmp.path().to_string_lossy()), "{text}");

@@ -7,10 +7,12 @@
 //!
 //! | path | contents | lifetime |
 //! |---|---|---|
-//! | `certs/` | cluster CA, `node-n<i>.pem/.key` for n1..nK, `client-app.pem/.key` | generated on first run; the CA and existing pairs are reused, missing pairs are added |
+//! | `certs/` | cluster CA, `node-n<i>.pem/.key` for n1..nK, `client-app.pem/.key` (application), `client-admin.pem/.key` (admin role) | generated on first run; the CA and existing pairs are reused, missing pairs are added |
 //! | `n<i>.toml` | config of node `n<i>`: listen `127.0.0.1:<P+i-1>` (UDP, QUIC), data dir `n<i>`, sled, sync durability, all K nodes as `[[cluster.seeds]]` with `bootstrap = true`; `[ingest] features = "features.toml"`; `[http]` plain HTTP on `127.0.0.1:<P+i-1>` (TCP) accepting the dev write key (source `dev`) | rewritten on every run |
 //! | `n<i>/` | node `n<i>`'s sled data (and stored membership) | kept across runs |
-//! | `client.toml` | what `storectl` and the client crate need: every node, the `app` client certificate | rewritten on every run |
+//! | `client.toml` | what `storectl` and the client crate need: every node, the `app` application certificate (data requests) | rewritten on every run |
+//! | `admin.toml` | as `client.toml`, with the `admin` certificate: also the admin requests (`storectl leave`, `local`, `digests`) | rewritten on every run |
+//! | `dev.lock` | held (flock) by the running dev process, with its pid and its nodes' pids; empty after a clean stop | see [One dev process per directory](#one-dev-process-per-directory) |
 //! | `features.toml` | the feature definitions every node loads: a copy of `store-node/features.example.toml` ([`EXAMPLE_FEATURES`]) | written when missing; an edited file is kept (restart dev to load it) |
 //! | `http.env` | `HTTP_URL=http://127.0.0.1:<P>` (n1's HTTP listener) and `WRITE_KEY=<32 hex digits>`, for `. <dir>/http.env` in a shell; mode 0600 | rewritten on every run; the key is generated once and then read back from it |
 //!
@@ -41,11 +43,18 @@
 //!
 //! Children run in their own process group, so a Ctrl-C in the terminal reaches only the dev process,
 //! which then stops the nodes in order (a node that got both the terminal's SIGINT and our SIGTERM would
-//! treat the second signal as "exit without draining"). The flip side: if the dev process itself is
-//! killed with SIGKILL, the nodes keep running; their PIDs are printed at startup, and the next
-//! `store-node dev` reports their ports as in use. `FEATURESTORE_*` override variables of the dev process
-//! (listen address, node id, data dir, ...) are *not* passed to the children: they would give every node
-//! the same value.
+//! treat the second signal as "exit without draining"). Because the nodes are not in the terminal's group,
+//! they are started with `--die-with-parent` instead: if the dev process itself dies (`kill -9`, a crash),
+//! the kernel sends each node SIGTERM and it shuts down cleanly ([`crate::supervision`]). `FEATURESTORE_*`
+//! override variables of the dev process (listen address, node id, data dir, ...) are *not* passed to the
+//! children: they would give every node the same value.
+//!
+//! # One dev process per directory
+//!
+//! The dev process holds `<dir>/dev.lock` ([`DevLock`]) while it runs: a second `store-node dev` on the same
+//! directory fails at once, naming the first one's pid ([`DevError::AlreadyRunning`]). A dev process that was
+//! killed leaves its record in the lock file; the next run reports it and stops any of its nodes that are
+//! still running (they should not be, see above) before it probes the ports.
 //!
 //! # Changing `--nodes` or `--port` on an existing directory
 //!
@@ -59,6 +68,7 @@
 //! Unix only in practice: nodes are signalled with the `kill` command.
 
 mod layout;
+mod lock;
 mod procs;
 
 use std::fmt::Write as _;
@@ -72,9 +82,10 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 
 pub use layout::{
-    prepare, write_client_config, DevLayout, DevNode, DEV_CLIENT, DEV_SOURCE, EXAMPLE_FEATURES,
-    MAX_NODES,
+    prepare, write_admin_config, write_client_config, DevLayout, DevNode, DEV_ADMIN, DEV_CLIENT,
+    DEV_SOURCE, EXAMPLE_FEATURES, MAX_NODES,
 };
+pub use lock::{DevLock, LOCK_FILE};
 pub use procs::STOP_TIMEOUT;
 
 use layout::plan;
@@ -103,6 +114,20 @@ pub enum DevError {
     /// The options are out of range.
     #[error("invalid dev options: {0}")]
     Options(String),
+    /// Another `store-node dev` holds the directory's lock.
+    #[error(
+        "another `store-node dev` ({}) is running on {}: stop it first (Ctrl-C in its terminal{}), \
+         or use another --dir",
+        pid.map_or("pid unknown".to_owned(), |p| format!("pid {p}")),
+        dir.display(),
+        pid.map_or(String::new(), |p| format!(" or `kill {p}`"))
+    )]
+    AlreadyRunning {
+        /// The dev directory.
+        dir: PathBuf,
+        /// Its pid, as its lock file records it.
+        pid: Option<u32>,
+    },
     /// A node's port is taken.
     #[error("{addr} is already in use (is another dev cluster or node still running?)")]
     PortInUse {
@@ -175,8 +200,11 @@ fn banner(layout: &DevLayout, procs: &Procs, exe: &Path) -> String {
             node.data_dir.display()
         );
     }
+    let admin = layout.admin_config.display();
     let storectl =
         format!("cargo run --release -p store-client --bin storectl -- --config {client}");
+    let storectl_admin =
+        format!("cargo run --release -p store-client --bin storectl -- --config {admin}");
     let last = layout.nodes.last().map_or("n1", |n| n.id.as_str());
     let http_url = format!("http://{}", layout.nodes[0].http);
     let features = layout.features.display();
@@ -184,14 +212,14 @@ fn banner(layout: &DevLayout, procs: &Procs, exe: &Path) -> String {
     let key = &layout.write_key;
     let _ = write!(
         text,
-        "client config: {client}\n\
+        "client config: {client}  (admin requests: {admin})\n\
          feature definitions: {features}\n\
          HTTP (Segment-compatible ingest): HTTP_URL={http_url} WRITE_KEY={key}  (both in {env})\n\
          next, in another terminal:\n  \
          {storectl} put u1 cart_value=42.5\n  \
          {storectl} get u1\n  \
          {storectl} status\n  \
-         {storectl} local u1 --node {last}\n  \
+         {storectl_admin} local u1 --node {last}\n  \
          . {env} && curl -s -u \"$WRITE_KEY:\" -H 'Content-Type: application/json' \
          -d '{{\"batch\":[{{\"type\":\"page\",\"userId\":\"u1\"}}]}}' \"$HTTP_URL/v1/batch\"\n\
          to run a node by hand (e.g. after killing it): {} serve --config {}\n\
@@ -218,7 +246,10 @@ pub async fn run(
     shutdown: CancellationToken,
     kill_now: CancellationToken,
 ) -> Result<(), DevError> {
-    check_ports(&plan(&options)?)?;
+    let nodes = plan(&options)?;
+    // Before the ports: a leftover of a killed dev process holds them, and the lock knows it.
+    let mut lock = DevLock::acquire(&options.dir)?;
+    check_ports(&nodes)?;
     let layout = prepare(&options)?;
     let exe = std::env::current_exe().map_err(|source| DevError::Spawn {
         node: "the nodes".into(),
@@ -227,7 +258,10 @@ pub async fn run(
     })?;
     let mut procs = Procs::new();
     for node in &layout.nodes {
-        if let Err(e) = procs.spawn(&exe, node) {
+        let spawned = procs
+            .spawn(&exe, node)
+            .and_then(|pid| lock.add_node(&node.id, pid, &node.config));
+        if let Err(e) = spawned {
             procs.stop(&kill_now).await;
             return Err(e);
         }

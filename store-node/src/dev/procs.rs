@@ -79,10 +79,15 @@ impl Procs {
         }
     }
 
-    /// Starts `exe serve --config <node.config>` with relayed output. Its stdout lines are relayed
-    /// except the machine-readable events; its ready event is reported once.
-    pub(super) fn spawn(&mut self, exe: &Path, node: &DevNode) -> Result<(), DevError> {
+    /// Starts `exe serve --config <node.config> --die-with-parent <this process>` with relayed output
+    /// and returns its pid. Its stdout lines are relayed except the machine-readable events; its ready
+    /// event is reported once.
+    pub(super) fn spawn(&mut self, exe: &Path, node: &DevNode) -> Result<u32, DevError> {
         let mut command = NodeProcess::serve_command(exe, &node.config);
+        // If this process dies (even by SIGKILL), the node gets SIGTERM (see `crate::supervision`).
+        command
+            .arg("--die-with-parent")
+            .arg(std::process::id().to_string());
         command.stderr(Stdio::piped());
         for key in env_keys() {
             command.env_remove(key);
@@ -133,7 +138,7 @@ impl Procs {
             exit: None,
             clean: false,
         });
-        Ok(())
+        Ok(pid)
     }
 
     fn running(&self) -> impl Iterator<Item = &Proc> {

@@ -442,7 +442,12 @@ async fn ingest(s: &Shared, call: Call, headers: &HeaderMap, body: Body) -> Resu
     let outcomes = if events.is_empty() {
         Vec::new()
     } else {
-        s.sink.ingest(events).await
+        let started = std::time::Instant::now();
+        let outcomes = s.sink.ingest(events).await;
+        let h = &s.metrics.histograms;
+        h.ingest_batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        outcomes
     };
     let mut accepted = 0usize;
     let (mut unavailable, mut failed) = (0usize, 0usize);

@@ -1,6 +1,7 @@
 //! The node's one HTTP listener: the Segment-compatible ingest API (`/v1/*`, see [`ingest`] and
-//! `docs/ingest.md`) and `GET /health`. `/metrics`, `/ready` and the segment pages (`/ui`) are meant to join
-//! the same [`router`] as further `merge`s, never as a second server.
+//! `docs/ingest.md`), `GET /health`, and the operator pages `GET /metrics` and `GET /ready` ([`ops`]). The
+//! segment pages (`/ui`) are meant to join the same [`router`] as a further `merge`, never as a second
+//! server.
 //!
 //! Guarantees:
 //! - **HTTPS by default**, with the node's certificate (or `[http] cert`/`key`) through rustls and the
@@ -19,6 +20,7 @@
 
 pub mod auth;
 pub mod ingest;
+pub mod ops;
 pub mod reply;
 pub mod tls;
 
@@ -81,6 +83,8 @@ struct Shared {
     keys: WriteKeys,
     inflight: Semaphore,
     metrics: Arc<Metrics>,
+    /// What `/metrics` and `/ready` report; set once by the node ([`HttpState::set_telemetry`]).
+    telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl HttpState {
@@ -101,16 +105,24 @@ impl HttpState {
                 keys,
                 inflight,
                 metrics,
+                telemetry: std::sync::OnceLock::new(),
             }),
         }
     }
+
+    /// Wires `/metrics` and `/ready` to the node's telemetry (the first call wins; without it they answer
+    /// 503).
+    pub fn set_telemetry(&self, telemetry: Arc<crate::telemetry::Telemetry>) {
+        let _ = self.inner.telemetry.set(telemetry);
+    }
 }
 
-/// The node's HTTP routes: `/v1/*` (ingest) and `GET /health`, every error answered as JSON. New pages
-/// (`/metrics`, `/ui`) are added here with `merge`.
+/// The node's HTTP routes: `/v1/*` (ingest), `GET /health`, `GET /metrics` and `GET /ready`, every error
+/// answered as JSON. New pages (`/ui`) are added here with `merge`.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(ingest::routes())
+        .merge(ops::routes())
         .route("/health", get(health))
         .fallback(reply::not_found)
         .layer(axum::middleware::map_response(reply::json_errors))

@@ -167,6 +167,20 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<PeerIdentity> {
     PeerIdentity::from_certificate(chain.first()?)
 }
 
+/// Whether the remote side's verified leaf certificate carries the admin role
+/// ([`crate::certs::ADMIN_ROLE_URI`]); `false` if there is no verified certificate.
+pub fn peer_is_admin(conn: &quinn::Connection) -> bool {
+    let Some(identity) = conn.peer_identity() else {
+        return false;
+    };
+    let Ok(chain) = identity.downcast::<Vec<CertificateDer<'static>>>() else {
+        return false;
+    };
+    chain
+        .first()
+        .is_some_and(|leaf| crate::certs::has_admin_role(leaf.as_ref()))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

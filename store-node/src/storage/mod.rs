@@ -37,7 +37,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-pub use durability::{Durability, DurabilityPolicy, DurabilityStats, WriteTicket};
+pub use durability::{Durability, DurabilityPolicy, DurabilityStats, FlushHistograms, WriteTicket};
 pub use memory::MemoryStorage;
 pub use sled_store::SledStorage;
 

@@ -36,7 +36,7 @@ startup_grace_ms = 2000\n";
 pub fn start_with(n: usize, overlay: &str) -> TestCluster {
     let dir = tempfile::tempdir().unwrap();
     let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
-    store_node::certs::generate(&dir.path().join("certs"), &ids, &["app".to_owned()]).unwrap();
+    super::generate_certs(dir.path(), &ids);
     let addrs: Vec<SocketAddr> = free_ports(n)
         .iter()
         .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
@@ -69,7 +69,7 @@ pub fn start_with(n: usize, overlay: &str) -> TestCluster {
         cluster.launch(i);
     }
     cluster.write_client_config();
-    let mut text = "ca_cert = \"certs/ca.pem\"\ncert = \"certs/client-app.pem\"\nkey = \"certs/client-app.key\"\n\
+    let mut text = "ca_cert = \"certs/ca.pem\"\ncert = \"certs/client-admin.pem\"\nkey = \"certs/client-admin.key\"\n\
                     request_timeout_ms = 30000\nconnect_timeout_ms = 2000\n"
         .to_owned();
     for node in &cluster.nodes {

@@ -53,6 +53,8 @@ pub struct Reply {
     pub retry_after: Option<String>,
     pub content_type: Option<String>,
     pub body: Json,
+    /// The body as text (lossy UTF-8).
+    pub text: String,
 }
 
 /// The `Authorization` value SDKs send for `key`.
@@ -97,7 +99,9 @@ where
         .map_err(|e| format!("body: {e}"))?
         .to_bytes();
     let body = serde_json::from_slice(&bytes).unwrap_or(Json::Null);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     Ok(Reply {
+        text,
         status,
         retry_after,
         content_type,

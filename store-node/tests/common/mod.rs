@@ -56,6 +56,18 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
     }
 }
 
+/// Writes the cluster CA and the certificates of `nodes`, of the application client `app` and of the admin
+/// client `admin` (admin role) into `<dir>/certs`.
+pub fn generate_certs(dir: &Path, nodes: &[String]) {
+    store_node::certs::generate_with_admins(
+        &dir.join("certs"),
+        nodes,
+        &["app".to_owned()],
+        &["admin".to_owned()],
+    )
+    .unwrap();
+}
+
 /// One node process and its files.
 pub struct TestNode {
     pub dir: tempfile::TempDir,
@@ -66,15 +78,11 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// Generates certificates (node `n1`, client `app`) and starts the node.
+    /// Generates certificates (node `n1`, application client `app`, admin client `admin`) and starts the
+    /// node; its `client.toml` uses `app`.
     pub fn start(extra: &str) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
-        store_node::certs::generate(
-            &dir.path().join("certs"),
-            &["n1".to_owned()],
-            &["app".to_owned()],
-        )
-        .unwrap();
+        generate_certs(dir.path(), &["n1".to_owned()]);
         let mut node = TestNode {
             dir,
             child: None,
@@ -195,7 +203,7 @@ impl TestCluster {
     pub fn start(n: usize) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (1..=n + 2).map(|i| format!("n{i}")).collect();
-        store_node::certs::generate(&dir.path().join("certs"), &ids, &["app".to_owned()]).unwrap();
+        generate_certs(dir.path(), &ids);
         let ports = free_ports(n);
         let addrs: Vec<SocketAddr> = ports
             .iter()
@@ -270,21 +278,40 @@ impl TestCluster {
         self.nodes[i].child.take().expect("running").kill().unwrap();
     }
 
-    /// Writes `client.toml` (all nodes as seeds) and one `client-<id>.toml` per node (that node only).
+    /// Writes `client.toml` (all nodes as seeds) and one `client-<id>.toml` per node (that node only),
+    /// with the admin certificate (these tests act as operators too), and `app-<id>.toml` with the
+    /// application certificate.
     pub fn write_client_config(&self) {
-        let head = "ca_cert = \"certs/ca.pem\"\ncert = \"certs/client-app.pem\"\nkey = \"certs/client-app.key\"\n\
-                    request_timeout_ms = 5000\nconnect_timeout_ms = 2000\n";
-        let mut all = head.to_owned();
+        let head = |name: &str| {
+            format!(
+                "ca_cert = \"certs/ca.pem\"\ncert = \"certs/client-{name}.pem\"\nkey = \"certs/client-{name}.key\"\n\
+                 request_timeout_ms = 5000\nconnect_timeout_ms = 2000\n"
+            )
+        };
+        let mut all = head("admin");
         for n in &self.nodes {
             let entry = format!("[[nodes]]\nname = \"{}\"\naddr = \"{}\"\n", n.id, n.addr);
             all.push_str(&entry);
-            std::fs::write(
-                self.dir.path().join(format!("client-{}.toml", n.id)),
-                format!("{head}{entry}"),
-            )
-            .unwrap();
+            for (file, cert) in [("client", "admin"), ("app", "app")] {
+                std::fs::write(
+                    self.dir.path().join(format!("{file}-{}.toml", n.id)),
+                    format!("{}{entry}", head(cert)),
+                )
+                .unwrap();
+            }
         }
         std::fs::write(self.dir.path().join("client.toml"), all).unwrap();
+    }
+
+    /// A client with the application certificate whose only seed is node `i`.
+    pub async fn app_node_client(&self, i: usize) -> Client {
+        let path = self
+            .dir
+            .path()
+            .join(format!("app-{}.toml", self.nodes[i].id));
+        Client::connect(ClientConfig::load(path).unwrap())
+            .await
+            .unwrap()
     }
 
     /// A client routed by the ring (seeds: every node).
