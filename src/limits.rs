@@ -43,6 +43,11 @@ pub struct Limits {
     pub max_seen_ids: u32,
     /// Most entries (writers) in the causal context a flag write carries. Default 256.
     pub max_context_entries: usize,
+    /// The byte budget of a node's dead-letter queue (its stored records). Beyond it new entries are
+    /// refused and counted (`dlq_overflow`). Default 64 MiB.
+    pub max_dead_letter_bytes: u64,
+    /// Most entries in a node's dead-letter queue. Default 100,000.
+    pub max_dead_letters: u64,
 }
 
 impl Default for Limits {
@@ -60,6 +65,8 @@ impl Default for Limits {
             dedup_window_ms: 24 * 60 * 60 * 1000,
             max_seen_ids: 1024,
             max_context_entries: 256,
+            max_dead_letter_bytes: 64 * 1024 * 1024,
+            max_dead_letters: 100_000,
         }
     }
 }
@@ -78,6 +85,14 @@ impl Limits {
             ("max_message_id_bytes", self.max_message_id_bytes),
             ("max_seen_ids", self.max_seen_ids as usize),
             ("max_context_entries", self.max_context_entries),
+            (
+                "max_dead_letter_bytes",
+                usize::try_from(self.max_dead_letter_bytes).unwrap_or(usize::MAX),
+            ),
+            (
+                "max_dead_letters",
+                usize::try_from(self.max_dead_letters).unwrap_or(usize::MAX),
+            ),
         ];
         for (name, v) in positive {
             if v == 0 {
