@@ -17,13 +17,19 @@
 //!   owner does not answer within the RPC timeout, the outcome is `Unavailable` and the sender should retry
 //!   (retries are safe: events are deduplicated).
 //!
-//! Not built yet: identity resolution (anonymous → user links), the dead-letter queue (refused events are
-//! counted and answered with their reason, not stored).
+//! - **Dead letters**: an event refused here as owner for what it is (a wrong property type for a
+//!   definition, clock skew, ...), and with `[ingest] dead_letter_late` an event late for a window, is kept
+//!   in this node's dead-letter queue ([`super::dead_letters`]) before it is answered. Retryable outcomes
+//!   (`Unavailable`, storage failures) are not kept: the sender retries. A replay ([`Source::Replay`]) is
+//!   not captured again.
+//!
+//! Not built yet: identity resolution (anonymous → user links).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use featurestore::cluster::detector::Liveness;
+use featurestore::ingest::dead_letter::Capture;
 use featurestore::ingest::{Definitions, Event};
 use featurestore::wire::event::{EventOutcome, WireEvent};
 use featurestore::wire::peer::PeerMessage;
@@ -41,6 +47,8 @@ pub struct Ingester {
     pub definitions: Arc<Definitions>,
     /// Permits for events being applied here as owner.
     pub permits: Semaphore,
+    /// Whether events late for a window are also kept as dead letters (`[ingest] dead_letter_late`).
+    pub dead_letter_late: bool,
 }
 
 impl Ingester {
@@ -49,8 +57,26 @@ impl Ingester {
         Ingester {
             definitions: Arc::new(definitions),
             permits: Semaphore::new(max_inflight.max(1)),
+            dead_letter_late: false,
         }
     }
+}
+
+/// Where events come from, for the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Received by a node: an HTTP write key's source name, `quic`, or `forward from NODE`.
+    Named(String),
+    /// A replay of dead letters: refusals are reported to the replay, not captured again.
+    Replay,
+}
+
+/// Outcomes the sender retries (not dead letters).
+pub fn retryable(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Unavailable | ErrorCode::Storage | ErrorCode::Internal
+    )
 }
 
 fn refused(code: ErrorCode, message: impl Into<String>) -> EventOutcome {
@@ -73,7 +99,7 @@ impl Cluster {
 
     /// Ingests validated events received by this node: each goes to its owner; the answer is one outcome
     /// per event, in order.
-    pub async fn ingest(&self, events: Vec<Event>) -> Vec<EventOutcome> {
+    pub async fn ingest(&self, events: Vec<Event>, source: &Source) -> Vec<EventOutcome> {
         let metrics = self.engine.metrics();
         let mut outcomes: Vec<Option<EventOutcome>> = vec![None; events.len()];
         let mut remote: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
@@ -110,7 +136,7 @@ impl Cluster {
             waiting.push((owner, req, indices, rx));
         }
         for i in local {
-            outcomes[i] = Some(self.apply_as_owner(&events[i]).await);
+            outcomes[i] = Some(self.apply_as_owner(&events[i], source).await);
         }
         for (owner, req, indices, rx) in waiting {
             let answer = tokio::time::timeout(self.rpc_timeout, rx).await;
@@ -141,12 +167,14 @@ impl Cluster {
     pub(super) async fn on_forwarded(&self, from: NodeId, req: u64, events: Vec<WireEvent>) {
         let limits = self.engine.limits().clone();
         let mut outcomes = Vec::with_capacity(events.len());
+        let source = Source::Named(format!("forward from {from}"));
         for wire in events {
             let outcome = match wire.to_event(&limits) {
-                Ok(event) => self.apply_as_owner(&event).await,
+                Ok(event) => self.apply_as_owner(&event, &source).await,
                 Err(e) => {
                     self.engine.metrics().count_error(ErrorCode::from(&e));
                     let reply = ErrorReply::of(&e);
+                    self.keep_wire(&source, &wire, &reply).await;
                     refused(reply.code, reply.message)
                 }
             };
@@ -158,7 +186,7 @@ impl Cluster {
 
     /// Applies one event here as its owner: admitted by replication, decided by the core, durable, then
     /// replicated.
-    async fn apply_as_owner(&self, event: &Event) -> EventOutcome {
+    async fn apply_as_owner(&self, event: &Event, source: &Source) -> EventOutcome {
         let metrics = self.engine.metrics();
         let Ok(_permit) = self.ingester.permits.try_acquire() else {
             Metrics::incr(&metrics.events_overloaded);
@@ -175,6 +203,9 @@ impl Cluster {
             Err(reply) => {
                 self.repl().abort_local_write(ticket);
                 Metrics::incr(&metrics.events_refused);
+                if !retryable(reply.code) {
+                    self.keep(source, event, reply.code, &reply.message).await;
+                }
                 return refused(reply.code, reply.message);
             }
         };
@@ -194,8 +225,58 @@ impl Cluster {
             ingested.late.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        if self.ingester.dead_letter_late && !ingested.late.is_empty() {
+            let reason = format!(
+                "late for window(s) {}: counted in no window (its other features applied)",
+                ingested.late.join(", ")
+            );
+            self.keep(source, event, ErrorCode::InvalidRequest, &reason)
+                .await;
+        }
         EventOutcome::Applied {
             late: ingested.late,
         }
+    }
+}
+
+impl Cluster {
+    /// Keeps `event` as a dead letter refused with `code` and `reason` (not for a replay).
+    async fn keep(&self, source: &Source, event: &Event, code: ErrorCode, reason: &str) {
+        if let Source::Named(name) = source {
+            let capture = Capture::event(
+                event,
+                code,
+                reason,
+                name.clone(),
+                now_ms(),
+                self.engine.limits(),
+            );
+            self.dead_letters.capture(capture).await;
+        }
+    }
+
+    /// Keeps an event that failed validation on the wire as a dead letter (its fields as JSON).
+    pub(super) async fn keep_wire(&self, source: &Source, wire: &WireEvent, reply: &ErrorReply) {
+        let Source::Named(name) = source else {
+            return;
+        };
+        let properties = serde_json::from_str::<serde_json::Value>(&wire.properties_json)
+            .unwrap_or_else(|_| serde_json::Value::String(wire.properties_json.clone()));
+        let payload = serde_json::json!({
+            "messageId": wire.message_id, "userId": wire.user_id, "anonymousId": wire.anonymous_id,
+            "kind": wire.kind, "name": wire.name, "timestampMs": wire.timestamp_ms,
+            "properties": properties, "previousId": wire.previous_id,
+        });
+        let key = wire.user_id.clone().or_else(|| wire.anonymous_id.clone());
+        let capture = Capture::raw(
+            reply.code,
+            reply.message.clone(),
+            name.clone(),
+            now_ms(),
+            &payload.to_string(),
+            self.engine.limits(),
+        )
+        .with_ids(key, Some(wire.message_id.clone()));
+        self.dead_letters.capture(capture).await;
     }
 }

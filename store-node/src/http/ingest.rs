@@ -42,6 +42,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use axum::Router;
 use featurestore::error::EventDefect;
+use featurestore::ingest::dead_letter::Capture;
 use featurestore::ingest::{Event, EventType};
 use featurestore::wire::event::EventOutcome;
 use featurestore::{Error as CoreError, ErrorCode, Limits};
@@ -95,6 +96,8 @@ struct Refusal {
     message_id: Option<String>,
     code: &'static str,
     message: String,
+    /// What the dead-letter queue keeps of it (refusals at this edge; the owner keeps its own).
+    capture: Option<Capture>,
 }
 
 impl Refusal {
@@ -219,35 +222,40 @@ fn event_code(e: &CoreError) -> &'static str {
     }
 }
 
-/// One event of a request made ready for the cluster, or its refusal.
+/// One event of a request made ready for the cluster, or its refusal (with what the dead-letter queue
+/// keeps of it: the event's JSON as it was parsed, the batch's `sentAt` and `context` applied).
 fn prepare(
     raw: &RawValue,
     index: usize,
     call: Call,
     parsed: &Parsed<'_>,
-    received_at_ms: u64,
+    (source, received_at_ms): (&str, u64),
     limits: &Limits,
 ) -> Result<Event, Refusal> {
     let text = raw.get();
-    let refuse = |message_id: Option<String>, code, message| Refusal {
-        index,
-        message_id,
-        code,
-        message,
+    let refuse = |message_id: Option<String>, code, wire: ErrorCode, message: String, payload: &str| {
+        let capture = Capture::raw(wire, message.clone(), source, received_at_ms, payload, limits)
+            .with_ids(None, message_id.clone());
+        Refusal {
+            index,
+            message_id,
+            code,
+            message,
+            capture: Some(capture),
+        }
     };
     if text.len() > limits.max_event_bytes {
-        return Err(refuse(
-            None,
-            "event_too_large",
-            format!(
-                "the event is {} bytes, the limit is {}",
-                text.len(),
-                limits.max_event_bytes
-            ),
-        ));
+        let message = format!(
+            "the event is {} bytes, the limit is {}",
+            text.len(),
+            limits.max_event_bytes
+        );
+        return Err(refuse(None, "event_too_large", ErrorCode::LimitExceeded, message, text));
     }
-    let mut value: Json = serde_json::from_str(text)
-        .map_err(|e| refuse(None, "invalid_event", format!("not JSON: {e}")))?;
+    let mut value: Json = serde_json::from_str(text).map_err(|e| {
+        let message = format!("not JSON: {e}");
+        refuse(None, "invalid_event", ErrorCode::InvalidRequest, message, text)
+    })?;
     let message_id = value
         .get("messageId")
         .and_then(Json::as_str)
@@ -278,11 +286,36 @@ fn prepare(
         Call::Single(kind) => Some(kind),
         Call::Batch => None,
     };
-    let event = Event::from_segment(&value, default_type, received_at_ms, limits)
-        .map_err(|e| refuse(message_id.clone(), event_code(&e), e.to_string()))?;
-    limits
-        .check_key(event.key())
-        .map_err(|e| refuse(message_id, "invalid_event", format!("invalid event: {e}")))?;
+    let kept = || {
+        // A single call's type is its endpoint's: kept explicitly, so a replay parses it the same way.
+        let mut kept = value.clone();
+        if let (Json::Object(event), Some(kind)) = (&mut kept, default_type) {
+            if event.get("type").is_none_or(Json::is_null) {
+                let kind = serde_json::to_value(kind).unwrap_or(Json::Null);
+                event.insert("type".to_owned(), kind);
+            }
+        }
+        kept.to_string()
+    };
+    let event = Event::from_segment(&value, default_type, received_at_ms, limits).map_err(|e| {
+        let wire = ErrorCode::from(&e);
+        refuse(message_id.clone(), event_code(&e), wire, e.to_string(), &kept())
+    })?;
+    limits.check_key(event.key()).map_err(|e| {
+        let message = format!("invalid event: {e}");
+        let mut refusal = refuse(
+            message_id.clone(),
+            "invalid_event",
+            ErrorCode::from(&e),
+            message,
+            &kept(),
+        );
+        refusal.capture = refusal.capture.take().map(|c| {
+            let key = event.key().to_owned();
+            c.with_ids(Some(key), message_id.clone())
+        });
+        refusal
+    })?;
     Ok(event)
 }
 
@@ -413,13 +446,18 @@ async fn ingest(s: &Shared, call: Call, headers: &HeaderMap, body: Body) -> Resu
     let mut at = Vec::with_capacity(total);
     let mut refused = Vec::new();
     for (i, raw) in parsed.events.iter().enumerate() {
-        match prepare(raw, i, call, &parsed, received_at_ms, &s.limits) {
+        match prepare(raw, i, call, &parsed, (&source, received_at_ms), &s.limits) {
             Ok(event) => {
                 events.push(event);
                 at.push(i);
             }
             Err(refusal) => refused.push(refusal),
         }
+    }
+    // Refused here: kept as dead letters (durable) before the answer names them.
+    let captures: Vec<Capture> = refused.iter_mut().filter_map(|r| r.capture.take()).collect();
+    if !captures.is_empty() {
+        s.sink.dead_letter(captures).await;
     }
     if events.is_empty() && !refused.is_empty() {
         Metrics::add(&s.metrics.http_events_refused, refused.len());
@@ -442,7 +480,7 @@ async fn ingest(s: &Shared, call: Call, headers: &HeaderMap, body: Body) -> Resu
     let outcomes = if events.is_empty() {
         Vec::new()
     } else {
-        s.sink.ingest(events).await
+        s.sink.ingest(source.clone(), events).await
     };
     let mut accepted = 0usize;
     let (mut unavailable, mut failed) = (0usize, 0usize);
@@ -468,6 +506,7 @@ async fn ingest(s: &Shared, call: Call, headers: &HeaderMap, body: Body) -> Resu
                     message_id: ids.get(pos).cloned(),
                     code: "invalid_event",
                     message,
+                    capture: None,
                 }),
             },
         }
