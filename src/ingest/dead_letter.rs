@@ -241,15 +241,14 @@ impl DeadLetter {
     /// The event to replay: the payload parsed again as of its first receiving time, then the key limit.
     /// A truncated payload, or one that is still invalid, is the error it was (or a new one).
     pub fn replay_event(&self, limits: &Limits) -> Result<Event> {
-        let json: Json =
-            serde_json::from_str(&self.payload).map_err(|e| Error::Malformed {
-                what: "dead-letter payload",
-                reason: if self.truncated {
-                    format!("truncated at {} bytes: {e}", self.payload.len())
-                } else {
-                    e.to_string()
-                },
-            })?;
+        let json: Json = serde_json::from_str(&self.payload).map_err(|e| Error::Malformed {
+            what: "dead-letter payload",
+            reason: if self.truncated {
+                format!("truncated at {} bytes: {e}", self.payload.len())
+            } else {
+                e.to_string()
+            },
+        })?;
         let event = Event::from_segment(&json, None, self.received_ms, limits)?;
         limits.check_key(event.key())?;
         Ok(event)
@@ -391,7 +390,13 @@ mod tests {
         assert_eq!(record_name(7), "dlq/00000000000000000007");
         assert!(record_name(9) < record_name(10));
         assert_eq!(parse_record_name(&record_name(u64::MAX)), Some(u64::MAX));
-        for bad in ["dlq/7", "dlq/0000000000000000000x", "hint/n1/k", "dlq/", "membership"] {
+        for bad in [
+            "dlq/7",
+            "dlq/0000000000000000000x",
+            "hint/n1/k",
+            "dlq/",
+            "membership",
+        ] {
             assert_eq!(parse_record_name(bad), None, "{bad}");
         }
     }
@@ -426,7 +431,14 @@ mod tests {
             max_event_bytes: 5,
             ..Limits::default()
         };
-        let c = Capture::raw(ErrorCode::LimitExceeded, "big", "web", 1, "abcdé-more", &limits);
+        let c = Capture::raw(
+            ErrorCode::LimitExceeded,
+            "big",
+            "web",
+            1,
+            "abcdé-more",
+            &limits,
+        );
         assert_eq!((c.payload.as_str(), c.truncated), ("abcd", true));
         let c = Capture::raw(ErrorCode::LimitExceeded, "ok", "web", 1, "abc", &limits);
         assert_eq!((c.payload.as_str(), c.truncated), ("abc", false));
@@ -463,7 +475,10 @@ mod tests {
                 &limits,
             );
             assert_eq!(capture.key.as_deref(), Some(event.key()));
-            assert_eq!(capture.message_id.as_deref(), Some(event.message_id.as_str()));
+            assert_eq!(
+                capture.message_id.as_deref(),
+                Some(event.message_id.as_str())
+            );
             let replayed = capture.into_entry(1).replay_event(&limits).expect("parses");
             assert_eq!(replayed, event);
         }

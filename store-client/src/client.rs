@@ -137,10 +137,10 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use featurestore::cluster::detector::Liveness;
+use featurestore::ingest::dead_letter::{DeadLetter, DeadLetterPage, Purged, ReplayOutcome};
 use featurestore::wire::client::{
     ClusterView, CounterDelta, ErrorReply, GaugeWrite, NodeStatus, PutAck,
 };
-use featurestore::ingest::dead_letter::{DeadLetter, DeadLetterPage, Purged, ReplayOutcome};
 use featurestore::wire::codec::{self, FRAME_HEADER_BYTES};
 use featurestore::{
     CausalContext, ErrorCode, FlagView, Marker, NodeId, Profile, ProfileView, Request, Response,
@@ -1859,7 +1859,12 @@ impl Client {
         let mut outcomes = Vec::new();
         let send = |request: Request| async move {
             match self
-                .at_node(node, &request, Policy::WRITE, Deadline::after(self.deadline))
+                .at_node(
+                    node,
+                    &request,
+                    Policy::WRITE,
+                    Deadline::after(self.deadline),
+                )
                 .await?
             {
                 Response::Replayed(report) => Ok(report),
@@ -1897,7 +1902,12 @@ impl Client {
     pub async fn purge_dead_letters(&self, node: &NodeId, ids: Option<&[u64]>) -> Result<Purged> {
         let send = |request: Request| async move {
             match self
-                .at_node(node, &request, Policy::WRITE, Deadline::after(self.deadline))
+                .at_node(
+                    node,
+                    &request,
+                    Policy::WRITE,
+                    Deadline::after(self.deadline),
+                )
                 .await?
             {
                 Response::Purged(purged) => Ok(purged),

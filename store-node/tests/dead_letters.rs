@@ -113,7 +113,10 @@ async fn restarted(cluster: &mut TestCluster, kill9: bool) -> Client {
     }
     cluster.launch(0);
     let client = cluster.client().await;
-    eventually("the node answers", Duration::from_secs(20), || page(&client)).await;
+    eventually("the node answers", Duration::from_secs(20), || {
+        page(&client)
+    })
+    .await;
     client
 }
 
@@ -135,14 +138,26 @@ async fn refused_events_are_kept_with_reason_source_and_payload_survive_kill9_an
         {"type": "track", "event": "Order Completed", "messageId": "no-user", "properties": {"revenue": 1}},
         {"type": "bogus", "userId": "u1", "messageId": "bad-type"},
     ]});
-    let reply = post(&http(&cluster), "/v1/batch", Some(WEB_KEY), body.to_string().as_bytes(), false).await;
+    let reply = post(
+        &http(&cluster),
+        "/v1/batch",
+        Some(WEB_KEY),
+        body.to_string().as_bytes(),
+        false,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(reply.body["refused"], 2);
     // One refused by its owner over QUIC: not a number for the sum.
-    let twelve = event(json!({"type": "track", "event": "Order Completed", "userId": "u2",
-                              "messageId": "twelve-1", "properties": {"revenue": "twelve"}}));
+    let twelve = event(
+        json!({"type": "track", "event": "Order Completed", "userId": "u2",
+                              "messageId": "twelve-1", "properties": {"revenue": "twelve"}}),
+    );
     let out = client.ingest(&[twelve]).await.unwrap();
-    assert!(matches!(&out[0], EventOutcome::Refused { message, .. } if message.contains("revenue")), "{out:?}");
+    assert!(
+        matches!(&out[0], EventOutcome::Refused { message, .. } if message.contains("revenue")),
+        "{out:?}"
+    );
 
     // `storectl dlq list` shows all three, with reason, source and payload.
     let listed = storectl(&cluster, &["dlq", "list"]);
@@ -153,21 +168,44 @@ async fn refused_events_are_kept_with_reason_source_and_payload_survive_kill9_an
     assert_eq!(no_user["id"], 1);
     assert_eq!(no_user["source"], "web");
     assert_eq!(no_user["code"], "InvalidRequest");
-    assert!(no_user["reason"].as_str().unwrap().contains("neither userId nor anonymousId"), "{no_user}");
+    assert!(
+        no_user["reason"]
+            .as_str()
+            .unwrap()
+            .contains("neither userId nor anonymousId"),
+        "{no_user}"
+    );
     assert_eq!(no_user["message_id"], "no-user");
     assert_eq!(no_user["payload"]["properties"]["revenue"], 1, "{no_user}");
     assert!(no_user["received_ms"].as_u64().unwrap() > 1_700_000_000_000);
-    assert!(bad_type["reason"].as_str().unwrap().contains("unknown type"), "{bad_type}");
+    assert!(
+        bad_type["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown type"),
+        "{bad_type}"
+    );
     assert_eq!(bad_type["payload"]["type"], "bogus");
     assert_eq!(quic["source"], "quic");
     assert_eq!(quic["key"], "u2");
     assert_eq!(quic["message_id"], "twelve-1");
-    assert!(quic["reason"].as_str().unwrap().contains("revenue"), "{quic}");
+    assert!(
+        quic["reason"].as_str().unwrap().contains("revenue"),
+        "{quic}"
+    );
     assert_eq!(quic["payload"]["properties"]["revenue"], "twelve", "{quic}");
     let shown = storectl(&cluster, &["dlq", "show", "3"]);
     assert_eq!(shown[0]["entry"], *quic, "{shown}");
-    assert_eq!(status_counter(&client, &n1(), "dlq_captured").await.unwrap(), 3);
-    assert_eq!(status_counter(&client, &n1(), "dlq_entries").await.unwrap(), 3);
+    assert_eq!(
+        status_counter(&client, &n1(), "dlq_captured")
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        status_counter(&client, &n1(), "dlq_entries").await.unwrap(),
+        3
+    );
     let before = page(&client).await.unwrap();
 
     // kill -9: every answered refusal was durable (`sync`).
@@ -176,19 +214,32 @@ async fn refused_events_are_kept_with_reason_source_and_payload_survive_kill9_an
     assert_eq!(after.entries, before.entries);
 
     // Purge one: gone after another kill -9; ids continue after the highest.
-    let purged = client.purge_dead_letters(&n1(), Some(&[1, 99])).await.unwrap();
+    let purged = client
+        .purge_dead_letters(&n1(), Some(&[1, 99]))
+        .await
+        .unwrap();
     assert_eq!((purged.removed, purged.missing), (1, vec![99]));
     let client = restarted(&mut cluster, true).await;
     assert_eq!(ids(&page(&client).await.unwrap()), [2, 3]);
     let again = json!({"batch": [{"type": "track", "event": "x", "messageId": "no-user-2"}]});
-    let reply = post(&http(&cluster), "/v1/batch", Some(WEB_KEY), again.to_string().as_bytes(), false).await;
+    let reply = post(
+        &http(&cluster),
+        "/v1/batch",
+        Some(WEB_KEY),
+        again.to_string().as_bytes(),
+        false,
+    )
+    .await;
     assert_eq!(reply.status, 400, "every event invalid");
     assert_eq!(ids(&page(&client).await.unwrap()), [2, 3, 4]);
 
     // `storectl dlq purge --all`.
     let purged = storectl(&cluster, &["dlq", "purge", "--all"]);
     assert_eq!(purged[0]["removed"], 3, "{purged}");
-    assert_eq!(status_counter(&client, &n1(), "dlq_purged").await.unwrap(), 3);
+    assert_eq!(
+        status_counter(&client, &n1(), "dlq_purged").await.unwrap(),
+        3
+    );
     let client = restarted(&mut cluster, true).await;
     assert!(page(&client).await.unwrap().entries.is_empty());
 }
@@ -200,29 +251,49 @@ async fn a_replay_after_the_definition_is_fixed_applies_the_event_once() {
     let mut cluster = one_node(&features, "dead_letter_late = true\n", "");
     let client = cluster.client().await;
 
-    let order = event(json!({"type": "track", "event": "Order Completed", "userId": "u1",
-                             "messageId": "order-12", "properties": {"revenue": "twelve"}}));
+    let order = event(
+        json!({"type": "track", "event": "Order Completed", "userId": "u1",
+                             "messageId": "order-12", "properties": {"revenue": "twelve"}}),
+    );
     let out = client.ingest(std::slice::from_ref(&order)).await.unwrap();
     assert!(matches!(out[0], EventOutcome::Refused { .. }), "{out:?}");
     // A late event (older than the window's span behind its newest event) applies, no window counts
     // it, and with dead_letter_late it is kept too.
-    let now = event(json!({"type": "track", "event": "Product Viewed", "userId": "u1",
-                           "messageId": "view-now"}));
+    let now = event(
+        json!({"type": "track", "event": "Product Viewed", "userId": "u1",
+                           "messageId": "view-now"}),
+    );
     let out = client.ingest(&[now]).await.unwrap();
     assert_eq!(out, vec![EventOutcome::Applied { late: vec![] }]);
-    let mut late = event(json!({"type": "track", "event": "Product Viewed", "userId": "u1",
-                                "messageId": "view-old"}));
+    let mut late = event(
+        json!({"type": "track", "event": "Product Viewed", "userId": "u1",
+                                "messageId": "view-old"}),
+    );
     late.timestamp_ms -= 3_600_000;
     let out = client.ingest(&[late]).await.unwrap();
-    assert_eq!(out, vec![EventOutcome::Applied { late: vec!["views_30m".into()] }]);
+    assert_eq!(
+        out,
+        vec![EventOutcome::Applied {
+            late: vec!["views_30m".into()]
+        }]
+    );
     let kept = page(&client).await.unwrap();
     assert_eq!(ids(&kept), [1, 2]);
-    assert!(kept.entries[1].reason.contains("late for window(s) views_30m"), "{:?}", kept.entries[1]);
+    assert!(
+        kept.entries[1]
+            .reason
+            .contains("late for window(s) views_30m"),
+        "{:?}",
+        kept.entries[1]
+    );
 
     // Replayed with the same definitions: the order is refused again and stays; the late event is a
     // duplicate (it was applied) and goes.
     let outcomes = client.replay_dead_letters(&n1(), None).await.unwrap();
-    assert!(matches!(&outcomes[0].result, Replayed::Refused { message, .. } if message.contains("revenue")), "{outcomes:?}");
+    assert!(
+        matches!(&outcomes[0].result, Replayed::Refused { message, .. } if message.contains("revenue")),
+        "{outcomes:?}"
+    );
     assert_eq!(outcomes[1].result, Replayed::Duplicate);
     assert_eq!(ids(&page(&client).await.unwrap()), [1]);
 
@@ -230,21 +301,43 @@ async fn a_replay_after_the_definition_is_fixed_applies_the_event_once() {
     std::fs::write(&features, LAST_REVENUE).unwrap();
     let client = restarted(&mut cluster, false).await;
     let replayed = storectl(&cluster, &["dlq", "replay", "--all"]);
-    assert_eq!(replayed[0]["replayed"], json!([{"id": 1, "result": "applied"}]), "{replayed}");
+    assert_eq!(
+        replayed[0]["replayed"],
+        json!([{"id": 1, "result": "applied"}]),
+        "{replayed}"
+    );
     let view = client.get("u1", None).await.unwrap().expect("a profile");
     assert!(
         matches!(view.features.get("revenue"), Some(FeatureView::Gauge { value: Value::Str(s), .. }) if s == "twelve"),
         "{view:?}"
     );
-    assert!(page(&client).await.unwrap().entries.is_empty(), "the entry is gone");
-    assert_eq!(status_counter(&client, &n1(), "dlq_replayed").await.unwrap(), 1);
+    assert!(
+        page(&client).await.unwrap().entries.is_empty(),
+        "the entry is gone"
+    );
+    assert_eq!(
+        status_counter(&client, &n1(), "dlq_replayed")
+            .await
+            .unwrap(),
+        1
+    );
 
     // Replaying again is a no-op, and the original event is now a duplicate.
-    assert!(client.replay_dead_letters(&n1(), None).await.unwrap().is_empty());
+    assert!(client
+        .replay_dead_letters(&n1(), None)
+        .await
+        .unwrap()
+        .is_empty());
     let again = client.replay_dead_letters(&n1(), Some(&[1])).await.unwrap();
     assert_eq!(again[0].result, Replayed::Missing);
-    assert_eq!(client.ingest(&[order]).await.unwrap(), vec![EventOutcome::Duplicate]);
-    assert!(page(&client).await.unwrap().entries.is_empty(), "a duplicate is no dead letter");
+    assert_eq!(
+        client.ingest(&[order]).await.unwrap(),
+        vec![EventOutcome::Duplicate]
+    );
+    assert!(
+        page(&client).await.unwrap().entries.is_empty(),
+        "a duplicate is no dead letter"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,15 +345,28 @@ async fn a_full_queue_counts_its_overflow_and_takes_entries_again_once_purged() 
     let dir = tempfile::tempdir().unwrap();
     let features = features_file(dir.path(), SUM_REVENUE);
     let budget = 2_000u64;
-    let mut cluster = one_node(&features, "", &format!("[limits]\nmax_dead_letter_bytes = {budget}\n"));
+    let mut cluster = one_node(
+        &features,
+        "",
+        &format!("[limits]\nmax_dead_letter_bytes = {budget}\n"),
+    );
     let client = cluster.client().await;
 
     let invalid: Vec<Json> = (0..20)
-        .map(|i| json!({"type": "track", "event": "x", "messageId": format!("m-{i}"),
-                        "properties": {"pad": "p".repeat(100)}}))
+        .map(|i| {
+            json!({"type": "track", "event": "x", "messageId": format!("m-{i}"),
+                        "properties": {"pad": "p".repeat(100)}})
+        })
         .collect();
     let body = json!({ "batch": invalid });
-    let reply = post(&http(&cluster), "/v1/batch", Some(WEB_KEY), body.to_string().as_bytes(), false).await;
+    let reply = post(
+        &http(&cluster),
+        "/v1/batch",
+        Some(WEB_KEY),
+        body.to_string().as_bytes(),
+        false,
+    )
+    .await;
     assert_eq!(reply.status, 400, "{:?}", reply.body);
     assert_eq!(reply.body["code"], "invalid_events");
     let counter = |name: &'static str| {
@@ -268,17 +374,34 @@ async fn a_full_queue_counts_its_overflow_and_takes_entries_again_once_purged() 
         async move { status_counter(&client, &n1(), name).await.unwrap() }
     };
     let (captured, overflow) = (counter("dlq_captured").await, counter("dlq_overflow").await);
-    assert!(captured > 0 && overflow > 0, "captured {captured}, overflow {overflow}");
+    assert!(
+        captured > 0 && overflow > 0,
+        "captured {captured}, overflow {overflow}"
+    );
     assert_eq!(captured + overflow, 20);
     assert_eq!(counter("dlq_entries").await, captured);
     assert!(counter("dlq_bytes").await <= budget);
 
     // A retry of the same batch keeps nothing twice; after a purge there is room again.
-    post(&http(&cluster), "/v1/batch", Some(WEB_KEY), body.to_string().as_bytes(), false).await;
+    post(
+        &http(&cluster),
+        "/v1/batch",
+        Some(WEB_KEY),
+        body.to_string().as_bytes(),
+        false,
+    )
+    .await;
     assert_eq!(counter("dlq_entries").await, captured);
     assert_eq!(counter("dlq_repeats").await, captured);
     client.purge_dead_letters(&n1(), None).await.unwrap();
-    post(&http(&cluster), "/v1/batch", Some(WEB_KEY), body.to_string().as_bytes(), false).await;
+    post(
+        &http(&cluster),
+        "/v1/batch",
+        Some(WEB_KEY),
+        body.to_string().as_bytes(),
+        false,
+    )
+    .await;
     assert_eq!(counter("dlq_entries").await, captured);
     assert_eq!(counter("dlq_captured").await, 2 * captured);
     drop(cluster.nodes[0].child.take());

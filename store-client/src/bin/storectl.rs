@@ -878,13 +878,19 @@ mod tests {
     #[test]
     fn dlq_commands() {
         let n = |s: &str| NodeId::new(s).unwrap();
-        match parse(&["dlq", "list", "--node", "n2", "--limit", "5"]).unwrap().command {
+        match parse(&["dlq", "list", "--node", "n2", "--limit", "5"])
+            .unwrap()
+            .command
+        {
             Command::Dlq {
                 command: DlqCommand::List { node, after, limit },
             } => assert_eq!((node, after, limit), (Some(n("n2")), None, 5)),
             other => panic!("{other:?}"),
         }
-        match parse(&["dlq", "replay", "3", "4", "--node", "n1"]).unwrap().command {
+        match parse(&["dlq", "replay", "3", "4", "--node", "n1"])
+            .unwrap()
+            .command
+        {
             Command::Dlq {
                 command: DlqCommand::Replay { ids, all, node },
             } => assert_eq!((ids, all, node), (vec![3, 4], false, Some(n("n1")))),

@@ -445,12 +445,26 @@ mod tests {
         assert_eq!(q.capture(capture("m-1")).await, Some(1));
         assert_eq!(q.capture(capture("m-2")).await, Some(2));
         assert_eq!(q.capture(capture("m-1")).await, Some(1), "kept once");
-        assert_eq!(q.metrics.dlq_repeats.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            q.metrics
+                .dlq_repeats
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         storage.put_meta(&record_name(7), b"garbage").unwrap();
         let q = queue(&storage, Limits::default());
         assert_eq!(q.usage().entries, 2);
-        assert_eq!(q.metrics.dlq_corrupt.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert_eq!(q.capture(capture("m-3")).await, Some(8), "after the corrupt id");
+        assert_eq!(
+            q.metrics
+                .dlq_corrupt
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            q.capture(capture("m-3")).await,
+            Some(8),
+            "after the corrupt id"
+        );
         let page = q.page(None, 2, u64::MAX);
         assert_eq!(
             page.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
@@ -462,7 +476,11 @@ mod tests {
         let (removed, missing) = q.remove(Some(&[1, 5])).await.unwrap();
         assert_eq!((removed, missing), (vec![1], vec![5]));
         assert_eq!(q.get(1), None);
-        assert_eq!(q.capture(capture("m-1")).await, Some(9), "gone, so kept anew");
+        assert_eq!(
+            q.capture(capture("m-1")).await,
+            Some(9),
+            "gone, so kept anew"
+        );
     }
 
     #[tokio::test]
@@ -479,9 +497,18 @@ mod tests {
             q.capture(capture(m)).await;
         }
         assert_eq!(q.usage().entries, 2);
-        assert_eq!(q.metrics.dlq_overflow.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(
+            q.metrics
+                .dlq_overflow
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
         let page = q.page(None, 10, 1);
-        assert_eq!(page.entries.len(), 1, "at least one entry, then the byte bound");
+        assert_eq!(
+            page.entries.len(),
+            1,
+            "at least one entry, then the byte bound"
+        );
         assert_eq!(page.next, Some(1));
         q.remove(None).await.unwrap();
         assert_eq!(q.usage(), Usage::default());

@@ -43,9 +43,9 @@ use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, NodeId, Profile, Request, Response};
 use tokio::sync::oneshot;
 
+use dead_letters::DeadLetterQueue;
 use featurestore::ingest::Definitions;
 use featurestore::wire::event::EventOutcome;
-use dead_letters::DeadLetterQueue;
 use ingest::{Ingester, Source};
 use waiters::Waiters;
 

@@ -97,7 +97,7 @@ struct Refusal {
     code: &'static str,
     message: String,
     /// What the dead-letter queue keeps of it (refusals at this edge; the owner keeps its own).
-    capture: Option<Capture>,
+    capture: Option<Box<Capture>>,
 }
 
 impl Refusal {
@@ -233,28 +233,48 @@ fn prepare(
     limits: &Limits,
 ) -> Result<Event, Refusal> {
     let text = raw.get();
-    let refuse = |message_id: Option<String>, code, wire: ErrorCode, message: String, payload: &str| {
-        let capture = Capture::raw(wire, message.clone(), source, received_at_ms, payload, limits)
+    let refuse =
+        |message_id: Option<String>, code, wire: ErrorCode, message: String, payload: &str| {
+            let capture = Capture::raw(
+                wire,
+                message.clone(),
+                source,
+                received_at_ms,
+                payload,
+                limits,
+            )
             .with_ids(None, message_id.clone());
-        Refusal {
-            index,
-            message_id,
-            code,
-            message,
-            capture: Some(capture),
-        }
-    };
+            Refusal {
+                index,
+                message_id,
+                code,
+                message,
+                capture: Some(Box::new(capture)),
+            }
+        };
     if text.len() > limits.max_event_bytes {
         let message = format!(
             "the event is {} bytes, the limit is {}",
             text.len(),
             limits.max_event_bytes
         );
-        return Err(refuse(None, "event_too_large", ErrorCode::LimitExceeded, message, text));
+        return Err(refuse(
+            None,
+            "event_too_large",
+            ErrorCode::LimitExceeded,
+            message,
+            text,
+        ));
     }
     let mut value: Json = serde_json::from_str(text).map_err(|e| {
         let message = format!("not JSON: {e}");
-        refuse(None, "invalid_event", ErrorCode::InvalidRequest, message, text)
+        refuse(
+            None,
+            "invalid_event",
+            ErrorCode::InvalidRequest,
+            message,
+            text,
+        )
     })?;
     let message_id = value
         .get("messageId")
@@ -299,7 +319,13 @@ fn prepare(
     };
     let event = Event::from_segment(&value, default_type, received_at_ms, limits).map_err(|e| {
         let wire = ErrorCode::from(&e);
-        refuse(message_id.clone(), event_code(&e), wire, e.to_string(), &kept())
+        refuse(
+            message_id.clone(),
+            event_code(&e),
+            wire,
+            e.to_string(),
+            &kept(),
+        )
     })?;
     limits.check_key(event.key()).map_err(|e| {
         let message = format!("invalid event: {e}");
@@ -312,7 +338,7 @@ fn prepare(
         );
         refusal.capture = refusal.capture.take().map(|c| {
             let key = event.key().to_owned();
-            c.with_ids(Some(key), message_id.clone())
+            Box::new(c.with_ids(Some(key), message_id.clone()))
         });
         refusal
     })?;
@@ -455,7 +481,10 @@ async fn ingest(s: &Shared, call: Call, headers: &HeaderMap, body: Body) -> Resu
         }
     }
     // Refused here: kept as dead letters (durable) before the answer names them.
-    let captures: Vec<Capture> = refused.iter_mut().filter_map(|r| r.capture.take()).collect();
+    let captures: Vec<Capture> = refused
+        .iter_mut()
+        .filter_map(|r| r.capture.take().map(|c| *c))
+        .collect();
     if !captures.is_empty() {
         s.sink.dead_letter(captures).await;
     }

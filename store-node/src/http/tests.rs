@@ -462,7 +462,10 @@ async fn events_refused_at_the_edge_are_handed_to_the_dead_letter_queue_with_the
     assert!(no_id.reason.contains("neither userId nor anonymousId"));
     assert_eq!(no_id.message_id.as_deref(), Some("no-id"));
     let kept: Json = serde_json::from_str(&no_id.payload).unwrap();
-    assert_eq!(kept["sentAt"], "2023-11-14T22:13:30Z", "the batch's sentAt applied");
+    assert_eq!(
+        kept["sentAt"], "2023-11-14T22:13:30Z",
+        "the batch's sentAt applied"
+    );
     assert_eq!(kept["messageId"], "no-id");
     let long_key = &dead[1];
     assert_eq!(long_key.code, ErrorCode::LimitExceeded);
