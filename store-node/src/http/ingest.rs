@@ -28,6 +28,11 @@
 //! none of whose events is valid is 400 (`invalid_event` for a single call, with the defect; and
 //! `invalid_events` for a batch, with the list).
 //!
+//! **Dead letters**: each event refused here (`invalid_event`, `event_too_large`) is kept in the node's
+//! dead-letter queue, durable, before the answer names it: its JSON as parsed (the batch's `sentAt` and
+//! `context` applied, a single call's type from its endpoint), the write key's source, the reason.
+//! Requests refused whole are not kept (there is no event to keep).
+//!
 //! **Acknowledgement**: 200 only once every accepted event is `Applied` (durable on its owner and handed to
 //! replication per the write plan) or a `Duplicate`. If any event's owner did not answer or was
 //! overloaded (`Unavailable`), the answer is 503 with `Retry-After`; if an owner could not store one, 500.
