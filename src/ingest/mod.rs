@@ -16,7 +16,6 @@
 //! - Windows are stamped with this node's HLC and slot, `last` gauges and identify traits with the event
 //!   time (so a late event never overwrites a newer value), checked against `max_clock_skew`.
 
-pub mod dead_letter;
 pub mod define;
 pub mod event;
 

@@ -17,10 +17,10 @@ use crate::cluster::membership::{MemberState, MembershipTable};
 use crate::crdt::flag::CausalContext;
 use crate::error::Result;
 use crate::hlc::{Marker, NodeId};
-use crate::ingest::dead_letter::{DeadLetter, DeadLetterPage, Purged, ReplayReport};
 use crate::limits::Limits;
 use crate::profile::{Applied, FlagView, Profile, ProfileView, Write};
 pub use crate::profile::{CounterDelta, GaugeWrite};
+use crate::wire::dead_letter::{DeadLetter, DeadLetterPage, Purged, ReplayReport};
 use crate::wire::event::{EventOutcome, WireEvent};
 pub use crate::wire::reply::{ErrorCode, ErrorReply};
 

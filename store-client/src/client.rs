@@ -137,11 +137,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use featurestore::cluster::detector::Liveness;
-use featurestore::ingest::dead_letter::{DeadLetter, DeadLetterPage, Purged, ReplayOutcome};
 use featurestore::wire::client::{
     ClusterView, CounterDelta, ErrorReply, GaugeWrite, NodeStatus, PutAck,
 };
 use featurestore::wire::codec::{self, FRAME_HEADER_BYTES};
+use featurestore::wire::dead_letter::{DeadLetter, DeadLetterPage, Purged, ReplayOutcome};
 use featurestore::{
     CausalContext, ErrorCode, FlagView, Marker, NodeId, Profile, ProfileView, Request, Response,
     Value,

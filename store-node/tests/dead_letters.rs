@@ -406,3 +406,65 @@ async fn a_full_queue_counts_its_overflow_and_takes_entries_again_once_purged() 
     assert_eq!(counter("dlq_captured").await, 2 * captured);
     drop(cluster.nodes[0].child.take());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_refused_by_its_owner_is_kept_on_the_owner_with_the_forwarding_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let features = features_file(dir.path(), SUM_REVENUE);
+    let overlay = format!(
+        "{FAST_CLUSTER}[ingest]\nfeatures = {features:?}\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nplaintext = true\n\
+         [[http.write_keys]]\nsource = \"web\"\nkey = \"{WEB_KEY}\"\n"
+    );
+    let cluster = start_with(2, &overlay);
+    let client = cluster.client().await;
+    common::cluster::all_alive(&cluster, &client).await;
+    let n2 = NodeId::new("n2").unwrap();
+    let user = common::cluster::key_where(&client, "buyer", 2, |r| r[0] == n2);
+
+    // Posted to n1, owned by n2: forwarded, refused there for its definition.
+    let body = json!({"batch": [
+        {"type": "track", "event": "Order Completed", "userId": user, "messageId": "o-1",
+         "properties": {"revenue": "twelve"}},
+    ]});
+    let reply = post(
+        &http(&cluster),
+        "/v1/batch",
+        Some(WEB_KEY),
+        body.to_string().as_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["refused"], 1);
+
+    // `storectl dlq list` asks both nodes: the entry is on the owner, naming the forwarding node.
+    let listed = storectl(&cluster, &["dlq", "list"]);
+    let of = |node: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .unwrap_or_else(|| panic!("{node} in {listed}"))
+            .clone()
+    };
+    assert_eq!(of("n1")["total_entries"], 0, "{listed}");
+    let on_owner = &of("n2")["entries"][0];
+    assert_eq!(on_owner["source"], "forward from n1", "{listed}");
+    assert_eq!(on_owner["key"], user.as_str());
+    assert_eq!(on_owner["payload"]["properties"]["revenue"], "twelve");
+    // Ids are per node: a replay of ids must name the node.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("storectl");
+    let out = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(cluster.dir.path().join("client.toml"))
+        .args(["dlq", "replay", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node"));
+    let still = storectl(&cluster, &["dlq", "replay", "1", "--node", "n2"]);
+    assert_eq!(still[0]["replayed"][0]["result"], "refused", "{still}");
+}

@@ -1,5 +1,5 @@
 //! The node's dead-letter queue: events this node could not ingest, kept as node metadata records
-//! (`dlq/<id>`, see [`featurestore::ingest::dead_letter`]) for an operator to list, replay or purge.
+//! (`dlq/<id>`, see [`featurestore::wire::dead_letter`]) for an operator to list, replay or purge.
 //!
 //! Guarantees:
 //! - **Durable like a write**: a capture is stored, then waited for per the node's durability policy
@@ -21,7 +21,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use featurestore::ingest::dead_letter::{
+use featurestore::wire::codec::{decode_dead_letter, encode_dead_letter};
+use featurestore::wire::dead_letter::{
     admit, parse_record_name, record_bytes, record_name, Admission, Capture, DeadLetter,
     DeadLetterPage, Purged, ReplayOutcome, ReplayReport, Replayed, Usage, RECORD_PREFIX,
 };
@@ -111,7 +112,7 @@ impl DeadLetterQueue {
                 continue;
             };
             index.next_id = index.next_id.max(id.saturating_add(1));
-            match DeadLetter::decode(&bytes, id) {
+            match decode_dead_letter(&bytes, id) {
                 Ok(entry) => index.insert(
                     id,
                     Held {
@@ -158,7 +159,7 @@ impl DeadLetterQueue {
             }
             let id = index.next_id;
             let entry = capture.into_entry(id);
-            let bytes = match entry.encode() {
+            let bytes = match encode_dead_letter(&entry) {
                 Ok(bytes) => bytes,
                 Err(error) => {
                     tracing::error!(%error, "could not encode a dead letter");
@@ -202,7 +203,7 @@ impl DeadLetterQueue {
             return None;
         }
         let read = self.storage.get_meta(&record_name(id));
-        match read.map(|b| b.map(|b| DeadLetter::decode(&b, id))) {
+        match read.map(|b| b.map(|b| decode_dead_letter(&b, id))) {
             Ok(Some(Ok(entry))) => Some(entry),
             Ok(None) => None,
             Ok(Some(Err(error))) => {
@@ -262,7 +263,7 @@ impl DeadLetterQueue {
             if !index.entries.contains_key(&entry.id) {
                 return;
             }
-            let bytes = match entry.encode() {
+            let bytes = match encode_dead_letter(&entry) {
                 Ok(bytes) => bytes,
                 Err(error) => {
                     tracing::error!(%error, "could not encode a dead letter");

@@ -29,8 +29,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use featurestore::cluster::detector::Liveness;
-use featurestore::ingest::dead_letter::Capture;
 use featurestore::ingest::{Definitions, Event};
+use featurestore::wire::dead_letter::Capture;
 use featurestore::wire::event::{EventOutcome, WireEvent};
 use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, ErrorReply, NodeId, Response};

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use featurestore::ingest::dead_letter::Capture;
 use featurestore::ingest::Event;
+use featurestore::wire::dead_letter::Capture;
 use featurestore::wire::event::EventOutcome;
 use featurestore::Limits;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};

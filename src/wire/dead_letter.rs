@@ -7,9 +7,10 @@
 //!   known, and its raw JSON payload, capped at `max_event_bytes` (a capped payload is marked
 //!   `truncated`). An event the owner refused (already parsed) is kept as its canonical Segment JSON
 //!   ([`segment_json`]), which parses back to the same event (same message id, same event time).
-//! - Stored as a versioned record ([`encode_versioned`]) named `dlq/<id, 20 digits>` ([`record_name`]) so
-//!   a name scan lists entries in id order. Decoding stored bytes never panics: a corrupt record is a typed
-//!   [`Error::Malformed`], which the node counts and skips.
+//! - Stored as a versioned record (`codec::encode_dead_letter`, like every metadata record) named
+//!   `dlq/<id, 20 digits>` ([`record_name`]) so a name scan lists entries in id order. Decoding stored
+//!   bytes never panics: a corrupt record is a typed [`Error::Malformed`]
+//!   (`codec::decode_dead_letter`), which the node counts and skips.
 //! - Bounded: [`admit`] decides, from the queue's current [`Usage`] and `Limits::max_dead_letter_bytes` /
 //!   `max_dead_letters`, whether a new entry is kept; a full queue refuses new entries (the node counts
 //!   them as `dlq_overflow`), it never evicts older ones.
@@ -28,7 +29,6 @@ use time::OffsetDateTime;
 use crate::error::{Error, Result};
 use crate::ingest::{Event, EventType};
 use crate::limits::Limits;
-use crate::wire::codec::{decode_versioned, encode_versioned};
 use crate::wire::reply::ErrorCode;
 
 /// The prefix of every dead-letter record's name in a node's metadata.
@@ -220,24 +220,6 @@ impl Capture {
 }
 
 impl DeadLetter {
-    /// The stored record: `[RECORD_VERSION][bincode(entry)]`.
-    pub fn encode(&self) -> Result<Vec<u8>> {
-        encode_versioned(self)
-    }
-
-    /// An entry decoded from stored bytes: [`Error::Malformed`] for anything that is not a record of a
-    /// known version, and for an entry whose id differs from the id in its name (`expected_id`).
-    pub fn decode(bytes: &[u8], expected_id: u64) -> Result<DeadLetter> {
-        let entry: DeadLetter = decode_versioned(bytes, "dead letter")?;
-        if entry.id != expected_id {
-            return Err(Error::Malformed {
-                what: "dead letter",
-                reason: format!("record of id {expected_id} holds id {}", entry.id),
-            });
-        }
-        Ok(entry)
-    }
-
     /// The event to replay: the payload parsed again as of its first receiving time, then the key limit.
     /// A truncated payload, or one that is still invalid, is the error it was (or a new one).
     pub fn replay_event(&self, limits: &Limits) -> Result<Event> {
@@ -398,30 +380,6 @@ mod tests {
             "membership",
         ] {
             assert_eq!(parse_record_name(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn an_entry_survives_storage_and_garbage_is_a_typed_error() {
-        let e = entry(3, r#"{"type":"track","event":"x"}"#);
-        let bytes = e.encode().expect("encodes");
-        assert_eq!(DeadLetter::decode(&bytes, 3), Ok(e.clone()));
-        assert!(matches!(
-            DeadLetter::decode(&bytes, 4),
-            Err(Error::Malformed { .. })
-        ));
-        let mut bad_version = bytes.clone();
-        bad_version[0] = 99;
-        for garbage in [
-            &[][..],
-            &bytes[..bytes.len() / 2],
-            &bad_version[..],
-            &[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
-        ] {
-            assert!(
-                matches!(DeadLetter::decode(garbage, 3), Err(Error::Malformed { .. })),
-                "{garbage:?}"
-            );
         }
     }
 
