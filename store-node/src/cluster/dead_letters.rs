@@ -263,7 +263,7 @@ impl DeadLetterQueue {
             if !index.entries.contains_key(&entry.id) {
                 return;
             }
-            let bytes = match encode_dead_letter(&entry) {
+            let bytes = match encode_dead_letter(entry) {
                 Ok(bytes) => bytes,
                 Err(error) => {
                     tracing::error!(%error, "could not encode a dead letter");
