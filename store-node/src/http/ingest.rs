@@ -263,12 +263,20 @@ fn prepare(
             text.len(),
             limits.max_event_bytes
         );
+        // Kept without a `writeKey` it may carry (the queue never holds a secret).
+        let kept = match serde_json::from_str::<Json>(text) {
+            Ok(Json::Object(mut event)) => {
+                event.remove("writeKey");
+                Json::Object(event).to_string()
+            }
+            _ => text.to_owned(),
+        };
         return Err(refuse(
             None,
             "event_too_large",
             ErrorCode::LimitExceeded,
             message,
-            text,
+            &kept,
         ));
     }
     let mut value: Json = serde_json::from_str(text).map_err(|e| {

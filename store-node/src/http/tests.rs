@@ -439,7 +439,8 @@ async fn a_batch_drops_its_invalid_events_and_says_which() {
 #[tokio::test]
 async fn events_refused_at_the_edge_are_handed_to_the_dead_letter_queue_with_their_json() {
     let f = fixture();
-    let too_large = json!({"type": "page", "userId": "u", "name": "x".repeat(33 * 1024)});
+    let too_large = json!({"type": "page", "userId": "u", "writeKey": KEY,
+                           "zpad": "x".repeat(33 * 1024)});
     let batch = json!({"sentAt": "2023-11-14T22:13:30Z", "batch": [
         track("ok-1", "u1"),
         {"type": "track", "event": "x", "messageId": "no-id"},
@@ -473,6 +474,7 @@ async fn events_refused_at_the_edge_are_handed_to_the_dead_letter_queue_with_the
     let large = &dead[2];
     assert_eq!(large.code, ErrorCode::LimitExceeded);
     assert!(large.truncated && large.payload.len() <= Limits::default().max_event_bytes);
+    assert!(!large.payload.contains(KEY), "no write key is kept");
     let single: Json = serde_json::from_str(&dead[3].payload).unwrap();
     assert_eq!(single["type"], "track");
 }
