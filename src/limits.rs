@@ -53,6 +53,11 @@ pub struct Limits {
     /// above it. Each slot holds at most K 8-byte hashes. Default 256; between 2 and
     /// [`MAX_DISTINCT_EXACT_CEILING`].
     pub max_distinct_exact: u32,
+    /// The byte budget of a node's dead-letter queue (its stored records). Beyond it new entries are
+    /// refused and counted (`dlq_overflow`). Default 64 MiB.
+    pub max_dead_letter_bytes: u64,
+    /// Most entries in a node's dead-letter queue. Default 100,000.
+    pub max_dead_letters: u64,
 }
 
 /// The ceiling on `max_distinct_exact` (65,536 hashes: 512 KiB per window slot); configs above it are
@@ -77,6 +82,8 @@ impl Default for Limits {
             max_identity_links: 32,
             max_identity_depth: 8,
             max_distinct_exact: 256,
+            max_dead_letter_bytes: 64 * 1024 * 1024,
+            max_dead_letters: 100_000,
         }
     }
 }
@@ -97,6 +104,14 @@ impl Limits {
             ("max_context_entries", self.max_context_entries),
             ("max_identity_links", self.max_identity_links),
             ("max_identity_depth", usize::from(self.max_identity_depth)),
+            (
+                "max_dead_letter_bytes",
+                usize::try_from(self.max_dead_letter_bytes).unwrap_or(usize::MAX),
+            ),
+            (
+                "max_dead_letters",
+                usize::try_from(self.max_dead_letters).unwrap_or(usize::MAX),
+            ),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -450,7 +450,7 @@ pub async fn run(params: &IngestParams, env: &IngestEnv) -> Result<IngestReport>
                 appendonly: true,
                 appendfsync: "everysec".into(),
             },
-            pinning: env.pinning.clone(),
+            pinning: env.pinning,
         };
         let (server, _) = spec.start(Duration::from_secs(30))?;
         let client = redis::Client::open(format!("redis://{}/", server.addr))?;
@@ -485,7 +485,9 @@ pub fn to_markdown(report: &IngestReport, command: &str) -> String {
          (see `benches/src/ingest.rs`); no replication.\n\n",
         report.params.users, report.params.workers, report.params.duration_s, report.params.probes
     ));
-    out.push_str("| target | events/s | failed | latency at | readable p50 | p99 | p99.9 | unreadable |\n");
+    out.push_str(
+        "| target | events/s | failed | latency at | readable p50 | p99 | p99.9 | unreadable |\n",
+    );
     out.push_str("|---|---|---|---|---|---|---|---|\n");
     for r in &report.results {
         out.push_str(&format!(

@@ -23,6 +23,7 @@ use crate::hlc::{Marker, NodeId};
 use crate::limits::Limits;
 use crate::profile::{Applied, FlagView, Profile, ProfileView, Write};
 pub use crate::profile::{CounterDelta, GaugeWrite};
+use crate::wire::dead_letter::{DeadLetter, DeadLetterPage, Purged, ReplayReport};
 use crate::wire::event::{EventOutcome, WireEvent};
 pub use crate::wire::reply::{ErrorCode, ErrorReply};
 
@@ -119,6 +120,35 @@ pub enum Request {
         /// The events.
         events: Vec<WireEvent>,
     },
+    /// Admin: a page of this node's dead-letter queue, entries with ids above `after`, in id order. The
+    /// node answers at most `limit` entries (capped at `max_batch`), fewer if they would not fit half of
+    /// `max_frame_bytes`.
+    DeadLetters {
+        /// Only entries with a larger id (the `next` of the previous page).
+        after: Option<u64>,
+        /// Most entries to answer.
+        limit: u32,
+    },
+    /// Admin: one entry of this node's dead-letter queue.
+    DeadLetter {
+        /// The entry's id.
+        id: u64,
+    },
+    /// Admin: replays entries of this node's dead-letter queue through the ingest path (with the node's
+    /// current definitions; deduplicated by message id). Applied entries (and duplicates) are removed,
+    /// ones refused again stay with the new reason.
+    ReplayDeadLetters {
+        /// These entries (at most `max_batch`), or `None`: every entry, at most `max_batch` per request,
+        /// starting after `after`.
+        ids: Option<Vec<u64>>,
+        /// With `ids: None`: start after this id (the `next` of the previous answer).
+        after: Option<u64>,
+    },
+    /// Admin: removes entries of this node's dead-letter queue.
+    PurgeDeadLetters {
+        /// These entries (at most `max_batch`), or `None`: every entry.
+        ids: Option<Vec<u64>>,
+    },
 }
 
 impl Request {
@@ -176,7 +206,18 @@ impl Request {
                 limits.check_context(context.0.dots.len())
             }
             Request::Erase { key, .. } | Request::LocalState { key } => limits.check_key(key),
-            Request::Status | Request::Cluster | Request::Digests { .. } | Request::Leave => Ok(()),
+            Request::Status
+            | Request::Cluster
+            | Request::Digests { .. }
+            | Request::Leave
+            | Request::DeadLetters { .. }
+            | Request::DeadLetter { .. }
+            | Request::ReplayDeadLetters { ids: None, .. }
+            | Request::PurgeDeadLetters { ids: None } => Ok(()),
+            Request::ReplayDeadLetters { ids: Some(ids), .. }
+            | Request::PurgeDeadLetters { ids: Some(ids) } => {
+                limits.check_batch(ids.len(), "dead-letter ids")
+            }
             Request::Ingest { events } => {
                 limits.check_batch(events.len(), "events")?;
                 for e in events {
@@ -259,11 +300,16 @@ impl Request {
 
     /// Whether the request is an admin request, answered only to a client certificate with the admin
     /// role (others get [`ErrorCode::Forbidden`](crate::ErrorCode::Forbidden)): `Leave`, and the per-replica
-    /// reads `LocalState` and `Digests`, which bypass quorums and expose CRDT metadata. Every new request
+    /// reads `LocalState` and `Digests`, which bypass quorums and expose CRDT metadata, and the dead-letter
+    /// operations that change the queue (replay, purge). Every new request
     /// kind must be classified here.
     pub fn is_admin(&self) -> bool {
         match self {
-            Request::LocalState { .. } | Request::Digests { .. } | Request::Leave => true,
+            Request::LocalState { .. }
+            | Request::Digests { .. }
+            | Request::Leave
+            | Request::ReplayDeadLetters { .. }
+            | Request::PurgeDeadLetters { .. } => true,
             Request::Get { .. }
             | Request::GetMany { .. }
             | Request::Put { .. }
@@ -272,7 +318,9 @@ impl Request {
             | Request::Erase { .. }
             | Request::Status
             | Request::Cluster
-            | Request::Ingest { .. } => false,
+            | Request::Ingest { .. }
+            | Request::DeadLetters { .. }
+            | Request::DeadLetter { .. } => false,
         }
     }
 
@@ -292,6 +340,10 @@ impl Request {
             Request::Digests { .. } => "digests",
             Request::Leave => "leave",
             Request::Ingest { .. } => "ingest",
+            Request::DeadLetters { .. } => "dead_letters",
+            Request::DeadLetter { .. } => "dead_letter",
+            Request::ReplayDeadLetters { .. } => "replay_dead_letters",
+            Request::PurgeDeadLetters { .. } => "purge_dead_letters",
         }
     }
 
@@ -339,6 +391,14 @@ pub enum Response {
     Error(ErrorReply),
     /// Answer to `Ingest`: one outcome per event, in request order.
     Ingested(Vec<EventOutcome>),
+    /// Answer to `DeadLetters`.
+    DeadLetters(DeadLetterPage),
+    /// Answer to `DeadLetter`: the entry, or `None` if there is none of that id.
+    DeadLetter(Option<DeadLetter>),
+    /// Answer to `ReplayDeadLetters`: one outcome per entry.
+    Replayed(ReplayReport),
+    /// Answer to `PurgeDeadLetters`.
+    Purged(Purged),
 }
 
 impl From<Applied> for Response {
@@ -375,6 +435,10 @@ impl Response {
             Response::Leaving => "Leaving",
             Response::Error(_) => "Error",
             Response::Ingested(_) => "Ingested",
+            Response::DeadLetters(_) => "DeadLetters",
+            Response::DeadLetter(_) => "DeadLetter",
+            Response::Replayed(_) => "Replayed",
+            Response::Purged(_) => "Purged",
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::cluster::ring::ring_hash;
 use crate::error::{Error, Result};
 use crate::profile::Profile;
 use crate::wire::client::{Request, Response, PROTOCOL_VERSION};
+use crate::wire::dead_letter::DeadLetter;
 use crate::wire::peer::PeerMessage;
 
 /// Bytes in a frame header: the version byte and the big-endian `u32` payload length.
@@ -317,6 +318,24 @@ pub fn decode_versioned<T: Decode<()>>(bytes: &[u8], what: &'static str) -> Resu
     }
 }
 
+/// Encodes a dead letter as its stored record: `[RECORD_VERSION][bincode(entry)]`.
+pub fn encode_dead_letter(entry: &DeadLetter) -> Result<Vec<u8>> {
+    encode_versioned(entry)
+}
+
+/// Decodes a stored dead letter: [`Error::Malformed`] for anything that is not a record of a known version,
+/// and for an entry whose id differs from the id of its record's name (`expected_id`).
+pub fn decode_dead_letter(bytes: &[u8], expected_id: u64) -> Result<DeadLetter> {
+    let entry: DeadLetter = decode_versioned(bytes, "dead letter")?;
+    if entry.id != expected_id {
+        return Err(Error::Malformed {
+            what: "dead letter",
+            reason: format!("record of id {expected_id} holds id {}", entry.id),
+        });
+    }
+    Ok(entry)
+}
+
 /// A counting global allocator for the tests of this crate: measures the peak bytes allocated by the
 /// current thread inside [`alloc_probe::measure`]. Other threads are not counted.
 /// The digest of a profile's state (anti-entropy compares these): equal states (after merge) have equal hashes, because the encoding is
@@ -399,6 +418,8 @@ mod tests {
     use super::*;
     use crate::crdt::value::Value;
     use crate::wire::client::GaugeWrite;
+    use crate::wire::dead_letter::Capture;
+    use crate::wire::reply::ErrorCode;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
@@ -812,6 +833,39 @@ mod tests {
             let _ = decode_response(&bytes);
             let _ = decode_record(&bytes);
             let _ = split_frame(&bytes, 4096);
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_survives_storage_and_garbage_is_a_typed_error() {
+        let e = Capture::raw(
+            ErrorCode::InvalidRequest,
+            "invalid event: neither userId nor anonymousId",
+            "web",
+            1_700_000_000_000,
+            r#"{"type":"track","event":"x"}"#,
+            &crate::limits::Limits::default(),
+        )
+        .with_ids(None, Some("m-1".into()))
+        .into_entry(3);
+        let bytes = encode_dead_letter(&e).expect("encodes");
+        assert_eq!(decode_dead_letter(&bytes, 3), Ok(e.clone()));
+        assert!(matches!(
+            decode_dead_letter(&bytes, 4),
+            Err(Error::Malformed { .. })
+        ));
+        let mut bad_version = bytes.clone();
+        bad_version[0] = 99;
+        for garbage in [
+            &[][..],
+            &bytes[..bytes.len() / 2],
+            &bad_version[..],
+            &[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+        ] {
+            assert!(
+                matches!(decode_dead_letter(garbage, 3), Err(Error::Malformed { .. })),
+                "{garbage:?}"
+            );
         }
     }
 }

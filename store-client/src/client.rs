@@ -141,6 +141,7 @@ use featurestore::wire::client::{
     ClusterView, CounterDelta, ErrorReply, GaugeWrite, NodeStatus, PutAck,
 };
 use featurestore::wire::codec::{self, FRAME_HEADER_BYTES};
+use featurestore::wire::dead_letter::{DeadLetter, DeadLetterPage, Purged, ReplayOutcome};
 use featurestore::{
     CausalContext, ErrorCode, FlagView, Marker, NodeId, Profile, ProfileView, Request, Response,
     Value,
@@ -365,6 +366,10 @@ impl Drop for RefreshGuard {
         self.0.refreshing.store(false, Ordering::SeqCst);
     }
 }
+
+/// Most dead-letter ids [`Client::replay_dead_letters`] and [`Client::purge_dead_letters`] send in one
+/// request (a node refuses more than its `max_batch`, default 1000).
+pub const DEAD_LETTER_IDS_PER_REQUEST: usize = 500;
 
 fn unexpected(expected: &'static str, got: &Response) -> Error {
     Error::UnexpectedResponse {
@@ -1783,6 +1788,156 @@ impl Client {
             Response::Leaving => Ok(()),
             other => Err(unexpected("Leaving", &other)),
         }
+    }
+
+    /// Admin: a page of `node`'s dead-letter queue: entries with ids above `after` (`None`: from the
+    /// start), at most `limit` (the node also caps a page at `max_batch` entries and half its
+    /// `max_frame_bytes`). Ask again with `after = page.next` while it is `Some`. The queue is node-local,
+    /// so a cluster-wide listing asks every member.
+    ///
+    /// ```no_run
+    /// use store_client::NodeId;
+    ///
+    /// # async fn example(client: store_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let node = NodeId::new("n1")?;
+    /// let mut after = None;
+    /// loop {
+    ///     let page = client.dead_letters(&node, after, 100).await?;
+    ///     for entry in &page.entries {
+    ///         println!("#{} {:?} {}: {}", entry.id, entry.code, entry.source, entry.reason);
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => after = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn dead_letters(
+        &self,
+        node: &NodeId,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<DeadLetterPage> {
+        let request = Request::DeadLetters { after, limit };
+        match self
+            .at_node(node, &request, Policy::READ, Deadline::after(self.deadline))
+            .await?
+        {
+            Response::DeadLetters(page) => Ok(page),
+            other => Err(unexpected("DeadLetters", &other)),
+        }
+    }
+
+    /// Admin: entry `id` of `node`'s dead-letter queue, `None` if it has none of that id.
+    pub async fn dead_letter(&self, node: &NodeId, id: u64) -> Result<Option<DeadLetter>> {
+        let request = Request::DeadLetter { id };
+        match self
+            .at_node(node, &request, Policy::READ, Deadline::after(self.deadline))
+            .await?
+        {
+            Response::DeadLetter(entry) => Ok(entry),
+            other => Err(unexpected("DeadLetter", &other)),
+        }
+    }
+
+    /// Admin: replays entries of `node`'s dead-letter queue (`None`: every entry) through its ingest
+    /// path with its current definitions, deduplicated by message id: applied entries and duplicates are
+    /// removed, entries refused again stay with the new reason. One outcome per entry, in id order.
+    /// Every entry is sent in requests of at most [`DEAD_LETTER_IDS_PER_REQUEST`] ids (or one request
+    /// per page the node chooses, for `None`). Not retried if an answer is lost (a replay again is
+    /// harmless: deduplicated).
+    ///
+    /// ```no_run
+    /// use store_client::NodeId;
+    ///
+    /// # async fn example(client: store_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// for outcome in client.replay_dead_letters(&NodeId::new("n1")?, None).await? {
+    ///     println!("#{}: {:?}", outcome.id, outcome.result);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn replay_dead_letters(
+        &self,
+        node: &NodeId,
+        ids: Option<&[u64]>,
+    ) -> Result<Vec<ReplayOutcome>> {
+        let mut outcomes = Vec::new();
+        let send = |request: Request| async move {
+            match self
+                .at_node(
+                    node,
+                    &request,
+                    Policy::WRITE,
+                    Deadline::after(self.deadline),
+                )
+                .await?
+            {
+                Response::Replayed(report) => Ok(report),
+                other => Err(unexpected("Replayed", &other)),
+            }
+        };
+        match ids {
+            Some(ids) => {
+                for chunk in ids.chunks(DEAD_LETTER_IDS_PER_REQUEST) {
+                    let report = send(Request::ReplayDeadLetters {
+                        ids: Some(chunk.to_vec()),
+                        after: None,
+                    })
+                    .await?;
+                    outcomes.extend(report.outcomes);
+                }
+            }
+            None => {
+                let mut after = None;
+                loop {
+                    let report = send(Request::ReplayDeadLetters { ids: None, after }).await?;
+                    outcomes.extend(report.outcomes);
+                    match report.next {
+                        Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Admin: removes entries of `node`'s dead-letter queue (`None`: every entry), in requests of at most
+    /// [`DEAD_LETTER_IDS_PER_REQUEST`] ids.
+    pub async fn purge_dead_letters(&self, node: &NodeId, ids: Option<&[u64]>) -> Result<Purged> {
+        let send = |request: Request| async move {
+            match self
+                .at_node(
+                    node,
+                    &request,
+                    Policy::WRITE,
+                    Deadline::after(self.deadline),
+                )
+                .await?
+            {
+                Response::Purged(purged) => Ok(purged),
+                other => Err(unexpected("Purged", &other)),
+            }
+        };
+        let Some(ids) = ids else {
+            return send(Request::PurgeDeadLetters { ids: None }).await;
+        };
+        let mut total = Purged {
+            removed: 0,
+            missing: Vec::new(),
+        };
+        for chunk in ids.chunks(DEAD_LETTER_IDS_PER_REQUEST) {
+            let purged = send(Request::PurgeDeadLetters {
+                ids: Some(chunk.to_vec()),
+            })
+            .await?;
+            total.removed += purged.removed;
+            total.missing.extend(purged.missing);
+        }
+        Ok(total)
     }
 
     /// Closes every connection gracefully (application code 0, reason `bye`), aborts the dials in

@@ -98,6 +98,9 @@ pub use transport::NodeHealth;
 
 pub use featurestore::cluster::membership::{Member, MemberState, MembershipTable};
 pub use featurestore::wire::client::{ClusterView, GaugeWrite, MemberStatus, NodeStatus, PutAck};
+pub use featurestore::wire::dead_letter::{
+    DeadLetter, DeadLetterPage, Purged, ReplayOutcome, ReplayReport, Replayed,
+};
 pub use featurestore::{
     CausalContext, ErrorCode, FeatureView, FlagView, Marker, NodeId, Profile, ProfileView, Request,
     Response, Value,

@@ -511,6 +511,18 @@ async fn handle(
                 &format!("the fake node does not ingest ({} events)", events.len()),
             )
         }
+        Ok(
+            Request::DeadLetters { .. }
+            | Request::DeadLetter { .. }
+            | Request::ReplayDeadLetters { .. }
+            | Request::PurgeDeadLetters { .. },
+        ) => {
+            log(&state, "dlq", vec![], 0);
+            refused(
+                ErrorCode::Unavailable,
+                "the fake node keeps no dead letters",
+            )
+        }
     };
     let frame = codec::encode_response(&reply).unwrap();
     let _ = send.write_all(&frame).await;

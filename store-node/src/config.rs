@@ -141,6 +141,9 @@ pub struct IngestConfig {
     /// Most events this node applies as owner at once; beyond it senders get `Unavailable` (retry later).
     /// Default 4096.
     pub max_inflight_events: usize,
+    /// Also keep events that were late for a window (counted in no window; their other features
+    /// applied) in the dead-letter queue. Default false.
+    pub dead_letter_late: bool,
 }
 
 impl Default for IngestConfig {
@@ -148,6 +151,7 @@ impl Default for IngestConfig {
         IngestConfig {
             features: None,
             max_inflight_events: 4096,
+            dead_letter_late: false,
         }
     }
 }

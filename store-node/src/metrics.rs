@@ -119,6 +119,20 @@ counters! {
         http_connections_refused,
         /// HTTPS handshakes that failed or timed out.
         http_tls_failures,
+        /// Refused events kept in this node's dead-letter queue.
+        dlq_captured,
+        /// Refused events not kept because the dead-letter queue was full.
+        dlq_overflow,
+        /// Refused events not kept again because their message id was already in the queue.
+        dlq_repeats,
+        /// Dead-letter entries replayed and removed (applied, or duplicates).
+        dlq_replayed,
+        /// Dead-letter entries purged.
+        dlq_purged,
+        /// Dead-letter records that could not be decoded (skipped, left on disk).
+        dlq_corrupt,
+        /// Dead letters that could not be stored (or made durable).
+        dlq_failures,
     }
     extra {
         /// Request, replication and ingest latencies.
@@ -170,10 +184,12 @@ mod tests {
         let node = Metrics::default();
         Metrics::incr(&node.requests);
         let snapshot = node.snapshot();
-        // 15 request counters, 6 of the ingest path, 11 of the HTTP listener.
-        assert_eq!(snapshot.len(), 35);
+        // 15 request counters, 9 of the ingest path (3 of identity), 11 of the HTTP listener, 7 of the
+        // dead-letter queue.
+        assert_eq!(snapshot.len(), 42);
         assert_eq!(snapshot[0].0, "connections_accepted");
-        assert_eq!(snapshot[31].0, "http_tls_failures");
+        assert_eq!(snapshot[34].0, "http_tls_failures");
+        assert_eq!(snapshot[41].0, "dlq_failures");
         assert!(snapshot.contains(&("requests".to_owned(), 1)));
 
         let peer = crate::net::peer::PeerMetrics::default();

@@ -12,11 +12,17 @@
 //! storectl --config admin.toml local user-42 --node n2
 //! storectl --config admin.toml digests --node n1 --peer n2
 //! storectl --config admin.toml leave --node n3
+//! storectl --config client.toml dlq list [--node n1] [--after ID] [--limit N]
+//! storectl --config client.toml dlq show ID [--node n1]
+//! storectl --config admin.toml dlq replay ID... --node n1 | dlq replay --all [--node n1]
+//! storectl --config admin.toml dlq purge ID... --node n1 | dlq purge --all [--node n1]
 //! ```
 //!
 //! Requests are routed like the library's (to the replicas of the key; see `store_client::client`);
 //! `--quorum N` sets R for reads and W for writes (default: `read_quorum` / `write_quorum` of the
-//! configuration). `status`, `local`, `digests` and `leave` with `--node` ask that node only.
+//! configuration). `status`, `local`, `digests` and `leave` with `--node` ask that node only. The
+//! dead-letter queue is node-local: `dlq` asks every member of the cluster (one JSON object per node), or
+//! only `--node`; ids are per node, so `replay`/`purge` of ids need `--node` unless there is one member.
 //!
 //! `local`, `digests` and `leave` are admin requests: the configuration's certificate must carry the admin
 //! role (`store-node certs --admins NAME`; `store-node dev` writes `admin.toml` for that). With an
@@ -36,7 +42,9 @@ use featurestore::ingest::Event;
 use featurestore::wire::event::EventOutcome;
 use serde::Serialize;
 use serde_json::json;
-use store_client::{CausalContext, Client, ClientConfig, GaugeWrite, NodeId, Value};
+use store_client::{
+    CausalContext, Client, ClientConfig, DeadLetter, GaugeWrite, MemberState, NodeId, Value,
+};
 
 /// The featurestore command-line client.
 #[derive(Debug, Parser)]
@@ -188,6 +196,156 @@ enum Command {
         /// The file.
         file: PathBuf,
     },
+    /// The dead-letter queues: events the nodes could not ingest (see docs/ingest.md).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List entries (reason, source, time, payload) of every node, or of `--node`.
+    List {
+        /// Ask this node only.
+        #[arg(long, value_parser = parse_node, value_name = "ID")]
+        node: Option<NodeId>,
+        /// Only entries with a larger id (a page's `next`).
+        #[arg(long, value_name = "ID")]
+        after: Option<u64>,
+        /// Most entries per node.
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: u32,
+    },
+    /// Show one entry (every node's entry of that id, or `--node`'s).
+    Show {
+        /// The entry's id.
+        id: u64,
+        /// Ask this node only.
+        #[arg(long, value_parser = parse_node, value_name = "ID")]
+        node: Option<NodeId>,
+    },
+    /// Replay entries through the ingest path with the current definitions (deduplicated): applied ones
+    /// are removed, ones refused again stay with the new reason.
+    Replay {
+        /// The entries (needs `--node` unless the cluster has one member).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<u64>,
+        /// Every entry (of every node, or of `--node`).
+        #[arg(long)]
+        all: bool,
+        /// This node's entries.
+        #[arg(long, value_parser = parse_node, value_name = "ID")]
+        node: Option<NodeId>,
+    },
+    /// Remove entries.
+    Purge {
+        /// The entries (needs `--node` unless the cluster has one member).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<u64>,
+        /// Every entry (of every node, or of `--node`).
+        #[arg(long)]
+        all: bool,
+        /// This node's entries.
+        #[arg(long, value_parser = parse_node, value_name = "ID")]
+        node: Option<NodeId>,
+    },
+}
+
+/// The nodes a `dlq` command asks: `--node`, else every member that has not left.
+fn dlq_nodes(client: &Client, node: Option<NodeId>) -> Vec<NodeId> {
+    match node {
+        Some(node) => vec![node],
+        None => client
+            .cluster()
+            .table
+            .members
+            .values()
+            .filter(|m| m.state != MemberState::Left)
+            .map(|m| m.id.clone())
+            .collect(),
+    }
+}
+
+/// The nodes a replay or purge of `ids` (empty: `--all`) asks.
+fn dlq_targets(client: &Client, ids: &[u64], node: Option<NodeId>) -> anyhow::Result<Vec<NodeId>> {
+    let nodes = dlq_nodes(client, node);
+    if !ids.is_empty() && nodes.len() > 1 {
+        anyhow::bail!("dead-letter ids are per node: name the node with --node");
+    }
+    Ok(nodes)
+}
+
+/// An entry as JSON, its payload parsed when it is JSON (a truncated one stays a string).
+fn dead_letter_json(entry: &DeadLetter) -> anyhow::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(entry)?;
+    if let Ok(payload) = serde_json::from_str::<serde_json::Value>(&entry.payload) {
+        value["payload"] = payload;
+    }
+    Ok(value)
+}
+
+/// Runs a `dlq` command; one JSON object per node asked (with `error` for a node that failed).
+async fn dlq(client: &Client, command: DlqCommand) -> anyhow::Result<String> {
+    let mut out = Vec::new();
+    match command {
+        DlqCommand::List { node, after, limit } => {
+            for node in dlq_nodes(client, node) {
+                out.push(match client.dead_letters(&node, after, limit).await {
+                    Ok(page) => {
+                        let entries: Vec<_> = page
+                            .entries
+                            .iter()
+                            .map(dead_letter_json)
+                            .collect::<anyhow::Result<_>>()?;
+                        json!({"node": node, "total_entries": page.total_entries,
+                               "total_bytes": page.total_bytes, "next": page.next,
+                               "entries": entries})
+                    }
+                    Err(e) => json!({"node": node, "error": e.to_string()}),
+                });
+            }
+        }
+        DlqCommand::Show { id, node } => {
+            let asked_one = node.is_some();
+            for node in dlq_nodes(client, node) {
+                match client.dead_letter(&node, id).await {
+                    Ok(Some(entry)) => {
+                        out.push(json!({"node": node, "entry": dead_letter_json(&entry)?}));
+                    }
+                    Ok(None) if asked_one => anyhow::bail!("{node} has no dead letter #{id}"),
+                    Ok(None) => {}
+                    Err(e) => out.push(json!({"node": node, "error": e.to_string()})),
+                }
+            }
+            if out.is_empty() {
+                anyhow::bail!("no node has a dead letter #{id}");
+            }
+        }
+        DlqCommand::Replay { ids, all, node } => {
+            let targets = dlq_targets(client, &ids, node)?;
+            let ids = (!all).then_some(ids.as_slice());
+            for node in targets {
+                out.push(match client.replay_dead_letters(&node, ids).await {
+                    Ok(outcomes) => json!({"node": node, "replayed": outcomes}),
+                    Err(e) => json!({"node": node, "error": e.to_string()}),
+                });
+            }
+        }
+        DlqCommand::Purge { ids, all, node } => {
+            let targets = dlq_targets(client, &ids, node)?;
+            let ids = (!all).then_some(ids.as_slice());
+            for node in targets {
+                out.push(match client.purge_dead_letters(&node, ids).await {
+                    Ok(purged) => {
+                        json!({"node": node, "removed": purged.removed, "missing": purged.missing})
+                    }
+                    Err(e) => json!({"node": node, "error": e.to_string()}),
+                });
+            }
+        }
+    }
+    pretty(&out)
 }
 
 /// A fresh message id for a command-line event.
@@ -496,6 +654,7 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<String> {
             client.leave(&node).await?;
             pretty(&json!({ "node": node, "leaving": true }))
         }
+        Command::Dlq { command } => dlq(client, command).await,
     }
 }
 
@@ -775,6 +934,38 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn dlq_commands() {
+        let n = |s: &str| NodeId::new(s).unwrap();
+        match parse(&["dlq", "list", "--node", "n2", "--limit", "5"])
+            .unwrap()
+            .command
+        {
+            Command::Dlq {
+                command: DlqCommand::List { node, after, limit },
+            } => assert_eq!((node, after, limit), (Some(n("n2")), None, 5)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["dlq", "replay", "3", "4", "--node", "n1"])
+            .unwrap()
+            .command
+        {
+            Command::Dlq {
+                command: DlqCommand::Replay { ids, all, node },
+            } => assert_eq!((ids, all, node), (vec![3, 4], false, Some(n("n1")))),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["dlq", "purge", "--all"]).unwrap().command {
+            Command::Dlq {
+                command: DlqCommand::Purge { ids, all, node },
+            } => assert_eq!((ids, all, node), (Vec::<u64>::new(), true, None)),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["dlq", "purge"]).is_err(), "ids or --all");
+        assert!(parse(&["dlq", "replay", "1", "--all"]).is_err());
+        assert!(parse(&["dlq", "show"]).is_err());
     }
 
     #[test]

@@ -28,14 +28,18 @@
 //!   the redirect (on the far side of a partition, or in the milliseconds the redirect is in flight) stays
 //!   on the linked id's own profile until the next linking event for the pair.
 //!
-//! Not built yet: the dead-letter queue (refused events are counted and answered with their reason, not
-//! stored).
+//! - **Dead letters**: an event refused here as owner for what it is (a wrong property type for a
+//!   definition, clock skew, ...), and with `[ingest] dead_letter_late` an event late for a window, is kept
+//!   in this node's dead-letter queue ([`super::dead_letters`]) before it is answered. Retryable outcomes
+//!   (`Unavailable`, storage failures) are not kept: the sender retries. A replay ([`Source::Replay`]) is
+//!   not captured again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use featurestore::cluster::detector::Liveness;
 use featurestore::ingest::{check_link, check_redirect, link_of, Definitions, Event};
+use featurestore::wire::dead_letter::Capture;
 use featurestore::wire::event::{EventOutcome, WireEvent};
 use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, ErrorReply, NodeId, Profile, Response};
@@ -52,6 +56,8 @@ pub struct Ingester {
     pub definitions: Arc<Definitions>,
     /// Permits for events being applied here as owner.
     pub permits: Semaphore,
+    /// Whether events late for a window are also kept as dead letters (`[ingest] dead_letter_late`).
+    pub dead_letter_late: bool,
 }
 
 impl Ingester {
@@ -60,8 +66,26 @@ impl Ingester {
         Ingester {
             definitions: Arc::new(definitions),
             permits: Semaphore::new(max_inflight.max(1)),
+            dead_letter_late: false,
         }
     }
+}
+
+/// Where events come from, for the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Received by a node: an HTTP write key's source name, `quic`, or `forward from NODE`.
+    Named(String),
+    /// A replay of dead letters: refusals are reported to the replay, not captured again.
+    Replay,
+}
+
+/// Outcomes the sender retries (not dead letters).
+pub fn retryable(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Unavailable | ErrorCode::Storage | ErrorCode::Internal
+    )
 }
 
 fn refused(code: ErrorCode, message: impl Into<String>) -> EventOutcome {
@@ -84,23 +108,24 @@ impl Cluster {
 
     /// Ingests validated events received by this node: each goes to its owner; the answer is one outcome
     /// per event, in order.
-    pub async fn ingest(&self, events: Vec<Event>) -> Vec<EventOutcome> {
-        self.route_events(events.into_iter().map(|e| (e, 0)).collect())
+    pub async fn ingest(&self, events: Vec<Event>, source: &Source) -> Vec<EventOutcome> {
+        self.route_events(events.into_iter().map(|e| (e, 0)).collect(), source)
             .await
     }
 
     /// [`Cluster::route_events`], boxed: the redirect of a linked id routes again from inside the owner's
     /// path.
-    fn route_boxed(
-        &self,
+    fn route_boxed<'a>(
+        &'a self,
         events: Vec<(Event, u8)>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<EventOutcome>> + Send + '_>> {
-        Box::pin(self.route_events(events))
+        source: &'a Source,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<EventOutcome>> + Send + 'a>> {
+        Box::pin(self.route_events(events, source))
     }
 
     /// Sends each event (with the identity redirects it followed so far) to its owner; one outcome per
     /// event, in order.
-    async fn route_events(&self, events: Vec<(Event, u8)>) -> Vec<EventOutcome> {
+    async fn route_events(&self, events: Vec<(Event, u8)>, source: &Source) -> Vec<EventOutcome> {
         let metrics = self.engine.metrics();
         let mut outcomes: Vec<Option<EventOutcome>> = vec![None; events.len()];
         let mut remote: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
@@ -144,7 +169,7 @@ impl Cluster {
         }
         for i in local {
             let (event, hops) = &events[i];
-            outcomes[i] = Some(self.apply_as_owner(event, *hops).await);
+            outcomes[i] = Some(self.apply_as_owner(event, *hops, source).await);
         }
         for (owner, req, indices, rx) in waiting {
             let answer = tokio::time::timeout(self.rpc_timeout, rx).await;
@@ -175,12 +200,14 @@ impl Cluster {
     pub(super) async fn on_forwarded(&self, from: NodeId, req: u64, events: Vec<WireEvent>) {
         let limits = self.engine.limits().clone();
         let mut outcomes = Vec::with_capacity(events.len());
+        let source = Source::Named(format!("forward from {from}"));
         for wire in events {
             let outcome = match wire.to_event(&limits) {
-                Ok(event) => self.apply_as_owner(&event, wire.hops).await,
+                Ok(event) => self.apply_as_owner(&event, wire.hops, &source).await,
                 Err(e) => {
                     self.engine.metrics().count_error(ErrorCode::from(&e));
                     let reply = ErrorReply::of(&e);
+                    self.keep_wire(&source, &wire, &reply).await;
                     refused(reply.code, reply.message)
                 }
             };
@@ -192,7 +219,7 @@ impl Cluster {
 
     /// Applies one event here as its owner: admitted by replication, decided by the core, durable, then
     /// replicated.
-    async fn apply_as_owner(&self, event: &Event, hops: u8) -> EventOutcome {
+    async fn apply_as_owner(&self, event: &Event, hops: u8, source: &Source) -> EventOutcome {
         let metrics = self.engine.metrics();
         let Ok(permit) = self.ingester.permits.try_acquire() else {
             Metrics::incr(&metrics.events_overloaded);
@@ -201,7 +228,7 @@ impl Cluster {
         let key = event.key();
         if let Some(canonical) = self.engine.alias_of(key) {
             drop(permit);
-            return self.redirect(event, canonical, hops).await;
+            return self.redirect(event, canonical, hops, source).await;
         }
         // A retried linking event needs no second link (it is a duplicate below).
         let link = link_of(event)
@@ -209,7 +236,16 @@ impl Cluster {
         let linked = match link {
             Some(id) => match self.prepare_link(key, id).await {
                 Ok(state) => Some((id, state)),
-                Err(outcome) => return outcome,
+                Err(outcome) => {
+                    // A link that cannot be made (a loop, a conflict, the limit) is kept like any
+                    // refusal; an unavailable replica is retried by the sender.
+                    if let EventOutcome::Refused { code, message } = &outcome {
+                        if !retryable(*code) {
+                            self.keep(source, event, *code, message).await;
+                        }
+                    }
+                    return outcome;
+                }
             },
             None => None,
         };
@@ -231,6 +267,9 @@ impl Cluster {
             Err(reply) => {
                 self.repl().abort_local_write(ticket);
                 Metrics::incr(&metrics.events_refused);
+                if !retryable(reply.code) {
+                    self.keep(source, event, reply.code, &reply.message).await;
+                }
                 return refused(reply.code, reply.message);
             }
         };
@@ -243,7 +282,7 @@ impl Cluster {
             // Linked since the check above (a redirect replicated in meanwhile).
             self.repl().abort_local_write(ticket);
             drop(permit);
-            return self.redirect(event, canonical, hops).await;
+            return self.redirect(event, canonical, hops, source).await;
         }
         if ingested.linked.is_some() {
             Metrics::incr(&metrics.identity_links);
@@ -259,6 +298,14 @@ impl Cluster {
             ingested.late.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        if self.ingester.dead_letter_late && !ingested.late.is_empty() {
+            let reason = format!(
+                "late for window(s) {}: counted in no window (its other features applied)",
+                ingested.late.join(", ")
+            );
+            self.keep(source, event, ErrorCode::InvalidRequest, &reason)
+                .await;
+        }
         EventOutcome::Applied {
             late: ingested.late,
         }
@@ -267,16 +314,24 @@ impl Cluster {
 
 impl Cluster {
     /// Sends `event`, whose id was linked into `canonical`, to `canonical`'s owner as an event of that user.
-    async fn redirect(&self, event: &Event, canonical: String, hops: u8) -> EventOutcome {
+    async fn redirect(
+        &self,
+        event: &Event,
+        canonical: String,
+        hops: u8,
+        source: &Source,
+    ) -> EventOutcome {
         let metrics = self.engine.metrics();
         if let Err(e) = check_redirect(event.key(), hops, self.engine.limits()) {
             Metrics::incr(&metrics.identity_refused);
-            return refused(ErrorCode::from(&e), e.to_string());
+            let code = ErrorCode::from(&e);
+            self.keep(source, event, code, &e.to_string()).await;
+            return refused(code, e.to_string());
         }
         Metrics::incr(&metrics.identity_redirects);
         let mut routed = event.clone();
         routed.user_id = Some(canonical);
-        let mut outcomes = self.route_boxed(vec![(routed, hops + 1)]).await;
+        let mut outcomes = self.route_boxed(vec![(routed, hops + 1)], source).await;
         outcomes
             .pop()
             .unwrap_or_else(|| refused(ErrorCode::Internal, "no outcome"))
@@ -328,5 +383,45 @@ impl Cluster {
         // What the linked id's owner applied before the redirect reached it.
         state.merge(&self.read_linked(id).await?);
         Ok(state)
+    }
+
+    /// Keeps `event` as a dead letter refused with `code` and `reason` (not for a replay).
+    async fn keep(&self, source: &Source, event: &Event, code: ErrorCode, reason: &str) {
+        if let Source::Named(name) = source {
+            let capture = Capture::event(
+                event,
+                code,
+                reason,
+                name.clone(),
+                now_ms(),
+                self.engine.limits(),
+            );
+            self.dead_letters.capture(capture).await;
+        }
+    }
+
+    /// Keeps an event that failed validation on the wire as a dead letter (its fields as JSON).
+    pub(super) async fn keep_wire(&self, source: &Source, wire: &WireEvent, reply: &ErrorReply) {
+        let Source::Named(name) = source else {
+            return;
+        };
+        let properties = serde_json::from_str::<serde_json::Value>(&wire.properties_json)
+            .unwrap_or_else(|_| serde_json::Value::String(wire.properties_json.clone()));
+        let payload = serde_json::json!({
+            "messageId": wire.message_id, "userId": wire.user_id, "anonymousId": wire.anonymous_id,
+            "kind": wire.kind, "name": wire.name, "timestampMs": wire.timestamp_ms,
+            "properties": properties, "previousId": wire.previous_id,
+        });
+        let key = wire.user_id.clone().or_else(|| wire.anonymous_id.clone());
+        let capture = Capture::raw(
+            reply.code,
+            reply.message.clone(),
+            name.clone(),
+            now_ms(),
+            &payload.to_string(),
+            self.engine.limits(),
+        )
+        .with_ids(key, Some(wire.message_id.clone()));
+        self.dead_letters.capture(capture).await;
     }
 }

@@ -21,6 +21,7 @@
 //! never on local reads (they route with a placement snapshot). Anti-entropy rounds hash every local
 //! record while holding it.
 
+pub mod dead_letters;
 pub mod ingest;
 mod meta;
 mod waiters;
@@ -42,9 +43,10 @@ use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, NodeId, Profile, Request, Response};
 use tokio::sync::oneshot;
 
+use dead_letters::DeadLetterQueue;
 use featurestore::ingest::Definitions;
 use featurestore::wire::event::EventOutcome;
-use ingest::Ingester;
+use ingest::{Ingester, Source};
 use waiters::Waiters;
 
 use crate::clock::now_ms;
@@ -68,6 +70,8 @@ pub struct Cluster {
     rpc_timeout: Duration,
     /// Feature definitions and the ingest bound.
     ingester: Ingester,
+    /// Events this node could not ingest.
+    dead_letters: DeadLetterQueue,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -113,7 +117,14 @@ impl Cluster {
             Some(path) => crate::features::load(path, &config.limits)?,
             None => Definitions::default(),
         };
-        let ingester = Ingester::new(definitions, config.ingest.max_inflight_events);
+        let mut ingester = Ingester::new(definitions, config.ingest.max_inflight_events);
+        ingester.dead_letter_late = config.ingest.dead_letter_late;
+        let dead_letters = DeadLetterQueue::open(
+            engine.limits().clone(),
+            storage.clone(),
+            engine.durability().clone(),
+            engine.metrics().clone(),
+        )?;
         Ok(Cluster {
             me,
             advertise: config.advertise(),
@@ -125,6 +136,7 @@ impl Cluster {
             next_id: AtomicU64::new(1),
             rpc_timeout,
             ingester,
+            dead_letters,
         })
     }
 
@@ -336,6 +348,25 @@ impl Cluster {
             }
             Request::Get { .. } | Request::GetMany { .. } => self.read(request).await,
             Request::Ingest { events } => Response::Ingested(self.ingest_wire(events).await),
+            Request::DeadLetters { after, limit } => {
+                let limits = self.engine.limits();
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                let max_bytes = u64::from(limits.max_frame_bytes / 2);
+                Response::DeadLetters(self.dead_letters.page(
+                    after,
+                    limit.clamp(1, limits.max_batch),
+                    max_bytes,
+                ))
+            }
+            Request::DeadLetter { id } => Response::DeadLetter(self.dead_letters.get(id)),
+            // Admin (`Request::is_admin`): dlq replay, dlq purge.
+            Request::ReplayDeadLetters { ids, after } => {
+                Response::Replayed(self.replay_dead_letters(ids, after).await)
+            }
+            Request::PurgeDeadLetters { ids } => match self.purge_dead_letters(ids).await {
+                Ok(purged) => Response::Purged(purged),
+                Err(e) => error_reply(ErrorCode::Storage, e.to_string()),
+            },
             Request::Put { .. }
             | Request::Increment { .. }
             | Request::SetFlag { .. }
@@ -582,6 +613,11 @@ impl Cluster {
             ("orphans_moved".to_owned(), s.orphans_moved),
         ]);
         counters.extend(self.peers.metrics().snapshot());
+        let dlq = self.dead_letters.usage();
+        counters.extend([
+            ("dlq_entries".to_owned(), dlq.entries),
+            ("dlq_bytes".to_owned(), dlq.bytes),
+        ]);
         NodeStatus {
             node_id: self.me.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -605,6 +641,7 @@ impl Cluster {
         events: Vec<featurestore::wire::event::WireEvent>,
     ) -> Vec<EventOutcome> {
         let limits = self.engine.limits().clone();
+        let source = Source::Named("quic".to_owned());
         let mut outcomes: Vec<Option<EventOutcome>> = Vec::with_capacity(events.len());
         let mut valid = Vec::new();
         let mut at = Vec::new();
@@ -617,6 +654,7 @@ impl Cluster {
                 }
                 Err(e) => {
                     let reply = ErrorReply::of(&e);
+                    self.keep_wire(&source, &wire, &reply).await;
                     outcomes.push(Some(EventOutcome::Refused {
                         code: reply.code,
                         message: reply.message,
@@ -624,7 +662,7 @@ impl Cluster {
                 }
             }
         }
-        for (i, outcome) in at.into_iter().zip(self.ingest(valid).await) {
+        for (i, outcome) in at.into_iter().zip(self.ingest(valid, &source).await) {
             outcomes[i] = Some(outcome);
         }
         outcomes.into_iter().flatten().collect()

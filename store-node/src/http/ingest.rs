@@ -28,6 +28,11 @@
 //! none of whose events is valid is 400 (`invalid_event` for a single call, with the defect; and
 //! `invalid_events` for a batch, with the list).
 //!
+//! **Dead letters**: each event refused here (`invalid_event`, `event_too_large`) is kept in the node's
+//! dead-letter queue, durable, before the answer names it: its JSON as parsed (the batch's `sentAt` and
+//! `context` applied, a single call's type from its endpoint), the write key's source, the reason.
+//! Requests refused whole are not kept (there is no event to keep).
+//!
 //! **Acknowledgement**: 200 only once every accepted event is `Applied` (durable on its owner and handed to
 //! replication per the write plan) or a `Duplicate`. If any event's owner did not answer or was
 //! overloaded (`Unavailable`), the answer is 503 with `Retry-After`; if an owner could not store one, 500.
@@ -43,6 +48,7 @@ use axum::routing::{post, MethodRouter};
 use axum::Router;
 use featurestore::error::EventDefect;
 use featurestore::ingest::{Event, EventType};
+use featurestore::wire::dead_letter::Capture;
 use featurestore::wire::event::EventOutcome;
 use featurestore::{Error as CoreError, ErrorCode, Limits};
 use http_body_util::BodyExt;
@@ -95,6 +101,8 @@ struct Refusal {
     message_id: Option<String>,
     code: &'static str,
     message: String,
+    /// What the dead-letter queue keeps of it (refusals at this edge; the owner keeps its own).
+    capture: Option<Box<Capture>>,
 }
 
 impl Refusal {
@@ -219,35 +227,68 @@ fn event_code(e: &CoreError) -> &'static str {
     }
 }
 
-/// One event of a request made ready for the cluster, or its refusal.
+/// One event of a request made ready for the cluster, or its refusal (with what the dead-letter queue
+/// keeps of it: the event's JSON as it was parsed, the batch's `sentAt` and `context` applied).
 fn prepare(
     raw: &RawValue,
     index: usize,
     call: Call,
     parsed: &Parsed<'_>,
-    received_at_ms: u64,
+    (source, received_at_ms): (&str, u64),
     limits: &Limits,
 ) -> Result<Event, Refusal> {
     let text = raw.get();
-    let refuse = |message_id: Option<String>, code, message| Refusal {
-        index,
-        message_id,
-        code,
-        message,
-    };
+    let refuse =
+        |message_id: Option<String>, code, wire: ErrorCode, message: String, payload: &str| {
+            let capture = Capture::raw(
+                wire,
+                message.clone(),
+                source,
+                received_at_ms,
+                payload,
+                limits,
+            )
+            .with_ids(None, message_id.clone());
+            Refusal {
+                index,
+                message_id,
+                code,
+                message,
+                capture: Some(Box::new(capture)),
+            }
+        };
     if text.len() > limits.max_event_bytes {
+        let message = format!(
+            "the event is {} bytes, the limit is {}",
+            text.len(),
+            limits.max_event_bytes
+        );
+        // Kept without a `writeKey` it may carry (the queue never holds a secret).
+        let kept = match serde_json::from_str::<Json>(text) {
+            Ok(Json::Object(mut event)) => {
+                event.remove("writeKey");
+                Json::Object(event).to_string()
+            }
+            _ => text.to_owned(),
+        };
         return Err(refuse(
             None,
             "event_too_large",
-            format!(
-                "the event is {} bytes, the limit is {}",
-                text.len(),
-                limits.max_event_bytes
-            ),
+            ErrorCode::LimitExceeded,
+            message,
+            &kept,
         ));
     }
-    let mut value: Json = serde_json::from_str(text)
-        .map_err(|e| refuse(None, "invalid_event", format!("not JSON: {e}")))?;
+    let mut value: Json = serde_json::from_str(text).map_err(|e| {
+        let message = format!("not JSON: {e}");
+        refuse(
+            None,
+            "invalid_event",
+            ErrorCode::InvalidRequest,
+            message,
+            text,
+        )
+    })?;
     let message_id = value
         .get("messageId")
         .and_then(Json::as_str)
@@ -278,11 +319,42 @@ fn prepare(
         Call::Single(kind) => Some(kind),
         Call::Batch => None,
     };
-    let event = Event::from_segment(&value, default_type, received_at_ms, limits)
-        .map_err(|e| refuse(message_id.clone(), event_code(&e), e.to_string()))?;
-    limits
-        .check_key(event.key())
-        .map_err(|e| refuse(message_id, "invalid_event", format!("invalid event: {e}")))?;
+    let kept = || {
+        // A single call's type is its endpoint's: kept explicitly, so a replay parses it the same way.
+        let mut kept = value.clone();
+        if let (Json::Object(event), Some(kind)) = (&mut kept, default_type) {
+            if event.get("type").is_none_or(Json::is_null) {
+                let kind = serde_json::to_value(kind).unwrap_or(Json::Null);
+                event.insert("type".to_owned(), kind);
+            }
+        }
+        kept.to_string()
+    };
+    let event = Event::from_segment(&value, default_type, received_at_ms, limits).map_err(|e| {
+        let wire = ErrorCode::from(&e);
+        refuse(
+            message_id.clone(),
+            event_code(&e),
+            wire,
+            e.to_string(),
+            &kept(),
+        )
+    })?;
+    limits.check_key(event.key()).map_err(|e| {
+        let message = format!("invalid event: {e}");
+        let mut refusal = refuse(
+            message_id.clone(),
+            "invalid_event",
+            ErrorCode::from(&e),
+            message,
+            &kept(),
+        );
+        refusal.capture = refusal.capture.take().map(|c| {
+            let key = event.key().to_owned();
+            Box::new(c.with_ids(Some(key), message_id.clone()))
+        });
+        refusal
+    })?;
     Ok(event)
 }
 
@@ -413,13 +485,21 @@ async fn ingest(s: &Shared, call: Call, headers: &HeaderMap, body: Body) -> Resu
     let mut at = Vec::with_capacity(total);
     let mut refused = Vec::new();
     for (i, raw) in parsed.events.iter().enumerate() {
-        match prepare(raw, i, call, &parsed, received_at_ms, &s.limits) {
+        match prepare(raw, i, call, &parsed, (&source, received_at_ms), &s.limits) {
             Ok(event) => {
                 events.push(event);
                 at.push(i);
             }
             Err(refusal) => refused.push(refusal),
         }
+    }
+    // Refused here: kept as dead letters (durable) before the answer names them.
+    let captures: Vec<Capture> = refused
+        .iter_mut()
+        .filter_map(|r| r.capture.take().map(|c| *c))
+        .collect();
+    if !captures.is_empty() {
+        s.sink.dead_letter(captures).await;
     }
     if events.is_empty() && !refused.is_empty() {
         Metrics::add(&s.metrics.http_events_refused, refused.len());
@@ -443,7 +523,7 @@ async fn ingest(s: &Shared, call: Call, headers: &HeaderMap, body: Body) -> Resu
         Vec::new()
     } else {
         let started = std::time::Instant::now();
-        let outcomes = s.sink.ingest(events).await;
+        let outcomes = s.sink.ingest(source.clone(), events).await;
         let h = &s.metrics.histograms;
         h.ingest_batch_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -473,6 +553,7 @@ async fn ingest(s: &Shared, call: Call, headers: &HeaderMap, body: Body) -> Resu
                     message_id: ids.get(pos).cloned(),
                     code: "invalid_event",
                     message,
+                    capture: None,
                 }),
             },
         }

@@ -33,6 +33,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use featurestore::ingest::Event;
+use featurestore::wire::dead_letter::Capture;
 use featurestore::wire::event::EventOutcome;
 use featurestore::Limits;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -43,6 +44,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ingest::Source;
 use crate::cluster::Cluster;
 use crate::config::{HttpConfig, NodeConfig};
 use crate::error::{Error, Result};
@@ -54,19 +56,32 @@ pub use reply::ApiError;
 /// Where validated events go: the cluster's ingest path in a node ([`Cluster::ingest`]), a fake in the
 /// unit tests of this module.
 pub trait EventSink: Send + Sync + 'static {
-    /// Ingests `events`; one outcome per event, in order.
+    /// Ingests `events` received from the write key of `source`; one outcome per event, in order.
     fn ingest(
         &self,
+        source: String,
         events: Vec<Event>,
     ) -> Pin<Box<dyn Future<Output = Vec<EventOutcome>> + Send + '_>>;
+
+    /// Keeps events refused at the edge in the node's dead-letter queue (done once they are durable).
+    fn dead_letter(&self, captures: Vec<Capture>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 impl EventSink for Cluster {
     fn ingest(
         &self,
+        source: String,
         events: Vec<Event>,
     ) -> Pin<Box<dyn Future<Output = Vec<EventOutcome>> + Send + '_>> {
-        Box::pin(Cluster::ingest(self, events))
+        Box::pin(async move { Cluster::ingest(self, events, &Source::Named(source)).await })
+    }
+
+    fn dead_letter(&self, captures: Vec<Capture>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            for capture in captures {
+                self.dead_letters().capture(capture).await;
+            }
+        })
     }
 }
 

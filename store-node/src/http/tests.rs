@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use base64::Engine as _;
 use featurestore::ingest::{Event, EventType};
+use featurestore::wire::dead_letter::Capture;
 use featurestore::wire::event::EventOutcome;
 use featurestore::{ErrorCode, Limits};
 use http_body_util::BodyExt;
@@ -27,15 +28,25 @@ type Decide = dyn Fn(&Event) -> EventOutcome + Send + Sync;
 /// Records what it is given; answers each event with `decide`. With `gate`, waits for it first.
 struct FakeSink {
     got: Mutex<Vec<Event>>,
+    /// Dead letters handed over, and the sources of ingested events.
+    dead: Mutex<Vec<Capture>>,
+    sources: Mutex<Vec<String>>,
     decide: Box<Decide>,
     gate: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl EventSink for FakeSink {
+    fn dead_letter(&self, captures: Vec<Capture>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        self.dead.lock().unwrap().extend(captures);
+        Box::pin(async {})
+    }
+
     fn ingest(
         &self,
+        source: String,
         events: Vec<Event>,
     ) -> Pin<Box<dyn Future<Output = Vec<EventOutcome>> + Send + '_>> {
+        self.sources.lock().unwrap().push(source);
         Box::pin(async move {
             if let Some(gate) = &self.gate {
                 gate.notified().await;
@@ -64,6 +75,8 @@ fn fixture_with(
 ) -> Fixture {
     let sink = Arc::new(FakeSink {
         got: Mutex::default(),
+        dead: Mutex::default(),
+        sources: Mutex::default(),
         decide,
         gate,
     });
@@ -421,6 +434,49 @@ async fn a_batch_drops_its_invalid_events_and_says_which() {
     let (status, ..) = send(&f.router, post_json("/v1/batch", &json!({"batch": []}))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(f.sink.got.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn events_refused_at_the_edge_are_handed_to_the_dead_letter_queue_with_their_json() {
+    let f = fixture();
+    let too_large = json!({"type": "page", "userId": "u", "writeKey": KEY,
+                           "zpad": "x".repeat(33 * 1024)});
+    let batch = json!({"sentAt": "2023-11-14T22:13:30Z", "batch": [
+        track("ok-1", "u1"),
+        {"type": "track", "event": "x", "messageId": "no-id"},
+        {"type": "track", "event": "x", "userId": "k".repeat(300), "messageId": "long-key"},
+        too_large,
+    ]});
+    let (status, reply, _) = send(&f.router, post_json("/v1/batch", &batch)).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["refused"], 3);
+    assert_eq!(*f.sink.sources.lock().unwrap(), ["web"]);
+    // A single call without `type`: kept with its endpoint's type, so a replay parses it alike.
+    let (status, ..) = send(&f.router, post_json("/v1/track", &json!({"event": "e"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let dead = f.sink.dead.lock().unwrap().clone();
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    assert!(dead.iter().all(|c| c.source == "web"));
+    let no_id = &dead[0];
+    assert_eq!(no_id.code, ErrorCode::InvalidRequest);
+    assert!(no_id.reason.contains("neither userId nor anonymousId"));
+    assert_eq!(no_id.message_id.as_deref(), Some("no-id"));
+    let kept: Json = serde_json::from_str(&no_id.payload).unwrap();
+    assert_eq!(
+        kept["sentAt"], "2023-11-14T22:13:30Z",
+        "the batch's sentAt applied"
+    );
+    assert_eq!(kept["messageId"], "no-id");
+    let long_key = &dead[1];
+    assert_eq!(long_key.code, ErrorCode::LimitExceeded);
+    assert_eq!(long_key.key.as_ref().map(String::len), Some(256), "cut");
+    let large = &dead[2];
+    assert_eq!(large.code, ErrorCode::LimitExceeded);
+    assert!(large.truncated && large.payload.len() <= Limits::default().max_event_bytes);
+    assert!(!large.payload.contains(KEY), "no write key is kept");
+    let single: Json = serde_json::from_str(&dead[3].payload).unwrap();
+    assert_eq!(single["type"], "track");
 }
 
 #[tokio::test]
