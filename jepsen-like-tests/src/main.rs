@@ -107,6 +107,13 @@ fn run_schedules(args: RunArgs) -> anyhow::Result<bool> {
         None => cluster::find_store_node()?,
     };
     anyhow::ensure!(args.nodes >= 3, "--nodes must be at least 3");
+    let netem = match netns::netem_available() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("packet loss/delay nemesis unavailable: {e:#}; partitions use blackhole routes only");
+            false
+        }
+    };
     watch_signals();
     let seed = args.seed.unwrap_or_else(|| jepsen_like_tests::now_ms() % 1_000_000);
     let names: Vec<&str> = nemeses.iter().map(|n| n.name()).collect();
@@ -134,6 +141,7 @@ fn run_schedules(args: RunArgs) -> anyhow::Result<bool> {
             tasks: args.tasks,
             index: k,
             reproduce,
+            netem,
         };
         let verdict = run::run(&opts)?;
         print!("{}", verdict.summary());

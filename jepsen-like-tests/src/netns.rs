@@ -105,6 +105,22 @@ pub fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `tc netem` works here: `tc` on the path and the kernel's `sch_netem` qdisc (tried on the
+/// loopback of a scratch namespace). `Err` says why not.
+pub fn netem_available() -> anyhow::Result<()> {
+    if !have("tc") {
+        bail!("`tc` is not on PATH (iproute2)");
+    }
+    let probe = format!("{PREFIX}{}-tcprobe", std::process::id());
+    ip(&["netns", "add", &probe])?;
+    let result = run(
+        "ip",
+        &["netns", "exec", &probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+    );
+    ip(&["netns", "del", &probe])?;
+    result.context("the kernel has no netem qdisc (module sch_netem)")
+}
+
 /// Every namespace name (`ip netns list`).
 pub fn list() -> anyhow::Result<Vec<String>> {
     Ok(output("ip", &["netns", "list"])?

@@ -54,6 +54,8 @@ pub struct Options {
     pub index: u32,
     /// The command that reruns it.
     pub reproduce: String,
+    /// Whether `tc netem` works here ([`crate::netns::netem_available`]).
+    pub netem: bool,
 }
 
 /// The worker process and its answers.
@@ -234,7 +236,7 @@ fn drive(
         cluster.start(i)?;
     }
     let mut worker = Worker::start(net, &opts.dir, opts.seed, opts.tasks)?;
-    let have_tc = crate::netns::have("tc");
+    let have_tc = opts.netem;
     let start = Instant::now();
     let start_ms = crate::now_ms();
     let faults_path = opts.dir.join("faults.jsonl");
