@@ -26,6 +26,18 @@ enum Cmd {
     Worker(worker::WorkerArgs),
     /// Remove namespaces left by an earlier harness that died, and exit.
     Cleanup,
+    /// Print the fault plan of a seed (JSON), without running anything.
+    Plan {
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// Workload duration.
+        #[arg(long, default_value = "60s", value_parser = jepsen_like_tests::parse_duration)]
+        time: Duration,
+        /// Nemeses, comma-separated.
+        #[arg(long, default_value = "partition,kill,pause,clock")]
+        nemesis: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -63,6 +75,17 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(worker::run(args)),
+        Some(Cmd::Plan {
+            seed,
+            time,
+            nemesis,
+        }) => {
+            let nemeses = Nemesis::parse_list(&nemesis).map_err(anyhow::Error::msg)?;
+            let ms = u64::try_from(time.as_millis()).unwrap_or(u64::MAX);
+            let plan = jepsen_like_tests::schedule::plan(seed, ms, &nemeses);
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+            Ok(())
+        }
         Some(Cmd::Cleanup) => {
             netns::preflight()?;
             for ns in netns::cleanup_stale()? {
