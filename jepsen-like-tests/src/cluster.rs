@@ -146,7 +146,12 @@ impl Cluster {
             cert: format!("../certs/node-{}.pem", node.id).into(),
             key: format!("../certs/node-{}.key", node.id).into(),
         };
-        let mut config = NodeConfig::new(NodeId::new(node.id.as_str())?, node.addr, "data".into(), tls);
+        let mut config = NodeConfig::new(
+            NodeId::new(node.id.as_str())?,
+            node.addr,
+            "data".into(),
+            tls,
+        );
         config.cluster.bootstrap = bootstrap;
         config.cluster.seeds = self.nodes[..self.initial]
             .iter()
@@ -314,8 +319,12 @@ pub fn find_store_node() -> anyhow::Result<PathBuf> {
 
 /// The address of a node as the client sees it.
 pub fn node_ip(cluster: &Cluster, id: &str) -> Option<Ipv4Addr> {
-    cluster.nodes.iter().find(|n| n.id == id).map(|n| match n.addr {
-        SocketAddr::V4(a) => *a.ip(),
-        SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-    })
+    cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == id)
+        .map(|n| match n.addr {
+            SocketAddr::V4(a) => *a.ip(),
+            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        })
 }

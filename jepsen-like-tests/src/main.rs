@@ -11,7 +11,12 @@ use jepsen_like_tests::schedule::Nemesis;
 use jepsen_like_tests::{cluster, netns, run, worker};
 
 #[derive(Parser)]
-#[command(name = "jepsen-like-tests", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "jepsen-like-tests",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -102,13 +107,20 @@ fn main() -> anyhow::Result<()> {
 
 fn watch_signals() {
     std::thread::spawn(|| {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
             return;
         };
         rt.block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut term) = signal(SignalKind::terminate()) else { return };
-            let Ok(mut int) = signal(SignalKind::interrupt()) else { return };
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            let Ok(mut int) = signal(SignalKind::interrupt()) else {
+                return;
+            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
@@ -138,10 +150,19 @@ fn run_schedules(args: RunArgs) -> anyhow::Result<bool> {
         }
     };
     watch_signals();
-    let seed = args.seed.unwrap_or_else(|| jepsen_like_tests::now_ms() % 1_000_000);
+    let seed = args
+        .seed
+        .unwrap_or_else(|| jepsen_like_tests::now_ms() % 1_000_000);
     let names: Vec<&str> = nemeses.iter().map(|n| n.name()).collect();
-    let nemesis_arg = if names.is_empty() { "none".to_owned() } else { names.join(",") };
-    let run_dir = args.out.join(format!("seed-{seed}-{}", jepsen_like_tests::now_ms() / 1000));
+    let nemesis_arg = if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(",")
+    };
+    let run_dir = args.out.join(format!(
+        "seed-{seed}-{}",
+        jepsen_like_tests::now_ms() / 1000
+    ));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let mut verdicts = Vec::new();
     for k in 0..args.schedules {

@@ -149,7 +149,10 @@ pub fn apply(
                         net.netem(name, delay, 20, loss)?;
                     }
                     (
-                        format!("netem delay {delay}ms±20ms loss {loss}% on {:?}", &names[..k]),
+                        format!(
+                            "netem delay {delay}ms±20ms loss {loss}% on {:?}",
+                            &names[..k]
+                        ),
                         names[..k].to_vec(),
                     )
                 }
@@ -194,7 +197,11 @@ pub fn apply(
         Nemesis::Clock => {
             let i = up[0];
             let magnitude = rng.range(500, 10_000) as i64;
-            let offset = if rng.chance(0.5) { magnitude } else { -magnitude };
+            let offset = if rng.chance(0.5) {
+                magnitude
+            } else {
+                -magnitude
+            };
             let strobe = rng.chance(0.4);
             let mut w = window(
                 step.nemesis,
@@ -245,10 +252,7 @@ pub fn apply(
                     window: w,
                 }
             } else if cluster.nodes.iter().all(|n| !n.left) && n > 3 {
-                let i = *up
-                    .iter()
-                    .find(|&&i| i < cluster.initial)
-                    .unwrap_or(&up[0]);
+                let i = *up.iter().find(|&&i| i < cluster.initial).unwrap_or(&up[0]);
                 let id = cluster.nodes[i].id.clone();
                 let w = window(step.nemesis, format!("leave {id}"), vec![id.clone()]);
                 let answer = worker(&format!("leave {id}"))?;
@@ -289,10 +293,7 @@ pub fn heal(
     cluster: &mut Cluster,
     worker: &mut WorkerCommand<'_>,
 ) -> anyhow::Result<(FaultWindow, Vec<Restart>)> {
-    let Applied {
-        active,
-        mut window,
-    } = applied;
+    let Applied { active, mut window } = applied;
     let mut restarts = Vec::new();
     match active {
         Active::Net => net.heal()?,

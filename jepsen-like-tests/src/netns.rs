@@ -96,7 +96,16 @@ pub fn preflight() -> anyhow::Result<()> {
          process CAP_SYS_ADMIN; /run/netns must be writable",
     )?;
     let veth = ip(&[
-        "-n", &probe, "link", "add", "fsjprobe0", "type", "veth", "peer", "name", "fsjprobe1",
+        "-n",
+        &probe,
+        "link",
+        "add",
+        "fsjprobe0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "fsjprobe1",
     ]);
     let bridge = ip(&["-n", &probe, "link", "add", "fsjbr", "type", "bridge"]);
     ip(&["netns", "del", &probe])?;
@@ -115,7 +124,10 @@ pub fn netem_available() -> anyhow::Result<()> {
     ip(&["netns", "add", &probe])?;
     let result = run(
         "ip",
-        &["netns", "exec", &probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+        &[
+            "netns", "exec", &probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay",
+            "1ms",
+        ],
     );
     ip(&["netns", "del", &probe])?;
     result.context("the kernel has no netem qdisc (module sch_netem)")
@@ -220,7 +232,15 @@ impl Net {
             ip(&["-n", &bridge_ns, "link", "set", &host_end, "master", "br0"])?;
             ip(&["-n", &bridge_ns, "link", "set", &host_end, "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             net.members.push(Member {
                 name: name.clone(),
@@ -243,7 +263,14 @@ impl Net {
     pub fn blackhole(&mut self, from: &str, to: &str) -> anyhow::Result<()> {
         let ns = self.member(from)?.ns.clone();
         let dest = self.member(to)?.ip;
-        ip(&["-n", &ns, "route", "add", "blackhole", &format!("{dest}/32")])?;
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "blackhole",
+            &format!("{dest}/32"),
+        ])?;
         self.blackholes.push((ns, dest));
         Ok(())
     }
@@ -285,14 +312,23 @@ impl Net {
     pub fn heal(&mut self) -> anyhow::Result<()> {
         let mut first_error = None;
         for (ns, dest) in std::mem::take(&mut self.blackholes) {
-            if let Err(e) = ip(&["-n", &ns, "route", "del", "blackhole", &format!("{dest}/32")]) {
+            if let Err(e) = ip(&[
+                "-n",
+                &ns,
+                "route",
+                "del",
+                "blackhole",
+                &format!("{dest}/32"),
+            ]) {
                 first_error.get_or_insert(e);
             }
         }
         for ns in std::mem::take(&mut self.netem) {
             if let Err(e) = run(
                 "ip",
-                &["netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root"],
+                &[
+                    "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root",
+                ],
             ) {
                 first_error.get_or_insert(e);
             }

@@ -52,8 +52,16 @@ impl Verdict {
             self.time_ms / 1000,
             self.nemeses.join(",")
         );
-        let _ = writeln!(s, "  operations: {} invoked, {} acknowledged", self.ops, self.ok);
-        let faults: Vec<String> = self.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            s,
+            "  operations: {} invoked, {} acknowledged",
+            self.ops, self.ok
+        );
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         let _ = writeln!(s, "  faults: {}", faults.join(", "));
         if let Some(e) = &self.error {
             let _ = writeln!(s, "  ERROR: {e}");
@@ -92,7 +100,10 @@ impl Verdict {
 
     /// Writes `verdict.json` and `summary.txt` into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::write(dir.join("verdict.json"), serde_json::to_string_pretty(self)?)?;
+        std::fs::write(
+            dir.join("verdict.json"),
+            serde_json::to_string_pretty(self)?,
+        )?;
         std::fs::write(dir.join("summary.txt"), self.summary())?;
         Ok(())
     }
@@ -141,9 +152,17 @@ pub fn aggregate(verdicts: &[Verdict]) -> serde_json::Value {
             e.1 += t["ok"].as_u64().unwrap_or(0);
         }
     }
-    let sum = |checker: &str, name: &str| verdicts.iter().map(|v| count(v, checker, name)).sum::<u64>();
+    let sum = |checker: &str, name: &str| {
+        verdicts
+            .iter()
+            .map(|v| count(v, checker, name))
+            .sum::<u64>()
+    };
     let max = |checker: &str, name: &str| verdicts.iter().map(|v| count(v, checker, name)).max();
-    let p50s: Vec<u64> = verdicts.iter().map(|v| count(v, "convergence", "converge_ms_p50")).collect();
+    let p50s: Vec<u64> = verdicts
+        .iter()
+        .map(|v| count(v, "convergence", "converge_ms_p50"))
+        .collect();
     serde_json::json!({
         "schedules": verdicts.len(),
         "passed": verdicts.iter().filter(|v| v.valid).count(),
@@ -190,7 +209,13 @@ fn color(nemesis: &str) -> &'static str {
 /// The SVG timeline: x is time, one row per node (plus `?` for operations with no node), y within a
 /// row the operation's latency on a log scale (1 ms at the bottom, 10 s at the top); green `ok`, orange
 /// `info`, red `fail`; fault windows shaded across every row and labelled.
-pub fn svg(ops: &[Completed], faults: &[FaultWindow], start_ms: u64, end_ms: u64, nodes: &[String]) -> String {
+pub fn svg(
+    ops: &[Completed],
+    faults: &[FaultWindow],
+    start_ms: u64,
+    end_ms: u64,
+    nodes: &[String],
+) -> String {
     let (width, left, row_h, top) = (1200.0_f64, 60.0_f64, 70.0_f64, 30.0_f64);
     let mut rows: Vec<String> = nodes.to_vec();
     rows.push("?".to_owned());
@@ -214,7 +239,12 @@ pub fn svg(ops: &[Completed], faults: &[FaultWindow], start_ms: u64, end_ms: u64
             f.nemesis,
             xml(&f.detail)
         );
-        let _ = writeln!(s, r#"<text x="{x0:.1}" y="{:.1}">{}</text>"#, top - 4.0, f.nemesis);
+        let _ = writeln!(
+            s,
+            r#"<text x="{x0:.1}" y="{:.1}">{}</text>"#,
+            top - 4.0,
+            f.nemesis
+        );
     }
     for (i, name) in rows.iter().enumerate() {
         let y = top + row_h * i as f64;
@@ -258,11 +288,14 @@ pub fn svg(ops: &[Completed], faults: &[FaultWindow], start_ms: u64, end_ms: u64
 }
 
 fn xml(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
     use super::*;
     use crate::checkers::test_support::op;
     use crate::history::OpKind;

@@ -97,7 +97,11 @@ impl Worker {
                 }
             }
         });
-        let mut w = Worker { child, stdin, lines };
+        let mut w = Worker {
+            child,
+            stdin,
+            lines,
+        };
         let first = w.answer(Duration::from_secs(60))?;
         if first != "ready" {
             bail!("worker said {first:?} instead of ready (see worker.log)");
@@ -106,9 +110,9 @@ impl Worker {
     }
 
     fn answer(&mut self, timeout: Duration) -> anyhow::Result<String> {
-        self.lines
-            .recv_timeout(timeout)
-            .map_err(|_| anyhow::anyhow!("the worker did not answer within {timeout:?} (see worker.log)"))
+        self.lines.recv_timeout(timeout).map_err(|_| {
+            anyhow::anyhow!("the worker did not answer within {timeout:?} (see worker.log)")
+        })
     }
 
     fn command(&mut self, line: &str, timeout: Duration) -> anyhow::Result<String> {
@@ -144,7 +148,10 @@ pub fn run(opts: &Options) -> anyhow::Result<Verdict> {
     std::fs::create_dir_all(&opts.dir)?;
     let time_ms = u64::try_from(opts.time.as_millis()).unwrap_or(u64::MAX);
     let steps = schedule::plan(opts.seed, time_ms, &opts.nemeses);
-    std::fs::write(opts.dir.join("schedule.json"), serde_json::to_string_pretty(&steps)?)?;
+    std::fs::write(
+        opts.dir.join("schedule.json"),
+        serde_json::to_string_pretty(&steps)?,
+    )?;
     let spare = usize::from(opts.nemeses.contains(&Nemesis::Membership));
     let mut names: Vec<String> = (1..=opts.nodes + spare).map(|i| format!("n{i}")).collect();
     names.push("cl".to_owned());

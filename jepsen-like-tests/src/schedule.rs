@@ -133,7 +133,9 @@ mod tests {
         for w in a.windows(2) {
             assert!(w[0].at_ms + w[0].duration_ms < w[1].at_ms);
         }
-        assert!(a.iter().all(|s| s.at_ms >= WARMUP_MS && s.at_ms + s.duration_ms <= 60_000));
+        assert!(a
+            .iter()
+            .all(|s| s.at_ms >= WARMUP_MS && s.at_ms + s.duration_ms <= 60_000));
         assert!(plan(1, 60_000, &[]).is_empty());
         assert_eq!(
             Nemesis::parse_list("kill, partition,kill").unwrap(),

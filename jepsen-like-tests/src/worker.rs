@@ -34,9 +34,7 @@ use featurestore::cluster::detector::Liveness;
 use featurestore::{CausalContext, FeatureView, Marker, NodeId, Value};
 use store_client::{Client, ClientConfig, Error, MemberState};
 
-use crate::history::{
-    ClientKind, FinalKey, FinalState, FinalStatus, Op, OpKind, OpType, Probe,
-};
+use crate::history::{ClientKind, FinalKey, FinalState, FinalStatus, Op, OpKind, OpType, Probe};
 use crate::rng::Rng;
 
 /// The worker's arguments.
@@ -208,7 +206,11 @@ impl Task {
                         .filter(|m| !seen.contains(m) && !op.replaces.contains(m))
                         .collect();
                     seen.extend(flag.values.iter().map(|v| v.version.clone()));
-                    let marker = if new.len() == 1 { new.into_iter().next() } else { None };
+                    let marker = if new.len() == 1 {
+                        new.into_iter().next()
+                    } else {
+                        None
+                    };
                     Outcome {
                         node: marker.as_ref().map(|m| m.node.to_string()),
                         marker,
@@ -220,10 +222,9 @@ impl Task {
                 marker: Some(w),
                 ..Outcome::default()
             }),
-            OpKind::Read | OpKind::Connect => client
-                .get(&key, None)
-                .await
-                .map(|_| Outcome::default()),
+            OpKind::Read | OpKind::Connect => {
+                client.get(&key, None).await.map(|_| Outcome::default())
+            }
         };
         let end = crate::now_ms();
         let mut done = Op {
@@ -261,7 +262,13 @@ impl Task {
 
 async fn long_lived(shared: Arc<Shared>, client: Client, process: u32) {
     let mut task = Task {
-        rng: Rng::new(shared.args.seed.wrapping_mul(31).wrapping_add(u64::from(process))),
+        rng: Rng::new(
+            shared
+                .args
+                .seed
+                .wrapping_mul(31)
+                .wrapping_add(u64::from(process)),
+        ),
         shared: shared.clone(),
         process,
         kind: ClientKind::Long,
@@ -360,11 +367,19 @@ async fn sample_hints(shared: Arc<Shared>, client: Client) {
     }
 }
 
-async fn probe(shared: &Shared, client: &Client, node: &str, kill_ms: u64, since_ms: u64) -> Vec<Probe> {
+async fn probe(
+    shared: &Shared,
+    client: &Client,
+    node: &str,
+    kill_ms: u64,
+    since_ms: u64,
+) -> Vec<Probe> {
     let mut newest: BTreeMap<String, Marker> = BTreeMap::new();
     for a in lock(&shared.acked).iter() {
         if a.marker.node.as_str() == node && a.end_ms < kill_ms && a.end_ms > since_ms {
-            let e = newest.entry(a.key.clone()).or_insert_with(|| a.marker.clone());
+            let e = newest
+                .entry(a.key.clone())
+                .or_insert_with(|| a.marker.clone());
             if a.marker > *e {
                 *e = a.marker.clone();
             }
@@ -380,7 +395,10 @@ async fn probe(shared: &Shared, client: &Client, node: &str, kill_ms: u64, since
         }
         let mut last = Err("not read".to_owned());
         for _ in 0..5 {
-            last = client.local_state(&id, &key).await.map_err(|e| e.to_string());
+            last = client
+                .local_state(&id, &key)
+                .await
+                .map_err(|e| e.to_string());
             if last.is_ok() {
                 break;
             }
@@ -418,7 +436,10 @@ async fn read_key(client: &Client, key: &str) -> FinalKey {
     for node in &replicas {
         states.insert(
             node.to_string(),
-            client.local_state(node, key).await.map_err(|e| e.to_string()),
+            client
+                .local_state(node, key)
+                .await
+                .map_err(|e| e.to_string()),
         );
     }
     FinalKey {

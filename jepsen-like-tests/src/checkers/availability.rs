@@ -66,7 +66,10 @@ pub fn check(input: &Input) -> Report {
     for op in &input.ops {
         let w = window_of(input, op.invoke.time_ms);
         let kind = w.map_or_else(|| "none".to_owned(), |i| input.faults[i].nemesis.clone());
-        per_kind.entry((kind, op.invoke.client)).or_default().add(op);
+        per_kind
+            .entry((kind, op.invoke.client))
+            .or_default()
+            .add(op);
         if let (Some(i), ClientKind::Long) = (w, op.invoke.client) {
             per_window.entry(i).or_default().add(op);
         }
@@ -113,6 +116,7 @@ pub fn check(input: &Input) -> Report {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
     use super::super::test_support::*;
     use super::*;
     use crate::history::{FaultWindow, OpKind, OpType};
@@ -128,10 +132,19 @@ mod tests {
             offset_ms: None,
         });
         for k in 0..10u64 {
-            let typ = if fault_ok && k == 0 { OpType::Ok } else { OpType::Info };
+            let typ = if fault_ok && k == 0 {
+                OpType::Ok
+            } else {
+                OpType::Info
+            };
             i.ops.push(op(k, OpKind::Put, "g-0", 1_000 + k * 50, typ));
-            let typ = if (k as usize) < quiet_ok { OpType::Ok } else { OpType::Info };
-            i.ops.push(op(100 + k, OpKind::Put, "g-0", 3_000 + k * 50, typ));
+            let typ = if (k as usize) < quiet_ok {
+                OpType::Ok
+            } else {
+                OpType::Info
+            };
+            i.ops
+                .push(op(100 + k, OpKind::Put, "g-0", 3_000 + k * 50, typ));
         }
         i
     }

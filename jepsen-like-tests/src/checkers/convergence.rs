@@ -18,7 +18,10 @@ pub fn check(input: &Input) -> Report {
                 .iter()
                 .filter_map(|(n, s)| s.as_ref().err().map(|e| format!("{n}: {e}")))
                 .collect();
-            r.error(format!("{key}: replicas could not be read: {}", errs.join("; ")));
+            r.error(format!(
+                "{key}: replicas could not be read: {}",
+                errs.join("; ")
+            ));
         } else if identical(k) {
             converged += 1;
         } else {
@@ -44,6 +47,7 @@ pub fn check(input: &Input) -> Report {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
     use super::super::test_support::*;
     use super::*;
 
@@ -51,7 +55,11 @@ mod tests {
     fn identical_replicas_pass_and_a_stale_one_fails() {
         let mut input = Input::default();
         let s = gauge_state(1, "100.0@n1");
-        set_final(&mut input, "g-0", vec![("n1", Some(s.clone())), ("n2", Some(s.clone()))]);
+        set_final(
+            &mut input,
+            "g-0",
+            vec![("n1", Some(s.clone())), ("n2", Some(s.clone()))],
+        );
         let ok = check(&input);
         assert!(ok.valid, "{ok:?}");
         assert_eq!(ok.counts["converged"], 1);
@@ -63,7 +71,13 @@ mod tests {
             vec![("n1", Some(s)), ("n3", Some(gauge_state(0, "90.0@n3")))],
         );
         set_final(&mut input, "g-2", vec![("n1", None), ("n2", None)]);
-        input.fin.keys.get_mut("g-2").unwrap().states.insert("n4".into(), Err("timeout".into()));
+        input
+            .fin
+            .keys
+            .get_mut("g-2")
+            .unwrap()
+            .states
+            .insert("n4".into(), Err("timeout".into()));
         let bad = check(&input);
         assert!(!bad.valid);
         assert_eq!(bad.counts["diverged"], 1);

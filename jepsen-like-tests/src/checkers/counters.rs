@@ -9,16 +9,24 @@ use crate::history::OpKind;
 pub fn check(input: &Input) -> Report {
     let mut r = Report::new("counters");
     let keys = input.by_key(OpKind::Incr, "c-");
-    let (mut replicas, mut below, mut above, mut acked_ops, mut info_ops) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut replicas, mut below, mut above, mut acked_ops, mut info_ops) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     for (key, incs) in &keys {
-        let acked: i64 = incs.iter().filter(|o| o.is_ok()).filter_map(|o| o.invoke.value).sum();
+        let acked: i64 = incs
+            .iter()
+            .filter(|o| o.is_ok())
+            .filter_map(|o| o.invoke.value)
+            .sum();
         let attempted: i64 = incs
             .iter()
             .filter(|o| o.may_have_happened())
             .filter_map(|o| o.invoke.value)
             .sum();
         acked_ops += incs.iter().filter(|o| o.is_ok()).count() as u64;
-        info_ops += incs.iter().filter(|o| o.may_have_happened() && !o.is_ok()).count() as u64;
+        info_ops += incs
+            .iter()
+            .filter(|o| o.may_have_happened() && !o.is_ok())
+            .count() as u64;
         for (node, state) in input.states(key) {
             replicas += 1;
             let value = state
@@ -48,6 +56,7 @@ pub fn check(input: &Input) -> Report {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
     use super::super::test_support::*;
     use super::*;
     use crate::history::OpType;
@@ -56,7 +65,12 @@ mod tests {
 
     fn state(value: i64) -> Option<Profile> {
         let mut c = Counter::default();
-        c.apply(&NodeId::new("n1").unwrap(), value, Timestamp::from_millis(1)).unwrap();
+        c.apply(
+            &NodeId::new("n1").unwrap(),
+            value,
+            Timestamp::from_millis(1),
+        )
+        .unwrap();
         let mut p = Profile::default();
         p.counters.insert("n".into(), c);
         Some(p)
@@ -64,15 +78,24 @@ mod tests {
 
     fn input(value: i64) -> Input {
         let mut i = Input::default();
-        for (id, (typ, delta)) in [(OpType::Ok, 2), (OpType::Info, 3), (OpType::Fail, 5), (OpType::Ok, 1)]
-            .into_iter()
-            .enumerate()
+        for (id, (typ, delta)) in [
+            (OpType::Ok, 2),
+            (OpType::Info, 3),
+            (OpType::Fail, 5),
+            (OpType::Ok, 1),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let mut o = op(id as u64, OpKind::Incr, "c-0", 100 * id as u64, typ);
             o.invoke.value = Some(delta);
             i.ops.push(o);
         }
-        set_final(&mut i, "c-0", vec![("n1", state(value)), ("n2", state(value))]);
+        set_final(
+            &mut i,
+            "c-0",
+            vec![("n1", state(value)), ("n2", state(value))],
+        );
         i
     }
 

@@ -17,7 +17,11 @@ pub fn check(input: &Input) -> Report {
             r.error(format!(
                 "{} did not reopen after {}: {}",
                 restart.node,
-                if restart.wiped { "a disk wipe" } else { "kill -9" },
+                if restart.wiped {
+                    "a disk wipe"
+                } else {
+                    "kill -9"
+                },
                 restart.error.as_deref().unwrap_or("?")
             ));
         }
@@ -56,6 +60,7 @@ pub fn check(input: &Input) -> Report {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
     use super::super::test_support::*;
     use super::*;
     use crate::history::{Probe, Restart};

@@ -13,7 +13,12 @@ pub fn check(input: &Input) -> Report {
     let puts = input.by_key(OpKind::Put, "e-");
     let (mut acked, mut racing, mut resurrected, mut watermark_behind) = (0u64, 0u64, 0u64, 0u64);
     for (key, es) in &erases {
-        let Some(w) = es.iter().filter(|e| e.is_ok()).filter_map(|e| e.marker()).max() else {
+        let Some(w) = es
+            .iter()
+            .filter(|e| e.is_ok())
+            .filter_map(|e| e.marker())
+            .max()
+        else {
             continue;
         };
         acked += es.iter().filter(|e| e.is_ok()).count() as u64;
@@ -62,6 +67,7 @@ pub fn check(input: &Input) -> Report {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
     use super::super::test_support::*;
     use super::*;
     use crate::history::OpType;
@@ -73,7 +79,11 @@ mod tests {
         e.done.as_mut().unwrap().marker = Some(marker("150.0@n2"));
         i.ops.push(e);
         i.ops.push(put(2, "e-0", 155, OpType::Ok, 2, "160.0@n1"));
-        set_final(&mut i, "e-0", vec![("n1", Some(state.clone())), ("n2", Some(state))]);
+        set_final(
+            &mut i,
+            "e-0",
+            vec![("n1", Some(state.clone())), ("n2", Some(state))],
+        );
         i
     }
 

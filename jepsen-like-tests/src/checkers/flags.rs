@@ -15,7 +15,8 @@ use featurestore::Marker;
 pub fn check(input: &Input) -> Report {
     let mut r = Report::new("flags");
     let keys = input.by_key(OpKind::Flag, "f-");
-    let (mut acked, mut identified, mut resurrected, mut missing, mut siblings_max) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut acked, mut identified, mut resurrected, mut missing, mut siblings_max) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut concurrent_kept = 0u64;
     for (key, writes) in &keys {
         let dominated: BTreeSet<&Marker> = writes
@@ -72,6 +73,7 @@ pub fn check(input: &Input) -> Report {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
     use super::super::test_support::*;
     use super::*;
     use crate::history::OpType;
@@ -118,7 +120,11 @@ mod tests {
     fn concurrent_siblings_kept_and_dominated_ones_gone_pass() {
         let mut i = Input::default();
         i.ops = history();
-        set_final(&mut i, "f-0-0", vec![("n1", state(&["200.0@n2", "300.0@n1"]))]);
+        set_final(
+            &mut i,
+            "f-0-0",
+            vec![("n1", state(&["200.0@n2", "300.0@n1"]))],
+        );
         let r = check(&i);
         assert!(r.valid, "{r:?}");
         assert_eq!(r.counts["replicas_with_siblings"], 1);
@@ -128,7 +134,11 @@ mod tests {
     fn a_resurrected_value_fails() {
         let mut i = Input::default();
         i.ops = history();
-        set_final(&mut i, "f-0-0", vec![("n1", state(&["100.0@n1", "200.0@n2", "300.0@n1"]))]);
+        set_final(
+            &mut i,
+            "f-0-0",
+            vec![("n1", state(&["100.0@n1", "200.0@n2", "300.0@n1"]))],
+        );
         let r = check(&i);
         assert!(!r.valid);
         assert_eq!(r.counts["resurrected"], 1);

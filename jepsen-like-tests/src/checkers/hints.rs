@@ -15,7 +15,10 @@ pub fn check(input: &Input) -> Report {
         dropped += s.hints_dropped;
         max_sampled = max_sampled.max(s.max_hints_sampled);
         if s.hints_queued > 0 {
-            r.error(format!("{node} still holds {} hints after quiesce", s.hints_queued));
+            r.error(format!(
+                "{node} still holds {} hints after quiesce",
+                s.hints_queued
+            ));
         }
     }
     r.count("nodes", input.fin.status.len() as u64);
@@ -27,6 +30,7 @@ pub fn check(input: &Input) -> Report {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
     use super::*;
     use crate::history::FinalStatus;
 

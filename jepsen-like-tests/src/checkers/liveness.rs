@@ -27,7 +27,10 @@ pub fn check(input: &Input) -> Report {
             ));
         } else if !s.not_alive.is_empty() {
             unhealthy += 1;
-            r.error(format!("{node} still sees {:?} as not alive after heal", s.not_alive));
+            r.error(format!(
+                "{node} still sees {:?} as not alive after heal",
+                s.not_alive
+            ));
         } else {
             healthy += 1;
         }
@@ -50,6 +53,7 @@ pub fn check(input: &Input) -> Report {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
     use super::*;
     use crate::history::FinalStatus;
 

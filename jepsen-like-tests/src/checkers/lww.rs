@@ -22,7 +22,10 @@ pub fn check(input: &Input) -> Report {
             .filter(|w| w.done.as_ref().is_some_and(|d| d.superseded))
             .count() as u64;
         // Real-time inversions.
-        let mut by_end: Vec<_> = ok.iter().filter_map(|w| Some((w.end_ms(), w.marker()?))).collect();
+        let mut by_end: Vec<_> = ok
+            .iter()
+            .filter_map(|w| Some((w.end_ms(), w.marker()?)))
+            .collect();
         by_end.sort_by_key(|(t, _)| *t);
         for b in &ok {
             let Some(mb) = b.marker() else { continue };
@@ -48,7 +51,9 @@ pub fn check(input: &Input) -> Report {
                     match from {
                         None => {
                             phantom += 1;
-                            r.error(format!("{key} on {node}: final value {v} was never written"));
+                            r.error(format!(
+                                "{key} on {node}: final value {v} was never written"
+                            ));
                         }
                         Some(w) if w.is_ok() && w.marker() != final_marker => {
                             phantom += 1;
@@ -63,7 +68,9 @@ pub fn check(input: &Input) -> Report {
                 }
                 Some(other) => {
                     phantom += 1;
-                    r.error(format!("{key} on {node}: final value {other:?} was never written"));
+                    r.error(format!(
+                        "{key} on {node}: final value {other:?} was never written"
+                    ));
                 }
                 None => {}
             }
@@ -107,6 +114,7 @@ pub fn check(input: &Input) -> Report {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
     use super::super::test_support::*;
     use super::*;
     use crate::history::OpType;
@@ -119,7 +127,11 @@ mod tests {
             put(2, "g-0", 300, OpType::Info, 3, ""),
         ];
         let s = gauge_state(final_value, final_marker);
-        set_final(&mut input, "g-0", vec![("n1", Some(s.clone())), ("n2", Some(s))]);
+        set_final(
+            &mut input,
+            "g-0",
+            vec![("n1", Some(s.clone())), ("n2", Some(s))],
+        );
         input
     }
 
@@ -159,7 +171,11 @@ mod tests {
             put(0, "g-0", 100, OpType::Ok, 1, "5100.0@n1"),
             put(1, "g-0", 200, OpType::Ok, 2, "200.0@n2"),
         ];
-        set_final(&mut i, "g-0", vec![("n1", Some(gauge_state(1, "5100.0@n1")))]);
+        set_final(
+            &mut i,
+            "g-0",
+            vec![("n1", Some(gauge_state(1, "5100.0@n1")))],
+        );
         let r = check(&i);
         assert!(r.valid, "{r:?}");
         assert_eq!(r.counts["realtime_inversions"], 1);

@@ -194,8 +194,10 @@ pub(crate) mod test_support {
     /// A profile whose gauge `v` holds `value` stamped `m`.
     pub fn gauge_state(value: i64, m: &str) -> Profile {
         let mut p = Profile::default();
-        p.gauges
-            .insert("v".into(), GaugeRegister::new(marker(m), Value::I64(value), None));
+        p.gauges.insert(
+            "v".into(),
+            GaugeRegister::new(marker(m), Value::I64(value), None),
+        );
         p
     }
 
