@@ -142,13 +142,18 @@ fn run_schedules(args: RunArgs) -> anyhow::Result<bool> {
         None => cluster::find_store_node()?,
     };
     anyhow::ensure!(args.nodes >= 3, "--nodes must be at least 3");
-    let netem = match netns::netem_available() {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("packet loss/delay nemesis unavailable: {e:#}; partitions use blackhole routes only");
-            false
-        }
-    };
+    let (loss, why) = netns::loss_backend();
+    match loss {
+        netns::Loss::Netem => {}
+        netns::Loss::Nft => eprintln!(
+            "packet delay unavailable ({}); packet loss through nftables",
+            why.join("; ")
+        ),
+        netns::Loss::Unavailable => eprintln!(
+            "packet loss/delay unavailable ({}); partitions use blackhole routes only",
+            why.join("; ")
+        ),
+    }
     watch_signals();
     let seed = args
         .seed
@@ -185,7 +190,7 @@ fn run_schedules(args: RunArgs) -> anyhow::Result<bool> {
             tasks: args.tasks,
             index: k,
             reproduce,
-            netem,
+            loss,
         };
         let verdict = run::run(&opts)?;
         print!("{}", verdict.summary());

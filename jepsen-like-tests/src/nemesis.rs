@@ -3,8 +3,9 @@
 //! - `partition`: blackhole routes between groups of running nodes (random halves, one node isolated,
 //!   a majority ring where each node reaches only its two neighbours, a bridge where two halves share
 //!   one node, or one-way: some nodes' packets to the others vanish while the reverse direction works),
-//!   or, when `tc` is present, `tc netem` delay (50–200 ms ± 20 ms) with 5–30 % loss on one or two
-//!   nodes. Healed by removing exactly the routes and qdiscs added.
+//!   or, when the kernel has it, `tc netem` delay (50–200 ms ± 20 ms) with 5–30 % loss on one or two
+//!   nodes (without netem: 5–30 % random loss with an nftables rule; without either, this variant is
+//!   left out). Healed by removing exactly the routes and qdiscs added.
 //! - `kill`: `kill -9` of one or two nodes; healed by restarting them on the same data dir, recording
 //!   whether the store reopened, then asking the worker for a durability probe of each.
 //! - `pause`: SIGSTOP of one node, SIGCONT at the heal.
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use crate::cluster::Cluster;
 use crate::history::{FaultWindow, Restart};
-use crate::netns::Net;
+use crate::netns::{Loss, Net};
 use crate::rng::Rng;
 use crate::schedule::{Nemesis, Step};
 
@@ -91,7 +92,7 @@ pub fn apply(
     net: &mut Net,
     cluster: &mut Cluster,
     worker: &mut WorkerCommand<'_>,
-    have_tc: bool,
+    loss: Loss,
 ) -> anyhow::Result<Option<Applied>> {
     let mut rng = Rng::new(step.seed);
     let mut up = cluster.up();
@@ -103,7 +104,7 @@ pub fn apply(
     let applied = match step.nemesis {
         Nemesis::Partition => {
             let names = ids(cluster, &up);
-            let variants = if have_tc { 6 } else { 5 };
+            let variants = if loss == Loss::Unavailable { 5 } else { 6 };
             let (detail, nodes) = match rng.index(variants) {
                 0 => {
                     let (a, b) = names.split_at(n / 2);
@@ -140,6 +141,17 @@ pub fn apply(
                     let (a, b) = names.split_at(k);
                     cut(net, a, b, false)?;
                     (format!("one-way {a:?} -/-> {b:?}"), a.to_vec())
+                }
+                5 if loss == Loss::Nft => {
+                    let k = 1 + rng.index(2);
+                    let pct = rng.range(5, 30);
+                    for name in &names[..k] {
+                        net.nft_loss(name, pct)?;
+                    }
+                    (
+                        format!("nftables loss {pct}% from {:?}", &names[..k]),
+                        names[..k].to_vec(),
+                    )
                 }
                 5 => {
                     let k = 1 + rng.index(2);

@@ -10,7 +10,8 @@
 //!
 //! Faults: blackhole routes ([`Net::blackhole`]) in the sending member's namespace make its packets to a
 //! peer vanish (both directions are cut by one route on each side; one-way partitions use one side),
-//! and `tc netem` ([`Net::netem`]) adds delay and loss on a member's interface.
+//! and `tc netem` ([`Net::netem`]) adds delay and loss on a member's interface, or, where the kernel has
+//! no netem qdisc, an nftables rule drops a share of its packets at random ([`Net::nft_loss`]).
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -114,6 +115,60 @@ pub fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How packet loss (and delay) can be injected on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// `tc netem`: delay with jitter, and loss.
+    Netem,
+    /// nftables (`numgen random` drop rules): loss only (nftables cannot delay).
+    Nft,
+    /// Neither works: partitions use blackhole routes only.
+    Unavailable,
+}
+
+/// Which [`Loss`] backend works here (tried in a scratch namespace), with the reasons the better ones
+/// do not.
+pub fn loss_backend() -> (Loss, Vec<String>) {
+    let mut why = Vec::new();
+    match netem_available() {
+        Ok(()) => return (Loss::Netem, why),
+        Err(e) => why.push(format!("tc netem: {e:#}")),
+    }
+    match nft_available() {
+        Ok(()) => (Loss::Nft, why),
+        Err(e) => {
+            why.push(format!("nftables: {e:#}"));
+            (Loss::Unavailable, why)
+        }
+    }
+}
+
+fn nft_available() -> anyhow::Result<()> {
+    if !have("nft") {
+        bail!("`nft` is not on PATH (apt-get install nftables)");
+    }
+    let probe = format!("{PREFIX}{}-nftprobe", std::process::id());
+    ip(&["netns", "add", &probe])?;
+    let result = nft_drop(&probe, 1);
+    ip(&["netns", "del", &probe])?;
+    result.context("the kernel refuses the nftables rule (nf_tables, nft_numgen)")
+}
+
+/// Drops `pct` % of what namespace `ns` sends to the members' subnet (an nftables table `fsj`).
+fn nft_drop(ns: &str, pct: u64) -> anyhow::Result<()> {
+    let nft = |args: &[&str]| {
+        let mut all = vec!["netns", "exec", ns, "nft"];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    };
+    nft(&["add", "table", "inet", "fsj"])?;
+    nft(&["add chain inet fsj out { type filter hook output priority 0 ; }"])?;
+    let subnet = format!("{}.{}.{}.0/24", SUBNET[0], SUBNET[1], SUBNET[2]);
+    nft(&[&format!(
+        "add rule inet fsj out ip daddr {subnet} numgen random mod 100 < {pct} drop"
+    )])
+}
+
 /// Whether `tc netem` works here: `tc` on the path and the kernel's `sch_netem` qdisc (tried on the
 /// loopback of a scratch namespace). `Err` says why not.
 pub fn netem_available() -> anyhow::Result<()> {
@@ -199,6 +254,7 @@ pub struct Net {
     created: Vec<String>,
     blackholes: Vec<(String, Ipv4Addr)>,
     netem: Vec<String>,
+    nft: Vec<String>,
 }
 
 impl Net {
@@ -213,6 +269,7 @@ impl Net {
             created: Vec::new(),
             blackholes: Vec::new(),
             netem: Vec::new(),
+            nft: Vec::new(),
         };
         ip(&["netns", "add", &bridge_ns])?;
         net.created.push(bridge_ns.clone());
@@ -308,7 +365,15 @@ impl Net {
         Ok(())
     }
 
-    /// Removes every blackhole route and netem qdisc the harness added.
+    /// Drops `loss_pct` % of what `member` sends to the other members (nftables).
+    pub fn nft_loss(&mut self, member: &str, loss_pct: u64) -> anyhow::Result<()> {
+        let ns = self.member(member)?.ns.clone();
+        nft_drop(&ns, loss_pct)?;
+        self.nft.push(ns);
+        Ok(())
+    }
+
+    /// Removes every blackhole route, netem qdisc and nftables table the harness added.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         let mut first_error = None;
         for (ns, dest) in std::mem::take(&mut self.blackholes) {
@@ -320,6 +385,16 @@ impl Net {
                 "blackhole",
                 &format!("{dest}/32"),
             ]) {
+                first_error.get_or_insert(e);
+            }
+        }
+        for ns in std::mem::take(&mut self.nft) {
+            if let Err(e) = run(
+                "ip",
+                &[
+                    "netns", "exec", &ns, "nft", "delete", "table", "inet", "fsj",
+                ],
+            ) {
                 first_error.get_or_insert(e);
             }
         }

@@ -54,8 +54,8 @@ pub struct Options {
     pub index: u32,
     /// The command that reruns it.
     pub reproduce: String,
-    /// Whether `tc netem` works here ([`crate::netns::netem_available`]).
-    pub netem: bool,
+    /// How packet loss can be injected here ([`crate::netns::loss_backend`]).
+    pub loss: crate::netns::Loss,
 }
 
 /// The worker process and its answers.
@@ -243,7 +243,7 @@ fn drive(
         cluster.start(i)?;
     }
     let mut worker = Worker::start(net, &opts.dir, opts.seed, opts.tasks)?;
-    let have_tc = opts.netem;
+    let loss = opts.loss;
     let start = Instant::now();
     let start_ms = crate::now_ms();
     let faults_path = opts.dir.join("faults.jsonl");
@@ -251,7 +251,7 @@ fn drive(
     for step in steps {
         sleep_until(start + Duration::from_millis(step.at_ms))?;
         let mut command = |line: &str| worker.command(line, Duration::from_secs(60));
-        let applied = nemesis::apply(step, net, cluster, &mut command, have_tc)
+        let applied = nemesis::apply(step, net, cluster, &mut command, loss)
             .with_context(|| format!("applying {step:?}"))?;
         let Some(applied) = applied else { continue };
         let held = sleep_until(Instant::now() + Duration::from_millis(step.duration_ms));
