@@ -36,6 +36,10 @@ pub fn issue_certs(dir: &Path, nodes: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The feature definitions every node loads: an all-time count of `Hit` events (the ingest workload).
+pub const FEATURES: &str =
+    "[[features]]\nname = \"hits\"\non = \"track\"\nevent = \"Hit\"\naggregation = \"count\"\n";
+
 /// One node of the cluster.
 #[derive(Debug)]
 pub struct Node {
@@ -135,6 +139,7 @@ impl Cluster {
             std::fs::write(cluster.nodes[i].clock_file(), "0\n")?;
         }
         cluster.write_client_config()?;
+        std::fs::write(dir.join("features.toml"), FEATURES)?;
         Ok(cluster)
     }
 
@@ -172,6 +177,7 @@ impl Cluster {
         r.detector.expected_interval_ms = 100;
         r.detector.startup_grace_ms = 2000;
         config.test.clock_control_file = Some("clock-offset".into());
+        config.ingest.features = Some("../features.toml".into());
         config.write(
             &node.config(),
             "written by jepsen-like-tests (test-only clock control enabled)",

@@ -44,6 +44,9 @@ pub enum OpKind {
     Read,
     /// A fresh client connecting.
     Connect,
+    /// One `track` event ingested (`value`: its message number, `m-<value>`; retries and duplicate
+    /// deliveries reuse it).
+    Ingest,
 }
 
 /// Which client ran the operation.
@@ -96,6 +99,9 @@ pub struct Op {
     /// The error, for `fail` and `info`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Ingest: the event's outcome (`applied`, `duplicate`, `refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 /// One completed operation: its invocation joined with its completion.

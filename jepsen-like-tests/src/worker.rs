@@ -12,6 +12,9 @@
 //! - `f-<task>-*`: flag writes, after a read, with that read's causal context (70 %) or with the empty
 //!   context (a blind, concurrent write); one writing task per key, so the sibling a write adds is known;
 //! - `e-*`: gauge writes racing erasures of the whole key;
+//! - `u-*`: `track` events (`Hit`, unique message ids) ingested through `Client::ingest`; after an
+//!   indeterminate outcome the same event is sent again, and 15 % of acknowledged ones are delivered a
+//!   second time (duplicates the owner must recognise);
 //! - reads of `g-*` (availability only).
 //!
 //! Clients: `--tasks` long-lived tasks share one ring-aware [`Client`] (as an application would), and
@@ -109,6 +112,7 @@ struct Outcome {
     node: Option<String>,
     marker: Option<Marker>,
     superseded: bool,
+    outcome: Option<String>,
 }
 
 struct Task {
@@ -118,6 +122,8 @@ struct Task {
     rng: Rng,
     /// Flags: every marker this task has seen on each of its flag keys.
     seen_flags: BTreeMap<String, BTreeSet<Marker>>,
+    /// The last event ingested: key, message number, and whether its outcome was indeterminate.
+    last_event: Option<(String, i64, bool)>,
 }
 
 impl Task {
@@ -131,13 +137,25 @@ impl Task {
                 OpKind::Flag,
                 format!("f-{}-{}", self.process, self.rng.index(2)),
             ),
-            75..=86 => (OpKind::Put, format!("e-{}", self.rng.index(3))),
-            87..=91 => (OpKind::Erase, format!("e-{}", self.rng.index(3))),
+            75..=82 => (OpKind::Put, format!("e-{}", self.rng.index(3))),
+            83..=85 => (OpKind::Erase, format!("e-{}", self.rng.index(3))),
+            86..=91 => (OpKind::Ingest, format!("u-{}", self.rng.index(4))),
             _ => (OpKind::Read, format!("g-{}", self.rng.index(keys))),
         };
         lock(&self.shared.keys).insert(key.clone());
         let id = self.shared.next_id.fetch_add(1, Ordering::SeqCst);
+        // An ingest after an indeterminate one (or, 15 % of the time, after an acknowledged one) sends
+        // the same event again: a retry, or a duplicate delivery.
+        let (key, retry) = match (f, self.last_event.take()) {
+            (OpKind::Ingest, Some((k, v, uncertain))) if uncertain || self.rng.chance(0.15) => {
+                (k, Some(v))
+            }
+            _ => (key, None),
+        };
         let value = match f {
+            OpKind::Ingest => {
+                Some(retry.unwrap_or_else(|| self.shared.next_value.fetch_add(1, Ordering::SeqCst)))
+            }
             OpKind::Put => Some(self.shared.next_value.fetch_add(1, Ordering::SeqCst)),
             OpKind::Incr => Some(self.rng.range(1, 6) as i64),
             OpKind::Flag => Some(self.rng.index(2) as i64),
@@ -159,6 +177,7 @@ impl Task {
             superseded: false,
             latency_ms: None,
             error: None,
+            outcome: None,
         };
         // Flags read first; the invocation records what the write's context covers.
         let mut context = CausalContext::default();
@@ -188,6 +207,7 @@ impl Task {
                     node: Some(ack.version.node.to_string()),
                     superseded: !ack.superseded.is_empty(),
                     marker: Some(ack.version),
+                    outcome: None,
                 }),
             OpKind::Incr => client
                 .increment(&key, &[("n", value.unwrap_or_default())])
@@ -222,6 +242,37 @@ impl Task {
                 marker: Some(w),
                 ..Outcome::default()
             }),
+            OpKind::Ingest => {
+                let json = serde_json::json!({
+                    "type": "track",
+                    "userId": key,
+                    "event": "Hit",
+                    "messageId": format!("m-{}", value.unwrap_or_default()),
+                });
+                match featurestore::ingest::Event::from_segment(
+                    &json,
+                    None,
+                    crate::now_ms(),
+                    &featurestore::Limits::default(),
+                ) {
+                    Ok(event) => client.ingest(&[event]).await.map(|outcomes| {
+                        use featurestore::wire::event::EventOutcome;
+                        let outcome = match outcomes.first() {
+                            Some(EventOutcome::Applied { .. }) => "applied".to_owned(),
+                            Some(EventOutcome::Duplicate) => "duplicate".to_owned(),
+                            Some(EventOutcome::Refused { code, message }) => {
+                                format!("refused {code:?}: {message}")
+                            }
+                            None => "none".to_owned(),
+                        };
+                        Outcome {
+                            outcome: Some(outcome),
+                            ..Outcome::default()
+                        }
+                    }),
+                    Err(e) => Err(Error::Protocol(e)),
+                }
+            }
             OpKind::Read | OpKind::Connect => {
                 client.get(&key, None).await.map(|_| Outcome::default())
             }
@@ -239,6 +290,16 @@ impl Task {
                 if let Some(node) = out.node {
                     done.node = Some(node);
                 }
+                // A refusal was not applied, except `Unavailable` (the owner did not answer the
+                // forwarding node in time: it may have applied it), which is indeterminate.
+                if let Some(o) = &out.outcome {
+                    if o.starts_with("refused Unavailable") {
+                        done.typ = OpType::Info;
+                    } else if o.starts_with("refused") {
+                        done.typ = OpType::Fail;
+                    }
+                }
+                done.outcome = out.outcome;
                 done.superseded = out.superseded;
                 if f == OpKind::Put && key.starts_with("g-") {
                     if let Some(m) = &out.marker {
@@ -254,6 +315,11 @@ impl Task {
             Err(e) => {
                 done.typ = classify(&e);
                 done.error = Some(e.to_string());
+            }
+        }
+        if f == OpKind::Ingest {
+            if let Some(v) = value {
+                self.last_event = Some((key.clone(), v, done.typ == OpType::Info));
             }
         }
         self.shared.record(&done);
@@ -273,6 +339,7 @@ async fn long_lived(shared: Arc<Shared>, client: Client, process: u32) {
         process,
         kind: ClientKind::Long,
         seen_flags: BTreeMap::new(),
+        last_event: None,
     };
     while !shared.stop.load(Ordering::SeqCst) {
         task.run_op(&client).await;
@@ -306,6 +373,7 @@ async fn fresh_clients(shared: Arc<Shared>, config: ClientConfig) {
             superseded: false,
             latency_ms: None,
             error: None,
+            outcome: None,
         };
         shared.record(&invoke);
         let connected = Client::connect(config.clone()).await;
@@ -325,6 +393,7 @@ async fn fresh_clients(shared: Arc<Shared>, config: ClientConfig) {
                     process,
                     kind: ClientKind::Fresh,
                     seen_flags: BTreeMap::new(),
+                    last_event: None,
                 };
                 for _ in 0..5 {
                     task.run_op(&client).await;

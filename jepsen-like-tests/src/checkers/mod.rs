@@ -17,6 +17,7 @@ pub mod durability;
 pub mod erasure;
 pub mod flags;
 pub mod hints;
+pub mod ingest;
 pub mod liveness;
 pub mod lww;
 
@@ -124,6 +125,7 @@ pub fn check_all(input: &Input) -> Vec<Report> {
         counters::check(input),
         flags::check(input),
         hints::check(input),
+        ingest::check(input),
         durability::check(input),
         erasure::check(input),
         availability::check(input),
@@ -166,6 +168,7 @@ pub(crate) mod test_support {
             superseded: false,
             latency_ms: None,
             error: None,
+            outcome: None,
         };
         let done = Op {
             typ,
