@@ -119,7 +119,7 @@ fn count(v: &Verdict, checker: &str, name: &str) -> u64 {
 }
 
 /// The figures of many schedules (`summary.json`): schedules passed, operations, faults by kind,
-/// acknowledged writes lost (LWW, counters, flags, durability probes), the worst convergence times and
+/// acknowledged writes lost (LWW, counters, flags, events, durability probes), the worst convergence times and
 /// availability per fault kind.
 pub fn aggregate(verdicts: &[Verdict]) -> serde_json::Value {
     let mut faults: BTreeMap<String, u64> = BTreeMap::new();
@@ -176,6 +176,8 @@ pub fn aggregate(verdicts: &[Verdict]) -> serde_json::Value {
             "flag_siblings_lost": sum("flags", "lost_siblings"),
             "flag_values_resurrected": sum("flags", "resurrected"),
             "erasures_resurrected": sum("erasure", "resurrected"),
+            "ingest_below_acknowledged": sum("ingest", "below_acknowledged"),
+            "ingest_above_distinct": sum("ingest", "above_distinct"),
             "durability_probes_missing": sum("durability", "probes_missing"),
         },
         "restarts": sum("durability", "restarts"),
