@@ -2,8 +2,9 @@
 //! (`src/sim/`). It runs N `store-node` processes, each in its own network namespace joined by a bridge
 //! (that lives in a namespace of its own), breaks them with seeded nemeses (partitions, packet loss,
 //! `kill -9`, pauses, clock skew, membership changes, disk loss), runs workloads with unique values from
-//! a client namespace, records every operation in `history.jsonl`, heals, waits for quiescence and then
-//! checks what came out against what was acknowledged.
+//! a client namespace (gauges, counters, flags, erasures racing writes, ingested events with retried and
+//! duplicated message ids), records every operation in `history.jsonl`, heals, waits for quiescence and
+//! then checks what came out against what was acknowledged.
 //!
 //! Layout: [`netns`] (namespaces, bridge, veth, blackhole routes, netem), [`cluster`] (node processes,
 //! configs, certificates), [`schedule`] (the seeded fault plan), [`nemesis`] (applying and healing
