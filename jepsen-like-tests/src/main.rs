@@ -63,7 +63,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 1)]
     schedules: u32,
     /// Results directory (one subdirectory per schedule).
-    #[arg(long, default_value = "results/jepsen")]
+    #[arg(long, default_value = "target/jepsen")]
     out: PathBuf,
     /// The store-node binary (default: next to this executable).
     #[arg(long)]

@@ -47,14 +47,30 @@ pub fn parse_control(text: &str) -> Option<i64> {
     text.trim().parse().ok()
 }
 
+/// The most bytes of a control file that are read (an offset needs 20 at most).
+const CONTROL_MAX_BYTES: u64 = 64;
+
+async fn read_control(path: &std::path::Path) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await.ok()?;
+    let mut text = String::new();
+    file.take(CONTROL_MAX_BYTES)
+        .read_to_string(&mut text)
+        .await
+        .ok()?;
+    Some(text)
+}
+
 /// Polls `path` every [`CONTROL_POLL`] until `shutdown` and sets the offset to the integer it holds
-/// (see [`parse_control`]); a missing or unparsable file leaves the offset as it is. Test-only: the node
+/// (see [`parse_control`]; only its first 64 bytes are read); a missing or unparsable file leaves the
+/// offset as it is. Test-only: the node
 /// calls it only when started with `[test] clock_control_file`. Needs a tokio runtime.
 pub fn watch_control_file(path: std::path::PathBuf, shutdown: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {
-        let mut last = None;
+        // The offset from the config: a file that says the same changes (and logs) nothing.
+        let mut last = Some(offset_ms());
         loop {
-            if let Ok(text) = tokio::fs::read_to_string(&path).await {
+            if let Some(text) = read_control(&path).await {
                 if let Some(offset) = parse_control(&text) {
                     if last != Some(offset) {
                         tracing::warn!(offset_ms = offset, "test control: clock offset set");
