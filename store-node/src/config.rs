@@ -292,6 +292,11 @@ pub struct TestConfig {
     /// Milliseconds added to the system clock for everything this node does with wall-clock time
     /// (timestamps, expiry, deadlines), see [`crate::clock`]. Negative runs the clock behind. Default 0.
     pub clock_offset_ms: i64,
+    /// A file the node polls (every 100 ms) for a new clock offset: one integer, milliseconds, as
+    /// `clock_offset_ms` (a missing, empty or unparsable file changes nothing). For a clock-skew nemesis
+    /// that jumps or strobes a running node's clock. Default: none (no file is read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_control_file: Option<PathBuf>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -450,6 +455,7 @@ impl NodeConfig {
             self.ingest.features.as_mut(),
             self.http.cert.as_mut(),
             self.http.key.as_mut(),
+            self.test.clock_control_file.as_mut(),
         ];
         let required = [
             &mut self.data_dir,

@@ -43,6 +43,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
             "test control: this node's clock is offset from the system clock"
         );
     }
+    if let Some(path) = &config.test.clock_control_file {
+        crate::clock::watch_control_file(path.clone(), shutdown.clone());
+    }
     let (engine, durability) = open_storage(&config, &node_id).await?;
     let (endpoint, peers) = open_endpoint(&config)?;
     let local = endpoint.local_addr().map_err(|source| Error::Socket {
