@@ -47,6 +47,26 @@ async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool)
 
 // 1. Persistence across drop + reopen.
 
+/// Reopens a sled directory in this process. sled's own threads may hold its file lock for a moment
+/// after the previous handle is dropped (a process restart, as a node does, never meets this), so a
+/// `WouldBlock` on the lock is retried for up to 5 s; any other error is returned at once.
+fn reopen(dir: &Path) -> SledStorage {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match SledStorage::open(dir) {
+            Ok(s) => return s,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    || format!("{e:?}").contains("WouldBlock") =>
+            {
+                assert!(Instant::now() < deadline, "sled kept its lock: {e:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopen failed: {e:?}"),
+        }
+    }
+}
+
 #[test]
 fn sled_reopen_keeps_flushed_and_drops_removed() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,13 +77,13 @@ fn sled_reopen_keeps_flushed_and_drops_removed() {
         write_sample(&s);
         assert!(s.disk_bytes().unwrap() > 0);
     }
-    let s = SledStorage::open(dir.path()).unwrap();
+    let s = reopen(dir.path());
     assert_eq!(sorted(s.load_all().unwrap()), expected_sample());
     // Still writable after reopen, and a second reopen sees the new state.
     s.remove(b"a").unwrap();
     s.flush().unwrap();
     drop(s);
-    let s = SledStorage::open(dir.path()).unwrap();
+    let s = reopen(dir.path());
     assert_eq!(
         sorted(s.load_all().unwrap()),
         vec![(b"c".to_vec(), vec![0, 255, 7])]
@@ -150,7 +170,7 @@ async fn group_commit_shares_flushes() {
     durability.shutdown().await.unwrap();
     drop(durability);
     drop(store);
-    let reopened = SledStorage::open(dir.path()).unwrap();
+    let reopened = reopen(dir.path());
     assert_eq!(reopened.load_all().unwrap().len(), N);
 }
 
