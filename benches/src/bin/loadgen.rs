@@ -145,6 +145,9 @@ struct IngestArgs {
     /// Seed of the event stream.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// featurestore durability policies, one cluster each, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "sync,periodic:1000")]
+    durability: Vec<String>,
     /// Where ingest.json goes.
     #[arg(long, default_value = "benches/results")]
     results: PathBuf,
@@ -503,6 +506,7 @@ async fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
         duration_s: args.duration,
         probes: args.probes,
         seed: args.seed,
+        durabilities: args.durability.clone(),
     };
     let report = ingest::run(&params, &env).await;
     let _ = std::fs::remove_dir_all(&work_dir);
