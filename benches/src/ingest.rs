@@ -142,8 +142,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn to_event(s: &Synthetic, message_id: &str) -> Result<Event> {
-    let mut j = json!({"type": s.kind, "userId": user_key(s.user), "messageId": message_id});
+fn to_event(s: &Synthetic, user: &str, message_id: &str) -> Result<Event> {
+    let mut j = json!({"type": s.kind, "userId": user, "messageId": message_id});
     if s.kind == "page" {
         j["name"] = json!(s.name);
     } else {
@@ -162,10 +162,11 @@ enum Sink {
 }
 
 impl Sink {
-    async fn send(&self, lane: usize, s: &Synthetic, message_id: &str) -> Result<bool> {
+    /// Sends `s` as an event of `user`; true if it was applied.
+    async fn send(&self, lane: usize, user: &str, s: &Synthetic, message_id: &str) -> Result<bool> {
         match self {
             Sink::Store(client) => {
-                let outcomes = client.ingest(&[to_event(s, message_id)?]).await?;
+                let outcomes = client.ingest(&[to_event(s, user, message_id)?]).await?;
                 Ok(matches!(
                     outcomes.as_slice(),
                     [EventOutcome::Applied { .. }]
@@ -177,7 +178,7 @@ impl Sink {
                 let applied: i64 = redis::cmd("EVALSHA")
                     .arg(sha)
                     .arg(2)
-                    .arg(format!("profile:{}", user_key(s.user)))
+                    .arg(format!("profile:{user}"))
                     .arg(format!("dedup:{message_id}"))
                     .arg(s.kind)
                     .arg(s.name)
@@ -232,7 +233,7 @@ async fn throughput(sink: &Sink, params: &IngestParams, tag: &str) -> Result<(f6
                 let s = synthetic(&mut rng, users);
                 let id = format!("{tag}-{w}-{n}");
                 n += 1;
-                match sink.send(w, &s, &id).await {
+                match sink.send(w, &user_key(s.user), &s, &id).await {
                     Ok(true) => applied.fetch_add(1, Ordering::Relaxed),
                     _ => failed.fetch_add(1, Ordering::Relaxed),
                 };
@@ -273,7 +274,8 @@ async fn readable_latency(
             while !stop.load(Ordering::Relaxed) {
                 next += interval;
                 let s = synthetic(&mut rng, users);
-                let _ = sink.send(w, &s, &format!("{tag}-bg-{w}-{n}")).await;
+                let id = format!("{tag}-bg-{w}-{n}");
+                let _ = sink.send(w, &user_key(s.user), &s, &id).await;
                 n += 1;
                 tokio::time::sleep_until(next.into()).await;
             }
@@ -285,24 +287,16 @@ async fn readable_latency(
     let mut applied = 0u32;
     for i in 0..params.probes {
         let s = Synthetic {
-            user: usize::MAX,
+            user: 0, // unused: the probe is sent as `probe_user`
             kind: "page",
             name: "Home",
             revenue: 0.0,
             sku: 0,
         };
-        let mut event = to_event(&s, &format!("{tag}-probe-{i}"))?;
-        event.user_id = Some(probe_user.clone());
         let begin = Instant::now();
-        let ok = match sink {
-            Sink::Store(client) => matches!(
-                client.ingest(&[event]).await?.as_slice(),
-                [EventOutcome::Applied { .. }]
-            ),
-            Sink::Redis(..) => {
-                send_redis_probe(sink, &probe_user, &s, &format!("{tag}-probe-{i}")).await?
-            }
-        };
+        let ok = sink
+            .send(0, &probe_user, &s, &format!("{tag}-probe-{i}"))
+            .await?;
         if !ok {
             unreadable += 1;
             continue;
@@ -327,32 +321,6 @@ async fn readable_latency(
     while background.join_next().await.is_some() {}
     let out = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok((out, unreadable))
-}
-
-async fn send_redis_probe(
-    sink: &Sink,
-    user: &str,
-    s: &Synthetic,
-    message_id: &str,
-) -> Result<bool> {
-    let Sink::Redis(conns, sha) = sink else {
-        return Ok(false);
-    };
-    let mut conn = conns[0].clone();
-    let applied: i64 = redis::cmd("EVALSHA")
-        .arg(sha)
-        .arg(2)
-        .arg(format!("profile:{user}"))
-        .arg(format!("dedup:{message_id}"))
-        .arg(s.kind)
-        .arg(s.name)
-        .arg(now_ms() / 60_000)
-        .arg(0.0)
-        .arg("sku-0")
-        .arg(now_ms())
-        .query_async(&mut conn)
-        .await?;
-    Ok(applied == 1)
 }
 
 async fn measure(
