@@ -226,12 +226,17 @@ impl Cluster {
             return refused(ErrorCode::Unavailable, "ingest queue full; retry later");
         };
         let key = event.key();
-        if let Some(canonical) = self.engine.alias_of(key) {
-            drop(permit);
-            return self.redirect(event, canonical, hops, source).await;
+        // A linking event needs the key's canonical id before anything is linked; any other event learns
+        // of a redirect from the engine's answer below (one lookup on the common path).
+        let link = link_of(event);
+        if link.is_some() {
+            if let Some(canonical) = self.engine.alias_of(key) {
+                drop(permit);
+                return self.redirect(event, canonical, hops, source).await;
+            }
         }
         // A retried linking event needs no second link (it is a duplicate below).
-        let link = link_of(event)
+        let link = link
             .filter(|id| !self.engine.has_absorbed(key, id) && !self.engine.has_seen(key, event));
         let linked = match link {
             Some(id) => match self.prepare_link(key, id).await {
