@@ -81,6 +81,165 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// The actor of counter slots, window slots and flag dots: one node in one *incarnation* of its data.
+///
+/// A node that loses its data (a wiped disk, or a crash that may have lost writes it already sent to its
+/// peers) and comes back under its name must not reissue a slot or a dot that the other replicas already
+/// hold: its new increments would be merged away by the old slot's higher count, and its new dots taken
+/// as already seen. So the actor is the node *and* a random 64-bit incarnation drawn whenever the node
+/// cannot prove its data is whole (see [`incarnation_after`]); an actor never continues another's slots.
+///
+/// Incarnation 0 is the *legacy* actor: the one that records and peers from before incarnations carried
+/// (the node id alone). Text form: the node id alone for incarnation 0, else `<node>.<incarnation in hex>`,
+/// e.g. `n1.9f3a0c12d4e5b6a7` (node ids have no `.`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Actor {
+    /// The node.
+    pub node: NodeId,
+    /// The incarnation of its data (0: legacy, from before incarnations).
+    pub incarnation: u64,
+}
+
+thread_local! {
+    /// Set while decoding a record of a format from before incarnations: actors then decode as the node id
+    /// alone, with incarnation 0 (see [`decoding_legacy_actors`]).
+    static LEGACY_ACTORS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `decode` with actors read in the legacy format (the node id alone, incarnation 0): the codec uses
+/// it for stored records written before incarnations, so one set of types reads both formats. (Encoding
+/// inside it writes the legacy format too, for the upgrade tests; an actor of a real incarnation then
+/// fails to encode rather than lose its incarnation.)
+pub fn decoding_legacy_actors<T>(decode: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            LEGACY_ACTORS.with(|l| l.set(self.0));
+        }
+    }
+    let _reset = Reset(LEGACY_ACTORS.with(|l| l.replace(true)));
+    decode()
+}
+
+impl Actor {
+    /// The actor of `node` in `incarnation`.
+    pub fn new(node: NodeId, incarnation: u64) -> Self {
+        Actor { node, incarnation }
+    }
+
+    /// The legacy actor of `node` (incarnation 0), as records from before incarnations name it.
+    pub fn legacy(node: NodeId) -> Self {
+        Actor::new(node, 0)
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.incarnation == 0 {
+            write!(f, "{}", self.node)
+        } else {
+            write!(f, "{}.{:x}", self.node, self.incarnation)
+        }
+    }
+}
+
+impl std::str::FromStr for Actor {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let invalid = || Error::InvalidNodeId {
+            id: truncate_for_error(text),
+        };
+        match text.split_once('.') {
+            None => Ok(Actor::legacy(NodeId::new(text)?)),
+            Some((node, hex)) => {
+                // The canonical form only (lowercase hex, no sign, no leading zero), so that one actor has
+                // one text.
+                let canonical = !hex.starts_with('0')
+                    && hex.len() <= 16
+                    && hex
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                let incarnation = u64::from_str_radix(hex, 16)
+                    .ok()
+                    .filter(|_| canonical)
+                    .ok_or_else(invalid)?;
+                Ok(Actor::new(NodeId::new(node)?, incarnation))
+            }
+        }
+    }
+}
+
+impl Serialize for Actor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Actor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Encode for Actor {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        self.node.encode(encoder)?;
+        if LEGACY_ACTORS.with(std::cell::Cell::get) {
+            if self.incarnation != 0 {
+                return Err(bincode::error::EncodeError::OtherString(format!(
+                    "actor {self} has no legacy form"
+                )));
+            }
+            return Ok(());
+        }
+        self.incarnation.encode(encoder)
+    }
+}
+
+impl<C> Decode<C> for Actor {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let node = NodeId::decode(decoder)?;
+        if LEGACY_ACTORS.with(std::cell::Cell::get) {
+            return Ok(Actor::legacy(node));
+        }
+        Ok(Actor::new(node, u64::decode(decoder)?))
+    }
+}
+
+bincode::impl_borrow_decode!(Actor);
+
+/// What a node's data directory says of the incarnation it last ran as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct StoredIncarnation {
+    /// The incarnation.
+    pub incarnation: u64,
+    /// Whether the node then shut down cleanly (every write it had applied was flushed).
+    pub clean: bool,
+}
+
+/// The incarnation a node starting on a data directory that says `previous` runs as: the previous one only
+/// if it shut down cleanly (its data is whole, so its slots and dots continue where its peers last saw
+/// them); otherwise — a new or wiped directory, or a crash that may have lost writes already replicated
+/// — the fresh nonzero random `fresh`. The caller stores `{incarnation, clean: false}` durably before it
+/// applies any write, and `clean: true` after its final flush.
+pub fn incarnation_after(previous: Option<StoredIncarnation>, fresh: u64) -> u64 {
+    #[cfg(test)]
+    if crate::knobs::active(crate::knobs::Bug::KeepIncarnation) {
+        return 0;
+    }
+    match previous {
+        Some(p) if p.clean && p.incarnation != 0 => p.incarnation,
+        _ => fresh.max(1),
+    }
+}
+
 /// A hybrid logical clock reading: physical milliseconds since the Unix epoch plus a logical counter.
 #[derive(
     Debug,
@@ -172,16 +331,23 @@ impl<'de> Deserialize<'de> for Marker {
 /// One node's hybrid logical clock.
 #[derive(Debug, Clone)]
 pub struct Clock {
-    node: NodeId,
+    actor: Actor,
     last: Timestamp,
     max_skew_ms: u64,
 }
 
 impl Clock {
-    /// A clock for `node` that refuses remote timestamps more than `max_skew_ms` ahead.
+    /// A clock for `node` (as its legacy actor, incarnation 0: tests and tools) that refuses remote
+    /// timestamps more than `max_skew_ms` ahead.
     pub fn new(node: NodeId, max_skew_ms: u64) -> Self {
+        Clock::for_actor(Actor::legacy(node), max_skew_ms)
+    }
+
+    /// A clock for `actor` (a node in one incarnation) that refuses remote timestamps more than
+    /// `max_skew_ms` ahead.
+    pub fn for_actor(actor: Actor, max_skew_ms: u64) -> Self {
         Clock {
-            node,
+            actor,
             last: Timestamp::default(),
             max_skew_ms,
         }
@@ -189,7 +355,12 @@ impl Clock {
 
     /// The node this clock stamps for.
     pub fn node(&self) -> &NodeId {
-        &self.node
+        &self.actor.node
+    }
+
+    /// The actor this clock's node writes counter slots, window slots and flag dots as.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
     }
 
     /// The last timestamp issued or observed.
@@ -212,7 +383,7 @@ impl Clock {
     pub fn stamp(&mut self, now_ms: u64) -> Marker {
         Marker {
             ts: self.tick(now_ms),
-            node: self.node.clone(),
+            node: self.actor.node.clone(),
         }
     }
 
@@ -277,6 +448,74 @@ mod tests {
 
     fn node(s: &str) -> NodeId {
         NodeId::new(s).expect("valid node id")
+    }
+
+    /// Actors print and parse as one text each; non-canonical or malformed texts are refused.
+    #[test]
+    fn actors_round_trip_through_text_and_bincode() {
+        for actor in [
+            Actor::legacy(node("n1")),
+            Actor::new(node("n1"), 1),
+            Actor::new(node("store-7"), u64::MAX),
+        ] {
+            let text = actor.to_string();
+            assert_eq!(text.parse::<Actor>().expect("parses"), actor, "{text}");
+            let bytes =
+                bincode::encode_to_vec(&actor, bincode::config::standard()).expect("encodes");
+            let (back, _): (Actor, usize) =
+                bincode::decode_from_slice(&bytes, bincode::config::standard()).expect("decodes");
+            assert_eq!(back, actor);
+        }
+        assert_eq!(Actor::new(node("n1"), 0x9f).to_string(), "n1.9f");
+        for bad in [
+            "n1.",
+            "n1.0",
+            "n1.09",
+            "n1.+9",
+            "n1.9F",
+            "n1.10000000000000000",
+            ".9",
+            "N1.9",
+        ] {
+            assert!(bad.parse::<Actor>().is_err(), "{bad}");
+        }
+    }
+
+    /// Records from before incarnations hold the node id alone; read in legacy mode they are the node's
+    /// incarnation-0 actor, and the mode ends with the closure.
+    #[test]
+    fn legacy_actors_decode_as_incarnation_zero() {
+        let bytes =
+            bincode::encode_to_vec(node("n2"), bincode::config::standard()).expect("encodes");
+        let (actor, _): (Actor, usize) = decoding_legacy_actors(|| {
+            bincode::decode_from_slice(&bytes, bincode::config::standard())
+        })
+        .expect("decodes");
+        assert_eq!(actor, Actor::legacy(node("n2")));
+        // Outside the mode the same bytes are a truncated actor.
+        let outside: Result<(Actor, usize), _> =
+            bincode::decode_from_slice(&bytes, bincode::config::standard());
+        assert!(outside.is_err());
+    }
+
+    /// Only a clean shutdown keeps the incarnation; anything else starts a new, nonzero one.
+    #[test]
+    fn only_a_clean_shutdown_keeps_the_incarnation() {
+        let was = |clean| {
+            Some(StoredIncarnation {
+                incarnation: 7,
+                clean,
+            })
+        };
+        assert_eq!(incarnation_after(was(true), 9), 7);
+        assert_eq!(incarnation_after(was(false), 9), 9);
+        assert_eq!(incarnation_after(None, 9), 9);
+        assert_eq!(incarnation_after(None, 0), 1, "0 is the legacy actor");
+        let legacy = Some(StoredIncarnation {
+            incarnation: 0,
+            clean: true,
+        });
+        assert_eq!(incarnation_after(legacy, 5), 5);
     }
 
     #[test]

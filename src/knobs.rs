@@ -4,7 +4,9 @@
 //!
 //! - [`Bug::NoAntiEntropy`]: nodes never start an anti-entropy exchange;
 //! - [`Bug::AckWithoutMerge`]: a replica acknowledges replicated state without merging it;
-//! - [`Bug::CounterMinMerge`]: counter slots merge by `min` instead of `max` (losing increments).
+//! - [`Bug::CounterMinMerge`]: counter slots merge by `min` instead of `max` (losing increments);
+//! - [`Bug::KeepIncarnation`]: a node always starts as the same actor (the node id alone), as before
+//!   per-incarnation actors, so a node that lost its disk reissues slots and dots.
 
 use std::cell::Cell;
 
@@ -14,6 +16,7 @@ pub(crate) enum Bug {
     NoAntiEntropy,
     AckWithoutMerge,
     CounterMinMerge,
+    KeepIncarnation,
 }
 
 thread_local! {

@@ -38,6 +38,11 @@ fn node(name: &str) -> NodeId {
     NodeId::new(name).expect("valid node id")
 }
 
+/// The node's actor in a realistic incarnation (a random 64-bit number, as the node draws it).
+fn actor(name: &str) -> featurestore::hlc::Actor {
+    featurestore::hlc::Actor::new(node(name), 0x9f3a_0c12_d4e5_b6a7)
+}
+
 fn marker(name: &str, wall_ms: u64, logical: u32) -> Marker {
     Marker {
         ts: Timestamp { wall_ms, logical },
@@ -81,7 +86,7 @@ fn mixed_profile(writer: &str, other: &str, wall_ms: u64) -> Profile {
     for n in [writer, other] {
         p.increment(
             &[("orders", 1), ("page_views", 3), ("credits", -2)],
-            &node(n),
+            &actor(n),
             Timestamp::from_millis(wall_ms),
             &limits,
         )
@@ -96,6 +101,7 @@ fn mixed_profile(writer: &str, other: &str, wall_ms: u64) -> Profile {
                     value: true,
                     context: &empty,
                     marker: marker(n, ms, 0),
+                    actor: actor(n),
                     expires_at_ms: None,
                 },
                 wall_ms,
@@ -150,8 +156,8 @@ fn merges(c: &mut Criterion) {
     let mut ca = Counter::default();
     let mut cb = Counter::default();
     for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
-        ca.apply(&node(n), 5, Timestamp::from_millis(NOW));
-        cb.apply(&node(n), 5 + i as i64, Timestamp::from_millis(NOW + 1));
+        ca.apply(&actor(n), 5, Timestamp::from_millis(NOW));
+        cb.apply(&actor(n), 5 + i as i64, Timestamp::from_millis(NOW + 1));
     }
     g.bench_function("counter_3_slots", |b| {
         b.iter_batched_ref(

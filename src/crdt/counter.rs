@@ -23,7 +23,7 @@ use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 use crate::crdt::{Feature, FeatureKind, Lattice};
-use crate::hlc::{Marker, NodeId, Timestamp};
+use crate::hlc::{Actor, Marker, Timestamp};
 
 /// One node's contribution to a counter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
@@ -41,8 +41,8 @@ pub struct CounterSlot {
 /// A PN counter made of per-node slots.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct Counter {
-    /// Slots by node.
-    pub slots: BTreeMap<NodeId, CounterSlot>,
+    /// Slots by actor (node and incarnation).
+    pub slots: BTreeMap<Actor, CounterSlot>,
 }
 
 impl Counter {
@@ -67,10 +67,10 @@ impl Counter {
         i64::try_from(total).is_ok()
     }
 
-    /// Applies a local increment by `node` at `ts`. Returns `None` (and changes nothing) if a slot would
+    /// Applies a local increment by `actor` at `ts`. Returns `None` (and changes nothing) if a slot would
     /// overflow.
-    pub fn apply(&mut self, node: &NodeId, delta: i64, ts: Timestamp) -> Option<()> {
-        let slot = self.slots.entry(node.clone()).or_insert(CounterSlot {
+    pub fn apply(&mut self, actor: &Actor, delta: i64, ts: Timestamp) -> Option<()> {
+        let slot = self.slots.entry(actor.clone()).or_insert(CounterSlot {
             first: ts,
             last: ts,
             inc: 0,
@@ -129,10 +129,10 @@ impl Lattice for Counter {
 
     /// Drops every slot that began at or below `watermark`; a counter without slots is dropped.
     fn retain_above(&mut self, watermark: &Marker) -> bool {
-        self.slots.retain(|node, slot| {
+        self.slots.retain(|actor, slot| {
             Marker {
                 ts: slot.first,
-                node: node.clone(),
+                node: actor.node.clone(),
             } > *watermark
         });
         !self.slots.is_empty()
@@ -162,7 +162,7 @@ mod tests {
         let counter = |a: CounterSlot, b: CounterSlot| Counter {
             slots: [("n1", a), ("n2", b)]
                 .into_iter()
-                .map(|(n, s)| (NodeId::new(n).expect("valid"), s))
+                .map(|(n, s)| (n.parse::<Actor>().expect("valid"), s))
                 .collect(),
         };
         assert_eq!(

@@ -19,9 +19,11 @@
 //! - Erasure drops siblings stamped at or below the watermark; expiry drops expired siblings. Both keep the
 //!   clock, so the dropped siblings are dominated everywhere they still exist.
 //!
-//! Caveat: dots are `(node, counter)` with the node id as actor. A node that loses acknowledged state (the
-//! `periodic` durability policy and a crash, or a lost disk) and rejoins under its name could reissue a dot
-//! that replicas already hold. Per-incarnation actors would remove this; they are not built yet.
+//! Dots are `(actor, counter)` where the actor is the node *in one incarnation of its data*
+//! ([`Actor`]): a node that lost its disk, or crashed and may have lost writes its peers already hold,
+//! restarts as a new actor, so it never reissues a dot the replicas hold (which they would take as already
+//! seen and drop). Caveat: the clock keeps one entry per actor that ever wrote the flag, so it grows by one
+//! entry per unclean restart of a node that then writes it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crdt::{Feature, FeatureKind, Lattice};
 use crate::error::{truncate_for_error, Error, Result};
-use crate::hlc::{Marker, NodeId, Timestamp};
+use crate::hlc::{Actor, Marker, Timestamp};
 
 /// A causal context: the version vector a client got from a read and sends back with its next flag write.
 ///
@@ -46,7 +48,7 @@ use crate::hlc::{Marker, NodeId, Timestamp};
 /// It is trusted: a context naming writes that never happened would hide them when they do, so only
 /// authenticated clients (mutual TLS) may send one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CausalContext(pub VClock<NodeId>);
+pub struct CausalContext(pub VClock<Actor>);
 
 impl Serialize for CausalContext {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -64,7 +66,7 @@ impl<'de> Deserialize<'de> for CausalContext {
 impl CausalContext {
     /// Whether this context has seen the write identified by `dot`.
     pub fn covers(&self, dot: &FlagDot) -> bool {
-        self.0.get(&dot.node) >= dot.counter
+        self.0.get(&dot.actor) >= dot.counter
     }
 
     /// Whether the context is empty (has seen nothing).
@@ -81,7 +83,7 @@ impl Encode for CausalContext {
 
 impl<C> Decode<C> for CausalContext {
     fn decode<D: Decoder<Context = C>>(decoder: &mut D) -> Result<Self, DecodeError> {
-        let dots = BTreeMap::<NodeId, u64>::decode(decoder)?;
+        let dots = BTreeMap::<Actor, u64>::decode(decoder)?;
         Ok(CausalContext(VClock { dots }))
     }
 }
@@ -97,12 +99,12 @@ impl<'de, C> BorrowDecode<'de, C> for CausalContext {
 impl fmt::Display for CausalContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
-        for (node, counter) in &self.0.dots {
+        for (actor, counter) in &self.0.dots {
             if !first {
                 f.write_str(",")?;
             }
             first = false;
-            write!(f, "{node}:{counter}")?;
+            write!(f, "{actor}:{counter}")?;
         }
         Ok(())
     }
@@ -117,22 +119,23 @@ impl FromStr for CausalContext {
         };
         let mut clock = VClock::new();
         for pair in token.split(',').filter(|p| !p.is_empty()) {
-            let (node, counter) = pair.split_once(':').ok_or_else(invalid)?;
-            let node = NodeId::new(node).map_err(|_| invalid())?;
+            let (actor, counter) = pair.split_once(':').ok_or_else(invalid)?;
+            let actor: Actor = actor.parse().map_err(|_| invalid())?;
             let counter: u64 = counter.parse().map_err(|_| invalid())?;
-            clock.apply(crdts::Dot::new(node, counter));
+            clock.apply(crdts::Dot::new(actor, counter));
         }
         Ok(CausalContext(clock))
     }
 }
 
-/// The unique id of one flag write: the coordinating node and its per-flag counter.
+/// The unique id of one flag write: the coordinating node's actor (node and incarnation) and its per-flag
+/// counter.
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
 )]
 pub struct FlagDot {
-    /// The node that coordinated the write.
-    pub node: NodeId,
+    /// The actor that coordinated the write.
+    pub actor: Actor,
     /// Its counter for this flag.
     pub counter: u64,
 }
@@ -187,6 +190,8 @@ pub struct FlagWrite<'a> {
     pub context: &'a CausalContext,
     /// The marker the coordinator stamped.
     pub marker: Marker,
+    /// The coordinator's actor, whose next dot the write gets.
+    pub actor: Actor,
     /// Expiry, if the write has a TTL.
     pub expires_at_ms: Option<u64>,
     /// The sibling bound.
@@ -194,7 +199,7 @@ pub struct FlagWrite<'a> {
 }
 
 impl FlagRegister {
-    /// Applies a local write coordinated by `write.marker.node`: drops the siblings its context covers and
+    /// Applies a local write coordinated by `write.actor`: drops the siblings its context covers and
     /// adds the new value with a fresh dot. Refuses (changing nothing) if too many siblings would remain.
     pub fn write(&mut self, write: FlagWrite<'_>) -> Result<()> {
         let survivors = self
@@ -210,8 +215,7 @@ impl FlagRegister {
                 max: write.max_siblings,
             });
         }
-        let node = write.marker.node.clone();
-        let dot = self.clock.0.inc(node);
+        let dot = self.clock.0.inc(write.actor.clone());
         self.clock.0.apply(dot.clone());
         // The client's context may name writes this replica has not received yet: fold it into the clock
         // so that, when they arrive, they are recognised as seen (and dropped) rather than resurrected.
@@ -219,7 +223,7 @@ impl FlagRegister {
         self.siblings.retain(|s| !write.context.covers(&s.dot));
         self.siblings.push(FlagSibling {
             dot: FlagDot {
-                node: dot.actor,
+                actor: dot.actor,
                 counter: dot.counter,
             },
             marker: write.marker,
@@ -298,7 +302,7 @@ mod tests {
     fn marker(node: &str, ms: u64) -> Marker {
         Marker {
             ts: Timestamp::from_millis(ms),
-            node: NodeId::new(node).expect("valid"),
+            node: crate::hlc::NodeId::new(node).expect("valid"),
         }
     }
 
@@ -314,6 +318,7 @@ mod tests {
             value,
             context: ctx,
             marker: marker(node, ms),
+            actor: node.parse().expect("valid"),
             expires_at_ms: None,
             max_siblings: 8,
         })
@@ -356,6 +361,45 @@ mod tests {
         assert_eq!(values(&a), vec![false]);
     }
 
+    /// A node that lost its data restarts as a new actor: its first write after the restart, made on an
+    /// empty register, gets a dot the replicas have not seen, so it survives the merge with the replicas'
+    /// state (under the old actor the dot `n1:1` would be covered by their clock and dropped).
+    #[test]
+    fn a_new_incarnation_never_reissues_a_dot() {
+        let write_as = |reg: &mut FlagRegister, actor: &str, ms: u64, value: bool| {
+            let context = CausalContext::default();
+            reg.write(FlagWrite {
+                name: "f",
+                value,
+                context: &context,
+                marker: marker("n1", ms),
+                actor: actor.parse().expect("valid"),
+                expires_at_ms: None,
+                max_siblings: 8,
+            })
+        };
+        let mut replica = FlagRegister::default();
+        write_as(&mut replica, "n1.a1", 1, true).expect("fits");
+        write_as(&mut replica, "n1.a1", 2, true).expect("fits");
+        // n1's disk is wiped: it comes back as incarnation b2 with nothing.
+        let mut wiped = FlagRegister::default();
+        write_as(&mut wiped, "n1.b2", 3, false).expect("fits");
+        let mut merged = replica.clone();
+        merged.merge(&wiped);
+        assert_eq!(
+            merged.siblings.len(),
+            3,
+            "all three writes survive: {merged:?}"
+        );
+        // The same under one actor reissues `n1.a1:1`: one of the two writes with that dot is lost. This is
+        // what incarnations prevent.
+        let mut same = FlagRegister::default();
+        write_as(&mut same, "n1.a1", 3, false).expect("fits");
+        let mut lost = replica.clone();
+        lost.merge(&same);
+        assert_eq!(lost.siblings.len(), 2, "{lost:?}");
+    }
+
     /// A sibling with a TTL is visible until its expiry instant and gone from it on.
     #[test]
     fn a_sibling_expires_at_its_instant() {
@@ -365,6 +409,7 @@ mod tests {
             value: true,
             context: &CausalContext::default(),
             marker: marker("n1", 1),
+            actor: "n1".parse().expect("valid"),
             expires_at_ms: Some(10),
             max_siblings: 8,
         })

@@ -169,10 +169,20 @@ mod law_tests {
     use super::value::Value;
     use super::window::{Aggregation, Observation, Window, WindowSpec};
     use super::FeatureKind;
-    use crate::hlc::{Marker, NodeId, Timestamp};
+    use crate::hlc::{Actor, Marker, NodeId, Timestamp};
 
     fn node(i: u8) -> NodeId {
         NodeId::new(format!("n{i}")).expect("valid")
+    }
+
+    /// Node `i`'s legacy actor (incarnation 0).
+    fn actor(i: u8) -> Actor {
+        Actor::legacy(node(i))
+    }
+
+    /// Actors of two nodes in two incarnations each (a node that restarted as a new actor).
+    fn any_actor() -> impl Strategy<Value = Actor> {
+        (1u8..3, 0u64..2).prop_map(|(n, incarnation)| Actor::new(node(n), incarnation))
     }
 
     /// Markers from a tiny space, so equal markers carrying different values are common (event-time
@@ -210,7 +220,7 @@ mod law_tests {
     /// Slots of the same two nodes with colliding `first` stamps: one node's slots diverge.
     fn counter() -> impl Strategy<Value = Counter> {
         proptest::collection::btree_map(
-            (1u8..3).prop_map(node),
+            any_actor(),
             (0u64..3, 0u64..3, 0u64..5, 0u64..5).prop_map(|(first, extra, inc, dec)| CounterSlot {
                 first: Timestamp::from_millis(first),
                 last: Timestamp::from_millis(first + extra),
@@ -252,6 +262,8 @@ mod law_tests {
                         ts: Timestamp::from_millis(i as u64),
                         node: node(at as u8 + 1),
                     },
+                    // Replica 0's node restarts as a new actor half way through.
+                    actor: Actor::new(node(at as u8 + 1), u64::from(at == 0 && i >= 12)),
                     expires_at_ms: (i % 3 == 0).then_some(i as u64 + 2),
                     max_siblings: 8,
                 };
@@ -270,12 +282,12 @@ mod law_tests {
             span_ms: 40,
             max_exact: 0,
         };
-        proptest::collection::vec((1u8..3, 0u64..120, -3i32..9, 0u64..4), 0..12).prop_map(
+        proptest::collection::vec((any_actor(), 0u64..120, -3i32..9, 0u64..4), 0..12).prop_map(
             move |evs| {
                 let mut w = Window::new(spec);
-                for (n, at, v, first) in evs {
+                for (a, at, v, first) in evs {
                     let _ = w.add(
-                        &node(n),
+                        &a,
                         at,
                         Observation::Value(f64::from(v)),
                         Timestamp::from_millis(first),
@@ -292,7 +304,7 @@ mod law_tests {
     fn distinct_window() -> impl Strategy<Value = Window> {
         (
             prop_oneof![Just(3u32), Just(4u32)],
-            proptest::collection::vec((1u8..3, 0u64..120, 0u64..7, 0u64..4), 0..16),
+            proptest::collection::vec((any_actor(), 0u64..120, 0u64..7, 0u64..4), 0..16),
         )
             .prop_map(|(k, evs)| {
                 let mut w = Window::new(WindowSpec {
@@ -301,9 +313,9 @@ mod law_tests {
                     span_ms: 40,
                     max_exact: k,
                 });
-                for (n, at, h, first) in evs {
+                for (a, at, h, first) in evs {
                     let _ = w.add(
-                        &node(n),
+                        &a,
                         at,
                         Observation::Distinct(h),
                         Timestamp::from_millis(first),
@@ -340,14 +352,14 @@ mod law_tests {
         };
         let (mut a, mut b) = (Window::new(spec), Window::new(spec));
         a.add(
-            &node(1),
+            &actor(1),
             100,
             Observation::Value(1.0),
             Timestamp::from_millis(1),
         )
         .expect("fits");
         b.add(
-            &node(2),
+            &actor(2),
             0,
             Observation::Value(1.0),
             Timestamp::from_millis(5),
@@ -361,7 +373,7 @@ mod law_tests {
         // The same law holds where nothing erased is the newest bucket.
         let mut c = Window::new(spec);
         c.add(
-            &node(2),
+            &actor(2),
             100,
             Observation::Value(1.0),
             Timestamp::from_millis(6),

@@ -48,7 +48,7 @@ use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 use crate::crdt::{Feature, FeatureKind, Lattice};
-use crate::hlc::{Marker, NodeId, Timestamp};
+use crate::hlc::{Actor, Marker, Timestamp};
 
 /// What a window aggregates.
 #[derive(
@@ -174,7 +174,7 @@ pub struct Window {
     /// Its parameters.
     pub spec: WindowSpec,
     /// Buckets by start (event-time ms), each with one slot per node.
-    pub buckets: BTreeMap<u64, BTreeMap<NodeId, WindowSlot>>,
+    pub buckets: BTreeMap<u64, BTreeMap<Actor, WindowSlot>>,
 }
 
 /// Why [`Window::add`] refused an event.
@@ -218,13 +218,13 @@ impl Window {
         }
     }
 
-    /// Adds one event's observation at event time `at_ms`, ingested by `node` at HLC `ts`. Refuses late
+    /// Adds one event's observation at event time `at_ms`, ingested by `actor` at HLC `ts`. Refuses late
     /// events, non-finite values and overflow, changing nothing. A value feeds count, sum, min and max; a
     /// distinct hash feeds the event count and the slot's sketch (kept to `spec.max_exact` hashes, at least
     /// one).
     pub fn add(
         &mut self,
-        node: &NodeId,
+        actor: &Actor,
         at_ms: u64,
         observation: Observation,
         ts: Timestamp,
@@ -244,7 +244,7 @@ impl Window {
             .buckets
             .entry(start)
             .or_default()
-            .entry(node.clone())
+            .entry(actor.clone())
             .or_insert(WindowSlot {
                 first: ts,
                 count: 0,
@@ -347,10 +347,10 @@ impl Lattice for Window {
 
     fn retain_above(&mut self, watermark: &Marker) -> bool {
         for slots in self.buckets.values_mut() {
-            slots.retain(|node, s| {
+            slots.retain(|actor, s| {
                 Marker {
                     ts: s.first,
-                    node: node.clone(),
+                    node: actor.node.clone(),
                 } > *watermark
             });
         }
@@ -373,8 +373,8 @@ mod tests {
 
     use super::*;
 
-    fn node(i: u8) -> NodeId {
-        NodeId::new(format!("n{i}")).expect("valid")
+    fn node(i: u8) -> Actor {
+        Actor::legacy(crate::hlc::NodeId::new(format!("n{i}")).expect("valid"))
     }
 
     const SPEC: WindowSpec = WindowSpec {
@@ -556,7 +556,7 @@ mod tests {
         .expect("fits");
         let watermark = Marker {
             ts: Timestamp::from_millis(20),
-            node: node(9),
+            node: node(9).node,
         };
         let mut fresh = old.clone();
         assert!(!fresh.retain_above(&watermark), "everything was erased");
@@ -585,8 +585,8 @@ mod distinct_tests {
 
     use super::*;
 
-    fn node(i: u8) -> NodeId {
-        NodeId::new(format!("n{i}")).expect("valid")
+    fn node(i: u8) -> Actor {
+        Actor::legacy(crate::hlc::NodeId::new(format!("n{i}")).expect("valid"))
     }
 
     const K: u32 = 256;

@@ -198,7 +198,7 @@ pub fn apply_event(
     }
     let mut next = profile.clone();
     let mut out = Ingested::default();
-    let node = clock.node().clone();
+    let actor = clock.actor().clone();
     for update in updates {
         match update {
             Update::Observe { def, value } => {
@@ -209,7 +209,7 @@ pub fn apply_event(
                 match next.observe(
                     &def.name,
                     spec,
-                    &node,
+                    &actor,
                     event.timestamp_ms,
                     value,
                     ts,
@@ -223,7 +223,7 @@ pub fn apply_event(
             Update::Gauge { name, value } => {
                 let marker = Marker {
                     ts: event_ts,
-                    node: node.clone(),
+                    node: actor.node.clone(),
                 };
                 let u = GaugeUpdate {
                     name: &name,

@@ -5,8 +5,8 @@
 //! - gauges take a fresh HLC marker, or, with an event time, the marker `(event time, this node)` after the
 //!   clock checked the event time against `max_clock_skew` and moved past it; a TTL counts from the event
 //!   time (or from `now_ms` without one);
-//! - counters take a fresh HLC tick, the slot is this node's;
-//! - flags take a fresh marker, a TTL counts from `now_ms`;
+//! - counters take a fresh HLC tick, the slot is this node's actor's (the node in its current incarnation);
+//! - flags take a fresh marker and a dot of this node's actor, a TTL counts from `now_ms`;
 //! - an erasure's watermark is a fresh marker: everything stamped up to now is dropped.
 //!
 //! Guarantees: a refused write changes neither the profile nor anything but the clock (the clock may have
@@ -19,7 +19,7 @@ use bincode::{Decode, Encode};
 use crate::crdt::flag::CausalContext;
 use crate::crdt::value::Value;
 use crate::error::Result;
-use crate::hlc::{Clock, Marker, Timestamp};
+use crate::hlc::{Actor, Clock, Marker, Timestamp};
 use crate::limits::Limits;
 use crate::profile::{FlagUpdate, FlagView, GaugeUpdate, Profile, WriteOutcome};
 
@@ -87,6 +87,8 @@ pub enum Applied {
     Incremented {
         /// The stamp of the increment (this node's tick).
         stamp: Marker,
+        /// The actor whose slots took the increment (this node in its current incarnation).
+        actor: Actor,
         /// Each counter's value after the write, in request order.
         values: Vec<i64>,
     },
@@ -165,12 +167,16 @@ pub fn apply(
         }
         Write::Increment { deltas } => {
             let ts = clock.tick(now_ms);
-            let node = clock.node().clone();
+            let actor = clock.actor().clone();
             let pairs: Vec<(&str, i64)> =
                 deltas.iter().map(|d| (d.name.as_str(), d.delta)).collect();
-            let values = profile.increment(&pairs, &node, ts, limits)?;
+            let values = profile.increment(&pairs, &actor, ts, limits)?;
             Ok(Applied::Incremented {
-                stamp: Marker { ts, node },
+                stamp: Marker {
+                    ts,
+                    node: actor.node.clone(),
+                },
+                actor,
                 values,
             })
         }
@@ -186,6 +192,7 @@ pub fn apply(
                 value,
                 context,
                 marker: version.clone(),
+                actor: clock.actor().clone(),
                 expires_at_ms: ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
             };
             profile.set_flag(update, now_ms, limits)?;

@@ -326,7 +326,7 @@ mod tests {
         let mut clock = Clock::new(node(i), 1_000);
         let mut p = Profile::default();
         let ts = clock.tick(at);
-        p.increment(&[("c", delta)], &node(i), ts, &limits)
+        p.increment(&[("c", delta)], clock.actor(), ts, &limits)
             .expect("valid");
         let v = Value::I64(delta);
         p.put_gauges(

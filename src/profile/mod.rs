@@ -40,7 +40,7 @@ use crate::crdt::value::Value;
 use crate::crdt::window::{Observation, Window, WindowRefusal, WindowSpec};
 use crate::crdt::{Feature, FeatureKind, Lattice};
 use crate::error::{truncate_for_error, Error, Result};
-use crate::hlc::{Marker, NodeId, Timestamp};
+use crate::hlc::{Actor, Marker, Timestamp};
 use crate::limits::Limits;
 
 /// All features of one entity.
@@ -146,6 +146,8 @@ pub struct FlagUpdate<'a> {
     pub context: &'a CausalContext,
     /// The marker the coordinator stamped.
     pub marker: Marker,
+    /// The coordinator's actor (node and incarnation), whose next dot the write gets.
+    pub actor: Actor,
     /// Expiry, if it has a TTL.
     pub expires_at_ms: Option<u64>,
 }
@@ -263,19 +265,19 @@ impl Profile {
         Ok(outcomes)
     }
 
-    /// Adds `deltas` to counters on behalf of `node` at `ts`. Validates everything (kinds, count,
+    /// Adds `deltas` to counters on behalf of `actor` at `ts`. Validates everything (kinds, count,
     /// overflow) first; returns each counter's new value in request order.
     pub fn increment(
         &mut self,
         deltas: &[(&str, i64)],
-        node: &NodeId,
+        actor: &Actor,
         ts: Timestamp,
         limits: &Limits,
     ) -> Result<Vec<i64>> {
         self.check_write(deltas.iter().map(|d| d.0), FeatureKind::Counter, limits)?;
         let stamp = Marker {
             ts,
-            node: node.clone(),
+            node: actor.node.clone(),
         };
         if self.is_erased(&stamp) {
             // Cannot happen for a freshly ticked local timestamp; refuse to count into erased history.
@@ -288,7 +290,7 @@ impl Profile {
                 .entry(name)
                 .or_insert_with(|| self.counters.get(*name).cloned().unwrap_or_default());
             counter
-                .apply(node, *delta, ts)
+                .apply(actor, *delta, ts)
                 .ok_or_else(|| Error::CounterOverflow {
                     name: truncate_for_error(name),
                 })?;
@@ -322,6 +324,7 @@ impl Profile {
             value: update.value,
             context: update.context,
             marker: update.marker,
+            actor: update.actor,
             expires_at_ms: update.expires_at_ms,
             max_siblings: limits.max_siblings,
         })?;
@@ -330,7 +333,7 @@ impl Profile {
     }
 
     /// Adds one event's observation `value` (a number, or a distinct-count hash) at event time `at_ms` to
-    /// the window `name` (created with `spec` if new), on behalf of `node` at HLC `ts`. Validates kinds and
+    /// the window `name` (created with `spec` if new), on behalf of `actor` at HLC `ts`. Validates kinds and
     /// the feature count first. Refuses late events (older than the span) and non-finite values with a
     /// typed error, changing nothing.
     #[allow(clippy::too_many_arguments)]
@@ -338,7 +341,7 @@ impl Profile {
         &mut self,
         name: &str,
         spec: WindowSpec,
-        node: &NodeId,
+        actor: &Actor,
         at_ms: u64,
         value: Observation,
         ts: Timestamp,
@@ -347,7 +350,7 @@ impl Profile {
         self.check_write(std::iter::once(name), FeatureKind::Window, limits)?;
         if self.is_erased(&Marker {
             ts,
-            node: node.clone(),
+            node: actor.node.clone(),
         }) {
             return Ok(());
         }
@@ -355,7 +358,7 @@ impl Profile {
             .windows
             .entry(name.to_owned())
             .or_insert_with(|| Window::new(spec));
-        let result = window.add(node, at_ms, value, ts);
+        let result = window.add(actor, at_ms, value, ts);
         if window.buckets.is_empty() {
             self.windows.remove(name);
         }
@@ -453,7 +456,7 @@ impl Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hlc::Clock;
+    use crate::hlc::{Clock, NodeId};
     use proptest::prelude::*;
 
     const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -461,6 +464,11 @@ mod tests {
 
     fn node(i: usize) -> NodeId {
         NodeId::new(NODES[i]).expect("valid")
+    }
+
+    /// Node `i`'s legacy actor.
+    fn actor(i: usize) -> Actor {
+        Actor::legacy(node(i))
     }
 
     /// One step of a random history over three replicas.
@@ -564,7 +572,7 @@ mod tests {
                 }
                 Step::Incr { at, name, delta } => {
                     let ts = clocks[at].tick(now);
-                    let _ = reps[at].increment(&[(NAMES[name], delta)], &node(at), ts, &limits);
+                    let _ = reps[at].increment(&[(NAMES[name], delta)], &actor(at), ts, &limits);
                 }
                 Step::Flag {
                     at,
@@ -582,6 +590,7 @@ mod tests {
                         value,
                         context: &ctx,
                         marker: m,
+                        actor: clocks[at].actor().clone(),
                         expires_at_ms: ttl.map(|t| now + t),
                     };
                     let _ = reps[at].set_flag(u, now, &limits);
@@ -693,8 +702,8 @@ mod tests {
             if let Some(w) = &all.erased_at {
                 prop_assert!(all.gauges.values().all(|g| g.marker > *w));
                 prop_assert!(all.flags.values().flat_map(|f| &f.siblings).all(|s| s.marker > *w));
-                let above = |(n, s): (&NodeId, &crate::crdt::counter::CounterSlot)| {
-                    Marker { ts: s.first, node: n.clone() } > *w
+                let above = |(a, s): (&Actor, &crate::crdt::counter::CounterSlot)| {
+                    Marker { ts: s.first, node: a.node.clone() } > *w
                 };
                 prop_assert!(all.counters.values().flat_map(|c| c.slots.iter()).all(above));
             }
@@ -714,7 +723,7 @@ mod tests {
         let limits = Limits::default();
         let mut p = Profile::default();
         assert!(p.maps().iter().all(|m| m.is_empty()));
-        p.increment(&[("c", 1)], &node(0), Timestamp::from_millis(1), &limits)
+        p.increment(&[("c", 1)], &actor(0), Timestamp::from_millis(1), &limits)
             .expect("valid");
         let kinds: Vec<(FeatureKind, usize, bool, bool)> = p
             .maps()
@@ -743,7 +752,7 @@ mod tests {
             expires_at_ms: None,
         }];
         p.put_gauges(&u, &marker(10), &limits).expect("valid");
-        p.increment(&[("n", 3)], &node(0), Timestamp::from_millis(11), &limits)
+        p.increment(&[("n", 3)], &actor(0), Timestamp::from_millis(11), &limits)
             .expect("valid");
         p.erase(marker(20));
         assert_eq!(p.view(0, None), None);
@@ -777,7 +786,7 @@ mod tests {
         assert_eq!(p.gauges.len(), 1);
         let err = p.increment(
             &[("x", 1), ("a", 1)],
-            &node(0),
+            &actor(0),
             Timestamp::from_millis(3),
             &limits,
         );
@@ -785,14 +794,14 @@ mod tests {
         assert!(p.counters.is_empty());
         p.increment(
             &[("x", i64::MAX)],
-            &node(0),
+            &actor(0),
             Timestamp::from_millis(4),
             &limits,
         )
         .expect("fits");
         let err = p.increment(
             &[("x", i64::MAX), ("x", i64::MAX), ("x", 2)],
-            &node(0),
+            &actor(0),
             Timestamp::from_millis(5),
             &limits,
         );
@@ -808,17 +817,17 @@ mod tests {
         let mut big = Profile::default();
         big.increment(
             &[("x", i64::MAX)],
-            &node(0),
+            &actor(0),
             Timestamp::from_millis(1),
             &limits,
         )
         .expect("fits");
         let mut p = Profile::default();
-        p.increment(&[("x", -1)], &node(1), Timestamp::from_millis(2), &limits)
+        p.increment(&[("x", -1)], &actor(1), Timestamp::from_millis(2), &limits)
             .expect("fits");
         p.merge(&big);
         assert_eq!(p.counters["x"].value(), i64::MAX - 1);
-        let refused = p.increment(&[("x", 2)], &node(1), Timestamp::from_millis(3), &limits);
+        let refused = p.increment(&[("x", 2)], &actor(1), Timestamp::from_millis(3), &limits);
         assert!(
             matches!(refused, Err(Error::CounterOverflow { .. })),
             "{refused:?}"
@@ -828,7 +837,7 @@ mod tests {
             i64::MAX - 1,
             "a refused increment changes nothing"
         );
-        p.increment(&[("x", 1)], &node(1), Timestamp::from_millis(4), &limits)
+        p.increment(&[("x", 1)], &actor(1), Timestamp::from_millis(4), &limits)
             .expect("exactly i64::MAX fits");
     }
 

@@ -24,15 +24,22 @@ use crate::profile::Profile;
 use crate::replication::{Effect, LocalStore, Replication};
 use crate::wire::peer::PeerMessage;
 
-/// Whether `profile` holds state that only `node` may extend: its counter slot or its flag dots. A node
-/// must keep such a profile (it may not forget it), or a later write there would reuse the slot or dot and
-/// silently replace or lose acknowledged data.
+/// Whether `profile` holds state that only `node` may extend: a counter slot, a window slot or flag dots
+/// of one of its actors (any incarnation: the check does not need to know which one is current). A node
+/// must keep such a profile (it may not forget it), or a later write there would start the slot afresh
+/// (a later `first` replaces the old slot in the merge) or reuse a dot, and silently replace or lose
+/// acknowledged data.
 pub fn carries_identity_of(profile: &Profile, node: &NodeId) -> bool {
-    profile
-        .counters
-        .values()
-        .any(|c| c.slots.contains_key(node))
-        || profile.flags.values().any(|f| f.clock.0.get(node) > 0)
+    let mine = |actor: &crate::hlc::Actor| actor.node == *node;
+    profile.counters.values().any(|c| c.slots.keys().any(mine))
+        || profile
+            .windows
+            .values()
+            .any(|w| w.buckets.values().any(|slots| slots.keys().any(mine)))
+        || profile
+            .flags
+            .values()
+            .any(|f| f.clock.0.dots.iter().any(|(a, n)| mine(a) && *n > 0))
 }
 
 /// One throttled, acknowledged handoff.

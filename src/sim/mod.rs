@@ -2,8 +2,13 @@
 //! [`Replication`] state machine, a [`Clock`] with its own skew, profiles written with
 //! [`profile::apply`](crate::profile::apply) and merged with [`Profile::merge`]), over a simulated network
 //! that can lose, duplicate, delay and reorder messages and partition the cluster. Nodes crash and restart;
-//! a crash loses everything that was not flushed to the node's simulated disk. The disk follows the `sync`
-//! policy of the real node: a client write is flushed before it is acknowledged, a replica flushes before it
+//! a crash loses everything that was not flushed to the node's simulated disk, and a node can lose its
+//! whole disk ([`Cluster::wipe`]). Every start is decided by the core's
+//! [`incarnation_after`](crate::hlc::incarnation_after), as on the real node: the simulation never shuts
+//! down cleanly, so a node comes back from every crash as a new actor (incarnations are numbered 1, 2, ...
+//! per node here, so that scripts stay readable; the real node draws them at random).
+//!
+//! The disk follows the `sync` policy of the real node: a client write is flushed before it is acknowledged, a replica flushes before it
 //! acknowledges replicated state (`SendWhen::Durable`), hints are flushed before a write whose plan says
 //! `ack_after_durable` is answered, and anything else (hint and table records written by ticks, merged
 //! state not yet acknowledged, expiry sweeps) waits for the next flush, so a crash can lose it.
@@ -27,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::cluster::detector::DetectorConfig;
 use crate::cluster::membership::{MemberState, MembershipTable};
 use crate::error::Result;
-use crate::hlc::{Clock, NodeId};
+use crate::hlc::{incarnation_after, Actor, Clock, NodeId, StoredIncarnation};
 use crate::ingest::{apply_event, Definitions, Event, Ingested};
 use crate::limits::Limits;
 use crate::profile::{apply, Applied, Profile, Write};
@@ -75,11 +80,11 @@ pub(crate) struct SimStore {
 }
 
 impl SimStore {
-    fn new(id: &NodeId, now: u64, skew: i64) -> SimStore {
+    fn new(actor: Actor, now: u64, skew: i64) -> SimStore {
         SimStore {
             data: RefCell::default(),
             durable: RefCell::default(),
-            clock: RefCell::new(Clock::new(id.clone(), 1_000)),
+            clock: RefCell::new(Clock::for_actor(actor, 1_000)),
             now: Cell::new(now),
             skew,
         }
@@ -132,8 +137,32 @@ pub(crate) struct SimNode {
     pub(crate) repl: Option<Replication>,
     persisted_table: MembershipTable,
     persisted_hints: BTreeMap<NodeId, BTreeSet<String>>,
+    /// The incarnation record on the node's disk (gone with a wiped disk).
+    persisted_incarnation: Option<StoredIncarnation>,
+    /// Incarnations this node has started (the sim's stand-in for a random draw: the next is one more).
+    incarnations: u64,
     /// Persistence effects written but not flushed yet.
     unflushed: Vec<Effect>,
+}
+
+impl SimNode {
+    /// A node starting on an empty disk: its first incarnation (1), recorded as running.
+    fn fresh(id: &NodeId, repl: Replication, table: MembershipTable, now: u64, skew: i64) -> Self {
+        let incarnation = incarnation_after(None, 1);
+        SimNode {
+            id: id.clone(),
+            store: SimStore::new(Actor::new(id.clone(), incarnation), now, skew),
+            repl: Some(repl),
+            persisted_table: table,
+            persisted_hints: BTreeMap::new(),
+            persisted_incarnation: Some(StoredIncarnation {
+                incarnation,
+                clean: false,
+            }),
+            incarnations: 1,
+            unflushed: Vec::new(),
+        }
+    }
 }
 
 struct InFlight {
@@ -248,19 +277,21 @@ impl Cluster {
         let nodes = ids
             .iter()
             .enumerate()
-            .map(|(i, id)| SimNode {
-                id: id.clone(),
-                store: SimStore::new(id, 0, skews.get(i).copied().unwrap_or(0)),
-                repl: Some(Replication::new(
+            .map(|(i, id)| {
+                let repl = Replication::new(
                     id.clone(),
                     config.clone(),
                     table.clone(),
                     BTreeMap::new(),
                     0,
-                )),
-                persisted_table: table.clone(),
-                persisted_hints: BTreeMap::new(),
-                unflushed: Vec::new(),
+                );
+                SimNode::fresh(
+                    id,
+                    repl,
+                    table.clone(),
+                    0,
+                    skews.get(i).copied().unwrap_or(0),
+                )
             })
             .collect();
         Cluster {
@@ -576,14 +607,36 @@ impl Cluster {
         }
     }
 
+    /// Node `i` loses its disk: it crashes, and its data, hints and incarnation record are gone. (It keeps
+    /// its membership table, as the real node relearns it from its seeds.) [`Cluster::restart`] then starts
+    /// it empty, under its name.
+    pub(crate) fn wipe(&mut self, i: usize) {
+        self.crash(i);
+        let node = &mut self.nodes[i];
+        node.store.durable.borrow_mut().clear();
+        node.store.data.borrow_mut().clear();
+        node.persisted_hints.clear();
+        node.persisted_incarnation = None;
+        self.log.push(format!("{}ms wipe {}", self.now, node.id));
+    }
+
     /// Restarts node `i` from its disk (a no-op if it is up).
     pub(crate) fn restart(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         if node.repl.is_some() {
             return;
         }
+        // A crash may have lost writes the peers hold: the core picks a new actor (see `incarnation_after`).
+        let incarnation = incarnation_after(node.persisted_incarnation, node.incarnations + 1);
+        if Some(incarnation) != node.persisted_incarnation.map(|p| p.incarnation) {
+            node.incarnations += 1;
+        }
+        node.persisted_incarnation = Some(StoredIncarnation {
+            incarnation,
+            clean: false,
+        });
         // The clock is volatile: recover it from the data, as the node runtime does.
-        let mut clock = Clock::new(node.id.clone(), 1_000);
+        let mut clock = Clock::for_actor(Actor::new(node.id.clone(), incarnation), 1_000);
         for p in node.store.data.borrow().values() {
             if let Some(ts) = p.max_timestamp() {
                 clock.recover(ts);
@@ -608,20 +661,15 @@ impl Cluster {
         };
         let mut table = seed.table().clone();
         table.set(&id, SIM_ADDR, MemberState::Joining);
-        self.nodes.push(SimNode {
-            id: id.clone(),
-            store: SimStore::new(&id, self.now, skew),
-            repl: Some(Replication::new(
-                id.clone(),
-                self.config.clone(),
-                table.clone(),
-                BTreeMap::new(),
-                self.now,
-            )),
-            persisted_table: table,
-            persisted_hints: BTreeMap::new(),
-            unflushed: Vec::new(),
-        });
+        let repl = Replication::new(
+            id.clone(),
+            self.config.clone(),
+            table.clone(),
+            BTreeMap::new(),
+            self.now,
+        );
+        self.nodes
+            .push(SimNode::fresh(&id, repl, table, self.now, skew));
         self.log.push(format!("{}ms join {id}", self.now));
     }
 

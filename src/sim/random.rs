@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{sim_config, Cluster, Coordinated, Faults};
 use crate::crdt::flag::{CausalContext, FlagDot};
 use crate::crdt::value::Value;
-use crate::hlc::{Marker, NodeId, Timestamp};
+use crate::hlc::{Actor, Marker, NodeId, Timestamp};
 use crate::knobs::{self, Bug};
 use crate::profile::{Applied, CounterDelta, GaugeWrite, Profile, Write};
 
@@ -56,6 +56,8 @@ enum Op {
         stamp: Marker,
         /// `(first, node)` of the slot it landed in.
         slot: Marker,
+        /// The actor of that slot.
+        actor: Actor,
     },
     Flag {
         feature: String,
@@ -84,11 +86,12 @@ impl Op {
                 feature,
                 stamp,
                 slot,
+                actor,
                 ..
             } => {
                 erased(slot)
                     || p.counters.get(feature).is_some_and(|c| {
-                        c.slots.get(&slot.node).is_some_and(|s| {
+                        c.slots.get(actor).is_some_and(|s| {
                             s.first > slot.ts || (s.first == slot.ts && s.last >= stamp.ts)
                         })
                     })
@@ -315,8 +318,8 @@ impl Schedule {
                 let write = Write::Increment { deltas: &deltas };
                 let out = self.cluster.write(c, &key, write, quorum, crash);
                 self.record(c, &key, out, |applied, state| match applied {
-                    Applied::Incremented { stamp, .. } => {
-                        let first = state?.counters.get("c")?.slots.get(&stamp.node)?.first;
+                    Applied::Incremented { stamp, actor, .. } => {
+                        let first = state?.counters.get("c")?.slots.get(actor)?.first;
                         Some(Op::Incr {
                             feature: "c".into(),
                             delta,
@@ -325,6 +328,7 @@ impl Schedule {
                                 ts: first,
                                 node: stamp.node.clone(),
                             },
+                            actor: actor.clone(),
                         })
                     }
                     _ => None,
@@ -1109,6 +1113,7 @@ mod checker {
                 feature: "c".into(),
                 delta: 1_000,
                 stamp: slot.clone(),
+                actor: Actor::legacy(slot.node.clone()),
                 slot,
             },
             acked: true,
@@ -1126,7 +1131,7 @@ mod checker {
             op: Op::Flag {
                 feature: "f".into(),
                 dot: FlagDot {
-                    node: NodeId::new("n9").expect("valid"),
+                    actor: "n9".parse().expect("valid"),
                     counter: 1,
                 },
                 context: CausalContext::default(),

@@ -28,8 +28,8 @@ use crate::wire::event::{EventOutcome, WireEvent};
 pub use crate::wire::reply::{ErrorCode, ErrorReply};
 
 /// The protocol version carried in every frame header (2 since window features, 3 since distinct counts
-/// and identity links).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// and identity links, 4 since per-incarnation actors in slots, dots and causal contexts).
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -546,7 +546,9 @@ mod tests {
         let mut context = CausalContext::default();
         for i in 0..300 {
             let node = NodeId::new(format!("n{i}")).expect("valid");
-            context.0.apply(crdts::Dot::new(node, 1));
+            context
+                .0
+                .apply(crdts::Dot::new(crate::hlc::Actor::legacy(node), 1));
         }
         let flag = Request::SetFlag {
             key: "u".into(),

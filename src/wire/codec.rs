@@ -44,9 +44,10 @@ pub const RECORD_VERSION: u8 = 1;
 
 /// Format version of stored profile records: 2 since window features, 3 since distinct counts (window
 /// slots gained their sketch, window parameters the sketch size) and identity links (a new `Profile`
-/// field). Version-1 records (profiles without windows) and version-2 records are still read and upgraded;
-/// they are rewritten as version 3 on their next change.
-pub const PROFILE_RECORD_VERSION: u8 = 3;
+/// field), 4 since per-incarnation actors (counter slots, window slots and flag dots name the node *and*
+/// its incarnation, [`crate::hlc::Actor`]). Records of versions 1 to 3 are still read and upgraded (their
+/// actors become the legacy actors, incarnation 0); they are rewritten as version 4 on their next change.
+pub const PROFILE_RECORD_VERSION: u8 = 4;
 
 type Limited<const N: usize> = Configuration<LittleEndian, Varint, config::Limit<N>>;
 
@@ -225,7 +226,7 @@ impl WindowV2 {
                             max: s.max,
                             hashes: Vec::new(),
                         };
-                        (node, slot)
+                        (crate::hlc::Actor::legacy(node), slot)
                     })
                     .collect();
                 (start, slots)
@@ -258,8 +259,10 @@ struct ProfileV2 {
 pub fn decode_record(bytes: &[u8]) -> Result<Profile> {
     match bytes.split_first() {
         Some((&PROFILE_RECORD_VERSION, rest)) => decode_exact(rest, "record"),
+        Some((&3, rest)) => crate::hlc::decoding_legacy_actors(|| decode_exact(rest, "record")),
         Some((&2, rest)) => {
-            let v2: ProfileV2 = decode_exact(rest, "record")?;
+            let v2: ProfileV2 =
+                crate::hlc::decoding_legacy_actors(|| decode_exact(rest, "record"))?;
             Ok(Profile {
                 gauges: v2.gauges,
                 counters: v2.counters,
@@ -275,7 +278,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<Profile> {
             })
         }
         Some((&1, rest)) => {
-            let v1: ProfileV1 = decode_exact(rest, "record")?;
+            let v1: ProfileV1 =
+                crate::hlc::decoding_legacy_actors(|| decode_exact(rest, "record"))?;
             Ok(Profile {
                 gauges: v1.gauges,
                 counters: v1.counters,
@@ -575,7 +579,8 @@ mod tests {
         };
         p.put_gauges(&[gauge], &clock.stamp(1_000), &limits)
             .expect("valid");
-        p.increment(&[("c", -3)], &node, clock.tick(1_000), &limits)
+        let ts = clock.tick(1_000);
+        p.increment(&[("c", -3)], clock.actor(), ts, &limits)
             .expect("valid");
         for value in [true, false] {
             let context = crate::CausalContext::default();
@@ -584,6 +589,7 @@ mod tests {
                 value,
                 context: &context,
                 marker: clock.stamp(1_000),
+                actor: clock.actor().clone(),
                 expires_at_ms: None,
             };
             p.set_flag(flag, 1_000, &limits).expect("valid");
@@ -634,7 +640,7 @@ mod tests {
         )
         .expect("valid");
         let ts = clock.tick(11);
-        p.increment(&[("c", 2)], &NodeId::new("n1").expect("valid"), ts, &limits)
+        p.increment(&[("c", 2)], clock.actor(), ts, &limits)
             .expect("valid");
         p.erase(clock.stamp(5));
         let old = ProfileV1Out {
@@ -644,7 +650,10 @@ mod tests {
             erased_at: &p.erased_at,
         };
         let mut v1 = vec![1u8];
-        bincode::encode_into_std_write(&old, &mut v1, config::standard()).expect("encodes");
+        crate::hlc::decoding_legacy_actors(|| {
+            bincode::encode_into_std_write(&old, &mut v1, config::standard())
+        })
+        .expect("encodes");
         let upgraded = decode_record(&v1).expect("a version-1 record reads");
         assert_eq!(upgraded, p);
         assert_eq!(
@@ -659,8 +668,13 @@ mod tests {
         let mut clock = crate::hlc::Clock::new(node.clone(), 1_000);
         let mut p = Profile::default();
         let ts = clock.tick(at);
-        p.increment(&[("c", delta)], &node, ts, &crate::Limits::default())
-            .expect("valid");
+        p.increment(
+            &[("c", delta)],
+            clock.actor(),
+            ts,
+            &crate::Limits::default(),
+        )
+        .expect("valid");
         p
     }
 
@@ -737,10 +751,19 @@ mod tests {
         };
         for (at, v) in [(5_000, 2.0), (5_500, 3.0), (9_000, -1.0)] {
             let ts = clock.tick(at);
-            p.observe("revenue", spec, &n1, at, Observation::Value(v), ts, &limits)
-                .expect("fits");
+            p.observe(
+                "revenue",
+                spec,
+                clock.actor(),
+                at,
+                Observation::Value(v),
+                ts,
+                &limits,
+            )
+            .expect("fits");
         }
-        p.increment(&[("c", 2)], &n1, clock.tick(10_000), &limits)
+        let ts = clock.tick(10_000);
+        p.increment(&[("c", 2)], clock.actor(), ts, &limits)
             .expect("valid");
         p.seen
             .insert("m1", 9_000, limits.dedup_window_ms, limits.max_seen_ids);
@@ -762,7 +785,7 @@ mod tests {
                                     min: s.min,
                                     max: s.max,
                                 };
-                                (node.clone(), slot)
+                                (node.node.clone(), slot)
                             })
                             .collect();
                         (*start, slots)
@@ -785,7 +808,10 @@ mod tests {
             seen: &p.seen,
         };
         let mut v2 = vec![2u8];
-        bincode::encode_into_std_write(&old, &mut v2, config::standard()).expect("encodes");
+        crate::hlc::decoding_legacy_actors(|| {
+            bincode::encode_into_std_write(&old, &mut v2, config::standard())
+        })
+        .expect("encodes");
         let upgraded = decode_record(&v2).expect("a version-2 record reads");
         assert_eq!(upgraded, p);
         assert_eq!(upgraded.windows["revenue"].value(9_000), (3, Some(4.0)));
@@ -794,6 +820,46 @@ mod tests {
             PROFILE_RECORD_VERSION
         );
         assert!(upgraded.identity.is_empty());
+    }
+
+    /// A version-3 record (actors were node ids) reads as the node's legacy actors; a record of this
+    /// version keeps real incarnations.
+    #[test]
+    fn version_3_records_read_with_legacy_actors() {
+        use crate::hlc::{Clock, NodeId};
+        let limits = crate::Limits::default();
+        let mut p = linked_small(0, 4, 10);
+        let mut clock = Clock::new(NodeId::new("n2").expect("valid"), 1_000);
+        let context = crate::CausalContext::default();
+        let flag = crate::profile::FlagUpdate {
+            name: "f",
+            value: true,
+            context: &context,
+            marker: clock.stamp(20),
+            actor: clock.actor().clone(),
+            expires_at_ms: None,
+        };
+        p.set_flag(flag, 20, &limits).expect("valid");
+        let mut v3 = vec![3u8];
+        crate::hlc::decoding_legacy_actors(|| {
+            bincode::encode_into_std_write(&p, &mut v3, config::standard())
+        })
+        .expect("encodes");
+        assert_eq!(decode_record(&v3).expect("a version-3 record reads"), p);
+        // Now with a real incarnation: it survives the current format, and has no legacy form.
+        let actor = crate::hlc::Actor::new(NodeId::new("n3").expect("valid"), 0xabc);
+        let mut clock = Clock::for_actor(actor.clone(), 1_000);
+        let ts = clock.tick(30);
+        p.increment(&[("c", 1)], clock.actor(), ts, &limits)
+            .expect("valid");
+        let bytes = encode_record(&p).expect("encodes");
+        let back = decode_record(&bytes).expect("decodes");
+        assert!(back.counters["c"].slots.contains_key(&actor));
+        let mut legacy = Vec::new();
+        let refused = crate::hlc::decoding_legacy_actors(|| {
+            bincode::encode_into_std_write(&p, &mut legacy, config::standard())
+        });
+        assert!(refused.is_err(), "an incarnation is never silently dropped");
     }
 
     /// Builds payloads that start like a real message (a valid variant tag) and then claim huge lengths.

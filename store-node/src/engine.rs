@@ -89,16 +89,18 @@ pub struct Recovery {
 }
 
 impl Engine {
-    /// Loads every record from `storage` and returns a ready engine.
+    /// Loads every record from `storage` and returns a ready engine that writes as `actor` (this node in
+    /// the incarnation it runs as).
     pub fn open(
-        node: NodeId,
+        actor: featurestore::hlc::Actor,
         limits: Limits,
         max_clock_skew_ms: u64,
         storage: Arc<dyn Storage>,
         durability: Arc<Durability>,
         metrics: Arc<Metrics>,
     ) -> crate::Result<(Engine, Recovery)> {
-        let mut clock = Clock::new(node.clone(), max_clock_skew_ms);
+        let node = actor.node.clone();
+        let mut clock = Clock::for_actor(actor, max_clock_skew_ms);
         let shards: Box<[Shard]> = (0..SHARDS).map(|_| RwLock::default()).collect();
         let hasher = RandomState::new();
         let mut recovery = Recovery::default();

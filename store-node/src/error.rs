@@ -109,6 +109,9 @@ pub enum Error {
     /// reported by a [`Storage`](crate::storage::Storage) implementation.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The operating system's random number generator failed (needed for a new incarnation).
+    #[error("no randomness from the operating system: {0}")]
+    Random(ring::error::Unspecified),
     /// A config file is not valid TOML or does not match the config's shape.
     #[error("configuration error: {path}: {source}")]
     ConfigFile {

@@ -46,7 +46,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
     if let Some(path) = &config.test.clock_control_file {
         crate::clock::watch_control_file(path.clone(), shutdown.clone());
     }
-    let (engine, durability) = open_storage(&config, &node_id).await?;
+    let (engine, durability, incarnation) = open_storage(&config, &node_id).await?;
     let (endpoint, peers) = open_endpoint(&config)?;
     let local = endpoint.local_addr().map_err(|source| Error::Socket {
         addr: config.listen,
@@ -85,6 +85,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
     .await;
     let running = Running {
         node_id,
+        incarnation,
         endpoint,
         engine,
         cluster,
@@ -159,20 +160,24 @@ fn announce_ready(
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
 }
 
-/// Creates the data directory, opens the storage, starts its durability policy and recovers every stored
-/// profile into a new engine.
+/// Creates the data directory, opens the storage, decides the incarnation this start runs as (recorded
+/// durably before anything is applied; see `cluster::meta::begin_incarnation`), starts the durability
+/// policy and recovers every stored profile into a new engine.
 async fn open_storage(
     config: &NodeConfig,
     node_id: &NodeId,
-) -> Result<(Arc<Engine>, Arc<Durability>)> {
+) -> Result<(Arc<Engine>, Arc<Durability>, u64)> {
     let dir = config.data_dir.clone();
     let kind = config.storage;
-    let store = tokio::task::spawn_blocking(move || {
+    let fresh = random_u64()?;
+    let (store, incarnation, previous) = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
             path: dir.clone(),
             source,
         })?;
-        storage::open(kind, &dir)
+        let store = storage::open(kind, &dir)?;
+        let (incarnation, previous) = crate::cluster::meta::begin_incarnation(&*store, fresh)?;
+        Ok::<_, Error>((store, incarnation, previous))
     })
     .await
     .map_err(|source| Error::Task {
@@ -181,8 +186,14 @@ async fn open_storage(
     })??;
     let durability = Durability::start(store.clone(), config.durability)?;
     let metrics = Arc::new(Metrics::default());
+    let actor = featurestore::hlc::Actor::new(node_id.clone(), incarnation);
+    let continued = previous.is_some_and(|p| p.incarnation == incarnation);
+    tracing::info!(
+        node = %node_id, %actor, continued,
+        "incarnation (a new one unless the previous run shut down cleanly)"
+    );
     let (engine, recovery) = Engine::open(
-        node_id.clone(),
+        actor,
         config.limits.clone(),
         config.max_clock_skew_ms,
         store,
@@ -193,7 +204,15 @@ async fn open_storage(
         node = %node_id, entities = recovery.entities, corrupt = recovery.corrupt,
         storage = %kind, durability = %config.durability, "recovered"
     );
-    Ok((Arc::new(engine), durability))
+    Ok((Arc::new(engine), durability, incarnation))
+}
+
+/// A random 64-bit number from the operating system (a new incarnation).
+fn random_u64() -> Result<u64> {
+    let bytes: [u8; 8] = ring::rand::generate(&ring::rand::SystemRandom::new())
+        .map_err(Error::Random)?
+        .expose();
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// Builds the TLS configurations (the server's, for clients and peers; and this node's as a client of its
@@ -286,6 +305,7 @@ fn spawn_sweeper(
 /// everything [`Running::shut_down`] still has to stop and release.
 struct Running {
     node_id: NodeId,
+    incarnation: u64,
     endpoint: quinn::Endpoint,
     engine: Arc<Engine>,
     cluster: Arc<Cluster>,
@@ -302,6 +322,7 @@ impl Running {
     async fn shut_down(self) -> Result<()> {
         let Running {
             node_id,
+            incarnation,
             endpoint,
             engine,
             cluster,
@@ -322,10 +343,24 @@ impl Running {
         let flushed = durability.shutdown().await;
         endpoint.close(0u32.into(), b"node shutting down");
         let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
-        // Dropping sled flushes and blocks: do it off the runtime threads.
+        // Nothing applies writes any more: record the clean end (so the next start continues this
+        // incarnation) only if the final flush worked. Dropping sled flushes and blocks: do it off the
+        // runtime threads.
         drop(cluster);
-        let _ = tokio::task::spawn_blocking(move || drop(engine)).await;
-        flushed?;
+        let ended = tokio::task::spawn_blocking(move || {
+            let ended = match &flushed {
+                Ok(()) => crate::cluster::meta::end_incarnation(&**engine.storage(), incarnation),
+                Err(_) => Ok(()),
+            };
+            drop(engine);
+            flushed.and(ended)
+        })
+        .await
+        .map_err(|source| Error::Task {
+            context: "final storage task failed".into(),
+            source,
+        })?;
+        ended?;
         tracing::info!(node = %node_id, "stopped");
         Ok(())
     }

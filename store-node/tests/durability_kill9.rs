@@ -197,3 +197,70 @@ async fn sigterm_flushes_periodic_writes_and_exits_zero() {
         assert!(view.is_some(), "k{i} lost across a graceful restart");
     }
 }
+
+/// The actors a flag's causal context names, as text (`n1.<incarnation>`).
+fn actors(context: &featurestore::CausalContext) -> Vec<String> {
+    context.0.dots.keys().map(ToString::to_string).collect()
+}
+
+/// Acceptance (per-incarnation actors, on the real process): a node that stopped cleanly continues its
+/// actor, so its next flag dot follows the last one; a node killed with `kill -9` comes back as a new
+/// actor (a crash may have lost writes its peers hold), and so does one whose data directory was wiped.
+/// Nothing written before is lost across any of the three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_continues_the_actor_and_a_crash_or_wipe_starts_a_new_one() {
+    let empty = featurestore::CausalContext::default();
+    let mut node = common::TestNode::start("");
+    let client = node.client().await;
+    let first = client.set_flag("u", "f", true, &empty, None).await.unwrap();
+    client.increment("u", &[("c", 1)]).await.unwrap();
+    let one = actors(&first.context);
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert!(one[0].starts_with("n1."), "a real incarnation: {one:?}");
+
+    assert!(node.terminate().success());
+    node.launch();
+    let client = node.client().await;
+    let second = client.set_flag("u", "f", true, &empty, None).await.unwrap();
+    assert_eq!(
+        actors(&second.context),
+        one,
+        "a clean stop continues the actor"
+    );
+    let dots: Vec<u64> = second.context.0.dots.values().copied().collect();
+    assert_eq!(dots, vec![2], "the next dot of the same actor");
+
+    node.kill9();
+    node.launch();
+    let client = node.client().await;
+    let third = client.set_flag("u", "f", true, &empty, None).await.unwrap();
+    let after_crash = actors(&third.context);
+    assert_eq!(
+        after_crash.len(),
+        2,
+        "a new actor after kill -9: {after_crash:?}"
+    );
+    assert_eq!(
+        third.values.len(),
+        3,
+        "all three writes are siblings: {third:?}"
+    );
+    assert_eq!(
+        client.increment("u", &[("c", 1)]).await.unwrap(),
+        vec![2],
+        "the old slot and the new one both count"
+    );
+
+    // A lost disk: the directory is wiped; the node starts empty, as yet another actor.
+    assert!(node.terminate().success());
+    std::fs::remove_dir_all(node.path().join("data")).unwrap();
+    node.launch();
+    let client = node.client().await;
+    let fourth = client.set_flag("u", "f", true, &empty, None).await.unwrap();
+    let after_wipe = actors(&fourth.context);
+    assert_eq!(after_wipe.len(), 1, "{after_wipe:?}");
+    assert!(
+        !after_crash.contains(&after_wipe[0]),
+        "the wiped node is a new actor: {after_wipe:?} vs {after_crash:?}"
+    );
+}

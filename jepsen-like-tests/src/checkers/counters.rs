@@ -61,16 +61,12 @@ mod tests {
     use super::*;
     use crate::history::OpType;
     use featurestore::crdt::counter::Counter;
-    use featurestore::{NodeId, Profile, Timestamp};
+    use featurestore::{Profile, Timestamp};
 
     fn state(value: i64) -> Option<Profile> {
         let mut c = Counter::default();
-        c.apply(
-            &NodeId::new("n1").unwrap(),
-            value,
-            Timestamp::from_millis(1),
-        )
-        .unwrap();
+        c.apply(&"n1.7".parse().unwrap(), value, Timestamp::from_millis(1))
+            .unwrap();
         let mut p = Profile::default();
         p.counters.insert("n".into(), c);
         Some(p)

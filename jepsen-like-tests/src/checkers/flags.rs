@@ -78,14 +78,14 @@ mod tests {
     use super::*;
     use crate::history::OpType;
     use featurestore::crdt::flag::{FlagDot, FlagRegister, FlagSibling};
-    use featurestore::{NodeId, Profile};
+    use featurestore::Profile;
 
     fn state(markers: &[&str]) -> Option<Profile> {
         let mut reg = FlagRegister::default();
         for (i, m) in markers.iter().enumerate() {
             reg.siblings.push(FlagSibling {
                 dot: FlagDot {
-                    node: NodeId::new("n1").unwrap(),
+                    actor: "n1.7".parse().unwrap(),
                     counter: i as u64 + 1,
                 },
                 marker: marker(m),

@@ -81,7 +81,7 @@ mod tests {
             span_ms: 0,
             max_exact: 0,
         });
-        let node = featurestore::NodeId::new("n1").unwrap();
+        let node: featurestore::hlc::Actor = "n1.7".parse().unwrap();
         for i in 0..events {
             w.add(
                 &node,

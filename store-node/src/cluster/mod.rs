@@ -23,7 +23,7 @@
 
 pub mod dead_letters;
 pub mod ingest;
-mod meta;
+pub(crate) mod meta;
 mod waiters;
 
 use std::collections::HashMap;
