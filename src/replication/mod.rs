@@ -160,6 +160,8 @@ pub enum Effect {
         req: u64,
         /// The events, in arrival order.
         events: Vec<crate::wire::event::WireEvent>,
+        /// The sender's deadline to begin applying them ([`PeerMessage::ForwardEvents`]).
+        deadline_ms: u64,
     },
     /// `from` answered forwarded events.
     IngestReply {
@@ -586,10 +588,15 @@ impl Replication {
                     state,
                 });
             }
-            PeerMessage::ForwardEvents { req, events } => out.push(Effect::Ingest {
+            PeerMessage::ForwardEvents {
+                req,
+                events,
+                deadline_ms,
+            } => out.push(Effect::Ingest {
                 from: from.clone(),
                 req,
                 events,
+                deadline_ms,
             }),
             PeerMessage::ForwardReply { req, outcomes } => out.push(Effect::IngestReply {
                 from: from.clone(),

@@ -72,6 +72,11 @@ pub enum PeerMessage {
         req: u64,
         /// The events, in arrival order.
         events: Vec<WireEvent>,
+        /// The sender's wall-clock instant (Unix ms) after which the owner must not begin to apply them:
+        /// the sender stops waiting (and its client retries elsewhere) some time after it, so an event
+        /// begun later could be applied twice. Set well inside the sender's own timeout, so clock skew
+        /// within the cluster's bound does not matter.
+        deadline_ms: u64,
     },
     /// Answer to `ForwardEvents`: one outcome per event, in order.
     ForwardReply {

@@ -95,6 +95,11 @@ counters! {
         events_late,
         /// Events refused because the ingest queue was full (the sender retries).
         events_overloaded,
+        /// Forwarded events refused because they reached the owner after their sender's deadline (the
+        /// sender retries).
+        events_expired,
+        /// Events refused because this process had just stalled (frozen or starved; the sender retries).
+        events_stalled,
         /// HTTP requests to the ingest API (`/v1/*`).
         http_requests,
         /// HTTP requests refused for a missing or unknown write key (401).
@@ -184,12 +189,12 @@ mod tests {
         let node = Metrics::default();
         Metrics::incr(&node.requests);
         let snapshot = node.snapshot();
-        // 15 request counters, 9 of the ingest path (3 of identity), 11 of the HTTP listener, 7 of the
+        // 15 request counters, 11 of the ingest path (3 of identity), 11 of the HTTP listener, 7 of the
         // dead-letter queue.
-        assert_eq!(snapshot.len(), 42);
+        assert_eq!(snapshot.len(), 44);
         assert_eq!(snapshot[0].0, "connections_accepted");
-        assert_eq!(snapshot[34].0, "http_tls_failures");
-        assert_eq!(snapshot[41].0, "dlq_failures");
+        assert_eq!(snapshot[36].0, "http_tls_failures");
+        assert_eq!(snapshot[43].0, "dlq_failures");
         assert!(snapshot.contains(&("requests".to_owned(), 1)));
 
         let peer = crate::net::peer::PeerMetrics::default();

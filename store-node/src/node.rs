@@ -54,6 +54,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
     })?;
     let cluster = Arc::new(Cluster::open(&config, engine.clone(), peers)?);
     let http = start_http(&config, &engine, &cluster, &durability, &shutdown)?;
+    let stall_watch = cluster.stall_guard().clone().spawn_watch(shutdown.clone());
     let ticker = spawn_ticker(
         cluster.clone(),
         Duration::from_millis(config.cluster.tick_ms),
@@ -94,7 +95,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         sweeper,
         http: http.map(|(_, task)| task),
     };
-    running.shut_down().await
+    let result = running.shut_down().await;
+    let _ = stall_watch.await;
+    result
 }
 
 /// Binds the HTTP listener of `[http]` (if it has a `listen` address: the ingest API, `/health`,

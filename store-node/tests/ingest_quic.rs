@@ -144,3 +144,95 @@ async fn events_over_quic_count_once_even_when_the_owner_dies_before_the_retry()
     );
     assert_eq!(orders(&client, &user).await.unwrap(), (3.0, 43.5));
 }
+
+/// Sends `events` to the client's home node (the only seed of a `node_client`), whatever their owner:
+/// that node forwards them.
+async fn ingest_at_home(
+    client: &store_client::Client,
+    events: &[Event],
+) -> Result<Vec<EventOutcome>, String> {
+    use featurestore::wire::event::WireEvent;
+    let request = featurestore::Request::Ingest {
+        events: events.iter().map(WireEvent::from).collect(),
+    };
+    match client.request(request).await.map_err(|e| e.to_string())? {
+        featurestore::Response::Ingested(outcomes) => Ok(outcomes),
+        other => Err(format!("unexpected {other:?}")),
+    }
+}
+
+/// Regression (harness seed 3013, docs/harness.md): an event forwarded to an owner that is frozen
+/// (`SIGSTOP`) times out at the sender; the client's retry is applied by the acting owner; when the frozen
+/// owner resumes and reads the forward that queued up meanwhile, it must not apply it too (its deadline
+/// has passed, and the process knows it stalled). Counted once on every replica after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_forwarded_to_a_frozen_owner_and_retried_counts_once() {
+    use store_node::launch::Signal;
+    let mut cluster = start_with(3, &overlay());
+    let client = cluster.client().await;
+    all_alive(&cluster, &client).await;
+    let n3 = NodeId::new("n3").unwrap();
+    let user = key_where(&client, "frozen", 3, |r| r[0] == n3);
+    let via_n1 = cluster.node_client(0).await;
+    let event = [order(&user, "order-frozen", 7.0)];
+
+    common::cluster::signal(&mut cluster, 2, Signal::Stop);
+    let first = ingest_at_home(&via_n1, &event).await.unwrap();
+    assert!(
+        matches!(&first[0], EventOutcome::Refused { message, .. } if message.contains("did not answer")),
+        "the first attempt is forwarded to the frozen owner and times out: {first:?}"
+    );
+    // Once n1 judges n3 down, the retry is applied by the acting owner.
+    let retried = eventually("the retry applied", Duration::from_secs(30), || async {
+        let got = ingest_at_home(&via_n1, &event).await?;
+        match &got[0] {
+            EventOutcome::Applied { .. } => Ok(got),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(matches!(retried[0], EventOutcome::Applied { .. }));
+    common::cluster::signal(&mut cluster, 2, Signal::Cont);
+
+    // After the heal every replica holds the message id and counts the order once.
+    let nodes = ["n1", "n2", "n3"].map(|n| NodeId::new(n).unwrap());
+    eventually(
+        "every replica converged on one order",
+        Duration::from_secs(30),
+        || async {
+            for node in &nodes {
+                let state = client
+                    .local_state(node, &user)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or(format!("{node} has nothing yet"))?;
+                let count = state.windows.get("orders_30m").map_or(0, |w| {
+                    w.buckets
+                        .values()
+                        .flat_map(|slots| slots.values())
+                        .map(|s| s.count)
+                        .sum::<u64>()
+                });
+                if !state.seen.ids.contains_key("order-frozen") || count == 0 {
+                    return Err(format!("{node}: not there yet ({count} orders)"));
+                }
+                assert_eq!(count, 1, "{node} counts the order once: {state:?}");
+            }
+            Ok(())
+        },
+    )
+    .await;
+    // Give the resumed owner time to have applied its queued copy, if it were going to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(orders(&client, &user).await.unwrap(), (1.0, 7.0));
+    for node in &nodes {
+        let state = client.local_state(node, &user).await.unwrap().unwrap();
+        let count: u64 = state.windows["orders_30m"]
+            .buckets
+            .values()
+            .flat_map(|slots| slots.values())
+            .map(|s| s.count)
+            .sum();
+        assert_eq!(count, 1, "{node} counts the order once after the heal");
+    }
+}

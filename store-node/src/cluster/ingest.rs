@@ -45,6 +45,7 @@ use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, ErrorReply, NodeId, Profile, Response};
 use tokio::sync::{oneshot, Semaphore};
 
+use super::stall::StallGuard;
 use super::Cluster;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
@@ -58,6 +59,8 @@ pub struct Ingester {
     pub permits: Semaphore,
     /// Whether events late for a window are also kept as dead letters (`[ingest] dead_letter_late`).
     pub dead_letter_late: bool,
+    /// Whether this process stalled recently: then it applies nothing as owner (see [`super::stall`]).
+    pub stall: Arc<StallGuard>,
 }
 
 impl Ingester {
@@ -67,6 +70,10 @@ impl Ingester {
             definitions: Arc::new(definitions),
             permits: Semaphore::new(max_inflight.max(1)),
             dead_letter_late: false,
+            stall: Arc::new(StallGuard::new(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(2),
+            )),
         }
     }
 }
@@ -160,10 +167,17 @@ impl Cluster {
                 .events_forwarded
                 .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let addrs = self.addrs();
+            // The owner must not begin after half our wait: the other half covers clock skew and the
+            // apply itself, so an event it applies is one we are still waiting for.
+            let budget = u64::try_from((self.rpc_timeout / 2).as_millis()).unwrap_or(u64::MAX);
             self.send(
                 &addrs,
                 owner.clone(),
-                PeerMessage::ForwardEvents { req, events: batch },
+                PeerMessage::ForwardEvents {
+                    req,
+                    events: batch,
+                    deadline_ms: now_ms().saturating_add(budget),
+                },
             );
             waiting.push((owner, req, indices, rx));
         }
@@ -196,12 +210,29 @@ impl Cluster {
             .collect()
     }
 
-    /// Applies events forwarded by `from` (this node is their owner) and answers it.
-    pub(super) async fn on_forwarded(&self, from: NodeId, req: u64, events: Vec<WireEvent>) {
+    /// Applies events forwarded by `from` (this node is their owner) and answers it. Events it reaches
+    /// after `deadline_ms` (the sender's clock) are refused as retryable: the sender may have given up.
+    pub(super) async fn on_forwarded(
+        &self,
+        from: NodeId,
+        req: u64,
+        events: Vec<WireEvent>,
+        deadline_ms: u64,
+    ) {
         let limits = self.engine.limits().clone();
         let mut outcomes = Vec::with_capacity(events.len());
         let source = Source::Named(format!("forward from {from}"));
         for wire in events {
+            if now_ms() > deadline_ms {
+                Metrics::incr(&self.engine.metrics().events_expired);
+                outcomes.push(refused(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "forwarded by {from} too long ago (the sender may have given up); retry"
+                    ),
+                ));
+                continue;
+            }
             let outcome = match wire.to_event(&limits) {
                 Ok(event) => self.apply_as_owner(&event, wire.hops, &source).await,
                 Err(e) => {
@@ -225,6 +256,15 @@ impl Cluster {
             Metrics::incr(&metrics.events_overloaded);
             return refused(ErrorCode::Unavailable, "ingest queue full; retry later");
         };
+        if self.ingester.stall.stalled() {
+            // Its sender may have given up while this process was frozen, and a retry may already be
+            // applied elsewhere.
+            Metrics::incr(&metrics.events_stalled);
+            return refused(
+                ErrorCode::Unavailable,
+                "this node stalled a moment ago; retry (events are deduplicated)",
+            );
+        }
         let key = event.key();
         // A linking event needs the key's canonical id before anything is linked; any other event learns
         // of a redirect from the engine's answer below (one lookup on the common path).

@@ -14,8 +14,9 @@
 //! - A ticker drives timeouts, hint replay, gossip, anti-entropy and handoffs, and persists the hints and
 //!   the membership table when they change.
 //!
-//! Parts: `meta` names and (de)codes the hint and membership records in storage; `waiters` holds
-//! the requests waiting for replica acks and read replies.
+//! Parts: `meta` names and (de)codes the hint, membership and incarnation records in storage; `waiters`
+//! holds the requests waiting for replica acks and read replies; `stall` tells the ingest path that this
+//! process was just frozen.
 //!
 //! Caveat: the replication state machine sits behind one mutex; it is taken on writes and peer messages,
 //! never on local reads (they route with a placement snapshot). Anti-entropy rounds hash every local
@@ -24,6 +25,7 @@
 pub mod dead_letters;
 pub mod ingest;
 pub(crate) mod meta;
+pub mod stall;
 mod waiters;
 
 use std::collections::HashMap;
@@ -47,6 +49,7 @@ use dead_letters::DeadLetterQueue;
 use featurestore::ingest::Definitions;
 use featurestore::wire::event::EventOutcome;
 use ingest::{Ingester, Source};
+use stall::StallGuard;
 use waiters::Waiters;
 
 use crate::clock::now_ms;
@@ -118,6 +121,8 @@ impl Cluster {
             None => Definitions::default(),
         };
         let mut ingester = Ingester::new(definitions, config.ingest.max_inflight_events);
+        // A stall of half the RPC timeout is one a forwarded event's sender may have given up over.
+        ingester.stall = Arc::new(StallGuard::new(rpc_timeout / 2, rpc_timeout));
         ingester.dead_letter_late = config.ingest.dead_letter_late;
         let dead_letters = DeadLetterQueue::open(
             engine.limits().clone(),
@@ -138,6 +143,11 @@ impl Cluster {
             ingester,
             dead_letters,
         })
+    }
+
+    /// The stall guard of the ingest path (its watch task is started by the node).
+    pub fn stall_guard(&self) -> &Arc<StallGuard> {
+        &self.ingester.stall
     }
 
     fn repl(&self) -> MutexGuard<'_, Replication> {
@@ -275,8 +285,14 @@ impl Cluster {
             Err(error) => tracing::error!(%error, "could not persist replication metadata"),
         }
         for effect in forwarded {
-            if let Effect::Ingest { from, req, events } = effect {
-                self.on_forwarded(from, req, events).await;
+            if let Effect::Ingest {
+                from,
+                req,
+                events,
+                deadline_ms,
+            } = effect
+            {
+                self.on_forwarded(from, req, events, deadline_ms).await;
             }
         }
     }
