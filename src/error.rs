@@ -190,7 +190,7 @@ pub enum Error {
         replicas: usize,
     },
     /// A causal-context token could not be parsed.
-    #[error("invalid causal context {token:?}: expected `node:counter,...`")]
+    #[error("invalid causal context {token:?}: expected `actor:counter,...` (actor: `node` or `node.incarnation`)")]
     InvalidContext {
         /// The offending token (truncated).
         token: String,
