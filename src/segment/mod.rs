@@ -1,9 +1,27 @@
 //! Segments, sans-IO: named boolean rules over a profile's features and `now`, in CEL
-//! (`cart_adds_30m >= 1 && orders_30m == 0 && now - last_cart_add > duration("30m")`).
+//! (`cart_adds_30m >= 1 && orders_30m == 0 && now - last_cart_add > duration("30m")`), and everything the
+//! owning node needs to decide memberships without doing I/O: compiled rules with their dependency index,
+//! evaluation, the deadline at which a rule can flip with no new event, and the transition and change-event
+//! types.
 //!
-//! - [`rule`]: a compiled [`Rule`] (the only module that sees the `cel` crate), and the [`Reading`]s it
-//!   binds.
+//! - [`rule`]: a compiled [`Rule`] (the only module that sees the `cel` crate).
+//! - [`define`]: [`SegmentDef`]s from TOML (`[[segment]] name = "...", rule = "..."`) into [`Segments`],
+//!   with the dependency index (which rules read which features).
+//! - [`eval`]: what a rule reads from a [`ProfileView`](crate::profile::ProfileView) ([`Schema`],
+//!   [`Reading`]s) and [`evaluate`].
+//!
+//! Guarantees: nothing here reads a clock or allocates beyond the limits: rule length, segment count and
+//! candidate instants per deadline are bounded by [`Limits`](crate::limits::Limits) (`max_rule_bytes`,
+//! `max_segments`, `max_flip_candidates`). Evaluation never panics; "no data" is "not a member" (see
+//! [`eval`] for how each kind of feature reads and what an absent one does).
+//!
+//! Caveats: the rule language is CEL as the `cel` crate (0.15) implements it: no static type checker, so a
+//! type error surfaces when a rule is evaluated, as [`Error::RuleEvaluation`](crate::error::Error). The
+//! fencing fields of a change event (ring version, owner, dot) and the membership flag belong to the node
+//! and are not here.
 
+pub mod define;
+pub mod eval;
 pub mod rule;
 
 use std::fmt;
@@ -11,6 +29,8 @@ use std::fmt;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+pub use define::{Segment, SegmentDef, Segments};
+pub use eval::{evaluate, evaluate_profile, explain, readings, Evaluation, Schema};
 pub use rule::Rule;
 
 /// The value of one feature as a rule reads it (and as a why-trace shows it).
