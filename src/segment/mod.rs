@@ -9,6 +9,8 @@
 //!   with the dependency index (which rules read which features).
 //! - [`eval`]: what a rule reads from a [`ProfileView`](crate::profile::ProfileView) ([`Schema`],
 //!   [`Reading`]s) and [`evaluate`].
+//! - [`timer`]: [`next_flip`], the earliest instant after now at which a rule's value can change by itself.
+//! - [`change`]: [`decide`] a [`Transition`], and the [`ChangeEvent`] with its [`Why`].
 //!
 //! Guarantees: nothing here reads a clock or allocates beyond the limits: rule length, segment count and
 //! candidate instants per deadline are bounded by [`Limits`](crate::limits::Limits) (`max_rule_bytes`,
@@ -20,18 +22,22 @@
 //! fencing fields of a change event (ring version, owner, dot) and the membership flag belong to the node
 //! and are not here.
 
+pub mod change;
 pub mod define;
 pub mod eval;
 pub mod rule;
+pub mod timer;
 
 use std::fmt;
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+pub use change::{decide, ChangeEvent, Transition, Why};
 pub use define::{Segment, SegmentDef, Segments};
 pub use eval::{evaluate, evaluate_profile, explain, readings, Evaluation, Schema};
 pub use rule::Rule;
+pub use timer::{next_flip, Timer};
 
 /// The value of one feature as a rule reads it (and as a why-trace shows it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
