@@ -254,6 +254,82 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
+    /// A segment rule is not valid: a CEL syntax error, or a `duration`/`timestamp` literal CEL cannot
+    /// read (`duration("7d")`: CEL has no day unit). The position is 1-based, columns in characters.
+    #[error("segment {segment:?}: {reason} (line {line}, column {column} of the {})", position_of(*.in_file))]
+    InvalidRule {
+        /// The segment (truncated).
+        segment: String,
+        /// Line of the error.
+        line: u32,
+        /// Column of the error, in characters.
+        column: u32,
+        /// Whether the position is in the definitions file (`true`) or in the rule text (`false`: the rule
+        /// did not come from a file, or its string has escapes, so its characters do not map one to one).
+        in_file: bool,
+        /// What is wrong, as the CEL parser says it.
+        reason: String,
+    },
+    /// A segment rule is longer than `max_rule_bytes`.
+    #[error("segment {segment:?}: the rule is {len} bytes, the limit is {max}")]
+    RuleTooLong {
+        /// The segment (truncated).
+        segment: String,
+        /// The rule's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A segment rule nests deeper than `max_rule_depth` (brackets and conditionals in its text, or levels
+    /// of its parsed expression: `x + x + ... + x` is as deep as it is long).
+    #[error("segment {segment:?}: the rule nests {depth} deep, the limit is {max}")]
+    RuleTooDeep {
+        /// The segment (truncated).
+        segment: String,
+        /// How deep it nests (at least; counting stops past the limit).
+        depth: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// More segments than `max_segments`.
+    #[error("{count} segments, the limit is {max}")]
+    TooManySegments {
+        /// Segments defined.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The segment definitions are malformed: not TOML, an unknown or missing field, or a segment name that
+    /// is invalid or defined twice. The position is in the definitions text, 1-based, columns in
+    /// characters (`0, 0` when the parser gave none).
+    #[error("segment definitions, line {line}, column {column}: {reason}")]
+    InvalidSegments {
+        /// Line of the error.
+        line: u32,
+        /// Column of the error, in characters.
+        column: u32,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A segment rule failed while it was evaluated: a type error found at run time (comparing a string
+    /// with a number, adding an int to a double), a division by zero, an overflow, or a result that is not
+    /// a bool. A feature that is absent is not an error (see `segment`).
+    #[error("segment {segment:?}: the rule failed: {reason}")]
+    RuleEvaluation {
+        /// The segment (truncated).
+        segment: String,
+        /// What went wrong, as the CEL interpreter says it.
+        reason: String,
+    },
+}
+
+/// Where an [`Error::InvalidRule`] position counts from.
+fn position_of(in_file: bool) -> &'static str {
+    if in_file {
+        "file"
+    } else {
+        "rule"
+    }
 }
 
 /// What is wrong with an ingested event (one variant per defect, so each is counted and dead-lettered with

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The layers from the ground up: a layer may refer only to layers before it.
-const ORDER: [&str; 11] = [
+const ORDER: [&str; 12] = [
     "knobs",
     "error",
     "hlc",
@@ -24,6 +24,7 @@ const ORDER: [&str; 11] = [
     "limits",
     "profile",
     "ingest",
+    "segment",
     "cluster",
     "wire",
     "replication",

@@ -15,6 +15,8 @@
 //!   [`crdt::Lattice`] trait.
 //! - [`profile`]: one entity's features, one merge, the read view, and [`profile::apply`].
 //! - [`ingest`]: behaviour events, feature definitions, and [`ingest::apply_event`].
+//! - [`segment`]: segment rules in CEL over a profile's features, their evaluation, the deadlines at which
+//!   they flip with no new event, and the change events of entries and exits.
 //! - [`cluster`]: the consistent-hash ring, the gossiped membership table, failure detection, placement.
 //! - [`wire`]: client and peer messages, frames, stored records and their digests.
 //! - [`replication`]: the replication protocol (hints, anti-entropy, handoff) as a state machine.
@@ -31,6 +33,7 @@ mod layering;
 pub mod limits;
 pub mod profile;
 pub mod replication;
+pub mod segment;
 #[cfg(test)]
 mod sim;
 pub mod wire;

@@ -58,7 +58,22 @@ pub struct Limits {
     pub max_dead_letter_bytes: u64,
     /// Most entries in a node's dead-letter queue. Default 100,000.
     pub max_dead_letters: u64,
+    /// Longest segment rule (its CEL text) in bytes. Default 4096.
+    pub max_rule_bytes: usize,
+    /// Deepest nesting of a segment rule: brackets and `?:` conditionals in its text, and levels of its
+    /// parsed expression. The `cel` interpreter recurses once per level, so this bounds the stack an
+    /// evaluation takes. Default 24; between 1 and [`RULE_DEPTH_CEILING`].
+    pub max_rule_depth: usize,
+    /// Most segments defined at once. Default 256.
+    pub max_segments: usize,
+    /// Most candidate instants one [`next_flip`](crate::segment::timer::next_flip) evaluates a rule at
+    /// before it settles for a re-check deadline. Default 1024.
+    pub max_flip_candidates: usize,
 }
+
+/// The ceiling on `max_rule_depth`: a rule this deep evaluates within 1.3 MB of stack even in a debug build
+/// (measured about 38 KB per level there), well inside the 2 MiB of a test or tokio worker thread.
+pub const RULE_DEPTH_CEILING: usize = 32;
 
 /// The ceiling on `max_distinct_exact` (65,536 hashes: 512 KiB per window slot); configs above it are
 /// refused.
@@ -84,6 +99,10 @@ impl Default for Limits {
             max_distinct_exact: 256,
             max_dead_letter_bytes: 64 * 1024 * 1024,
             max_dead_letters: 100_000,
+            max_rule_bytes: 4096,
+            max_rule_depth: 24,
+            max_segments: 256,
+            max_flip_candidates: 1024,
         }
     }
 }
@@ -112,6 +131,10 @@ impl Limits {
                 "max_dead_letters",
                 usize::try_from(self.max_dead_letters).unwrap_or(usize::MAX),
             ),
+            ("max_rule_bytes", self.max_rule_bytes),
+            ("max_rule_depth", self.max_rule_depth),
+            ("max_segments", self.max_segments),
+            ("max_flip_candidates", self.max_flip_candidates),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -126,6 +149,14 @@ impl Limits {
                 name: "max_distinct_exact",
                 reason: format!(
                     "must be between 2 and {MAX_DISTINCT_EXACT_CEILING} (the estimate above it divides by K - 1)"
+                ),
+            });
+        }
+        if self.max_rule_depth > RULE_DEPTH_CEILING {
+            return Err(Error::InvalidLimit {
+                name: "max_rule_depth",
+                reason: format!(
+                    "must be at most {RULE_DEPTH_CEILING} (each level takes stack when a rule is evaluated)"
                 ),
             });
         }
@@ -337,6 +368,18 @@ mod tests {
                 ..Limits::default()
             };
             assert_eq!(l.validate(), Ok(()), "{k}");
+        }
+        for (depth, ok) in [
+            (0, false),
+            (1, true),
+            (RULE_DEPTH_CEILING, true),
+            (RULE_DEPTH_CEILING + 1, false),
+        ] {
+            let l = Limits {
+                max_rule_depth: depth,
+                ..Limits::default()
+            };
+            assert_eq!(l.validate().is_ok(), ok, "max_rule_depth {depth}");
         }
         let l = Limits {
             max_frame_bytes: 100,

@@ -67,7 +67,10 @@ impl From<&Error> for ErrorCode {
             | Error::InvalidDefinition { .. }
             | Error::IdentityLoop { .. }
             | Error::IdentityConflict { .. }
-            | Error::IdentityTooDeep { .. } => ErrorCode::InvalidRequest,
+            | Error::IdentityTooDeep { .. }
+            | Error::InvalidRule { .. }
+            | Error::InvalidSegments { .. }
+            | Error::RuleEvaluation { .. } => ErrorCode::InvalidRequest,
             Error::InvalidEvent(
                 EventDefect::TooLarge { .. } | EventDefect::MessageIdTooLong { .. },
             ) => ErrorCode::LimitExceeded,
@@ -79,7 +82,10 @@ impl From<&Error> for ErrorCode {
             | Error::TooManyFeatures { .. }
             | Error::ContextTooLarge { .. }
             | Error::BatchTooLarge { .. }
-            | Error::TooManyIdentityLinks { .. } => ErrorCode::LimitExceeded,
+            | Error::TooManyIdentityLinks { .. }
+            | Error::RuleTooLong { .. }
+            | Error::RuleTooDeep { .. }
+            | Error::TooManySegments { .. } => ErrorCode::LimitExceeded,
             Error::TooManySiblings { .. } => ErrorCode::TooManySiblings,
             Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             Error::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
