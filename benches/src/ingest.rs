@@ -15,7 +15,13 @@
 //!
 //! Measured: the events/s of a closed-loop run at full concurrency, then, under paced background load at
 //! half that rate, the latency from sending a probe event to the first read (from the client's normal
-//! read path) that shows its effect (p50/p99/p99.9). Numbers are reported, never asserted.
+//! read path) that shows its effect (p50/p99/p99.9). Then the memory per profile with the example
+//! definitions (windows included), next to W7: `memory_users` fresh users get `memory_events` events each,
+//! the same on both targets, with event times spread over the last 30 minutes (so the 30-minute windows
+//! hold one bucket per event's minute, as for an active shopper); featurestore's resident memory grown per
+//! node (every node holds every user: N = 3 on three nodes) and Redis's `used_memory` and RSS grown (its
+//! hashes with their bucket fields, and the dedup keys), each divided by the users. Numbers are reported,
+//! never asserted.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +83,10 @@ pub struct IngestParams {
     pub seed: u64,
     /// The featurestore durability policies measured, one cluster each (`sync`, `periodic:<ms>`).
     pub durabilities: Vec<String>,
+    /// Users of the memory measure.
+    pub memory_users: usize,
+    /// Events per user of the memory measure.
+    pub memory_events: usize,
 }
 
 /// What one target did.
@@ -94,6 +104,106 @@ pub struct IngestResult {
     pub readable: LatencySummary,
     /// Probes refused, or not readable within 5 s (not in `readable`).
     pub unreadable: u64,
+    /// The memory measure.
+    pub memory: MemoryPerUser,
+}
+
+/// Memory grown per user by the memory measure.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemoryPerUser {
+    /// Users that got events.
+    pub users: usize,
+    /// Events applied per user.
+    pub events_per_user: f64,
+    /// Resident bytes grown per user: featurestore's mean over its nodes (each holds every user), Redis's
+    /// process.
+    pub rss_bytes: f64,
+    /// Redis `used_memory` grown per user (its own accounting; none for featurestore).
+    pub used_memory_bytes: Option<f64>,
+}
+
+/// A memory sample of a target.
+#[derive(Debug, Clone, Copy)]
+struct Footprint {
+    rss_bytes: u64,
+    used_memory: Option<u64>,
+}
+
+/// The target's memory now: the mean RSS of `pids`, and for Redis its `used_memory`.
+async fn footprint(sink: &Sink, pids: &[u32]) -> Result<Footprint> {
+    let mut total = 0u64;
+    for pid in pids {
+        total += crate::stats::rss_kib(*pid)
+            .map_err(|e| Error::Process(format!("reading the memory of {pid}: {e}")))?
+            * 1024;
+    }
+    let rss_bytes = total / (pids.len().max(1) as u64);
+    let used_memory = match sink {
+        Sink::Store(_) => None,
+        Sink::Redis(conns, _) => {
+            let mut conn = conns[0].clone();
+            let info: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut conn)
+                .await?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse().ok())
+        }
+    };
+    Ok(Footprint {
+        rss_bytes,
+        used_memory,
+    })
+}
+
+/// The memory measure: `memory_events` events for each of `memory_users` fresh users (event times spread
+/// over the last 30 minutes), then the memory grown per user.
+async fn memory_fill(
+    sink: &Sink,
+    params: &IngestParams,
+    tag: &str,
+    pids: &[u32],
+) -> Result<MemoryPerUser> {
+    let users = params.memory_users.max(1);
+    let per_user = params.memory_events;
+    let before = footprint(sink, pids).await?;
+    let applied = Arc::new(AtomicU64::new(0));
+    let start_ms = now_ms().saturating_sub(30 * 60_000);
+    let step_ms = (30 * 60_000 / per_user.max(1)) as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..params.workers {
+        let (sink, applied, tag) = (sink.clone(), applied.clone(), tag.to_owned());
+        let (workers, seed) = (params.workers, params.seed ^ (0x3e3 << 24) ^ w as u64);
+        tasks.spawn(async move {
+            let mut rng = Rng::new(seed);
+            for user in (w..users).step_by(workers) {
+                let key = format!("w5-mem-{user:07}");
+                for j in 0..per_user {
+                    let mut s = synthetic(&mut rng, 1);
+                    s.at_ms = Some(start_ms + j as u64 * step_ms);
+                    let id = format!("{tag}-mem-{user}-{j}");
+                    if let Ok(true) = sink.send(w, &key, &s, &id).await {
+                        applied.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    // Let replication settle before the sample (every node holds every user).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = footprint(sink, pids).await?;
+    let n = users as f64;
+    Ok(MemoryPerUser {
+        users,
+        events_per_user: applied.load(Ordering::Relaxed) as f64 / n,
+        rss_bytes: after.rss_bytes.saturating_sub(before.rss_bytes) as f64 / n,
+        used_memory_bytes: after
+            .used_memory
+            .zip(before.used_memory)
+            .map(|(a, b)| a.saturating_sub(b) as f64 / n),
+    })
 }
 
 /// The whole W5a report.
@@ -112,6 +222,8 @@ struct Synthetic {
     name: &'static str,
     revenue: f64,
     sku: u64,
+    /// The event time, if not now.
+    at_ms: Option<u64>,
 }
 
 fn synthetic(rng: &mut Rng, users: usize) -> Synthetic {
@@ -129,6 +241,7 @@ fn synthetic(rng: &mut Rng, users: usize) -> Synthetic {
         name,
         revenue: (rng.below(10_000) as f64) / 100.0,
         sku: rng.next_u64() % 1_000,
+        at_ms: None,
     }
 }
 
@@ -150,8 +263,12 @@ fn to_event(s: &Synthetic, user: &str, message_id: &str) -> Result<Event> {
         j["event"] = json!(s.name);
         j["properties"] = json!({"revenue": s.revenue, "sku": format!("sku-{}", s.sku)});
     }
-    Event::from_segment(&j, None, now_ms(), &Limits::default())
-        .map_err(|e| Error::Setup(format!("a synthetic event is invalid: {e}")))
+    let mut event = Event::from_segment(&j, None, now_ms(), &Limits::default())
+        .map_err(|e| Error::Setup(format!("a synthetic event is invalid: {e}")))?;
+    if let Some(at) = s.at_ms {
+        event.timestamp_ms = at;
+    }
+    Ok(event)
 }
 
 /// One ingest target behind the two operations W5a needs.
@@ -174,7 +291,7 @@ impl Sink {
             }
             Sink::Redis(conns, sha) => {
                 let mut conn = conns[lane % conns.len()].clone();
-                let bucket = now_ms() / 60_000;
+                let bucket = s.at_ms.unwrap_or_else(now_ms) / 60_000;
                 let applied: i64 = redis::cmd("EVALSHA")
                     .arg(sha)
                     .arg(2)
@@ -292,6 +409,7 @@ async fn readable_latency(
             name: "Home",
             revenue: 0.0,
             sku: 0,
+            at_ms: None,
         };
         let begin = Instant::now();
         let ok = sink
@@ -328,6 +446,7 @@ async fn measure(
     params: &IngestParams,
     target: &str,
     tag: &str,
+    pids: &[u32],
 ) -> Result<IngestResult> {
     eprintln!(
         "[loadgen ingest] {target}: throughput for {} s",
@@ -339,6 +458,11 @@ async fn measure(
         "[loadgen ingest] {target}: {events_per_s:.0} events/s; latency at {background:.0} events/s"
     );
     let (latencies, unreadable) = readable_latency(sink, params, background, tag).await?;
+    eprintln!(
+        "[loadgen ingest] {target}: memory with {} users x {} events",
+        params.memory_users, params.memory_events
+    );
+    let memory = memory_fill(sink, params, tag, pids).await?;
     Ok(IngestResult {
         target: target.to_owned(),
         events_per_s,
@@ -346,6 +470,7 @@ async fn measure(
         background_per_s: background,
         readable: latencies.summary(),
         unreadable,
+        memory,
     })
 }
 
@@ -412,7 +537,8 @@ pub async fn run(params: &IngestParams, env: &IngestEnv) -> Result<IngestReport>
         let client = Client::connect(ClientConfig::load(&layout.client_config)?).await?;
         let sink = Sink::Store(client.clone());
         let target = format!("featurestore (3 nodes, N=3, {durability})");
-        let result = measure(&sink, params, &target, &format!("fs{i}")).await;
+        let pids: Vec<u32> = nodes.iter().map(NodeProcess::pid).collect();
+        let result = measure(&sink, params, &target, &format!("fs{i}"), &pids).await;
         client.close().await;
         drop(nodes);
         results.push(result?);
@@ -440,7 +566,9 @@ pub async fn run(params: &IngestParams, env: &IngestEnv) -> Result<IngestReport>
             .query_async(&mut conns[0])
             .await?;
         let sink = Sink::Redis(conns, sha);
-        let result = measure(&sink, params, "redis (AOF everysec, Lua per event)", "rd").await;
+        let pids = [server.pid()];
+        let target = "redis (AOF everysec, Lua per event)";
+        let result = measure(&sink, params, target, "rd", &pids).await;
         drop(server);
         results.push(result?);
     }
@@ -498,6 +626,24 @@ pub fn to_markdown(report: &IngestReport, command: &str) -> String {
                 fs.readable.p99_us / 1000.0
             ));
         }
+    }
+    out.push_str(&format!(
+        "\nMemory per user with the example definitions (next to W7's 20-gauge profiles): {} fresh users, \
+         {} events each (the same stream on both targets), event times spread over the last 30 minutes; \
+         resident memory grown per node (every featurestore node holds every user), divided by the users:\n\n\
+         | target | events per user | RSS B/user | Redis used_memory B/user |\n|---|---|---|---|\n",
+        report.params.memory_users, report.params.memory_events
+    ));
+    for r in &report.results {
+        out.push_str(&format!(
+            "| {} | {:.1} | {:.0} | {} |\n",
+            r.target,
+            r.memory.events_per_user,
+            r.memory.rss_bytes,
+            r.memory
+                .used_memory_bytes
+                .map_or("—".to_owned(), |b| format!("{b:.0}"))
+        ));
     }
     out.push_str(SECTION_END);
     out.push('\n');

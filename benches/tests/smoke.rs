@@ -159,8 +159,8 @@ fn a_failing_phase_makes_loadgen_exit_non_zero() {
     );
 }
 
-/// `loadgen ingest` (W5a) with tiny parameters: both targets acknowledge every event and every probe
-/// becomes readable, and `ingest.json` says so.
+/// `loadgen ingest` (W5a) with tiny parameters: both targets acknowledge every event (also of the memory
+/// measure) and every probe becomes readable, and `ingest.json` says so.
 #[test]
 fn ingest_smoke_run_acknowledges_every_event() {
     let Some(store_node) = store_node() else {
@@ -179,6 +179,10 @@ fn ingest_smoke_run_acknowledges_every_event() {
         "1",
         "--probes",
         "20",
+        "--memory-users",
+        "50",
+        "--memory-events",
+        "4",
         "--store-node",
     ])
     .arg(&store_node)
@@ -206,5 +210,11 @@ fn ingest_smoke_run_acknowledges_every_event() {
         assert!(t["events_per_s"].as_f64().expect("a rate") > 0.0, "{t}");
         assert_eq!(t["unreadable"], 0, "every probe readable: {t}");
         assert_eq!(t["readable"]["count"], 20, "{t}");
+        assert_eq!(t["memory"]["users"], 50, "{t}");
+        assert_eq!(
+            t["memory"]["events_per_user"].as_f64(),
+            Some(4.0),
+            "every event of the memory measure applied: {t}"
+        );
     }
 }

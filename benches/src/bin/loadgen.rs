@@ -148,6 +148,12 @@ struct IngestArgs {
     /// featurestore durability policies, one cluster each, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "sync,periodic:1000")]
     durability: Vec<String>,
+    /// Users of the memory measure (fresh users, after the throughput and latency runs).
+    #[arg(long, default_value_t = 5_000)]
+    memory_users: usize,
+    /// Events per user of the memory measure.
+    #[arg(long, default_value_t = 20)]
+    memory_events: usize,
     /// Where ingest.json goes.
     #[arg(long, default_value = "benches/results")]
     results: PathBuf,
@@ -507,6 +513,8 @@ async fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
         probes: args.probes,
         seed: args.seed,
         durabilities: args.durability.clone(),
+        memory_users: args.memory_users,
+        memory_events: args.memory_events,
     };
     let report = ingest::run(&params, &env).await;
     let _ = std::fs::remove_dir_all(&work_dir);
