@@ -11,6 +11,8 @@
 //!   [`Reading`]s) and [`evaluate`].
 //! - [`timer`]: [`next_flip`], the earliest instant after now at which a rule's value can change by itself.
 //! - [`change`]: [`decide`] a [`Transition`], and the [`ChangeEvent`] with its [`Why`].
+//! - [`membership`]: membership as the flag `segment:NAME` on the profile, and [`reconcile`], which
+//!   re-evaluates the affected segments inside the write that changed their features.
 //!
 //! Guarantees: nothing here reads a clock or allocates beyond the limits: rule length, segment count and
 //! candidate instants per deadline are bounded by [`Limits`](crate::limits::Limits) (`max_rule_bytes`,
@@ -19,12 +21,12 @@
 //!
 //! Caveats: the rule language is CEL as the `cel` crate (0.15) implements it: no static type checker, so a
 //! type error surfaces when a rule is evaluated, as [`Error::RuleEvaluation`](crate::error::Error). The
-//! fencing fields of a change event (ring version, owner, dot) and the membership flag belong to the node
-//! and are not here.
+//! fencing fields of a change event (ring version, owner, dot) belong to the node and are not here.
 
 pub mod change;
 pub mod define;
 pub mod eval;
+pub mod membership;
 pub mod rule;
 pub mod timer;
 
@@ -36,6 +38,7 @@ use serde::{Deserialize, Serialize};
 pub use change::{decide, ChangeEvent, Transition, Why};
 pub use define::{Segment, SegmentDef, Segments};
 pub use eval::{evaluate, evaluate_profile, explain, readings, Evaluation, Schema};
+pub use membership::{is_member, membership_flag, reconcile, Cause, Reconciled};
 pub use rule::Rule;
 pub use timer::{next_flip, Timer};
 
