@@ -138,6 +138,9 @@ pub struct IngestConfig {
     /// The feature definitions file (`[[features]]` tables, see docs/ingest.md); none: events only update
     /// identify traits and the dedup set.
     pub features: Option<PathBuf>,
+    /// The segment definitions file (`[[segment]]` tables: a name and a CEL rule, see
+    /// `segments.example.toml`); none: no segments are evaluated.
+    pub segments: Option<PathBuf>,
     /// Most events this node applies as owner at once; beyond it senders get `Unavailable` (retry later).
     /// Default 4096.
     pub max_inflight_events: usize,
@@ -150,6 +153,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             features: None,
+            segments: None,
             max_inflight_events: 4096,
             dead_letter_late: false,
         }
@@ -453,6 +457,7 @@ impl NodeConfig {
     fn resolve_paths(&mut self, base: &Path) {
         let optional = [
             self.ingest.features.as_mut(),
+            self.ingest.segments.as_mut(),
             self.http.cert.as_mut(),
             self.http.key.as_mut(),
             self.test.clock_control_file.as_mut(),

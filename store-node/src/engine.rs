@@ -25,12 +25,14 @@ use std::time::Instant;
 use featurestore::ingest::{apply_event, apply_linking_event, Definitions, Event, Ingested};
 use featurestore::profile::{apply, Applied, ProfileView, Write};
 use featurestore::replication::StoreError;
+use featurestore::segment::Reconciled;
 use featurestore::wire::client::ErrorReply;
 use featurestore::wire::codec::{decode_record, encode_record, record_hash};
 use featurestore::{Clock, ErrorCode, Limits, NodeId, Profile};
 
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
+use crate::segments::SegmentRules;
 use crate::storage::{Durability, Storage, WriteTicket};
 
 /// Number of independently locked shards of the in-memory map.
@@ -173,14 +175,17 @@ impl Engine {
         .await
     }
 
-    /// Applies one event to `key` as its owner (decided by the core's [`apply_event`]), stores it,
-    /// publishes it, and waits for durability as the policy requires.
+    /// Applies one event to `key` as its owner (decided by the core's [`apply_event`]) and, in the same
+    /// write, re-evaluates the `segments` whose rules read a feature it changed (the core's
+    /// [`reconcile`]: membership flags), stores it, publishes it, and waits for durability as the policy
+    /// requires.
     pub async fn ingest(
         &self,
         key: &str,
         event: &Event,
         definitions: &Definitions,
-    ) -> Result<Ingested, ErrorReply> {
+        segments: &SegmentRules,
+    ) -> Result<(Ingested, Reconciled), ErrorReply> {
         // A retry of an ingested message changes nothing: answer it without a copy, a store or a flush.
         // (A duplicate that races past this check is still caught by `apply_event` below.)
         // So is an event for an id linked into another (it is redirected there).
@@ -196,15 +201,31 @@ impl Engine {
             )
         };
         if seen || redirect.is_some() {
-            return Ok(Ingested {
+            let ingested = Ingested {
                 duplicate: seen,
                 redirect: redirect.filter(|_| !seen),
                 ..Ingested::default()
-            });
+            };
+            return Ok((ingested, Reconciled::default()));
         }
         let now = now_ms();
         self.write(key, |p| {
-            apply_event(p, event, definitions, &mut self.clock(), now, &self.limits)
+            let mut clock = self.clock();
+            let ingested = apply_event(p, event, definitions, &mut clock, now, &self.limits)?;
+            let reconciled = if ingested.duplicate || ingested.redirect.is_some() {
+                Reconciled::default()
+            } else {
+                segments.reconcile(
+                    p,
+                    key,
+                    Some(&ingested.features),
+                    event,
+                    &mut clock,
+                    now,
+                    &self.limits,
+                )
+            };
+            Ok((ingested, reconciled))
         })
         .await
     }
@@ -218,20 +239,29 @@ impl Engine {
         id: &str,
         state: &Profile,
         definitions: &Definitions,
-    ) -> Result<Ingested, ErrorReply> {
+        segments: &SegmentRules,
+    ) -> Result<(Ingested, Reconciled), ErrorReply> {
         let now = now_ms();
         self.write(key, |p| {
-            apply_linking_event(
+            let mut clock = self.clock();
+            let ingested = apply_linking_event(
                 p,
                 key,
                 event,
                 id,
                 state,
                 definitions,
-                &mut self.clock(),
+                &mut clock,
                 now,
                 &self.limits,
-            )
+            )?;
+            // The absorbed history may move any segment.
+            let reconciled = if ingested.duplicate {
+                Reconciled::default()
+            } else {
+                segments.reconcile(p, key, None, event, &mut clock, now, &self.limits)
+            };
+            Ok((ingested, reconciled))
         })
         .await
     }

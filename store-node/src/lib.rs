@@ -5,6 +5,8 @@
 //! - [`storage`]: the `Storage` trait, sled and in-memory engines, durability policies (group commit).
 //! - [`clock`]: the node's one wall-clock reading, with a test-only offset.
 //! - [`engine`]: in-memory profiles, the clock, the write path.
+//! - [`segments`]: the segment definitions file and the owner's re-evaluation of memberships after an
+//!   event.
 //! - [`server`]: the client-facing QUIC server: connections, streams and frames.
 //! - [`cluster`]: request coordination, replication runtime, the ingest path.
 //! - [`http`]: the node's HTTP listener: the Segment-compatible ingest API and `/health`.
@@ -32,6 +34,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod segments;
 pub mod server;
 pub mod storage;
 pub mod supervision;

@@ -100,6 +100,12 @@ counters! {
         events_expired,
         /// Events refused because this process had just stalled (frozen or starved; the sender retries).
         events_stalled,
+        /// Segment entries decided here as owner (a membership flag set to true).
+        segment_entries,
+        /// Segment exits decided here as owner.
+        segment_exits,
+        /// Segment rules that failed to evaluate (a run-time type error; the membership is unchanged).
+        segment_failures,
         /// HTTP requests to the ingest API (`/v1/*`).
         http_requests,
         /// HTTP requests refused for a missing or unknown write key (401).
@@ -189,12 +195,12 @@ mod tests {
         let node = Metrics::default();
         Metrics::incr(&node.requests);
         let snapshot = node.snapshot();
-        // 15 request counters, 11 of the ingest path (3 of identity), 11 of the HTTP listener, 7 of the
-        // dead-letter queue.
-        assert_eq!(snapshot.len(), 44);
+        // 15 request counters, 14 of the ingest path (3 of identity, 3 of segments), 11 of the HTTP
+        // listener, 7 of the dead-letter queue.
+        assert_eq!(snapshot.len(), 47);
         assert_eq!(snapshot[0].0, "connections_accepted");
-        assert_eq!(snapshot[36].0, "http_tls_failures");
-        assert_eq!(snapshot[43].0, "dlq_failures");
+        assert_eq!(snapshot[39].0, "http_tls_failures");
+        assert_eq!(snapshot[46].0, "dlq_failures");
         assert!(snapshot.contains(&("requests".to_owned(), 1)));
 
         let peer = crate::net::peer::PeerMetrics::default();

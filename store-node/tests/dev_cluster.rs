@@ -175,6 +175,13 @@ async fn dev_starts_three_nodes_serves_a_client_and_stops_cleanly() {
     loop {
         let view = client.get("u1", None).await.unwrap().unwrap();
         if windows(&view) == want {
+            // The shipped segments ran on the owner: the add to cart entered `open_cart`, the order
+            // exited it (the README's tour says so).
+            let Some(FeatureView::Flag(open_cart)) = view.features.get("segment:open_cart") else {
+                panic!("no open_cart membership: {view:?}");
+            };
+            let values: Vec<bool> = open_cart.values.iter().map(|v| v.value).collect();
+            assert_eq!(values, vec![false], "{view:?}");
             break;
         }
         assert!(

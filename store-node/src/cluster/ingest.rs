@@ -49,6 +49,7 @@ use super::stall::StallGuard;
 use super::Cluster;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
+use crate::segments::SegmentRules;
 
 /// What an owner needs to apply events: the compiled definitions and the bound on events in flight.
 #[derive(Debug)]
@@ -61,6 +62,8 @@ pub struct Ingester {
     pub dead_letter_late: bool,
     /// Whether this process stalled recently: then it applies nothing as owner (see [`super::stall`]).
     pub stall: Arc<StallGuard>,
+    /// The segments re-evaluated after each event applied here.
+    pub segments: Arc<SegmentRules>,
 }
 
 impl Ingester {
@@ -74,6 +77,7 @@ impl Ingester {
                 std::time::Duration::from_secs(1),
                 std::time::Duration::from_secs(2),
             )),
+            segments: Arc::default(),
         }
     }
 }
@@ -93,6 +97,25 @@ pub fn retryable(code: ErrorCode) -> bool {
         code,
         ErrorCode::Unavailable | ErrorCode::Storage | ErrorCode::Internal
     )
+}
+
+/// Counts the segment transitions and failed evaluations of one applied event.
+fn count_transitions(metrics: &Metrics, reconciled: &featurestore::segment::Reconciled) {
+    use featurestore::segment::Transition;
+    use std::sync::atomic::Ordering::Relaxed;
+    for change in &reconciled.changes {
+        match change.kind {
+            Transition::Entered => metrics.segment_entries.fetch_add(1, Relaxed),
+            Transition::Exited => metrics.segment_exits.fetch_add(1, Relaxed),
+        };
+        tracing::debug!(
+            user = %change.user, segment = %change.segment, kind = ?change.kind,
+            "segment transition"
+        );
+    }
+    metrics
+        .segment_failures
+        .fetch_add(reconciled.failed.len() as u64, Relaxed);
 }
 
 fn refused(code: ErrorCode, message: impl Into<String>) -> EventOutcome {
@@ -299,16 +322,21 @@ impl Cluster {
             Err(e) => return refused(ErrorCode::from(&e), e.to_string()),
         };
         let definitions = self.ingester.definitions.clone();
+        let segments = self.ingester.segments.clone();
         let result = match &linked {
             Some((id, state)) => {
                 self.engine
-                    .ingest_linking(key, event, id, state, &definitions)
+                    .ingest_linking(key, event, id, state, &definitions, &segments)
                     .await
             }
-            None => self.engine.ingest(key, event, &definitions).await,
+            None => {
+                self.engine
+                    .ingest(key, event, &definitions, &segments)
+                    .await
+            }
         };
-        let ingested = match result {
-            Ok(ingested) => ingested,
+        let (ingested, reconciled) = match result {
+            Ok(out) => out,
             Err(reply) => {
                 self.repl().abort_local_write(ticket);
                 Metrics::incr(&metrics.events_refused);
@@ -339,6 +367,7 @@ impl Cluster {
             return refused(reply.code, reply.message);
         }
         Metrics::incr(&metrics.events_ingested);
+        count_transitions(metrics, &reconciled);
         metrics.events_late.fetch_add(
             ingested.late.len() as u64,
             std::sync::atomic::Ordering::Relaxed,

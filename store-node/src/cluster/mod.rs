@@ -120,7 +120,12 @@ impl Cluster {
             Some(path) => crate::features::load(path, &config.limits)?,
             None => Definitions::default(),
         };
+        let segments = match &config.ingest.segments {
+            Some(path) => crate::segments::load(path, &definitions, &config.limits)?,
+            None => crate::segments::SegmentRules::default(),
+        };
         let mut ingester = Ingester::new(definitions, config.ingest.max_inflight_events);
+        ingester.segments = Arc::new(segments);
         // A stall of half the RPC timeout is one a forwarded event's sender may have given up over.
         ingester.stall = Arc::new(StallGuard::new(rpc_timeout / 2, rpc_timeout));
         ingester.dead_letter_late = config.ingest.dead_letter_late;

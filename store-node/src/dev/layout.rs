@@ -101,6 +101,9 @@ fn write_config_for(
 /// The feature definitions `store-node dev` ships (`store-node/features.example.toml`).
 pub const EXAMPLE_FEATURES: &str = include_str!("../../features.example.toml");
 
+/// The segment definitions `store-node dev` ships (`store-node/segments.example.toml`).
+pub const EXAMPLE_SEGMENTS: &str = include_str!("../../segments.example.toml");
+
 /// The write key's source name in the dev configs.
 pub const DEV_SOURCE: &str = "dev";
 
@@ -128,6 +131,7 @@ fn node_config(
         });
     }
     config.ingest.features = Some(FEATURES_FILE.into());
+    config.ingest.segments = Some(SEGMENTS_FILE.into());
     config.http.listen = Some(node.http);
     config.http.plaintext = true;
     config.http.write_keys = vec![WriteKey {
@@ -138,13 +142,14 @@ fn node_config(
 }
 
 const FEATURES_FILE: &str = "features.toml";
+const SEGMENTS_FILE: &str = "segments.toml";
 const HTTP_ENV_FILE: &str = "http.env";
 
-/// Writes `<dir>/features.toml` from the shipped example if it does not exist (an edited file is kept).
-fn ensure_features(dir: &Path) -> crate::error::Result<PathBuf> {
-    let path = dir.join(FEATURES_FILE);
+/// Writes `<dir>/<file>` from the shipped example `text` if it does not exist (an edited file is kept).
+fn ensure_example(dir: &Path, file: &str, text: &str) -> crate::error::Result<PathBuf> {
+    let path = dir.join(file);
     if !path.exists() {
-        write_file(&path, EXAMPLE_FEATURES)?;
+        write_file(&path, text)?;
         tracing::info!(path = %path.display(), "generated");
     }
     Ok(path)
@@ -322,7 +327,8 @@ fn shape_warnings(
     warnings
 }
 
-/// Creates the dev directory, certificates (first run), `features.toml` (when missing), node configs,
+/// Creates the dev directory, certificates (first run), `features.toml` and `segments.toml` (when
+/// missing), node configs,
 /// `client.toml` and `http.env` (the write key is generated once, then read back from it), and logs a warning
 /// if the directory holds data of a differently shaped cluster. Does not start anything.
 pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
@@ -354,7 +360,8 @@ pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
     for path in generated.written() {
         tracing::info!(path = %path.display(), "generated");
     }
-    let features = ensure_features(dir)?;
+    let features = ensure_example(dir, FEATURES_FILE, EXAMPLE_FEATURES)?;
+    ensure_example(dir, SEGMENTS_FILE, EXAMPLE_SEGMENTS)?;
     let http_env_path = dir.join(HTTP_ENV_FILE);
     let write_key = match previous_write_key(&http_env_path) {
         Some(key) => key,
@@ -429,7 +436,10 @@ mod tests {
         for (i, node) in layout.nodes.iter().enumerate() {
             let c = NodeConfig::load(&node.config, &Overrides::default()).unwrap();
             assert_eq!(c.ingest.features, Some(dir.join("features.toml")));
-            crate::features::load(c.ingest.features.as_ref().unwrap(), &c.limits).unwrap();
+            let defs =
+                crate::features::load(c.ingest.features.as_ref().unwrap(), &c.limits).unwrap();
+            assert_eq!(c.ingest.segments, Some(dir.join("segments.toml")));
+            crate::segments::load(c.ingest.segments.as_ref().unwrap(), &defs, &c.limits).unwrap();
             let port = 7401 + u16::try_from(i).unwrap();
             assert_eq!(
                 c.http.listen,
