@@ -177,8 +177,8 @@ impl Engine {
 
     /// Applies one event to `key` as its owner (decided by the core's [`apply_event`]) and, in the same
     /// write, re-evaluates the `segments` whose rules read a feature it changed (the core's
-    /// [`reconcile`]: membership flags), stores it, publishes it, and waits for durability as the policy
-    /// requires.
+    /// [`featurestore::segment::reconcile`]: membership flags), stores it, publishes it, and waits for
+    /// durability as the policy requires.
     pub async fn ingest(
         &self,
         key: &str,
