@@ -253,21 +253,9 @@ fn walk(root: &IdedExpr) -> Found {
                     stack.push((e, Arc::clone(&bound), below));
                 }
             }
-            Expr::Map(map) => {
-                for entry in &map.entries {
-                    match &entry.expr {
-                        EntryExpr::StructField(f) => {
-                            stack.push((&f.value, Arc::clone(&bound), below))
-                        }
-                        EntryExpr::MapEntry(m) => {
-                            stack.push((&m.key, Arc::clone(&bound), below));
-                            stack.push((&m.value, Arc::clone(&bound), below));
-                        }
-                    }
-                }
-            }
-            Expr::Struct(s) => {
-                for entry in &s.entries {
+            Expr::Map(cel::common::ast::MapExpr { entries, .. })
+            | Expr::Struct(cel::common::ast::StructExpr { entries, .. }) => {
+                for entry in entries {
                     match &entry.expr {
                         EntryExpr::StructField(f) => {
                             stack.push((&f.value, Arc::clone(&bound), below))
