@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::cluster::{eventually, start_with, status_counter};
+use common::cluster::{eventually, start_with, status_counter, storectl};
 use common::http::{post, Target};
 use common::{TestCluster, FAST_CLUSTER};
 use featurestore::ingest::Event;
@@ -70,29 +70,6 @@ fn now_ms() -> u64 {
 
 fn event(json: Json) -> Event {
     Event::from_segment(&json, None, now_ms(), &Limits::default()).unwrap()
-}
-
-/// The real `storectl` with the cluster's client config; its stdout as JSON.
-fn storectl(cluster: &TestCluster, args: &[&str]) -> Json {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("storectl");
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo build -p store-client --bin storectl` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    let out = std::process::Command::new(bin)
-        .arg("--config")
-        .arg(cluster.dir.path().join("client.toml"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "storectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 async fn page(client: &Client) -> Result<DeadLetterPage, String> {

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::cluster::{all_alive, eventually, key_where, start_with, status_counter};
+use common::cluster::{all_alive, eventually, key_where, start_with, status_counter, storectl};
 use common::FAST_CLUSTER;
 use featurestore::ingest::Event;
 use featurestore::wire::event::EventOutcome;
@@ -104,6 +104,27 @@ async fn events_move_memberships_on_the_owner_and_they_replicate() {
             .await
             .unwrap(),
         2
+    );
+
+    // `storectl segments of` lists them; `storectl segments check` compiles the shipped file.
+    let of = storectl(&cluster, &["segments", "of", &user]);
+    assert_eq!(
+        of["segments"],
+        json!({"open_cart": false, "big_spender": true}),
+        "{of}"
+    );
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("segments.example.toml");
+    let checked = storectl(&cluster, &["segments", "check", example.to_str().unwrap()]);
+    let names: Vec<&str> = checked["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["open_cart", "high_intent", "big_spender"],
+        "{checked}"
     );
 
     // Every replica holds the memberships (replicated with the features).

@@ -16,6 +16,8 @@
 //! storectl --config client.toml dlq show ID [--node n1]
 //! storectl --config admin.toml dlq replay ID... --node n1 | dlq replay --all [--node n1]
 //! storectl --config admin.toml dlq purge ID... --node n1 | dlq purge --all [--node n1]
+//! storectl segments check segments.toml
+//! storectl --config client.toml segments of user-42
 //! ```
 //!
 //! Requests are routed like the library's (to the replicas of the key; see `store_client::client`);
@@ -33,7 +35,7 @@
 //! configuration path may also come from `FEATURESTORE_CLIENT_CONFIG`.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -200,6 +202,27 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Segments (see docs/segments.md).
+    Segments {
+        #[command(subcommand)]
+        command: SegmentsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SegmentsCommand {
+    /// Compile a segment definitions file (`[[segment]]` tables) as a node would, with the default
+    /// limits, without a cluster: each segment with the features its rule reads, or the first error with
+    /// its line and column.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// The segments a user is a member of, and those it left (its `segment:NAME` flags).
+    Of {
+        /// The user.
+        user: String,
     },
 }
 
@@ -655,10 +678,61 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<String> {
             pretty(&json!({ "node": node, "leaving": true }))
         }
         Command::Dlq { command } => dlq(client, command).await,
+        Command::Segments {
+            command: SegmentsCommand::Check { file },
+        } => check_segments(&file),
+        Command::Segments {
+            command: SegmentsCommand::Of { user },
+        } => {
+            let view = client.get(&user, None).await?;
+            let memberships: serde_json::Map<String, serde_json::Value> = view
+                .iter()
+                .flat_map(|v| v.features.iter())
+                .filter_map(|(name, feature)| {
+                    let segment =
+                        name.strip_prefix(featurestore::segment::membership::MEMBERSHIP_PREFIX)?;
+                    match feature {
+                        featurestore::FeatureView::Flag(flag) => Some((
+                            segment.to_owned(),
+                            json!(flag.values.iter().any(|v| v.value)),
+                        )),
+                        _ => None,
+                    }
+                })
+                .collect();
+            pretty(&json!({ "user": user, "segments": memberships }))
+        }
     }
 }
 
+/// `storectl segments check FILE`: compiles the file as a node would (default limits).
+fn check_segments(file: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let segments =
+        featurestore::segment::Segments::from_toml(&text, &featurestore::Limits::default())
+            .with_context(|| file.display().to_string())?;
+    let list: Vec<serde_json::Value> = segments
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name(),
+                "reads": s.rule.reads(),
+                "reads_now": s.rule.reads_now(),
+            })
+        })
+        .collect();
+    pretty(&json!({ "segments": list }))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<String> {
+    // Checking a definitions file needs no cluster.
+    if let Command::Segments {
+        command: SegmentsCommand::Check { file },
+    } = &cli.command
+    {
+        return check_segments(file);
+    }
     let config = ClientConfig::load(&cli.config)?;
     let client = Client::connect(config).await?;
     let result = execute(&client, cli.command).await;

@@ -201,3 +201,28 @@ pub async fn all_alive(cluster: &TestCluster, client: &Client) {
     )
     .await;
 }
+
+/// The real `storectl` with the cluster's client config (`client.toml`); its stdout as JSON. It is run from
+/// the target directory next to the test's executable (`cargo test --workspace` builds it; alone: `cargo
+/// build -p store-client --bin storectl` first).
+pub fn storectl(cluster: &TestCluster, args: &[&str]) -> serde_json::Value {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("storectl");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo build -p store-client --bin storectl` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    let out = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(cluster.dir.path().join("client.toml"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "storectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
