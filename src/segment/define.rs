@@ -167,16 +167,19 @@ impl Segments {
                 name: raw.name.get_ref().clone(),
                 rule: raw.rule.get_ref().clone(),
             };
-            let at_name = || position(text, raw.name.span().start);
-            let segment = Segment::new(&def, limits).map_err(|e| match e {
+            // A refusal of the segment itself (its name, the segment count) is placed at its name.
+            let at_name = |e: Error| match e {
                 Error::InvalidSegments { reason, .. } => {
-                    let (line, column) = at_name();
+                    let (line, column) = position(text, raw.name.span().start);
                     Error::InvalidSegments {
                         line,
                         column,
                         reason,
                     }
                 }
+                other => other,
+            };
+            let segment = Segment::new(&def, limits).map_err(|e| match e {
                 Error::InvalidRule {
                     segment,
                     line,
@@ -203,19 +206,9 @@ impl Segments {
                         reason,
                     },
                 },
-                other => other,
+                other => at_name(other),
             })?;
-            segments.insert(segment, limits).map_err(|e| match e {
-                Error::InvalidSegments { reason, .. } => {
-                    let (line, column) = at_name();
-                    Error::InvalidSegments {
-                        line,
-                        column,
-                        reason,
-                    }
-                }
-                other => other,
-            })?;
+            segments.insert(segment, limits).map_err(at_name)?;
         }
         Ok(segments)
     }

@@ -152,9 +152,19 @@ pub fn evaluate_profile(
     schema: &Schema,
     now_ms: u64,
 ) -> Result<bool> {
+    Ok(explain_profile(rule, profile, schema, now_ms)?.member)
+}
+
+/// [`explain`] on `profile`'s view at `now_ms`, projected to the features the rule reads.
+pub fn explain_profile(
+    rule: &Rule,
+    profile: &Profile,
+    schema: &Schema,
+    now_ms: u64,
+) -> Result<Evaluation> {
     let projection: Vec<String> = rule.reads().iter().cloned().collect();
     let view = profile.view(now_ms, Some(&projection));
-    evaluate(rule, view.as_ref(), schema, now_ms)
+    explain(rule, view.as_ref(), schema, now_ms)
 }
 
 /// An evaluation and what it read (the why-trace of a decision).

@@ -28,7 +28,7 @@ use crate::limits::Limits;
 use crate::profile::{FlagUpdate, Profile};
 use crate::segment::change::{decide, ChangeEvent, Why};
 use crate::segment::define::Segments;
-use crate::segment::eval::{explain, Schema};
+use crate::segment::eval::{explain_profile, Schema};
 
 /// The prefix of every membership flag's name.
 pub const MEMBERSHIP_PREFIX: &str = "segment:";
@@ -91,9 +91,7 @@ pub fn reconcile(
     for segment in chosen {
         out.evaluated += 1;
         let name = segment.name();
-        let projection: Vec<String> = segment.rule.reads().iter().cloned().collect();
-        let view = profile.view(now_ms, Some(&projection));
-        let evaluation = match explain(&segment.rule, view.as_ref(), schema, now_ms) {
+        let evaluation = match explain_profile(&segment.rule, profile, schema, now_ms) {
             Ok(e) => e,
             Err(e) => {
                 out.failed.push((name.to_owned(), e));

@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 
 pub use change::{decide, ChangeEvent, Transition, Why};
 pub use define::{Segment, SegmentDef, Segments};
-pub use eval::{evaluate, evaluate_profile, explain, readings, Evaluation, Schema};
+pub use eval::{
+    evaluate, evaluate_profile, explain, explain_profile, readings, Evaluation, Schema,
+};
 pub use membership::{is_member, membership_flag, reconcile, Cause, Reconciled};
 pub use rule::Rule;
 pub use timer::{next_flip, Timer};
