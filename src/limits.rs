@@ -69,6 +69,13 @@ pub struct Limits {
     /// Most candidate instants one [`next_flip`](crate::segment::timer::next_flip) evaluates a rule at
     /// before it settles for a re-check deadline. Default 1024.
     pub max_flip_candidates: usize,
+    /// Most entries a node's segment change log keeps; older ones are dropped (a subscriber whose cursor
+    /// is older is told of the gap). Default 100,000.
+    pub max_change_log_entries: usize,
+    /// Most users a node holds a segment timer for at once; beyond it new timers are dropped and counted
+    /// (`segment_timers_dropped`), and those users' time-driven transitions wait for their next event.
+    /// Default 1,000,000.
+    pub max_segment_timers: usize,
 }
 
 /// The ceiling on `max_rule_depth`: a rule this deep evaluates within 1.3 MB of stack even in a debug build
@@ -103,6 +110,8 @@ impl Default for Limits {
             max_rule_depth: 24,
             max_segments: 256,
             max_flip_candidates: 1024,
+            max_change_log_entries: 100_000,
+            max_segment_timers: 1_000_000,
         }
     }
 }
@@ -135,6 +144,8 @@ impl Limits {
             ("max_rule_depth", self.max_rule_depth),
             ("max_segments", self.max_segments),
             ("max_flip_candidates", self.max_flip_candidates),
+            ("max_change_log_entries", self.max_change_log_entries),
+            ("max_segment_timers", self.max_segment_timers),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -162,6 +162,16 @@ pub enum Effect {
         events: Vec<crate::wire::event::WireEvent>,
         /// The sender's deadline to begin applying them ([`PeerMessage::ForwardEvents`]).
         deadline_ms: u64,
+        /// When the sender accepted them from their client.
+        accepted_us: u64,
+    },
+    /// `from` sent its segment catalog or its digest: the runtime keeps a larger catalog and answers a
+    /// digest per [`PeerMessage::CatalogDigest`].
+    Catalog {
+        /// The peer.
+        from: NodeId,
+        /// The message (`CatalogDigest` or `SegmentCatalog`).
+        message: PeerMessage,
     },
     /// `from` answered forwarded events.
     IngestReply {
@@ -592,12 +602,20 @@ impl Replication {
                 req,
                 events,
                 deadline_ms,
+                accepted_us,
             } => out.push(Effect::Ingest {
                 from: from.clone(),
                 req,
                 events,
                 deadline_ms,
+                accepted_us,
             }),
+            message @ (PeerMessage::CatalogDigest { .. } | PeerMessage::SegmentCatalog { .. }) => {
+                out.push(Effect::Catalog {
+                    from: from.clone(),
+                    message,
+                })
+            }
             PeerMessage::ForwardReply { req, outcomes } => out.push(Effect::IngestReply {
                 from: from.clone(),
                 req,

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::crdt::flag::FlagDot;
 use crate::segment::eval::Evaluation;
 use crate::segment::Reading;
 
@@ -74,6 +75,22 @@ pub struct ChangeEvent {
     pub event_time_ms: Option<u64>,
     /// The values read and the causing event.
     pub why: Why,
+    /// The dot of the membership-flag write that recorded this transition: unique per decision, so
+    /// `(segment, user, dot)` de-duplicates redeliveries and tells two owners' decisions apart.
+    pub dot: FlagDot,
+    /// The sibling dots this decision replaced because they disagreed (a conflict left by two owners
+    /// during a partition, collapsed by the owner after the heal); empty for an ordinary transition.
+    pub resolves: Vec<FlagDot>,
+}
+
+impl ChangeEvent {
+    /// The de-duplication key of this event: `segment/user/dot`.
+    pub fn dedup_key(&self) -> String {
+        format!(
+            "{}/{}/{}:{}",
+            self.segment, self.user, self.dot.actor, self.dot.counter
+        )
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +120,11 @@ mod tests {
                 ]),
                 message_id: Some("m-1".into()),
             },
+            dot: FlagDot {
+                actor: crate::hlc::Actor::new(crate::hlc::NodeId::new("n1").expect("valid"), 9),
+                counter: 1,
+            },
+            resolves: Vec::new(),
         }
     }
 

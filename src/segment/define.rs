@@ -25,7 +25,7 @@ use crate::limits::Limits;
 use crate::segment::rule::Rule;
 
 /// One segment as written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentDef {
     /// The segment's name.

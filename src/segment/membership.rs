@@ -17,16 +17,22 @@
 //!   profile's limits refuse leaves that segment's membership unchanged and is reported in
 //!   [`Reconciled::failed`]; the other segments, and the event itself, are not affected.
 //!
+//! - Partitions: two owners that decided opposite transitions leave two disagreeing siblings after the
+//!   heal (the profile reads as a member). The owner's next [`reconcile`] of that segment (the node asks
+//!   for one as soon as it merges such a state) writes the rule's value over both and emits a change
+//!   event whose `resolves` names the dots it replaced: the consumer's last word for that membership.
+//!
 //! Caveats: segment names are kept behind the `segment:` prefix, which a rule cannot read (a `:` is not a
 //! CEL identifier), so one segment's rule never depends on another's membership. Time-driven transitions
-//! (a window bucket leaving, `now` passing a deadline) need a timer to call [`reconcile`]; the node does not
-//! arm them yet.
+//! (a window bucket leaving, `now` passing a deadline) need the caller to [`reconcile`] at the deadline
+//! [`next_deadline`](crate::segment::timer::next_deadline) gives.
 
+use crate::crdt::flag::{CausalContext, FlagDot};
 use crate::error::Error;
 use crate::hlc::Clock;
 use crate::limits::Limits;
 use crate::profile::{FlagUpdate, Profile};
-use crate::segment::change::{decide, ChangeEvent, Why};
+use crate::segment::change::{decide, ChangeEvent, Transition, Why};
 use crate::segment::define::Segments;
 use crate::segment::eval::{explain_profile, Schema};
 
@@ -44,6 +50,20 @@ pub fn is_member(profile: &Profile, segment: &str, now_ms: u64) -> bool {
         .flags
         .get(&membership_flag(segment))
         .is_some_and(|f| f.visible(now_ms).any(|s| s.value))
+}
+
+/// The segments (of those defined) whose membership flag on `profile` holds disagreeing visible siblings
+/// at `now_ms`: conflicts left by a partition, which the owner collapses with a [`reconcile`].
+pub fn conflicts<'a>(profile: &Profile, segments: &'a Segments, now_ms: u64) -> Vec<&'a str> {
+    segments
+        .iter()
+        .map(|s| s.name())
+        .filter(|name| {
+            profile.flags.get(&membership_flag(name)).is_some_and(|f| {
+                f.visible(now_ms).any(|s| s.value) && f.visible(now_ms).any(|s| !s.value)
+            })
+        })
+        .collect()
 }
 
 /// What caused a reconciliation.
@@ -67,25 +87,42 @@ pub struct Reconciled {
     pub failed: Vec<(String, Error)>,
 }
 
-/// Re-evaluates, on `profile` (the user `user`'s, just changed) at `now_ms`, the segments whose rules read
-/// one of the `changed` features (every segment when `changed` is `None`: a backfill or a new definition),
+/// Which segments a [`reconcile`] re-evaluates.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Those whose rules read one of these features (just changed by an event): the dependency index.
+    Changed(&'a [String]),
+    /// Every segment (a linking event, whose absorbed history may move any of them).
+    All,
+    /// These segments, by name (a timer's due segments, a backfill of new definitions); unknown names
+    /// are skipped.
+    Only(&'a [String]),
+}
+
+/// Re-evaluates, on `profile` (the user `user`'s, just changed) at `now_ms`, the segments `scope` names,
 /// and writes the membership flag of each whose value differs from it (stamped by `clock`). See the module
 /// docs.
+///
+/// A flag whose visible siblings disagree (two owners decided opposite transitions during a partition) is
+/// collapsed here too: one write of the rule's current value over all of them, reported as a change event
+/// of that value whose `resolves` lists the replaced dots, so a consumer that saw both decisions learns
+/// the outcome.
 #[allow(clippy::too_many_arguments)]
 pub fn reconcile(
     profile: &mut Profile,
     user: &str,
     segments: &Segments,
     schema: &Schema,
-    changed: Option<&[String]>,
+    scope: Scope<'_>,
     cause: Cause<'_>,
     clock: &mut Clock,
     now_ms: u64,
     limits: &Limits,
 ) -> Reconciled {
-    let chosen = match changed {
-        Some(names) => segments.affected_by(names.iter().map(String::as_str)),
-        None => segments.iter().collect(),
+    let chosen = match scope {
+        Scope::Changed(names) => segments.affected_by(names.iter().map(String::as_str)),
+        Scope::All => segments.iter().collect(),
+        Scope::Only(names) => names.iter().filter_map(|n| segments.get(n)).collect(),
     };
     let mut out = Reconciled::default();
     for segment in chosen {
@@ -98,27 +135,48 @@ pub fn reconcile(
                 continue;
             }
         };
-        let Some(kind) = decide(is_member(profile, name, now_ms), evaluation.member) else {
-            continue;
-        };
         let flag = membership_flag(name);
-        let context = profile
-            .flags
-            .get(&flag)
-            .map(|f| f.clock.clone())
-            .unwrap_or_default();
+        let (context, visible) = match profile.flags.get(&flag) {
+            Some(f) => (
+                f.clock.clone(),
+                f.visible(now_ms)
+                    .map(|s| (s.dot.clone(), s.value))
+                    .collect::<Vec<_>>(),
+            ),
+            None => (CausalContext::default(), Vec::new()),
+        };
+        let member = visible.iter().any(|(_, v)| *v);
+        let conflict = visible.iter().any(|(_, v)| *v) && visible.iter().any(|(_, v)| !*v);
+        let kind = match decide(member, evaluation.member) {
+            Some(kind) => kind,
+            None if conflict && evaluation.member => Transition::Entered,
+            None if conflict => Transition::Exited,
+            None => continue,
+        };
+        let actor = clock.actor().clone();
         let update = FlagUpdate {
             name: &flag,
             value: evaluation.member,
             context: &context,
             marker: clock.stamp(now_ms),
-            actor: clock.actor().clone(),
+            actor: actor.clone(),
             expires_at_ms: None,
         };
         if let Err(e) = profile.set_flag(update, now_ms, limits) {
             out.failed.push((name.to_owned(), e));
             continue;
         }
+        let dot = profile
+            .flags
+            .get(&flag)
+            .and_then(|f| {
+                f.siblings
+                    .iter()
+                    .filter(|s| s.dot.actor == actor)
+                    .map(|s| s.dot.clone())
+                    .max()
+            })
+            .unwrap_or(FlagDot { actor, counter: 0 });
         out.changes.push(ChangeEvent {
             user: user.to_owned(),
             segment: name.to_owned(),
@@ -126,6 +184,12 @@ pub fn reconcile(
             at_ms: now_ms,
             event_time_ms: cause.event_time_ms,
             why: Why::of(&evaluation, cause.message_id),
+            dot,
+            resolves: if conflict {
+                visible.into_iter().map(|(d, _)| d).collect()
+            } else {
+                Vec::new()
+            },
         });
     }
     out
@@ -138,7 +202,6 @@ mod tests {
     use super::*;
     use crate::hlc::{Actor, NodeId};
     use crate::ingest::Definitions;
-    use crate::segment::change::Transition;
     use crate::segment::eval::tests::{clock, definitions, track};
 
     const T0: u64 = 1_700_000_000_000;
@@ -172,7 +235,7 @@ mod tests {
             "u",
             &segments(),
             &Schema::from_definitions(defs),
-            Some(&changed),
+            Scope::Changed(&changed),
             Cause {
                 message_id: Some("m"),
                 event_time_ms: Some(now_ms),
@@ -280,6 +343,70 @@ mod tests {
         assert!(!is_member(&b, "cart_abandoner", T0 + 10));
     }
 
+    /// A split: both owners decide the entry (distinct dots, so a consumer keeps both and can tell them
+    /// apart); then one side exits while the other does not hear of it. After the heal the flag holds
+    /// disagreeing siblings; the owner's reconcile collapses them into the rule's value and says so.
+    #[test]
+    fn a_split_yields_de_duplicable_events_and_the_conflict_is_collapsed_after_the_heal() {
+        let defs = definitions();
+        let (mut a, mut b) = (Profile::default(), Profile::default());
+        let mut ca = clock();
+        let mut cb = Clock::for_actor(Actor::new(NodeId::new("n2").expect("valid"), 7), 60_000);
+        track(&mut a, &mut ca, "Product Added", T0, json!({"sku": "a"}));
+        let base = a.clone();
+        b.merge(&base);
+        let ea = run(&mut a, &mut ca, &["cart_adds_30m"], T0, &defs).changes;
+        let eb = run(&mut b, &mut cb, &["cart_adds_30m"], T0 + 1, &defs).changes;
+        assert_eq!((ea.len(), eb.len()), (1, 1));
+        assert_ne!(
+            ea[0].dedup_key(),
+            eb[0].dedup_key(),
+            "two decisions, two keys"
+        );
+        assert_eq!(
+            ea[0].dedup_key(),
+            ea[0].clone().dedup_key(),
+            "a redelivery, one key"
+        );
+        // Side b sees an order and exits; side a never hears of it.
+        track(
+            &mut b,
+            &mut cb,
+            "Order Completed",
+            T0 + 2,
+            json!({"revenue": 1.0}),
+        );
+        let exit = run(&mut b, &mut cb, &["orders_30m"], T0 + 2, &defs).changes;
+        assert_eq!(exit[0].kind, Transition::Exited);
+        // Heal: a merges b. a's entry sibling is concurrent with b's exit.
+        a.merge(&b);
+        let segs = segments();
+        assert_eq!(conflicts(&a, &segs, T0 + 3), vec!["cart_abandoner"]);
+        let names = vec!["cart_abandoner".to_owned()];
+        let fixed = reconcile(
+            &mut a,
+            "u",
+            &segs,
+            &Schema::from_definitions(&defs),
+            Scope::Only(&names),
+            Cause::default(),
+            &mut ca,
+            T0 + 3,
+            &Limits::default(),
+        );
+        assert_eq!(fixed.changes.len(), 1, "{fixed:?}");
+        assert_eq!(
+            fixed.changes[0].kind,
+            Transition::Exited,
+            "the order is seen"
+        );
+        assert_eq!(fixed.changes[0].resolves.len(), 2);
+        assert!(conflicts(&a, &segs, T0 + 3).is_empty());
+        b.merge(&a);
+        assert_eq!(a.flags, b.flags, "converged");
+        assert!(!is_member(&b, "cart_abandoner", T0 + 3));
+    }
+
     /// A rule that fails at run time leaves its membership alone and is reported; the others still run.
     #[test]
     fn a_failing_rule_is_reported_and_changes_nothing() {
@@ -304,7 +431,7 @@ mod tests {
             "u",
             &broken,
             &Schema::from_definitions(&defs),
-            None,
+            Scope::All,
             Cause::default(),
             &mut c,
             T0,

@@ -40,9 +40,9 @@ pub use define::{Segment, SegmentDef, Segments};
 pub use eval::{
     evaluate, evaluate_profile, explain, explain_profile, readings, Evaluation, Schema,
 };
-pub use membership::{is_member, membership_flag, reconcile, Cause, Reconciled};
+pub use membership::{conflicts, is_member, membership_flag, reconcile, Cause, Reconciled, Scope};
 pub use rule::Rule;
-pub use timer::{next_flip, Timer};
+pub use timer::{next_deadline, next_flip, Timer};
 
 /// The value of one feature as a rule reads it (and as a why-trace shows it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]

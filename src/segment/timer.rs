@@ -32,6 +32,7 @@ use std::collections::BTreeSet;
 use crate::error::Result;
 use crate::limits::Limits;
 use crate::profile::Profile;
+use crate::segment::define::Segments;
 use crate::segment::eval::{evaluate_profile, Schema};
 use crate::segment::rule::Rule;
 
@@ -140,6 +141,31 @@ pub fn next_flip(
         }
     }
     Ok(None)
+}
+
+/// The earliest instant after `now_ms` at which any of the time-dependent `segments` may change on
+/// `profile` with no new event, and the segments due then: what the node arms one timer per user for.
+/// A segment whose rule fails at `now_ms` has no deadline (its failure is reported when it is evaluated).
+pub fn next_deadline(
+    profile: &Profile,
+    segments: &Segments,
+    schema: &Schema,
+    now_ms: u64,
+    limits: &Limits,
+) -> Option<(u64, Vec<String>)> {
+    let mut best: Option<(u64, Vec<String>)> = None;
+    for segment in segments.timed() {
+        let Ok(Some(timer)) = next_flip(&segment.rule, profile, schema, now_ms, limits) else {
+            continue;
+        };
+        let at = timer.at_ms();
+        match &mut best {
+            Some((t, names)) if *t == at => names.push(segment.name().to_owned()),
+            Some((t, _)) if *t < at => {}
+            _ => best = Some((at, vec![segment.name().to_owned()])),
+        }
+    }
+    best
 }
 
 #[cfg(test)]

@@ -383,7 +383,7 @@ impl Cluster {
                     state,
                 } => self.read_replies.push((from, replica, req, state)),
                 // Event forwarding is not simulated yet: the schedules write through `write`.
-                Effect::Ingest { .. } | Effect::IngestReply { .. } => {}
+                Effect::Ingest { .. } | Effect::IngestReply { .. } | Effect::Catalog { .. } => {}
             }
         }
     }

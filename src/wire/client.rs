@@ -10,7 +10,8 @@
 //! clients of version 1 and 2 do not talk to each other (no rolling upgrade across it). Version 3: window
 //! slots carry a distinct-count sketch and window parameters its size (`Aggregation::DistinctCount`),
 //! profiles gained identity links (a new `Profile` field) and events the redirect count `WireEvent::hops`;
-//! no rolling upgrade across it either.
+//! no rolling upgrade across it either. Version 5: change events carry dots, forwarded events the instant
+//! they were accepted, and the segment requests joined (`SegmentChanges` ... `DefineSegments`).
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -23,13 +24,16 @@ use crate::hlc::{Marker, NodeId};
 use crate::limits::Limits;
 use crate::profile::{Applied, FlagView, Profile, ProfileView, Write};
 pub use crate::profile::{CounterDelta, GaugeWrite};
+use crate::segment::SegmentDef;
 use crate::wire::dead_letter::{DeadLetter, DeadLetterPage, Purged, ReplayReport};
 use crate::wire::event::{EventOutcome, WireEvent};
 pub use crate::wire::reply::{ErrorCode, ErrorReply};
+use crate::wire::segment::{ChangePage, MembersPage, SegmentsView, WhyReport};
 
 /// The protocol version carried in every frame header (2 since window features, 3 since distinct counts
-/// and identity links, 4 since per-incarnation actors in slots, dots and causal contexts).
-pub const PROTOCOL_VERSION: u8 = 4;
+/// and identity links, 4 since per-incarnation actors in slots, dots and causal contexts, 5 since segment
+/// change events and requests).
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -149,7 +153,48 @@ pub enum Request {
         /// These entries (at most `max_batch`), or `None`: every entry.
         ids: Option<Vec<u64>>,
     },
+    /// A page of this node's segment change log from the cursor `from` (a long poll: with nothing to
+    /// answer, the node waits up to `wait_ms`, capped at [`MAX_CHANGE_WAIT_MS`], for a change).
+    SegmentChanges {
+        /// The first `seq` wanted (the `next` of the previous page; 0 or 1 for the start of the log).
+        from: u64,
+        /// Most changes to answer (capped at `max_batch`, and at half of `max_frame_bytes`).
+        limit: u32,
+        /// How long to wait for a change when there is none (ms).
+        wait_ms: u32,
+        /// Only changes of these segments, if given.
+        segments: Option<Vec<String>>,
+    },
+    /// Why `user` is or is not a member of `segment`, from this node's copy of the profile and its log.
+    SegmentWhy {
+        /// The user.
+        user: String,
+        /// The segment.
+        segment: String,
+    },
+    /// A page of `segment`'s members among the profiles this node is the primary owner of.
+    SegmentMembers {
+        /// The segment.
+        segment: String,
+        /// Only members after this id (the `next` of the previous page).
+        after: Option<String>,
+        /// Most members to answer (capped at `max_batch`).
+        limit: u32,
+    },
+    /// The segments this node evaluates, its runtime catalog, backfills, counts and latencies.
+    Segments,
+    /// Admin: add (or replace) and remove runtime segment definitions, in the catalog that replicates to
+    /// every node. Definitions are compiled first; one that does not compile refuses the whole change.
+    DefineSegments {
+        /// Definitions to add or replace.
+        add: Vec<SegmentDef>,
+        /// Names to remove.
+        remove: Vec<String>,
+    },
 }
+
+/// The longest a `SegmentChanges` long poll waits for a change (ms).
+pub const MAX_CHANGE_WAIT_MS: u32 = 10_000;
 
 impl Request {
     /// Validates every key, name, value and batch size against `limits`.
@@ -217,6 +262,33 @@ impl Request {
             Request::ReplayDeadLetters { ids: Some(ids), .. }
             | Request::PurgeDeadLetters { ids: Some(ids) } => {
                 limits.check_batch(ids.len(), "dead-letter ids")
+            }
+            Request::SegmentChanges { segments, .. } => check_projection(segments),
+            Request::SegmentWhy { user, segment } => {
+                limits.check_key(user)?;
+                limits.check_feature_name(segment)
+            }
+            Request::SegmentMembers { segment, after, .. } => {
+                limits.check_feature_name(segment)?;
+                after.as_deref().map_or(Ok(()), |a| limits.check_key(a))
+            }
+            Request::Segments => Ok(()),
+            Request::DefineSegments { add, remove } => {
+                limits.check_batch(add.len() + remove.len(), "segment definitions")?;
+                for d in add {
+                    limits.check_feature_name(&d.name)?;
+                    if d.rule.len() > limits.max_rule_bytes {
+                        return Err(crate::error::Error::RuleTooLong {
+                            segment: d.name.clone(),
+                            len: d.rule.len(),
+                            max: limits.max_rule_bytes,
+                        });
+                    }
+                }
+                for r in remove {
+                    limits.check_feature_name(r)?;
+                }
+                Ok(())
             }
             Request::Ingest { events } => {
                 limits.check_batch(events.len(), "events")?;
@@ -309,7 +381,8 @@ impl Request {
             | Request::Digests { .. }
             | Request::Leave
             | Request::ReplayDeadLetters { .. }
-            | Request::PurgeDeadLetters { .. } => true,
+            | Request::PurgeDeadLetters { .. }
+            | Request::DefineSegments { .. } => true,
             Request::Get { .. }
             | Request::GetMany { .. }
             | Request::Put { .. }
@@ -320,7 +393,11 @@ impl Request {
             | Request::Cluster
             | Request::Ingest { .. }
             | Request::DeadLetters { .. }
-            | Request::DeadLetter { .. } => false,
+            | Request::DeadLetter { .. }
+            | Request::SegmentChanges { .. }
+            | Request::SegmentWhy { .. }
+            | Request::SegmentMembers { .. }
+            | Request::Segments => false,
         }
     }
 
@@ -344,6 +421,11 @@ impl Request {
             Request::DeadLetter { .. } => "dead_letter",
             Request::ReplayDeadLetters { .. } => "replay_dead_letters",
             Request::PurgeDeadLetters { .. } => "purge_dead_letters",
+            Request::SegmentChanges { .. } => "segment_changes",
+            Request::SegmentWhy { .. } => "segment_why",
+            Request::SegmentMembers { .. } => "segment_members",
+            Request::Segments => "segments",
+            Request::DefineSegments { .. } => "define_segments",
         }
     }
 
@@ -399,6 +481,14 @@ pub enum Response {
     Replayed(ReplayReport),
     /// Answer to `PurgeDeadLetters`.
     Purged(Purged),
+    /// Answer to `SegmentChanges`.
+    SegmentChanges(ChangePage),
+    /// Answer to `SegmentWhy`.
+    SegmentWhy(WhyReport),
+    /// Answer to `SegmentMembers`.
+    SegmentMembers(MembersPage),
+    /// Answer to `Segments` and `DefineSegments`.
+    Segments(SegmentsView),
 }
 
 impl From<Applied> for Response {
@@ -439,6 +529,10 @@ impl Response {
             Response::DeadLetter(_) => "DeadLetter",
             Response::Replayed(_) => "Replayed",
             Response::Purged(_) => "Purged",
+            Response::SegmentChanges(_) => "SegmentChanges",
+            Response::SegmentWhy(_) => "SegmentWhy",
+            Response::SegmentMembers(_) => "SegmentMembers",
+            Response::Segments(_) => "Segments",
         }
     }
 }

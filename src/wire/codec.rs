@@ -28,6 +28,7 @@ use crate::profile::Profile;
 use crate::wire::client::{Request, Response, PROTOCOL_VERSION};
 use crate::wire::dead_letter::DeadLetter;
 use crate::wire::peer::PeerMessage;
+use crate::wire::segment::{Catalog, SegmentChange};
 
 /// Bytes in a frame header: the version byte and the big-endian `u32` payload length.
 pub const FRAME_HEADER_BYTES: usize = 5;
@@ -338,6 +339,34 @@ pub fn decode_dead_letter(bytes: &[u8], expected_id: u64) -> Result<DeadLetter> 
         });
     }
     Ok(entry)
+}
+
+/// Encodes a change of a node's segment change log for storage (versioned like every record).
+pub fn encode_change(change: &SegmentChange) -> Result<Vec<u8>> {
+    encode_versioned(change)
+}
+
+/// Decodes a stored change: [`Error::Malformed`] for anything that is not a record of a known version,
+/// and for one whose `seq` differs from its record name's (`expected_seq`).
+pub fn decode_change(bytes: &[u8], expected_seq: u64) -> Result<SegmentChange> {
+    let change: SegmentChange = decode_versioned(bytes, "segment change")?;
+    if change.seq != expected_seq {
+        return Err(Error::Malformed {
+            what: "segment change",
+            reason: format!("record of seq {expected_seq} holds seq {}", change.seq),
+        });
+    }
+    Ok(change)
+}
+
+/// Encodes the runtime segment catalog for storage.
+pub fn encode_catalog(catalog: &Catalog) -> Result<Vec<u8>> {
+    encode_versioned(catalog)
+}
+
+/// Decodes a stored runtime segment catalog.
+pub fn decode_catalog(bytes: &[u8]) -> Result<Catalog> {
+    decode_versioned(bytes, "segment catalog")
 }
 
 /// A counting global allocator for the tests of this crate: measures the peak bytes allocated by the

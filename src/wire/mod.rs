@@ -10,3 +10,4 @@ pub mod dead_letter;
 pub mod event;
 pub mod peer;
 pub mod reply;
+pub mod segment;

@@ -8,6 +8,7 @@ use bincode::{Decode, Encode};
 use crate::cluster::membership::MembershipTable;
 use crate::profile::Profile;
 use crate::wire::event::{EventOutcome, WireEvent};
+use crate::wire::segment::Catalog;
 
 /// Messages between nodes.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -77,6 +78,9 @@ pub enum PeerMessage {
         /// begun later could be applied twice. Set well inside the sender's own timeout, so clock skew
         /// within the cluster's bound does not matter.
         deadline_ms: u64,
+        /// When the sender accepted the events from their client (Unix µs, its clock), for the
+        /// event-to-segment-change latency.
+        accepted_us: u64,
     },
     /// Answer to `ForwardEvents`: one outcome per event, in order.
     ForwardReply {
@@ -84,5 +88,19 @@ pub enum PeerMessage {
         req: u64,
         /// The outcomes.
         outcomes: Vec<EventOutcome>,
+    },
+    /// The sender's runtime segment catalog, by version and digest: a receiver holding a larger one
+    /// answers with `SegmentCatalog`, one holding a smaller one answers with its own digest (and so is
+    /// sent the catalog).
+    CatalogDigest {
+        /// The catalog's version.
+        version: u64,
+        /// Its digest.
+        digest: u64,
+    },
+    /// A runtime segment catalog: the receiver keeps it if it is larger than its own.
+    SegmentCatalog {
+        /// The catalog.
+        catalog: Catalog,
     },
 }

@@ -371,7 +371,7 @@ impl Drop for RefreshGuard {
 /// request (a node refuses more than its `max_batch`, default 1000).
 pub const DEAD_LETTER_IDS_PER_REQUEST: usize = 500;
 
-fn unexpected(expected: &'static str, got: &Response) -> Error {
+pub(crate) fn unexpected(expected: &'static str, got: &Response) -> Error {
     Error::UnexpectedResponse {
         expected,
         got: got.kind().to_owned(),
@@ -1198,6 +1198,17 @@ impl Client {
     }
 
     /// Sends `request` to `node` only.
+    /// Sends `request` to `node` (a read: retried on a transient failure) within `deadline`.
+    pub(crate) async fn request_at(
+        &self,
+        node: &NodeId,
+        request: &Request,
+        deadline: Duration,
+    ) -> Result<Response> {
+        self.at_node(node, request, Policy::READ, Deadline::after(deadline))
+            .await
+    }
+
     async fn at_node(
         &self,
         node: &NodeId,

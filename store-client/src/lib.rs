@@ -88,12 +88,14 @@ pub mod config;
 pub mod error;
 pub mod frame;
 pub mod routing;
+pub mod segments;
 pub mod tls;
 mod transport;
 
 pub use client::Client;
 pub use config::{ClientConfig, NodeAddr};
 pub use error::{ConnectAttempt, Error, Result};
+pub use segments::{Cursor, Subscription};
 pub use transport::NodeHealth;
 
 pub use featurestore::cluster::membership::{Member, MemberState, MembershipTable};

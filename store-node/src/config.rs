@@ -147,6 +147,9 @@ pub struct IngestConfig {
     /// Also keep events that were late for a window (counted in no window; their other features
     /// applied) in the dead-letter queue. Default false.
     pub dead_letter_late: bool,
+    /// Most profiles per second the backfill of a segment added at runtime evaluates on this node.
+    /// Default 2000.
+    pub backfill_per_second: u32,
 }
 
 impl Default for IngestConfig {
@@ -156,6 +159,7 @@ impl Default for IngestConfig {
             segments: None,
             max_inflight_events: 4096,
             dead_letter_late: false,
+            backfill_per_second: 2000,
         }
     }
 }

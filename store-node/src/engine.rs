@@ -25,14 +25,16 @@ use std::time::Instant;
 use featurestore::ingest::{apply_event, apply_linking_event, Definitions, Event, Ingested};
 use featurestore::profile::{apply, Applied, ProfileView, Write};
 use featurestore::replication::StoreError;
-use featurestore::segment::Reconciled;
+use featurestore::segment::{Reconciled, Scope};
 use featurestore::wire::client::ErrorReply;
 use featurestore::wire::codec::{decode_record, encode_record, record_hash};
+use featurestore::wire::segment::SegmentChange;
 use featurestore::{Clock, ErrorCode, Limits, NodeId, Profile};
 
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::segments::SegmentRules;
+use crate::segments::log::Fence;
+use crate::segments::SegmentRuntime;
 use crate::storage::{Durability, Storage, WriteTicket};
 
 /// Number of independently locked shards of the in-memory map.
@@ -47,6 +49,17 @@ struct Stored {
 }
 
 type Shard = RwLock<HashMap<String, Stored>>;
+
+/// The segment transitions one write decided: staged in the change log, published once durable.
+#[derive(Debug, Clone, Default)]
+pub struct Decided {
+    /// The transitions, with their change-log records.
+    pub changes: Vec<Arc<SegmentChange>>,
+    /// Segments whose rule failed to evaluate (their memberships are unchanged).
+    pub failed: usize,
+    /// Segment rules evaluated (only those reading a changed feature, for an event).
+    pub evaluated: usize,
+}
 
 /// The typed reply for a node error: core validation errors keep their code, anything else is a storage
 /// failure (the write was not acknowledged and may or may not be applied).
@@ -71,6 +84,8 @@ pub struct Engine {
     durability: Arc<Durability>,
     metrics: Arc<Metrics>,
     started: Instant,
+    /// The segment runtime, told of every merged state (its timers), once the cluster has set it.
+    segments: std::sync::OnceLock<Arc<SegmentRuntime>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -143,6 +158,7 @@ impl Engine {
             durability,
             metrics,
             started: Instant::now(),
+            segments: std::sync::OnceLock::new(),
         };
         Ok((engine, recovery))
     }
@@ -176,16 +192,18 @@ impl Engine {
     }
 
     /// Applies one event to `key` as its owner (decided by the core's [`apply_event`]) and, in the same
-    /// write, re-evaluates the `segments` whose rules read a feature it changed (the core's
-    /// [`featurestore::segment::reconcile`]: membership flags), stores it, publishes it, and waits for
-    /// durability as the policy requires.
+    /// write, re-evaluates the segments whose rules read a feature it changed (the core's
+    /// [`featurestore::segment::reconcile`]: membership flags), stages their change records in the log
+    /// (before the profile record, see [`crate::segments::log`]), re-arms the user's timer, stores it,
+    /// publishes it, waits for durability as the policy requires, and shows the changes to subscribers.
     pub async fn ingest(
         &self,
         key: &str,
         event: &Event,
         definitions: &Definitions,
-        segments: &SegmentRules,
-    ) -> Result<(Ingested, Reconciled), ErrorReply> {
+        segments: &SegmentRuntime,
+        fence: &Fence,
+    ) -> Result<(Ingested, Decided), ErrorReply> {
         // A retry of an ingested message changes nothing: answer it without a copy, a store or a flush.
         // (A duplicate that races past this check is still caught by `apply_event` below.)
         // So is an event for an id linked into another (it is redirected there).
@@ -206,32 +224,36 @@ impl Engine {
                 redirect: redirect.filter(|_| !seen),
                 ..Ingested::default()
             };
-            return Ok((ingested, Reconciled::default()));
+            return Ok((ingested, Decided::default()));
         }
         let now = now_ms();
-        self.write(key, |p| {
-            let mut clock = self.clock();
-            let ingested = apply_event(p, event, definitions, &mut clock, now, &self.limits)?;
-            let reconciled = if ingested.duplicate || ingested.redirect.is_some() {
-                Reconciled::default()
-            } else {
-                segments.reconcile(
-                    p,
-                    key,
-                    Some(&ingested.features),
-                    event,
-                    &mut clock,
-                    now,
-                    &self.limits,
-                )
-            };
-            Ok((ingested, reconciled))
-        })
-        .await
+        let rules = segments.rules();
+        let out = self
+            .write_deciding(key, segments, fence, now, |p, clock| {
+                let ingested = apply_event(p, event, definitions, clock, now, &self.limits)?;
+                let reconciled = if ingested.duplicate || ingested.redirect.is_some() {
+                    Reconciled::default()
+                } else {
+                    rules.reconcile(
+                        p,
+                        key,
+                        Scope::Changed(&ingested.features),
+                        Some(event),
+                        clock,
+                        now,
+                        &self.limits,
+                    )
+                };
+                Ok((ingested, reconciled))
+            })
+            .await?;
+        Ok(out)
     }
 
     /// Applies a linking event (an identify or alias, see `featurestore::ingest::identity`) to the
-    /// canonical profile `key` as its owner, absorbing `state`, the merged profile of the linked `id`.
+    /// canonical profile `key` as its owner, absorbing `state`, the merged profile of the linked `id`;
+    /// every segment is re-evaluated (the absorbed history may move any of them), as in [`Engine::ingest`].
+    #[allow(clippy::too_many_arguments)]
     pub async fn ingest_linking(
         &self,
         key: &str,
@@ -239,11 +261,12 @@ impl Engine {
         id: &str,
         state: &Profile,
         definitions: &Definitions,
-        segments: &SegmentRules,
-    ) -> Result<(Ingested, Reconciled), ErrorReply> {
+        segments: &SegmentRuntime,
+        fence: &Fence,
+    ) -> Result<(Ingested, Decided), ErrorReply> {
         let now = now_ms();
-        self.write(key, |p| {
-            let mut clock = self.clock();
+        let rules = segments.rules();
+        self.write_deciding(key, segments, fence, now, |p, clock| {
             let ingested = apply_linking_event(
                 p,
                 key,
@@ -251,19 +274,138 @@ impl Engine {
                 id,
                 state,
                 definitions,
-                &mut clock,
+                clock,
                 now,
                 &self.limits,
             )?;
-            // The absorbed history may move any segment.
             let reconciled = if ingested.duplicate {
                 Reconciled::default()
             } else {
-                segments.reconcile(p, key, None, event, &mut clock, now, &self.limits)
+                rules.reconcile(p, key, Scope::All, Some(event), clock, now, &self.limits)
             };
             Ok((ingested, reconciled))
         })
         .await
+    }
+
+    /// Re-evaluates the segments `names` on `key` (a timer, a backfill, a conflict to collapse) and, if a
+    /// membership moves, stores and logs it as [`Engine::ingest`] does. `Ok(None)`: nothing moved (or no
+    /// such key), nothing was written; the user's timer is re-armed either way.
+    pub async fn reevaluate(
+        &self,
+        key: &str,
+        names: &[String],
+        segments: &SegmentRuntime,
+        fence: &Fence,
+    ) -> Result<Option<Decided>, ErrorReply> {
+        let now = now_ms();
+        let rules = segments.rules();
+        let moved = {
+            let shard = self
+                .shard(key)
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(stored) = shard.get(key) else {
+                return Ok(None);
+            };
+            // A dry run on a copy under the read lock: most re-evaluations move nothing.
+            let mut copy = stored.profile.clone();
+            let mut clock = Clock::for_actor(self.clock().actor().clone(), u64::MAX);
+            let dry = rules.reconcile(
+                &mut copy,
+                key,
+                Scope::Only(names),
+                None,
+                &mut clock,
+                now,
+                &self.limits,
+            );
+            if dry.changes.is_empty() {
+                segments.arm(key, &stored.profile, now);
+            }
+            !dry.changes.is_empty()
+        };
+        if !moved {
+            return Ok(None);
+        }
+        let ((), decided) = self
+            .write_deciding(key, segments, fence, now, |p, clock| {
+                let r = rules.reconcile(p, key, Scope::Only(names), None, clock, now, &self.limits);
+                Ok(((), r))
+            })
+            .await?;
+        Ok(Some(decided))
+    }
+
+    /// [`Engine::write`] for a change that also decides memberships: the change's transitions are staged
+    /// in the change log before the profile is stored, the user's timer is re-armed from the result, and
+    /// after the durability wait the transitions are published.
+    async fn write_deciding<T>(
+        &self,
+        key: &str,
+        segments: &SegmentRuntime,
+        fence: &Fence,
+        now: u64,
+        change: impl FnOnce(&mut Profile, &mut Clock) -> featurestore::Result<(T, Reconciled)>,
+    ) -> Result<(T, Decided), ErrorReply> {
+        let (out, decided, ticket) = {
+            let mut shard = self
+                .shard(key)
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut profile = shard
+                .get(key)
+                .map(|s| s.profile.clone())
+                .unwrap_or_default();
+            let (out, reconciled) = {
+                let mut clock = self.clock();
+                change(&mut profile, &mut clock).map_err(|e| ErrorReply::of(&e))?
+            };
+            let changes = segments
+                .log
+                .stage(&reconciled.changes, fence)
+                .map_err(|e| error_reply(&e))?;
+            segments.arm(key, &profile, now);
+            let ticket = self
+                .store_locked(&mut shard, key, profile)
+                .map_err(|e| error_reply(&e))?;
+            let decided = Decided {
+                changes,
+                failed: reconciled.failed.len(),
+                evaluated: reconciled.evaluated,
+            };
+            (out, decided, ticket)
+        };
+        if let Err(e) = self.durability.wait_durable(ticket).await {
+            tracing::error!(%key, error = %e, "write not durable, not acknowledged");
+            return Err(error_reply(&e));
+        }
+        segments.log.publish(&decided.changes, fence.accepted_us);
+        Ok((out, decided))
+    }
+
+    /// Calls `f` with every profile held (shard by shard, under each shard's read lock).
+    pub fn for_each_profile(&self, f: &mut dyn FnMut(&str, &Profile)) {
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for (key, entry) in shard.iter() {
+                f(key, &entry.profile);
+            }
+        }
+    }
+
+    /// `f` of `key`'s profile held here, under its shard's read lock (no copy).
+    pub fn inspect<T>(&self, key: &str, f: impl FnOnce(&Profile) -> T) -> Option<T> {
+        let shard = self
+            .shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.get(key).map(|s| f(&s.profile))
+    }
+
+    /// Arms segment timers after merges of other replicas' states (set once by the cluster).
+    pub fn watch_merges(&self, segments: Arc<SegmentRuntime>) {
+        let _ = self.segments.set(segments);
     }
 
     /// Marks `key` as linked into `canonical` (a fresh marker of this node), stores it and waits for
@@ -350,6 +492,9 @@ impl Engine {
             .unwrap_or_default();
         if !profile.merge(incoming) && shard.contains_key(key) {
             return Ok(false);
+        }
+        if let Some(segments) = self.segments.get() {
+            segments.arm(key, &profile, now_ms());
         }
         // The caller waits for durability (of everything written so far) before acknowledging.
         let _ticket = self.store_locked(&mut shard, key, profile)?;

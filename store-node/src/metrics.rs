@@ -106,6 +106,17 @@ counters! {
         segment_exits,
         /// Segment rules that failed to evaluate (a run-time type error; the membership is unchanged).
         segment_failures,
+        /// Segment rules evaluated (after an event: only those reading a feature it changed).
+        segment_evaluations,
+        /// Segment timers fired here as owner (a deadline reached with no new event).
+        segment_timers_fired,
+        /// Segment timers not armed because `max_segment_timers` users had one.
+        segment_timers_dropped,
+        /// Profiles evaluated by the backfill of a segment added at runtime.
+        segment_backfilled,
+        /// Segment changes that could not be written to the change log (the membership write failed with
+        /// them and the event was not acknowledged).
+        segment_log_failures,
         /// HTTP requests to the ingest API (`/v1/*`).
         http_requests,
         /// HTTP requests refused for a missing or unknown write key (401).
@@ -195,12 +206,12 @@ mod tests {
         let node = Metrics::default();
         Metrics::incr(&node.requests);
         let snapshot = node.snapshot();
-        // 15 request counters, 14 of the ingest path (3 of identity, 3 of segments), 11 of the HTTP
+        // 15 request counters, 19 of the ingest path (3 of identity, 8 of segments), 11 of the HTTP
         // listener, 7 of the dead-letter queue.
-        assert_eq!(snapshot.len(), 47);
+        assert_eq!(snapshot.len(), 52);
         assert_eq!(snapshot[0].0, "connections_accepted");
-        assert_eq!(snapshot[39].0, "http_tls_failures");
-        assert_eq!(snapshot[46].0, "dlq_failures");
+        assert_eq!(snapshot[44].0, "http_tls_failures");
+        assert_eq!(snapshot[51].0, "dlq_failures");
         assert!(snapshot.contains(&("requests".to_owned(), 1)));
 
         let peer = crate::net::peer::PeerMetrics::default();

@@ -60,6 +60,11 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         Duration::from_millis(config.cluster.tick_ms),
         shutdown.clone(),
     );
+    let segment_tasks = crate::cluster::segments::spawn_tasks(
+        cluster.clone(),
+        config.ingest.backfill_per_second,
+        shutdown.clone(),
+    );
     tracing::info!(node = %node_id, addr = %local, "listening");
     announce_ready(&node_id, local, http.as_ref().map(|(addr, _)| *addr));
 
@@ -84,6 +89,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<()> 
         shutdown,
     )
     .await;
+    // The segment tasks write (timers, backfills): they end before the final flush.
+    for task in segment_tasks {
+        let _ = task.await;
+    }
     let running = Running {
         node_id,
         incarnation,

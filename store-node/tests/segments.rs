@@ -153,3 +153,201 @@ async fn events_move_memberships_on_the_owner_and_they_replicate() {
         .await;
     }
 }
+
+/// Segments with deadlines: `recent_cart` holds for 3 s after an add to cart (an exit with no new event),
+/// `cart_abandoner` starts 3 s after it (an entry with no new event).
+const TIMED: &str = r#"
+[[segment]]
+name = "recent_cart"
+rule = 'now - last_cart_add < duration("3s")'
+
+[[segment]]
+name = "cart_abandoner"
+rule = 'cart_adds_30m >= 1 && orders_30m == 0 && now - last_cart_add > duration("3s")'
+
+[[segment]]
+name = "big_spender"
+rule = 'revenue_7d > 100.0'
+"#;
+
+async fn next_change(
+    sub: &mut store_client::Subscription,
+    what: &str,
+) -> featurestore::wire::segment::SegmentChange {
+    tokio::time::timeout(Duration::from_secs(20), sub.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no change in time: waiting for {what}"))
+        .expect("subscription open")
+}
+
+/// The change log and the timers on real processes: a subscriber sees the entry an event caused, with its
+/// fencing fields and why-trace; timers fire an exit and an entry with no new event; only the rules that
+/// read a changed feature are evaluated (counted); after the owner is killed and restarted the
+/// subscription resumes from its cursor (no change twice, the log's seqs continue); a segment added at
+/// runtime reaches every node and is backfilled over the existing profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_subscribers_resume_and_runtime_segments_are_backfilled() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = dir.path().join("segments.toml");
+    std::fs::write(&segments, TIMED).unwrap();
+    let features = Path::new(env!("CARGO_MANIFEST_DIR")).join("features.example.toml");
+    let overlay =
+        format!("{FAST_CLUSTER}[ingest]\nfeatures = {features:?}\nsegments = {segments:?}\n");
+    let mut cluster = start_with(3, &overlay);
+    let client = cluster.client().await;
+    all_alive(&cluster, &client).await;
+    let n2 = NodeId::new("n2").unwrap();
+    let user = key_where(&client, "timed", 3, |r| r[0] == n2);
+    let mut sub = client.subscribe_segments(None, store_client::Cursor::new());
+
+    let add = track(&user, "add-1", "Product Added", json!({"sku": "a"}));
+    let out = client.ingest(std::slice::from_ref(&add)).await.unwrap();
+    assert!(matches!(out[0], EventOutcome::Applied { .. }), "{out:?}");
+    let entered = next_change(&mut sub, "recent_cart entered").await;
+    assert_eq!(
+        (entered.change.segment.as_str(), entered.change.kind),
+        ("recent_cart", featurestore::segment::Transition::Entered)
+    );
+    assert_eq!(entered.change.user, user);
+    assert_eq!(entered.owner, n2);
+    assert!(entered.ring_version > 0);
+    assert!(entered.accepted_ms.is_some());
+    assert_eq!(entered.change.dot.actor.node, n2);
+    assert_eq!(entered.change.why.message_id.as_deref(), Some("add-1"));
+    assert!(
+        entered.change.why.read.contains_key("last_cart_add"),
+        "{:?}",
+        entered.change.why
+    );
+    // Two rules read the cart features; big_spender reads none of them and is not evaluated.
+    assert_eq!(
+        status_counter(&client, &n2, "segment_evaluations")
+            .await
+            .unwrap(),
+        2
+    );
+
+    // No new event: the timers fire the exit and the entry.
+    let mut timed = Vec::new();
+    while timed.len() < 2 {
+        let c = next_change(&mut sub, "the timer-fired changes").await;
+        assert!(c.deadline_ms.is_some(), "{c:?}");
+        assert!(c.change.why.message_id.is_none());
+        timed.push((c.change.segment.clone(), c.change.kind));
+    }
+    timed.sort();
+    assert_eq!(
+        timed,
+        [
+            (
+                "cart_abandoner".to_owned(),
+                featurestore::segment::Transition::Entered
+            ),
+            (
+                "recent_cart".to_owned(),
+                featurestore::segment::Transition::Exited
+            )
+        ]
+    );
+    assert!(
+        status_counter(&client, &n2, "segment_timers_fired")
+            .await
+            .unwrap()
+            >= 1
+    );
+    let why = storectl(&cluster, &["segments", "why", &user, "cart_abandoner"]);
+    assert_eq!(why["member"], true, "{why}");
+    assert_eq!(why["last"]["change"]["kind"], "entered", "{why}");
+    assert!(why["rule"].as_str().unwrap().contains("duration"), "{why}");
+
+    // Kill the owner, restart it: the subscription resumes from its cursor.
+    let before = sub.cursor();
+    assert_eq!(before.get(&n2), Some(&4), "{before:?}");
+    cluster.kill9(1);
+    cluster.launch(1);
+    all_alive(&cluster, &client).await;
+    let order = track(
+        &user,
+        "order-1",
+        "Order Completed",
+        json!({"revenue": 150.0}),
+    );
+    eventually("the order applied", Duration::from_secs(20), || async {
+        match client.ingest(std::slice::from_ref(&order)).await {
+            Ok(out)
+                if matches!(
+                    out[0],
+                    EventOutcome::Applied { .. } | EventOutcome::Duplicate
+                ) =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let mut after = Vec::new();
+    while after.len() < 2 {
+        let c = next_change(&mut sub, "the order's changes").await;
+        if c.owner == n2 {
+            assert!(c.seq >= 4, "a change delivered twice: {c:?}");
+        }
+        after.push((c.change.segment.clone(), c.change.kind));
+    }
+    after.sort();
+    assert_eq!(
+        after,
+        [
+            (
+                "big_spender".to_owned(),
+                featurestore::segment::Transition::Entered
+            ),
+            (
+                "cart_abandoner".to_owned(),
+                featurestore::segment::Transition::Exited
+            )
+        ]
+    );
+
+    // A segment added at runtime: every node evaluates it, and the existing profile is backfilled.
+    let added = storectl(
+        &cluster,
+        &["segments", "add", "carted", "cart_adds_30m >= 1"],
+    );
+    assert_eq!(added["catalog"]["version"], 1, "{added}");
+    let c = next_change(&mut sub, "the backfilled entry").await;
+    assert_eq!(
+        (
+            c.change.segment.as_str(),
+            c.change.kind,
+            c.change.user.as_str()
+        ),
+        (
+            "carted",
+            featurestore::segment::Transition::Entered,
+            user.as_str()
+        )
+    );
+    assert!(c.accepted_ms.is_none() && c.deadline_ms.is_none());
+    eventually(
+        "every node has the segment",
+        Duration::from_secs(20),
+        || async {
+            let list = storectl(&cluster, &["segments", "list"]);
+            let all = list.as_array().unwrap().iter().all(|v| {
+                v["segments"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|d| d["name"] == "carted"))
+            });
+            if all && list.as_array().unwrap().len() == 3 {
+                Ok(())
+            } else {
+                Err(list.to_string())
+            }
+        },
+    )
+    .await;
+    let members = storectl(&cluster, &["segments", "members", "carted"]);
+    assert_eq!(members["members"], json!([user]), "{members}");
+    drop(sub);
+}

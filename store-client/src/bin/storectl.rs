@@ -224,6 +224,57 @@ enum SegmentsCommand {
         /// The user.
         user: String,
     },
+    /// Every node's segments: definitions, runtime catalog, backfill progress, entries/exits, members
+    /// (those it is primary owner of) and the event→change latency.
+    List,
+    /// Add (or replace) a runtime segment: stored in the catalog that replicates to every node, and
+    /// backfilled over existing profiles on their owners.
+    Add {
+        /// The segment's name.
+        name: String,
+        /// Its rule, in CEL.
+        rule: String,
+    },
+    /// Remove a segment (a runtime one, or hide one of the start-up file) on every node.
+    Remove {
+        /// The segment's name.
+        name: String,
+    },
+    /// Stream entries and exits from every node's change log, one JSON line each (Ctrl-C to stop).
+    Watch {
+        /// Only this segment (repeatable).
+        #[arg(long)]
+        segment: Vec<String>,
+        /// `fenced`: the change with its fencing fields; `segment`: an `Audience Entered`/`Audience
+        /// Exited` track event as Segment audiences send.
+        #[arg(long, default_value = "fenced")]
+        format: String,
+        /// Stop after this many changes.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Start at the newest change of each node instead of the oldest retained one.
+        #[arg(long)]
+        new: bool,
+    },
+    /// Members of a segment (merged from every node's primary-owned profiles), paged.
+    Members {
+        /// The segment.
+        segment: String,
+        /// Only members after this id (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Most members to list.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Why a user is or is not a member: the rule, the values it reads, the last transition and its
+    /// cause, the next deadline.
+    Why {
+        /// The user.
+        user: String,
+        /// The segment.
+        segment: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -702,7 +753,133 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<String> {
                 .collect();
             pretty(&json!({ "user": user, "segments": memberships }))
         }
+        Command::Segments { command } => segments(client, command).await,
     }
+}
+
+/// The members of the cluster, not left.
+fn live_members(client: &Client) -> Vec<NodeId> {
+    client
+        .cluster()
+        .table
+        .members
+        .values()
+        .filter(|m| m.state != store_client::MemberState::Left)
+        .map(|m| m.id.clone())
+        .collect()
+}
+
+/// `storectl segments list|add|remove|watch|members|why`.
+async fn segments(client: &Client, command: SegmentsCommand) -> anyhow::Result<String> {
+    use featurestore::segment::SegmentDef;
+    match command {
+        SegmentsCommand::List => {
+            let mut views = Vec::new();
+            for node in live_members(client) {
+                match client.segments_of(&node).await {
+                    Ok(v) => views.push(serde_json::to_value(v)?),
+                    Err(e) => views.push(json!({ "node": node, "error": e.to_string() })),
+                }
+            }
+            pretty(&json!(views))
+        }
+        SegmentsCommand::Add { name, rule } => {
+            define(client, vec![SegmentDef { name, rule }], Vec::new()).await
+        }
+        SegmentsCommand::Remove { name } => define(client, Vec::new(), vec![name]).await,
+        SegmentsCommand::Watch {
+            segment,
+            format,
+            limit,
+            new,
+        } => {
+            let filter = (!segment.is_empty()).then_some(segment);
+            let mut from = store_client::Cursor::new();
+            if new {
+                for node in live_members(client) {
+                    let page = client.segment_changes(&node, u64::MAX, 1, 0, None).await?;
+                    from.insert(node, page.next);
+                }
+            }
+            let mut sub = client.subscribe_segments(filter, from);
+            let mut seen = 0u64;
+            while let Some(change) = sub.recv().await {
+                let line = match format.as_str() {
+                    "segment" => featurestore::wire::segment::audience_event(&change),
+                    _ => serde_json::to_value(&change)?,
+                };
+                println!("{line}");
+                seen += 1;
+                if limit.is_some_and(|l| seen >= l) {
+                    break;
+                }
+            }
+            Ok(String::new())
+        }
+        SegmentsCommand::Members {
+            segment,
+            after,
+            limit,
+        } => {
+            let mut all = std::collections::BTreeSet::new();
+            for node in live_members(client) {
+                let page = client
+                    .segment_members(&node, &segment, after.clone(), limit)
+                    .await?;
+                all.extend(page.members);
+            }
+            let members: Vec<String> = all.into_iter().take(limit as usize).collect();
+            let next = (members.len() == limit as usize)
+                .then(|| members.last().cloned())
+                .flatten();
+            pretty(&json!({ "segment": segment, "members": members, "next": next }))
+        }
+        SegmentsCommand::Why { user, segment } => {
+            let owner = client.replicas(&user).into_iter().next();
+            let mut reports = Vec::new();
+            for node in live_members(client) {
+                if let Ok(r) = client.segment_why(&node, &user, &segment).await {
+                    reports.push(r);
+                }
+            }
+            let last = reports
+                .iter()
+                .filter_map(|r| r.last.clone())
+                .max_by_key(|c| (c.change.at_ms, c.seq));
+            let Some(mut report) = reports
+                .iter()
+                .find(|r| Some(&r.node) == owner.as_ref())
+                .or(reports.first())
+                .cloned()
+            else {
+                anyhow::bail!("no node answered for {user} in {segment}");
+            };
+            report.last = last;
+            pretty(&serde_json::to_value(report)?)
+        }
+        SegmentsCommand::Check { file } => check_segments(&file),
+        SegmentsCommand::Of { .. } => anyhow::bail!("handled above"),
+    }
+}
+
+/// Changes the runtime catalog through the first member that answers.
+async fn define(
+    client: &Client,
+    add: Vec<featurestore::segment::SegmentDef>,
+    remove: Vec<String>,
+) -> anyhow::Result<String> {
+    let mut last = None;
+    for node in live_members(client) {
+        match client
+            .define_segments(&node, add.clone(), remove.clone())
+            .await
+        {
+            Ok(view) => return pretty(&serde_json::to_value(view)?),
+            Err(e @ store_client::Error::Server { .. }) => return Err(e.into()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("no member to ask"), Into::into))
 }
 
 /// `storectl segments check FILE`: compiles the file as a node would (default limits).

@@ -48,8 +48,9 @@ use tokio::sync::{oneshot, Semaphore};
 use super::stall::StallGuard;
 use super::Cluster;
 use crate::clock::now_ms;
+use crate::engine::Decided;
 use crate::metrics::Metrics;
-use crate::segments::SegmentRules;
+use crate::segments::log::now_us;
 
 /// What an owner needs to apply events: the compiled definitions and the bound on events in flight.
 #[derive(Debug)]
@@ -62,8 +63,6 @@ pub struct Ingester {
     pub dead_letter_late: bool,
     /// Whether this process stalled recently: then it applies nothing as owner (see [`super::stall`]).
     pub stall: Arc<StallGuard>,
-    /// The segments re-evaluated after each event applied here.
-    pub segments: Arc<SegmentRules>,
 }
 
 impl Ingester {
@@ -77,7 +76,6 @@ impl Ingester {
                 std::time::Duration::from_secs(1),
                 std::time::Duration::from_secs(2),
             )),
-            segments: Arc::default(),
         }
     }
 }
@@ -99,23 +97,22 @@ pub fn retryable(code: ErrorCode) -> bool {
     )
 }
 
-/// Counts the segment transitions and failed evaluations of one applied event.
-fn count_transitions(metrics: &Metrics, reconciled: &featurestore::segment::Reconciled) {
-    use featurestore::segment::Transition;
-    use std::sync::atomic::Ordering::Relaxed;
-    for change in &reconciled.changes {
-        match change.kind {
-            Transition::Entered => metrics.segment_entries.fetch_add(1, Relaxed),
-            Transition::Exited => metrics.segment_exits.fetch_add(1, Relaxed),
-        };
+/// Counts the rule evaluations and failures of one decision (transitions are counted by the change log
+/// when they are published).
+pub(super) fn count_decided(metrics: &Metrics, decided: &Decided) {
+    for change in &decided.changes {
         tracing::debug!(
-            user = %change.user, segment = %change.segment, kind = ?change.kind,
-            "segment transition"
+            user = %change.change.user, segment = %change.change.segment, kind = ?change.change.kind,
+            seq = change.seq, "segment transition"
         );
     }
     metrics
         .segment_failures
-        .fetch_add(reconciled.failed.len() as u64, Relaxed);
+        .fetch_add(decided.failed as u64, std::sync::atomic::Ordering::Relaxed);
+    metrics.segment_evaluations.fetch_add(
+        decided.evaluated as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 fn refused(code: ErrorCode, message: impl Into<String>) -> EventOutcome {
@@ -127,7 +124,7 @@ fn refused(code: ErrorCode, message: impl Into<String>) -> EventOutcome {
 
 impl Cluster {
     /// The node that applies events for `key`: the first replica not considered down, else this node.
-    fn owner_of(&self, key: &str) -> NodeId {
+    pub(super) fn owner_of(&self, key: &str) -> NodeId {
         let now = now_ms();
         let repl = self.repl();
         repl.replicas(key)
@@ -139,8 +136,12 @@ impl Cluster {
     /// Ingests validated events received by this node: each goes to its owner; the answer is one outcome
     /// per event, in order.
     pub async fn ingest(&self, events: Vec<Event>, source: &Source) -> Vec<EventOutcome> {
-        self.route_events(events.into_iter().map(|e| (e, 0)).collect(), source)
-            .await
+        self.route_events(
+            events.into_iter().map(|e| (e, 0)).collect(),
+            source,
+            now_us(),
+        )
+        .await
     }
 
     /// [`Cluster::route_events`], boxed: the redirect of a linked id routes again from inside the owner's
@@ -149,13 +150,19 @@ impl Cluster {
         &'a self,
         events: Vec<(Event, u8)>,
         source: &'a Source,
+        accepted_us: u64,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<EventOutcome>> + Send + 'a>> {
-        Box::pin(self.route_events(events, source))
+        Box::pin(self.route_events(events, source, accepted_us))
     }
 
     /// Sends each event (with the identity redirects it followed so far) to its owner; one outcome per
     /// event, in order.
-    async fn route_events(&self, events: Vec<(Event, u8)>, source: &Source) -> Vec<EventOutcome> {
+    async fn route_events(
+        &self,
+        events: Vec<(Event, u8)>,
+        source: &Source,
+        accepted_us: u64,
+    ) -> Vec<EventOutcome> {
         let metrics = self.engine.metrics();
         let mut outcomes: Vec<Option<EventOutcome>> = vec![None; events.len()];
         let mut remote: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
@@ -200,13 +207,14 @@ impl Cluster {
                     req,
                     events: batch,
                     deadline_ms: now_ms().saturating_add(budget),
+                    accepted_us,
                 },
             );
             waiting.push((owner, req, indices, rx));
         }
         for i in local {
             let (event, hops) = &events[i];
-            outcomes[i] = Some(self.apply_as_owner(event, *hops, source).await);
+            outcomes[i] = Some(self.apply_as_owner(event, *hops, source, accepted_us).await);
         }
         for (owner, req, indices, rx) in waiting {
             let answer = tokio::time::timeout(self.rpc_timeout, rx).await;
@@ -241,6 +249,7 @@ impl Cluster {
         req: u64,
         events: Vec<WireEvent>,
         deadline_ms: u64,
+        accepted_us: u64,
     ) {
         let limits = self.engine.limits().clone();
         let mut outcomes = Vec::with_capacity(events.len());
@@ -257,7 +266,10 @@ impl Cluster {
                 continue;
             }
             let outcome = match wire.to_event(&limits) {
-                Ok(event) => self.apply_as_owner(&event, wire.hops, &source).await,
+                Ok(event) => {
+                    self.apply_as_owner(&event, wire.hops, &source, accepted_us)
+                        .await
+                }
                 Err(e) => {
                     self.engine.metrics().count_error(ErrorCode::from(&e));
                     let reply = ErrorReply::of(&e);
@@ -273,7 +285,13 @@ impl Cluster {
 
     /// Applies one event here as its owner: admitted by replication, decided by the core, durable, then
     /// replicated.
-    async fn apply_as_owner(&self, event: &Event, hops: u8, source: &Source) -> EventOutcome {
+    async fn apply_as_owner(
+        &self,
+        event: &Event,
+        hops: u8,
+        source: &Source,
+        accepted_us: u64,
+    ) -> EventOutcome {
         let metrics = self.engine.metrics();
         let Ok(permit) = self.ingester.permits.try_acquire() else {
             Metrics::incr(&metrics.events_overloaded);
@@ -295,7 +313,9 @@ impl Cluster {
         if link.is_some() {
             if let Some(canonical) = self.engine.alias_of(key) {
                 drop(permit);
-                return self.redirect(event, canonical, hops, source).await;
+                return self
+                    .redirect(event, canonical, hops, source, accepted_us)
+                    .await;
             }
         }
         // A retried linking event needs no second link (it is a duplicate below).
@@ -322,20 +342,20 @@ impl Cluster {
             Err(e) => return refused(ErrorCode::from(&e), e.to_string()),
         };
         let definitions = self.ingester.definitions.clone();
-        let segments = self.ingester.segments.clone();
+        let fence = self.fence(Some(accepted_us), None);
         let result = match &linked {
             Some((id, state)) => {
                 self.engine
-                    .ingest_linking(key, event, id, state, &definitions, &segments)
+                    .ingest_linking(key, event, id, state, &definitions, &self.segments, &fence)
                     .await
             }
             None => {
                 self.engine
-                    .ingest(key, event, &definitions, &segments)
+                    .ingest(key, event, &definitions, &self.segments, &fence)
                     .await
             }
         };
-        let (ingested, reconciled) = match result {
+        let (ingested, decided) = match result {
             Ok(out) => out,
             Err(reply) => {
                 self.repl().abort_local_write(ticket);
@@ -355,7 +375,9 @@ impl Cluster {
             // Linked since the check above (a redirect replicated in meanwhile).
             self.repl().abort_local_write(ticket);
             drop(permit);
-            return self.redirect(event, canonical, hops, source).await;
+            return self
+                .redirect(event, canonical, hops, source, accepted_us)
+                .await;
         }
         if ingested.linked.is_some() {
             Metrics::incr(&metrics.identity_links);
@@ -367,7 +389,7 @@ impl Cluster {
             return refused(reply.code, reply.message);
         }
         Metrics::incr(&metrics.events_ingested);
-        count_transitions(metrics, &reconciled);
+        count_decided(metrics, &decided);
         metrics.events_late.fetch_add(
             ingested.late.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -394,6 +416,7 @@ impl Cluster {
         canonical: String,
         hops: u8,
         source: &Source,
+        accepted_us: u64,
     ) -> EventOutcome {
         let metrics = self.engine.metrics();
         if let Err(e) = check_redirect(event.key(), hops, self.engine.limits()) {
@@ -405,7 +428,9 @@ impl Cluster {
         Metrics::incr(&metrics.identity_redirects);
         let mut routed = event.clone();
         routed.user_id = Some(canonical);
-        let mut outcomes = self.route_boxed(vec![(routed, hops + 1)], source).await;
+        let mut outcomes = self
+            .route_boxed(vec![(routed, hops + 1)], source, accepted_us)
+            .await;
         outcomes
             .pop()
             .unwrap_or_else(|| refused(ErrorCode::Internal, "no outcome"))

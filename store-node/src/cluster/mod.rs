@@ -25,6 +25,7 @@
 pub mod dead_letters;
 pub mod ingest;
 pub(crate) mod meta;
+pub mod segments;
 pub mod stall;
 mod waiters;
 
@@ -58,6 +59,7 @@ use crate::engine::{error_reply as node_error_reply, Engine};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::net::peer::Peers;
+use crate::segments::SegmentRuntime;
 
 /// The cluster runtime of one node.
 pub struct Cluster {
@@ -75,6 +77,8 @@ pub struct Cluster {
     ingester: Ingester,
     /// Events this node could not ingest.
     dead_letters: DeadLetterQueue,
+    /// Segments: definitions, change log, timers.
+    segments: Arc<SegmentRuntime>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -125,7 +129,15 @@ impl Cluster {
             None => crate::segments::SegmentRules::default(),
         };
         let mut ingester = Ingester::new(definitions, config.ingest.max_inflight_events);
-        ingester.segments = Arc::new(segments);
+        let segments = Arc::new(SegmentRuntime::open(
+            me.clone(),
+            ingester.definitions.clone(),
+            &segments,
+            config.limits.clone(),
+            storage.clone(),
+            engine.metrics().clone(),
+        )?);
+        engine.watch_merges(segments.clone());
         // A stall of half the RPC timeout is one a forwarded event's sender may have given up over.
         ingester.stall = Arc::new(StallGuard::new(rpc_timeout / 2, rpc_timeout));
         ingester.dead_letter_late = config.ingest.dead_letter_late;
@@ -147,6 +159,7 @@ impl Cluster {
             rpc_timeout,
             ingester,
             dead_letters,
+            segments,
         })
     }
 
@@ -229,6 +242,7 @@ impl Cluster {
                         let _ = tx.send(outcomes);
                     }
                 }
+                Effect::Catalog { from, message } => self.on_catalog(&addrs, from, message),
                 Effect::Ingest { from, .. } => {
                     tracing::warn!(peer = %from, "forwarded events outside a peer message; dropped");
                 }
@@ -295,9 +309,11 @@ impl Cluster {
                 req,
                 events,
                 deadline_ms,
+                accepted_us,
             } = effect
             {
-                self.on_forwarded(from, req, events, deadline_ms).await;
+                self.on_forwarded(from, req, events, deadline_ms, accepted_us)
+                    .await;
             }
         }
     }
@@ -388,6 +404,11 @@ impl Cluster {
                 Ok(purged) => Response::Purged(purged),
                 Err(e) => error_reply(ErrorCode::Storage, e.to_string()),
             },
+            request @ (Request::SegmentChanges { .. }
+            | Request::SegmentWhy { .. }
+            | Request::SegmentMembers { .. }
+            | Request::Segments
+            | Request::DefineSegments { .. }) => self.segment_request(request).await,
             Request::Put { .. }
             | Request::Increment { .. }
             | Request::SetFlag { .. }
