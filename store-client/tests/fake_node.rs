@@ -523,6 +523,16 @@ async fn handle(
                 "the fake node keeps no dead letters",
             )
         }
+        Ok(
+            Request::SegmentChanges { .. }
+            | Request::SegmentWhy { .. }
+            | Request::SegmentMembers { .. }
+            | Request::Segments
+            | Request::DefineSegments { .. },
+        ) => refused(
+            ErrorCode::Unavailable,
+            "the fake node evaluates no segments",
+        ),
     };
     let frame = codec::encode_response(&reply).unwrap();
     let _ = send.write_all(&frame).await;

@@ -454,7 +454,7 @@ async fn run_backfills(cluster: Arc<Cluster>, per_second: u32, shutdown: Cancell
                 Metrics::incr(&cluster.engine.metrics().segment_backfilled);
             }
             let done = done as u64 + 1;
-            if done % 64 == 0 || done == total {
+            if done.is_multiple_of(64) || done == total {
                 cluster.segments.backfill_progress(&names, done, total);
             }
             // The rate bound: `done` profiles take at least `done / per_second` seconds.

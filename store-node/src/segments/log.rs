@@ -369,7 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn staged_changes_show_after_publish_survive_a_reopen_and_are_bounded() {
-        let storage: Arc<dyn Storage> = Arc::new(crate::storage::memory::MemoryStorage::default());
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::MemoryStorage::default());
         let metrics = Arc::new(Metrics::default());
         let n1 = NodeId::new("n1").expect("valid");
         let log = ChangeLog::open(storage.clone(), metrics.clone(), 3).expect("opens");
@@ -417,7 +417,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_subscriber_wakes_on_publish() {
-        let storage: Arc<dyn Storage> = Arc::new(crate::storage::memory::MemoryStorage::default());
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::MemoryStorage::default());
         let log =
             Arc::new(ChangeLog::open(storage, Arc::new(Metrics::default()), 10).expect("opens"));
         let waiter = {
