@@ -186,7 +186,7 @@ impl Engine {
     pub async fn apply(&self, key: &str, write: Write<'_>) -> Result<Applied, ErrorReply> {
         let now = now_ms();
         self.write(key, |p| {
-            apply(p, write, &mut self.clock(), now, &self.limits)
+            Ok(apply(p, write, &mut self.clock(), now, &self.limits)?)
         })
         .await
     }
@@ -337,9 +337,9 @@ impl Engine {
         Ok(Some(decided))
     }
 
-    /// [`Engine::write`] for a change that also decides memberships: the change's transitions are staged
-    /// in the change log before the profile is stored, the user's timer is re-armed from the result, and
-    /// after the durability wait the transitions are published.
+    /// [`Engine::write`] for a change that also decides memberships: under the shard lock, the change's
+    /// transitions are staged in the change log before the profile is stored and the user's timer is
+    /// re-armed from the result; after the durability wait the transitions are published.
     async fn write_deciding<T>(
         &self,
         key: &str,
@@ -348,38 +348,19 @@ impl Engine {
         now: u64,
         change: impl FnOnce(&mut Profile, &mut Clock) -> featurestore::Result<(T, Reconciled)>,
     ) -> Result<(T, Decided), ErrorReply> {
-        let (out, decided, ticket) = {
-            let mut shard = self
-                .shard(key)
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            let mut profile = shard
-                .get(key)
-                .map(|s| s.profile.clone())
-                .unwrap_or_default();
-            let (out, reconciled) = {
-                let mut clock = self.clock();
-                change(&mut profile, &mut clock).map_err(|e| ErrorReply::of(&e))?
-            };
-            let changes = segments
-                .log
-                .stage(&reconciled.changes, fence)
-                .map_err(|e| error_reply(&e))?;
-            segments.arm(key, &profile, now);
-            let ticket = self
-                .store_locked(&mut shard, key, profile)
-                .map_err(|e| error_reply(&e))?;
-            let decided = Decided {
-                changes,
-                failed: reconciled.failed.len(),
-                evaluated: reconciled.evaluated,
-            };
-            (out, decided, ticket)
-        };
-        if let Err(e) = self.durability.wait_durable(ticket).await {
-            tracing::error!(%key, error = %e, "write not durable, not acknowledged");
-            return Err(error_reply(&e));
-        }
+        let (out, decided) = self
+            .write(key, |profile| {
+                let (out, reconciled) = change(profile, &mut self.clock())?;
+                let changes = segments.log.stage(&reconciled.changes, fence)?;
+                segments.arm(key, profile, now);
+                let decided = Decided {
+                    changes,
+                    failed: reconciled.failed.len(),
+                    evaluated: reconciled.evaluated,
+                };
+                Ok((out, decided))
+            })
+            .await?;
         segments.log.publish(&decided.changes, fence.accepted_us);
         Ok((out, decided))
     }
@@ -414,7 +395,7 @@ impl Engine {
         let now = now_ms();
         self.write(key, |p| {
             let marker = self.clock().stamp(now);
-            p.set_alias(canonical, marker, &self.limits)
+            Ok(p.set_alias(canonical, marker, &self.limits)?)
         })
         .await
     }
@@ -522,7 +503,7 @@ impl Engine {
     async fn write<T>(
         &self,
         key: &str,
-        change: impl FnOnce(&mut Profile) -> featurestore::Result<T>,
+        change: impl FnOnce(&mut Profile) -> crate::Result<T>,
     ) -> Result<T, ErrorReply> {
         let (out, ticket) = {
             let mut shard = self
@@ -533,7 +514,7 @@ impl Engine {
                 .get(key)
                 .map(|s| s.profile.clone())
                 .unwrap_or_default();
-            let out = change(&mut profile).map_err(|e| ErrorReply::of(&e))?;
+            let out = change(&mut profile).map_err(|e| error_reply(&e))?;
             let ticket = self
                 .store_locked(&mut shard, key, profile)
                 .map_err(|e| error_reply(&e))?;

@@ -729,30 +729,6 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<String> {
             pretty(&json!({ "node": node, "leaving": true }))
         }
         Command::Dlq { command } => dlq(client, command).await,
-        Command::Segments {
-            command: SegmentsCommand::Check { file },
-        } => check_segments(&file),
-        Command::Segments {
-            command: SegmentsCommand::Of { user },
-        } => {
-            let view = client.get(&user, None).await?;
-            let memberships: serde_json::Map<String, serde_json::Value> = view
-                .iter()
-                .flat_map(|v| v.features.iter())
-                .filter_map(|(name, feature)| {
-                    let segment =
-                        name.strip_prefix(featurestore::segment::membership::MEMBERSHIP_PREFIX)?;
-                    match feature {
-                        featurestore::FeatureView::Flag(flag) => Some((
-                            segment.to_owned(),
-                            json!(flag.values.iter().any(|v| v.value)),
-                        )),
-                        _ => None,
-                    }
-                })
-                .collect();
-            pretty(&json!({ "user": user, "segments": memberships }))
-        }
         Command::Segments { command } => segments(client, command).await,
     }
 }
@@ -858,7 +834,25 @@ async fn segments(client: &Client, command: SegmentsCommand) -> anyhow::Result<S
             pretty(&serde_json::to_value(report)?)
         }
         SegmentsCommand::Check { file } => check_segments(&file),
-        SegmentsCommand::Of { .. } => anyhow::bail!("handled above"),
+        SegmentsCommand::Of { user } => {
+            let view = client.get(&user, None).await?;
+            let memberships: serde_json::Map<String, serde_json::Value> = view
+                .iter()
+                .flat_map(|v| v.features.iter())
+                .filter_map(|(name, feature)| {
+                    let segment =
+                        name.strip_prefix(featurestore::segment::membership::MEMBERSHIP_PREFIX)?;
+                    match feature {
+                        featurestore::FeatureView::Flag(flag) => Some((
+                            segment.to_owned(),
+                            json!(flag.values.iter().any(|v| v.value)),
+                        )),
+                        _ => None,
+                    }
+                })
+                .collect();
+            pretty(&json!({ "user": user, "segments": memberships }))
+        }
     }
 }
 

@@ -48,6 +48,13 @@ pub const CATALOG_GOSSIP: Duration = Duration::from_secs(2);
 /// The longest the timer task sleeps without looking again (a timer armed meanwhile also wakes it).
 const TIMER_IDLE: Duration = Duration::from_secs(1);
 
+/// A requested page size, between 1 and `max_batch`.
+fn page_limit(limit: u32, max_batch: usize) -> usize {
+    usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .clamp(1, max_batch)
+}
+
 impl Cluster {
     /// The segment runtime.
     pub fn segments(&self) -> &Arc<SegmentRuntime> {
@@ -119,9 +126,7 @@ impl Cluster {
                 wait_ms,
                 segments,
             } => {
-                let limit = usize::try_from(limit)
-                    .unwrap_or(usize::MAX)
-                    .clamp(1, limits.max_batch);
+                let limit = page_limit(limit, limits.max_batch);
                 let mut page = self.change_page(from, limit, segments.as_deref());
                 if page.changes.is_empty() && wait_ms > 0 {
                     let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_CHANGE_WAIT_MS)));
@@ -147,9 +152,7 @@ impl Cluster {
                 after,
                 limit,
             } => {
-                let limit = usize::try_from(limit)
-                    .unwrap_or(usize::MAX)
-                    .clamp(1, limits.max_batch);
+                let limit = page_limit(limit, limits.max_batch);
                 Response::SegmentMembers(self.members(&segment, after.as_deref(), limit))
             }
             Request::Segments => Response::Segments(self.segments_view()),

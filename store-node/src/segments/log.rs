@@ -283,8 +283,8 @@ impl ChangeLog {
             next: from.max(oldest).min(state.next_seq),
             oldest,
         };
-        let start = page.next.saturating_sub(oldest);
-        let start = usize::try_from(start).unwrap_or(usize::MAX);
+        // Seqs may have gaps (a corrupt record skipped at start): search, do not index.
+        let start = state.entries.partition_point(|c| c.seq < page.next);
         for c in state.entries.iter().skip(start) {
             if c.seq > published || page.changes.len() >= limit {
                 break;
@@ -413,6 +413,34 @@ mod tests {
         let next = log.stage(&[change("u5", "a")], &fence()).expect("stages");
         assert_eq!(next[0].seq, 5);
         assert_eq!(log.last_of("u4", "a").map(|c| c.seq), Some(4));
+    }
+
+    /// A corrupt record skipped at start leaves a gap in the seqs; a cursor after it still gets the
+    /// next change (pages search by seq, they do not index by offset).
+    #[tokio::test]
+    async fn a_gap_left_by_a_corrupt_record_skips_nothing_after_it() {
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::MemoryStorage::default());
+        let metrics = Arc::new(Metrics::default());
+        let n1 = NodeId::new("n1").expect("valid");
+        let log = ChangeLog::open(storage.clone(), metrics.clone(), 10).expect("opens");
+        let changes: Vec<ChangeEvent> = (1..=4).map(|i| change(&format!("u{i}"), "a")).collect();
+        let staged = log.stage(&changes, &fence()).expect("stages");
+        log.publish(&staged, None);
+        drop(log);
+        storage
+            .put_meta(&record_name(2), b"garbage")
+            .expect("writes");
+        let log = ChangeLog::open(storage, metrics, 10).expect("reopens");
+        let seqs = |from| -> Vec<u64> {
+            log.page(&n1, from, 10, None)
+                .changes
+                .iter()
+                .map(|c| c.seq)
+                .collect()
+        };
+        assert_eq!(seqs(0), [1, 3, 4]);
+        assert_eq!(seqs(3), [3, 4]);
+        assert_eq!(seqs(4), [4]);
     }
 
     #[tokio::test]

@@ -184,7 +184,7 @@ impl SegmentRuntime {
         };
         if catalog != Catalog::default() {
             // Applied as at start-up: nothing to backfill (it was backfilled when it arrived).
-            let _ = runtime.adopt(catalog, false);
+            runtime.adopt(catalog, false)?;
         }
         Ok(runtime)
     }
