@@ -221,6 +221,13 @@ pub struct HttpConfig {
     pub max_inflight_requests: usize,
     /// The `Retry-After` (seconds) of 429 and 503 answers. Default 1.
     pub retry_after_s: u32,
+    /// Serve the segment dashboard at `/ui` (it shows user ids and feature values and asks for no key:
+    /// turn it on only where only operators reach the listener). Default `false`; the dev cluster turns it
+    /// on.
+    pub dashboard: bool,
+    /// The other nodes' HTTP origins (`http://host:port`), which the dashboard page also reads for a
+    /// cluster-wide view. Default none: the page shows this node only.
+    pub dashboard_peers: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -238,9 +245,14 @@ impl Default for HttpConfig {
             max_connections: 1024,
             max_inflight_requests: 256,
             retry_after_s: 1,
+            dashboard: false,
+            dashboard_peers: Vec::new(),
         }
     }
 }
+
+/// Most origins in `[http] dashboard_peers`.
+pub const MAX_DASHBOARD_PEERS: usize = 64;
 
 impl HttpConfig {
     /// Checks the section (only when `listen` is set: an unused section is not an error).
@@ -264,6 +276,21 @@ impl HttpConfig {
         }
         if self.cert.is_some() != self.key.is_some() {
             return bad("cert and key go together".into());
+        }
+        if self.dashboard_peers.len() > MAX_DASHBOARD_PEERS {
+            return bad(format!(
+                "dashboard_peers: at most {MAX_DASHBOARD_PEERS} origins"
+            ));
+        }
+        for origin in &self.dashboard_peers {
+            let scheme = origin.starts_with("http://") || origin.starts_with("https://");
+            let printable = origin.bytes().all(|b| b.is_ascii_graphic());
+            if !scheme || !printable || origin.len() > 256 || origin.ends_with('/') {
+                return bad(format!(
+                    "dashboard_peers: {origin:?} is not an origin like http://host:port (no path, no \
+                     trailing /)"
+                ));
+            }
         }
         // No write keys is allowed: a listener for `/health`, `/metrics` and `/ready` only (ingest then
         // answers 401 to every request).

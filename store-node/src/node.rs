@@ -142,6 +142,20 @@ fn start_http(
         durability.flush_histograms(),
         shutdown.clone(),
     )));
+    if config.http.dashboard {
+        if !listener.local_addr().ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "the /ui dashboard shows user ids and feature values without a key, on a listener \
+                 that is not on loopback"
+            );
+        }
+        state.set_dashboard(crate::http::dashboard::Dashboard {
+            pages: cluster.clone(),
+            peers: config.http.dashboard_peers.clone(),
+            shutdown: shutdown.clone(),
+        });
+    }
     let task = tokio::spawn(crate::http::serve(
         listener,
         crate::http::router(state),

@@ -203,6 +203,8 @@ async fn metrics_parse_as_openmetrics_and_move_with_traffic_and_ready_follows_th
         "featurestore_storage_flush_duration_seconds",
         "featurestore_storage_flush_group_size",
         "featurestore_ingest_batch_duration_seconds",
+        "featurestore_segment_change_latency_seconds",
+        "featurestore_segment_timer_lag_seconds",
     ] {
         assert_eq!(
             before[0].family_type(histogram),

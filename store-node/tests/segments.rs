@@ -351,3 +351,82 @@ async fn timers_fire_subscribers_resume_and_runtime_segments_are_backfilled() {
     assert_eq!(members["members"], json!([user]), "{members}");
     drop(sub);
 }
+
+/// Acceptance of the segments issue, over the wire a customer uses: events posted with the Segment HTTP
+/// API to one node move a user owned by another node, and a `subscribe_segments` client whose only seed
+/// is the third node sees the entry, with the why-trace naming the event, within a second of the POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_posted_over_http_reaches_a_subscriber_elsewhere_within_a_second() {
+    const KEY: &str = "http-segments-write-key-0001";
+    let overlay = format!(
+        "{}[http]\nlisten = \"127.0.0.1:0\"\nplaintext = true\n\
+         [[http.write_keys]]\nsource = \"web\"\nkey = \"{KEY}\"\n",
+        overlay()
+    );
+    let cluster = start_with(3, &overlay);
+    let client = cluster.client().await;
+    all_alive(&cluster, &client).await;
+    let n1 = common::http::Target::plain(cluster.nodes[0].http.expect("n1's HTTP listener"));
+    let n2 = NodeId::new("n2").unwrap();
+    // Connected elsewhere: the subscriber knows only n3 and finds the other members itself.
+    let subscriber = cluster.app_node_client(2).await;
+    let mut sub = subscriber.subscribe_segments(
+        Some(vec!["open_cart".to_owned()]),
+        store_client::Cursor::new(),
+    );
+    let post = |user: String, message_id: &'static str| {
+        let n1 = n1.clone();
+        async move {
+            let body = json!({"batch": [{"type": "track", "event": "Product Added", "userId": user,
+                              "messageId": message_id, "properties": {"sku": "sku-1"}}]});
+            let reply = common::http::post(
+                &n1,
+                "/v1/batch",
+                Some(KEY),
+                body.to_string().as_bytes(),
+                false,
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+        }
+    };
+
+    // A first entry, untimed: the subscription has reached every member's log.
+    let warm = key_where(&client, "http-warm", 3, |r| r[0] == n2);
+    post(warm.clone(), "warm-add").await;
+    loop {
+        let c = next_change(&mut sub, "the warm-up entry").await;
+        if c.change.user == warm {
+            break;
+        }
+    }
+
+    // The timed one: posted to n1, owned by n2, seen through n3's client.
+    let user = key_where(&client, "http-shopper", 3, |r| r[0] == n2);
+    let started = std::time::Instant::now();
+    post(user.clone(), "http-add-1").await;
+    let change = loop {
+        let c = next_change(&mut sub, "the entry the HTTP event caused").await;
+        if c.change.user == user {
+            break c;
+        }
+    };
+    let took = started.elapsed();
+    assert_eq!(change.change.segment, "open_cart");
+    assert_eq!(
+        change.change.kind,
+        featurestore::segment::Transition::Entered
+    );
+    assert_eq!(change.owner, n2);
+    assert!(change.accepted_ms.is_some(), "{change:?}");
+    assert_eq!(change.change.why.message_id.as_deref(), Some("http-add-1"));
+    assert!(
+        change.change.why.read.contains_key("cart_adds_30m"),
+        "{:?}",
+        change.change.why
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the entry reached the subscriber {took:?} after the POST"
+    );
+}

@@ -195,7 +195,7 @@ impl Cluster {
     }
 
     /// Why `user` is or is not a member of `segment`, from this node's copy.
-    fn why(&self, user: &str, segment: &str) -> Result<WhyReport, ErrorReply> {
+    pub(crate) fn why(&self, user: &str, segment: &str) -> Result<WhyReport, ErrorReply> {
         let rules = self.segments.rules();
         let Some(seg) = rules.segments.get(segment) else {
             return Err(ErrorReply {

@@ -134,6 +134,13 @@ fn node_config(
     config.ingest.segments = Some(SEGMENTS_FILE.into());
     config.http.listen = Some(node.http);
     config.http.plaintext = true;
+    // The dashboard on every node, each reading the others for the cluster-wide view.
+    config.http.dashboard = true;
+    config.http.dashboard_peers = all
+        .iter()
+        .filter(|other| other.id != node.id)
+        .map(|other| format!("http://{}", other.http))
+        .collect();
     config.http.write_keys = vec![WriteKey {
         source: DEV_SOURCE.to_owned(),
         key: write_key.to_owned(),

@@ -1,7 +1,6 @@
 //! The node's one HTTP listener: the Segment-compatible ingest API (`/v1/*`, see [`ingest`] and
-//! `docs/ingest.md`), `GET /health`, and the operator pages `GET /metrics` and `GET /ready` ([`ops`]). The
-//! segment pages (`/ui`) are meant to join the same [`router`] as a further `merge`, never as a second
-//! server.
+//! `docs/ingest.md`), `GET /health`, the operator pages `GET /metrics` and `GET /ready` ([`ops`]), and the
+//! segment dashboard `/ui` ([`dashboard`], on with `[http] dashboard = true`): one [`router`], one server.
 //!
 //! Guarantees:
 //! - **HTTPS by default**, with the node's certificate (or `[http] cert`/`key`) through rustls and the
@@ -19,6 +18,7 @@
 //!   `drain_timeout_ms`; the node's storage is flushed only after that.
 
 pub mod auth;
+pub mod dashboard;
 pub mod ingest;
 pub mod ops;
 pub mod reply;
@@ -100,6 +100,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// What `/metrics` and `/ready` report; set once by the node ([`HttpState::set_telemetry`]).
     telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
+    /// What `/ui` shows; set once by the node when `[http] dashboard` is on ([`HttpState::set_dashboard`]).
+    dashboard: std::sync::OnceLock<dashboard::Dashboard>,
 }
 
 impl HttpState {
@@ -121,6 +123,7 @@ impl HttpState {
                 inflight,
                 metrics,
                 telemetry: std::sync::OnceLock::new(),
+                dashboard: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -130,14 +133,20 @@ impl HttpState {
     pub fn set_telemetry(&self, telemetry: Arc<crate::telemetry::Telemetry>) {
         let _ = self.inner.telemetry.set(telemetry);
     }
+
+    /// Turns `/ui` on, showing `board` (the first call wins; without it `/ui` answers 404).
+    pub fn set_dashboard(&self, board: dashboard::Dashboard) {
+        let _ = self.inner.dashboard.set(board);
+    }
 }
 
-/// The node's HTTP routes: `/v1/*` (ingest), `GET /health`, `GET /metrics` and `GET /ready`, every error
-/// answered as JSON. New pages (`/ui`) are added here with `merge`.
+/// The node's HTTP routes: `/v1/*` (ingest), `GET /health`, `GET /metrics`, `GET /ready` and `/ui`, every
+/// error answered as JSON.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(ingest::routes())
         .merge(ops::routes())
+        .merge(dashboard::routes())
         .route("/health", get(health))
         .fallback(reply::not_found)
         .layer(axum::middleware::map_response(reply::json_errors))

@@ -244,14 +244,17 @@ impl ChangeLog {
                         Metrics::incr(&self.metrics.segment_exits);
                     }
                 }
+                let histograms = &self.metrics.histograms;
                 if let Some(accepted) = accepted_us {
-                    let _ = state
-                        .latencies
-                        .event
-                        .record(now.saturating_sub(accepted).max(1));
+                    let took = now.saturating_sub(accepted).max(1);
+                    let _ = state.latencies.event.record(took);
+                    histograms.segment_change_seconds.observe(took as f64 / 1e6);
                 } else if let Some(deadline) = c.deadline_ms {
                     let lag = now.saturating_sub(deadline.saturating_mul(1000)).max(1);
                     let _ = state.latencies.timer.record(lag);
+                    histograms
+                        .segment_timer_lag_seconds
+                        .observe(lag as f64 / 1e6);
                 }
             }
         }

@@ -170,3 +170,94 @@ pub async fn post(
         .await
         .unwrap_or_else(|e| panic!("POST {path}: {e}"))
 }
+
+/// One server-sent event: its `event`, `id` and `data` fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// An open `text/event-stream` response, read event by event.
+pub struct SseStream {
+    body: hyper::body::Incoming,
+    buffer: String,
+    pub content_type: Option<String>,
+    pub allow_origin: Option<String>,
+}
+
+impl SseStream {
+    /// `GET path` on plain HTTP `addr` with `headers` (e.g. `Last-Event-ID`); panics unless 200.
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> SseStream {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut builder = Request::builder()
+            .uri(path)
+            .header(hyper::header::HOST, format!("localhost:{}", addr.port()))
+            .header(hyper::header::ACCEPT, "text/event-stream");
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        let response = sender
+            .send_request(builder.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &hyper::header::HeaderValue| v.to_str().unwrap().to_owned())
+        };
+        let content_type = header(hyper::header::CONTENT_TYPE);
+        let allow_origin = header(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN);
+        SseStream {
+            body: response.into_body(),
+            buffer: String::new(),
+            content_type,
+            allow_origin,
+        }
+    }
+
+    /// The next event (comments skipped), or `None` if the stream ends or `limit` passes first.
+    pub async fn next(&mut self, limit: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent::default();
+                let mut any = false;
+                for line in block.lines() {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "event" => event.event = value.to_owned(),
+                        "id" => event.id = Some(value.to_owned()),
+                        "data" => {
+                            if any {
+                                event.data.push('\n');
+                            }
+                            event.data.push_str(value);
+                            any = true;
+                        }
+                        _ => {}
+                    }
+                }
+                if !event.event.is_empty() || any {
+                    return Some(event);
+                }
+                continue;
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .ok()??;
+            if let Ok(data) = frame.ok()?.into_data() {
+                self.buffer.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    }
+}
