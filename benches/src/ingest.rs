@@ -487,7 +487,8 @@ pub struct IngestEnv {
     pub pinning: Pinning,
 }
 
-fn start_nodes(
+/// Starts the nodes of `layout` with `durability` and waits until each is ready.
+pub(crate) fn start_nodes(
     env: &IngestEnv,
     layout: &dev::DevLayout,
     durability: &str,

@@ -26,6 +26,7 @@ pub mod fault;
 pub mod ingest;
 pub mod keyspace;
 pub mod report;
+pub mod segments;
 pub mod servers;
 pub mod stats;
 pub mod target;

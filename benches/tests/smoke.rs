@@ -218,3 +218,66 @@ fn ingest_smoke_run_acknowledges_every_event() {
         );
     }
 }
+
+/// `loadgen segments` (W5) with tiny parameters: every event's entry reaches the subscriber, the timers
+/// fire the exits, and `segments.json` says so.
+#[test]
+fn segments_smoke_run_sees_every_entry_and_the_timer_exits() {
+    let Some(store_node) = store_node() else {
+        return;
+    };
+    let results = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "segments",
+            "--no-pin",
+            "--rates",
+            "20,40",
+            "--duration",
+            "1",
+            "--workers",
+            "4",
+            "--store-node",
+        ])
+        .arg(&store_node)
+        .arg("--results")
+        .arg(results.path())
+        .output()
+        .expect("loadgen runs");
+    assert!(
+        out.status.success(),
+        "loadgen segments failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(results.path().join("segments.json"))
+            .expect("segments.json written"),
+    )
+    .expect("segments.json is JSON");
+    let phases = report["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 2, "{report}");
+    let mut entries = 0;
+    for p in phases {
+        assert_eq!(p["failed"], 0, "{p}");
+        assert_eq!(p["missing"], 0, "every entry reached the subscriber: {p}");
+        assert!(
+            p["end_to_end"]["count"].as_u64().expect("a count") > 0,
+            "{p}"
+        );
+        entries += p["end_to_end"]["count"].as_u64().expect("a count");
+        assert_eq!(p["node"].as_array().expect("per node").len(), 3, "{p}");
+    }
+    // Every user's recent-cart membership ends by a timer, with no new event.
+    assert_eq!(
+        report["timer_received"]["count"].as_u64(),
+        Some(entries),
+        "{report}"
+    );
+    let fired: u64 = report["timer_lag"]
+        .as_array()
+        .expect("per node")
+        .iter()
+        .map(|n| n[1]["count"].as_u64().expect("a count"))
+        .sum();
+    assert_eq!(fired, entries, "{report}");
+}

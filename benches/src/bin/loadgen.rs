@@ -12,6 +12,8 @@
 //!
 //! - `loadgen ingest [...]`: W5a, event ingest throughput and event → readable latency on the dev cluster
 //!   beside Redis (`--doc` puts the section into `docs/benchmarks.md`). See `benches::ingest`.
+//! - `loadgen segments [...]`: W5, event → segment change latency at a series of rates, and the timer lag,
+//!   on the dev cluster (`--doc` puts the section into `docs/benchmarks.md`). See `benches::segments`.
 //!
 //! SIGINT/SIGTERM stop a run cleanly: every server it started is killed.
 
@@ -62,6 +64,8 @@ enum Command {
     Fault(benches::fault::FaultArgs),
     /// W5a: event ingest throughput and event → readable latency, featurestore beside Redis.
     Ingest(IngestArgs),
+    /// W5: event → segment change latency at a series of rates, and the timer lag.
+    Segments(SegmentsArgs),
     /// Serve the echo floor (prints `echo ready on <addr>`).
     EchoServer {
         /// UDP address to listen on (loopback only).
@@ -172,6 +176,34 @@ struct IngestArgs {
 }
 
 #[derive(Args)]
+struct SegmentsArgs {
+    /// The event rates, one phase each, comma-separated (events/s).
+    #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,4000")]
+    rates: Vec<f64>,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Concurrent open-loop senders.
+    #[arg(long, default_value_t = 32)]
+    workers: usize,
+    /// The nodes' durability policy.
+    #[arg(long, default_value = "sync")]
+    durability: String,
+    /// Where segments.json goes.
+    #[arg(long, default_value = "benches/results")]
+    results: PathBuf,
+    /// Put the W5 section into this markdown file (e.g. docs/benchmarks.md), replacing its previous one.
+    #[arg(long)]
+    doc: Option<PathBuf>,
+    /// The store-node binary (default: next to this binary).
+    #[arg(long)]
+    store_node: Option<PathBuf>,
+    /// Do not pin the nodes and the client to separate cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// featurestore, redis, echo or echo-stream (the echo over one long-lived stream).
     #[arg(long)]
@@ -254,6 +286,9 @@ fn main() -> anyhow::Result<()> {
             client_runtime()?.block_on(with_signals(benches::fault::cli(args)))
         }
         Some(Command::Ingest(args)) => client_runtime()?.block_on(with_signals(run_ingest(args))),
+        Some(Command::Segments(args)) => {
+            client_runtime()?.block_on(with_signals(run_segments(args)))
+        }
         Some(Command::Compare(args)) => client_runtime()?.block_on(with_signals(run_compare(args))),
         None if cli.smoke => client_runtime()?.block_on(with_signals(run_compare(CompareArgs {
             smoke: true,
@@ -473,6 +508,57 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
         }
         None => println!("{text}"),
+    }
+    Ok(())
+}
+
+/// `loadgen segments`: W5 on the dev cluster; writes segments.json and, with `--doc`, the section.
+async fn run_segments(args: SegmentsArgs) -> anyhow::Result<()> {
+    use benches::ingest::IngestEnv;
+    use benches::segments::{self, SegmentParams};
+    let store_node = match args.store_node.clone() {
+        Some(p) => p,
+        None => servers::sibling_program("store-node").context(
+            "store-node not found next to loadgen: build it (cargo build --release -p store-node) or pass --store-node",
+        )?,
+    };
+    let pinning = Pinning::detect(!args.no_pin);
+    pinning.pin_self()?;
+    let work_dir = std::env::temp_dir().join(format!(
+        "featurestore-loadgen-segments-{}",
+        std::process::id()
+    ));
+    let env = IngestEnv {
+        store_node,
+        redis_server: None,
+        work_dir: work_dir.clone(),
+        pinning,
+    };
+    let params = SegmentParams {
+        rates: args.rates.clone(),
+        duration_s: args.duration,
+        workers: args.workers.max(1),
+        durability: args.durability.clone(),
+    };
+    let report = segments::run(&params, &env).await;
+    let _ = std::fs::remove_dir_all(&work_dir);
+    let report = report?;
+    segments::write_json(&report, &args.results)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let section = segments::to_markdown(&report, &command);
+    match &args.doc {
+        Some(doc) => {
+            let text = std::fs::read_to_string(doc)
+                .with_context(|| format!("reading {}", doc.display()))?;
+            let text = benches::fault::splice_between(
+                &text,
+                &section,
+                segments::SECTION_BEGIN,
+                segments::SECTION_END,
+            );
+            std::fs::write(doc, text).with_context(|| format!("writing {}", doc.display()))?;
+        }
+        None => println!("{section}"),
     }
     Ok(())
 }
