@@ -153,6 +153,11 @@ pub fn next_deadline(
     now_ms: u64,
     limits: &Limits,
 ) -> Option<(u64, Vec<String>)> {
+    // A linked id is no longer a user: its history is part of the canonical profile, which is evaluated
+    // and timed instead (a timer here would decide a second, contradicting membership for one person).
+    if profile.alias_of().is_some() {
+        return None;
+    }
     let mut best: Option<(u64, Vec<String>)> = None;
     for segment in segments.timed() {
         let Ok(Some(timer)) = next_flip(&segment.rule, profile, schema, now_ms, limits) else {
@@ -242,6 +247,24 @@ mod tests {
             Ok(None),
             "true for ever after"
         );
+    }
+
+    #[test]
+    fn a_linked_id_has_no_deadline_its_canonical_profile_has() {
+        let limits = Limits::default();
+        let segments = Segments::from_toml(
+            "[[segment]]\nname = \"abandoner\"\nrule = 'cart_adds_30m >= 1 && now - last_cart_add > duration(\"30m\")'\n",
+            &limits,
+        )
+        .expect("valid");
+        let mut anon = cart_add_at(T);
+        assert_eq!(
+            next_deadline(&anon, &segments, &schema(), T, &limits),
+            Some((T + 30 * MIN + 1, vec!["abandoner".to_owned()]))
+        );
+        anon.set_alias("u", clock().stamp(T), &limits)
+            .expect("valid");
+        assert_eq!(next_deadline(&anon, &segments, &schema(), T, &limits), None);
     }
 
     #[test]

@@ -186,6 +186,7 @@ async fn the_dashboard_serves_live_segments_and_renders_in_headless_chromium() {
         .arg(&script)
         .arg(format!("http://{}/ui", dev.http(0)))
         .arg(&screenshot)
+        .args(["dash-1", "open_cart"])
         .output()
         .expect("python3");
     assert!(

@@ -13,7 +13,8 @@
 //!   every other member; the side with the larger catalog sends it whole, so every node reachable from
 //!   the one that changed it holds it within a few rounds.
 //!
-//! Caveats: member pages and member counts scan every profile held (O(profiles) per page); a backfill
+//! Caveats: member pages scan every profile held (O(profiles) per page), and so does the member count
+//! behind the segments view, but only every [`MEMBER_COUNT_EVERY`], off the runtime threads; a backfill
 //! lists the keys it owns first (one string per profile in memory while it runs). Both are fine for the
 //! hot profiles one node holds, and named in docs/segments.md.
 
@@ -38,6 +39,9 @@ use crate::engine::error_reply;
 use crate::metrics::Metrics;
 use crate::segments::log::Fence;
 use crate::segments::SegmentRuntime;
+
+/// How often the member counts of [`Cluster::segments_view`] are recounted.
+pub const MEMBER_COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// Most timers fired at once.
 pub const TIMER_BATCH: usize = 256;
@@ -262,10 +266,10 @@ impl Cluster {
         }
     }
 
-    /// The segments view of this node.
-    pub fn segments_view(&self) -> SegmentsView {
+    /// Counts the members of every segment among the profiles this node is the primary owner of, for
+    /// [`Cluster::segments_view`]. A scan of every profile held: call it off the runtime threads.
+    pub fn count_members(&self) {
         let rules = self.segments.rules();
-        let counts = self.segments.log.counts();
         let placement = self.placement();
         let now = now_ms();
         let names: Vec<&str> = rules.segments.iter().map(|s| s.name()).collect();
@@ -280,6 +284,31 @@ impl Cluster {
                 }
             }
         });
+        let counted = names.iter().map(|n| (*n).to_owned()).zip(members).collect();
+        *self
+            .segments
+            .member_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = counted;
+    }
+
+    /// The segments view of this node: definitions, entries and exits, latencies, and the member counts
+    /// of the last [`Cluster::count_members`] (at most [`MEMBER_COUNT_EVERY`] old). Never scans.
+    pub fn segments_view(&self) -> SegmentsView {
+        let rules = self.segments.rules();
+        let counts = self.segments.log.counts();
+        let names: Vec<&str> = rules.segments.iter().map(|s| s.name()).collect();
+        let members: Vec<u64> = {
+            let counted = self
+                .segments
+                .member_counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            names
+                .iter()
+                .map(|n| counted.get(*n).copied().unwrap_or(0))
+                .collect()
+        };
         let (event_latency, timer_lag) = self.segments.log.latencies();
         SegmentsView {
             node: Some(self.me.clone()),
@@ -368,6 +397,22 @@ pub fn spawn_tasks(
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             run_backfills(cluster, backfill_per_second, shutdown).await;
+        }));
+    }
+    {
+        let cluster = cluster.clone();
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(MEMBER_COUNT_EVERY);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = every.tick() => {
+                        let count = cluster.clone();
+                        let _ = tokio::task::spawn_blocking(move || count.count_members()).await;
+                    }
+                }
+            }
         }));
     }
     tasks.push(tokio::spawn(async move {

@@ -134,6 +134,9 @@ pub struct SegmentRuntime {
     /// Segments to backfill, for the node's backfill task.
     backfill_tx: tokio::sync::mpsc::UnboundedSender<Vec<String>>,
     backfill_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Vec<String>>>>,
+    /// Members per segment among the profiles this node is the primary owner of, as last counted (by the
+    /// node's counting task, off the runtime threads).
+    pub member_counts: Mutex<BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Debug for SegmentRuntime {
@@ -178,6 +181,7 @@ impl SegmentRuntime {
             log,
             timers: Mutex::new(TimerQueue::default()),
             timer_wake: tokio::sync::Notify::new(),
+            member_counts: Mutex::new(BTreeMap::new()),
             backfills: Mutex::new(BTreeMap::new()),
             backfill_tx,
             backfill_rx: Mutex::new(Some(backfill_rx)),

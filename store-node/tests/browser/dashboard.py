@@ -1,9 +1,9 @@
 """Drives the /ui dashboard in headless Chromium (Debian's, through Playwright) for store-node/tests/dashboard.rs.
 
-Usage: dashboard.py URL SCREENSHOT [USER]
+Usage: dashboard.py URL SCREENSHOT [USER SEGMENT]
 
 Loads URL, waits until the page shows live data (segment rows from every node, a transition in the feed),
-asks for the why-trace of USER (or of the newest user in the feed) by clicking its row, takes a screenshot,
+asks for the why-trace of USER in SEGMENT through the form (or of the newest row of the feed, by clicking it), takes a screenshot,
 and prints one JSON object with what the page shows, for the test to check. Exits non-zero on a timeout or a
 JavaScript error on the page.
 """
@@ -40,9 +40,11 @@ def main():
             " && document.querySelectorAll('#nodes .node').length >= 1",
             timeout=30_000,
         )
-        user = sys.argv[3] if len(sys.argv) > 3 else None
-        if user:
-            page.fill("#why-user", user)
+        # Member counts are recounted every few seconds on each node.
+        page.wait_for_function("Number(document.getElementById('total-members').textContent) > 0", timeout=30_000)
+        if len(sys.argv) > 4:
+            page.fill("#why-user", sys.argv[3])
+            page.select_option("#why-segment", sys.argv[4])
             page.click("#why-form button")
         else:
             page.click("#feed tbody tr")
