@@ -23,6 +23,34 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of an answer body that is read.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// The most characters of an error answer kept for the status line.
+pub const MAX_ERROR_CHARS: usize = 120;
+
+/// An error answer's text for the status line: ` <code>: <message>` of the node's JSON error body, else
+/// the body as text, at most [`MAX_ERROR_CHARS`] characters (`…` when cut).
+pub fn error_text(body: &[u8]) -> String {
+    let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let field = |name: &str| {
+        json.as_ref()
+            .and_then(|j| j.get(name))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let text = match (field("code"), field("message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ => String::from_utf8_lossy(body).trim().to_owned(),
+    };
+    if text.is_empty() {
+        return String::new();
+    }
+    let mut cut: String = text.chars().take(MAX_ERROR_CHARS).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    format!(" {cut}")
+}
+
 /// What a node answered to an accepted batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Accepted {
@@ -106,14 +134,34 @@ impl Poster {
             .map_err(|e| format!("answer body: {e}"))?
             .to_bytes();
         if status != hyper::StatusCode::OK {
-            let text = String::from_utf8_lossy(&bytes);
-            let text: String = text.chars().take(200).collect();
-            return Err(format!("HTTP {}: {}", status.as_u16(), text.trim()));
+            return Err(format!("HTTP {}{}", status.as_u16(), error_text(&bytes)));
         }
         let refused = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v.get("refused").and_then(serde_json::Value::as_u64))
             .unwrap_or(0);
         Ok(Accepted { refused })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_answers_are_shown_short() {
+        assert_eq!(
+            error_text(br#"{"code":"unauthorized","message":"unknown write key"}"#),
+            " unauthorized: unknown write key"
+        );
+        assert_eq!(error_text(b"  bad gateway \n"), " bad gateway");
+        assert_eq!(error_text(b""), "");
+        let long = format!(
+            r#"{{"code":"unavailable","message":"{}"}}"#,
+            "x".repeat(500)
+        );
+        let shown = error_text(long.as_bytes());
+        assert_eq!(shown.chars().count(), 1 + MAX_ERROR_CHARS + 1);
+        assert!(shown.ends_with('…'));
     }
 }
