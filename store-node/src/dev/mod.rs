@@ -361,12 +361,16 @@ pub async fn run(
     }
     // The demo first: no event is posted to a node that is draining.
     demo_stop.cancel();
-    if let Some(task) = demo_task.take() {
-        if tokio::time::timeout(DEMO_STOP_TIMEOUT, task).await.is_err() {
+    if let Some(mut task) = demo_task.take() {
+        if tokio::time::timeout(DEMO_STOP_TIMEOUT, &mut task)
+            .await
+            .is_err()
+        {
             tracing::warn!(
-                "the demo did not stop within {} s",
+                "the demo did not stop within {} s; abandoning it",
                 DEMO_STOP_TIMEOUT.as_secs()
             );
+            task.abort();
         }
     }
     procs.stop(&kill_now).await;
