@@ -159,7 +159,8 @@ impl Client {
         let client = self.clone();
         let shared = cursor.clone();
         tasks.spawn(async move {
-            let mut running: BTreeMap<NodeId, tokio::task::JoinHandle<()>> = BTreeMap::new();
+            // Dropped with this task (when the subscription is dropped): the followers stop with it.
+            let mut running: BTreeMap<NodeId, AbortOnDrop> = BTreeMap::new();
             loop {
                 let members: Vec<NodeId> = client
                     .cluster()
@@ -170,7 +171,7 @@ impl Client {
                     .map(|m| m.id.clone())
                     .collect();
                 for node in members {
-                    if running.get(&node).is_some_and(|h| !h.is_finished()) {
+                    if running.get(&node).is_some_and(|h| !h.0.is_finished()) {
                         continue;
                     }
                     let task = follow(
@@ -180,7 +181,7 @@ impl Client {
                         shared.clone(),
                         tx.clone(),
                     );
-                    running.insert(node, tokio::spawn(task));
+                    running.insert(node, AbortOnDrop(tokio::spawn(task)));
                 }
                 if tx.is_closed() {
                     break;
@@ -188,11 +189,18 @@ impl Client {
                 tokio::time::sleep(MEMBER_REFRESH).await;
                 let _ = client.refresh_cluster().await;
             }
-            for (_, h) in running {
-                h.abort();
-            }
         });
         Subscription { rx, cursor, tasks }
+    }
+}
+
+/// A follower task, aborted when dropped: dropping the [`Subscription`] aborts the task that holds these,
+/// so no follower keeps long-polling a node after the subscription is gone.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

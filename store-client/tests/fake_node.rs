@@ -523,9 +523,18 @@ async fn handle(
                 "the fake node keeps no dead letters",
             )
         }
+        // An empty page at once: a subscription's follower polls again and again (counted).
+        Ok(Request::SegmentChanges { from, .. }) => {
+            log(&state, "changes", vec![], 0);
+            Response::SegmentChanges(featurestore::wire::segment::ChangePage {
+                node: Some(state.id.clone()),
+                changes: Vec::new(),
+                next: from,
+                oldest: 1,
+            })
+        }
         Ok(
-            Request::SegmentChanges { .. }
-            | Request::SegmentWhy { .. }
+            Request::SegmentWhy { .. }
             | Request::SegmentMembers { .. }
             | Request::Segments
             | Request::DefineSegments { .. },
@@ -1587,4 +1596,28 @@ async fn storectl_answers_quickly_when_the_first_seed_is_dead() {
     // And its close reached the node before it exited (not an idle timeout 30 s later).
     let closed = nodes[0].state.closes.lock().unwrap().clone();
     assert!(closed.len() == 1 && closed[0].contains("bye"), "{closed:?}");
+}
+
+#[tokio::test]
+async fn dropping_a_subscription_stops_its_polls() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 1, 3);
+    let state = nodes[0].state.clone();
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
+        .await
+        .unwrap();
+    let polls = || state.seen("changes").len();
+    let subscription = client.subscribe_segments(None, store_client::Cursor::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while polls() < 3 {
+        assert!(Instant::now() < deadline, "no polls");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(subscription);
+    // A poll in flight may still be answered; after that, nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_drop = polls();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(polls(), after_drop, "a follower kept polling");
+    client.close().await;
 }

@@ -51,6 +51,24 @@ enum Command {
         /// Number of nodes (n1..nK).
         #[arg(long, default_value_t = 3)]
         nodes: u16,
+        /// Also run the demo: synthetic shoppers posted over HTTP to the nodes, the demo segments
+        /// (`segments.demo.toml`), and each segment transition and a status line printed live.
+        #[arg(long)]
+        demo: bool,
+        /// Number of synthetic users of the demo.
+        #[arg(long, default_value_t = 2000, requires = "demo")]
+        demo_users: u32,
+        /// Events per second the demo posts, at most.
+        #[arg(
+            long,
+            value_name = "EVENTS_PER_S",
+            default_value_t = 200,
+            requires = "demo"
+        )]
+        demo_rate: u32,
+        /// Seed of the demo's behaviour (the same seed gives the same events).
+        #[arg(long, default_value_t = store_node::dev::demo::DEFAULT_SEED, requires = "demo")]
+        demo_seed: u64,
     },
 }
 
@@ -120,7 +138,15 @@ async fn main() -> anyhow::Result<()> {
                 store_node::logging::print_line(&format!("wrote {}", path.display()));
             }
         }
-        Command::Dev { dir, port, nodes } => {
+        Command::Dev {
+            dir,
+            port,
+            nodes,
+            demo,
+            demo_users,
+            demo_rate,
+            demo_seed,
+        } => {
             // First signal: stop the nodes gracefully. Second: kill them at once (rather than exiting and
             // leaving them running: they are in their own process group).
             let shutdown = CancellationToken::new();
@@ -137,7 +163,12 @@ async fn main() -> anyhow::Result<()> {
                 tracing::warn!("second signal: killing the nodes");
             });
             let options = store_node::dev::DevOptions { dir, port, nodes };
-            store_node::dev::run(options, shutdown, kill_now).await?;
+            let demo = demo.then_some(store_node::dev::DemoOptions {
+                users: demo_users,
+                rate: demo_rate,
+                seed: demo_seed,
+            });
+            store_node::dev::run(options, demo, shutdown, kill_now).await?;
         }
     }
     Ok(())

@@ -52,6 +52,9 @@ pub struct DevLayout {
     pub admin_config: PathBuf,
     /// `<dir>/features.toml`: the feature definitions every node loads.
     pub features: PathBuf,
+    /// The segment definitions every node loads: `<dir>/segments.toml`, or `<dir>/segments.demo.toml`
+    /// for `--demo`.
+    pub segments: PathBuf,
     /// `<dir>/http.env`: `HTTP_URL` (n1's HTTP listener) and `WRITE_KEY`, shell-sourceable.
     pub http_env: PathBuf,
     /// The dev write key (source `dev`).
@@ -104,15 +107,20 @@ pub const EXAMPLE_FEATURES: &str = include_str!("../../features.example.toml");
 /// The segment definitions `store-node dev` ships (`store-node/segments.example.toml`).
 pub const EXAMPLE_SEGMENTS: &str = include_str!("../../segments.example.toml");
 
+/// The segment definitions of `store-node dev --demo` (`store-node/segments.demo.toml`).
+pub const DEMO_SEGMENTS: &str = include_str!("../../segments.demo.toml");
+
 /// The write key's source name in the dev configs.
 pub const DEV_SOURCE: &str = "dev";
 
 /// The config of `node`, with every node of `all` as a bootstrap seed (paths relative to the dev dir),
-/// the dev feature definitions, and plain HTTP on loopback accepting `write_key`.
+/// the dev feature definitions, the segment definitions of `segments_file`, and plain HTTP on loopback
+/// accepting `write_key`.
 fn node_config(
     node: &DevNode,
     all: &[DevNode],
     write_key: &str,
+    segments_file: &str,
 ) -> crate::error::Result<NodeConfig> {
     let id = &node.id;
     let tls = TlsFiles {
@@ -131,7 +139,7 @@ fn node_config(
         });
     }
     config.ingest.features = Some(FEATURES_FILE.into());
-    config.ingest.segments = Some(SEGMENTS_FILE.into());
+    config.ingest.segments = Some(segments_file.into());
     config.http.listen = Some(node.http);
     config.http.plaintext = true;
     // The dashboard on every node, each reading the others for the cluster-wide view.
@@ -150,6 +158,7 @@ fn node_config(
 
 const FEATURES_FILE: &str = "features.toml";
 const SEGMENTS_FILE: &str = "segments.toml";
+const DEMO_SEGMENTS_FILE: &str = "segments.demo.toml";
 const HTTP_ENV_FILE: &str = "http.env";
 
 /// Writes `<dir>/<file>` from the shipped example `text` if it does not exist (an edited file is kept).
@@ -339,6 +348,13 @@ fn shape_warnings(
 /// `client.toml` and `http.env` (the write key is generated once, then read back from it), and logs a warning
 /// if the directory holds data of a differently shaped cluster. Does not start anything.
 pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
+    prepare_for(options, false)
+}
+
+/// As [`prepare`]; for `demo`, the nodes load `segments.demo.toml` ([`DEMO_SEGMENTS`], written when
+/// missing) instead of `segments.toml`, and the features those segments read must be defined in
+/// `features.toml` (an older copy kept from an earlier run may lack them: [`DevError::Options`] then).
+pub fn prepare_for(options: &DevOptions, demo: bool) -> Result<DevLayout, DevError> {
     let nodes = plan(options)?;
     let dir = &options.dir;
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -368,14 +384,22 @@ pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
         tracing::info!(path = %path.display(), "generated");
     }
     let features = ensure_example(dir, FEATURES_FILE, EXAMPLE_FEATURES)?;
-    ensure_example(dir, SEGMENTS_FILE, EXAMPLE_SEGMENTS)?;
+    let segments_file = if demo {
+        ensure_example(dir, DEMO_SEGMENTS_FILE, DEMO_SEGMENTS)?;
+        check_demo_features(&features, &dir.join(DEMO_SEGMENTS_FILE))?;
+        DEMO_SEGMENTS_FILE
+    } else {
+        ensure_example(dir, SEGMENTS_FILE, EXAMPLE_SEGMENTS)?;
+        SEGMENTS_FILE
+    };
     let http_env_path = dir.join(HTTP_ENV_FILE);
     let write_key = match previous_write_key(&http_env_path) {
         Some(key) => key,
         None => new_write_key()?,
     };
     for node in &nodes {
-        node_config(node, &nodes, &write_key)?.write(&node.config, NODE_CONFIG_COMMENT)?;
+        node_config(node, &nodes, &write_key, segments_file)?
+            .write(&node.config, NODE_CONFIG_COMMENT)?;
         // Read it back exactly as `serve` will, so a config the node would refuse fails here.
         NodeConfig::load(&node.config, &Overrides::default())?;
     }
@@ -391,10 +415,39 @@ pub fn prepare(options: &DevOptions) -> Result<DevLayout, DevError> {
         client_config,
         admin_config,
         features,
+        segments: dir.join(segments_file),
         http_env,
         write_key,
         warnings,
     })
+}
+
+/// Compiles the demo's `segments` file against `features` as a node will, and fails if a rule reads a
+/// feature that no definition produces (the node would only log that, and the segment would never have
+/// members).
+pub(super) fn check_demo_features(features: &Path, segments: &Path) -> Result<(), DevError> {
+    let limits = featurestore::Limits::default();
+    let defs = crate::features::load(features, &limits)?;
+    let rules = crate::segments::load(segments, &defs, &limits)?;
+    let mut missing = Vec::new();
+    for segment in rules.segments.iter() {
+        for name in segment.rule.reads() {
+            if !defs.features.iter().any(|f| f.name == *name) {
+                missing.push(format!("{name} (read by {})", segment.name()));
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DevError::Options(format!(
+        "{} does not define {} which the demo segments in {} need: it was probably kept from an \
+         earlier run; add them (see store-node/features.example.toml), delete the file to get the \
+         current example, or use a fresh --dir",
+        features.display(),
+        missing.join(", "),
+        segments.display()
+    )))
 }
 
 #[cfg(test)]
@@ -499,6 +552,37 @@ mod tests {
         );
         // No data yet, so no warning.
         assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+    }
+
+    #[test]
+    fn the_demo_layout_loads_the_demo_segments_and_refuses_stale_features() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dev");
+        let layout = prepare_for(&options(&dir, 3), true).unwrap();
+        assert_eq!(layout.segments, dir.join("segments.demo.toml"));
+        assert_eq!(
+            std::fs::read_to_string(&layout.segments).unwrap(),
+            DEMO_SEGMENTS
+        );
+        for node in &layout.nodes {
+            let c = NodeConfig::load(&node.config, &Overrides::default()).unwrap();
+            assert_eq!(c.ingest.segments, Some(dir.join("segments.demo.toml")));
+        }
+        // Without --demo the nodes are back on segments.toml; the demo file stays.
+        let plain = prepare(&options(&dir, 3)).unwrap();
+        assert_eq!(plain.segments, dir.join("segments.toml"));
+        assert!(layout.segments.exists());
+        // A features.toml kept from before the demo's features existed is refused, naming what is missing.
+        std::fs::write(
+            &layout.features,
+            "[[features]]\nname = \"page_views\"\non = \"page\"\naggregation = \"count\"\n",
+        )
+        .unwrap();
+        let Err(DevError::Options(text)) = prepare_for(&options(&dir, 3), true) else {
+            panic!("stale features accepted");
+        };
+        assert!(text.contains("revenue_30d (read by vip_at_risk)"), "{text}");
+        assert!(text.contains("fresh --dir"), "{text}");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! | `admin.toml` | as `client.toml`, with the `admin` certificate: also the admin requests (`storectl leave`, `local`, `digests`) | rewritten on every run |
 //! | `dev.lock` | held (flock) by the running dev process, with its pid and its nodes' pids; empty after a clean stop | see [One dev process per directory](#one-dev-process-per-directory) |
 //! | `features.toml` | the feature definitions every node loads: a copy of `store-node/features.example.toml` ([`EXAMPLE_FEATURES`]) | written when missing; an edited file is kept (restart dev to load it) |
+//! | `segments.toml` | the segment definitions every node loads without `--demo`: a copy of `store-node/segments.example.toml` ([`EXAMPLE_SEGMENTS`]) | written when missing; an edited file is kept |
+//! | `segments.demo.toml` | with `--demo`, the segment definitions the nodes load instead: a copy of `store-node/segments.demo.toml` ([`DEMO_SEGMENTS`]) | written when missing; an edited file is kept |
 //! | `http.env` | `HTTP_URL=http://127.0.0.1:<P>` (n1's HTTP listener) and `WRITE_KEY=<32 hex digits>`, for `. <dir>/http.env` in a shell; mode 0600 | rewritten on every run; the key is generated once and then read back from it |
 //!
 //! All paths inside the generated files are relative to the file, so the directory can be moved as a whole.
@@ -65,8 +67,19 @@
 //! [`prepare`] detects this (from the previous `n1.toml` and the existing `n<i>/` data directories) and
 //! prints a warning; to change the shape, use a fresh `--dir` (or delete the old one).
 //!
+//! # The demo (`--demo`)
+//!
+//! With [`DemoOptions`], the nodes load `segments.demo.toml` (whose features must be defined in the
+//! directory's `features.toml`, else [`DevError::Options`] before anything starts), the banner adds the
+//! demo's parameters and the dashboard URL (`http://<n1's HTTP address>/ui`), and once the cluster is ready
+//! [`demo::run`] posts synthetic shoppers' events to every node's HTTP listener and prints each segment
+//! transition and a status line (see [`demo`] and docs/segments.md, "The demo"). HTTP errors are counted,
+//! never fatal. On shutdown the demo is stopped first (up to [`DEMO_STOP_TIMEOUT`]), then the nodes as
+//! above; the exit status still depends only on the nodes.
+//!
 //! Unix only in practice: nodes are signalled with the `kill` command.
 
+pub mod demo;
 mod layout;
 mod lock;
 mod procs;
@@ -81,9 +94,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 
+pub use demo::DemoOptions;
 pub use layout::{
-    prepare, write_admin_config, write_client_config, DevLayout, DevNode, DEV_ADMIN, DEV_CLIENT,
-    DEV_SOURCE, EXAMPLE_FEATURES, MAX_NODES,
+    prepare, prepare_for, write_admin_config, write_client_config, DevLayout, DevNode,
+    DEMO_SEGMENTS, DEV_ADMIN, DEV_CLIENT, DEV_SOURCE, EXAMPLE_FEATURES, EXAMPLE_SEGMENTS,
+    MAX_NODES,
 };
 pub use lock::{DevLock, LOCK_FILE};
 pub use procs::STOP_TIMEOUT;
@@ -180,8 +195,11 @@ fn check_ports(nodes: &[DevNode]) -> Result<(), DevError> {
     Ok(())
 }
 
+/// How long the demo gets to stop (generator, posters, watcher) before the nodes are stopped anyway.
+pub const DEMO_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The banner printed once every node is ready.
-fn banner(layout: &DevLayout, procs: &Procs, exe: &Path) -> String {
+fn banner(layout: &DevLayout, procs: &Procs, exe: &Path, demo: Option<&DemoOptions>) -> String {
     let dir = layout.dir.display();
     let client = layout.client_config.display();
     let mut text = format!(
@@ -224,9 +242,10 @@ fn banner(layout: &DevLayout, procs: &Procs, exe: &Path) -> String {
          -d '{{\"batch\":[{{\"type\":\"page\",\"userId\":\"u1\"}}]}}' \"$HTTP_URL/v1/batch\"\n\
          to run a node by hand (e.g. after killing it): {} serve --config {}\n\
          Ctrl-C stops every node cleanly (a second Ctrl-C kills them at once).\n\
-         dev cluster ready: {}",
+         {}dev cluster ready: {}",
         exe.display(),
         layout.nodes[0].config.display(),
+        demo.map_or(String::new(), |d| demo::banner(layout, d)),
         layout
             .nodes
             .iter()
@@ -241,16 +260,23 @@ fn banner(layout: &DevLayout, procs: &Procs, exe: &Path) -> String {
 /// has exited), then stops them: SIGTERM, up to [`STOP_TIMEOUT`], SIGKILL. Cancelling `kill_now` (after or
 /// instead of `shutdown`) sends SIGKILL without waiting. Returns `Ok` only if every node exited with
 /// status 0.
+///
+/// With `demo`, the nodes load the demo segments ([`prepare_for`]) and, once they are ready, the demo
+/// ([`demo::run`]) runs until `shutdown`; it is stopped (up to [`DEMO_STOP_TIMEOUT`]) before the nodes.
 pub async fn run(
     options: DevOptions,
+    demo: Option<DemoOptions>,
     shutdown: CancellationToken,
     kill_now: CancellationToken,
 ) -> Result<(), DevError> {
+    if let Some(d) = &demo {
+        d.validate()?;
+    }
     let nodes = plan(&options)?;
     // Before the ports: a leftover of a killed dev process holds them, and the lock knows it.
     let mut lock = DevLock::acquire(&options.dir)?;
     check_ports(&nodes)?;
-    let layout = prepare(&options)?;
+    let layout = prepare_for(&options, demo.is_some())?;
     let exe = std::env::current_exe().map_err(|source| DevError::Spawn {
         node: "the nodes".into(),
         exe: "store-node".into(),
@@ -303,8 +329,10 @@ pub async fn run(
     let _ = writeln!(
         std::io::stdout().lock(),
         "{}",
-        banner(&layout, &procs, &exe)
+        banner(&layout, &procs, &exe, demo.as_ref())
     );
+    let demo_stop = shutdown.child_token();
+    let mut demo_task = demo.map(|d| tokio::spawn(demo::run(layout.clone(), d, demo_stop.clone())));
 
     // Running: report nodes that exit on their own, keep the others.
     while procs.any_running() {
@@ -330,6 +358,20 @@ pub async fn run(
     }
     if !procs.any_running() {
         tracing::error!("no dev node is running any more; exiting");
+    }
+    // The demo first: no event is posted to a node that is draining.
+    demo_stop.cancel();
+    if let Some(mut task) = demo_task.take() {
+        if tokio::time::timeout(DEMO_STOP_TIMEOUT, &mut task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the demo did not stop within {} s; abandoning it",
+                DEMO_STOP_TIMEOUT.as_secs()
+            );
+            task.abort();
+        }
     }
     procs.stop(&kill_now).await;
     let outcome = procs.outcome();
