@@ -126,7 +126,14 @@ async fn the_demo_posts_events_prints_transitions_and_stops_cleanly() {
     let (user, segment, cause, node) = transition.unwrap();
     assert!(!user.is_empty());
     assert!(
-        ["cart_abandoner", "high_intent", "vip_at_risk"].contains(&segment.as_str()),
+        [
+            "cart_abandoner",
+            "high_intent",
+            "vip_at_risk",
+            "open_cart",
+            "big_spender"
+        ]
+        .contains(&segment.as_str()),
         "{segment}"
     );
     assert!(["event", "timer"].contains(&cause.as_str()), "{cause}");
