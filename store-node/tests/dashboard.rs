@@ -122,7 +122,7 @@ async fn the_dashboard_serves_live_segments_and_renders_in_headless_chromium() {
                 );
                 per_node[i].push(change.clone());
                 seen.push(change);
-                if per_node[i].len() % 50 == 0 {
+                if per_node[i].len().is_multiple_of(50) {
                     break;
                 }
             }
