@@ -43,6 +43,7 @@ use featurestore::wire::dead_letter::Capture;
 use featurestore::wire::event::{EventOutcome, WireEvent};
 use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, ErrorReply, NodeId, Profile, Response};
+use futures_util::StreamExt as _;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::stall::StallGuard;
@@ -51,6 +52,9 @@ use crate::clock::now_ms;
 use crate::engine::Decided;
 use crate::metrics::Metrics;
 use crate::segments::log::now_us;
+
+/// Most keys of one batch applied at once (each key's events stay in order, one after another).
+pub const APPLY_CONCURRENCY: usize = 32;
 
 /// What an owner needs to apply events: the compiled definitions and the bound on events in flight.
 #[derive(Debug)]
@@ -212,9 +216,12 @@ impl Cluster {
             );
             waiting.push((owner, req, indices, rx));
         }
-        for i in local {
-            let (event, hops) = &events[i];
-            outcomes[i] = Some(self.apply_as_owner(event, *hops, source, accepted_us).await);
+        let mine: Vec<(usize, &Event, u8)> = local
+            .into_iter()
+            .map(|i| (i, &events[i].0, events[i].1))
+            .collect();
+        for (i, outcome) in self.apply_batch(mine, source, accepted_us, None).await {
+            outcomes[i] = Some(outcome);
         }
         for (owner, req, indices, rx) in waiting {
             let answer = tokio::time::timeout(self.rpc_timeout, rx).await;
@@ -252,35 +259,118 @@ impl Cluster {
         accepted_us: u64,
     ) {
         let limits = self.engine.limits().clone();
-        let mut outcomes = Vec::with_capacity(events.len());
+        let mut outcomes: Vec<Option<EventOutcome>> = vec![None; events.len()];
         let source = Source::Named(format!("forward from {from}"));
-        for wire in events {
+        let mut valid = Vec::with_capacity(events.len());
+        for (i, wire) in events.iter().enumerate() {
+            match wire.to_event(&limits) {
+                Ok(event) => valid.push((i, event, wire.hops)),
+                Err(e) => {
+                    self.engine.metrics().count_error(ErrorCode::from(&e));
+                    let reply = ErrorReply::of(&e);
+                    self.keep_wire(&source, wire, &reply).await;
+                    outcomes[i] = Some(refused(reply.code, reply.message));
+                }
+            }
+        }
+        let batch: Vec<(usize, &Event, u8)> = valid.iter().map(|(i, e, h)| (*i, e, *h)).collect();
+        for (i, outcome) in self
+            .apply_batch(batch, &source, accepted_us, Some((deadline_ms, &from)))
+            .await
+        {
+            outcomes[i] = Some(outcome);
+        }
+        let outcomes: Vec<EventOutcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| refused(ErrorCode::Internal, "no outcome")))
+            .collect();
+        let addrs = self.addrs();
+        self.send(&addrs, from, PeerMessage::ForwardReply { req, outcomes });
+    }
+
+    /// Applies `events` here as their owner, returning each one's outcome with its index: one key's events
+    /// one after another in their order, and up to [`APPLY_CONCURRENCY`] keys at once, so a batch waits
+    /// for about one durability flush per event of its longest key rather than one per event (the flushes
+    /// of concurrent keys are grouped). A batch with a linking event (`identify`, `alias`) is applied one
+    /// event at a time in order: a link changes where later events of other keys go. With `deadline`
+    /// (forwarded events: the sender's deadline and name), an event not begun by then is refused as
+    /// retryable.
+    async fn apply_batch(
+        &self,
+        events: Vec<(usize, &Event, u8)>,
+        source: &Source,
+        accepted_us: u64,
+        deadline: Option<(u64, &NodeId)>,
+    ) -> Vec<(usize, EventOutcome)> {
+        let mut out = Vec::with_capacity(events.len());
+        if events.len() <= 1 || events.iter().any(|(_, e, _)| link_of(e).is_some()) {
+            for (i, event, hops) in events {
+                out.push((
+                    i,
+                    self.apply_before(event, hops, source, accepted_us, deadline)
+                        .await,
+                ));
+            }
+            return out;
+        }
+        let mut by_key: BTreeMap<&str, Vec<(usize, &Event, u8)>> = BTreeMap::new();
+        for (i, event, hops) in events {
+            by_key
+                .entry(event.key())
+                .or_default()
+                .push((i, event, hops));
+        }
+        // Futures collected first: a closure mapping to them would not be `Send` for every lifetime.
+        let mut chains = Vec::with_capacity(by_key.len());
+        for chain in by_key.into_values() {
+            chains.push(self.apply_chain(chain, source, accepted_us, deadline));
+        }
+        let mut running = futures_util::stream::iter(chains).buffer_unordered(APPLY_CONCURRENCY);
+        while let Some(done) = running.next().await {
+            out.extend(done);
+        }
+        out
+    }
+
+    /// One key's events of a batch, one after another in order.
+    async fn apply_chain(
+        &self,
+        chain: Vec<(usize, &Event, u8)>,
+        source: &Source,
+        accepted_us: u64,
+        deadline: Option<(u64, &NodeId)>,
+    ) -> Vec<(usize, EventOutcome)> {
+        let mut done = Vec::with_capacity(chain.len());
+        for (i, event, hops) in chain {
+            let outcome = self
+                .apply_before(event, hops, source, accepted_us, deadline)
+                .await;
+            done.push((i, outcome));
+        }
+        done
+    }
+
+    /// [`Cluster::apply_as_owner`], or with `deadline` passed a retryable refusal.
+    async fn apply_before(
+        &self,
+        event: &Event,
+        hops: u8,
+        source: &Source,
+        accepted_us: u64,
+        deadline: Option<(u64, &NodeId)>,
+    ) -> EventOutcome {
+        if let Some((deadline_ms, from)) = deadline {
             if now_ms() > deadline_ms {
                 Metrics::incr(&self.engine.metrics().events_expired);
-                outcomes.push(refused(
+                return refused(
                     ErrorCode::Unavailable,
                     format!(
                         "forwarded by {from} too long ago (the sender may have given up); retry"
                     ),
-                ));
-                continue;
+                );
             }
-            let outcome = match wire.to_event(&limits) {
-                Ok(event) => {
-                    self.apply_as_owner(&event, wire.hops, &source, accepted_us)
-                        .await
-                }
-                Err(e) => {
-                    self.engine.metrics().count_error(ErrorCode::from(&e));
-                    let reply = ErrorReply::of(&e);
-                    self.keep_wire(&source, &wire, &reply).await;
-                    refused(reply.code, reply.message)
-                }
-            };
-            outcomes.push(outcome);
         }
-        let addrs = self.addrs();
-        self.send(&addrs, from, PeerMessage::ForwardReply { req, outcomes });
+        self.apply_as_owner(event, hops, source, accepted_us).await
     }
 
     /// Applies one event here as its owner: admitted by replication, decided by the core, durable, then

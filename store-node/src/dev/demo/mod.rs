@@ -189,7 +189,7 @@ pub fn banner(layout: &DevLayout, options: &DemoOptions) -> String {
     let last = options.users.saturating_sub(1);
     format!(
         "demo: {} users ({} .. {}), up to {} events/s over HTTP to every node, seed {}\n\
-         demo segments: {segments} (cart_abandoner, high_intent, vip_at_risk; shortened durations)\n\
+         demo segments: {segments} (cart_abandoner, high_intent, vip_at_risk with shortened durations; open_cart, big_spender)\n\
          dashboard: http://{}/ui\n",
         options.users,
         generate::user_id(0),
