@@ -784,7 +784,11 @@ async fn segments(client: &Client, command: SegmentsCommand) -> anyhow::Result<S
                     "segment" => featurestore::wire::segment::audience_event(&change),
                     _ => serde_json::to_value(&change)?,
                 };
-                println!("{line}");
+                // A closed pipe (`watch | head`) ends the watch quietly instead of panicking.
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    break;
+                }
                 seen += 1;
                 if limit.is_some_and(|l| seen >= l) {
                     break;
