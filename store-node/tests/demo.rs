@@ -5,6 +5,8 @@
 //! must pass on a loaded 2-core machine.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -15,25 +17,6 @@ use store_client::{Client, ClientConfig};
 
 const NODES: u16 = 3;
 const USERS: u32 = 40;
-
-/// A base port with `base..base + NODES` free on 127.0.0.1 (UDP for QUIC, TCP for HTTP).
-fn free_port_base() -> u16 {
-    for _ in 0..50 {
-        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base.checked_add(NODES).is_none() {
-            continue;
-        }
-        let all_free = (base..base + NODES).all(|p| {
-            UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p)).is_ok()
-        });
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
 
 /// Stops the dev process (and so its nodes) with SIGTERM if the test fails half way.
 struct Guard(Option<Child>);
@@ -62,7 +45,7 @@ fn entered(line: &str) -> Option<(String, String, String, String)> {
 async fn the_demo_posts_events_prints_transitions_and_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
-    let base = free_port_base();
+    let base = common::dev::free_port_base(NODES);
     let child = Command::new(env!("CARGO_BIN_EXE_store-node"))
         .arg("dev")
         .arg("--dir")

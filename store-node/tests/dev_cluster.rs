@@ -16,26 +16,6 @@ use store_client::{Client, ClientConfig};
 
 const NODES: u16 = 3;
 
-/// A base port with `base..base + NODES` free on 127.0.0.1 (UDP for QUIC, TCP for HTTP), found by
-/// binding ephemeral sockets.
-fn free_port_base() -> u16 {
-    for _ in 0..50 {
-        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base.checked_add(NODES).is_none() {
-            continue;
-        }
-        let all_free = (base..base + NODES).all(|p| {
-            UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p)).is_ok()
-        });
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
-
 /// Stops the dev process (and so its nodes) with SIGTERM if the test fails half way.
 struct Guard(Option<Child>);
 
@@ -63,7 +43,7 @@ fn pid_alive(pid: u32) -> bool {
 async fn dev_starts_three_nodes_serves_a_client_and_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
-    let base = free_port_base();
+    let base = common::dev::free_port_base(NODES);
     let child = Command::new(env!("CARGO_BIN_EXE_store-node"))
         .arg("dev")
         .arg("--dir")

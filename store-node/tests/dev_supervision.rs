@@ -4,33 +4,16 @@
 //! stopped by the next one.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const NODES: u16 = 3;
-
-/// A base port with `base..base + nodes` free on 127.0.0.1 (UDP and TCP).
-fn free_port_base(nodes: u16) -> u16 {
-    for _ in 0..50 {
-        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base.checked_add(nodes).is_none() {
-            continue;
-        }
-        let all_free = (base..base + nodes).all(|p| {
-            UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p)).is_ok()
-        });
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
 
 /// Whether `pid` is running: `/proc/<pid>/stat` exists and is not a zombie (`kill -0` succeeds on a
 /// zombie, and an orphan's zombie may never be reaped in a container without an init).
@@ -180,7 +163,7 @@ fn wait_gone(pids: &[u32], limit: Duration) -> Vec<u32> {
 fn kill_9_of_dev_leaves_no_node_running_and_the_next_dev_reports_it_and_starts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
-    let base = free_port_base(NODES);
+    let base = common::dev::free_port_base(NODES);
 
     let mut first = Dev::start(&dir, base, NODES);
     let pids = first.wait_ready();
@@ -213,7 +196,7 @@ fn kill_9_of_dev_leaves_no_node_running_and_the_next_dev_reports_it_and_starts()
     );
 
     // A second dev on the directory in use is refused at once, naming the running one.
-    let mut third = Dev::start(&dir, free_port_base(NODES), NODES);
+    let mut third = Dev::start(&dir, common::dev::free_port_base(NODES), NODES);
     assert!(!third.wait_exit(Duration::from_secs(30)));
     let refused = third.stderr();
     assert!(
@@ -244,7 +227,7 @@ fn kill_9_of_dev_leaves_no_node_running_and_the_next_dev_reports_it_and_starts()
 fn the_next_dev_stops_a_node_left_running_by_a_killed_dev() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
-    let base = free_port_base(1);
+    let base = common::dev::free_port_base(1);
 
     // A first dev lays the directory out; stop it cleanly.
     let mut first = Dev::start(&dir, base, 1);

@@ -512,6 +512,25 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Puts `section` between `begin` and `end` in `doc` (appended if they are missing), or prints it.
+fn put_section(
+    doc: Option<&std::path::Path>,
+    section: &str,
+    begin: &str,
+    end: &str,
+) -> anyhow::Result<()> {
+    match doc {
+        Some(doc) => {
+            let text = std::fs::read_to_string(doc)
+                .with_context(|| format!("reading {}", doc.display()))?;
+            let text = benches::fault::splice_between(&text, section, begin, end);
+            std::fs::write(doc, text).with_context(|| format!("writing {}", doc.display()))?;
+        }
+        None => println!("{section}"),
+    }
+    Ok(())
+}
+
 /// `loadgen segments`: W5 on the dev cluster; writes segments.json and, with `--doc`, the section.
 async fn run_segments(args: SegmentsArgs) -> anyhow::Result<()> {
     use benches::ingest::IngestEnv;
@@ -546,21 +565,12 @@ async fn run_segments(args: SegmentsArgs) -> anyhow::Result<()> {
     segments::write_json(&report, &args.results)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let section = segments::to_markdown(&report, &command);
-    match &args.doc {
-        Some(doc) => {
-            let text = std::fs::read_to_string(doc)
-                .with_context(|| format!("reading {}", doc.display()))?;
-            let text = benches::fault::splice_between(
-                &text,
-                &section,
-                segments::SECTION_BEGIN,
-                segments::SECTION_END,
-            );
-            std::fs::write(doc, text).with_context(|| format!("writing {}", doc.display()))?;
-        }
-        None => println!("{section}"),
-    }
-    Ok(())
+    put_section(
+        args.doc.as_deref(),
+        &section,
+        segments::SECTION_BEGIN,
+        segments::SECTION_END,
+    )
 }
 
 /// `loadgen ingest`: W5a on the dev cluster and Redis; writes ingest.json and, with `--doc`, the section.
@@ -608,19 +618,10 @@ async fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
     ingest::write_json(&report, &args.results)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let section = ingest::to_markdown(&report, &command);
-    match &args.doc {
-        Some(doc) => {
-            let text = std::fs::read_to_string(doc)
-                .with_context(|| format!("reading {}", doc.display()))?;
-            let text = benches::fault::splice_between(
-                &text,
-                &section,
-                ingest::SECTION_BEGIN,
-                ingest::SECTION_END,
-            );
-            std::fs::write(doc, text).with_context(|| format!("writing {}", doc.display()))?;
-        }
-        None => println!("{section}"),
-    }
-    Ok(())
+    put_section(
+        args.doc.as_deref(),
+        &section,
+        ingest::SECTION_BEGIN,
+        ingest::SECTION_END,
+    )
 }

@@ -259,7 +259,16 @@ mod tests {
         let defs = crate::features::load(&dir.join("features.example.toml"), &limits).unwrap();
         let rules = crate::segments::load(&dir.join("segments.demo.toml"), &defs, &limits).unwrap();
         let names: Vec<&str> = rules.segments.iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["cart_abandoner", "high_intent", "vip_at_risk"]);
+        assert_eq!(
+            names,
+            [
+                "cart_abandoner",
+                "high_intent",
+                "vip_at_risk",
+                "open_cart",
+                "big_spender"
+            ]
+        );
         super::super::layout::check_demo_features(
             &dir.join("features.example.toml"),
             &dir.join("segments.demo.toml"),
