@@ -33,7 +33,7 @@ use featurestore::{Clock, ErrorCode, Limits, NodeId, Profile};
 
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::segments::log::Fence;
+use crate::segments::log::{ChangeLog, Fence};
 use crate::segments::SegmentRuntime;
 use crate::storage::{Durability, Storage, WriteTicket};
 
@@ -59,6 +59,20 @@ pub struct Decided {
     pub failed: usize,
     /// Segment rules evaluated (only those reading a changed feature, for an event).
     pub evaluated: usize,
+}
+
+/// Publishes staged changes when dropped: after the durability wait, whether it succeeded, failed, or the
+/// writing future was dropped during it.
+struct PublishOnDrop<'a> {
+    log: &'a ChangeLog,
+    staged: Vec<Arc<SegmentChange>>,
+    accepted_us: Option<u64>,
+}
+
+impl Drop for PublishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.log.publish(&self.staged, self.accepted_us);
+    }
 }
 
 /// The typed reply for a node error: core validation errors keep their code, anything else is a storage
@@ -339,7 +353,10 @@ impl Engine {
 
     /// [`Engine::write`] for a change that also decides memberships: under the shard lock, the change's
     /// transitions are staged in the change log before the profile is stored and the user's timer is
-    /// re-armed from the result; after the durability wait the transitions are published.
+    /// re-armed from the result; after the durability wait the transitions are published. If the profile
+    /// could not be stored they are withdrawn; if the wait fails, or this future is dropped during it,
+    /// they are published anyway (the node holds and serves the membership), so the log's watermark
+    /// never waits on them.
     async fn write_deciding<T>(
         &self,
         key: &str,
@@ -348,20 +365,32 @@ impl Engine {
         now: u64,
         change: impl FnOnce(&mut Profile, &mut Clock) -> featurestore::Result<(T, Reconciled)>,
     ) -> Result<(T, Decided), ErrorReply> {
-        let (out, decided) = self
-            .write(key, |profile| {
-                let (out, reconciled) = change(profile, &mut self.clock())?;
-                let changes = segments.log.stage(&reconciled.changes, fence)?;
-                segments.arm(key, profile, now);
-                let decided = Decided {
-                    changes,
-                    failed: reconciled.failed.len(),
-                    evaluated: reconciled.evaluated,
-                };
-                Ok((out, decided))
-            })
-            .await?;
-        segments.log.publish(&decided.changes, fence.accepted_us);
+        let mut staged = Vec::new();
+        let stored = self.store_change(key, |profile| {
+            let (out, reconciled) = change(profile, &mut self.clock())?;
+            staged = segments.log.stage(&reconciled.changes, fence)?;
+            segments.arm(key, profile, now);
+            Ok((out, reconciled.failed.len(), reconciled.evaluated))
+        });
+        let ((out, failed, evaluated), ticket) = match stored {
+            Ok(stored) => stored,
+            Err(e) => {
+                segments.log.withdraw(&staged);
+                return Err(e);
+            }
+        };
+        let publish = PublishOnDrop {
+            log: &segments.log,
+            staged,
+            accepted_us: fence.accepted_us,
+        };
+        self.wait_durable(key, ticket).await?;
+        let decided = Decided {
+            changes: publish.staged.clone(),
+            failed,
+            evaluated,
+        };
+        drop(publish);
         Ok((out, decided))
     }
 
@@ -505,26 +534,39 @@ impl Engine {
         key: &str,
         change: impl FnOnce(&mut Profile) -> crate::Result<T>,
     ) -> Result<T, ErrorReply> {
-        let (out, ticket) = {
-            let mut shard = self
-                .shard(key)
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            let mut profile = shard
-                .get(key)
-                .map(|s| s.profile.clone())
-                .unwrap_or_default();
-            let out = change(&mut profile).map_err(|e| error_reply(&e))?;
-            let ticket = self
-                .store_locked(&mut shard, key, profile)
-                .map_err(|e| error_reply(&e))?;
-            (out, ticket)
-        };
-        if let Err(e) = self.durability.wait_durable(ticket).await {
-            tracing::error!(%key, error = %e, "write not durable, not acknowledged");
-            return Err(error_reply(&e));
-        }
+        let (out, ticket) = self.store_change(key, change)?;
+        self.wait_durable(key, ticket).await?;
         Ok(out)
+    }
+
+    /// The synchronous half of [`Engine::write`]: under the shard lock, `change` applied to a copy of
+    /// `key`'s profile and the result stored; the ticket to wait on for its durability.
+    fn store_change<T>(
+        &self,
+        key: &str,
+        change: impl FnOnce(&mut Profile) -> crate::Result<T>,
+    ) -> Result<(T, WriteTicket), ErrorReply> {
+        let mut shard = self
+            .shard(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut profile = shard
+            .get(key)
+            .map(|s| s.profile.clone())
+            .unwrap_or_default();
+        let out = change(&mut profile).map_err(|e| error_reply(&e))?;
+        let ticket = self
+            .store_locked(&mut shard, key, profile)
+            .map_err(|e| error_reply(&e))?;
+        Ok((out, ticket))
+    }
+
+    /// Waits for `ticket`'s durability as the policy requires; a failure is logged and returned.
+    async fn wait_durable(&self, key: &str, ticket: WriteTicket) -> Result<(), ErrorReply> {
+        self.durability.wait_durable(ticket).await.map_err(|e| {
+            tracing::error!(%key, error = %e, "write not durable, not acknowledged");
+            error_reply(&e)
+        })
     }
 
     /// Physically drops expired values (gauges become tombstones, flag siblings go) and stores the smaller

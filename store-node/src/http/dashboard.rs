@@ -11,8 +11,10 @@
 //! - **The feed misses nothing it claims to send**: each SSE event is one published [`SegmentChange`]
 //!   (event `change`, `id` = its seq in this node's change log, data = its JSON). A reconnecting
 //!   `EventSource` sends `Last-Event-ID` and the stream resumes after it from the persisted log; `?tail=N`
-//!   starts with the last N changes; a feed that falls behind the live broadcast re-reads the log. If
-//!   retention dropped changes the stream was owed, a `gap` event says how many. A keep-alive comment
+//!   starts with the last N changes. A feed reads only from the log by its cursor, woken by the log's
+//!   published watermark (never from a broadcast of changes, which writes of different users publish out
+//!   of seq order), so it sends every change once, in seq order. If retention dropped changes the stream
+//!   was owed, a `gap` event says how many. A keep-alive comment
 //!   every 15 s; the stream ends when the node shuts down.
 //! - **Bounded**: a feed holds one page (at most 256 changes) at a time; member counts scan the profiles
 //!   off the runtime threads; `user` and `segment` are checked against the limits before any lookup.
@@ -37,7 +39,7 @@ use axum::Router;
 use featurestore::wire::segment::{ChangePage, SegmentChange, SegmentsView, WhyReport};
 use featurestore::ErrorReply;
 use futures_util::stream::{self, Stream};
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::reply::ApiError;
@@ -61,8 +63,8 @@ pub trait SegmentPages: Send + Sync + 'static {
     fn why(&self, user: &str, segment: &str) -> Result<WhyReport, ErrorReply>;
     /// Published changes from seq `from`, at most `limit`.
     fn changes(&self, from: u64, limit: usize) -> ChangePage;
-    /// The live broadcast of published changes.
-    fn feed(&self) -> broadcast::Receiver<Arc<SegmentChange>>;
+    /// The highest seq below which every change is published; changes when one is.
+    fn watermark(&self) -> watch::Receiver<u64>;
 }
 
 impl SegmentPages for Cluster {
@@ -78,8 +80,8 @@ impl SegmentPages for Cluster {
         self.segments().log.page(self.me(), from, limit, None)
     }
 
-    fn feed(&self) -> broadcast::Receiver<Arc<SegmentChange>> {
-        self.segments().log.feed()
+    fn watermark(&self) -> watch::Receiver<u64> {
+        self.segments().log.watermark()
     }
 }
 
@@ -261,13 +263,12 @@ async fn events(
 /// One SSE client's position: what it was sent last, what is read from the log and not yet sent.
 struct Feed {
     board: Dashboard,
-    rx: broadcast::Receiver<Arc<SegmentChange>>,
+    /// The log's watermark: wakes the feed when changes are published.
+    watermark: watch::Receiver<u64>,
     /// The next seq owed to the client.
     cursor: u64,
     /// Read from the log, not sent yet.
     backlog: std::collections::VecDeque<SegmentChange>,
-    /// Reading from the log (at start, after a lag) rather than from the broadcast.
-    catching_up: bool,
 }
 
 /// What the feed sends next.
@@ -279,9 +280,8 @@ enum Next {
 
 impl Feed {
     fn start(board: Dashboard, resume: Option<u64>, tail: u64) -> Feed {
-        // Subscribe before reading the log, so nothing published in between is missed (duplicates are
-        // skipped by seq).
-        let rx = board.pages.feed();
+        let watermark = board.pages.watermark();
+        // A cursor past the end is brought back to the first change not yet published.
         let next = board.pages.changes(u64::MAX, 0).next;
         let cursor = match resume {
             Some(last) => last.saturating_add(1),
@@ -289,10 +289,9 @@ impl Feed {
         };
         Feed {
             board,
-            rx,
+            watermark,
             cursor,
             backlog: Default::default(),
-            catching_up: true,
         }
     }
 
@@ -305,35 +304,28 @@ impl Feed {
                 }
                 continue;
             }
-            if self.catching_up {
-                let page = self.board.pages.changes(self.cursor, FEED_PAGE);
-                if page.oldest > self.cursor {
-                    let gap = Next::Gap {
-                        from: self.cursor,
-                        to: page.oldest,
-                    };
-                    self.cursor = page.oldest;
-                    return gap;
-                }
-                if page.changes.is_empty() {
-                    self.catching_up = false;
-                    self.cursor = self.cursor.max(page.next);
-                } else {
-                    self.backlog.extend(page.changes);
-                }
+            // Marked seen before the read: a change published after it wakes the wait below.
+            self.watermark.borrow_and_update();
+            let page = self.board.pages.changes(self.cursor, FEED_PAGE);
+            if page.oldest > self.cursor {
+                let gap = Next::Gap {
+                    from: self.cursor,
+                    to: page.oldest,
+                };
+                self.cursor = page.oldest;
+                return gap;
+            }
+            if !page.changes.is_empty() {
+                self.backlog.extend(page.changes);
                 continue;
             }
+            self.cursor = self.cursor.max(page.next);
             tokio::select! {
-                received = self.rx.recv() => match received {
-                    Ok(change) => {
-                        if change.seq >= self.cursor {
-                            self.cursor = change.seq + 1;
-                            return Next::Change(Box::new((*change).clone()));
-                        }
+                changed = self.watermark.changed() => {
+                    if changed.is_err() {
+                        return Next::End;
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
-                    Err(broadcast::error::RecvError::Closed) => return Next::End,
-                },
+                }
                 () = self.board.shutdown.cancelled() => return Next::End,
             }
         }
@@ -367,68 +359,67 @@ impl Feed {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use featurestore::crdt::flag::FlagDot;
     use featurestore::hlc::Actor;
     use featurestore::segment::{ChangeEvent, Transition, Why};
     use featurestore::NodeId;
 
     use super::*;
+    use crate::metrics::Metrics;
+    use crate::segments::log::{now_us, ChangeLog, Fence};
+    use crate::storage::{MemoryStorage, Storage};
 
-    /// A change log in memory: retained changes (seqs may start above 1), and the broadcast.
-    struct FakeLog {
-        retained: Mutex<Vec<SegmentChange>>,
-        next: Mutex<u64>,
-        live: broadcast::Sender<Arc<SegmentChange>>,
-    }
+    /// A real change log on memory storage, as the dashboard reads it.
+    struct Log(ChangeLog);
 
-    fn change(seq: u64) -> SegmentChange {
-        let n1 = NodeId::new("n1").expect("valid");
-        SegmentChange {
-            seq,
-            owner: n1.clone(),
-            ring_version: 1,
-            accepted_ms: None,
-            deadline_ms: None,
-            change: ChangeEvent {
-                user: format!("u{seq}"),
-                segment: "s".into(),
-                kind: Transition::Entered,
-                at_ms: seq,
-                event_time_ms: None,
-                why: Why::default(),
-                dot: FlagDot {
-                    actor: Actor::new(n1, 1),
-                    counter: seq,
-                },
-                resolves: Vec::new(),
+    fn change(user: &str) -> ChangeEvent {
+        ChangeEvent {
+            user: user.into(),
+            segment: "s".into(),
+            kind: Transition::Entered,
+            at_ms: 1,
+            event_time_ms: None,
+            why: Why::default(),
+            dot: FlagDot {
+                actor: Actor::new(NodeId::new("n1").expect("valid"), 1),
+                counter: 1,
             },
+            resolves: Vec::new(),
         }
     }
 
-    impl FakeLog {
-        fn new(seqs: std::ops::RangeInclusive<u64>) -> Arc<FakeLog> {
-            let next = seqs.end() + 1;
-            Arc::new(FakeLog {
-                retained: Mutex::new(seqs.map(change).collect()),
-                next: Mutex::new(next),
-                live: broadcast::channel(4).0,
-            })
+    impl Log {
+        /// A log keeping `keep` changes, with `published` published.
+        fn new(keep: usize, published: usize) -> Arc<Log> {
+            let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+            let log =
+                Log(ChangeLog::open(storage, Arc::new(Metrics::default()), keep).expect("opens"));
+            for _ in 0..published {
+                log.publish();
+            }
+            Arc::new(log)
         }
 
-        /// Publishes the next change: retained, then broadcast.
+        /// Stages one change (a write in flight).
+        fn stage(&self) -> Vec<Arc<SegmentChange>> {
+            let fence = Fence {
+                owner: NodeId::new("n1").expect("valid"),
+                ring_version: 1,
+                accepted_us: Some(now_us()),
+                deadline_ms: None,
+            };
+            self.0.stage(&[change("u")], &fence).expect("stages")
+        }
+
+        /// Stages and publishes one change.
         fn publish(&self) -> u64 {
-            let mut next = self.next.lock().expect("lock");
-            let c = change(*next);
-            *next += 1;
-            self.retained.lock().expect("lock").push(c.clone());
-            let _ = self.live.send(Arc::new(c.clone()));
-            c.seq
+            let staged = self.stage();
+            self.0.publish(&staged, None);
+            staged[0].seq
         }
     }
 
-    impl SegmentPages for FakeLog {
+    impl SegmentPages for Log {
         fn view(&self) -> SegmentsView {
             SegmentsView::default()
         }
@@ -439,30 +430,15 @@ mod tests {
             })
         }
         fn changes(&self, from: u64, limit: usize) -> ChangePage {
-            let retained = self.retained.lock().expect("lock");
-            let next = *self.next.lock().expect("lock");
-            let oldest = retained.first().map_or(next, |c| c.seq);
-            let changes: Vec<SegmentChange> = retained
-                .iter()
-                .filter(|c| c.seq >= from)
-                .take(limit)
-                .cloned()
-                .collect();
-            ChangePage {
-                node: None,
-                next: changes
-                    .last()
-                    .map_or(from.max(oldest).min(next), |c| c.seq + 1),
-                changes,
-                oldest,
-            }
+            let n1 = NodeId::new("n1").expect("valid");
+            self.0.page(&n1, from, limit, None)
         }
-        fn feed(&self) -> broadcast::Receiver<Arc<SegmentChange>> {
-            self.live.subscribe()
+        fn watermark(&self) -> watch::Receiver<u64> {
+            self.0.watermark()
         }
     }
 
-    fn feed(log: &Arc<FakeLog>, resume: Option<u64>, tail: u64) -> Feed {
+    fn feed(log: &Arc<Log>, resume: Option<u64>, tail: u64) -> Feed {
         let board = Dashboard {
             pages: log.clone(),
             peers: Vec::new(),
@@ -480,23 +456,29 @@ mod tests {
         }
     }
 
+    async fn nothing_sent(feed: &mut Feed) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), feed.next())
+            .await
+            .is_err()
+    }
+
     #[tokio::test]
     async fn a_resumed_feed_sends_the_log_after_its_id_then_live_changes_each_once() {
-        let log = FakeLog::new(1..=5);
+        let log = Log::new(100, 5);
         let mut f = feed(&log, Some(2), 0);
         for expected in 3..=5 {
             assert_eq!(seq_of(&mut f).await, expected);
         }
-        // Published after the subscription: from the broadcast, once (the log read saw it too).
         let six = log.publish();
         assert_eq!(seq_of(&mut f).await, six);
         let seven = log.publish();
         assert_eq!(seq_of(&mut f).await, seven);
+        assert!(nothing_sent(&mut f).await, "each change once");
     }
 
     #[tokio::test]
     async fn a_tail_starts_with_the_last_changes_and_no_tail_with_new_ones() {
-        let log = FakeLog::new(1..=5);
+        let log = Log::new(100, 5);
         let mut tailed = feed(&log, None, 2);
         let mut fresh = feed(&log, None, 0);
         assert_eq!(seq_of(&mut tailed).await, 4);
@@ -506,9 +488,36 @@ mod tests {
         assert_eq!(seq_of(&mut tailed).await, six);
     }
 
+    /// Writes of different users finish out of order: a change published before an earlier one still in
+    /// flight is held back until that one settles, and the feed then sends both, in order. (A feed that
+    /// took changes from a broadcast in publish order sent 2 and then dropped 1 as already passed; one
+    /// opened while 1 was in flight started after it.)
     #[tokio::test]
-    async fn a_feed_behind_retention_reports_the_gap_and_one_that_lags_rereads_the_log() {
-        let log = FakeLog::new(10..=12);
+    async fn changes_published_out_of_order_are_sent_in_seq_order_none_skipped() {
+        let log = Log::new(100, 0);
+        let first = log.stage();
+        let mut opened_in_flight = feed(&log, None, 0);
+        let second = log.stage();
+        let mut f = feed(&log, Some(0), 0);
+        log.0.publish(&second, None);
+        assert!(nothing_sent(&mut f).await, "2 waits for 1");
+        log.0.publish(&first, None);
+        assert_eq!(seq_of(&mut f).await, 1);
+        assert_eq!(seq_of(&mut f).await, 2);
+        assert_eq!(seq_of(&mut opened_in_flight).await, 1);
+        assert_eq!(seq_of(&mut opened_in_flight).await, 2);
+        // A withdrawn change (its profile was not stored) is never sent and holds nothing back.
+        let withdrawn = log.stage();
+        let after = log.stage();
+        log.0.publish(&after, None);
+        log.0.withdraw(&withdrawn);
+        assert_eq!(seq_of(&mut f).await, after[0].seq);
+        assert!(nothing_sent(&mut f).await);
+    }
+
+    #[tokio::test]
+    async fn a_feed_behind_retention_reports_the_gap_and_one_behind_by_pages_misses_nothing() {
+        let log = Log::new(3, 12);
         let mut f = feed(&log, Some(3), 0);
         match f.next().await {
             Next::Gap { from, to } => assert_eq!((from, to), (4, 10)),
@@ -517,19 +526,20 @@ mod tests {
         assert_eq!(seq_of(&mut f).await, 10);
         assert_eq!(seq_of(&mut f).await, 11);
         assert_eq!(seq_of(&mut f).await, 12);
-        // More than the broadcast holds (4) while the client is not reading: it lags and re-reads the log,
-        // so nothing is skipped.
-        for _ in 0..10 {
+        // More than a page published while the client is not reading: all sent, in order.
+        let log = Log::new(1000, 0);
+        let mut f = feed(&log, None, 0);
+        for _ in 0..FEED_PAGE + 10 {
             log.publish();
         }
-        for expected in 13..=22 {
+        for expected in 1..=(FEED_PAGE as u64 + 10) {
             assert_eq!(seq_of(&mut f).await, expected);
         }
     }
 
     #[tokio::test]
     async fn the_feed_ends_at_shutdown() {
-        let log = FakeLog::new(1..=1);
+        let log = Log::new(10, 1);
         let mut f = feed(&log, None, 0);
         f.board.shutdown.cancel();
         assert!(matches!(f.next().await, Next::End));

@@ -8,7 +8,13 @@
 //!   the storage's durability wait covers both; a subscriber is shown a change only after that wait
 //!   ([`ChangeLog::publish`]). A crash can therefore leave a staged record whose write was never
 //!   acknowledged (the event is retried and decided again, with another dot): subscribers get
-//!   at-least-once delivery, never a decided-and-acknowledged transition without its record.
+//!   at-least-once delivery, never a decided-and-acknowledged transition without its record. A staged
+//!   change whose profile could not be stored is withdrawn ([`ChangeLog::withdraw`]); one whose durability
+//!   wait failed or was abandoned is published anyway, because the node serves the membership it stored.
+//! - **Shown in seq order**: writes of different users stage and finish concurrently, so changes settle
+//!   out of order; the published watermark advances only over a contiguous run of settled seqs. A page
+//!   (and so every cursor, the dashboard's feed included) never passes a change that is still in flight,
+//!   and never shows one before its own durability wait ended.
 //! - **Cursor**: `seq` increases by one per change and continues after the highest stored record at
 //!   start, so a cursor never names two changes.
 //! - **Bounded**: at most `max_change_log_entries` records are kept (memory and disk); the oldest go first,
@@ -18,7 +24,7 @@
 //! and is lost with that node's disk (its effect, the membership flag, replicates). Stats (entries, exits,
 //! latency histograms) are since the process started.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use featurestore::segment::{ChangeEvent, Transition};
@@ -26,7 +32,7 @@ use featurestore::wire::codec::{decode_change, encode_change};
 use featurestore::wire::segment::{ChangePage, LatencySummary, SegmentChange};
 use featurestore::NodeId;
 use hdrhistogram::Histogram;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -103,6 +109,10 @@ struct State {
     entries: VecDeque<Arc<SegmentChange>>,
     /// The next seq to give.
     next_seq: u64,
+    /// Every seq up to this one is settled (published or withdrawn): what pages show.
+    published: u64,
+    /// Settled seqs above `published`, waiting for an earlier one still in flight.
+    settled: BTreeSet<u64>,
     /// Per segment: entries and exits published since start.
     counts: BTreeMap<String, (u64, u64)>,
     latencies: Latencies,
@@ -114,10 +124,8 @@ pub struct ChangeLog {
     metrics: Arc<Metrics>,
     max_entries: usize,
     state: Mutex<State>,
-    /// The highest published seq (subscribers wait on it).
+    /// The published watermark ([`State::published`]), for subscribers to wait on.
     published: watch::Sender<u64>,
-    /// Every published change, for live feeds (the dashboard); a slow receiver skips ahead.
-    feed: broadcast::Sender<Arc<SegmentChange>>,
 }
 
 impl std::fmt::Debug for ChangeLog {
@@ -146,6 +154,8 @@ impl ChangeLog {
         let mut state = State {
             entries: VecDeque::new(),
             next_seq: 1,
+            published: 0,
+            settled: BTreeSet::new(),
             counts: BTreeMap::new(),
             latencies: Latencies::new()?,
         };
@@ -166,16 +176,15 @@ impl ChangeLog {
             }
         }
         state.entries = loaded.into_values().collect();
-        let last = state.next_seq - 1;
+        state.published = state.next_seq - 1;
         let log = ChangeLog {
             storage,
             metrics,
             max_entries: max_entries.max(1),
+            published: watch::channel(state.published).0,
             state: Mutex::new(state),
-            published: watch::channel(last).0,
-            feed: broadcast::channel(4096).0,
         };
-        log.trim(&mut log.state())?;
+        log.trim(&mut log.state());
         Ok(log)
     }
 
@@ -183,52 +192,102 @@ impl ChangeLog {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn trim(&self, state: &mut State) -> Result<()> {
-        while state.entries.len() > self.max_entries {
+    /// Drops the oldest published records beyond the bound (a change in flight is kept until it settles,
+    /// so the log may hold up to the number of writes in flight more).
+    /// A record that cannot be removed stays on disk (logged) and is dropped at the next start.
+    fn trim(&self, state: &mut State) {
+        while state.entries.len() > self.max_entries
+            && state
+                .entries
+                .front()
+                .is_some_and(|c| c.seq <= state.published)
+        {
             if let Some(old) = state.entries.pop_front() {
-                self.storage.remove_meta(&record_name(old.seq))?;
+                self.remove_record(&old);
             }
         }
-        Ok(())
     }
 
     /// Gives `changes` their seqs and fence and stores their records (not yet durable, not yet shown):
-    /// called inside the write that stores their membership flags, before the profile record.
+    /// called inside the write that stores their membership flags, before the profile record. All or
+    /// nothing: if a record cannot be stored, those stored before it are removed and no seq is used.
+    /// Each staged change must later be [published](ChangeLog::publish) or
+    /// [withdrawn](ChangeLog::withdraw), or the changes after it are never shown.
     pub fn stage(&self, changes: &[ChangeEvent], fence: &Fence) -> Result<Vec<Arc<SegmentChange>>> {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
         let mut state = self.state();
-        let mut out = Vec::with_capacity(changes.len());
+        let mut out: Vec<Arc<SegmentChange>> = Vec::with_capacity(changes.len());
         for change in changes {
             let record = SegmentChange {
-                seq: state.next_seq,
+                seq: state.next_seq + out.len() as u64,
                 owner: fence.owner.clone(),
                 ring_version: fence.ring_version,
                 accepted_ms: fence.accepted_us.map(|us| us / 1000),
                 deadline_ms: fence.deadline_ms,
                 change: change.clone(),
             };
-            let bytes = encode_change(&record).map_err(Error::from)?;
-            if let Err(e) = self.storage.put_meta(&record_name(record.seq), &bytes) {
+            let stored = encode_change(&record)
+                .map_err(Error::from)
+                .and_then(|bytes| self.storage.put_meta(&record_name(record.seq), &bytes));
+            if let Err(e) = stored {
                 Metrics::incr(&self.metrics.segment_log_failures);
+                for staged in &out {
+                    self.remove_record(staged);
+                }
                 return Err(e);
             }
-            state.next_seq += 1;
-            let record = Arc::new(record);
-            state.entries.push_back(record.clone());
-            out.push(record);
+            out.push(Arc::new(record));
         }
-        self.trim(&mut state)?;
+        state.next_seq += out.len() as u64;
+        state.entries.extend(out.iter().cloned());
+        self.trim(&mut state);
         Ok(out)
     }
 
-    /// Shows `staged` (now durable) to subscribers, and counts them: transitions, and the latency from
-    /// the causing event's acceptance (`accepted_us`) or the timer's deadline to now.
-    pub fn publish(&self, staged: &[Arc<SegmentChange>], accepted_us: Option<u64>) {
-        let Some(last) = staged.last() else {
+    fn remove_record(&self, change: &SegmentChange) {
+        if let Err(error) = self.storage.remove_meta(&record_name(change.seq)) {
+            tracing::warn!(seq = change.seq, %error, "could not remove a change-log record");
+        }
+    }
+
+    /// Takes back `staged` changes whose profile write failed (their memberships were not stored): never
+    /// shown, and their records removed.
+    pub fn withdraw(&self, staged: &[Arc<SegmentChange>]) {
+        if staged.is_empty() {
             return;
-        };
+        }
+        let mut state = self.state();
+        for change in staged {
+            self.remove_record(change);
+        }
+        state
+            .entries
+            .retain(|c| !staged.iter().any(|s| s.seq == c.seq));
+        self.settle(&mut state, staged);
+    }
+
+    /// Marks `staged` settled and moves the watermark over the contiguous run now settled.
+    fn settle(&self, state: &mut State, staged: &[Arc<SegmentChange>]) {
+        state.settled.extend(staged.iter().map(|c| c.seq));
+        let before = state.published;
+        while state.settled.remove(&(state.published + 1)) {
+            state.published += 1;
+        }
+        if state.published > before {
+            let published = state.published;
+            self.published.send_replace(published);
+        }
+    }
+
+    /// Shows `staged` (now durable) to subscribers once every earlier change has settled too, and counts
+    /// them: transitions, and the latency from the causing event's acceptance (`accepted_us`) or the
+    /// timer's deadline to now.
+    pub fn publish(&self, staged: &[Arc<SegmentChange>], accepted_us: Option<u64>) {
+        if staged.is_empty() {
+            return;
+        }
         let now = now_us();
         {
             let mut state = self.state();
@@ -257,14 +316,8 @@ impl ChangeLog {
                         .observe(lag as f64 / 1e6);
                 }
             }
-        }
-        self.published.send_if_modified(|v| {
-            let changed = last.seq > *v;
-            *v = (*v).max(last.seq);
-            changed
-        });
-        for c in staged {
-            let _ = self.feed.send(c.clone());
+            self.settle(&mut state, staged);
+            self.trim(&mut state);
         }
     }
 
@@ -277,13 +330,15 @@ impl ChangeLog {
         limit: usize,
         segments: Option<&[String]>,
     ) -> ChangePage {
-        let published = *self.published.borrow();
         let state = self.state();
+        let published = state.published;
         let oldest = state.entries.front().map_or(state.next_seq, |c| c.seq);
+        // A cursor beyond the watermark (`u64::MAX`: "from now") is brought back to it, so a change
+        // still in flight is not passed over.
         let mut page = ChangePage {
             node: Some(node.clone()),
             changes: Vec::new(),
-            next: from.max(oldest).min(state.next_seq),
+            next: from.max(oldest).min(published + 1),
             oldest,
         };
         // Seqs may have gaps (a corrupt record skipped at start): search, do not index.
@@ -306,19 +361,19 @@ impl ChangeLog {
         let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v >= seq)).await;
     }
 
-    /// The live feed of published changes.
-    pub fn feed(&self) -> broadcast::Receiver<Arc<SegmentChange>> {
-        self.feed.subscribe()
+    /// The published watermark, to wait on for new changes (then read them with [`ChangeLog::page`]).
+    pub fn watermark(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// The newest published change of `user` in `segment` still held.
     pub fn last_of(&self, user: &str, segment: &str) -> Option<SegmentChange> {
-        let published = *self.published.borrow();
-        self.state()
+        let state = self.state();
+        state
             .entries
             .iter()
             .rev()
-            .filter(|c| c.seq <= published)
+            .filter(|c| c.seq <= state.published)
             .find(|c| c.change.user == user && c.change.segment == segment)
             .map(|c| (**c).clone())
     }
