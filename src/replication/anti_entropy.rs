@@ -10,51 +10,17 @@
 //! 3. the initiator pushes its state of every key that differs (tracked sends, like any replication) and
 //!    pulls the peer's with [`PeerMessage::AePull`].
 //!
-//! Caveat: digests are computed over every local key on each round (the store keeps each key's digest, so
-//! this is a scan, not a re-encode).
+//! Digests and bucket counts come from the rolling scan ([`super::scan`]): no round walks every key to
+//! compute them. Caveat: listing the entries of the buckets that differ (steps 2 and 3) still reads every
+//! local key, once per side, and only when some bucket differs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::ring::{ring_hash, Ring};
 use crate::hlc::NodeId;
 use crate::replication::{Effect, LocalStore, Replication};
 use crate::wire::peer::PeerMessage;
 
 impl Replication {
-    /// Whether `peer` and this node both replicate `key`.
-    fn shared(&self, key: &str, peer: &NodeId) -> bool {
-        let replicas = self.replicas(key);
-        replicas.contains(peer) && replicas.contains(&self.me)
-    }
-
-    fn bucket(&self, key: &str) -> usize {
-        (Ring::position(key.as_bytes()) % u64::from(self.config.ae_buckets.max(1))) as usize
-    }
-
-    /// The anti-entropy digests of the keys this node shares with `peer` (one per bucket).
-    pub fn digests(&self, peer: &NodeId, store: &dyn LocalStore) -> Vec<u64> {
-        let mut buckets = vec![0u64; self.config.ae_buckets.max(1) as usize];
-        store.for_each_key(&mut |key, hash| {
-            if self.shared(key, peer) {
-                let b = self.bucket(key);
-                // Order-independent combination of the key and its state hash.
-                buckets[b] =
-                    buckets[b].wrapping_add(ring_hash(key.as_bytes()) ^ hash.rotate_left(17));
-            }
-        });
-        buckets
-    }
-
-    fn bucket_counts(&self, peer: &NodeId, store: &dyn LocalStore) -> Vec<usize> {
-        let mut counts = vec![0usize; self.config.ae_buckets.max(1) as usize];
-        store.for_each_key(&mut |key, _| {
-            if self.shared(key, peer) {
-                counts[self.bucket(key)] += 1;
-            }
-        });
-        counts
-    }
-
     fn entries_in(
         &self,
         peer: &NodeId,
@@ -87,7 +53,8 @@ impl Replication {
             .into_iter()
             .filter(|p| self.liveness(p, now_ms) != crate::cluster::detector::Liveness::Down)
             .collect();
-        if peers.is_empty() {
+        // Digests come from the rolling scan: none until it has covered every key once.
+        if peers.is_empty() || !self.scan.complete() {
             return;
         }
         let peer = peers[self.ae_cursor % peers.len()].clone();
@@ -105,6 +72,10 @@ impl Replication {
         store: &dyn LocalStore,
         out: &mut Vec<Effect>,
     ) {
+        // Not answered before the rolling scan has covered every key once (the peer asks again).
+        if !self.scan.complete() {
+            return;
+        }
         let ours = self.digests(from, store);
         if ours.len() != buckets.len() {
             return;
@@ -121,7 +92,7 @@ impl Replication {
         let start = self.ae_offset % differing.len();
         self.ae_offset = self.ae_offset.wrapping_add(1);
         differing.rotate_left(start);
-        let counts = self.bucket_counts(from, store);
+        let counts = self.bucket_counts(from);
         let mut answered = Vec::new();
         let mut total = 0usize;
         for bucket in differing {

@@ -205,18 +205,10 @@ impl Replication {
         }
     }
 
-    /// Queues every key this node holds but does not replicate (and is not already moving).
-    pub(super) fn scan_orphans(&mut self, store: &dyn LocalStore) {
+    /// Queues `found`, keys this node holds but does not replicate (found by the rolling scan), for the
+    /// push to their replicas.
+    pub(super) fn queue_orphans(&mut self, found: Vec<(String, u64)>) {
         let n = self.config.replication_factor;
-        let mut found = Vec::new();
-        store.for_each_key(&mut |key, hash| {
-            if !self.orphan_hashes.contains_key(key)
-                && self.kept_orphans.get(key) != Some(&hash)
-                && !self.replicas(key).contains(&self.me)
-            {
-                found.push((key.to_owned(), hash));
-            }
-        });
         for (key, hash) in found {
             let targets = self.placement.current.preference_list(key.as_bytes(), n);
             if targets.is_empty() {

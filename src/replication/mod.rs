@@ -20,7 +20,8 @@
 //! - **Replica side**: a `Replicate` is merged through the store and answered with a `ReplicateAck` that
 //!   the runtime sends only after what was merged is durable ([`SendWhen::Durable`]).
 //! - **Hinted handoff** ([`hints`]), **anti-entropy** ([`anti_entropy`]), **join, leave and orphans**
-//!   ([`handoff`]): see those modules.
+//!   ([`handoff`]), and the **rolling scan** that feeds the last two one bounded slice of keys at a time
+//!   ([`scan`]): see those modules.
 //! - **Gossip**: every `gossip_ms` the membership table goes to every member; receiving any message counts
 //!   as a heartbeat for the failure detector.
 //!
@@ -32,6 +33,7 @@
 pub mod anti_entropy;
 pub mod handoff;
 pub mod hints;
+pub mod scan;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -111,6 +113,17 @@ pub trait LocalStore {
     /// Calls `f` with every key and the digest of its state
     /// ([`state_hash`](crate::wire::codec::state_hash)).
     fn for_each_key(&self, f: &mut dyn FnMut(&str, u64));
+    /// Into how many slices the keys are divided for the rolling scan (each key in exactly one, the
+    /// same one while it exists). One by default.
+    fn slices(&self) -> usize {
+        1
+    }
+    /// [`LocalStore::for_each_key`] over the keys of `slice` only (`slice < slices()`).
+    fn for_each_key_in(&self, slice: usize, f: &mut dyn FnMut(&str, u64)) {
+        if slice == 0 {
+            self.for_each_key(f);
+        }
+    }
     /// Removes `key` if its state still hashes to `expected` (it was handed over to its replicas and not
     /// written since). Returns whether it was removed.
     fn remove_if_unchanged(&self, key: &str, expected: u64) -> Result<bool, StoreError>;
@@ -317,6 +330,8 @@ pub struct Replication {
     writes_in_progress: usize,
     /// Rotates the first anti-entropy bucket answered, so large differences are worked through in turn.
     ae_offset: usize,
+    /// The rolling scan: digests per slice and orphan detection, one slice per step.
+    scan: scan::RollingScan,
     stats: ReplicationStats,
     /// Hint changes not yet handed to the runtime.
     persist: Vec<Effect>,
@@ -358,6 +373,7 @@ impl Replication {
             kept_orphans: BTreeMap::new(),
             writes_in_progress: 0,
             ae_offset: 0,
+            scan: scan::RollingScan::default(),
             stats: ReplicationStats::default(),
             persist: Vec::new(),
             dirty_table: false,
@@ -721,9 +737,9 @@ impl Replication {
             self.replay_hints(store, now_ms, &mut out);
         }
 
+        self.scan_step(store, now_ms);
         if now_ms >= self.next_ae_ms {
             self.next_ae_ms = now_ms + self.config.anti_entropy_ms;
-            self.scan_orphans(store);
             // A node that left takes part in no anti-entropy: nobody replicates with it any more.
             if !self.has_left() {
                 self.start_anti_entropy(store, now_ms, &mut out);
@@ -746,7 +762,7 @@ impl Replication {
             .values()
             .any(|q| !q.keys.is_empty())
             .then_some(self.next_hint_ms);
-        let mut due: Vec<u64> = vec![self.next_gossip_ms, self.next_ae_ms];
+        let mut due: Vec<u64> = vec![self.next_gossip_ms, self.next_ae_ms, self.scan.next_ms];
         due.extend(inflight);
         due.extend(hints);
         for h in self
@@ -776,7 +792,7 @@ mod tests {
     use std::cell::RefCell;
 
     use super::*;
-    use crate::cluster::ring::Ring;
+    use crate::cluster::ring::{ring_hash, Ring};
 
     const ADDR: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
         std::net::Ipv4Addr::LOCALHOST,
@@ -1219,6 +1235,7 @@ mod tests {
                 ae_max_keys: max_keys,
                 ..ReplicationConfig::default()
             });
+            r.scan_everything(&store);
             // The peer holds nothing: every bucket with a key differs.
             let effects = r.handle(
                 &node(2),
@@ -1240,5 +1257,122 @@ mod tests {
                 .collect();
             assert_eq!(entries.len(), expected, "ae_max_keys = {max_keys}");
         }
+    }
+
+    /// Entries divided into four slices, counting the keys each call reads.
+    struct Sliced {
+        entries: Vec<(String, u64)>,
+        read: std::cell::Cell<usize>,
+    }
+
+    impl Sliced {
+        fn slice_of(key: &str) -> usize {
+            (ring_hash(key.as_bytes()) % 4) as usize
+        }
+    }
+
+    impl LocalStore for Sliced {
+        fn state(&self, _key: &str) -> Option<Profile> {
+            None
+        }
+        fn merge_remote(&self, _key: &str, _state: &Profile) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn for_each_key(&self, f: &mut dyn FnMut(&str, u64)) {
+            for (k, h) in &self.entries {
+                self.read.set(self.read.get() + 1);
+                f(k, *h);
+            }
+        }
+        fn slices(&self) -> usize {
+            4
+        }
+        fn for_each_key_in(&self, slice: usize, f: &mut dyn FnMut(&str, u64)) {
+            for (k, h) in self
+                .entries
+                .iter()
+                .filter(|(k, _)| Sliced::slice_of(k) == slice)
+            {
+                self.read.set(self.read.get() + 1);
+                f(k, *h);
+            }
+        }
+        fn remove_if_unchanged(&self, _key: &str, _expected: u64) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+    }
+
+    /// The rolling scan reads one slice per step, never every key in one tick; anti-entropy waits for a
+    /// whole rotation, then sends the digests every key would give, and no tick of a round reads all keys.
+    #[test]
+    fn the_rolling_scan_reads_one_slice_per_step_and_its_digests_equal_a_full_scan() {
+        let config = ReplicationConfig {
+            anti_entropy_ms: 400,
+            ..ReplicationConfig::default()
+        };
+        let mut r = n1(config);
+        let store = Sliced {
+            entries: (0..200).map(|i| (format!("key-{i}"), i * 7919)).collect(),
+            read: Default::default(),
+        };
+        let per_slice: Vec<usize> = (0..4)
+            .map(|s| {
+                store
+                    .entries
+                    .iter()
+                    .filter(|(k, _)| Sliced::slice_of(k) == s)
+                    .count()
+            })
+            .collect();
+        assert!(per_slice.iter().all(|&n| n > 0 && n < 200), "{per_slice:?}");
+        let digest_sent = |effects: &[Effect]| {
+            effects.iter().find_map(|e| match e {
+                Effect::Send {
+                    msg: PeerMessage::AeDigest { buckets },
+                    ..
+                } => Some(buckets.clone()),
+                _ => None,
+            })
+        };
+        for (step, expected) in per_slice.iter().enumerate() {
+            store.read.set(0);
+            let effects = r.tick(&store, step as u64 * 100);
+            assert_eq!(store.read.get(), *expected, "step {step} reads one slice");
+            assert!(
+                digest_sent(&effects).is_none(),
+                "no round before a rotation"
+            );
+        }
+        store.read.set(0);
+        let effects = r.tick(&store, 400);
+        assert!(store.read.get() < 200, "a round reads no more than a slice");
+        let sent = digest_sent(&effects).expect("a round after the rotation");
+        let peer = node(2);
+        assert!(
+            sent == r.fresh_digests(&peer, &store) || sent == r.fresh_digests(&node(3), &store),
+            "the rolled-up digests equal a full scan's"
+        );
+    }
+
+    /// A single-node ring has nothing to compare or hand over: its ticks read no key.
+    #[test]
+    fn a_single_node_ring_scans_nothing() {
+        let mut table = MembershipTable::default();
+        table.set(&node(1), ADDR, MemberState::Active);
+        let mut r = Replication::new(
+            node(1),
+            ReplicationConfig::default(),
+            table,
+            BTreeMap::new(),
+            0,
+        );
+        let store = Sliced {
+            entries: (0..50).map(|i| (format!("key-{i}"), i)).collect(),
+            read: Default::default(),
+        };
+        for t in 0..100 {
+            r.tick(&store, t * 1_000);
+        }
+        assert_eq!(store.read.get(), 0);
     }
 }

@@ -96,6 +96,9 @@ impl SimStore {
     }
 }
 
+/// Slices of a simulated node's keys for the rolling scan.
+const SIM_SLICES: usize = 4;
+
 impl LocalStore for SimStore {
     fn state(&self, key: &str) -> Option<Profile> {
         self.data.borrow().get(key).cloned()
@@ -116,6 +119,19 @@ impl LocalStore for SimStore {
     fn for_each_key(&self, f: &mut dyn FnMut(&str, u64)) {
         for (k, p) in self.data.borrow().iter() {
             f(k, state_hash(p));
+        }
+    }
+
+    /// Several slices, so the simulation runs the rolling scan as the node does.
+    fn slices(&self) -> usize {
+        SIM_SLICES
+    }
+
+    fn for_each_key_in(&self, slice: usize, f: &mut dyn FnMut(&str, u64)) {
+        for (k, p) in self.data.borrow().iter() {
+            if crate::cluster::ring::ring_hash(k.as_bytes()) % SIM_SLICES as u64 == slice as u64 {
+                f(k, state_hash(p));
+            }
         }
     }
 

@@ -657,11 +657,23 @@ impl featurestore::replication::LocalStore for Engine {
     }
 
     fn for_each_key(&self, f: &mut dyn FnMut(&str, u64)) {
-        for shard in self.shards.iter() {
-            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
-            for (key, entry) in shard.iter() {
-                f(key, entry.hash);
-            }
+        for slice in 0..SHARDS {
+            self.for_each_key_in(slice, f);
+        }
+    }
+
+    /// A slice is a lock shard: the rolling scan holds one shard's read lock at a time.
+    fn slices(&self) -> usize {
+        SHARDS
+    }
+
+    fn for_each_key_in(&self, slice: usize, f: &mut dyn FnMut(&str, u64)) {
+        let Some(shard) = self.shards.get(slice) else {
+            return;
+        };
+        let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+        for (key, entry) in shard.iter() {
+            f(key, entry.hash);
         }
     }
 
