@@ -93,6 +93,10 @@ pub struct NodeConfig {
     /// Storage engine: `sled` (default) or `memory`.
     #[serde(default)]
     pub storage: StorageKind,
+    /// Bytes of sled's page cache (reads are served from the node's memory, never from it; writes and
+    /// the start-up scan use it). Default 64 MiB, at least 1 MiB.
+    #[serde(default = "defaults::storage_cache_bytes")]
+    pub storage_cache_bytes: u64,
     /// Durability policy: `{ mode = "sync" }` (default) or `{ mode = "periodic", interval_ms = N }`.
     #[serde(default)]
     pub durability: DurabilityPolicy,
@@ -351,6 +355,10 @@ mod defaults {
     pub fn expiry_sweep_ms() -> u64 {
         60_000
     }
+
+    pub fn storage_cache_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
 }
 
 /// The arguments of `store-node serve`: the config file and its overrides.
@@ -421,6 +429,7 @@ impl NodeConfig {
             listen,
             data_dir,
             storage: StorageKind::default(),
+            storage_cache_bytes: defaults::storage_cache_bytes(),
             durability: DurabilityPolicy::default(),
             tls,
             limits: Limits::default(),
@@ -533,6 +542,11 @@ impl NodeConfig {
         self.durability.validate()?;
         self.transport.validate().map_err(Error::Transport)?;
         self.http.validate()?;
+        if self.storage_cache_bytes < 1024 * 1024 {
+            return Err(Error::Config(
+                "storage_cache_bytes must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
         if self.request_timeout_ms == 0 {
             return Err(Error::Config(
                 "request_timeout_ms must be at least 1".into(),
@@ -751,6 +765,18 @@ key = "certs/node-n1.key"
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), &format!("{EXAMPLE}\nlisten_port = 3\n"));
         assert!(NodeConfig::load(&p, &Overrides::default()).is_err());
+        let p = write(
+            dir.path(),
+            &EXAMPLE.replace(
+                "\"n1\"\nlisten",
+                "\"n1\"\nstorage_cache_bytes = 1000\nlisten",
+            ),
+        );
+        let small = NodeConfig::load(&p, &Overrides::default());
+        assert!(
+            small.is_err_and(|e| e.to_string().contains("storage_cache_bytes")),
+            "a page cache under 1 MiB is refused"
+        );
         let p = write(
             dir.path(),
             &EXAMPLE.replace("\"n1\"\nlisten", "\"N 1\"\nlisten"),

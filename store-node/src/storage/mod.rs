@@ -16,8 +16,8 @@
 //! * [`SledStorage`] is the default engine: one sled `Db` with one tree, `"profiles"`, and sled's own
 //!   background flusher disabled, so the [`Durability`] flusher thread alone decides when to fsync.
 //! * [`MemoryStorage`] is a `Mutex<HashMap>` for tests and `storage = "memory"`; it is never durable.
-//! * Storage is read only at startup ([`Storage::load_all`]); hot-path reads are served from the node's
-//!   in-memory state.
+//! * Storage is read only at startup ([`Storage::for_each_record`], streamed); hot-path reads are served
+//!   from the node's in-memory state.
 //!
 //! # Caveats
 //!
@@ -25,8 +25,8 @@
 //!   to another engine (redb, fjall) a change to this module only.
 //! * sled flushes when the last handle is dropped; that drop blocks, so drop storage off the async
 //!   runtime (or after [`Durability::shutdown`], which already flushed).
-//! * `load_all` materialises every record in memory at once; that matches the node's design (the whole
-//!   state lives in memory anyway).
+//! * `load_all` materialises every record in memory at once (tests and tools); the node's start-up uses
+//!   `for_each_record`, which streams.
 
 mod durability;
 mod memory;
@@ -51,6 +51,14 @@ use crate::error::{Error, Result};
 pub trait Storage: Send + Sync + 'static {
     /// Every stored record, for rebuilding the in-memory state at startup (order unspecified).
     fn load_all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Every stored record handed to `f` as it is read (order unspecified): the node's start-up load,
+    /// which so never holds every record twice. By default through [`Storage::load_all`].
+    fn for_each_record(&self, f: &mut dyn FnMut(Vec<u8>, Vec<u8>)) -> Result<()> {
+        for (key, value) in self.load_all()? {
+            f(key, value);
+        }
+        Ok(())
+    }
     /// Insert or replace one record. Not durable until a later `flush` returns.
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()>;
     /// Remove one record (absent is fine). Not durable until a later `flush` returns.
@@ -115,13 +123,14 @@ impl FromStr for StorageKind {
     }
 }
 
-/// Opens the storage engine `kind` in directory `dir` (ignored for [`StorageKind::Memory`]).
+/// Opens the storage engine `kind` in directory `dir` (ignored for [`StorageKind::Memory`]), sled with a
+/// page cache of `cache_bytes`.
 ///
 /// Opening sled creates `dir` if needed and blocks while it recovers its log; call it before serving,
 /// or from a blocking context.
-pub fn open(kind: StorageKind, dir: &Path) -> Result<Arc<dyn Storage>> {
+pub fn open(kind: StorageKind, dir: &Path, cache_bytes: u64) -> Result<Arc<dyn Storage>> {
     match kind {
-        StorageKind::Sled => Ok(Arc::new(SledStorage::open(dir)?)),
+        StorageKind::Sled => Ok(Arc::new(SledStorage::open_with_cache(dir, cache_bytes)?)),
         StorageKind::Memory => Ok(Arc::new(MemoryStorage::default())),
     }
 }
@@ -148,7 +157,7 @@ mod tests {
 
     #[test]
     fn memory_open_ignores_dir() {
-        let s = open(StorageKind::Memory, Path::new("/nonexistent/dir")).unwrap();
+        let s = open(StorageKind::Memory, Path::new("/nonexistent/dir"), 1 << 24).unwrap();
         assert_eq!(s.kind(), "memory");
         assert_eq!(s.disk_bytes().unwrap(), 0);
     }
