@@ -104,7 +104,7 @@ impl Replication {
         }
     }
 
-    /// Scans every slice now (a whole rotation): for tests and the simulation's checks.
+    /// Scans every slice now (a whole rotation, O(keys)): for tests that need complete digests at once.
     pub fn scan_everything(&mut self, store: &dyn LocalStore) {
         let slices = store.slices().max(1);
         for _ in 0..slices {
