@@ -415,13 +415,14 @@ mod tests {
         .unwrap();
         assert_eq!(p.wait_ready(Duration::from_secs(10)).unwrap(), info());
         assert!(p.is_running());
-        assert!(p.terminate(Duration::from_secs(5)).unwrap().is_some());
-        // The relay thread may still be reading the last line out of the pipe when the process is gone.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // The script prints `after` only after the ready line, so it may not have run yet: wait for it
+        // (relayed, not swallowed as the ready event) before stopping the process.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while lines.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(*lines.lock().unwrap(), ["hello", "after"]);
+        assert!(p.terminate(Duration::from_secs(5)).unwrap().is_some());
 
         let mut early = NodeProcess::spawn_command(script("echo no; exit 3"), |_| {}).unwrap();
         let err = early.wait_ready(Duration::from_secs(10)).unwrap_err();
