@@ -1,7 +1,7 @@
 //! The layering rule of the core, checked on the source text (tests only).
 //!
-//! A *layer* is a folder of `src/` (`crdt`, `profile`, `ingest`, `cluster`, `wire`, `replication`, `sim`) or a
-//! top-level file (`knobs`, `error`, `hlc`, `limits`). The rule:
+//! A *layer* is a folder of `src/` (`crdt`, `profile`, `ingest`, `cluster`, `wire`, `replication`, `sim`,
+//! `compact`) or a top-level file (`knobs`, `error`, `hlc`, `limits`). The rule:
 //! 1. the graph of `crate::<layer>` references between layers has no cycle, and the layers only point
 //!    down the order in [`ORDER`];
 //! 2. inside a folder, the sibling files (all but `mod.rs`) have no cycle among themselves (`mod.rs` and
@@ -16,9 +16,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The layers from the ground up: a layer may refer only to layers before it.
-const ORDER: [&str; 12] = [
+const ORDER: [&str; 13] = [
     "knobs",
     "error",
+    "compact",
     "hlc",
     "crdt",
     "limits",

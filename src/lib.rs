@@ -10,7 +10,8 @@
 //! runtime around this crate, and the simulation (`sim`, tests only) drive exactly the same code.
 //!
 //! Layers, each a folder; imports only point down the list (checked by a test in `layering`):
-//! - [`error`], [`hlc`], [`limits`]: the ground floor (the error type imports nothing from the wire).
+//! - [`error`], [`compact`], [`hlc`], [`limits`]: the ground floor (the error type imports nothing from the
+//!   wire; [`compact`] holds the interned names and small sorted maps profiles are made of).
 //! - [`crdt`]: the feature kinds (gauge, counter, flag, window) and the dedup set as lattices behind one
 //!   [`crdt::Lattice`] trait.
 //! - [`profile`]: one entity's features, one merge, the read view, and [`profile::apply`].
@@ -22,6 +23,7 @@
 //! - [`replication`]: the replication protocol (hints, anti-entropy, handoff) as a state machine.
 
 pub mod cluster;
+pub mod compact;
 pub mod crdt;
 pub mod error;
 pub mod hlc;

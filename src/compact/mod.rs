@@ -1,0 +1,19 @@
+//! Compact in-memory representations: what keeps a profile small without changing what it means.
+//!
+//! - [`Symbol`]: an interned, immutable name (feature names, node ids). Every copy of one name shares one
+//!   allocation, so a million profiles with the same twenty feature names hold twenty strings, not twenty
+//!   million; a clone is a reference-count increment.
+//! - [`VecMap`]: a map kept as one sorted vector, for the small maps a profile is made of (its features
+//!   of each kind, a counter's slots). A `BTreeMap` allocates nodes of eleven entries, so a map of two
+//!   entries costs as much as one of eleven; a `VecMap` holds exactly its entries.
+//!
+//! Guarantees: both encode exactly as the types they replace (`String`, `BTreeMap`), with serde and with
+//! bincode, so stored records and wire frames keep their format; equality, order and hashing are those
+//! of the text and of the sorted entries. Caveat: the interning table only grows, up to
+//! [`MAX_INTERNED`] names; a name beyond it still works but is not shared (see [`symbol`]).
+
+pub mod symbol;
+pub mod vec_map;
+
+pub use symbol::{Symbol, MAX_INTERNED};
+pub use vec_map::VecMap;
