@@ -21,15 +21,18 @@ use std::fmt;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::compact::Symbol;
 use crate::error::{truncate_for_error, Error, Result};
 
 /// The identity of a node: 1 to 63 characters of `[a-z0-9-]`, the same name its certificate carries.
+///
+/// Interned ([`Symbol`]): every marker, dot and actor of one node shares one copy of its name.
 ///
 /// Parsed, not trusted: every way in (`new`, serde `Deserialize` from TOML or JSON, bincode `Decode` from a
 /// peer or the disk) validates, so a `NodeId` value is always well-formed. It encodes as its text.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Encode)]
 #[serde(transparent)]
-pub struct NodeId(String);
+pub struct NodeId(Symbol);
 
 impl<'de> Deserialize<'de> for NodeId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -61,7 +64,7 @@ impl NodeId {
             && !id.starts_with('-')
             && !id.ends_with('-');
         if ok {
-            Ok(NodeId(id))
+            Ok(NodeId(Symbol::new(&id)))
         } else {
             Err(Error::InvalidNodeId {
                 id: truncate_for_error(&id),

@@ -17,11 +17,10 @@
 //!   erasure wins over concurrent increments. Increments that causally follow the erase are kept.
 //! - Counters do not take a TTL (time-bounded counts are the job of window features).
 
-use std::collections::BTreeMap;
-
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::compact::VecMap;
 use crate::crdt::{Feature, FeatureKind, Lattice};
 use crate::hlc::{Actor, Marker, Timestamp};
 
@@ -42,7 +41,7 @@ pub struct CounterSlot {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct Counter {
     /// Slots by actor (node and incarnation).
-    pub slots: BTreeMap<Actor, CounterSlot>,
+    pub slots: VecMap<Actor, CounterSlot>,
 }
 
 impl Counter {
@@ -70,12 +69,16 @@ impl Counter {
     /// Applies a local increment by `actor` at `ts`. Returns `None` (and changes nothing) if a slot would
     /// overflow.
     pub fn apply(&mut self, actor: &Actor, delta: i64, ts: Timestamp) -> Option<()> {
-        let slot = self.slots.entry(actor.clone()).or_insert(CounterSlot {
-            first: ts,
-            last: ts,
-            inc: 0,
-            dec: 0,
-        });
+        let slot = self.slots.get_or_insert_with(
+            actor,
+            || actor.clone(),
+            || CounterSlot {
+                first: ts,
+                last: ts,
+                inc: 0,
+                dec: 0,
+            },
+        );
         if delta >= 0 {
             slot.inc = slot.inc.checked_add(delta.unsigned_abs())?;
         } else {

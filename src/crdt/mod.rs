@@ -229,7 +229,9 @@ mod law_tests {
             }),
             0..3,
         )
-        .prop_map(|slots| Counter { slots })
+        .prop_map(|slots: std::collections::BTreeMap<_, _>| Counter {
+            slots: slots.into(),
+        })
     }
 
     /// Three replicas of one flag after random writes (through one or several nodes, with contexts read

@@ -47,6 +47,7 @@ use std::collections::BTreeMap;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::compact::VecMap;
 use crate::crdt::{Feature, FeatureKind, Lattice};
 use crate::hlc::{Actor, Marker, Timestamp};
 
@@ -174,7 +175,7 @@ pub struct Window {
     /// Its parameters.
     pub spec: WindowSpec,
     /// Buckets by start (event-time ms), each with one slot per node.
-    pub buckets: BTreeMap<u64, BTreeMap<Actor, WindowSlot>>,
+    pub buckets: BTreeMap<u64, VecMap<Actor, WindowSlot>>,
 }
 
 /// Why [`Window::add`] refused an event.
@@ -240,19 +241,18 @@ impl Window {
         if self.high_water().is_some_and(|hw| self.outside(start, hw)) {
             return Err(WindowRefusal::Late);
         }
-        let slot = self
-            .buckets
-            .entry(start)
-            .or_default()
-            .entry(actor.clone())
-            .or_insert(WindowSlot {
+        let slot = self.buckets.entry(start).or_default().get_or_insert_with(
+            actor,
+            || actor.clone(),
+            || WindowSlot {
                 first: ts,
                 count: 0,
                 sum: 0.0,
                 min: value,
                 max: value,
                 hashes: Vec::new(),
-            });
+            },
+        );
         let Some(count) = slot.count.checked_add(1) else {
             return Err(WindowRefusal::Overflow);
         };

@@ -32,6 +32,7 @@ pub use apply::{apply, Applied, CounterDelta, GaugeWrite, Write};
 pub use identity::Identity;
 pub use view::{FeatureView, FlagValue, FlagView, ProfileView};
 
+use crate::compact::{Symbol, VecMap};
 use crate::crdt::counter::Counter;
 use crate::crdt::flag::{CausalContext, FlagRegister, FlagWrite};
 use crate::crdt::gauge::GaugeRegister;
@@ -47,15 +48,15 @@ use crate::limits::Limits;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Encode, Decode)]
 pub struct Profile {
     /// Gauge features by name.
-    pub gauges: BTreeMap<String, GaugeRegister>,
+    pub gauges: VecMap<Symbol, GaugeRegister>,
     /// Counter features by name.
-    pub counters: BTreeMap<String, Counter>,
+    pub counters: VecMap<Symbol, Counter>,
     /// Flag features by name.
-    pub flags: BTreeMap<String, FlagRegister>,
+    pub flags: VecMap<Symbol, FlagRegister>,
     /// The erasure watermark: everything at or below it is gone.
     pub erased_at: Option<Marker>,
     /// Window features by name.
-    pub windows: BTreeMap<String, Window>,
+    pub windows: VecMap<Symbol, Window>,
     /// Message ids already ingested (event deduplication), replicated with the profile.
     pub seen: Seen,
     /// Identity links: the id this one was linked into, and the profiles linked into this one.
@@ -84,12 +85,12 @@ pub trait FeatureMap {
     fn expire(&mut self, now_ms: u64) -> bool;
 }
 
-impl<L: Feature> FeatureMap for BTreeMap<String, L> {
+impl<L: Feature> FeatureMap for VecMap<Symbol, L> {
     fn kind(&self) -> FeatureKind {
         L::KIND
     }
     fn len(&self) -> usize {
-        BTreeMap::len(self)
+        VecMap::len(self)
     }
     fn contains(&self, name: &str) -> bool {
         self.contains_key(name)
@@ -110,7 +111,7 @@ impl<L: Feature> FeatureMap for BTreeMap<String, L> {
 }
 
 /// Joins `theirs` into `ours`, feature by feature. Returns true if `ours` changed.
-fn merge_map<L: Lattice>(ours: &mut BTreeMap<String, L>, theirs: &BTreeMap<String, L>) -> bool {
+fn merge_map<L: Lattice>(ours: &mut VecMap<Symbol, L>, theirs: &VecMap<Symbol, L>) -> bool {
     let mut changed = false;
     for (name, f) in theirs {
         match ours.get_mut(name) {
@@ -256,7 +257,7 @@ impl Profile {
                     }
                 }
                 None => {
-                    self.gauges.insert(u.name.to_owned(), incoming);
+                    self.gauges.insert(Symbol::new(u.name), incoming);
                     WriteOutcome::Applied
                 }
             };
@@ -304,7 +305,7 @@ impl Profile {
             }
         }
         for (name, counter) in touched {
-            self.counters.insert(name.to_owned(), counter);
+            self.counters.insert(Symbol::new(name), counter);
         }
         Ok(deltas.iter().map(|(n, _)| self.counter_value(n)).collect())
     }
@@ -328,7 +329,7 @@ impl Profile {
             expires_at_ms: update.expires_at_ms,
             max_siblings: limits.max_siblings,
         })?;
-        self.flags.insert(update.name.to_owned(), reg);
+        self.flags.insert(Symbol::new(update.name), reg);
         Ok(())
     }
 
@@ -354,10 +355,9 @@ impl Profile {
         }) {
             return Ok(());
         }
-        let window = self
-            .windows
-            .entry(name.to_owned())
-            .or_insert_with(|| Window::new(spec));
+        let window =
+            self.windows
+                .get_or_insert_with(name, || Symbol::new(name), || Window::new(spec));
         let result = window.add(actor, at_ms, value, ts);
         if window.buckets.is_empty() {
             self.windows.remove(name);

@@ -27,7 +27,7 @@ impl Profile {
         for (name, g) in self.gauges.iter().filter(|(n, _)| wanted(n)) {
             if let Some(value) = g.visible(now_ms) {
                 features.insert(
-                    name.clone(),
+                    name.to_string(),
                     FeatureView::Gauge {
                         value: value.clone(),
                         version: g.marker.clone(),
@@ -37,12 +37,12 @@ impl Profile {
             }
         }
         for (name, c) in self.counters.iter().filter(|(n, _)| wanted(n)) {
-            features.insert(name.clone(), FeatureView::Counter { value: c.value() });
+            features.insert(name.to_string(), FeatureView::Counter { value: c.value() });
         }
         for (name, w) in self.windows.iter().filter(|(n, _)| wanted(n)) {
             let (events, value) = w.value(now_ms);
             features.insert(
-                name.clone(),
+                name.to_string(),
                 FeatureView::Window {
                     aggregation: w.spec.aggregation,
                     value,
@@ -52,7 +52,7 @@ impl Profile {
         }
         for (name, f) in self.flags.iter().filter(|(n, _)| wanted(n)) {
             if let Some(view) = FlagView::of(f, now_ms) {
-                features.insert(name.clone(), FeatureView::Flag(view));
+                features.insert(name.to_string(), FeatureView::Flag(view));
             }
         }
         for absorbed in self.identity.absorbed.values() {

@@ -48,7 +48,7 @@ pub fn membership_flag(segment: &str) -> String {
 pub fn is_member(profile: &Profile, segment: &str, now_ms: u64) -> bool {
     profile
         .flags
-        .get(&membership_flag(segment))
+        .get(membership_flag(segment).as_str())
         .is_some_and(|f| f.visible(now_ms).any(|s| s.value))
 }
 
@@ -59,9 +59,12 @@ pub fn conflicts<'a>(profile: &Profile, segments: &'a Segments, now_ms: u64) -> 
         .iter()
         .map(|s| s.name())
         .filter(|name| {
-            profile.flags.get(&membership_flag(name)).is_some_and(|f| {
-                f.visible(now_ms).any(|s| s.value) && f.visible(now_ms).any(|s| !s.value)
-            })
+            profile
+                .flags
+                .get(membership_flag(name).as_str())
+                .is_some_and(|f| {
+                    f.visible(now_ms).any(|s| s.value) && f.visible(now_ms).any(|s| !s.value)
+                })
         })
         .collect()
 }
@@ -136,7 +139,7 @@ pub fn reconcile(
             }
         };
         let flag = membership_flag(name);
-        let (context, visible) = match profile.flags.get(&flag) {
+        let (context, visible) = match profile.flags.get(flag.as_str()) {
             Some(f) => (
                 f.clock.clone(),
                 f.visible(now_ms)
@@ -168,7 +171,7 @@ pub fn reconcile(
         }
         let dot = profile
             .flags
-            .get(&flag)
+            .get(flag.as_str())
             .and_then(|f| {
                 f.siblings
                     .iter()

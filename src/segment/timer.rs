@@ -70,7 +70,7 @@ pub fn candidates(rule: &Rule, profile: &Profile, schema: &Schema, now_ms: u64) 
     let profiles = std::iter::once(profile).chain(profile.identity.absorbed.values());
     for p in profiles {
         for name in rule.reads() {
-            if let Some(w) = p.windows.get(name) {
+            if let Some(w) = p.windows.get(name.as_str()) {
                 let width = i128::from(w.spec.bucket_ms.max(1));
                 let span = i128::from(w.spec.span_ms);
                 for start in w.buckets.keys() {
@@ -90,10 +90,10 @@ pub fn candidates(rule: &Rule, profile: &Profile, schema: &Schema, now_ms: u64) 
                     }
                 }
             }
-            if let Some(at) = p.gauges.get(name).and_then(|g| g.expires_at_ms) {
+            if let Some(at) = p.gauges.get(name.as_str()).and_then(|g| g.expires_at_ms) {
                 add(i128::from(at));
             }
-            if let Some(f) = p.flags.get(name) {
+            if let Some(f) = p.flags.get(name.as_str()) {
                 for at in f.siblings.iter().filter_map(|s| s.expires_at_ms) {
                     add(i128::from(at));
                 }

@@ -81,7 +81,12 @@ impl Op {
         match self {
             Op::Gauge {
                 feature, marker, ..
-            } => erased(marker) || p.gauges.get(feature).is_some_and(|g| g.marker >= *marker),
+            } => {
+                erased(marker)
+                    || p.gauges
+                        .get(feature.as_str())
+                        .is_some_and(|g| g.marker >= *marker)
+            }
             Op::Incr {
                 feature,
                 stamp,
@@ -90,15 +95,16 @@ impl Op {
                 ..
             } => {
                 erased(slot)
-                    || p.counters.get(feature).is_some_and(|c| {
+                    || p.counters.get(feature.as_str()).is_some_and(|c| {
                         c.slots.get(actor).is_some_and(|s| {
                             s.first > slot.ts || (s.first == slot.ts && s.last >= stamp.ts)
                         })
                     })
             }
-            Op::Flag { feature, dot, .. } => {
-                p.flags.get(feature).is_some_and(|f| f.clock.covers(dot))
-            }
+            Op::Flag { feature, dot, .. } => p
+                .flags
+                .get(feature.as_str())
+                .is_some_and(|f| f.clock.covers(dot)),
             Op::Erase { watermark } => p.erased_at.as_ref().is_some_and(|w| w >= watermark),
         }
     }

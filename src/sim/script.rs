@@ -176,7 +176,7 @@ fn execute(cluster: &mut Option<Cluster>, command: &str) -> Result<Vec<String>, 
             let (name, value) = flag.ok_or("usage: flag NODE KEY name=BOOL [ctx=NODE]")?;
             let context: CausalContext = context_from
                 .and_then(|from| c.state(from, key))
-                .and_then(|p| p.flags.get(&name).map(|r| r.clock.clone()))
+                .and_then(|p| p.flags.get(name.as_str()).map(|r| r.clock.clone()))
                 .unwrap_or_default();
             let write = Write::SetFlag {
                 name: &name,

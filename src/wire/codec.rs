@@ -175,9 +175,9 @@ pub fn encode_record(profile: &Profile) -> Result<Vec<u8>> {
 /// A profile as version-1 records stored it (before window features).
 #[derive(Decode)]
 struct ProfileV1 {
-    gauges: std::collections::BTreeMap<String, crate::crdt::gauge::GaugeRegister>,
-    counters: std::collections::BTreeMap<String, crate::crdt::counter::Counter>,
-    flags: std::collections::BTreeMap<String, crate::crdt::flag::FlagRegister>,
+    gauges: crate::compact::VecMap<crate::compact::Symbol, crate::crdt::gauge::GaugeRegister>,
+    counters: crate::compact::VecMap<crate::compact::Symbol, crate::crdt::counter::Counter>,
+    flags: crate::compact::VecMap<crate::compact::Symbol, crate::crdt::flag::FlagRegister>,
     erased_at: Option<crate::hlc::Marker>,
 }
 
@@ -248,11 +248,11 @@ impl WindowV2 {
 /// A profile as version-2 records stored it (before distinct counts and identity links).
 #[derive(Decode)]
 struct ProfileV2 {
-    gauges: std::collections::BTreeMap<String, crate::crdt::gauge::GaugeRegister>,
-    counters: std::collections::BTreeMap<String, crate::crdt::counter::Counter>,
-    flags: std::collections::BTreeMap<String, crate::crdt::flag::FlagRegister>,
+    gauges: crate::compact::VecMap<crate::compact::Symbol, crate::crdt::gauge::GaugeRegister>,
+    counters: crate::compact::VecMap<crate::compact::Symbol, crate::crdt::counter::Counter>,
+    flags: crate::compact::VecMap<crate::compact::Symbol, crate::crdt::flag::FlagRegister>,
     erased_at: Option<crate::hlc::Marker>,
-    windows: std::collections::BTreeMap<String, WindowV2>,
+    windows: crate::compact::VecMap<crate::compact::Symbol, WindowV2>,
     seen: crate::crdt::seen::Seen,
 }
 
@@ -648,9 +648,14 @@ mod tests {
         use crate::profile::GaugeUpdate;
         #[derive(Encode)]
         struct ProfileV1Out<'a> {
-            gauges: &'a std::collections::BTreeMap<String, crate::crdt::gauge::GaugeRegister>,
-            counters: &'a std::collections::BTreeMap<String, crate::crdt::counter::Counter>,
-            flags: &'a std::collections::BTreeMap<String, crate::crdt::flag::FlagRegister>,
+            gauges: &'a crate::compact::VecMap<
+                crate::compact::Symbol,
+                crate::crdt::gauge::GaugeRegister,
+            >,
+            counters:
+                &'a crate::compact::VecMap<crate::compact::Symbol, crate::crdt::counter::Counter>,
+            flags:
+                &'a crate::compact::VecMap<crate::compact::Symbol, crate::crdt::flag::FlagRegister>,
             erased_at: &'a Option<crate::hlc::Marker>,
         }
         let limits = crate::Limits::default();
@@ -761,11 +766,16 @@ mod tests {
         }
         #[derive(Encode)]
         struct ProfileV2Out<'a> {
-            gauges: &'a BTreeMap<String, crate::crdt::gauge::GaugeRegister>,
-            counters: &'a BTreeMap<String, crate::crdt::counter::Counter>,
-            flags: &'a BTreeMap<String, crate::crdt::flag::FlagRegister>,
+            gauges: &'a crate::compact::VecMap<
+                crate::compact::Symbol,
+                crate::crdt::gauge::GaugeRegister,
+            >,
+            counters:
+                &'a crate::compact::VecMap<crate::compact::Symbol, crate::crdt::counter::Counter>,
+            flags:
+                &'a crate::compact::VecMap<crate::compact::Symbol, crate::crdt::flag::FlagRegister>,
             erased_at: &'a Option<crate::hlc::Marker>,
-            windows: BTreeMap<String, WindowV2Out>,
+            windows: crate::compact::VecMap<crate::compact::Symbol, WindowV2Out>,
             seen: &'a crate::crdt::seen::Seen,
         }
         let limits = crate::Limits::default();

@@ -264,7 +264,7 @@ async fn join_and_leave_under_write_load_lose_nothing() {
             .unwrap()
             .unwrap_or_default();
         for ((k, feature), value) in acked.iter().filter(|((k, _), _)| k == key) {
-            match state.gauges.get(feature) {
+            match state.gauges.get(feature.as_str()) {
                 Some(g) if g.value == Some(Value::I64(*value)) => {}
                 other => lost.push(format!("{k}.{feature}={value}: {other:?}")),
             }
