@@ -5,6 +5,8 @@
 //! - `hlc`: a local tick and the observation of a remote timestamp;
 //! - `merge`: each feature lattice (gauge, counter, flag with concurrent siblings) and whole profiles
 //!   (20 gauges; 14 gauges + 3 counters + 3 flags);
+//! - `write`: one client write decided and applied ([`featurestore::profile::apply`]) to a 20-feature
+//!   profile;
 //! - `read_path`: building the client view of a 20-feature profile (what every `Get` does);
 //! - `codec`: a stored record and a `Response::Profile` frame, encoded and decoded; request frames decoded;
 //! - `ring`: the owner and the 3-node preference list of a key.
@@ -22,96 +24,17 @@ use featurestore::cluster::ring::Ring;
 use featurestore::crdt::counter::Counter;
 use featurestore::crdt::gauge::GaugeRegister;
 use featurestore::crdt::Lattice;
-use featurestore::profile::{FlagUpdate, GaugeUpdate};
+use featurestore::profile::{apply, CounterDelta, Write};
 use featurestore::wire::client::GaugeWrite;
 use featurestore::wire::codec::{
     decode_record, decode_request, decode_response, encode_record, encode_request, encode_response,
     FRAME_HEADER_BYTES,
 };
-use featurestore::{
-    CausalContext, Clock, Limits, Marker, NodeId, Profile, Request, Response, Timestamp, Value,
-};
+use featurestore::{Clock, Limits, NodeId, Request, Response, Timestamp, Value};
 
-const NOW: u64 = 1_763_000_000_000;
+mod fixtures;
 
-fn node(name: &str) -> NodeId {
-    NodeId::new(name).expect("valid node id")
-}
-
-/// The node's actor in a realistic incarnation (a random 64-bit number, as the node draws it).
-fn actor(name: &str) -> featurestore::hlc::Actor {
-    featurestore::hlc::Actor::new(node(name), 0x9f3a_0c12_d4e5_b6a7)
-}
-
-fn marker(name: &str, wall_ms: u64, logical: u32) -> Marker {
-    Marker {
-        ts: Timestamp { wall_ms, logical },
-        node: node(name),
-    }
-}
-
-/// Profile `i` of the benchmark keyspace, written at `wall_ms` by `writer`.
-fn gauge_profile(i: usize, writer: &str, wall_ms: u64) -> Profile {
-    let fields = Keyspace::new(i + 1).profile(i);
-    let updates: Vec<GaugeUpdate<'_>> = fields
-        .iter()
-        .map(|(name, value)| GaugeUpdate {
-            name,
-            value,
-            expires_at_ms: None,
-        })
-        .collect();
-    let mut p = Profile::default();
-    p.put_gauges(&updates, &marker(writer, wall_ms, 0), &Limits::default())
-        .expect("20 gauges fit the default limits");
-    p
-}
-
-/// 14 gauges, 3 counters (increments from two nodes) and 3 flags (two concurrent writes each).
-fn mixed_profile(writer: &str, other: &str, wall_ms: u64) -> Profile {
-    let limits = Limits::default();
-    let mut p = Profile::default();
-    let fields = Keyspace::new(1).profile(0);
-    let updates: Vec<GaugeUpdate<'_>> = fields
-        .iter()
-        .take(14)
-        .map(|(name, value)| GaugeUpdate {
-            name,
-            value,
-            expires_at_ms: None,
-        })
-        .collect();
-    p.put_gauges(&updates, &marker(writer, wall_ms, 0), &limits)
-        .expect("gauges fit");
-    for n in [writer, other] {
-        p.increment(
-            &[("orders", 1), ("page_views", 3), ("credits", -2)],
-            &actor(n),
-            Timestamp::from_millis(wall_ms),
-            &limits,
-        )
-        .expect("counters fit");
-    }
-    let empty = CausalContext::default();
-    for name in ["vip", "churn_risk", "segment_cart"] {
-        for (n, ms) in [(writer, wall_ms), (other, wall_ms + 1)] {
-            p.set_flag(
-                FlagUpdate {
-                    name,
-                    value: true,
-                    context: &empty,
-                    marker: marker(n, ms, 0),
-                    actor: actor(n),
-                    expires_at_ms: None,
-                },
-                wall_ms,
-                &limits,
-            )
-            .expect("flag fits");
-        }
-    }
-    p
-}
+use fixtures::{actor, gauge_profile, marker, mixed_profile, node, NOW};
 
 fn hlc(c: &mut Criterion) {
     let mut g = c.benchmark_group("hlc");
@@ -209,6 +132,61 @@ fn merges(c: &mut Criterion) {
     g.finish();
 }
 
+/// The coordinator's whole decision of one client write ([`featurestore::profile::apply`]): stamp, check,
+/// apply. Measured on a fresh copy of the profile each iteration, like the merges.
+fn writes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("write");
+    let limits = Limits::default();
+    let mut clock = Clock::new(node("n1"), 1_000);
+    let p20 = gauge_profile(3, "n1", NOW);
+    let one = [GaugeWrite {
+        name: "cart_value".into(),
+        value: Value::F64(42.5),
+        ttl_ms: None,
+    }];
+    g.bench_function("apply_put_1_gauge_into_20", |b| {
+        b.iter_batched_ref(
+            || p20.clone(),
+            |p| {
+                black_box(apply(
+                    p,
+                    Write::Put {
+                        gauges: black_box(&one),
+                        timestamp_ms: None,
+                    },
+                    &mut clock,
+                    NOW,
+                    &limits,
+                ))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let mixed = mixed_profile("n1", "n2", NOW);
+    let deltas = [CounterDelta {
+        name: "orders".into(),
+        delta: 1,
+    }];
+    g.bench_function("apply_increment_1_counter_mixed_20", |b| {
+        b.iter_batched_ref(
+            || mixed.clone(),
+            |p| {
+                black_box(apply(
+                    p,
+                    Write::Increment {
+                        deltas: black_box(&deltas),
+                    },
+                    &mut clock,
+                    NOW,
+                    &limits,
+                ))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
 fn read_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("read_path");
     let p = gauge_profile(3, "n1", NOW);
@@ -300,5 +278,5 @@ fn ring(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(core, hlc, merges, read_path, codec, ring);
+criterion_group!(core, hlc, merges, writes, read_path, codec, ring);
 criterion_main!(core);
