@@ -606,7 +606,14 @@ impl Engine {
         self.storage.put(key.as_bytes(), &record)?;
         let ticket = self.durability.written();
         let hash = record_hash(&record);
-        shard.insert(key.to_owned(), Stored { profile, hash });
+        let stored = Stored { profile, hash };
+        // Replace in place when the key is known: no new key allocation per write.
+        match shard.get_mut(key) {
+            Some(slot) => *slot = stored,
+            None => {
+                shard.insert(key.to_owned(), stored);
+            }
+        }
         Ok(ticket)
     }
 
