@@ -44,7 +44,9 @@ pub const SHARDS: usize = 64;
 /// orphan scans never re-encode profiles).
 #[derive(Debug, Clone)]
 struct Stored {
-    profile: Profile,
+    /// Boxed, so the shard's hash table holds a pointer per slot: its empty slots (up to half of them
+    /// after it grows) then cost 8 bytes each rather than the size of a `Profile`.
+    profile: Box<Profile>,
     hash: u64,
 }
 
@@ -216,7 +218,13 @@ fn load_record(
             shards[shard_index(hasher, &key)]
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(key, Stored { profile, hash });
+                .insert(
+                    key,
+                    Stored {
+                        profile: Box::new(profile),
+                        hash,
+                    },
+                );
             recovery.entities += 1;
         }
         Err((key, reason)) => {
@@ -554,7 +562,7 @@ impl Engine {
             .shard(key)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        shard.get(key).map(|s| s.profile.clone())
+        shard.get(key).map(|s| Profile::clone(&s.profile))
     }
 
     /// The storage engine.
@@ -600,7 +608,7 @@ impl Engine {
         &self,
         shard: &mut HashMap<String, Stored>,
         key: &str,
-        profile: Profile,
+        profile: Box<Profile>,
     ) -> crate::Result<WriteTicket> {
         let record = encode_record(&profile)?;
         self.storage.put(key.as_bytes(), &record)?;
