@@ -38,6 +38,7 @@ use bincode::error::DecodeError;
 use bincode::Encode;
 use serde::{Deserialize, Serialize};
 
+use crate::compact::{Symbol, VecMap};
 use crate::crdt::gauge::GaugeRegister;
 use crate::crdt::value::Value;
 use crate::crdt::window::Aggregation;
@@ -253,11 +254,11 @@ impl Profile {
 
 /// Adds `theirs` (the view of an absorbed profile) into `ours` (the canonical profile's view so far).
 pub(crate) fn combine_views(
-    ours: &mut BTreeMap<String, FeatureView>,
-    theirs: BTreeMap<String, FeatureView>,
+    ours: &mut VecMap<Symbol, FeatureView>,
+    theirs: VecMap<Symbol, FeatureView>,
 ) {
     for (name, view) in theirs {
-        match ours.get_mut(&name) {
+        match ours.get_mut(name.as_str()) {
             None => {
                 ours.insert(name, view);
             }

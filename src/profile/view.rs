@@ -6,11 +6,10 @@
 //! (flag over window over counter over gauge). The profiles of ids linked into this one are combined into
 //! its view (see [`identity`](crate::profile::identity)).
 
-use std::collections::BTreeMap;
-
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::compact::{Symbol, VecMap};
 use crate::crdt::flag::{CausalContext, FlagRegister};
 use crate::crdt::value::Value;
 use crate::crdt::window::Aggregation;
@@ -23,11 +22,11 @@ impl Profile {
     /// `None` if no feature is visible (never written, erased, or all expired).
     pub fn view(&self, now_ms: u64, projection: Option<&[String]>) -> Option<ProfileView> {
         let wanted = |name: &str| projection.is_none_or(|p| p.iter().any(|n| n == name));
-        let mut features = BTreeMap::new();
+        let mut features = VecMap::new();
         for (name, g) in self.gauges.iter().filter(|(n, _)| wanted(n)) {
             if let Some(value) = g.visible(now_ms) {
                 features.insert(
-                    name.to_string(),
+                    name.clone(),
                     FeatureView::Gauge {
                         value: value.clone(),
                         version: g.marker.clone(),
@@ -37,12 +36,12 @@ impl Profile {
             }
         }
         for (name, c) in self.counters.iter().filter(|(n, _)| wanted(n)) {
-            features.insert(name.to_string(), FeatureView::Counter { value: c.value() });
+            features.insert(name.clone(), FeatureView::Counter { value: c.value() });
         }
         for (name, w) in self.windows.iter().filter(|(n, _)| wanted(n)) {
             let (events, value) = w.value(now_ms);
             features.insert(
-                name.to_string(),
+                name.clone(),
                 FeatureView::Window {
                     aggregation: w.spec.aggregation,
                     value,
@@ -52,7 +51,7 @@ impl Profile {
         }
         for (name, f) in self.flags.iter().filter(|(n, _)| wanted(n)) {
             if let Some(view) = FlagView::of(f, now_ms) {
-                features.insert(name.to_string(), FeatureView::Flag(view));
+                features.insert(name.clone(), FeatureView::Flag(view));
             }
         }
         for absorbed in self.identity.absorbed.values() {
@@ -79,8 +78,9 @@ impl Profile {
 /// What a client sees of one entity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
 pub struct ProfileView {
-    /// Visible features by name.
-    pub features: BTreeMap<String, FeatureView>,
+    /// Visible features by name, in name order. Names are interned ([`Symbol`]): a view shares them with
+    /// the profile it was built from, and a decoded view with every other view of the process.
+    pub features: VecMap<Symbol, FeatureView>,
 }
 
 /// What a client sees of one feature.

@@ -120,7 +120,7 @@ pub fn readings(
     reads
         .iter()
         .filter_map(|name| {
-            let found = view.and_then(|v| v.features.get(name));
+            let found = view.and_then(|v| v.features.get(name.as_str()));
             let r = match found {
                 Some(f) => reading(name, f, schema),
                 None => schema.absent(name),

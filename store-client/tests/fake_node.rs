@@ -22,7 +22,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -304,10 +304,12 @@ fn gauge(text: &str) -> FeatureView {
 /// What a fake node answers to a read of `key`: a profile naming the key and the node for `p-` keys.
 fn read(state: &State, key: &str) -> Option<ProfileView> {
     key.starts_with("p-").then(|| ProfileView {
-        features: BTreeMap::from([
-            ("key".to_owned(), gauge(key)),
-            ("node".to_owned(), gauge(state.id.as_str())),
-        ]),
+        features: [
+            ("key".into(), gauge(key)),
+            ("node".into(), gauge(state.id.as_str())),
+        ]
+        .into_iter()
+        .collect(),
     })
 }
 

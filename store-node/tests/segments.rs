@@ -42,7 +42,7 @@ fn track(user: &str, message_id: &str, name: &str, properties: serde_json::Value
 /// The user's membership of `segment` as the client reads it: `None` if the flag is absent.
 async fn member(client: &store_client::Client, user: &str, segment: &str) -> Option<bool> {
     let view = client.get(user, None).await.unwrap()?;
-    match view.features.get(&format!("segment:{segment}")) {
+    match view.features.get(format!("segment:{segment}").as_str()) {
         Some(FeatureView::Flag(flag)) => Some(flag.values.iter().any(|v| v.value)),
         None => None,
         other => panic!("segment:{segment} is not a flag: {other:?}"),
