@@ -63,6 +63,8 @@ wait "$load_pid"
 
 mkdir -p benches/results
 out="benches/results/profile-$workload-$mode.txt"
+# `head` closes the pipe before `perf report` has written everything: not an error here.
+set +o pipefail
 {
     echo "# perf profile of store-node: $workload $mode (rate $rate), $profiles profiles, $(date -u +%FT%TZ)"
     echo "# loadgen result:"
