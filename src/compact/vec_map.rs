@@ -182,21 +182,6 @@ impl<K: Ord, V> VecMap<K, V> {
         self.entries.iter_mut().map(|(_, v)| v)
     }
 
-    /// The first entry (smallest key).
-    pub fn first_key_value(&self) -> Option<(&K, &V)> {
-        self.entries.first().map(|(k, v)| (k, v))
-    }
-
-    /// The last entry (largest key).
-    pub fn last_key_value(&self) -> Option<(&K, &V)> {
-        self.entries.last().map(|(k, v)| (k, v))
-    }
-
-    /// Gives back spare capacity (after a decode or a batch of inserts).
-    pub fn shrink_to_fit(&mut self) {
-        self.entries.shrink_to_fit();
-    }
-
     /// A map of `entries` in any order; a repeated key keeps its last value.
     fn from_unsorted(mut entries: Vec<(K, V)>) -> Self {
         // Stable: among equal keys the later entry stays later, and `dedup_by` keeps the first of a run,
