@@ -976,6 +976,9 @@ async fn reads_fail_over_and_writes_move_on_only_when_undelivered() {
         .unwrap();
     let second = node_of(&nodes, &ring.preference_list(key.as_bytes(), 2)[1]);
     nodes[2].stop();
+    // Until the client has the close, a request may still go out on the old connection and be lost in
+    // flight (an ambiguous write, another test's case): wait for the node's connections to drain.
+    nodes[2].endpoint.wait_idle().await;
 
     // Connecting to n3 fails, so the write certainly did not reach it: the next replica takes it.
     client.put(&key, &[("a", Value::I64(1))]).await.unwrap();
