@@ -76,6 +76,13 @@ pub struct Limits {
     /// (`segment_timers_dropped`), and those users' time-driven transitions wait for their next event.
     /// Default 1,000,000.
     pub max_segment_timers: usize,
+    /// Bytes after which a node's write-ahead log closes its segment file and folds it into the main
+    /// store (also the most a restart replays from one segment). Default 32 MiB.
+    pub wal_segment_bytes: u64,
+    /// Most bytes of write-ahead log entries a node buffers in memory between flushes; a write beyond
+    /// it is refused (not acknowledged) and counted (`wal_refused_full`). Also the longest entry a
+    /// replay accepts. Default 64 MiB.
+    pub max_wal_buffer_bytes: u64,
 }
 
 /// The ceiling on `max_rule_depth`: a rule this deep evaluates within 1.3 MB of stack even in a debug build
@@ -112,6 +119,8 @@ impl Default for Limits {
             max_flip_candidates: 1024,
             max_change_log_entries: 100_000,
             max_segment_timers: 1_000_000,
+            wal_segment_bytes: 32 * 1024 * 1024,
+            max_wal_buffer_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -146,6 +155,10 @@ impl Limits {
             ("max_flip_candidates", self.max_flip_candidates),
             ("max_change_log_entries", self.max_change_log_entries),
             ("max_segment_timers", self.max_segment_timers),
+            (
+                "wal_segment_bytes",
+                usize::try_from(self.wal_segment_bytes).unwrap_or(usize::MAX),
+            ),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -175,6 +188,17 @@ impl Limits {
             return Err(Error::InvalidLimit {
                 name: "max_frame_bytes",
                 reason: format!("must be at most {FRAME_BYTES_CEILING}"),
+            });
+        }
+        // The log's buffer must hold any record a frame can carry, or such a write could never be stored.
+        let wal_floor = u64::from(self.max_frame_bytes) + 1024;
+        if self.max_wal_buffer_bytes < wal_floor {
+            return Err(Error::InvalidLimit {
+                name: "max_wal_buffer_bytes",
+                reason: format!(
+                    "must be at least {wal_floor} (max_frame_bytes plus an entry header), so that \
+                     every record fits"
+                ),
             });
         }
         // A frame must at least hold one maximal key plus one maximal value.

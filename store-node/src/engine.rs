@@ -716,6 +716,12 @@ impl Engine {
             ("durable_writes".to_owned(), d.durable_seq),
             ("last_flush_micros".to_owned(), d.last_flush_micros),
         ]);
+        counters.extend(
+            self.storage
+                .counters()
+                .into_iter()
+                .map(|(name, v)| (name.to_owned(), v)),
+        );
         EngineStatus {
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             entities,

@@ -88,6 +88,28 @@ pub enum Error {
         /// The sled error.
         source: sled::Error,
     },
+    /// The write-ahead log could not create, write, sync, read or delete one of its files.
+    #[error("storage error: write-ahead log: {context}: {path}: {source}")]
+    Wal {
+        /// What was being done.
+        context: String,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The write-ahead log's buffer is full: the disk is not keeping up with the writes (the write is
+    /// refused, not acknowledged; counted as `wal_refused_full`).
+    #[error(
+        "storage error: write-ahead log buffer full ({buffered} bytes buffered, limit \
+         max_wal_buffer_bytes = {limit}); the disk is not keeping up"
+    )]
+    WalBufferFull {
+        /// Bytes waiting for a flush.
+        buffered: u64,
+        /// The limit, `max_wal_buffer_bytes`.
+        limit: u64,
+    },
     /// A storage thread could not be started.
     #[error("storage error: {context}: {source}")]
     Thread {

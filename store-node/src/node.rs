@@ -196,13 +196,14 @@ async fn open_storage(
     let dir = config.data_dir.clone();
     let kind = config.storage;
     let cache_bytes = config.storage_cache_bytes;
+    let wal = storage::WalSizes::of(&config.limits);
     let fresh = random_u64()?;
     let (store, incarnation, previous) = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
             path: dir.clone(),
             source,
         })?;
-        let store = storage::open(kind, &dir, cache_bytes)?;
+        let store = storage::open(kind, &dir, cache_bytes, wal)?;
         let (incarnation, previous) = crate::cluster::meta::begin_incarnation(&*store, fresh)?;
         Ok::<_, Error>((store, incarnation, previous))
     })

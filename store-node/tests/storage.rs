@@ -12,6 +12,10 @@ use store_node::storage::{
     self, Durability, DurabilityPolicy, MemoryStorage, SledStorage, Storage, StorageKind,
 };
 
+fn wal_sizes() -> storage::WalSizes {
+    storage::WalSizes::of(&featurestore::Limits::default())
+}
+
 fn sorted(mut v: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
     v.sort();
     v
@@ -95,14 +99,20 @@ fn trait_object_via_open_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested").join("db");
     {
-        let s = storage::open(StorageKind::Sled, &path, 1 << 24).unwrap();
+        let s = storage::open(StorageKind::Sled, &path, 1 << 24, wal_sizes()).unwrap();
         assert_eq!(s.kind(), "sled");
         write_sample(s.as_ref());
     }
-    let s = storage::open(StorageKind::Sled, &path, 1 << 24).unwrap();
+    let s = storage::open(StorageKind::Sled, &path, 1 << 24, wal_sizes()).unwrap();
     assert_eq!(sorted(s.load_all().unwrap()), expected_sample());
 
-    let m = storage::open(StorageKind::Memory, Path::new("/unused"), 1 << 24).unwrap();
+    let m = storage::open(
+        StorageKind::Memory,
+        Path::new("/unused"),
+        1 << 24,
+        wal_sizes(),
+    )
+    .unwrap();
     assert_eq!(m.kind(), "memory");
     write_sample(m.as_ref());
     assert_eq!(sorted(m.load_all().unwrap()), expected_sample());

@@ -31,6 +31,7 @@
 mod durability;
 mod memory;
 mod sled_store;
+mod wal;
 
 use std::fmt;
 use std::path::Path;
@@ -40,6 +41,7 @@ use std::sync::Arc;
 pub use durability::{Durability, DurabilityPolicy, DurabilityStats, FlushHistograms, WriteTicket};
 pub use memory::MemoryStorage;
 pub use sled_store::SledStorage;
+pub use wal::{WalSizes, WalStorage};
 
 use crate::error::{Error, Result};
 
@@ -77,6 +79,10 @@ pub trait Storage: Send + Sync + 'static {
     fn remove_meta(&self, name: &str) -> Result<()>;
     /// Every metadata record whose name starts with `prefix`.
     fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+    /// The engine's own counters, for status (none by default).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Which storage engine a node uses (config key `storage`).
@@ -123,14 +129,20 @@ impl FromStr for StorageKind {
     }
 }
 
-/// Opens the storage engine `kind` in directory `dir` (ignored for [`StorageKind::Memory`]), sled with a
-/// page cache of `cache_bytes`.
+/// Opens the storage engine `kind` in directory `dir` (ignored for [`StorageKind::Memory`]): for
+/// [`StorageKind::Sled`], a [`WalStorage`] with log segments sized by `wal` in front of sled with a page
+/// cache of `cache_bytes`.
 ///
-/// Opening sled creates `dir` if needed and blocks while it recovers its log; call it before serving,
-/// or from a blocking context.
-pub fn open(kind: StorageKind, dir: &Path, cache_bytes: u64) -> Result<Arc<dyn Storage>> {
+/// Opening creates `dir` if needed and blocks while sled recovers and the log replays; call it before
+/// serving, or from a blocking context.
+pub fn open(
+    kind: StorageKind,
+    dir: &Path,
+    cache_bytes: u64,
+    wal: WalSizes,
+) -> Result<Arc<dyn Storage>> {
     match kind {
-        StorageKind::Sled => Ok(Arc::new(SledStorage::open_with_cache(dir, cache_bytes)?)),
+        StorageKind::Sled => Ok(Arc::new(WalStorage::open(dir, cache_bytes, wal)?)),
         StorageKind::Memory => Ok(Arc::new(MemoryStorage::default())),
     }
 }
@@ -157,7 +169,13 @@ mod tests {
 
     #[test]
     fn memory_open_ignores_dir() {
-        let s = open(StorageKind::Memory, Path::new("/nonexistent/dir"), 1 << 24).unwrap();
+        let s = open(
+            StorageKind::Memory,
+            Path::new("/nonexistent/dir"),
+            1 << 24,
+            WalSizes::of(&featurestore::Limits::default()),
+        )
+        .unwrap();
         assert_eq!(s.kind(), "memory");
         assert_eq!(s.disk_bytes().unwrap(), 0);
     }

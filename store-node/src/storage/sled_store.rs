@@ -21,6 +21,7 @@
 //!   alive fails.
 //! * Errors after an I/O failure: sled may stay in a failed state where every later operation errors.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::Storage;
@@ -29,6 +30,19 @@ use crate::error::{Error, Result};
 /// Name of the one sled tree holding every record.
 const TREE: &str = "profiles";
 const META_TREE: &str = "meta";
+/// The tree of the write-ahead log's own records (how far it was folded).
+const WAL_TREE: &str = "wal";
+/// The key, in [`WAL_TREE`], of the id of the last log segment folded into the other trees.
+const FOLDED_THROUGH: &[u8] = b"folded_through";
+
+/// A tree a write-ahead log entry is folded into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Tree {
+    /// The profile records.
+    Profiles,
+    /// The node's metadata records.
+    Meta,
+}
 
 /// Storage on an embedded sled database.
 #[derive(Debug)]
@@ -36,6 +50,7 @@ pub struct SledStorage {
     db: sled::Db,
     tree: sled::Tree,
     meta: sled::Tree,
+    wal: sled::Tree,
     dir: PathBuf,
 }
 
@@ -76,11 +91,16 @@ impl SledStorage {
             "opening tree {META_TREE:?} in {}",
             dir.display()
         )))?;
+        let wal = db.open_tree(WAL_TREE).map_err(failed(format!(
+            "opening tree {WAL_TREE:?} in {}",
+            dir.display()
+        )))?;
         tracing::debug!(dir = %dir.display(), recovered = db.was_recovered(), "opened sled storage");
         Ok(SledStorage {
             db,
             tree,
             meta,
+            wal,
             dir: dir.to_path_buf(),
         })
     }
@@ -88,6 +108,56 @@ impl SledStorage {
     /// The directory this database lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Applies the latest value (or removal, `None`) of each `(tree, key)` as one batch per tree. Not
+    /// durable until a later flush.
+    pub(super) fn apply(&self, latest: HashMap<(Tree, Vec<u8>), Option<Vec<u8>>>) -> Result<()> {
+        let mut profiles = sled::Batch::default();
+        let mut meta = sled::Batch::default();
+        for ((tree, key), value) in latest {
+            let batch = match tree {
+                Tree::Profiles => &mut profiles,
+                Tree::Meta => &mut meta,
+            };
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        self.tree
+            .apply_batch(profiles)
+            .map_err(|e| self.err("batch insert", e))?;
+        self.meta
+            .apply_batch(meta)
+            .map_err(|e| self.err("meta batch insert", e))
+    }
+
+    /// The id of the last write-ahead log segment folded into this database (0 if none).
+    pub(super) fn wal_folded_through(&self) -> Result<u64> {
+        let Some(bytes) = self
+            .wal
+            .get(FOLDED_THROUGH)
+            .map_err(|e| self.err("reading the log's fold mark", e))?
+        else {
+            return Ok(0);
+        };
+        let raw: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+            Error::Storage(format!(
+                "the write-ahead log's fold mark in {} is {} bytes, not 8",
+                self.dir.display(),
+                bytes.len()
+            ))
+        })?;
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    /// Records that every log segment up to `id` is folded. Not durable until a later flush.
+    pub(super) fn set_wal_folded_through(&self, id: u64) -> Result<()> {
+        self.wal
+            .insert(FOLDED_THROUGH, &id.to_le_bytes())
+            .map(drop)
+            .map_err(|e| self.err("writing the log's fold mark", e))
     }
 
     fn err(&self, what: &str, source: sled::Error) -> Error {
