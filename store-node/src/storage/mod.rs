@@ -13,8 +13,10 @@
 //!
 //! # How
 //!
-//! * [`SledStorage`] is the default engine: one sled `Db` with one tree, `"profiles"`, and sled's own
-//!   background flusher disabled, so the [`Durability`] flusher thread alone decides when to fsync.
+//! * [`WalStorage`] is the default engine (`storage = "sled"`): a write-ahead log in `<data>/wal` that
+//!   group commit `fdatasync`s, folded in the background into a [`SledStorage`]: one sled `Db` with the
+//!   trees `"profiles"` and `"meta"`, and sled's own background flusher disabled, so the [`Durability`]
+//!   flusher thread alone decides when anything is synced.
 //! * [`MemoryStorage`] is a `Mutex<HashMap>` for tests and `storage = "memory"`; it is never durable.
 //! * Storage is read only at startup ([`Storage::for_each_record`], streamed); hot-path reads are served
 //!   from the node's in-memory state.
