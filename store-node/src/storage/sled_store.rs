@@ -21,7 +21,6 @@
 //!   alive fails.
 //! * Errors after an I/O failure: sled may stay in a failed state where every later operation errors.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::Storage;
@@ -110,26 +109,14 @@ impl SledStorage {
         &self.dir
     }
 
-    /// Applies the latest value (or removal, `None`) of each `(tree, key)` as one batch per tree. Not
-    /// durable until a later flush.
-    pub(super) fn apply(&self, latest: HashMap<(Tree, Vec<u8>), Option<Vec<u8>>>) -> Result<()> {
-        let mut profiles = sled::Batch::default();
-        let mut meta = sled::Batch::default();
-        for ((tree, key), value) in latest {
-            let batch = match tree {
-                Tree::Profiles => &mut profiles,
-                Tree::Meta => &mut meta,
-            };
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
+    /// Applies a batch of write-ahead log entries, one sled batch per tree. Not durable until a later
+    /// flush.
+    pub(super) fn apply(&self, batch: super::wal::FoldBatch) -> Result<()> {
         self.tree
-            .apply_batch(profiles)
+            .apply_batch(batch.profiles)
             .map_err(|e| self.err("batch insert", e))?;
         self.meta
-            .apply_batch(meta)
+            .apply_batch(batch.meta)
             .map_err(|e| self.err("meta batch insert", e))
     }
 

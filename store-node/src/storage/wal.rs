@@ -25,9 +25,9 @@
 //!   reach sled at the next fold.
 //! * `flush` (the `fs-flusher` thread, see [`Durability`](super::Durability)) writes the buffer out and
 //!   `fdatasync`s it under the log's mutex. Every writer that arrived meanwhile shares the next flush.
-//! * The `fs-checkpoint` thread folds each closed segment into sled. It keeps the latest entry per key,
-//!   applies them as one batch per tree, flushes sled, records "folded through `id`" in sled's `wal`
-//!   tree, flushes again, and deletes the file. A segment at or below that mark is never replayed, so
+//! * The `fs-checkpoint` thread folds each closed segment into sled, in order, in batches of a few
+//!   thousand entries (a batch keeps the latest entry per key). It flushes sled, records "folded through
+//!   `id`" in sled's `wal` tree, flushes again, and deletes the file. A segment at or below that mark is never replayed, so
 //!   a crash between the mark and the delete is harmless, as is one at any earlier step (replay is
 //!   idempotent: every entry is a whole record).
 //! * A background fold skips metadata entries: sled already holds those, or newer values of them. Only
@@ -46,7 +46,6 @@
 //! * `load_all` and `for_each_record` first flush, close the segment and fold everything, so they see
 //!   every write. That is meant for start-up and tools, not for the serving path.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -327,6 +326,36 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Most entries folded into sled in one batch.
+const FOLD_BATCH: u64 = 4096;
+
+/// Entries on their way into sled, one batch per tree.
+#[derive(Default)]
+pub(super) struct FoldBatch {
+    /// For the profiles tree.
+    pub(super) profiles: sled::Batch,
+    /// For the metadata tree.
+    pub(super) meta: sled::Batch,
+    /// Entries added to this batch.
+    len: u64,
+    /// Entries in the batches applied before this one (carried for the fold's count).
+    applied: u64,
+}
+
+impl FoldBatch {
+    fn add(&mut self, e: Entry) {
+        let batch = match e.kind.tree() {
+            Tree::Profiles => &mut self.profiles,
+            Tree::Meta => &mut self.meta,
+        };
+        match e.kind {
+            Kind::Put | Kind::PutMeta => batch.insert(e.key, e.value),
+            Kind::Remove | Kind::RemoveMeta => batch.remove(e.key),
+        }
+        self.len += 1;
+    }
+}
+
 /// Deletes segment `id` (absent is fine).
 fn remove_segment(dir: &Path, id: u64) -> Result<()> {
     let path = segment_path(dir, id);
@@ -348,17 +377,29 @@ fn fold_segment(
     with_meta: bool,
 ) -> Result<()> {
     let path = segment_path(dir, id);
-    // The latest entry per (tree, key): a hot key written many times is stored once.
-    let mut latest: HashMap<(Tree, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
+    // Applied in order, in batches of at most FOLD_BATCH entries: a batch keeps the latest entry per key
+    // (a hot key written many times is stored once per batch), and memory stays small while folding.
+    let mut batch = FoldBatch::default();
+    let mut failed = None;
     let (entries, tail) = read_segment(&path, sizes.max_buffer_bytes, &mut |e| {
-        let value = match e.kind {
-            Kind::Put | Kind::PutMeta => Some(e.value),
-            Kind::Remove | Kind::RemoveMeta => None,
-        };
-        if with_meta || e.kind.tree() == Tree::Profiles {
-            latest.insert((e.kind.tree(), e.key), value);
+        if failed.is_some() || !(with_meta || e.kind.tree() == Tree::Profiles) {
+            return;
+        }
+        batch.add(e);
+        if batch.len >= FOLD_BATCH {
+            let applied = batch.applied + batch.len;
+            let full = std::mem::take(&mut batch);
+            batch.applied = applied;
+            if let Err(err) = sled.apply(full) {
+                failed = Some(err);
+            }
         }
     })?;
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    let records = batch.applied + batch.len;
+    sled.apply(batch)?;
     if let Tail::Torn { offset, why } = &tail {
         counters.torn_entries.fetch_add(1, Relaxed);
         tracing::warn!(
@@ -367,8 +408,6 @@ fn fold_segment(
              (the rest was never acknowledged)"
         );
     }
-    let records = latest.len() as u64;
-    sled.apply(latest)?;
     Storage::flush(sled)?;
     sled.set_wal_folded_through(id)?;
     Storage::flush(sled)?;
