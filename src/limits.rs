@@ -80,8 +80,7 @@ pub struct Limits {
     /// store (also the most a restart replays from one segment). Default 32 MiB.
     pub wal_segment_bytes: u64,
     /// Most bytes of write-ahead log entries a node buffers in memory between flushes; a write beyond
-    /// it is refused (not acknowledged) and counted (`wal_refused_full`). Also the longest entry a
-    /// replay accepts. Default 64 MiB.
+    /// it is refused (not acknowledged) and counted (`wal_refused_full`). Default 64 MiB.
     pub max_wal_buffer_bytes: u64,
 }
 

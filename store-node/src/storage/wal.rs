@@ -253,9 +253,14 @@ enum Tail {
 }
 
 /// Reads the entries of one segment, stopping at the first torn or corrupt one. No entry may be longer
-/// than `max_entry`, so a corrupt length never makes it allocate more than that.
-fn read_segment(path: &Path, max_entry: u64, f: &mut dyn FnMut(Entry)) -> Result<(u64, Tail)> {
+/// than the file, so a corrupt length never makes it allocate more than the file's size (and a lowered
+/// `max_wal_buffer_bytes` never turns an entry logged under the old limit into a torn one).
+fn read_segment(path: &Path, f: &mut dyn FnMut(Entry)) -> Result<(u64, Tail)> {
     let file = File::open(path).map_err(io_err("opening a log segment", path))?;
+    let max_entry = file
+        .metadata()
+        .map_err(io_err("reading a log segment's size", path))?
+        .len();
     let mut r = BufReader::with_capacity(1 << 16, file);
     let mut offset = 0u64;
     let mut count = 0u64;
@@ -371,7 +376,6 @@ fn remove_segment(dir: &Path, id: u64) -> Result<()> {
 fn fold_segment(
     sled: &SledStorage,
     dir: &Path,
-    sizes: WalSizes,
     counters: &Counters,
     id: u64,
     with_meta: bool,
@@ -381,7 +385,7 @@ fn fold_segment(
     // (a hot key written many times is stored once per batch), and memory stays small while folding.
     let mut batch = FoldBatch::default();
     let mut failed = None;
-    let (entries, tail) = read_segment(&path, sizes.max_buffer_bytes, &mut |e| {
+    let (entries, tail) = read_segment(&path, &mut |e| {
         if failed.is_some() || !(with_meta || e.kind.tree() == Tree::Profiles) {
             return;
         }
@@ -564,7 +568,7 @@ impl Shared {
                 self.remove_segment(id)?;
                 continue;
             }
-            fold_segment(&self.sled, &self.dir, self.sizes, &self.counters, id, false)?;
+            fold_segment(&self.sled, &self.dir, &self.counters, id, false)?;
             folded += 1;
         }
         Ok(folded)
@@ -612,7 +616,7 @@ impl WalStorage {
             if id <= through {
                 remove_segment(&wal_dir, id)?;
             } else {
-                fold_segment(&sled, &wal_dir, sizes, &counters, id, true)?;
+                fold_segment(&sled, &wal_dir, &counters, id, true)?;
             }
         }
         let segment = create_segment(&wal_dir, next)?;
@@ -833,8 +837,8 @@ mod tests {
         assert_eq!(records(&s), vec![(b"flushed".to_vec(), b"1".to_vec())]);
     }
 
-    #[test]
-    fn a_torn_tail_is_dropped_and_everything_before_it_replayed() {
+    /// A log holding three flushed puts (`k1`..`k3`, value `"value"`) and nothing folded.
+    fn three_entries_then_crash() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let s = WalStorage::open(dir.path(), 1 << 24, default_sizes()).unwrap();
         for k in [b"k1", b"k2", b"k3"] {
@@ -842,6 +846,12 @@ mod tests {
         }
         s.flush().unwrap();
         crash(s);
+        dir
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped_and_everything_before_it_replayed() {
+        let dir = three_entries_then_crash();
         // Cut the last entry short, as a crash during its write would.
         let path = only_segment(dir.path());
         let len = fs::metadata(&path).unwrap().len();
@@ -865,13 +875,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_entry_stops_the_replay_of_its_segment() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = WalStorage::open(dir.path(), 1 << 24, default_sizes()).unwrap();
-        for k in [b"k1", b"k2", b"k3"] {
-            s.put(k, b"value").unwrap();
-        }
-        s.flush().unwrap();
-        crash(s);
+        let dir = three_entries_then_crash();
         // Flip one byte of the second entry's value.
         let path = only_segment(dir.path());
         let mut bytes = fs::read(&path).unwrap();
@@ -978,7 +982,7 @@ mod tests {
             let path = dir.path().join("0000000000000001.wal");
             fs::write(&path, &bytes[..cut]).unwrap();
             let mut read = Vec::new();
-            let (n, tail) = read_segment(&path, 1 << 20, &mut |e| read.push((e.key, e.value))).unwrap();
+            let (n, tail) = read_segment(&path, &mut |e| read.push((e.key, e.value))).unwrap();
             let whole = ends.iter().filter(|&&end| end <= cut).count().saturating_sub(1);
             prop_assert_eq!(n as usize, whole);
             prop_assert_eq!(&read[..], &entries[..whole]);
