@@ -254,11 +254,11 @@ impl MembershipTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn id(i: u8) -> NodeId {
+    pub(crate) fn id(i: u8) -> NodeId {
         NodeId::new(format!("n{i}")).expect("valid")
     }
 
@@ -347,7 +347,7 @@ mod tests {
         })
     }
 
-    fn table() -> impl Strategy<Value = MembershipTable> {
+    pub(crate) fn table() -> impl Strategy<Value = MembershipTable> {
         proptest::collection::vec(member(), 0..6).prop_map(MembershipTable::from_members)
     }
 

@@ -47,8 +47,46 @@ impl Placement {
         out
     }
 
+    /// Whether `node` is one of `key`'s [`replicas`](Placement::replicas), without building the list.
+    /// A ring with no more nodes than the replication factor puts every key on all of them, which is
+    /// answered without hashing the key (a single-node or three-node cluster at N = 3: every read).
+    pub fn is_replica(&self, key: &str, node: &NodeId) -> bool {
+        let holds = |ring: &Ring| {
+            if ring.len() <= self.replication_factor {
+                ring.contains(node)
+            } else {
+                ring.preference_list(key.as_bytes(), self.replication_factor)
+                    .contains(node)
+            }
+        };
+        holds(&self.current) || (self.in_transition && holds(&self.target))
+    }
+
     /// The ring version these rings were built from.
     pub fn version(&self) -> u64 {
         self.current.version()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::membership::tests::{id, table};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `Placement::is_replica` (the read path's routing check, with its shortcut for small rings)
+        /// agrees with the replica list, in and out of a join or leave.
+        #[test]
+        fn is_replica_agrees_with_the_replica_list(t in table(), n in 1usize..4) {
+            let placement = Placement::of(&t, 8, n);
+            for k in 0..40 {
+                let key = format!("user:{k}");
+                let replicas = placement.replicas(&key);
+                for i in 0..5 {
+                    prop_assert_eq!(placement.is_replica(&key, &id(i)), replicas.contains(&id(i)));
+                }
+            }
+        }
     }
 }

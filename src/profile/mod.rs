@@ -454,26 +454,26 @@ impl Profile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::hlc::{Clock, NodeId};
     use proptest::prelude::*;
 
     const NODES: [&str; 3] = ["n1", "n2", "n3"];
-    const NAMES: [&str; 3] = ["a", "b", "c"];
+    pub(crate) const NAMES: [&str; 3] = ["a", "b", "c"];
 
     fn node(i: usize) -> NodeId {
         NodeId::new(NODES[i]).expect("valid")
     }
 
     /// Node `i`'s legacy actor.
-    fn actor(i: usize) -> Actor {
+    pub(crate) fn actor(i: usize) -> Actor {
         Actor::legacy(node(i))
     }
 
     /// One step of a random history over three replicas.
     #[derive(Debug, Clone)]
-    enum Step {
+    pub(crate) enum Step {
         Put {
             at: usize,
             name: usize,
@@ -504,7 +504,7 @@ mod tests {
         },
     }
 
-    fn step() -> impl Strategy<Value = Step> {
+    pub(crate) fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (
                 0..3usize,
@@ -545,7 +545,7 @@ mod tests {
 
     /// Plays a history and returns the three replicas' states. Writes that the limits refuse (kind
     /// mismatches, sibling bound) are skipped, as a node would refuse them.
-    fn play(steps: &[Step]) -> [Profile; 3] {
+    pub(crate) fn play(steps: &[Step]) -> [Profile; 3] {
         let limits = Limits {
             max_siblings: 4,
             ..Limits::default()

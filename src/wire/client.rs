@@ -439,6 +439,11 @@ impl Request {
                 | Request::Erase { .. }
         )
     }
+
+    /// Whether the request reads profiles (`Get`, `GetMany`).
+    pub fn is_read(&self) -> bool {
+        matches!(self, Request::Get { .. } | Request::GetMany { .. })
+    }
 }
 
 /// A node's answer.

@@ -164,6 +164,98 @@ pub fn split_frame(frame: &[u8], max_frame_bytes: u32) -> Result<&[u8]> {
     Ok(payload)
 }
 
+/// The frame of a read answer (`Response::Profile` or `Response::Profiles`), encoded straight from the
+/// profiles: each view is written as it is walked ([`Profile::for_each_visible`]), never built. The bytes
+/// are exactly those of [`encode_response`] on the response with the built views (property-tested), so
+/// clients decode it as any other response.
+///
+/// The enum prefix is taken from encoding an empty response of the same variant, so it follows the
+/// `Response` definition instead of repeating its variant numbers.
+#[derive(Debug)]
+pub struct ReadFrame {
+    buf: Vec<u8>,
+    /// Views still to push.
+    remaining: usize,
+}
+
+impl ReadFrame {
+    /// The answer to a `Get`: one view to [`push`](ReadFrame::push).
+    pub fn one() -> Result<ReadFrame> {
+        let mut buf = encode_frame(&Response::Profile(None))?;
+        // Drop the `None` tag: `push` writes the option.
+        buf.pop();
+        Ok(ReadFrame { buf, remaining: 1 })
+    }
+
+    /// The answer to a `GetMany` of `count` keys: `count` views to push, in key order.
+    pub fn many(count: usize) -> Result<ReadFrame> {
+        let mut buf = encode_frame(&Response::Profiles(Vec::new()))?;
+        // Replace the empty vector's length with `count`.
+        buf.pop();
+        encode_into(&(count as u64), &mut buf)?;
+        Ok(ReadFrame {
+            buf,
+            remaining: count,
+        })
+    }
+
+    /// Appends the next view: that of `profile` at `now_ms` (optionally projected), or none.
+    pub fn push(
+        &mut self,
+        profile: Option<&Profile>,
+        now_ms: u64,
+        projection: Option<&[String]>,
+    ) -> Result<()> {
+        self.remaining = self.remaining.checked_sub(1).ok_or_else(|| {
+            Error::Encode("read frame: more views pushed than it was made for".into())
+        })?;
+        let Some(profile) = profile else {
+            self.buf.push(0);
+            return Ok(());
+        };
+        let start = self.buf.len();
+        let buf = &mut self.buf;
+        match profile.for_each_visible(now_ms, projection, |name, feature| {
+            encode_into(&(name, feature), buf)
+        }) {
+            Some(Ok(0)) => {
+                self.buf.truncate(start);
+                self.buf.push(0);
+            }
+            Some(Ok(n)) => {
+                // `Some`, then the map's length ahead of the entries just written.
+                let mut head = vec![1u8];
+                encode_into(&(n as u64), &mut head)?;
+                self.buf.splice(start..start, head);
+            }
+            Some(Err(e)) => return Err(e),
+            // Linked profiles: build the combined view.
+            None => encode_into(&profile.view(now_ms, projection), &mut self.buf)?,
+        }
+        Ok(())
+    }
+
+    /// The finished frame (header with its payload length).
+    pub fn finish(mut self) -> Result<Vec<u8>> {
+        if self.remaining != 0 {
+            return Err(Error::Encode(format!(
+                "read frame: {} views missing",
+                self.remaining
+            )));
+        }
+        let len = u32::try_from(self.buf.len() - FRAME_HEADER_BYTES)
+            .map_err(|_| Error::Encode("frame longer than 4 GiB".into()))?;
+        self.buf[1..FRAME_HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
+        Ok(self.buf)
+    }
+}
+
+fn encode_into<T: Encode>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
+    bincode::encode_into_std_write(value, buf, config::standard())
+        .map(|_| ())
+        .map_err(|e| Error::Encode(e.to_string()))
+}
+
 /// Encodes a profile as a stored record: `[RECORD_VERSION][bincode(profile)]`.
 pub fn encode_record(profile: &Profile) -> Result<Vec<u8>> {
     let mut buf = vec![PROFILE_RECORD_VERSION];
@@ -450,11 +542,32 @@ mod alloc_probe {
 mod tests {
     use super::*;
     use crate::crdt::value::Value;
+    use crate::profile::tests::{actor, play, step, NAMES};
     use crate::wire::client::GaugeWrite;
     use crate::wire::dead_letter::Capture;
     use crate::wire::reply::ErrorCode;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
+
+    /// A read frame refuses more views than it was made for and a finish with views missing (a frame
+    /// with the wrong count would be misread by the client).
+    #[test]
+    fn read_frame_counts_its_views() {
+        let mut one = ReadFrame::one().expect("encodes");
+        one.push(None, 0, None).expect("encodes");
+        assert!(matches!(one.push(None, 0, None), Err(Error::Encode(_))));
+        let mut many = ReadFrame::many(2).expect("encodes");
+        many.push(None, 0, None).expect("encodes");
+        assert!(matches!(many.finish(), Err(Error::Encode(_))));
+        let empty = ReadFrame::many(0)
+            .expect("encodes")
+            .finish()
+            .expect("encodes");
+        assert_eq!(
+            empty,
+            encode_response(&Response::Profiles(Vec::new())).expect("encodes")
+        );
+    }
 
     fn sample() -> Request {
         Request::Put {
@@ -917,6 +1030,54 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The read path encodes views straight from the profile (`for_each_visible`, `ReadFrame`): the
+        /// bytes must be exactly those of the built view's response, whatever the kinds, collisions of
+        /// one name across kinds, expiry, projection, windows and linked profiles.
+        #[test]
+        fn read_frames_encode_exactly_the_built_views(
+            steps in proptest::collection::vec(step(), 0..40),
+            windows in proptest::collection::vec((0..3usize, proptest::collection::vec((0u64..120, -3i32..9), 0..6)), 0..3),
+            now in 1_000u64..1_500,
+            project in any::<bool>(),
+            link in any::<bool>(),
+        ) {
+            use crate::compact::Symbol;
+            use crate::crdt::window::{Aggregation, Observation, Window, WindowSpec};
+            use crate::hlc::Timestamp;
+            let [mut a, b, c] = play(&steps);
+            for (name, events) in &windows {
+                let mut w = Window::new(WindowSpec { aggregation: Aggregation::Sum, bucket_ms: 10, span_ms: 40, max_exact: 0 });
+                for (at, v) in events {
+                    let _ = w.add(&actor(0), now.saturating_sub(*at), Observation::Value(f64::from(*v)), Timestamp::from_millis(*at));
+                }
+                a.windows.insert(Symbol::new(NAMES[*name]), w);
+            }
+            let mut linked = b.clone();
+            if link {
+                linked.identity.absorbed.insert("other".into(), c.clone());
+            }
+            let projection: Option<Vec<String>> = project.then(|| vec!["a".into(), "c".into()]);
+            let projection = projection.as_deref();
+            let profiles = [Some(&a), Some(&b), Some(&c), Some(&linked), None];
+            for p in profiles {
+                let mut one = ReadFrame::one().expect("encodes");
+                one.push(p, now, projection).expect("encodes");
+                let built = Response::Profile(p.and_then(|p| p.view(now, projection)));
+                prop_assert_eq!(one.finish().expect("encodes"), encode_response(&built).expect("encodes"));
+            }
+            let mut many = ReadFrame::many(profiles.len()).expect("encodes");
+            for p in profiles {
+                many.push(p, now, projection).expect("encodes");
+            }
+            let built = Response::Profiles(profiles.iter().map(|p| p.and_then(|p| p.view(now, projection))).collect());
+            prop_assert_eq!(many.finish().expect("encodes"), encode_response(&built).expect("encodes"));
+        }
+    }
+
+    proptest! {
+
         #![proptest_config(ProptestConfig::with_cases(2_000))]
 
         /// Garbage never makes the decoder allocate beyond the budget for its size (plus a fixed slack for

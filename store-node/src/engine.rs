@@ -27,7 +27,7 @@ use featurestore::profile::{apply, Applied, ProfileView, Write};
 use featurestore::replication::StoreError;
 use featurestore::segment::{Reconciled, Scope};
 use featurestore::wire::client::ErrorReply;
-use featurestore::wire::codec::{decode_record, encode_record, record_hash};
+use featurestore::wire::codec::{decode_record, encode_record, record_hash, ReadFrame};
 use featurestore::wire::segment::SegmentChange;
 use featurestore::{Clock, ErrorCode, Limits, NodeId, Profile};
 
@@ -554,6 +554,23 @@ impl Engine {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         shard.get(key).and_then(|s| s.profile.view(now, features))
+    }
+
+    /// Appends what a client sees of `key` at `now` to a read answer, encoded straight from the profile
+    /// under the shard's read lock ([`ReadFrame::push`]): the view is never built or copied.
+    pub fn push_view(
+        &self,
+        frame: &mut ReadFrame,
+        key: &str,
+        now: u64,
+        features: Option<&[String]>,
+    ) -> crate::Result<()> {
+        let shard = self
+            .shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        frame.push(shard.get(key).map(|s| &*s.profile), now, features)?;
+        Ok(())
     }
 
     /// The state of `key` held here.

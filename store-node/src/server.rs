@@ -26,7 +26,7 @@ use featurestore::{ErrorCode, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Answer, Cluster};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::net::tls::{peer_identity, peer_is_admin, PeerIdentity};
@@ -240,7 +240,7 @@ async fn handle_stream(
     cluster: Arc<Cluster>,
     settings: ServeSettings,
     peer: Peer,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let metrics = engine.metrics().clone();
@@ -292,17 +292,47 @@ async fn handle_stream(
         }
         Ok(Ok(request)) => {
             kind = Some(request.kind());
-            let response = cluster.handle(request).await;
-            if let Response::Error(reply) = &response {
-                tracing::info!(
-                    peer = %peer.addr, client = %peer.client, code = ?reply.code,
-                    message = %reply.message, "request refused"
-                );
+            match cluster.handle(request).await {
+                Answer::Response(response) => {
+                    if let Response::Error(reply) = &response {
+                        tracing::info!(
+                            peer = %peer.addr, client = %peer.client, code = ?reply.code,
+                            message = %reply.message, "request refused"
+                        );
+                    }
+                    response
+                }
+                Answer::Frame(frame) => {
+                    respond(&metrics, &settings, &peer, kind, started, Ok(frame), send).await;
+                    return;
+                }
             }
-            response
         }
     };
-    let frame = match encode_response(&response) {
+    respond(
+        &metrics,
+        &settings,
+        &peer,
+        kind,
+        started,
+        encode_response(&response),
+        send,
+    )
+    .await;
+}
+
+/// Sends a response frame (or, if it is too large or could not be encoded, an error reply), records the
+/// request's latency, and waits briefly for the client to acknowledge it.
+async fn respond(
+    metrics: &Metrics,
+    settings: &ServeSettings,
+    peer: &Peer,
+    kind: Option<&'static str>,
+    started: std::time::Instant,
+    encoded: featurestore::Result<Vec<u8>>,
+    mut send: quinn::SendStream,
+) {
+    let frame = match encoded {
         Ok(frame) if frame.len() - FRAME_HEADER_BYTES <= settings.max_frame_bytes as usize => frame,
         Ok(frame) => {
             Metrics::incr(&metrics.responses_too_large);

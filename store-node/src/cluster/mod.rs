@@ -42,6 +42,7 @@ use featurestore::replication::{
     WritePlan,
 };
 use featurestore::wire::client::{ClusterView, ErrorReply, MemberStatus, NodeStatus};
+use featurestore::wire::codec::ReadFrame;
 use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, NodeId, Profile, Request, Response};
 use tokio::sync::oneshot;
@@ -60,6 +61,19 @@ use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::net::peer::Peers;
 use crate::segments::SegmentRuntime;
+
+/// What a client request gets back from [`Cluster::handle`].
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a `Response` is returned by value everywhere already; boxing it would add an allocation per request"
+)]
+pub enum Answer {
+    /// A response, for the server to encode.
+    Response(Response),
+    /// A read answer, already encoded as a whole frame (header and payload).
+    Frame(Vec<u8>),
+}
 
 /// The cluster runtime of one node.
 pub struct Cluster {
@@ -337,23 +351,24 @@ impl Cluster {
     }
 
     /// Answers a client request: validated once here (the edge), counted once here, then routed.
-    pub async fn handle(&self, request: Request) -> Response {
+    pub async fn handle(&self, request: Request) -> Answer {
         let metrics = self.engine.metrics();
         Metrics::incr(&metrics.requests);
         let is_write = request.is_write();
-        let response = match request.validate(self.engine.limits()) {
-            Ok(()) => self.route(request).await,
-            Err(e) => Response::Error(ErrorReply::of(&e)),
+        let answer = match request.validate(self.engine.limits()) {
+            Ok(()) if request.is_read() => self.read(request).await,
+            Ok(()) => Answer::Response(self.route(request).await),
+            Err(e) => Answer::Response(Response::Error(ErrorReply::of(&e))),
         };
-        match &response {
-            Response::Error(reply) => {
+        match &answer {
+            Answer::Response(Response::Error(reply)) => {
                 metrics.count_error(reply.code);
                 tracing::debug!(code = ?reply.code, message = %reply.message, "request refused");
             }
             _ if is_write => Metrics::incr(&metrics.writes_acknowledged),
             _ => {}
         }
-        response
+        answer
     }
 
     async fn route(&self, request: Request) -> Response {
@@ -383,7 +398,9 @@ impl Cluster {
                 tracing::info!(node = %self.me, "leaving: handing ranges over");
                 Response::Leaving
             }
-            Request::Get { .. } | Request::GetMany { .. } => self.read(request).await,
+            Request::Get { .. } | Request::GetMany { .. } => {
+                error_reply(ErrorCode::Internal, "reads are answered by `read`".into())
+            }
             Request::Ingest { events } => Response::Ingested(self.ingest_wire(events).await),
             Request::DeadLetters { after, limit } => {
                 let limits = self.engine.limits();
@@ -492,12 +509,15 @@ impl Cluster {
         }
     }
 
-    async fn read(&self, request: Request) -> Response {
+    /// A `Get` or `GetMany`, answered as an encoded frame: each view is written straight from the
+    /// profile ([`featurestore::wire::codec::ReadFrame`]), from memory when this node holds every key and
+    /// R = 1, else from the merged replies of a quorum read.
+    async fn read(&self, request: Request) -> Answer {
         let quorum = request.quorum();
         let (keys, features, many) = match request {
             Request::Get { key, features, .. } => (vec![key], features, false),
             Request::GetMany { keys, features, .. } => (keys, features, true),
-            _ => return error_reply(ErrorCode::Internal, "not a read".into()),
+            _ => return Answer::Response(error_reply(ErrorCode::Internal, "not a read".into())),
         };
         self.engine
             .metrics()
@@ -505,25 +525,37 @@ impl Cluster {
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
         let local_only = quorum == 1 && {
             let placement = self.placement();
-            keys.iter()
-                .all(|k| placement.replicas(k).contains(&self.me))
+            keys.iter().all(|k| placement.is_replica(k, &self.me))
+        };
+        let frame = if many {
+            ReadFrame::many(keys.len())
+        } else {
+            ReadFrame::one()
+        };
+        let mut frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return Answer::Response(error_reply(ErrorCode::Internal, e.to_string())),
         };
         let now = now_ms();
-        let mut views = Vec::with_capacity(keys.len());
         for key in &keys {
-            if local_only {
-                views.push(self.engine.view(key, now, features.as_deref()));
-                continue;
-            }
-            match self.quorum_read(key, quorum).await {
-                Ok(state) => views.push(state.and_then(|p| p.view(now_ms(), features.as_deref()))),
-                Err(reply) => return reply,
+            let pushed = if local_only {
+                self.engine
+                    .push_view(&mut frame, key, now, features.as_deref())
+            } else {
+                match self.quorum_read(key, quorum).await {
+                    Ok(state) => frame
+                        .push(state.as_ref(), now_ms(), features.as_deref())
+                        .map_err(crate::Error::from),
+                    Err(reply) => return Answer::Response(reply),
+                }
+            };
+            if let Err(e) = pushed {
+                return Answer::Response(error_reply(ErrorCode::Internal, e.to_string()));
             }
         }
-        if many {
-            Response::Profiles(views)
-        } else {
-            Response::Profile(views.pop().flatten())
+        match frame.finish() {
+            Ok(bytes) => Answer::Frame(bytes),
+            Err(e) => Answer::Response(error_reply(ErrorCode::Internal, e.to_string())),
         }
     }
 
