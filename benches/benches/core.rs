@@ -28,7 +28,7 @@ use featurestore::profile::{apply, CounterDelta, Write};
 use featurestore::wire::client::GaugeWrite;
 use featurestore::wire::codec::{
     decode_record, decode_request, decode_response, encode_record, encode_request, encode_response,
-    FRAME_HEADER_BYTES,
+    ReadFrame, FRAME_HEADER_BYTES,
 };
 use featurestore::{Clock, Limits, NodeId, Request, Response, Timestamp, Value};
 
@@ -197,6 +197,22 @@ fn read_path(c: &mut Criterion) {
     g.bench_function("view_mixed_20", |b| {
         b.iter(|| black_box(mixed.view(black_box(NOW), None)))
     });
+    // What a `Get` costs the node since views are encoded straight from the profile; compare with
+    // `view_20_gauges` + `codec/encode_response_profile_20`, the build-then-encode path it replaced.
+    for (name, profile) in [
+        ("view_frame_20_gauges", &p),
+        ("view_frame_mixed_20", &mixed),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut frame = ReadFrame::one().expect("encodes");
+                frame
+                    .push(Some(black_box(profile)), black_box(NOW), None)
+                    .expect("encodes");
+                black_box(frame.finish())
+            })
+        });
+    }
     g.finish();
 }
 

@@ -20,7 +20,7 @@
 //! pinned exactly and used only here, so replacing it is a one-module change.
 
 use bincode::config::{self, Configuration, LittleEndian, Varint};
-use bincode::{Decode, Encode};
+use bincode::{BorrowDecode, Decode, Encode};
 
 use crate::cluster::ring::ring_hash;
 use crate::error::{Error, Result};
@@ -106,19 +106,27 @@ pub fn parse_header(header: [u8; FRAME_HEADER_BYTES], max_frame_bytes: u32) -> R
     Ok(len as usize)
 }
 
-fn decode_with_budget<T: Decode<()>>(
-    bytes: &[u8],
+fn decode_with_budget<'a, T: BorrowDecode<'a, ()>>(
+    bytes: &'a [u8],
 ) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
     match decode_budget(bytes.len()) {
-        b if b <= 1 << 12 => bincode::decode_from_slice(bytes, bincode_config::<{ 1 << 12 }>()),
-        b if b <= 1 << 16 => bincode::decode_from_slice(bytes, bincode_config::<{ 1 << 16 }>()),
-        b if b <= 1 << 20 => bincode::decode_from_slice(bytes, bincode_config::<{ 1 << 20 }>()),
-        b if b <= 1 << 24 => bincode::decode_from_slice(bytes, bincode_config::<{ 1 << 24 }>()),
-        _ => bincode::decode_from_slice(bytes, bincode_config::<DECODE_LIMIT_BYTES>()),
+        b if b <= 1 << 12 => {
+            bincode::borrow_decode_from_slice(bytes, bincode_config::<{ 1 << 12 }>())
+        }
+        b if b <= 1 << 16 => {
+            bincode::borrow_decode_from_slice(bytes, bincode_config::<{ 1 << 16 }>())
+        }
+        b if b <= 1 << 20 => {
+            bincode::borrow_decode_from_slice(bytes, bincode_config::<{ 1 << 20 }>())
+        }
+        b if b <= 1 << 24 => {
+            bincode::borrow_decode_from_slice(bytes, bincode_config::<{ 1 << 24 }>())
+        }
+        _ => bincode::borrow_decode_from_slice(bytes, bincode_config::<DECODE_LIMIT_BYTES>()),
     }
 }
 
-fn decode_exact<T: Decode<()>>(bytes: &[u8], what: &'static str) -> Result<T> {
+fn decode_exact<'a, T: BorrowDecode<'a, ()>>(bytes: &'a [u8], what: &'static str) -> Result<T> {
     let (value, read) = decode_with_budget(bytes).map_err(|e| Error::Malformed {
         what,
         reason: e.to_string(),
@@ -418,7 +426,10 @@ pub fn encode_versioned<T: Encode>(value: &T) -> Result<Vec<u8>> {
 }
 
 /// Decodes a value written by [`encode_versioned`], refusing unknown format versions.
-pub fn decode_versioned<T: Decode<()>>(bytes: &[u8], what: &'static str) -> Result<T> {
+pub fn decode_versioned<T: for<'a> BorrowDecode<'a, ()>>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T> {
     match bytes.split_first() {
         Some((&RECORD_VERSION, rest)) => decode_exact(rest, what),
         Some((&other, _)) => Err(Error::Malformed {
