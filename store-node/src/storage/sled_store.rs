@@ -109,15 +109,18 @@ impl SledStorage {
         &self.dir
     }
 
-    /// Applies a batch of write-ahead log entries, one sled batch per tree. Not durable until a later
-    /// flush.
-    pub(super) fn apply(&self, batch: super::wal::FoldBatch) -> Result<()> {
-        self.tree
-            .apply_batch(batch.profiles)
-            .map_err(|e| self.err("batch insert", e))?;
-        self.meta
-            .apply_batch(batch.meta)
-            .map_err(|e| self.err("meta batch insert", e))
+    /// Applies one write-ahead log entry: `value` stored under `key` in `tree`, or `key` removed for
+    /// `None`. Not durable until a later flush.
+    pub(super) fn fold_entry(&self, tree: Tree, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let target = match tree {
+            Tree::Profiles => &self.tree,
+            Tree::Meta => &self.meta,
+        };
+        match value {
+            Some(value) => target.insert(key, value).map(drop),
+            None => target.remove(key).map(drop),
+        }
+        .map_err(|e| self.err("folding a log entry", e))
     }
 
     /// The id of the last write-ahead log segment folded into this database (0 if none).

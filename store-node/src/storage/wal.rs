@@ -1,5 +1,5 @@
 //! [`WalStorage`]: a write-ahead log in front of sled. Writes are appended to a log that group commit
-//! `fdatasync`s; sled receives them later, in batches, on a background thread.
+//! `fdatasync`s; sled receives them later, on a background thread.
 //!
 //! # Guarantees
 //!
@@ -25,8 +25,8 @@
 //!   reach sled at the next fold.
 //! * `flush` (the `fs-flusher` thread, see [`Durability`](super::Durability)) writes the buffer out and
 //!   `fdatasync`s it under the log's mutex. Every writer that arrived meanwhile shares the next flush.
-//! * The `fs-checkpoint` thread folds each closed segment into sled, in order, in batches of a few
-//!   thousand entries (a batch keeps the latest entry per key). It flushes sled, records "folded through
+//! * The `fs-checkpoint` thread folds each closed segment into sled, in order, one sled operation per
+//!   entry (not sled batches, which lock out every other sled call of the process while they apply). It flushes sled, records "folded through
 //!   `id`" in sled's `wal` tree, flushes again, and deletes the file. A segment at or below that mark is never replayed, so
 //!   a crash between the mark and the delete is harmless, as is one at any earlier step (replay is
 //!   idempotent: every entry is a whole record).
@@ -331,36 +331,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Most entries folded into sled in one batch.
-const FOLD_BATCH: u64 = 4096;
-
-/// Entries on their way into sled, one batch per tree.
-#[derive(Default)]
-pub(super) struct FoldBatch {
-    /// For the profiles tree.
-    pub(super) profiles: sled::Batch,
-    /// For the metadata tree.
-    pub(super) meta: sled::Batch,
-    /// Entries added to this batch.
-    len: u64,
-    /// Entries in the batches applied before this one (carried for the fold's count).
-    applied: u64,
-}
-
-impl FoldBatch {
-    fn add(&mut self, e: Entry) {
-        let batch = match e.kind.tree() {
-            Tree::Profiles => &mut self.profiles,
-            Tree::Meta => &mut self.meta,
-        };
-        match e.kind {
-            Kind::Put | Kind::PutMeta => batch.insert(e.key, e.value),
-            Kind::Remove | Kind::RemoveMeta => batch.remove(e.key),
-        }
-        self.len += 1;
-    }
-}
-
 /// Deletes segment `id` (absent is fine).
 fn remove_segment(dir: &Path, id: u64) -> Result<()> {
     let path = segment_path(dir, id);
@@ -381,29 +351,29 @@ fn fold_segment(
     with_meta: bool,
 ) -> Result<()> {
     let path = segment_path(dir, id);
-    // Applied in order, in batches of at most FOLD_BATCH entries: a batch keeps the latest entry per key
-    // (a hot key written many times is stored once per batch), and memory stays small while folding.
-    let mut batch = FoldBatch::default();
+    // Applied in order, one sled insert or remove per entry. Not sled batches: `Tree::apply_batch`
+    // takes sled's process-wide concurrency-control write lock for the whole batch, which stopped every
+    // other sled call of the node (metadata writes on the request path among them) while a few thousand
+    // records went in; with three nodes on one core that was long enough for a client to judge a node
+    // down (150 ms of silence). Single operations take that lock for reading only.
+    let mut records = 0u64;
     let mut failed = None;
     let (entries, tail) = read_segment(&path, &mut |e| {
         if failed.is_some() || !(with_meta || e.kind.tree() == Tree::Profiles) {
             return;
         }
-        batch.add(e);
-        if batch.len >= FOLD_BATCH {
-            let applied = batch.applied + batch.len;
-            let full = std::mem::take(&mut batch);
-            batch.applied = applied;
-            if let Err(err) = sled.apply(full) {
-                failed = Some(err);
-            }
+        let value = match e.kind {
+            Kind::Put | Kind::PutMeta => Some(e.value.as_slice()),
+            Kind::Remove | Kind::RemoveMeta => None,
+        };
+        match sled.fold_entry(e.kind.tree(), &e.key, value) {
+            Ok(()) => records += 1,
+            Err(err) => failed = Some(err),
         }
     })?;
     if let Some(err) = failed {
         return Err(err);
     }
-    let records = batch.applied + batch.len;
-    sled.apply(batch)?;
     if let Tail::Torn { offset, why } = &tail {
         counters.torn_entries.fetch_add(1, Relaxed);
         tracing::warn!(
