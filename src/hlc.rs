@@ -50,12 +50,20 @@ impl<C> Decode<C> for NodeId {
     }
 }
 
-bincode::impl_borrow_decode!(NodeId);
+impl<'de, C> bincode::BorrowDecode<'de, C> for NodeId {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        // Borrowed from the input: no `String` per marker (a record holds one marker per feature).
+        let text = <&str as bincode::BorrowDecode<'de, C>>::borrow_decode(decoder)?;
+        NodeId::new(text).map_err(|e| bincode::error::DecodeError::OtherString(e.to_string()))
+    }
+}
 
 impl NodeId {
     /// Validates and wraps a node id.
-    pub fn new(id: impl Into<String>) -> Result<Self> {
-        let id = id.into();
+    pub fn new(id: impl AsRef<str>) -> Result<Self> {
+        let id = id.as_ref();
         let ok = !id.is_empty()
             && id.len() <= 63
             && id
@@ -64,10 +72,10 @@ impl NodeId {
             && !id.starts_with('-')
             && !id.ends_with('-');
         if ok {
-            Ok(NodeId(Symbol::new(&id)))
+            Ok(NodeId(Symbol::new(id)))
         } else {
             Err(Error::InvalidNodeId {
-                id: truncate_for_error(&id),
+                id: truncate_for_error(id),
             })
         }
     }
@@ -216,7 +224,18 @@ impl<C> Decode<C> for Actor {
     }
 }
 
-bincode::impl_borrow_decode!(Actor);
+impl<'de, C> bincode::BorrowDecode<'de, C> for Actor {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        // As `decode`, with the node id borrowed from the input.
+        let node = <NodeId as bincode::BorrowDecode<'de, C>>::borrow_decode(decoder)?;
+        if LEGACY_ACTORS.with(std::cell::Cell::get) {
+            return Ok(Actor::legacy(node));
+        }
+        Ok(Actor::new(node, u64::decode(decoder)?))
+    }
+}
 
 /// What a node's data directory says of the incarnation it last ran as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]

@@ -11,6 +11,13 @@
 //! shared) and the table never shrinks: names are few in practice (a catalog's features, a cluster's
 //! nodes), and freeing them would need a sweep the hot path should not pay for.
 //!
+//! In front of the table each thread keeps a small two-way cache of the names it interned last
+//! ([`RECENT_SLOTS`] entries, chosen by the same hash). A hit costs the hash, one comparison and the
+//! reference count; it takes no lock, so decoder threads loading a million records at start-up do not
+//! contend on the table's locks for every name (they did: the read lock's shared counter was most of
+//! `Symbol::new`'s time in a restart profile). The cache only holds names the table already holds, so it
+//! keeps nothing alive that would otherwise be freed.
+//!
 //! The table is process state but not I/O: it reads no clock, draws nothing random and its contents
 //! never change a result, so the core stays deterministic under the simulation.
 
@@ -45,9 +52,19 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| Table {
     len: AtomicUsize::new(0),
 });
 
-fn shard_of(text: &str) -> usize {
-    // The low bits of a fast hash of the text; the sets hash again with their own keys.
-    (xxhash_rust::xxh3::xxh3_64(text.as_bytes()) as usize) % SHARDS
+/// Entries of each thread's cache of recently interned names (a power of two).
+const RECENT_SLOTS: usize = 256;
+
+thread_local! {
+    /// This thread's recently interned names, indexed by the text's hash.
+    static RECENT: std::cell::RefCell<[Option<Arc<str>>; RECENT_SLOTS]> =
+        const { std::cell::RefCell::new([const { None }; RECENT_SLOTS]) };
+}
+
+/// A fast hash of the text: its low bits pick the table shard, the next ones the thread's cache slot
+/// (the sets hash again with their own keys).
+fn hash_of(text: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
 /// An interned, immutable string: a feature name or a node id.
@@ -60,22 +77,58 @@ impl Symbol {
         if text.len() > MAX_INTERNED_LEN {
             return Symbol(Arc::from(text));
         }
+        let hash = hash_of(text);
+        // Two ways: the slot the hash picks and its neighbour.
+        let slot = (hash as usize / SHARDS) % RECENT_SLOTS;
+        let ways = [slot, slot ^ 1];
+        // `try_with`: during thread teardown the cache may be gone; the table still answers.
+        let recent = RECENT.try_with(|recent| {
+            let recent = recent.try_borrow().ok()?;
+            ways.iter().find_map(|&way| {
+                recent[way]
+                    .as_ref()
+                    .filter(|cached| cached.as_bytes() == text.as_bytes())
+                    .cloned()
+            })
+        });
+        if let Ok(Some(found)) = recent {
+            return Symbol(found);
+        }
+        let (symbol, interned) = Symbol::from_table(text, hash);
+        if interned {
+            let _ = RECENT.try_with(|recent| {
+                if let Ok(mut recent) = recent.try_borrow_mut() {
+                    let way = if recent[slot].is_none() || recent[slot ^ 1].is_some() {
+                        slot
+                    } else {
+                        slot ^ 1
+                    };
+                    recent[way] = Some(symbol.0.clone());
+                }
+            });
+        }
+        symbol
+    }
+
+    /// The table's copy of `text` (adding it if there is room), and whether the table holds it.
+    fn from_table(text: &str, hash: u64) -> (Symbol, bool) {
         let table = &*TABLE;
-        let shard = &table.shards[shard_of(text)];
+        let shard = &table.shards[hash as usize % SHARDS];
         // A poisoned lock only means another thread panicked while holding it; the set is still valid.
         if let Some(found) = shard.read().unwrap_or_else(|e| e.into_inner()).get(text) {
-            return Symbol(found.clone());
+            return (Symbol(found.clone()), true);
         }
         let mut set = shard.write().unwrap_or_else(|e| e.into_inner());
         if let Some(found) = set.get(text) {
-            return Symbol(found.clone());
+            return (Symbol(found.clone()), true);
         }
         let fresh: Arc<str> = Arc::from(text);
         if table.len.load(Ordering::Relaxed) < MAX_INTERNED {
             table.len.fetch_add(1, Ordering::Relaxed);
             set.insert(fresh.clone());
+            return (Symbol(fresh), true);
         }
-        Symbol(fresh)
+        (Symbol(fresh), false)
     }
 
     /// The text.
@@ -247,6 +300,24 @@ mod tests {
             a.cmp(&c),
             "cart_value_symbol_test".cmp("cart_value_symbol_tesu")
         );
+    }
+
+    #[test]
+    fn the_thread_cache_answers_every_name_with_the_tables_copy() {
+        // More names than cache slots, so slots are shared and overwritten; each answer must still be
+        // the name asked for, and the very allocation another thread gets from the table.
+        let names: Vec<String> = (0..RECENT_SLOTS * 4)
+            .map(|i| format!("recent_cache_test_{i}"))
+            .collect();
+        for round in 0..3 {
+            for name in &names {
+                let here = Symbol::new(name);
+                assert_eq!(here.as_str(), name, "round {round}");
+                let there =
+                    std::thread::scope(|s| s.spawn(|| Symbol::new(name)).join()).expect("thread");
+                assert!(Arc::ptr_eq(&here.0, &there.0), "{name}: one shared copy");
+            }
+        }
     }
 
     #[test]

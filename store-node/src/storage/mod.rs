@@ -55,11 +55,12 @@ use crate::error::{Error, Result};
 pub trait Storage: Send + Sync + 'static {
     /// Every stored record, for rebuilding the in-memory state at startup (order unspecified).
     fn load_all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
-    /// Every stored record handed to `f` as it is read (order unspecified): the node's start-up load,
-    /// which so never holds every record twice. By default through [`Storage::load_all`].
-    fn for_each_record(&self, f: &mut dyn FnMut(Vec<u8>, Vec<u8>)) -> Result<()> {
+    /// Every stored record lent to `f` as it is read (order unspecified; `f` copies what it keeps): the
+    /// node's start-up load, which so never holds every record twice and allocates nothing per record
+    /// here. By default through [`Storage::load_all`].
+    fn for_each_record(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
         for (key, value) in self.load_all()? {
-            f(key, value);
+            f(&key, &value);
         }
         Ok(())
     }

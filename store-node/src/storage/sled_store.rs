@@ -169,10 +169,10 @@ impl Storage for SledStorage {
         Ok(out)
     }
 
-    fn for_each_record(&self, f: &mut dyn FnMut(Vec<u8>, Vec<u8>)) -> Result<()> {
+    fn for_each_record(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
         for item in self.tree.iter() {
             let (k, v) = item.map_err(|e| self.err("scan", e))?;
-            f(k.to_vec(), v.to_vec());
+            f(&k, &v);
         }
         Ok(())
     }

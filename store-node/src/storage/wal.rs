@@ -644,7 +644,7 @@ impl Storage for WalStorage {
         self.shared.sled.load_all()
     }
 
-    fn for_each_record(&self, f: &mut dyn FnMut(Vec<u8>, Vec<u8>)) -> Result<()> {
+    fn for_each_record(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
         self.shared.fold_all()?;
         self.shared.sled.for_each_record(f)
     }
