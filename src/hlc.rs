@@ -46,7 +46,7 @@ impl<C> Decode<C> for NodeId {
         decoder: &mut D,
     ) -> Result<Self, bincode::error::DecodeError> {
         let text = String::decode(decoder)?;
-        NodeId::new(text).map_err(|e| bincode::error::DecodeError::OtherString(e.to_string()))
+        NodeId::decoded(&text)
     }
 }
 
@@ -56,11 +56,16 @@ impl<'de, C> bincode::BorrowDecode<'de, C> for NodeId {
     ) -> Result<Self, bincode::error::DecodeError> {
         // Borrowed from the input: no `String` per marker (a record holds one marker per feature).
         let text = <&str as bincode::BorrowDecode<'de, C>>::borrow_decode(decoder)?;
-        NodeId::new(text).map_err(|e| bincode::error::DecodeError::OtherString(e.to_string()))
+        NodeId::decoded(text)
     }
 }
 
 impl NodeId {
+    /// [`NodeId::new`] of a decoded text, its error as bincode's.
+    fn decoded(text: &str) -> Result<Self, bincode::error::DecodeError> {
+        NodeId::new(text).map_err(|e| bincode::error::DecodeError::OtherString(e.to_string()))
+    }
+
     /// Validates and wraps a node id.
     pub fn new(id: impl AsRef<str>) -> Result<Self> {
         let id = id.as_ref();
@@ -212,15 +217,26 @@ impl Encode for Actor {
     }
 }
 
+impl Actor {
+    /// The rest of a decoded actor once its node id is read: the incarnation, or none for a record
+    /// written before incarnations (see [`decoding_legacy_actors`]).
+    fn decode_after_node<D: bincode::de::Decoder>(
+        node: NodeId,
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        if LEGACY_ACTORS.with(std::cell::Cell::get) {
+            return Ok(Actor::legacy(node));
+        }
+        Ok(Actor::new(node, u64::decode(decoder)?))
+    }
+}
+
 impl<C> Decode<C> for Actor {
     fn decode<D: bincode::de::Decoder<Context = C>>(
         decoder: &mut D,
     ) -> Result<Self, bincode::error::DecodeError> {
         let node = NodeId::decode(decoder)?;
-        if LEGACY_ACTORS.with(std::cell::Cell::get) {
-            return Ok(Actor::legacy(node));
-        }
-        Ok(Actor::new(node, u64::decode(decoder)?))
+        Actor::decode_after_node(node, decoder)
     }
 }
 
@@ -230,10 +246,7 @@ impl<'de, C> bincode::BorrowDecode<'de, C> for Actor {
     ) -> Result<Self, bincode::error::DecodeError> {
         // As `decode`, with the node id borrowed from the input.
         let node = <NodeId as bincode::BorrowDecode<'de, C>>::borrow_decode(decoder)?;
-        if LEGACY_ACTORS.with(std::cell::Cell::get) {
-            return Ok(Actor::legacy(node));
-        }
-        Ok(Actor::new(node, u64::decode(decoder)?))
+        Actor::decode_after_node(node, decoder)
     }
 }
 

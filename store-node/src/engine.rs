@@ -131,7 +131,6 @@ const MAX_LOAD_THREADS: usize = 8;
 /// back into one buffer. Two allocations per batch instead of two per record, and the decoder frees them
 /// (a `Vec` per record allocated by the reading thread and freed by a decoder made the threads queue on
 /// the allocator's arena lock in a restart profile).
-#[derive(Default)]
 struct LoadBatch {
     /// Keys and values, back to back.
     bytes: Vec<u8>,
