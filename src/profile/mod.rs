@@ -20,6 +20,7 @@
 //! The profile never reads the clock: callers pass timestamps and `now_ms`.
 
 pub mod apply;
+pub mod delta;
 pub mod identity;
 pub mod view;
 
