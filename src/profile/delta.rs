@@ -12,6 +12,10 @@
 //! they changed. Comparison is `PartialEq`, so a delta costs one walk of both states and copies only
 //! what changed.
 //!
+//! A delta holds what *changed*; a client write that changed nothing somewhere (a gauge write older than
+//! the register held, an erasure below the watermark held) still needs the state that superseded it on
+//! every replica its quorum counts: [`Profile::delta_of_write`] adds that.
+//!
 //! Caveats: a replica that does *not* hold `old` (it missed an earlier write, or is new to the key)
 //! gains only the delta and stays behind until a full state reaches it (hinted handoff, anti-entropy);
 //! the replication protocol decides when a delta is safe to send (see
@@ -21,7 +25,7 @@
 use crate::compact::{Symbol, VecMap};
 use crate::crdt::seen::Seen;
 use crate::crdt::window::Window;
-use crate::profile::Profile;
+use crate::profile::{Applied, Profile};
 
 impl Profile {
     /// What `self` holds that `old` does not: see the module docs for the law it meets.
@@ -49,6 +53,28 @@ impl Profile {
                 self.identity.clone()
             },
         }
+    }
+}
+
+impl Profile {
+    /// What a replica needs to hold the client write that turned `old` into `self` and answered
+    /// `applied`: [`Profile::delta_from`], plus the current register of every gauge whose write was
+    /// superseded here (the write changed nothing there, yet a replica counted toward its quorum must hold
+    /// a version at least as new), plus the erasure watermark (an erasure below the one held changes
+    /// nothing either, and an increment into erased history is covered by it).
+    pub fn delta_of_write(&self, old: &Profile, applied: &Applied) -> Profile {
+        let mut delta = self.delta_from(old);
+        if let Applied::Put { superseded, .. } = applied {
+            for (name, register) in self.gauges.iter() {
+                if superseded.iter().any(|s| s.as_str() == name.as_str()) {
+                    delta.gauges.insert(name.clone(), register.clone());
+                }
+            }
+        }
+        if delta.erased_at.is_none() {
+            delta.erased_at = self.erased_at.clone();
+        }
+        delta
     }
 }
 
@@ -283,5 +309,51 @@ mod tests {
         assert_eq!(buckets, [120_000]);
         assert_eq!(delta.seen.ids.keys().collect::<Vec<_>>(), ["b"]);
         assert_eq!(merged(&old, &delta), new);
+    }
+
+    /// A client write that changed nothing here still brings a replica up to what superseded it: a
+    /// gauge write older than the register held sends that register, an erasure below the watermark
+    /// held sends the watermark. (The simulation's quorum check found the gap this closes.)
+    #[test]
+    fn the_delta_of_a_superseded_write_carries_what_superseded_it() {
+        use crate::hlc::{Clock, NodeId};
+        use crate::profile::{apply, GaugeWrite, Write};
+        use crate::Value;
+
+        let limits = Limits::default();
+        let mut clock = Clock::new(NodeId::new("n1").expect("valid"), 60_000);
+        let put = |at: u64| {
+            [GaugeWrite {
+                name: "g".into(),
+                value: Value::I64(at as i64),
+                ttl_ms: None,
+            }]
+        };
+        let mut p = Profile::default();
+        let newer = put(2_000);
+        let write = Write::Put {
+            gauges: &newer,
+            timestamp_ms: Some(2_000),
+        };
+        apply(&mut p, write, &mut clock, 2_000, &limits).expect("applied");
+
+        let before = p.clone();
+        let older = put(1_000);
+        let write = Write::Put {
+            gauges: &older,
+            timestamp_ms: Some(1_000),
+        };
+        let applied = apply(&mut p, write, &mut clock, 2_001, &limits).expect("applied");
+        assert!(p.delta_from(&before).gauges.is_empty(), "nothing changed");
+        let delta = p.delta_of_write(&before, &applied);
+        assert_eq!(delta.gauges.get("g"), p.gauges.get("g"));
+
+        apply(&mut p, Write::Erase, &mut clock, 3_000, &limits).expect("erased");
+        let before = p.clone();
+        let mut behind = Clock::new(NodeId::new("n0").expect("valid"), 60_000);
+        let applied = apply(&mut p, Write::Erase, &mut behind, 2_500, &limits).expect("erased");
+        assert!(p.delta_from(&before).erased_at.is_none(), "nothing changed");
+        let delta = p.delta_of_write(&before, &applied);
+        assert_eq!(delta.erased_at, p.erased_at);
     }
 }

@@ -7,14 +7,20 @@
 //! when it next needs time to pass ([`Replication::next_deadline`]). The node runtime and the
 //! deterministic simulation (`sim` tests) drive the same code.
 //!
-//! Protocol (state-based: what travels is always the key's whole current profile, which merges as a join,
-//! so loss, duplication and reordering of messages are harmless):
+//! Protocol (state-based: what travels is a profile state that merges as a join, so loss, duplication and
+//! reordering of messages are harmless; it is the key's whole current profile except for the write
+//! fast path below):
 //! - **Write**: a client write is bracketed by a [`LocalWrite`] ticket ([`Replication::begin_local_write`],
 //!   then [`Replication::on_local_write`] or [`Replication::abort_local_write`]). After it is applied, the
 //!   coordinator sends `Replicate{key, state}` to every other replica in the preference list (the union of
 //!   the current and the target ring while a join or leave is in progress) that the failure detector does
 //!   not consider down. Each send is tracked; without a `ReplicateAck` within `rpc_timeout_ms` it becomes a
-//!   hint. Replicas considered down get a hint at once. If the coordinator is not itself a replica (sloppy
+//!   hint. Replicas considered down get a hint at once. **Deltas**: when the caller hands over what the
+//!   write changed ([`Profile::delta_from`]), a replica with neither a send in flight nor a hint for the
+//!   key gets only that delta (tens of bytes instead of the whole profile); otherwise it gets the full
+//!   state. The rule keeps every lost delta visible: a delta is tracked like any send, so losing it ends
+//!   in a timeout, a hint and a full-state replay; and no second delta overwrites the tracking of one
+//!   still in flight. If the coordinator is not itself a replica (sloppy
 //!   quorum: every preferred replica was unreachable for the client), it hints all N preferred replicas, and
 //!   the [`WritePlan`] says the write may be acknowledged only once those hints are durable.
 //! - **Replica side**: a `Replicate` is merged through the store and answered with a `ReplicateAck` that
@@ -28,7 +34,10 @@
 //! Caveats: hints and the membership table are persisted by the runtime from [`Effect::PersistHint`] and
 //! [`Effect::PersistTable`]; under a `periodic` durability policy a crash can lose the hints of the last
 //! moments, and anti-entropy repairs what they would have. Failure detection is local and can be wrong; a
-//! wrong "down" costs a hint, never data.
+//! wrong "down" costs a hint, never data. Sends in flight are not persisted: when a coordinator crashes
+//! with a delta unacknowledged, the replica lacks that write until anti-entropy repairs it (a full-state
+//! send would have carried it along with the next write); the write itself is durable on the
+//! coordinator, and a write acknowledged at W > 1 is durable on W replicas either way.
 
 pub mod anti_entropy;
 pub mod handoff;
@@ -241,6 +250,10 @@ pub struct ReplicationStats {
     pub handoff_keys: u64,
     /// Keys handed to their replicas and removed here because this node does not replicate them.
     pub orphans_moved: u64,
+    /// Writes sent to a replica as the delta of the write alone.
+    pub delta_sends: u64,
+    /// Writes sent to a replica as the key's full state (a send or hint was pending, or no delta given).
+    pub full_sends: u64,
 }
 
 /// Proof that a client write was admitted by [`Replication::begin_local_write`]; it must be handed back
@@ -501,10 +514,15 @@ impl Replication {
 
     /// Replicates the applied local write of `key` admitted with `ticket`: sends to live replicas, hints
     /// for those considered down, and says when the client may be answered.
+    ///
+    /// `delta` is what the write changed ([`Profile::delta_from`] of the state before it), if the caller
+    /// has it: a replica with nothing pending for the key gets only that, one with a send in flight or a
+    /// hint gets the full state (see [`Replication::delta_suffices`]). `None` sends the full state to all.
     pub fn on_local_write(
         &mut self,
         ticket: LocalWrite,
         key: &str,
+        delta: Option<&Profile>,
         store: &dyn LocalStore,
         now_ms: u64,
     ) -> WritePlan {
@@ -512,7 +530,12 @@ impl Replication {
         self.writes_in_progress = self.writes_in_progress.saturating_sub(1);
         let mut out = Vec::new();
         let mut replica_sends = Vec::new();
-        if let Some(state) = store.state(key) {
+        // The full state is read only for a replica that needs it (or when no delta was given).
+        let mut full: Option<Option<Profile>> = None;
+        if delta.is_none() {
+            full = Some(store.state(key));
+        }
+        if full.as_ref().is_none_or(Option::is_some) {
             let replicas = self.replicas(key);
             // A coordinator outside the preference list (sloppy quorum) holds the only copy that
             // anti-entropy between replicas cannot see: it hints every replica at once, and those hints
@@ -527,15 +550,22 @@ impl Replication {
                 }
                 if self.liveness(&replica, now_ms) == Liveness::Down {
                     self.add_hint(&replica, key);
-                } else {
-                    replica_sends.push(self.send_state(
-                        &replica,
-                        key,
-                        state.clone(),
-                        now_ms,
-                        &mut out,
-                    ));
+                    continue;
                 }
+                let state = match delta {
+                    Some(delta) if self.delta_suffices(&replica, key) => {
+                        self.stats.delta_sends += 1;
+                        delta.clone()
+                    }
+                    _ => match full.get_or_insert_with(|| store.state(key)) {
+                        Some(state) => {
+                            self.stats.full_sends += 1;
+                            state.clone()
+                        }
+                        None => continue,
+                    },
+                };
+                replica_sends.push(self.send_state(&replica, key, state, now_ms, &mut out));
             }
         }
         let effects = self.finish(out);
@@ -545,6 +575,19 @@ impl Replication {
             replica_sends,
             effects,
         }
+    }
+
+    /// Whether the delta of one write brings `replica` up to date for `key`: nothing sent to it for the
+    /// key is unacknowledged (a lost send would otherwise go unnoticed, its tracking overwritten by this
+    /// one) and no hint is pending (the hint says it may lack earlier state). Anything else gets the full
+    /// state.
+    fn delta_suffices(&self, replica: &NodeId, key: &str) -> bool {
+        let entry = (replica.clone(), key.to_owned());
+        !self.inflight.contains_key(&entry)
+            && self
+                .hints
+                .get(replica)
+                .is_none_or(|q| !q.keys.contains_key(key))
     }
 
     /// Whether this node is a replica of `key` (if not, a write it coordinates is a sloppy-quorum write
@@ -971,13 +1014,136 @@ mod tests {
         let store = Entries::default();
         store.0.borrow_mut().push(("k".into(), 1));
         let ticket = r.begin_local_write("k", 1).expect("admitted");
-        let plan = r.on_local_write(ticket, "k", &store, 0);
+        let plan = r.on_local_write(ticket, "k", None, &store, 0);
         assert_eq!(plan.replica_sends.len(), 2);
         assert_eq!(r.hint_count(&node(2)), 0);
         r.tick(&store, config.rpc_timeout_ms);
         assert_eq!(r.hint_count(&node(2)), 1);
         assert_eq!(r.hint_count(&node(3)), 1);
         assert_eq!(r.stats().send_timeouts, 2);
+    }
+
+    /// The send sequence number and the state of each `Replicate` of `effects`, by target.
+    fn replicated(effects: &[Effect]) -> BTreeMap<NodeId, (u64, Profile)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    to,
+                    msg: PeerMessage::Replicate { seq, state, .. },
+                    ..
+                } => Some((to.clone(), (*seq, state.clone()))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A one-counter delta (the store's full state, by contrast, is empty in these tests).
+    fn one_counter_delta() -> Profile {
+        let mut delta = Profile::default();
+        delta
+            .increment(
+                &[("c", 1)],
+                &crate::profile::tests::actor(0),
+                crate::hlc::Timestamp::from_millis(1),
+                &crate::limits::Limits::default(),
+            )
+            .expect("counts");
+        delta
+    }
+
+    /// A replica with nothing pending gets the write's delta; while that delta is unacknowledged the
+    /// next write sends the full state (a second delta would overwrite the first one's tracking, so its
+    /// loss would go unnoticed); an ack restores the delta path.
+    #[test]
+    fn a_delta_goes_only_to_a_replica_with_nothing_pending() {
+        let mut r = n1(ReplicationConfig::default());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let delta = one_counter_delta();
+        let ticket = r.begin_local_write("k", 1).expect("admitted");
+        let first = r.on_local_write(ticket, "k", Some(&delta), &store, 0);
+        let sent = replicated(&first.effects);
+        assert_eq!(sent.len(), 2);
+        assert!(sent.values().all(|(_, state)| *state == delta));
+
+        // n2 acknowledges, n3 does not (yet).
+        let seq_n2 = sent[&node(2)].0;
+        r.handle(
+            &node(2),
+            PeerMessage::ReplicateAck {
+                seq: seq_n2,
+                key: "k".into(),
+            },
+            &store,
+            1,
+        );
+        let ticket = r.begin_local_write("k", 1).expect("admitted");
+        let second = r.on_local_write(ticket, "k", Some(&delta), &store, 2);
+        let sent = replicated(&second.effects);
+        assert_eq!(
+            sent[&node(2)].1,
+            delta,
+            "n2 acknowledged everything: a delta suffices"
+        );
+        assert_eq!(
+            sent[&node(3)].1,
+            Profile::default(),
+            "n3 has a send in flight: full state"
+        );
+        assert_eq!(r.stats().delta_sends, 3);
+        assert_eq!(r.stats().full_sends, 1);
+    }
+
+    /// A lost delta is repaired: its timeout becomes a hint, the next write to that replica carries the
+    /// full state instead of a delta, and the hint replay sends the full state too.
+    #[test]
+    fn a_lost_delta_ends_in_a_hint_and_a_full_state_replay() {
+        let config = ReplicationConfig::default();
+        let mut r = n1(config.clone());
+        let store = Entries::default();
+        store.0.borrow_mut().push(("k".into(), 1));
+        let delta = one_counter_delta();
+        let ticket = r.begin_local_write("k", 1).expect("admitted");
+        let plan = r.on_local_write(ticket, "k", Some(&delta), &store, 0);
+        assert!(replicated(&plan.effects).values().all(|(_, s)| *s == delta));
+        let now = config.rpc_timeout_ms;
+        r.tick(&store, now);
+        assert_eq!(r.hint_count(&node(2)), 1, "the lost delta became a hint");
+
+        // Both replicas are heard from again, so they are up; a write finds the hint: full state.
+        for i in [2, 3] {
+            r.handle(
+                &node(i),
+                PeerMessage::Gossip {
+                    table: r.table().clone(),
+                },
+                &store,
+                now,
+            );
+        }
+        let ticket = r.begin_local_write("k", 1).expect("admitted");
+        let plan = r.on_local_write(ticket, "k", Some(&delta), &store, now);
+        let sent = replicated(&plan.effects);
+        assert_eq!(sent.len(), 2);
+        assert!(sent.values().all(|(_, s)| *s == Profile::default()));
+
+        // Its ack (a send made after the hint) clears the hint: the delta path is open again.
+        for (to, (seq, _)) in sent {
+            r.handle(
+                &to,
+                PeerMessage::ReplicateAck {
+                    seq,
+                    key: "k".into(),
+                },
+                &store,
+                now,
+            );
+        }
+        assert_eq!(r.hint_count(&node(2)), 0);
+        let ticket = r.begin_local_write("k", 1).expect("admitted");
+        let plan = r.on_local_write(ticket, "k", Some(&delta), &store, now);
+        assert!(replicated(&plan.effects).values().all(|(_, s)| *s == delta));
     }
 
     /// A target's hints stop at its byte budget; the overflow is dropped and counted.
@@ -992,7 +1158,7 @@ mod tests {
         for key in ["k1", "k2"] {
             store.0.borrow_mut().push((key.into(), 1));
             let ticket = r.begin_local_write(key, 1).expect("admitted");
-            let _ = r.on_local_write(ticket, key, &store, 0);
+            let _ = r.on_local_write(ticket, key, None, &store, 0);
         }
         r.tick(&store, config.rpc_timeout_ms);
         assert_eq!(r.hint_count(&node(2)), 1);
@@ -1008,7 +1174,7 @@ mod tests {
         let store = Entries::default();
         store.0.borrow_mut().push(("k".into(), 1));
         let ticket = r.begin_local_write("k", 1).expect("admitted");
-        let _ = r.on_local_write(ticket, "k", &store, 0);
+        let _ = r.on_local_write(ticket, "k", None, &store, 0);
         let mut now = config.rpc_timeout_ms;
         r.tick(&store, now);
         assert_eq!(r.hint_count(&node(2)), 1);
@@ -1035,7 +1201,7 @@ mod tests {
         let mut now = 0;
         for round in 0..3 {
             let ticket = r.begin_local_write("k", 1).expect("admitted");
-            let _ = r.on_local_write(ticket, "k", &store, now);
+            let _ = r.on_local_write(ticket, "k", None, &store, now);
             now += config.rpc_timeout_ms;
             let mut effects = r.tick(&store, now);
             assert_eq!(r.hint_count(&node(2)), 1, "round {round}: hinted");
@@ -1130,7 +1296,7 @@ mod tests {
         let store = Entries::default();
         store.0.borrow_mut().push(("k".into(), 1));
         let ticket = r.begin_local_write("k", 1).expect("admitted");
-        let _ = r.on_local_write(ticket, "k", &store, 0);
+        let _ = r.on_local_write(ticket, "k", None, &store, 0);
         store.0.borrow_mut().clear();
         let _ = r.set_own_state(ADDR, MemberState::Leaving);
         r.tick(&store, 10);

@@ -463,7 +463,8 @@ impl Cluster {
             }
         };
         let local_now = node.store.local_now();
-        let mut profile = node.store.state(key).unwrap_or_default();
+        let before = node.store.state(key).unwrap_or_default();
+        let mut profile = before.clone();
         let applied = apply(
             &mut profile,
             write,
@@ -479,11 +480,13 @@ impl Cluster {
                 return Some(Err(e));
             }
         };
+        // Replicated as the node does: the delta of the write, where the protocol allows it.
+        let delta = profile.delta_of_write(&before, &applied);
         node.store.data.borrow_mut().insert(key.to_owned(), profile);
         if !repl.is_replica(key) {
             self.coverage.sloppy_writes += 1;
         }
-        let plan = repl.on_local_write(ticket, key, &node.store, local_now);
+        let plan = repl.on_local_write(ticket, key, Some(&delta), &node.store, local_now);
         // The engine makes the write durable before replication starts.
         self.flush(c);
         if crash_before_replicating {
@@ -526,7 +529,8 @@ impl Cluster {
             Err(e) => return Some(Err(e)),
         };
         let local_now = node.store.local_now();
-        let mut profile = node.store.state(&key).unwrap_or_default();
+        let before = node.store.state(&key).unwrap_or_default();
+        let mut profile = before.clone();
         let result = apply_event(
             &mut profile,
             event,
@@ -537,8 +541,9 @@ impl Cluster {
         );
         match &result {
             Ok(ingested) if !ingested.duplicate => {
+                let delta = profile.delta_from(&before);
                 node.store.data.borrow_mut().insert(key.clone(), profile);
-                let plan = repl.on_local_write(ticket, &key, &node.store, local_now);
+                let plan = repl.on_local_write(ticket, &key, Some(&delta), &node.store, local_now);
                 self.flush(c);
                 self.execute(c, plan.effects);
                 if plan.ack_after_durable {

@@ -168,6 +168,9 @@ struct Exercised {
     sweeps: u64,
     hints_dropped: u64,
     handoff_keys: u64,
+    /// Writes replicated as their delta alone, and as the full state.
+    delta_sends: u64,
+    full_sends: u64,
     joins: u64,
     leaves: u64,
 }
@@ -730,6 +733,8 @@ impl Schedule {
             if let Some(r) = &n.repl {
                 ex.hints_dropped += r.stats().hints_dropped;
                 ex.handoff_keys += r.stats().handoff_keys;
+                ex.delta_sends += r.stats().delta_sends;
+                ex.full_sends += r.stats().full_sends;
             }
         }
     }
@@ -928,6 +933,8 @@ impl Exercised {
         self.sweeps += o.sweeps;
         self.hints_dropped += o.hints_dropped;
         self.handoff_keys += o.handoff_keys;
+        self.delta_sends += o.delta_sends;
+        self.full_sends += o.full_sends;
         self.joins += o.joins;
         self.leaves += o.leaves;
     }
@@ -955,6 +962,8 @@ impl Exercised {
             ("expiry sweeps", self.sweeps),
             ("hints dropped over budget", self.hints_dropped),
             ("handoff keys", self.handoff_keys),
+            ("writes replicated as deltas", self.delta_sends),
+            ("writes replicated as full states", self.full_sends),
             ("joins", self.joins),
             ("leaves", self.leaves),
         ];
