@@ -61,6 +61,9 @@ pub struct Decided {
     pub failed: usize,
     /// Segment rules evaluated (only those reading a changed feature, for an event).
     pub evaluated: usize,
+    /// What the write changed in the profile ([`Profile::delta_from`] of the state before it), for
+    /// replication to send instead of the whole profile.
+    pub delta: Profile,
 }
 
 /// Publishes staged changes when dropped: after the durability wait, whether it succeeded, failed, or the
@@ -326,13 +329,21 @@ impl Engine {
     }
 
     /// Applies one client write to `key` (decided by the core's [`apply`]), stores it, publishes it, and
-    /// waits for durability as the policy requires. The request was validated at the edge.
-    pub async fn apply(&self, key: &str, write: Write<'_>) -> Result<Applied, ErrorReply> {
+    /// waits for durability as the policy requires. The request was validated at the edge. Returns the
+    /// outcome and its delta for replication ([`Profile::delta_of_write`]).
+    pub async fn apply(
+        &self,
+        key: &str,
+        write: Write<'_>,
+    ) -> Result<(Applied, Profile), ErrorReply> {
         let now = now_ms();
-        self.write(key, |p| {
-            Ok(apply(p, write, &mut self.clock(), now, &self.limits)?)
-        })
-        .await
+        let (applied, ticket, delta) = self.store_change(
+            key,
+            |p| Ok(apply(p, write, &mut self.clock(), now, &self.limits)?),
+            |applied, new, old| new.delta_of_write(old, applied),
+        )?;
+        self.wait_durable(key, ticket).await?;
+        Ok((applied, delta))
     }
 
     /// Applies one event to `key` as its owner (decided by the core's [`apply_event`]) and, in the same
@@ -496,13 +507,17 @@ impl Engine {
         change: impl FnOnce(&mut Profile, &mut Clock) -> featurestore::Result<(T, Reconciled)>,
     ) -> Result<(T, Decided), ErrorReply> {
         let mut staged = Vec::new();
-        let stored = self.store_change(key, |profile| {
-            let (out, reconciled) = change(profile, &mut self.clock())?;
-            staged = segments.log.stage(&reconciled.changes, fence)?;
-            segments.arm(key, profile, now);
-            Ok((out, reconciled.failed.len(), reconciled.evaluated))
-        });
-        let ((out, failed, evaluated), ticket) = match stored {
+        let stored = self.store_change(
+            key,
+            |profile| {
+                let (out, reconciled) = change(profile, &mut self.clock())?;
+                staged = segments.log.stage(&reconciled.changes, fence)?;
+                segments.arm(key, profile, now);
+                Ok((out, reconciled.failed.len(), reconciled.evaluated))
+            },
+            |_, new, old| new.delta_from(old),
+        );
+        let ((out, failed, evaluated), ticket, delta) = match stored {
             Ok(stored) => stored,
             Err(e) => {
                 segments.log.withdraw(&staged);
@@ -519,6 +534,7 @@ impl Engine {
             changes: publish.staged.clone(),
             failed,
             evaluated,
+            delta,
         };
         drop(publish);
         Ok((out, decided))
@@ -549,14 +565,16 @@ impl Engine {
     }
 
     /// Marks `key` as linked into `canonical` (a fresh marker of this node), stores it and waits for
-    /// durability as the policy requires.
-    pub async fn set_alias(&self, key: &str, canonical: &str) -> Result<(), ErrorReply> {
+    /// durability as the policy requires. Returns what changed (the delta, for replication).
+    pub async fn set_alias(&self, key: &str, canonical: &str) -> Result<Profile, ErrorReply> {
         let now = now_ms();
-        self.write(key, |p| {
-            let marker = self.clock().stamp(now);
-            Ok(p.set_alias(canonical, marker, &self.limits)?)
-        })
-        .await
+        let ((), delta) = self
+            .write(key, |p| {
+                let marker = self.clock().stamp(now);
+                Ok(p.set_alias(canonical, marker, &self.limits)?)
+            })
+            .await?;
+        Ok(delta)
     }
 
     /// The canonical id `key` was linked into, if this node's copy says so.
@@ -682,37 +700,40 @@ impl Engine {
     }
 
     /// Applies `change` to a copy of `key`'s profile, stores it, publishes it, and waits for durability as
-    /// the policy requires.
+    /// the policy requires. Returns `change`'s result and what it changed (the delta).
     async fn write<T>(
         &self,
         key: &str,
         change: impl FnOnce(&mut Profile) -> crate::Result<T>,
-    ) -> Result<T, ErrorReply> {
-        let (out, ticket) = self.store_change(key, change)?;
+    ) -> Result<(T, Profile), ErrorReply> {
+        let (out, ticket, delta) =
+            self.store_change(key, change, |_, new, old| new.delta_from(old))?;
         self.wait_durable(key, ticket).await?;
-        Ok(out)
+        Ok((out, delta))
     }
 
     /// The synchronous half of [`Engine::write`]: under the shard lock, `change` applied to a copy of
-    /// `key`'s profile and the result stored; the ticket to wait on for its durability.
+    /// `key`'s profile and the result stored; the ticket to wait on for its durability, and the delta
+    /// of the change for replication (`delta` of its result, the new profile and the one before it).
     fn store_change<T>(
         &self,
         key: &str,
         change: impl FnOnce(&mut Profile) -> crate::Result<T>,
-    ) -> Result<(T, WriteTicket), ErrorReply> {
+        delta: impl FnOnce(&T, &Profile, &Profile) -> Profile,
+    ) -> Result<(T, WriteTicket, Profile), ErrorReply> {
         let mut shard = self
             .shard(key)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut profile = shard
-            .get(key)
-            .map(|s| s.profile.clone())
-            .unwrap_or_default();
+        let empty = Profile::default();
+        let old = shard.get(key).map(|s| &s.profile);
+        let mut profile = old.cloned().unwrap_or_default();
         let out = change(&mut profile).map_err(|e| error_reply(&e))?;
+        let delta = delta(&out, &profile, old.map_or(&empty, |p| &**p));
         let ticket = self
             .store_locked(&mut shard, key, profile)
             .map_err(|e| error_reply(&e))?;
-        Ok((out, ticket))
+        Ok((out, ticket, delta))
     }
 
     /// Waits for `ticket`'s durability as the policy requires; a failure is logged and returned.

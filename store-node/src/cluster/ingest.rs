@@ -472,9 +472,9 @@ impl Cluster {
         if ingested.linked.is_some() {
             Metrics::incr(&metrics.identity_links);
         }
-        let plan = self
-            .repl()
-            .on_local_write(ticket, key, &*self.engine, now_ms());
+        let plan =
+            self.repl()
+                .on_local_write(ticket, key, Some(&decided.delta), &*self.engine, now_ms());
         if let Err(Response::Error(reply)) = self.replicate(plan).await {
             return refused(reply.code, reply.message);
         }
@@ -559,13 +559,16 @@ impl Cluster {
             Ok(ticket) => ticket,
             Err(e) => return Err(refused(ErrorCode::from(&e), e.to_string())),
         };
-        if let Err(reply) = self.engine.set_alias(id, key).await {
-            self.repl().abort_local_write(ticket);
-            return Err(refused(reply.code, reply.message));
-        }
+        let delta = match self.engine.set_alias(id, key).await {
+            Ok(delta) => delta,
+            Err(reply) => {
+                self.repl().abort_local_write(ticket);
+                return Err(refused(reply.code, reply.message));
+            }
+        };
         let plan = self
             .repl()
-            .on_local_write(ticket, id, &*self.engine, now_ms());
+            .on_local_write(ticket, id, Some(&delta), &*self.engine, now_ms());
         if let Err(Response::Error(reply)) = self.replicate(plan).await {
             return Err(refused(reply.code, reply.message));
         }

@@ -443,7 +443,7 @@ impl Cluster {
             Ok(ticket) => ticket,
             Err(e) => return Response::Error(ErrorReply::of(&e)),
         };
-        let applied = match self.engine.apply(key, write).await {
+        let (applied, delta) = match self.engine.apply(key, write).await {
             Ok(applied) => applied,
             Err(reply) => {
                 self.repl().abort_local_write(ticket);
@@ -452,7 +452,7 @@ impl Cluster {
         };
         let plan = self
             .repl()
-            .on_local_write(ticket, key, &*self.engine, now_ms());
+            .on_local_write(ticket, key, Some(&delta), &*self.engine, now_ms());
         match self.replicate(plan).await {
             Ok(()) => Response::from(applied),
             Err(reply) => reply,
@@ -681,6 +681,8 @@ impl Cluster {
             ("hints_dropped".to_owned(), s.hints_dropped),
             ("hints_delivered".to_owned(), s.hints_delivered),
             ("replication_send_timeouts".to_owned(), s.send_timeouts),
+            ("replication_delta_sends".to_owned(), s.delta_sends),
+            ("replication_full_sends".to_owned(), s.full_sends),
             ("ae_rounds".to_owned(), s.ae_rounds),
             ("ae_keys_repaired".to_owned(), s.ae_keys_repaired),
             ("handoff_keys".to_owned(), s.handoff_keys),

@@ -350,9 +350,13 @@ impl Cluster {
         {
             Ok(Some(decided)) => {
                 super::ingest::count_decided(self.engine.metrics(), &decided);
-                let plan = self
-                    .repl()
-                    .on_local_write(ticket, user, &*self.engine, now_ms());
+                let plan = self.repl().on_local_write(
+                    ticket,
+                    user,
+                    Some(&decided.delta),
+                    &*self.engine,
+                    now_ms(),
+                );
                 if let Err(Response::Error(reply)) = self.replicate(plan).await {
                     tracing::warn!(%user, message = %reply.message, "segment decision not replicated yet");
                 }
