@@ -652,6 +652,11 @@ impl Engine {
     /// Merges a state from another replica (replication, anti-entropy, read repair). Refuses states
     /// stamped further ahead than the clock-skew limit; advances the clock past the state otherwise.
     /// Stores the result if it changed; the caller waits for durability before acknowledging.
+    ///
+    /// The merge is made in place (a join cannot fail or need undoing, so unlike a client write it
+    /// needs no copy of the profile). If storage then refuses the record, the merged state stays in
+    /// memory unacknowledged (the sender retries, and the key's next stored write persists it); the
+    /// key's record hash is left as it was, so anti-entropy sees the difference.
     pub fn merge_state(&self, key: &str, incoming: &Profile) -> crate::Result<bool> {
         self.limits.check_key(key)?;
         if let Some(ts) = incoming.max_timestamp() {
@@ -661,19 +666,33 @@ impl Engine {
             .shard(key)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut profile = shard
-            .get(key)
-            .map(|s| s.profile.clone())
-            .unwrap_or_default();
-        if !profile.merge(incoming) && shard.contains_key(key) {
+        let Some(stored) = shard.get_mut(key) else {
+            let mut profile = Box::<Profile>::default();
+            profile.merge(incoming);
+            if let Some(segments) = self.segments.get() {
+                segments.arm(key, &profile, now_ms());
+            }
+            let _ticket = self.store_locked(&mut shard, key, profile)?;
+            return Ok(true);
+        };
+        if !stored.profile.merge(incoming) {
             return Ok(false);
         }
         if let Some(segments) = self.segments.get() {
-            segments.arm(key, &profile, now_ms());
+            segments.arm(key, &stored.profile, now_ms());
         }
         // The caller waits for durability (of everything written so far) before acknowledging.
-        let _ticket = self.store_locked(&mut shard, key, profile)?;
+        let (_ticket, hash) = self.persist(key, &stored.profile)?;
+        stored.hash = hash;
         Ok(true)
+    }
+
+    /// Encodes `profile` and hands it to storage: the durability ticket of the write and the hash of
+    /// the record.
+    fn persist(&self, key: &str, profile: &Profile) -> crate::Result<(WriteTicket, u64)> {
+        let record = encode_record(profile)?;
+        self.storage.put(key.as_bytes(), &record)?;
+        Ok((self.durability.written(), record_hash(&record)))
     }
 
     /// Encodes `profile`, hands it to storage and publishes it in `shard` (only if storage accepted it).
@@ -684,10 +703,7 @@ impl Engine {
         key: &str,
         profile: Box<Profile>,
     ) -> crate::Result<WriteTicket> {
-        let record = encode_record(&profile)?;
-        self.storage.put(key.as_bytes(), &record)?;
-        let ticket = self.durability.written();
-        let hash = record_hash(&record);
+        let (ticket, hash) = self.persist(key, &profile)?;
         let stored = Stored { profile, hash };
         // Replace in place when the key is known: no new key allocation per write.
         match shard.get_mut(key) {
