@@ -82,7 +82,17 @@ pub struct Limits {
     /// Most bytes of write-ahead log entries a node buffers in memory between flushes; a write beyond
     /// it is refused (not acknowledged) and counted (`wal_refused_full`). Default 64 MiB.
     pub max_wal_buffer_bytes: u64,
+    /// Most peer messages a node sends on one QUIC stream (queued messages for one peer go out together
+    /// rather than a stream each); a receiver stops a stream that carries more. Default 64.
+    pub max_peer_batch_messages: usize,
+    /// Bytes after which a node closes a batch of peer messages (the first message of a batch goes alone
+    /// whatever its size, up to `max_frame_bytes`). Default 256 KiB.
+    pub max_peer_batch_bytes: usize,
 }
+
+/// The ceiling on `max_peer_batch_messages`, and the most peer messages any node accepts on one stream:
+/// nodes with different settings still understand each other's batches.
+pub const PEER_BATCH_MESSAGES_CEILING: usize = 1024;
 
 /// The ceiling on `max_rule_depth`: a rule this deep evaluates within 1.3 MB of stack even in a debug build
 /// (measured about 38 KB per level there), well inside the 2 MiB of a test or tokio worker thread.
@@ -120,6 +130,8 @@ impl Default for Limits {
             max_segment_timers: 1_000_000,
             wal_segment_bytes: 32 * 1024 * 1024,
             max_wal_buffer_bytes: 64 * 1024 * 1024,
+            max_peer_batch_messages: 64,
+            max_peer_batch_bytes: 256 * 1024,
         }
     }
 }
@@ -154,6 +166,8 @@ impl Limits {
             ("max_flip_candidates", self.max_flip_candidates),
             ("max_change_log_entries", self.max_change_log_entries),
             ("max_segment_timers", self.max_segment_timers),
+            ("max_peer_batch_messages", self.max_peer_batch_messages),
+            ("max_peer_batch_bytes", self.max_peer_batch_bytes),
             (
                 "wal_segment_bytes",
                 usize::try_from(self.wal_segment_bytes).unwrap_or(usize::MAX),
@@ -187,6 +201,14 @@ impl Limits {
             return Err(Error::InvalidLimit {
                 name: "max_frame_bytes",
                 reason: format!("must be at most {FRAME_BYTES_CEILING}"),
+            });
+        }
+        if self.max_peer_batch_messages > PEER_BATCH_MESSAGES_CEILING {
+            return Err(Error::InvalidLimit {
+                name: "max_peer_batch_messages",
+                reason: format!(
+                    "must be at most {PEER_BATCH_MESSAGES_CEILING} (what every node accepts on one stream)"
+                ),
             });
         }
         // The log's buffer must hold any record a frame can carry, or such a write could never be stored.

@@ -222,7 +222,8 @@ mod tests {
                 "peer_queue_drops",
                 "peer_unreachable_drops",
                 "peer_received",
-                "peer_bad_frames"
+                "peer_bad_frames",
+                "peer_batches"
             ]
         );
     }

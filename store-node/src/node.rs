@@ -19,7 +19,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::launch::{NodeEvent, ReadyInfo};
 use crate::metrics::Metrics;
-use crate::net::peer::Peers;
+use crate::net::peer::{PeerBatch, Peers};
 use crate::server::{serve, ServeSettings};
 use crate::storage::{self, Durability};
 
@@ -270,6 +270,7 @@ fn open_endpoint(config: &NodeConfig) -> Result<(quinn::Endpoint, Peers)> {
         peer_client,
         config.cluster.peer_queue,
         connect_timeout,
+        PeerBatch::of(&config.limits),
     );
     Ok((endpoint, peers))
 }

@@ -1,15 +1,22 @@
 //! Peer transport: QUIC connections between nodes (mutual TLS, the peer ALPN), one unidirectional stream
-//! per message.
+//! per batch of messages.
 //!
 //! Guarantees:
 //! - Every peer has one outbound queue of bounded capacity and one sender task. When the queue is full the
 //!   message is dropped and counted: the replication protocol tolerates loss (unacknowledged sends become
 //!   hints, anti-entropy repairs the rest), so a slow or dead peer can never make a node buffer without bound.
+//! - **Batching**: the sender takes what is queued for a peer when it sends (up to
+//!   [`PeerBatch::messages`] messages and about [`PeerBatch::bytes`] bytes) and writes those frames on
+//!   one stream: under load, one stream (and its QUIC stream state, frames and acks) carries many
+//!   messages; when idle, a message goes alone, without waiting for company. The receiver delivers every
+//!   frame of a stream in its own task, so one message's durability wait never holds up the next.
 //! - Connecting is bounded by a timeout; after a failure the sender waits a short backoff before the next
 //!   attempt and drops what arrives meanwhile, rather than queueing behind a dead peer.
 //! - Inbound: only connections whose certificate names a node (checked by the server) reach
 //!   [`read_peer_streams`]; every frame's size is checked before its buffer is allocated, and a bad frame
-//!   is counted and skipped without closing the connection.
+//!   is counted and ends its stream (the messages before it were delivered) without closing the
+//!   connection; so does a stream carrying more than [`PEER_BATCH_MESSAGES_CEILING`] messages (the
+//!   ceiling of every node's `max_peer_batch_messages`, so nodes configured differently still agree).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,11 +24,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use featurestore::limits::FRAME_BYTES_CEILING;
+use featurestore::limits::{FRAME_BYTES_CEILING, PEER_BATCH_MESSAGES_CEILING};
 use featurestore::wire::codec::{decode_peer, encode_frame};
 use featurestore::wire::peer::PeerMessage;
 use featurestore::NodeId;
-use store_client::frame::{read_frame, FrameError};
+use store_client::frame::{read_frame, FrameError, FramePart};
 use tokio::sync::mpsc;
 
 use crate::certs::node_server_name;
@@ -48,6 +55,27 @@ crate::metrics::counters! {
         received,
         /// Inbound frames that could not be decoded or were too large.
         bad_frames,
+        /// Streams opened to send messages (each carries a batch of one or more).
+        batches,
+    }
+}
+
+/// How many queued messages for one peer share a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerBatch {
+    /// Most messages per stream.
+    pub messages: usize,
+    /// Bytes of frames after which a batch is closed (its first message goes alone whatever its size).
+    pub bytes: usize,
+}
+
+impl PeerBatch {
+    /// The batch limits of `limits` (`max_peer_batch_messages`, `max_peer_batch_bytes`).
+    pub fn of(limits: &featurestore::Limits) -> Self {
+        PeerBatch {
+            messages: limits.max_peer_batch_messages.max(1),
+            bytes: limits.max_peer_batch_bytes,
+        }
     }
 }
 
@@ -61,6 +89,7 @@ pub struct Peers {
     client_config: quinn::ClientConfig,
     queue_capacity: usize,
     connect_timeout: Duration,
+    batch: PeerBatch,
     queues: Mutex<HashMap<NodeId, Outbound>>,
     metrics: Arc<PeerMetrics>,
 }
@@ -73,18 +102,20 @@ impl std::fmt::Debug for Peers {
 
 impl Peers {
     /// Outbound peer transport over `endpoint`, authenticating with `client_config` (this node's
-    /// certificate, the peer ALPN).
+    /// certificate, the peer ALPN), with `batch` messages at most per stream.
     pub fn new(
         endpoint: quinn::Endpoint,
         client_config: quinn::ClientConfig,
         queue_capacity: usize,
         connect_timeout: Duration,
+        batch: PeerBatch,
     ) -> Self {
         Peers {
             endpoint,
             client_config,
             queue_capacity,
             connect_timeout,
+            batch,
             queues: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
         }
@@ -105,6 +136,7 @@ impl Peers {
                 self.endpoint.clone(),
                 self.client_config.clone(),
                 self.connect_timeout,
+                self.batch,
                 rx,
                 self.metrics.clone(),
             ));
@@ -129,13 +161,24 @@ async fn sender(
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     connect_timeout: Duration,
+    batch: PeerBatch,
     mut rx: mpsc::Receiver<(SocketAddr, PeerMessage)>,
     metrics: Arc<PeerMetrics>,
 ) {
     let server_name = node_server_name(peer.as_str());
     let mut conn: Option<(SocketAddr, quinn::Connection)> = None;
     let mut failed_at: Option<Instant> = None;
-    while let Some((addr, msg)) = rx.recv().await {
+    // A message taken from the queue for a batch but addressed elsewhere (the peer moved): it starts
+    // the next batch.
+    let mut carried: Option<(SocketAddr, PeerMessage)> = None;
+    loop {
+        let next = match carried.take() {
+            Some(next) => Some(next),
+            None => rx.recv().await,
+        };
+        let Some((addr, msg)) = next else {
+            return;
+        };
         let usable = conn
             .as_ref()
             .is_some_and(|(a, c)| *a == addr && c.close_reason().is_none());
@@ -172,18 +215,16 @@ async fn sender(
         let Some((_, c)) = conn.as_ref() else {
             continue;
         };
-        let frame = match encode_frame(&msg) {
-            Ok(f) => f,
-            Err(error) => {
-                tracing::error!(%peer, %error, "could not encode a peer message");
-                continue;
-            }
-        };
+        let (frames, count) = take_batch(&peer, addr, msg, &mut rx, &mut carried, batch);
+        if count == 0 {
+            continue;
+        }
         let sent = async {
             let mut stream = c.open_uni().await.map_err(|e| e.to_string())?;
-            stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+            stream.write_all(&frames).await.map_err(|e| e.to_string())?;
             stream.finish().map_err(|e| e.to_string())
         };
+        metrics.batches.fetch_add(1, Ordering::Relaxed);
         // A dead peer never returns stream credit: without a bound, `open_uni` would wait until the idle
         // timeout. Give up on the connection instead and reconnect for the next message.
         let sent = match tokio::time::timeout(connect_timeout, sent).await {
@@ -192,12 +233,49 @@ async fn sender(
         };
         if let Err(error) = sent {
             tracing::debug!(%peer, %error, "peer send failed");
-            metrics.unreachable_drops.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .unreachable_drops
+                .fetch_add(count as u64, Ordering::Relaxed);
             if let Some((_, c)) = conn.take() {
                 c.close(0u32.into(), b"send failed");
             }
         }
     }
+}
+
+/// The frames of one batch for `addr`: `first`, then whatever is already queued for the same address,
+/// up to the batch limits (never waiting for more). A queued message for another address is left in
+/// `carried`. Returns the frames and how many messages they hold (a message that cannot be encoded is
+/// logged and left out).
+fn take_batch(
+    peer: &NodeId,
+    addr: SocketAddr,
+    first: PeerMessage,
+    rx: &mut mpsc::Receiver<(SocketAddr, PeerMessage)>,
+    carried: &mut Option<(SocketAddr, PeerMessage)>,
+    batch: PeerBatch,
+) -> (Vec<u8>, usize) {
+    let mut frames = Vec::new();
+    let mut count = 0;
+    let mut next = Some(first);
+    while let Some(msg) = next.take() {
+        match encode_frame(&msg) {
+            Ok(frame) => {
+                frames.extend_from_slice(&frame);
+                count += 1;
+            }
+            Err(error) => tracing::error!(%peer, %error, "could not encode a peer message"),
+        }
+        if count >= batch.messages || frames.len() >= batch.bytes {
+            break;
+        }
+        match rx.try_recv() {
+            Ok((a, msg)) if a == addr => next = Some(msg),
+            Ok(other) => *carried = Some(other),
+            Err(_) => {}
+        }
+    }
+    (frames, count)
 }
 
 /// Why an inbound peer message was dropped.
@@ -211,13 +289,23 @@ enum BadMessage {
     Decode(#[from] featurestore::Error),
 }
 
-/// Reads one message from a unidirectional peer stream.
-async fn read_message(recv: &mut quinn::RecvStream) -> Result<PeerMessage, BadMessage> {
-    let payload = read_frame(recv, FRAME_BYTES_CEILING).await?;
-    Ok(decode_peer(&payload)?)
+/// Reads the next message of a unidirectional peer stream; `Ok(None)` when the stream ended cleanly
+/// between messages.
+async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<PeerMessage>, BadMessage> {
+    let payload = match read_frame(recv, FRAME_BYTES_CEILING).await {
+        Ok(payload) => payload,
+        Err(FrameError::Closed {
+            part: FramePart::Header,
+            read: 0,
+            ..
+        }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(decode_peer(&payload)?))
 }
 
-/// Receives messages from an authenticated peer connection until it closes, handing each to `deliver`.
+/// Receives messages from an authenticated peer connection until it closes, handing each to `deliver`
+/// in a task of its own. A stream carries at most [`PEER_BATCH_MESSAGES_CEILING`] messages.
 pub async fn read_peer_streams<F, Fut>(
     conn: quinn::Connection,
     from: NodeId,
@@ -225,7 +313,7 @@ pub async fn read_peer_streams<F, Fut>(
     deliver: F,
 ) where
     F: Fn(NodeId, PeerMessage) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
         let mut recv = match conn.accept_uni().await {
@@ -239,19 +327,39 @@ pub async fn read_peer_streams<F, Fut>(
         let metrics = metrics.clone();
         let deliver = deliver.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(INBOUND_MESSAGE_TIMEOUT, read_message(&mut recv)).await {
-                Ok(Ok(msg)) => {
-                    metrics.received.fetch_add(1, Ordering::Relaxed);
-                    deliver(from, msg).await;
-                }
-                Ok(Err(error)) => {
-                    metrics.bad_frames.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(peer = %from, %error, "bad peer frame");
-                    let _ = recv.stop(0u32.into());
-                }
-                Err(_) => {
-                    metrics.bad_frames.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(peer = %from, "peer message timed out");
+            let mut received = 0;
+            loop {
+                let read = tokio::time::timeout(INBOUND_MESSAGE_TIMEOUT, read_message(&mut recv));
+                match read.await {
+                    Ok(Ok(Some(msg))) if received < PEER_BATCH_MESSAGES_CEILING => {
+                        received += 1;
+                        metrics.received.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(deliver(from.clone(), msg));
+                    }
+                    Ok(Ok(Some(_))) => {
+                        metrics.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = %from, "peer stream over the message ceiling");
+                        let _ = recv.stop(0u32.into());
+                        return;
+                    }
+                    Ok(Ok(None)) => {
+                        if received == 0 {
+                            metrics.bad_frames.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(peer = %from, "empty peer stream");
+                        }
+                        return;
+                    }
+                    Ok(Err(error)) => {
+                        metrics.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = %from, %error, "bad peer frame");
+                        let _ = recv.stop(0u32.into());
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = %from, "peer message timed out");
+                        return;
+                    }
                 }
             }
         });
