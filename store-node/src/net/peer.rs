@@ -365,3 +365,118 @@ pub async fn read_peer_streams<F, Fut>(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HERE: &str = "127.0.0.1:7001";
+    const THERE: &str = "127.0.0.1:7002";
+
+    fn ack(seq: u64) -> PeerMessage {
+        PeerMessage::ReplicateAck {
+            seq,
+            key: format!("k{seq}"),
+        }
+    }
+
+    /// The acks a batch's frames hold, in order.
+    fn acks_in(mut frames: &[u8]) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while !frames.is_empty() {
+            let (header, rest) = frames.split_at(featurestore::wire::codec::FRAME_HEADER_BYTES);
+            let len = featurestore::wire::codec::parse_header(
+                header.try_into().expect("a header"),
+                FRAME_BYTES_CEILING,
+            )
+            .expect("a valid header");
+            let (payload, rest) = rest.split_at(len);
+            match decode_peer(payload).expect("a peer message") {
+                PeerMessage::ReplicateAck { seq, .. } => seqs.push(seq),
+                other => panic!("unexpected {other:?}"),
+            }
+            frames = rest;
+        }
+        seqs
+    }
+
+    fn batch_of(messages: usize, bytes: usize) -> PeerBatch {
+        PeerBatch { messages, bytes }
+    }
+
+    /// What is queued for the same address joins the first message, up to the message limit; the rest
+    /// stays queued for the next batch.
+    #[test]
+    fn a_batch_takes_what_is_queued_up_to_its_message_limit() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let here: SocketAddr = HERE.parse().expect("addr");
+        for seq in 2..=5 {
+            tx.try_send((here, ack(seq))).expect("queued");
+        }
+        let mut carried = None;
+        let peer = NodeId::new("n2").expect("id");
+        let (frames, count) = take_batch(
+            &peer,
+            here,
+            ack(1),
+            &mut rx,
+            &mut carried,
+            batch_of(3, 1 << 20),
+        );
+        assert_eq!(count, 3);
+        assert_eq!(acks_in(&frames), [1, 2, 3]);
+        assert!(carried.is_none());
+        let (frames, count) = take_batch(
+            &peer,
+            here,
+            ack(9),
+            &mut rx,
+            &mut carried,
+            batch_of(64, 1 << 20),
+        );
+        assert_eq!(
+            (count, acks_in(&frames)),
+            (3, vec![9, 4, 5]),
+            "never waits for more"
+        );
+    }
+
+    /// A batch closes at its byte limit (its first message goes whatever its size), and a message for
+    /// another address ends the batch and starts the next one.
+    #[test]
+    fn a_batch_closes_at_its_byte_limit_and_at_another_address() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let (here, there): (SocketAddr, SocketAddr) =
+            (HERE.parse().expect("addr"), THERE.parse().expect("addr"));
+        let peer = NodeId::new("n2").expect("id");
+        tx.try_send((here, ack(2))).expect("queued");
+        let mut carried = None;
+        let (_, count) = take_batch(&peer, here, ack(1), &mut rx, &mut carried, batch_of(64, 1));
+        assert_eq!(count, 1, "the first frame alone is over one byte");
+
+        let (_, left) = rx.try_recv().expect("ack 2 stayed queued");
+        tx.try_send((there, ack(3))).expect("queued");
+        tx.try_send((here, ack(4))).expect("queued");
+        let (frames, count) = take_batch(
+            &peer,
+            here,
+            left,
+            &mut rx,
+            &mut carried,
+            batch_of(64, 1 << 20),
+        );
+        assert_eq!((count, acks_in(&frames)), (1, vec![2]));
+        let (addr, msg) = carried.take().expect("the other address's message is kept");
+        assert_eq!(addr, there);
+        assert!(matches!(msg, PeerMessage::ReplicateAck { seq: 3, .. }));
+        let (frames, _) = take_batch(
+            &peer,
+            here,
+            ack(5),
+            &mut rx,
+            &mut carried,
+            batch_of(64, 1 << 20),
+        );
+        assert_eq!(acks_in(&frames), [5, 4]);
+    }
+}
