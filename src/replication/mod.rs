@@ -517,7 +517,7 @@ impl Replication {
     ///
     /// `delta` is what the write changed ([`Profile::delta_from`] of the state before it), if the caller
     /// has it: a replica with nothing pending for the key gets only that, one with a send in flight or a
-    /// hint gets the full state (see [`Replication::delta_suffices`]). `None` sends the full state to all.
+    /// hint gets the full state (the rule is in the module docs). `None` sends the full state to all.
     pub fn on_local_write(
         &mut self,
         ticket: LocalWrite,
