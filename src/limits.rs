@@ -83,7 +83,7 @@ pub struct Limits {
     /// it is refused (not acknowledged) and counted (`wal_refused_full`). Default 64 MiB.
     pub max_wal_buffer_bytes: u64,
     /// Most peer messages a node sends on one QUIC stream (queued messages for one peer go out together
-    /// rather than a stream each); a receiver stops a stream that carries more. Default 64.
+    /// rather than a stream each); at most [`PEER_BATCH_MESSAGES_CEILING`]. Default 64.
     pub max_peer_batch_messages: usize,
     /// Bytes after which a node closes a batch of peer messages (the first message of a batch goes alone
     /// whatever its size, up to `max_frame_bytes`). Default 256 KiB.
