@@ -7,6 +7,8 @@
 //! - [`Bug::CounterMinMerge`]: counter slots merge by `min` instead of `max` (losing increments);
 //! - [`Bug::KeepIncarnation`]: a node always starts as the same actor (the node id alone), as before
 //!   per-incarnation actors, so a node that lost its disk reissues slots and dots.
+//! - [`Bug::BareDelta`]: a client write is replicated as the bare delta of what it changed, without
+//!   the register that superseded a write that changed nothing (the gap the simulation found).
 
 use std::cell::Cell;
 
@@ -17,6 +19,7 @@ pub(crate) enum Bug {
     AckWithoutMerge,
     CounterMinMerge,
     KeepIncarnation,
+    BareDelta,
 }
 
 thread_local! {

@@ -1042,6 +1042,14 @@ fn acking_without_merging_makes_the_simulation_fail() {
     );
 }
 
+/// A replica counted toward W must hold what superseded the write, not just what the write changed.
+/// About one seed in a thousand hits it (an event-time gauge write older than the register held, with
+/// W > 1, to a replica that lacks the newer register); seed 123 is one.
+#[test]
+fn replicating_the_bare_delta_of_a_superseded_write_makes_the_simulation_fail() {
+    seeds_fail_with(Bug::BareDelta, 0..1000, &["(w)"]);
+}
+
 #[test]
 fn merging_counters_with_min_makes_the_simulation_fail() {
     seeds_fail_with(Bug::CounterMinMerge, 0..100, &["(d)", "(w)", "(r)"]);
