@@ -240,6 +240,10 @@ mod tests {
             for (o, n) in old.iter().zip(&new) {
                 let delta = n.delta_from(o);
                 prop_assert_eq!(merged(o, &delta), merged(o, n));
+                // Writes and merges only grow a state, so `old ⊔ delta` is `new` itself: what the
+                // node's write-ahead log relies on when it logs a write's delta and replays it onto
+                // the stored record.
+                prop_assert_eq!(&merged(o, &delta), n);
                 // A replica ahead of `old` in another way still reaches the same state.
                 let ahead = merged(o, &old[2]);
                 prop_assert_eq!(merged(&ahead, &delta), merged(&ahead, n));
