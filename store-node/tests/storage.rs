@@ -201,6 +201,9 @@ impl Storage for FlakyStorage {
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.inner.put(key, value)
     }
+    fn merge(&self, key: &[u8], delta: &[u8]) -> Result<()> {
+        self.inner.merge(key, delta)
+    }
     fn remove(&self, key: &[u8]) -> Result<()> {
         self.inner.remove(key)
     }
@@ -314,6 +317,9 @@ impl Storage for GatedStorage {
     }
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.inner.put(key, value)
+    }
+    fn merge(&self, key: &[u8], delta: &[u8]) -> Result<()> {
+        self.inner.merge(key, delta)
     }
     fn remove(&self, key: &[u8]) -> Result<()> {
         self.inner.remove(key)

@@ -2,9 +2,10 @@
 //!
 //! # What it guarantees
 //!
-//! * [`Storage`] stores **opaque** byte records under byte keys. The node encodes its records itself
-//!   (including a format-version byte); this layer never interprets or decodes a value, so nothing read
-//!   from disk is ever unwrapped or trusted here.
+//! * [`Storage`] stores byte records under byte keys. The node encodes its records itself (including a
+//!   format-version byte). This layer interprets a value in one place only: [`Storage::merge`] joins a
+//!   profile record with a write's delta (module `merge`), through the core's checked decoder, so
+//!   nothing read from disk is ever unwrapped or trusted here.
 //! * A `put`/`remove` that returned before a [`Storage::flush`] call started is durable (fsynced) once that
 //!   `flush` returns `Ok`. Nothing is promised for writes that were not covered by a successful flush.
 //! * [`Durability`] turns that into an ack policy ([`DurabilityPolicy`]): in `sync` mode a write is acked
@@ -32,6 +33,7 @@
 
 mod durability;
 mod memory;
+mod merge;
 mod sled_store;
 mod wal;
 
@@ -66,6 +68,15 @@ pub trait Storage: Send + Sync + 'static {
     }
     /// Insert or replace one record. Not durable until a later `flush` returns.
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()>;
+    /// Joins the profile record under `key` (absent: an empty profile) with `delta`, a profile encoded
+    /// as a record, whose join with the state before it is the state after it (the delta of a write,
+    /// or a state received from a replica). Not durable until a later `flush` returns.
+    ///
+    /// This is what lets a write log tens of bytes rather than its whole record: the write-ahead log
+    /// appends the delta and joins it into the stored record when it folds (see [`WalStorage`]). A join
+    /// is idempotent, so a delta folded twice after a crash is harmless. A record that cannot be decoded
+    /// is replaced by the join of the deltas logged after it.
+    fn merge(&self, key: &[u8], delta: &[u8]) -> Result<()>;
     /// Remove one record (absent is fine). Not durable until a later `flush` returns.
     fn remove(&self, key: &[u8]) -> Result<()>;
     /// Make every put/remove that returned before this call durable (fsync).

@@ -123,6 +123,14 @@ impl SledStorage {
         .map_err(|e| self.err("folding a log entry", e))
     }
 
+    /// The profile record stored under `key`, if any (the base a folded delta joins onto).
+    pub(super) fn get_profile(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.tree
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.err("reading a record", e))
+    }
+
     /// The id of the last write-ahead log segment folded into this database (0 if none).
     pub(super) fn wal_folded_through(&self) -> Result<u64> {
         let Some(bytes) = self
@@ -182,6 +190,22 @@ impl Storage for SledStorage {
             .insert(key, value)
             .map(drop)
             .map_err(|e| self.err("insert", e))
+    }
+
+    /// A read, a join and an insert: not atomic against a concurrent write of the same key (the
+    /// node writes a key under its shard lock, and the node's engine is [`WalStorage`](super::WalStorage),
+    /// which joins at fold time).
+    fn merge(&self, key: &[u8], delta: &[u8]) -> Result<()> {
+        let delta = super::merge::decode_delta(delta)?;
+        let base = self.get_profile(key)?;
+        let (record, corrupt) = super::merge::join_onto(base.as_deref(), &delta)?;
+        if corrupt {
+            tracing::warn!(
+                key = %String::from_utf8_lossy(key),
+                "a stored record that cannot be decoded was replaced by the delta written to it"
+            );
+        }
+        self.put(key, &record)
     }
 
     fn remove(&self, key: &[u8]) -> Result<()> {
