@@ -5,8 +5,10 @@
 //! - Reads are served from memory, from one of [`SHARDS`] independently locked shards (never one global
 //!   lock, never the disk).
 //! - A write is validated, stamped by the node's hybrid logical clock, applied to a *copy* of the entity's
-//!   profile, encoded as a versioned record, handed to storage, and only then published in memory; if
-//!   storage refuses it, memory is unchanged. Under the `sync` policy the reply waits until a flush that
+//!   profile; its delta (what it changed) is encoded and handed to storage as a join into the stored
+//!   record ([`Storage::merge`]), and only then is the new profile published in memory; if storage
+//!   refuses it, memory is unchanged. The whole profile is encoded only when a scan asks for its record
+//!   hash, once per change, or when a change is not a join (the expiry sweep stores the whole record). Under the `sync` policy the reply waits until a flush that
 //!   covers the write has completed (group commit); under `periodic` it does not.
 //! - At startup every stored record is decoded and the clock is moved past the largest timestamp found, so
 //!   markers never go backwards across restarts. A record that cannot be decoded is logged and counted,
@@ -19,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -40,14 +43,57 @@ use crate::storage::{Durability, Storage, WriteTicket};
 /// Number of independently locked shards of the in-memory map.
 pub const SHARDS: usize = 64;
 
-/// A profile with the hash of its stored record (kept up to date on every write, so anti-entropy and
-/// orphan scans never re-encode profiles).
-#[derive(Debug, Clone)]
+/// A profile with the hash of its record. A write only forgets the hash; the next anti-entropy or
+/// orphan scan that asks for it encodes the profile once. So a key written a thousand times between two
+/// scans is encoded once, not a thousand times (the write itself logs only its delta).
+#[derive(Debug)]
 struct Stored {
     /// Boxed, so the shard's hash table holds a pointer per slot: its empty slots (up to half of them
     /// after it grows) then cost 8 bytes each rather than the size of a `Profile`.
     profile: Box<Profile>,
-    hash: u64,
+    /// [`record_hash`] of the profile's record, [`UNKNOWN_HASH`] until asked for after a change. An
+    /// atomic, so a scan under the shard's read lock can fill it in.
+    hash: AtomicU64,
+}
+
+/// [`Stored::hash`] not computed yet. A record whose hash is 0 is given 1 instead (on every node
+/// alike), so a hash is never mistaken for this.
+const UNKNOWN_HASH: u64 = 0;
+
+/// `hash`, never [`UNKNOWN_HASH`].
+fn known(hash: u64) -> u64 {
+    hash.max(1)
+}
+
+impl Stored {
+    /// `profile`, whose record hash is `hash` if known.
+    fn new(profile: Box<Profile>, hash: Option<u64>) -> Stored {
+        Stored {
+            profile,
+            hash: AtomicU64::new(hash.map_or(UNKNOWN_HASH, known)),
+        }
+    }
+
+    /// The hash of the profile's record, computed now if a change forgot it.
+    fn hash(&self) -> u64 {
+        let hash = self.hash.load(Relaxed);
+        if hash != UNKNOWN_HASH {
+            return hash;
+        }
+        let hash = match encode_record(&self.profile) {
+            Ok(record) => known(record_hash(&record)),
+            // Encoding into memory does not fail; if it ever did, the key would look different to
+            // anti-entropy (an extra full-state exchange), never equal when it is not.
+            Err(_) => 1,
+        };
+        self.hash.store(hash, Relaxed);
+        hash
+    }
+
+    /// Forgets the hash after the profile changed.
+    fn changed(&mut self) {
+        *self.hash.get_mut() = UNKNOWN_HASH;
+    }
 }
 
 type Shard = RwLock<HashMap<String, Stored>>;
@@ -260,13 +306,7 @@ fn load_record(
             shards[shard_index(hasher, &key)]
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(
-                    key,
-                    Stored {
-                        profile: Box::new(profile),
-                        hash,
-                    },
-                );
+                .insert(key, Stored::new(Box::new(profile), Some(hash)));
             recovery.entities += 1;
         }
         Err((key, reason)) => {
@@ -672,7 +712,7 @@ impl Engine {
             if let Some(segments) = self.segments.get() {
                 segments.arm(key, &profile, now_ms());
             }
-            let _ticket = self.store_locked(&mut shard, key, profile)?;
+            let _ticket = self.store_locked(&mut shard, key, profile, Some(incoming))?;
             return Ok(true);
         };
         if !stored.profile.merge(incoming) {
@@ -681,30 +721,41 @@ impl Engine {
         if let Some(segments) = self.segments.get() {
             segments.arm(key, &stored.profile, now_ms());
         }
+        // The stored state joined with `incoming` is the merged state: `incoming` is what is logged.
         // The caller waits for durability (of everything written so far) before acknowledging.
-        let (_ticket, hash) = self.persist(key, &stored.profile)?;
-        stored.hash = hash;
+        let _ticket = self.persist_delta(key, incoming)?;
+        stored.changed();
         Ok(true)
     }
 
-    /// Encodes `profile` and hands it to storage: the durability ticket of the write and the hash of
-    /// the record.
-    fn persist(&self, key: &str, profile: &Profile) -> crate::Result<(WriteTicket, u64)> {
-        let record = encode_record(profile)?;
-        self.storage.put(key.as_bytes(), &record)?;
-        Ok((self.durability.written(), record_hash(&record)))
+    /// Hands `delta` to storage as a join into `key`'s record (see [`Storage::merge`]): the durability
+    /// ticket of the write. Only the delta is encoded and logged, not the profile.
+    fn persist_delta(&self, key: &str, delta: &Profile) -> crate::Result<WriteTicket> {
+        let record = encode_record(delta)?;
+        self.storage.merge(key.as_bytes(), &record)?;
+        Ok(self.durability.written())
     }
 
-    /// Encodes `profile`, hands it to storage and publishes it in `shard` (only if storage accepted it).
-    /// Returns the durability ticket of the write.
+    /// Hands `profile` to storage and publishes it in `shard` (only if storage accepted it): as a join of
+    /// `delta` into the stored record if given (the stored record joined with `delta` must be
+    /// `profile`), or else as the whole record (for a change that is not a join, such as the expiry
+    /// sweep's). Returns the durability ticket of the write.
     fn store_locked(
         &self,
         shard: &mut HashMap<String, Stored>,
         key: &str,
         profile: Box<Profile>,
+        delta: Option<&Profile>,
     ) -> crate::Result<WriteTicket> {
-        let (ticket, hash) = self.persist(key, &profile)?;
-        let stored = Stored { profile, hash };
+        let (ticket, hash) = match delta {
+            Some(delta) => (self.persist_delta(key, delta)?, None),
+            None => {
+                let record = encode_record(&profile)?;
+                self.storage.put(key.as_bytes(), &record)?;
+                (self.durability.written(), Some(record_hash(&record)))
+            }
+        };
+        let stored = Stored::new(profile, hash);
         // Replace in place when the key is known: no new key allocation per write.
         match shard.get_mut(key) {
             Some(slot) => *slot = stored,
@@ -731,6 +782,9 @@ impl Engine {
     /// The synchronous half of [`Engine::write`]: under the shard lock, `change` applied to a copy of
     /// `key`'s profile and the result stored; the ticket to wait on for its durability, and the delta
     /// of the change for replication (`delta` of its result, the new profile and the one before it).
+    /// The delta is also what storage logs, so the one before it joined with the delta must be the new
+    /// profile ([`Profile::delta_from`] and [`Profile::delta_of_write`] are; the core's property tests
+    /// check that writes only grow a state).
     fn store_change<T>(
         &self,
         key: &str,
@@ -747,7 +801,7 @@ impl Engine {
         let out = change(&mut profile).map_err(|e| error_reply(&e))?;
         let delta = delta(&out, &profile, old.map_or(&empty, |p| &**p));
         let ticket = self
-            .store_locked(&mut shard, key, profile)
+            .store_locked(&mut shard, key, profile, Some(&delta))
             .map_err(|e| error_reply(&e))?;
         Ok((out, ticket, delta))
     }
@@ -781,7 +835,8 @@ impl Engine {
                 if !copy.expire(now) {
                     continue;
                 }
-                match self.store_locked(&mut shard, &key, copy) {
+                // Dropping expired values is not a join, so the whole record is stored.
+                match self.store_locked(&mut shard, &key, copy, None) {
                     Ok(_ticket) => rewritten += 1,
                     Err(e) => tracing::warn!(%key, error = %e, "expiry sweep could not store"),
                 }
@@ -870,7 +925,7 @@ impl featurestore::replication::LocalStore for Engine {
         };
         let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
         for (key, entry) in shard.iter() {
-            f(key, entry.hash);
+            f(key, entry.hash());
         }
     }
 
@@ -879,7 +934,7 @@ impl featurestore::replication::LocalStore for Engine {
             .shard(key)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let unchanged = shard.get(key).is_some_and(|s| s.hash == expected);
+        let unchanged = shard.get(key).is_some_and(|s| s.hash() == expected);
         if !unchanged {
             return Ok(false);
         }
@@ -937,6 +992,91 @@ mod tests {
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect();
         assert_eq!(back, records);
+    }
+
+    /// Writes log deltas, yet a restart loads each key exactly as memory held it, with the same
+    /// record hash a replica holding that profile computes: client puts and increments on one key, a
+    /// state merged from another replica, and the expiry sweep's whole record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_after_delta_writes_loads_what_memory_held() {
+        use featurestore::profile::CounterDelta;
+        use featurestore::replication::LocalStore;
+
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+        let keys = ["hot", "merged", "swept"];
+        let mut held = Vec::new();
+        {
+            let (engine, _) = open(&storage);
+            for i in 0..50i64 {
+                let gauges = [GaugeWrite {
+                    name: format!("g{}", i % 7),
+                    value: Value::I64(i),
+                    ttl_ms: None,
+                }];
+                let put = Write::Put {
+                    gauges: &gauges,
+                    timestamp_ms: None,
+                };
+                engine.apply("hot", put).await.expect("put");
+                let deltas = [CounterDelta {
+                    name: format!("c{}", i % 3),
+                    delta: i,
+                }];
+                let incr = Write::Increment { deltas: &deltas };
+                engine.apply("hot", incr).await.expect("increment");
+            }
+            let short = [GaugeWrite {
+                name: "short".into(),
+                value: Value::I64(1),
+                ttl_ms: Some(1),
+            }];
+            let put = Write::Put {
+                gauges: &short,
+                timestamp_ms: None,
+            };
+            engine.apply("hot", put).await.expect("put");
+            let mut remote = engine.state("hot").expect("written");
+            let other = featurestore::hlc::Actor::new(NodeId::new("n2").expect("valid"), 1);
+            let ts = engine.clock().tick(now_ms());
+            remote
+                .increment(&[("remote", 5)], &other, ts, &Limits::default())
+                .expect("valid");
+            engine.merge_state("merged", &remote).expect("merged");
+            let deltas = [CounterDelta {
+                name: "local".into(),
+                delta: 1,
+            }];
+            let incr = Write::Increment { deltas: &deltas };
+            engine.apply("merged", incr).await.expect("increment");
+            engine.merge_state("swept", &remote).expect("merged");
+            // `short` was written with a 1 ms TTL: the sweep drops it and stores the whole record.
+            assert!(engine.sweep_expired(now_ms() + 10) >= 1);
+            for key in keys {
+                let mut hash = None;
+                engine.for_each_key(&mut |k, h| {
+                    if k == key {
+                        hash = Some(h);
+                    }
+                });
+                held.push((engine.state(key).expect("held"), hash.expect("listed")));
+            }
+        }
+        let (engine, recovery) = open(&storage);
+        assert_eq!(recovery.entities, keys.len());
+        for (key, (profile, hash)) in keys.iter().zip(held) {
+            assert_eq!(engine.state(key).as_ref(), Some(&profile), "{key}");
+            let mut loaded = None;
+            engine.for_each_key(&mut |k, h| {
+                if k == *key {
+                    loaded = Some(h);
+                }
+            });
+            assert_eq!(
+                loaded,
+                Some(hash),
+                "{key}: the record hash after the restart"
+            );
+        }
     }
 
     /// The streaming load: more records than the decoders take in one batch each, two corrupt ones
