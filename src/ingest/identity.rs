@@ -80,7 +80,8 @@ pub fn apply_linking_event(
     }
     let mut next = profile.clone();
     next.absorb(key, id, state, limits)?;
-    let mut out = apply_event(&mut next, event, defs, clock, now_ms, limits)?;
+    // `next` is a copy, dropped on `Err`: no second one.
+    let mut out = super::apply_event_to_copy(&mut next, event, defs, clock, now_ms, limits)?;
     out.linked = Some(id.to_owned());
     *profile = next;
     Ok(out)

@@ -169,8 +169,30 @@ fn derive<'a>(event: &'a Event, defs: &'a Definitions, limits: &Limits) -> Resul
 }
 
 /// Applies one validated event to `profile` on the owner whose clock is `clock`, at local time `now_ms`.
-/// On `Err` nothing changed (see the module docs).
+/// On `Err` nothing changed (see the module docs): the event is applied to a copy, which replaces
+/// `profile` once every update went in.
 pub fn apply_event(
+    profile: &mut Profile,
+    event: &Event,
+    defs: &Definitions,
+    clock: &mut Clock,
+    now_ms: u64,
+    limits: &Limits,
+) -> Result<Ingested> {
+    if profile.has_seen(&event.message_id) || profile.alias_of().is_some() {
+        return apply_event_to_copy(profile, event, defs, clock, now_ms, limits);
+    }
+    let mut next = profile.clone();
+    let out = apply_event_to_copy(&mut next, event, defs, clock, now_ms, limits)?;
+    *profile = next;
+    Ok(out)
+}
+
+/// [`apply_event`] without its copy, for a caller that already works on a copy of the profile and drops
+/// it on `Err` (the node's engine, which keeps the state before the write anyway, to compute the
+/// write's delta). On `Err`, `profile` may hold part of the event; it must then be dropped, not stored.
+/// On `Ok` the result is exactly [`apply_event`]'s.
+pub fn apply_event_to_copy(
     profile: &mut Profile,
     event: &Event,
     defs: &Definitions,
@@ -196,7 +218,7 @@ pub fn apply_event(
     if updates.iter().any(|u| matches!(u, Update::Gauge { .. })) {
         clock.check_skew(event_ts, now_ms)?;
     }
-    let mut next = profile.clone();
+    let next = profile;
     let mut out = Ingested::default();
     let actor = clock.actor().clone();
     for update in updates {
@@ -241,7 +263,6 @@ pub fn apply_event(
         limits.dedup_window_ms,
         limits.max_seen_ids,
     );
-    *profile = next;
     Ok(out)
 }
 
@@ -313,6 +334,33 @@ mod tests {
         assert!(
             matches!(feature(&p, "last_sku"), Some(FeatureView::Gauge { value: Value::Str(s), .. }) if s == "s-1")
         );
+    }
+
+    /// Without its copy, an event gives the same profile and outcome, retries and late events included.
+    #[test]
+    fn applying_to_a_copy_gives_what_apply_event_gives() {
+        let (d, limits) = (defs(), Limits::default());
+        let (mut c1, mut c2) = (clock("n1"), clock("n1"));
+        let (mut guarded, mut unguarded) = (Profile::default(), Profile::default());
+        for (i, ev) in [
+            json!({"type": "page", "userId": "u", "messageId": "p1"}),
+            json!({"type": "track", "event": "Product Added", "userId": "u", "messageId": "a1", "properties": {"sku": "s-1"}}),
+            json!({"type": "page", "userId": "u", "messageId": "p1"}),
+            json!({"type": "track", "event": "Order Completed", "userId": "u", "messageId": "o1", "properties": {"revenue": 40}, "timestamp": "2020-01-01T00:00:00Z"}),
+            json!({"type": "identify", "userId": "u", "messageId": "i1", "traits": {"plan": "pro"}}),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ev = event(ev);
+            let now = NOW + i as u64;
+            let a = apply_event(&mut guarded, &ev, &d, &mut c1, now, &limits).expect("applies");
+            let b = apply_event_to_copy(&mut unguarded, &ev, &d, &mut c2, now, &limits)
+                .expect("applies");
+            assert_eq!(a, b, "event {i}");
+            assert_eq!(guarded, unguarded, "event {i}");
+        }
+        assert_eq!(window_value(&guarded, "page_views"), Some(1.0));
     }
 
     #[test]

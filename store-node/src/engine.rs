@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
-use featurestore::ingest::{apply_event, apply_linking_event, Definitions, Event, Ingested};
+use featurestore::ingest::{
+    apply_event_to_copy, apply_linking_event, Definitions, Event, Ingested,
+};
 use featurestore::profile::{apply, Applied, ProfileView, Write};
 use featurestore::replication::StoreError;
 use featurestore::segment::{Reconciled, Scope};
@@ -386,7 +388,7 @@ impl Engine {
         Ok((applied, delta))
     }
 
-    /// Applies one event to `key` as its owner (decided by the core's [`apply_event`]) and, in the same
+    /// Applies one event to `key` as its owner (decided by the core's [`apply_event`](featurestore::ingest::apply_event)) and, in the same
     /// write, re-evaluates the segments whose rules read a feature it changed (the core's
     /// [`featurestore::segment::reconcile`]: membership flags), stages their change records in the log
     /// (before the profile record, see [`crate::segments::log`]), re-arms the user's timer, stores it,
@@ -425,7 +427,9 @@ impl Engine {
         let rules = segments.rules();
         let out = self
             .write_deciding(key, segments, fence, now, |p, clock| {
-                let ingested = apply_event(p, event, definitions, clock, now, &self.limits)?;
+                // `p` is `store_change`'s copy, dropped on `Err`: no second copy here.
+                let ingested =
+                    apply_event_to_copy(p, event, definitions, clock, now, &self.limits)?;
                 let reconciled = if ingested.duplicate || ingested.redirect.is_some() {
                     Reconciled::default()
                 } else {
