@@ -354,7 +354,7 @@ fn remove_segment(dir: &Path, id: u64) -> Result<()> {
 
 /// Distinct profile keys a fold holds pending before it writes them to sled (and starts over with the
 /// rest of the segment), so a segment of many keys never holds all their states at once.
-const FOLD_PENDING_KEYS: usize = 4096;
+const FOLD_PENDING_KEYS: usize = 1024;
 
 /// What a segment's entries so far did to one profile key, in order.
 #[derive(Debug, Default)]
