@@ -284,9 +284,15 @@ impl bincode::enc::write::Writer for VecSink<'_> {
 pub fn encode_record(profile: &Profile) -> Result<Vec<u8>> {
     // A 20-feature record is ≈ 700 bytes: start there rather than double up to it.
     let mut buf = Vec::with_capacity(768);
-    buf.push(PROFILE_RECORD_VERSION);
-    encode_into(profile, &mut buf)?;
+    encode_record_into(profile, &mut buf)?;
     Ok(buf)
+}
+
+/// [`encode_record`] into `buf` (cleared first), for a caller that reuses one buffer: the same bytes.
+pub fn encode_record_into(profile: &Profile, buf: &mut Vec<u8>) -> Result<()> {
+    buf.clear();
+    buf.push(PROFILE_RECORD_VERSION);
+    encode_into(profile, buf)
 }
 
 /// A profile as version-1 records stored it (before window features).

@@ -7,8 +7,9 @@
 //! - A write is validated, stamped by the node's hybrid logical clock, applied to a *copy* of the entity's
 //!   profile; its delta (what it changed) is encoded and handed to storage as a join into the stored
 //!   record ([`Storage::merge`]), and only then is the new profile published in memory; if storage
-//!   refuses it, memory is unchanged. The whole profile is encoded only when a scan asks for its record
-//!   hash, once per change, or when a change is not a join (the expiry sweep stores the whole record). Under the `sync` policy the reply waits until a flush that
+//!   refuses it, memory is unchanged. The whole profile is still encoded per write, into a reused
+//!   buffer, for the record hash anti-entropy compares (it is not stored or logged), and stored whole
+//!   only for a change that is not a join (the expiry sweep's). Under the `sync` policy the reply waits until a flush that
 //!   covers the write has completed (group commit); under `periodic` it does not.
 //! - At startup every stored record is decoded and the clock is moved past the largest timestamp found, so
 //!   markers never go backwards across restarts. A record that cannot be decoded is logged and counted,
@@ -21,7 +22,6 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -32,7 +32,9 @@ use featurestore::profile::{apply, Applied, ProfileView, Write};
 use featurestore::replication::StoreError;
 use featurestore::segment::{Reconciled, Scope};
 use featurestore::wire::client::ErrorReply;
-use featurestore::wire::codec::{decode_record, encode_record, record_hash, ReadFrame};
+use featurestore::wire::codec::{
+    decode_record, encode_record, encode_record_into, record_hash, ReadFrame,
+};
 use featurestore::wire::segment::SegmentChange;
 use featurestore::{Clock, ErrorCode, Limits, NodeId, Profile};
 
@@ -45,57 +47,35 @@ use crate::storage::{Durability, Storage, WriteTicket};
 /// Number of independently locked shards of the in-memory map.
 pub const SHARDS: usize = 64;
 
-/// A profile with the hash of its record. A write only forgets the hash; the next anti-entropy or
-/// orphan scan that asks for it encodes the profile once. So a key written a thousand times between two
-/// scans is encoded once, not a thousand times (the write itself logs only its delta).
+/// A profile with the hash of its stored record (kept up to date on every write, so anti-entropy and
+/// orphan scans never encode profiles, and never hold a lock while doing so).
 #[derive(Debug)]
 struct Stored {
     /// Boxed, so the shard's hash table holds a pointer per slot: its empty slots (up to half of them
     /// after it grows) then cost 8 bytes each rather than the size of a `Profile`.
     profile: Box<Profile>,
-    /// [`record_hash`] of the profile's record, [`UNKNOWN_HASH`] until asked for after a change. An
-    /// atomic, so a scan under the shard's read lock can fill it in.
-    hash: AtomicU64,
+    /// [`record_hash`] of the profile's record.
+    hash: u64,
 }
 
-/// [`Stored::hash`] not computed yet. A record whose hash is 0 is given 1 instead (on every node
-/// alike), so a hash is never mistaken for this.
-const UNKNOWN_HASH: u64 = 0;
-
-/// `hash`, never [`UNKNOWN_HASH`].
-fn known(hash: u64) -> u64 {
-    hash.max(1)
+thread_local! {
+    /// The buffer a thread encodes a profile into to hash its record, reused so a write allocates no
+    /// record (the record itself is no longer stored per write: the write's delta is).
+    static HASH_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-impl Stored {
-    /// `profile`, whose record hash is `hash` if known.
-    fn new(profile: Box<Profile>, hash: Option<u64>) -> Stored {
-        Stored {
-            profile,
-            hash: AtomicU64::new(hash.map_or(UNKNOWN_HASH, known)),
+/// [`record_hash`] of `profile`'s record, encoded into this thread's reused buffer.
+fn hash_of(profile: &Profile) -> crate::Result<u64> {
+    HASH_BUFFER.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        encode_record_into(profile, &mut buf)?;
+        let hash = record_hash(&buf);
+        // A rare huge profile does not keep its buffer's size for the thread's life.
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::new();
         }
-    }
-
-    /// The hash of the profile's record, computed now if a change forgot it.
-    fn hash(&self) -> u64 {
-        let hash = self.hash.load(Relaxed);
-        if hash != UNKNOWN_HASH {
-            return hash;
-        }
-        let hash = match encode_record(&self.profile) {
-            Ok(record) => known(record_hash(&record)),
-            // Encoding into memory does not fail; if it ever did, the key would look different to
-            // anti-entropy (an extra full-state exchange), never equal when it is not.
-            Err(_) => 1,
-        };
-        self.hash.store(hash, Relaxed);
-        hash
-    }
-
-    /// Forgets the hash after the profile changed.
-    fn changed(&mut self) {
-        *self.hash.get_mut() = UNKNOWN_HASH;
-    }
+        Ok(hash)
+    })
 }
 
 type Shard = RwLock<HashMap<String, Stored>>;
@@ -308,7 +288,13 @@ fn load_record(
             shards[shard_index(hasher, &key)]
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(key, Stored::new(Box::new(profile), Some(hash)));
+                .insert(
+                    key,
+                    Stored {
+                        profile: Box::new(profile),
+                        hash,
+                    },
+                );
             recovery.entities += 1;
         }
         Err((key, reason)) => {
@@ -727,8 +713,9 @@ impl Engine {
         }
         // The stored state joined with `incoming` is the merged state: `incoming` is what is logged.
         // The caller waits for durability (of everything written so far) before acknowledging.
+        let hash = hash_of(&stored.profile)?;
         let _ticket = self.persist_delta(key, incoming)?;
-        stored.changed();
+        stored.hash = hash;
         Ok(true)
     }
 
@@ -752,14 +739,17 @@ impl Engine {
         delta: Option<&Profile>,
     ) -> crate::Result<WriteTicket> {
         let (ticket, hash) = match delta {
-            Some(delta) => (self.persist_delta(key, delta)?, None),
+            Some(delta) => {
+                let hash = hash_of(&profile)?;
+                (self.persist_delta(key, delta)?, hash)
+            }
             None => {
                 let record = encode_record(&profile)?;
                 self.storage.put(key.as_bytes(), &record)?;
-                (self.durability.written(), Some(record_hash(&record)))
+                (self.durability.written(), record_hash(&record))
             }
         };
-        let stored = Stored::new(profile, hash);
+        let stored = Stored { profile, hash };
         // Replace in place when the key is known: no new key allocation per write.
         match shard.get_mut(key) {
             Some(slot) => *slot = stored,
@@ -929,7 +919,7 @@ impl featurestore::replication::LocalStore for Engine {
         };
         let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
         for (key, entry) in shard.iter() {
-            f(key, entry.hash());
+            f(key, entry.hash);
         }
     }
 
@@ -938,7 +928,7 @@ impl featurestore::replication::LocalStore for Engine {
             .shard(key)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let unchanged = shard.get(key).is_some_and(|s| s.hash() == expected);
+        let unchanged = shard.get(key).is_some_and(|s| s.hash == expected);
         if !unchanged {
             return Ok(false);
         }
