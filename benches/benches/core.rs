@@ -6,7 +6,8 @@
 //! - `merge`: each feature lattice (gauge, counter, flag with concurrent siblings) and whole profiles
 //!   (20 gauges; 14 gauges + 3 counters + 3 flags);
 //! - `write`: one client write decided and applied ([`featurestore::profile::apply`]) to a 20-feature
-//!   profile;
+//!   profile, and what the node's write-ahead log encodes for it (the whole record before, the delta
+//!   now);
 //! - `read_path`: building the client view of a 20-feature profile (what every `Get` does);
 //! - `codec`: a stored record and a `Response::Profile` frame, encoded and decoded; request frames decoded;
 //! - `ring`: the owner and the 3-node preference list of a key.
@@ -27,8 +28,8 @@ use featurestore::crdt::Lattice;
 use featurestore::profile::{apply, CounterDelta, Write};
 use featurestore::wire::client::GaugeWrite;
 use featurestore::wire::codec::{
-    decode_record, decode_request, decode_response, encode_record, encode_request, encode_response,
-    ReadFrame, FRAME_HEADER_BYTES,
+    decode_record, decode_request, decode_response, encode_record, encode_record_into,
+    encode_request, encode_response, record_hash, ReadFrame, FRAME_HEADER_BYTES,
 };
 use featurestore::{Clock, Limits, NodeId, Request, Response, Timestamp, Value};
 
@@ -162,6 +163,30 @@ fn writes(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // What a node logs for that write: before the delta write-ahead log, the whole record (658 bytes);
+    // since, the write's delta (46 bytes), which it computes anyway for replication. The node also
+    // hashes the whole record (`codec/hash_record_20_reused_buffer`).
+    let mut written = p20.clone();
+    let applied = apply(
+        &mut written,
+        Write::Put {
+            gauges: &one,
+            timestamp_ms: None,
+        },
+        &mut clock,
+        NOW,
+        &limits,
+    )
+    .expect("applies");
+    g.bench_function("log_whole_record_put_1_gauge_into_20", |b| {
+        b.iter(|| black_box(encode_record(black_box(&written))))
+    });
+    g.bench_function("log_delta_put_1_gauge_into_20", |b| {
+        b.iter(|| {
+            let delta = black_box(&written).delta_of_write(black_box(&p20), &applied);
+            black_box(encode_record(&delta))
+        })
+    });
     let mixed = mixed_profile("n1", "n2", NOW);
     let deltas = [CounterDelta {
         name: "orders".into(),
@@ -225,6 +250,14 @@ fn codec(c: &mut Criterion) {
     });
     g.bench_function("decode_record_20", |b| {
         b.iter(|| black_box(decode_record(black_box(&record))))
+    });
+    // The record hash a node computes on every write (the record itself is no longer built per write).
+    let mut buf = Vec::new();
+    g.bench_function("hash_record_20_reused_buffer", |b| {
+        b.iter(|| {
+            encode_record_into(black_box(&p), &mut buf).expect("encodes");
+            black_box(record_hash(&buf))
+        })
     });
     let response = Response::Profile(p.view(NOW, None));
     let frame = encode_response(&response).expect("encodes");
