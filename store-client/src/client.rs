@@ -367,6 +367,10 @@ impl Drop for RefreshGuard {
     }
 }
 
+/// Most events [`Client::ingest`] sends in one request: within a node's `max_batch` (default 1000),
+/// and at the largest event a node takes (`max_event_bytes`, 32 KiB) within its 4 MiB frame.
+pub const INGEST_EVENTS_PER_REQUEST: usize = 100;
+
 /// Most dead-letter ids [`Client::replay_dead_letters`] and [`Client::purge_dead_letters`] send in one
 /// request (a node refuses more than its `max_batch`, default 1000).
 pub const DEAD_LETTER_IDS_PER_REQUEST: usize = 500;
@@ -1562,42 +1566,87 @@ impl Client {
     /// per event, in order: `Applied` once it is durable on its owner and handed to replication,
     /// `Duplicate` if its message id was already ingested, or `Refused` with the reason.
     ///
-    /// Events are sent one request per run of consecutive events of one user, to a replica of that user
-    /// (the node forwards to the owner if it is not it). A request that fails is safe to send again: the
-    /// events are deduplicated by message id.
+    /// Events are grouped by the node their user's owner is (the first replica not judged down), and
+    /// each group goes in requests of up to [`INGEST_EVENTS_PER_REQUEST`] events, the groups at once and
+    /// each group's requests in order. So a batch of many users costs about one request per node, not
+    /// one per user, and a user's events keep their order. A request the chosen node cannot take falls
+    /// back along its first user's plan; the node that takes it forwards each event to its owner. A
+    /// request that fails is safe to send again: the events are deduplicated by message id.
     pub async fn ingest(
         &self,
         events: &[featurestore::ingest::Event],
     ) -> Result<Vec<featurestore::wire::event::EventOutcome>> {
         use featurestore::wire::event::WireEvent;
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut start = 0;
-        while start < events.len() {
-            let key = events[start].key();
-            let end = events[start..]
-                .iter()
-                .position(|e| e.key() != key)
-                .map_or(events.len(), |n| start + n);
-            let request = Request::Ingest {
-                events: events[start..end].iter().map(WireEvent::from).collect(),
-            };
-            let frame = codec::encode_request(&request)?;
-            match self
-                .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
-                .await?
-            {
-                Response::Ingested(got) if got.len() == end - start => outcomes.extend(got),
-                Response::Ingested(got) => {
-                    return Err(Error::UnexpectedResponse {
-                        expected: "one outcome per event",
-                        got: format!("{} outcomes for {} events", got.len(), end - start),
-                    })
-                }
-                other => return Err(unexpected("Ingested", &other)),
-            }
-            start = end;
+        if events.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(outcomes)
+        self.maybe_refresh(false);
+        let view = self.view();
+        let keys: Vec<&str> = events.iter().map(|e| e.key()).collect();
+        let groups =
+            routing::group_keys(&view.ring, view.replication_factor, &keys, self.down_now());
+        let mut outcomes: Vec<Option<featurestore::wire::event::EventOutcome>> =
+            vec![None; events.len()];
+        let mut tasks = JoinSet::new();
+        for (_, indices) in groups {
+            let client = self.clone();
+            let requests: Vec<(String, Vec<usize>, Request)> = indices
+                .chunks(INGEST_EVENTS_PER_REQUEST)
+                .map(|chunk| {
+                    let events = chunk.iter().map(|&i| WireEvent::from(&events[i])).collect();
+                    (
+                        keys[chunk[0]].to_owned(),
+                        chunk.to_vec(),
+                        Request::Ingest { events },
+                    )
+                })
+                .collect();
+            tasks.spawn(async move {
+                let mut answered = Vec::new();
+                for (key, chunk, request) in requests {
+                    let frame = codec::encode_request(&request)?;
+                    let response = client
+                        .routed(
+                            &key,
+                            &frame,
+                            Policy::WRITE,
+                            Deadline::after(client.deadline),
+                        )
+                        .await?;
+                    match response {
+                        Response::Ingested(got) if got.len() == chunk.len() => {
+                            answered.push((chunk, got));
+                        }
+                        Response::Ingested(got) => {
+                            return Err(Error::UnexpectedResponse {
+                                expected: "one outcome per event",
+                                got: format!("{} outcomes for {} events", got.len(), chunk.len()),
+                            })
+                        }
+                        other => return Err(unexpected("Ingested", &other)),
+                    }
+                }
+                Ok(answered)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let answered =
+                joined.map_err(|e| Error::Transport(format!("an ingest task failed: {e}")))??;
+            for (chunk, got) in answered {
+                for (i, outcome) in chunk.into_iter().zip(got) {
+                    outcomes[i] = Some(outcome);
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.ok_or(Error::UnexpectedResponse {
+                    expected: "an outcome for every event",
+                    got: "an event no request carried".to_owned(),
+                })
+            })
+            .collect()
     }
 
     /// Writes a flag with the causal context of the read it is based on (the empty context if the writer

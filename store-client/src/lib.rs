@@ -92,7 +92,7 @@ pub mod segments;
 pub mod tls;
 mod transport;
 
-pub use client::Client;
+pub use client::{Client, INGEST_EVENTS_PER_REQUEST};
 pub use config::{ClientConfig, NodeAddr};
 pub use error::{ConnectAttempt, Error, Result};
 pub use segments::{Cursor, Subscription};

@@ -145,6 +145,79 @@ async fn events_over_quic_count_once_even_when_the_owner_dies_before_the_retry()
     assert_eq!(orders(&client, &user).await.unwrap(), (3.0, 43.5));
 }
 
+/// One `ingest` call with the events of many users, interleaved: grouped by owner node, every event
+/// applied once (the same call again is all duplicates) and each user's count exact, with no event
+/// forwarded between nodes (each group went to its users' owner).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_many_users_goes_to_their_owners_and_counts_once() {
+    let cluster = start_with(3, &overlay());
+    let client = cluster.client().await;
+    all_alive(&cluster, &client).await;
+    let users: Vec<String> = (0..40).map(|i| format!("batch-user-{i}")).collect();
+    let mut batch = Vec::new();
+    for round in 0..3 {
+        for user in &users {
+            batch.push(order(user, &format!("{user}-order-{round}"), 1.0));
+        }
+    }
+    // More events than one request carries, so some groups take several requests.
+    for (i, user) in users.iter().take(2).enumerate() {
+        for extra in 0..store_client::INGEST_EVENTS_PER_REQUEST {
+            batch.push(order(user, &format!("{user}-extra-{i}-{extra}"), 1.0));
+        }
+    }
+    let before = counter_sum(&client, "requests").await;
+    let outcomes = client.ingest(&batch).await.unwrap();
+    let requests = counter_sum(&client, "requests").await - before;
+    // 320 events of 40 users: one request per user's run of events would be 122 requests; grouped by
+    // owner node it is one or two per node (plus the three status requests of the first sum).
+    assert!(requests <= 12, "{requests} requests for one ingest call");
+    assert_eq!(outcomes.len(), batch.len());
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, EventOutcome::Applied { .. })),
+        "{outcomes:?}"
+    );
+    let again = client.ingest(&batch).await.unwrap();
+    assert!(
+        again.iter().all(|o| *o == EventOutcome::Duplicate),
+        "{again:?}"
+    );
+    for (i, user) in users.iter().enumerate() {
+        let want = if i < 2 {
+            3.0 + store_client::INGEST_EVENTS_PER_REQUEST as f64
+        } else {
+            3.0
+        };
+        eventually(
+            &format!("{user}'s orders"),
+            Duration::from_secs(10),
+            || async {
+                let got = orders(&client, user).await?;
+                (got.0 == want).then_some(()).ok_or(format!("{got:?}"))
+            },
+        )
+        .await;
+    }
+    let forwarded = counter_sum(&client, "events_forwarded").await;
+    assert_eq!(forwarded, 0, "every group went to its users' owner");
+}
+
+/// The sum of counter `name` over the three nodes.
+async fn counter_sum(client: &store_client::Client, name: &str) -> u64 {
+    let mut sum = 0;
+    for node in ["n1", "n2", "n3"] {
+        let status = client.status_of(&NodeId::new(node).unwrap()).await.unwrap();
+        sum += status
+            .counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v);
+    }
+    sum
+}
+
 /// Sends `events` to the client's home node (the only seed of a `node_client`), whatever their owner:
 /// that node forwards them.
 async fn ingest_at_home(
