@@ -9,8 +9,9 @@
 //!   record ([`Storage::merge`]), and only then is the new profile published in memory; if storage
 //!   refuses it, memory is unchanged. The whole profile is still encoded per write, into a reused
 //!   buffer, for the record hash anti-entropy compares (it is not stored or logged), and stored whole
-//!   only for a change that is not a join (the expiry sweep's). Under the `sync` policy the reply waits until a flush that
-//!   covers the write has completed (group commit); under `periodic` it does not.
+//!   only for a change that is not a join (the expiry sweep's). Under the `sync` policy the reply
+//!   waits until a flush that covers the write has completed (group commit); under `periodic` it does
+//!   not.
 //! - At startup every stored record is decoded and the clock is moved past the largest timestamp found, so
 //!   markers never go backwards across restarts. A record that cannot be decoded is logged and counted,
 //!   left untouched on disk, and does not stop the node.
@@ -374,8 +375,9 @@ impl Engine {
         Ok((applied, delta))
     }
 
-    /// Applies one event to `key` as its owner (decided by the core's [`apply_event`](featurestore::ingest::apply_event)) and, in the same
-    /// write, re-evaluates the segments whose rules read a feature it changed (the core's
+    /// Applies one event to `key` as its owner (decided by the core's
+    /// [`apply_event`](featurestore::ingest::apply_event)) and, in the same write, re-evaluates the
+    /// segments whose rules read a feature it changed (the core's
     /// [`featurestore::segment::reconcile`]: membership flags), stages their change records in the log
     /// (before the profile record, see [`crate::segments::log`]), re-arms the user's timer, stores it,
     /// publishes it, waits for durability as the policy requires, and shows the changes to subscribers.
