@@ -179,9 +179,6 @@ pub fn apply_event(
     now_ms: u64,
     limits: &Limits,
 ) -> Result<Ingested> {
-    if profile.has_seen(&event.message_id) || profile.alias_of().is_some() {
-        return apply_event_to_copy(profile, event, defs, clock, now_ms, limits);
-    }
     let mut next = profile.clone();
     let out = apply_event_to_copy(&mut next, event, defs, clock, now_ms, limits)?;
     *profile = next;
