@@ -367,7 +367,7 @@ mod tests {
             Err(Error::InvalidFeatureName { .. })
         ));
         assert!(matches!(
-            l.check_value("f", &Value::Str("x".repeat(4097))),
+            l.check_value("f", &Value::Str("x".repeat(4097).into())),
             Err(Error::ValueTooLarge { .. })
         ));
         assert!(matches!(

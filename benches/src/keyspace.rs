@@ -284,7 +284,7 @@ impl Keyspace {
             FeatureType::F64 => Value::F64((r % 100_000) as f64 / 100.0),
             FeatureType::I64 => Value::I64((r % 100_000) as i64),
             FeatureType::Bool => Value::Bool(r & 1 == 1),
-            FeatureType::Str => Value::Str(STRINGS[(r % STRINGS.len() as u64) as usize].to_owned()),
+            FeatureType::Str => Value::Str(STRINGS[(r % STRINGS.len() as u64) as usize].into()),
         }
     }
 
@@ -312,7 +312,7 @@ pub fn redis_text(value: &Value) -> String {
         Value::F64(x) => format!("{x:.2}"),
         Value::I64(i) => i.to_string(),
         Value::Bool(b) => if *b { "1" } else { "0" }.to_owned(),
-        Value::Str(s) => s.clone(),
+        Value::Str(s) => s.to_string(),
     }
 }
 

@@ -89,7 +89,7 @@ fn scalar(v: &Json) -> Option<Value> {
             .as_i64()
             .map(Value::I64)
             .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(Value::F64)),
-        Json::String(s) => Some(Value::Str(s.clone())),
+        Json::String(s) => Some(Value::Str(s.as_str().into())),
         _ => None,
     }
 }

@@ -184,7 +184,7 @@ impl Profile {
         if self.erased_at.as_ref().is_some_and(|w| marker <= *w) {
             return Ok(());
         }
-        let incoming = GaugeRegister::new(marker, Value::Str(canonical.to_owned()), None);
+        let incoming = GaugeRegister::new(marker, Value::Str(canonical.into()), None);
         match &mut self.identity.alias_of {
             Some(ours) => {
                 ours.merge(&incoming);

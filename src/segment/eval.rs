@@ -85,7 +85,7 @@ fn reading(name: &str, view: &FeatureView, schema: &Schema) -> Reading {
             Value::Bool(b) => Reading::Bool(*b),
             Value::I64(i) => Reading::Int(*i),
             Value::F64(f) => Reading::Number(*f),
-            Value::Str(s) => Reading::Text(s.clone()),
+            Value::Str(s) => Reading::Text(s.to_string()),
         },
         FeatureView::Flag(flag) => Reading::Bool(flag.values.iter().any(|v| v.value)),
         FeatureView::Window {

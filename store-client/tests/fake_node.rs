@@ -567,7 +567,7 @@ fn text(profile: &Option<ProfileView>, name: &str) -> String {
         Some(FeatureView::Gauge {
             value: Value::Str(s),
             ..
-        }) => s.clone(),
+        }) => s.to_string(),
         other => panic!("{other:?}"),
     }
 }

@@ -443,7 +443,7 @@ fn json_of(value: &Value) -> serde_json::Value {
         Value::F64(f) => {
             serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
         }
-        Value::Str(s) => s.clone().into(),
+        Value::Str(s) => s.as_str().into(),
     }
 }
 
@@ -531,7 +531,7 @@ fn split_pair(pair: &str) -> Result<(&str, &str), String> {
 /// quote it to store the text.
 fn parse_value(text: &str) -> Result<Value, String> {
     if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        return Ok(Value::Str(inner.to_owned()));
+        return Ok(Value::Str(inner.into()));
     }
     match text {
         "true" => return Ok(Value::Bool(true)),
@@ -547,7 +547,7 @@ fn parse_value(text: &str) -> Result<Value, String> {
             "{text:?} is not a finite number (NaN, infinities and numbers beyond ±1.8e308 cannot be \
              stored); quote it to store the text: '\"{text}\"'"
         )),
-        Err(_) => Ok(Value::Str(text.to_owned())),
+        Err(_) => Ok(Value::Str(text.into())),
     }
 }
 
@@ -1043,7 +1043,7 @@ mod tests {
         );
         assert_eq!(
             parse_gauge("empty=").unwrap(),
-            ("empty".to_owned(), Value::Str(String::new()))
+            ("empty".to_owned(), Value::Str(Default::default()))
         );
         assert_eq!(
             parse_delta("credits=-5").unwrap(),
