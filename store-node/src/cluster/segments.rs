@@ -274,6 +274,16 @@ impl Cluster {
         let now = now_ms();
         let names: Vec<&str> = rules.segments.iter().map(|s| s.name()).collect();
         let mut members = vec![0u64; names.len()];
+        // No segment, nothing to count: no walk over every profile (and its key's replica list) every
+        // few seconds on a node that defines none.
+        if names.is_empty() {
+            self.segments
+                .member_counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            return;
+        }
         self.engine.for_each_profile(&mut |key, profile| {
             if placement.replicas(key).first() != Some(&self.me) {
                 return;
