@@ -79,7 +79,11 @@ fn hash_of(profile: &Profile) -> crate::Result<u64> {
     })
 }
 
-type Shard = RwLock<HashMap<String, Stored>>;
+/// A key as a shard holds it: inline up to 24 bytes (`user-0001234`, a UUID's 36 bytes are not), so a
+/// lookup compares it without another cache miss and a profile costs no allocation for its key.
+type Key = compact_str::CompactString;
+
+type Shard = RwLock<HashMap<Key, Stored>>;
 
 /// The segment transitions one write decided: staged in the change log, published once durable.
 #[derive(Debug, Clone, Default)]
@@ -276,8 +280,8 @@ fn load_record(
     newest: &mut Option<featurestore::hlc::Timestamp>,
 ) {
     let decoded = std::str::from_utf8(key)
-        .map(str::to_owned)
-        .map_err(|e| (String::from_utf8_lossy(key).into_owned(), e.to_string()));
+        .map(Key::new)
+        .map_err(|e| (Key::from(String::from_utf8_lossy(key)), e.to_string()));
     let decoded = decoded.and_then(|key| match decode_record(bytes) {
         Ok(profile) => Ok((key, profile)),
         Err(e) => Err((key, e.to_string())),
@@ -735,7 +739,7 @@ impl Engine {
     /// sweep's). Returns the durability ticket of the write.
     fn store_locked(
         &self,
-        shard: &mut HashMap<String, Stored>,
+        shard: &mut HashMap<Key, Stored>,
         key: &str,
         profile: Box<Profile>,
         delta: Option<&Profile>,
@@ -756,7 +760,7 @@ impl Engine {
         match shard.get_mut(key) {
             Some(slot) => *slot = stored,
             None => {
-                shard.insert(key.to_owned(), stored);
+                shard.insert(Key::new(key), stored);
             }
         }
         Ok(ticket)
@@ -816,7 +820,7 @@ impl Engine {
         let mut rewritten = 0;
         for shard in self.shards.iter() {
             // Find the expired entries under a read lock; rewrite each under a short write lock.
-            let due: Vec<String> = shard
+            let due: Vec<Key> = shard
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .iter()
@@ -825,7 +829,7 @@ impl Engine {
                 .collect();
             for key in due {
                 let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
-                let Some(mut copy) = shard.get(&key).map(|s| s.profile.clone()) else {
+                let Some(mut copy) = shard.get(key.as_str()).map(|s| s.profile.clone()) else {
                     continue;
                 };
                 if !copy.expire(now) {
