@@ -40,9 +40,11 @@
 //! estimate's error is random in the value set (deterministic for a given set), not bounded per read.
 //! Known gap: erasure does not commute with pruning when it removes the newest bucket (see
 //! docs/architecture.md "Adding a feature kind"); replicas that exchange states still converge.
+//! Cost caveat: the buckets are one sorted vector, so a bucket older than the newest (a late event, a
+//! merge of an older state) is an insert that shifts the newer ones: O(buckets), which the definition's
+//! span over its bucket width bounds (30 by default), and which nothing else in the definitions caps yet.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -174,8 +176,11 @@ fn distinct_estimate(smallest: &[u64], k: usize) -> f64 {
 pub struct Window {
     /// Its parameters.
     pub spec: WindowSpec,
-    /// Buckets by start (event-time ms), each with one slot per node.
-    pub buckets: BTreeMap<u64, VecMap<Actor, WindowSlot>>,
+    /// Buckets by start (event-time ms), each with one slot per node. A sorted vector, not a
+    /// `BTreeMap`: a window holds at most `span / bucket` buckets (tens, a few hundred for a week of
+    /// hours), new ones arrive at the end, and a B-tree's nodes of eleven would be mostly empty (the
+    /// encoding is the same).
+    pub buckets: VecMap<u64, VecMap<Actor, WindowSlot>>,
 }
 
 /// Why [`Window::add`] refused an event.
@@ -194,7 +199,7 @@ impl Window {
     pub fn new(spec: WindowSpec) -> Window {
         Window {
             spec,
-            buckets: BTreeMap::new(),
+            buckets: VecMap::new(),
         }
     }
 
@@ -241,18 +246,21 @@ impl Window {
         if self.high_water().is_some_and(|hw| self.outside(start, hw)) {
             return Err(WindowRefusal::Late);
         }
-        let slot = self.buckets.entry(start).or_default().get_or_insert_with(
-            actor,
-            || actor.clone(),
-            || WindowSlot {
-                first: ts,
-                count: 0,
-                sum: 0.0,
-                min: value,
-                max: value,
-                hashes: Vec::new(),
-            },
-        );
+        let slot = self
+            .buckets
+            .get_or_insert_with(&start, || start, VecMap::new)
+            .get_or_insert_with(
+                actor,
+                || actor.clone(),
+                || WindowSlot {
+                    first: ts,
+                    count: 0,
+                    sum: 0.0,
+                    min: value,
+                    max: value,
+                    hashes: Vec::new(),
+                },
+            );
         let Some(count) = slot.count.checked_add(1) else {
             return Err(WindowRefusal::Overflow);
         };
@@ -279,7 +287,8 @@ impl Window {
         let width = self.spec.bucket_ms.max(1);
         let slots = self
             .buckets
-            .range(..=now_ms)
+            .iter()
+            .take_while(|(start, _)| **start <= now_ms)
             .filter(|(start, _)| self.spec.span_ms == 0 || start.saturating_add(width) > from)
             .flat_map(|(_, slots)| slots.values());
         let (mut count, mut sum) = (0u64, 0.0f64);
@@ -328,7 +337,9 @@ impl Lattice for Window {
         }
         let before = self.clone();
         for (start, theirs) in &other.buckets {
-            let ours = self.buckets.entry(*start).or_default();
+            let ours = self
+                .buckets
+                .get_or_insert_with(start, || *start, VecMap::new);
             for (node, slot) in theirs {
                 match ours.get_mut(node) {
                     Some(mine) if slot.lattice_cmp(mine) == Ordering::Greater => {
