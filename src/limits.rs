@@ -53,6 +53,11 @@ pub struct Limits {
     /// above it. Each slot holds at most K 8-byte hashes. Default 256; between 2 and
     /// [`MAX_DISTINCT_EXACT_CEILING`].
     pub max_distinct_exact: u32,
+    /// Most buckets one window feature may hold: its span over its bucket width, checked when the
+    /// definitions are compiled. A window keeps its buckets in one sorted vector per profile, so this
+    /// bounds both its memory and the cost of a late event's insert. Default 10,080 (a week of minutes;
+    /// a definition's default bucket is a thirtieth of its window).
+    pub max_window_buckets: usize,
     /// The byte budget of a node's dead-letter queue (its stored records). Beyond it new entries are
     /// refused and counted (`dlq_overflow`). Default 64 MiB.
     pub max_dead_letter_bytes: u64,
@@ -120,6 +125,7 @@ impl Default for Limits {
             max_identity_links: 32,
             max_identity_depth: 8,
             max_distinct_exact: 256,
+            max_window_buckets: 7 * 24 * 60,
             max_dead_letter_bytes: 64 * 1024 * 1024,
             max_dead_letters: 100_000,
             max_rule_bytes: 4096,
@@ -160,6 +166,7 @@ impl Limits {
                 "max_dead_letters",
                 usize::try_from(self.max_dead_letters).unwrap_or(usize::MAX),
             ),
+            ("max_window_buckets", self.max_window_buckets),
             ("max_rule_bytes", self.max_rule_bytes),
             ("max_rule_depth", self.max_rule_depth),
             ("max_segments", self.max_segments),

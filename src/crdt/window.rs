@@ -42,7 +42,7 @@
 //! docs/architecture.md "Adding a feature kind"); replicas that exchange states still converge.
 //! Cost caveat: the buckets are one sorted vector, so a bucket older than the newest (a late event, a
 //! merge of an older state) is an insert that shifts the newer ones: O(buckets), which the definition's
-//! span over its bucket width bounds (30 by default), and which nothing else in the definitions caps yet.
+//! span over its bucket width bounds (30 by default, at most `Limits::max_window_buckets`).
 
 use std::cmp::Ordering;
 

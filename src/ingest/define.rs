@@ -5,8 +5,9 @@
 //! `screen`: the page or screen name, optional); `aggregation` (`count`, `sum`, `min`, `max`, `last`,
 //! `first_seen`, `last_seen`, `distinct_count`); `property` (a dotted path into the properties: required for
 //! `sum`, `min`, `max`, `last` and `distinct_count`); `window` (`"30m"`, `"24h"`, `"7d"`; absent: all
-//! time) and `bucket` (the bucket width, default a thirtieth of the window, at least 1 s). `identify`
-//! traits need no definition: every scalar trait becomes a gauge of the same name.
+//! time) and `bucket` (the bucket width, default a thirtieth of the window, at least 1 s; the window is at
+//! most `[limits] max_window_buckets` buckets). `identify` traits need no definition: every scalar trait
+//! becomes a gauge of the same name.
 //!
 //! Guarantees: a definition that cannot work (unknown aggregation, a missing property, a bad duration, a
 //! bucket wider than its window, a name that is not a valid feature name, two definitions of one name) is
@@ -187,6 +188,17 @@ impl Definitions {
             if span_ms != 0 && bucket_ms > span_ms {
                 return Err(err("bucket", "wider than the window".into()));
             }
+            let buckets = span_ms / bucket_ms.max(1);
+            if buckets > limits.max_window_buckets as u64 {
+                return Err(err(
+                    "bucket",
+                    format!(
+                        "{buckets} buckets per window, more than [limits] max_window_buckets ({}): \
+                         widen the bucket",
+                        limits.max_window_buckets
+                    ),
+                ));
+            }
             let target = match aggregation {
                 Some(aggregation) => Target::Window(WindowSpec {
                     aggregation,
@@ -333,6 +345,31 @@ mod tests {
             Err(Error::InvalidDefinition { field, reason, .. }) => {
                 assert_eq!(field, "property");
                 assert!(reason.contains("distinct_count"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A window's span over its bucket width is bounded by `max_window_buckets`: at the limit it
+    /// compiles, one bucket more is refused on the `bucket` field, with the limit named.
+    #[test]
+    fn a_window_of_more_buckets_than_the_limit_is_refused() {
+        let limits = Limits {
+            max_window_buckets: 60,
+            ..Limits::default()
+        };
+        let mut at_limit = def("hour_of_minutes", EventType::Page, None, "count");
+        at_limit.window = Some("1h".into());
+        at_limit.bucket = Some("1m".into());
+        assert!(Definitions::compile(&[at_limit], &limits).is_ok());
+        let mut over = def("hour_of_seconds", EventType::Page, None, "count");
+        over.window = Some("1h".into());
+        over.bucket = Some("59s".into());
+        match Definitions::compile(&[over], &limits) {
+            Err(Error::InvalidDefinition { field, reason, .. }) => {
+                assert_eq!(field, "bucket");
+                assert!(reason.contains("max_window_buckets"), "{reason}");
+                assert!(reason.starts_with("61 buckets"), "{reason}");
             }
             other => panic!("{other:?}"),
         }
