@@ -53,9 +53,9 @@ pub struct Limits {
     /// above it. Each slot holds at most K 8-byte hashes. Default 256; between 2 and
     /// [`MAX_DISTINCT_EXACT_CEILING`].
     pub max_distinct_exact: u32,
-    /// Most buckets one window feature may hold: its span over its bucket width, checked when the
-    /// definitions are compiled. A window keeps its buckets in one sorted vector per profile, so this
-    /// bounds both its memory and the cost of a late event's insert. Default 10,080 (a week of minutes;
+    /// Most buckets one window feature may hold: its span over its bucket width (rounded up), checked
+    /// when the definitions are compiled. A window keeps its buckets in one sorted vector per profile, so
+    /// this bounds both its memory and the cost of a late event's insert. Default 10,080 (a week of minutes;
     /// a definition's default bucket is a thirtieth of its window).
     pub max_window_buckets: usize,
     /// The byte budget of a node's dead-letter queue (its stored records). Beyond it new entries are

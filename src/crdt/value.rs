@@ -200,8 +200,8 @@ mod tests {
         ));
     }
 
-    /// Short strings are inline (no heap allocation of their own); the value is no larger than before
-    /// (a `String` made it 32 bytes).
+    /// Short strings are inline (no heap allocation of their own), and the value is 24 bytes (a
+    /// `String` made it 32).
     #[test]
     fn short_strings_are_inline() {
         assert_eq!(std::mem::size_of::<Value>(), 24);

@@ -177,9 +177,9 @@ pub struct Window {
     /// Its parameters.
     pub spec: WindowSpec,
     /// Buckets by start (event-time ms), each with one slot per node. A sorted vector, not a
-    /// `BTreeMap`: a window holds at most `span / bucket` buckets (tens, a few hundred for a week of
-    /// hours), new ones arrive at the end, and a B-tree's nodes of eleven would be mostly empty (the
-    /// encoding is the same).
+    /// `BTreeMap`: a window holds at most `span / bucket` buckets, rounded up (30 by default, at most
+    /// `Limits::max_window_buckets`), new ones arrive at the end, and a B-tree's nodes of eleven would be
+    /// mostly empty (the encoding is the same).
     pub buckets: VecMap<u64, VecMap<Actor, WindowSlot>>,
 }
 

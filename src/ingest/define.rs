@@ -188,7 +188,8 @@ impl Definitions {
             if span_ms != 0 && bucket_ms > span_ms {
                 return Err(err("bucket", "wider than the window".into()));
             }
-            let buckets = span_ms / bucket_ms.max(1);
+            // The buckets a window holds: those starting less than a span before the newest one.
+            let buckets = span_ms.div_ceil(bucket_ms.max(1));
             if buckets > limits.max_window_buckets as u64 {
                 return Err(err(
                     "bucket",
@@ -369,7 +370,8 @@ mod tests {
             Err(Error::InvalidDefinition { field, reason, .. }) => {
                 assert_eq!(field, "bucket");
                 assert!(reason.contains("max_window_buckets"), "{reason}");
-                assert!(reason.starts_with("61 buckets"), "{reason}");
+                // 3,600 s over 59 s buckets: a window holds 62 of them (61 whole ones and a partial one).
+                assert!(reason.starts_with("62 buckets"), "{reason}");
             }
             other => panic!("{other:?}"),
         }

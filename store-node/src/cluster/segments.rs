@@ -270,10 +270,7 @@ impl Cluster {
     /// [`Cluster::segments_view`]. A scan of every profile held: call it off the runtime threads.
     pub fn count_members(&self) {
         let rules = self.segments.rules();
-        let placement = self.placement();
-        let now = now_ms();
         let names: Vec<&str> = rules.segments.iter().map(|s| s.name()).collect();
-        let mut members = vec![0u64; names.len()];
         // No segment, nothing to count: no walk over every profile (and its key's replica list) every
         // few seconds on a node that defines none.
         if names.is_empty() {
@@ -284,6 +281,9 @@ impl Cluster {
                 .clear();
             return;
         }
+        let placement = self.placement();
+        let now = now_ms();
+        let mut members = vec![0u64; names.len()];
         self.engine.for_each_profile(&mut |key, profile| {
             if placement.replicas(key).first() != Some(&self.me) {
                 return;
