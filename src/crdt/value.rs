@@ -175,11 +175,14 @@ mod tests {
             let ours = bincode::encode_to_vec(&v, cfg).expect("encodes");
             let theirs = bincode::encode_to_vec(derived(&v), cfg).expect("encodes");
             prop_assert_eq!(&ours, &theirs);
-            let (owned, _): (Value, usize) = bincode::decode_from_slice(&theirs, cfg).expect("decodes");
-            let (borrowed, _): (Value, usize) = bincode::borrow_decode_from_slice(&theirs, cfg).expect("decodes");
+            let (owned, _): (Value, usize) =
+                bincode::decode_from_slice(&theirs, cfg).expect("decodes");
+            let (borrowed, _): (Value, usize) =
+                bincode::borrow_decode_from_slice(&theirs, cfg).expect("decodes");
             prop_assert_eq!(&owned, &v);
             prop_assert_eq!(&borrowed, &v);
-            let (back, _): (DerivedValue, usize) = bincode::decode_from_slice(&ours, cfg).expect("decodes");
+            let (back, _): (DerivedValue, usize) =
+                bincode::decode_from_slice(&ours, cfg).expect("decodes");
             prop_assert_eq!(back, derived(&v));
         }
     }
