@@ -25,7 +25,7 @@ use featurestore::cluster::ring::Ring;
 use featurestore::crdt::counter::Counter;
 use featurestore::crdt::gauge::GaugeRegister;
 use featurestore::crdt::Lattice;
-use featurestore::profile::{apply, CounterDelta, Write};
+use featurestore::profile::{apply, apply_in_place, CounterDelta, Write};
 use featurestore::wire::client::GaugeWrite;
 use featurestore::wire::codec::{
     decode_record, decode_request, decode_response, encode_record, encode_record_into,
@@ -185,6 +185,46 @@ fn writes(c: &mut Criterion) {
         b.iter(|| {
             let delta = black_box(&written).delta_of_write(black_box(&p20), &applied);
             black_box(encode_record(&delta))
+        })
+    });
+    // The node's whole in-memory work for that write, storage aside. By copy (until 2026-12-07): the
+    // profile cloned, the write applied to the clone, the delta found by walking both states. In place
+    // (since): the named entries cloned for the undo, the write applied to the profile itself, the
+    // delta copied from the named entries.
+    g.bench_function("node_write_by_copy_put_1_gauge_into_20", |b| {
+        b.iter(|| {
+            let old = black_box(&p20);
+            let mut new = old.clone();
+            let applied = apply(
+                &mut new,
+                Write::Put {
+                    gauges: black_box(&one),
+                    timestamp_ms: None,
+                },
+                &mut clock,
+                NOW,
+                &limits,
+            )
+            .expect("applies");
+            let delta = new.delta_of_write(old, &applied);
+            black_box((new, delta))
+        })
+    });
+    let mut live = p20.clone();
+    g.bench_function("node_write_in_place_put_1_gauge_into_20", |b| {
+        b.iter(|| {
+            let done = apply_in_place(
+                black_box(&mut live),
+                Write::Put {
+                    gauges: black_box(&one),
+                    timestamp_ms: None,
+                },
+                &mut clock,
+                NOW,
+                &limits,
+            )
+            .expect("applies");
+            black_box((done.applied, done.delta))
         })
     });
     let mixed = mixed_profile("n1", "n2", NOW);

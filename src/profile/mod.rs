@@ -22,6 +22,7 @@
 pub mod apply;
 pub mod delta;
 pub mod identity;
+pub mod in_place;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use apply::{apply, Applied, CounterDelta, GaugeWrite, Write};
 pub use identity::Identity;
+pub use in_place::{apply_in_place, InPlace, Undo};
 pub use view::{FeatureView, FlagValue, FlagView, ProfileView};
 
 use crate::compact::{Symbol, VecMap};

@@ -35,7 +35,7 @@ use crate::error::Result;
 use crate::hlc::{incarnation_after, Actor, Clock, NodeId, StoredIncarnation};
 use crate::ingest::{apply_event, Definitions, Event, Ingested};
 use crate::limits::Limits;
-use crate::profile::{apply, Applied, Profile, Write};
+use crate::profile::{apply_in_place, Applied, Profile, Write};
 use crate::replication::{
     merge_answers, Effect, HintChange, LocalStore, QuorumRead, Replication, ReplicationConfig,
     SendWhen, StoreError,
@@ -463,25 +463,31 @@ impl Cluster {
             }
         };
         let local_now = node.store.local_now();
-        let before = node.store.state(key).unwrap_or_default();
-        let mut profile = before.clone();
-        let applied = apply(
+        // Applied in place, as the node's engine does (a refused write changes nothing, so the stored
+        // profile is put back as it was).
+        let held = node.store.data.borrow_mut().remove(key);
+        let existed = held.is_some();
+        let mut profile = held.unwrap_or_default();
+        let done = apply_in_place(
             &mut profile,
             write,
             &mut node.store.clock.borrow_mut(),
             local_now,
             &limits,
         );
-        let applied = match applied {
-            Ok(a) => a,
+        let done = match done {
+            Ok(done) => done,
             Err(e) => {
+                if existed {
+                    node.store.data.borrow_mut().insert(key.to_owned(), profile);
+                }
                 repl.abort_local_write(ticket);
                 self.coverage.refused_writes += 1;
                 return Some(Err(e));
             }
         };
         // Replicated as the node does: the delta of the write, where the protocol allows it.
-        let delta = profile.delta_of_write(&before, &applied);
+        let (applied, delta) = (done.applied, done.delta);
         node.store.data.borrow_mut().insert(key.to_owned(), profile);
         if !repl.is_replica(key) {
             self.coverage.sloppy_writes += 1;

@@ -4,10 +4,12 @@
 //! Guarantees:
 //! - Reads are served from memory, from one of [`SHARDS`] independently locked shards (never one global
 //!   lock, never the disk).
-//! - A write is validated, stamped by the node's hybrid logical clock, applied to a *copy* of the entity's
-//!   profile; its delta (what it changed) is encoded and handed to storage as a join into the stored
-//!   record ([`Storage::merge`]), and only then is the new profile published in memory; if storage
-//!   refuses it, memory is unchanged. The whole profile is still encoded per write, into a reused
+//! - A write is validated, stamped by the node's hybrid logical clock and applied; its delta (what it
+//!   changed) is encoded and handed to storage as a join into the stored record ([`Storage::merge`]);
+//!   if storage refuses it, memory is unchanged. A client write is applied to the stored profile itself
+//!   under the shard lock (the core's `apply_in_place`, which returns the delta and an undo that runs if
+//!   storage refuses); an event, a link or a re-evaluation is applied to a *copy*, published only once
+//!   storage accepted it. The whole profile is still encoded per write, into a reused
 //!   buffer, for the record hash anti-entropy compares (it is not stored or logged), and stored whole
 //!   only for a change that is not a join (the expiry sweep's). Under the `sync` policy the reply
 //!   waits until a flush that covers the write has completed (group commit); under `periodic` it does
@@ -28,7 +30,7 @@ use std::time::Instant;
 use featurestore::ingest::{
     apply_event_to_copy, apply_linking_event, Definitions, Event, Ingested,
 };
-use featurestore::profile::{apply, Applied, ProfileView, Write};
+use featurestore::profile::{apply_in_place, Applied, InPlace, ProfileView, Write};
 use featurestore::replication::StoreError;
 use featurestore::segment::{Reconciled, Scope};
 use featurestore::wire::client::ErrorReply;
@@ -357,20 +359,66 @@ impl Engine {
 
     /// Applies one client write to `key` (decided by the core's [`apply`]), stores it, publishes it, and
     /// waits for durability as the policy requires. The request was validated at the edge. Returns the
-    /// outcome and its delta for replication ([`Profile::delta_of_write`]).
+    /// outcome and its delta for replication (see `featurestore::profile::in_place`).
     pub async fn apply(
         &self,
         key: &str,
         write: Write<'_>,
     ) -> Result<(Applied, Profile), ErrorReply> {
         let now = now_ms();
-        let (applied, ticket, delta) = self.store_change(
-            key,
-            |p| Ok(apply(p, write, &mut self.clock(), now, &self.limits)?),
-            |applied, new, old| new.delta_of_write(old, applied),
-        )?;
+        let (applied, ticket, delta) = self.store_in_place(key, write, now)?;
         self.wait_durable(key, ticket).await?;
         Ok((applied, delta))
+    }
+
+    /// The synchronous half of [`Engine::apply`]: under the shard lock, the write applied to the stored
+    /// profile itself (the core's [`apply_in_place`]: no copy of the profile; a new key's profile is
+    /// built outside the map and inserted once stored), its delta handed to storage, and the record hash
+    /// updated. If storage refuses the delta, the write's undo puts the profile back as it was, so memory
+    /// is unchanged, as for a refused write.
+    fn store_in_place(
+        &self,
+        key: &str,
+        write: Write<'_>,
+        now: u64,
+    ) -> Result<(Applied, WriteTicket, Profile), ErrorReply> {
+        let mut shard = self
+            .shard(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(stored) = shard.get_mut(key) else {
+            let mut profile = Box::<Profile>::default();
+            let done = apply_in_place(&mut profile, write, &mut self.clock(), now, &self.limits)
+                .map_err(|e| error_reply(&e.into()))?;
+            let ticket = self
+                .store_locked(&mut shard, key, profile, Some(&done.delta))
+                .map_err(|e| error_reply(&e))?;
+            return Ok((done.applied, ticket, done.delta));
+        };
+        let InPlace {
+            applied,
+            delta,
+            undo,
+        } = apply_in_place(
+            &mut stored.profile,
+            write,
+            &mut self.clock(),
+            now,
+            &self.limits,
+        )
+        .map_err(|e| error_reply(&e.into()))?;
+        let persisted =
+            hash_of(&stored.profile).and_then(|hash| Ok((self.persist_delta(key, &delta)?, hash)));
+        match persisted {
+            Ok((ticket, hash)) => {
+                stored.hash = hash;
+                Ok((applied, ticket, delta))
+            }
+            Err(e) => {
+                undo.restore(&mut stored.profile);
+                Err(error_reply(&e))
+            }
+        }
     }
 
     /// Applies one event to `key` as its owner (decided by the core's
@@ -537,16 +585,12 @@ impl Engine {
         change: impl FnOnce(&mut Profile, &mut Clock) -> featurestore::Result<(T, Reconciled)>,
     ) -> Result<(T, Decided), ErrorReply> {
         let mut staged = Vec::new();
-        let stored = self.store_change(
-            key,
-            |profile| {
-                let (out, reconciled) = change(profile, &mut self.clock())?;
-                staged = segments.log.stage(&reconciled.changes, fence)?;
-                segments.arm(key, profile, now);
-                Ok((out, reconciled.failed.len(), reconciled.evaluated))
-            },
-            |_, new, old| new.delta_from(old),
-        );
+        let stored = self.store_change(key, |profile| {
+            let (out, reconciled) = change(profile, &mut self.clock())?;
+            staged = segments.log.stage(&reconciled.changes, fence)?;
+            segments.arm(key, profile, now);
+            Ok((out, reconciled.failed.len(), reconciled.evaluated))
+        });
         let ((out, failed, evaluated), ticket, delta) = match stored {
             Ok(stored) => stored,
             Err(e) => {
@@ -767,23 +811,20 @@ impl Engine {
         key: &str,
         change: impl FnOnce(&mut Profile) -> crate::Result<T>,
     ) -> Result<(T, Profile), ErrorReply> {
-        let (out, ticket, delta) =
-            self.store_change(key, change, |_, new, old| new.delta_from(old))?;
+        let (out, ticket, delta) = self.store_change(key, change)?;
         self.wait_durable(key, ticket).await?;
         Ok((out, delta))
     }
 
     /// The synchronous half of [`Engine::write`]: under the shard lock, `change` applied to a copy of
     /// `key`'s profile and the result stored; the ticket to wait on for its durability, and the delta
-    /// of the change for replication (`delta` of its result, the new profile and the one before it).
-    /// The delta is also what storage logs, so the one before it joined with the delta must be the new
-    /// profile ([`Profile::delta_from`] and [`Profile::delta_of_write`] are; the core's property tests
-    /// check that writes only grow a state).
+    /// of the change for replication ([`Profile::delta_from`] the one before it). The delta is also
+    /// what storage logs, so the one before it joined with the delta must be the new profile (the
+    /// core's property tests check that changes only grow a state).
     fn store_change<T>(
         &self,
         key: &str,
         change: impl FnOnce(&mut Profile) -> crate::Result<T>,
-        delta: impl FnOnce(&T, &Profile, &Profile) -> Profile,
     ) -> Result<(T, WriteTicket, Profile), ErrorReply> {
         let mut shard = self
             .shard(key)
@@ -793,7 +834,7 @@ impl Engine {
         let old = shard.get(key).map(|s| &s.profile);
         let mut profile = old.cloned().unwrap_or_default();
         let out = change(&mut profile).map_err(|e| error_reply(&e))?;
-        let delta = delta(&out, &profile, old.map_or(&empty, |p| &**p));
+        let delta = profile.delta_from(old.map_or(&empty, |p| &**p));
         let ticket = self
             .store_locked(&mut shard, key, profile, Some(&delta))
             .map_err(|e| error_reply(&e))?;
@@ -990,6 +1031,153 @@ mod tests {
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect();
         assert_eq!(back, records);
+    }
+
+    /// A [`MemoryStorage`] that refuses every `merge` while `refuse` is set.
+    #[derive(Default)]
+    struct RefusingStorage {
+        inner: MemoryStorage,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    impl Storage for RefusingStorage {
+        fn load_all(&self) -> crate::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.inner.load_all()
+        }
+        fn put(&self, key: &[u8], value: &[u8]) -> crate::Result<()> {
+            self.inner.put(key, value)
+        }
+        fn merge(&self, key: &[u8], delta: &[u8]) -> crate::Result<()> {
+            if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::Error::Storage("injected merge refusal".into()));
+            }
+            self.inner.merge(key, delta)
+        }
+        fn remove(&self, key: &[u8]) -> crate::Result<()> {
+            self.inner.remove(key)
+        }
+        fn flush(&self) -> crate::Result<()> {
+            self.inner.flush()
+        }
+        fn disk_bytes(&self) -> crate::Result<u64> {
+            self.inner.disk_bytes()
+        }
+        fn kind(&self) -> &'static str {
+            "refusing"
+        }
+        fn get_meta(&self, name: &str) -> crate::Result<Option<Vec<u8>>> {
+            self.inner.get_meta(name)
+        }
+        fn put_meta(&self, name: &str, value: &[u8]) -> crate::Result<()> {
+            self.inner.put_meta(name, value)
+        }
+        fn remove_meta(&self, name: &str) -> crate::Result<()> {
+            self.inner.remove_meta(name)
+        }
+        fn scan_meta(&self, prefix: &str) -> crate::Result<Vec<(String, Vec<u8>)>> {
+            self.inner.scan_meta(prefix)
+        }
+    }
+
+    /// A client write is applied in place, so a write storage refuses must be undone: memory (the
+    /// profile and its record hash) is what it was, for every kind of write, a new key is not
+    /// created, and the next accepted write lands on the old state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_storage_refuses_leaves_memory_as_it_was() {
+        use featurestore::crdt::flag::CausalContext;
+        use featurestore::profile::CounterDelta;
+        use featurestore::replication::LocalStore;
+
+        let refusing = Arc::new(RefusingStorage::default());
+        let storage: Arc<dyn Storage> = refusing.clone();
+        let (engine, _) = open(&storage);
+        let hash_of_key = |engine: &Engine, key: &str| {
+            let mut hash = None;
+            engine.for_each_key(&mut |k, h| {
+                if k == key {
+                    hash = Some(h);
+                }
+            });
+            hash
+        };
+        let gauges = [GaugeWrite {
+            name: "g".into(),
+            value: Value::I64(1),
+            ttl_ms: None,
+        }];
+        let put = Write::Put {
+            gauges: &gauges,
+            timestamp_ms: None,
+        };
+        let deltas = [CounterDelta {
+            name: "c".into(),
+            delta: 2,
+        }];
+        let incr = Write::Increment { deltas: &deltas };
+        engine.apply("k", put).await.expect("put");
+        engine.apply("k", incr).await.expect("increment");
+        let before = engine.state("k").expect("written");
+        let hash = hash_of_key(&engine, "k");
+
+        refusing
+            .refuse
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let other = [
+            GaugeWrite {
+                name: "g".into(),
+                value: Value::I64(9),
+                ttl_ms: None,
+            },
+            GaugeWrite {
+                name: "new".into(),
+                value: Value::I64(9),
+                ttl_ms: None,
+            },
+        ];
+        let context = CausalContext::default();
+        let writes = [
+            Write::Put {
+                gauges: &other,
+                timestamp_ms: None,
+            },
+            incr,
+            Write::SetFlag {
+                name: "f",
+                value: true,
+                context: &context,
+                ttl_ms: None,
+            },
+            Write::Erase,
+        ];
+        for write in writes {
+            let refused = engine.apply("k", write).await;
+            assert!(refused.is_err(), "{write:?} was refused by storage");
+            assert_eq!(
+                engine.state("k").as_ref(),
+                Some(&before),
+                "{write:?} undone"
+            );
+            assert_eq!(hash_of_key(&engine, "k"), hash, "{write:?}: hash kept");
+        }
+        assert!(engine.apply("fresh", put).await.is_err());
+        assert!(
+            engine.state("fresh").is_none(),
+            "a refused new key is not created"
+        );
+
+        refusing
+            .refuse
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let (_, delta) = engine.apply("k", incr).await.expect("increment");
+        let after = engine.state("k").expect("written");
+        assert_eq!(after.counters["c"].value(), 4, "landed on the old state");
+        assert_eq!(after.gauges, before.gauges);
+        let mut joined = before.clone();
+        joined.merge(&delta);
+        assert_eq!(
+            joined, after,
+            "the old state joined with the delta is the new one"
+        );
     }
 
     /// Writes log deltas, yet a restart loads each key exactly as memory held it, with the same
