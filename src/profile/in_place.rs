@@ -451,7 +451,7 @@ mod tests {
             "an erasure sends its watermark alone"
         );
         assert_eq!(done.delta.erased_at, p.erased_at);
-        assert!(p.is_empty() || p.feature_count() == 0);
+        assert_eq!(p.feature_count(), 0, "erased");
         done.undo.restore(&mut p);
         assert_eq!(p.gauges["g"].value, Some(Value::I64(2)), "undone");
         assert!(p.erased_at.is_none());

@@ -357,7 +357,7 @@ impl Engine {
         self.clock.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies one client write to `key` (decided by the core's [`apply`]), stores it, publishes it, and
+    /// Applies one client write to `key` (decided by the core's [`apply_in_place`]), stores it, and
     /// waits for durability as the policy requires. The request was validated at the edge. Returns the
     /// outcome and its delta for replication (see `featurestore::profile::in_place`).
     pub async fn apply(
@@ -980,8 +980,8 @@ impl featurestore::replication::LocalStore for Engine {
     }
 }
 
-/// The shard of `key`: an unkeyed XXH3 of its bytes (a few nanoseconds for a short key, where SipHash took
-/// 6 % of a restart's samples, the map then hashing it again). Unkeyed is safe here: keys chosen to
+/// The shard of `key`: an unkeyed XXH3 of its bytes (a few nanoseconds for a short key; a keyed SipHash
+/// was used before, and the map then hashes the key again). Unkeyed is safe here: keys chosen to
 /// collide only share a lock; inside a shard the map's own hasher is keyed (`RandomState`), so no input
 /// can make its lookups slow.
 fn shard_index(key: &str) -> usize {
