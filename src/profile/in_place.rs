@@ -90,7 +90,9 @@ pub fn apply_in_place<'w>(
         before,
     };
     let applied = apply(profile, write, clock, now_ms, limits)?;
-    let delta = delta_of_named(profile, write, &applied, undo.erased_at.as_ref());
+    let delta = delta_of_named(profile, write);
+    #[cfg(test)]
+    let delta = bare_delta_knob(delta, &applied, undo.erased_at.as_ref());
     Ok(InPlace {
         applied,
         delta,
@@ -98,37 +100,15 @@ pub fn apply_in_place<'w>(
     })
 }
 
-/// The current state of every feature `write` names, and the watermark (`erased_before` is the
-/// watermark from before the write, for the bug knob only).
-fn delta_of_named(
-    profile: &Profile,
-    write: Write<'_>,
-    applied: &Applied,
-    erased_before: Option<&Marker>,
-) -> Profile {
+/// The current state of every feature `write` names, and the watermark.
+fn delta_of_named(profile: &Profile, write: Write<'_>) -> Profile {
     let mut delta = Profile {
         erased_at: profile.erased_at.clone(),
         ..Profile::default()
     };
-    #[cfg(test)]
-    let bare = crate::knobs::active(crate::knobs::Bug::BareDelta);
-    #[cfg(test)]
-    if bare && delta.erased_at.as_ref() == erased_before {
-        // The defect: the watermark only when the write changed it.
-        delta.erased_at = None;
-    }
-    #[cfg(not(test))]
-    let _ = erased_before;
     match write {
         Write::Put { gauges, .. } => {
             for g in gauges {
-                #[cfg(test)]
-                if bare
-                    && matches!(applied, Applied::Put { superseded, .. } if superseded.contains(&g.name))
-                {
-                    // The defect: a superseded write sends nothing.
-                    continue;
-                }
                 copy_entry(&mut delta.gauges, &profile.gauges, &g.name);
             }
         }
@@ -140,7 +120,28 @@ fn delta_of_named(
         Write::SetFlag { name, .. } => copy_entry(&mut delta.flags, &profile.flags, name),
         Write::Erase => {}
     }
-    let _ = applied;
+    delta
+}
+
+/// With [`Bug::BareDelta`](crate::knobs::Bug::BareDelta) on, the defect the simulation found: the
+/// delta without the registers that superseded the write, and without a watermark the write did not
+/// change (`erased_before` is the one from before it).
+#[cfg(test)]
+fn bare_delta_knob(
+    mut delta: Profile,
+    applied: &Applied,
+    erased_before: Option<&Marker>,
+) -> Profile {
+    if crate::knobs::active(crate::knobs::Bug::BareDelta) {
+        if let Applied::Put { superseded, .. } = applied {
+            for name in superseded {
+                delta.gauges.remove(name.as_str());
+            }
+        }
+        if delta.erased_at.as_ref() == erased_before {
+            delta.erased_at = None;
+        }
+    }
     delta
 }
 

@@ -727,10 +727,10 @@ impl Engine {
     /// stamped further ahead than the clock-skew limit; advances the clock past the state otherwise.
     /// Stores the result if it changed; the caller waits for durability before acknowledging.
     ///
-    /// The merge is made in place (a join cannot fail or need undoing, so unlike a client write it
-    /// needs no copy of the profile). If storage then refuses the record, the merged state stays in
-    /// memory unacknowledged (the sender retries, and the key's next stored write persists it); the
-    /// key's record hash is left as it was, so anti-entropy sees the difference.
+    /// The merge is made in place (a join cannot fail, so unlike a client write's it keeps no undo).
+    /// If storage then refuses the record, the merged state stays in memory unacknowledged (the sender
+    /// retries, and the key's next stored write persists it); the key's record hash is left as it
+    /// was, so anti-entropy sees the difference.
     pub fn merge_state(&self, key: &str, incoming: &Profile) -> crate::Result<bool> {
         self.limits.check_key(key)?;
         if let Some(ts) = incoming.max_timestamp() {
