@@ -110,6 +110,18 @@
 //! before the payload is allocated; the payload is read exactly and decoded with the core's bounded
 //! decoder.
 //!
+//! # Ingest coalescing
+//!
+//! [`Client::ingest`] puts each call's events for a node (up to [`INGEST_EVENTS_PER_REQUEST`]) into that
+//! node's queue as one entry. At most `ingest_requests_per_node` (default 4) `Ingest` requests are in
+//! flight to a node; a waiting call that gets one of those slots takes every entry queued (oldest
+//! first, up to [`INGEST_EVENTS_PER_REQUEST`] events, never splitting an entry) into one request, and
+//! each call gets its own events' outcomes back. An idle client therefore sends an event at once and
+//! alone; many tasks sending one event each share requests, streams and answers, as a Redis client's
+//! pipelined connection shares its writes. A failed request fails every call it carried with the same
+//! error; ingest is safe to retry (message ids deduplicate). `ingest_requests_per_node = 0` turns this
+//! off. [`Client::ingest_requests_sent`] counts the requests.
+//!
 //! # Closing
 //!
 //! [`Client::close`] closes every connection, aborts the dials in progress, and waits only until the
@@ -131,7 +143,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -150,6 +162,7 @@ use quinn::Connection;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::coalesce::{self, NodeQueue, Pending};
 use crate::config::{ClientConfig, SEED_STAGGER};
 use crate::error::{ConnectAttempt, Error, Result};
 use crate::routing::{self, silent, LatencyWindow, Merged, Traffic, View};
@@ -210,6 +223,10 @@ struct Inner {
     latency: [StdMutex<LatencyWindow>; 2],
     /// The node that answered the last node-independent request (status, cluster, raw frames).
     home: StdMutex<NodeId>,
+    /// The ingest coalescing queue of each node ingested to (see "Ingest coalescing" in the module docs).
+    ingest_queues: StdMutex<HashMap<NodeId, Arc<NodeQueue>>>,
+    /// `Ingest` requests sent (each attempt's frame counts once per call of the routing).
+    ingest_requests: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -484,6 +501,8 @@ impl Client {
                     StdMutex::new(LatencyWindow::new(now)),
                 ],
                 home: StdMutex::new(first),
+                ingest_queues: StdMutex::new(HashMap::new()),
+                ingest_requests: AtomicU64::new(0),
             }),
         };
 
@@ -1566,12 +1585,16 @@ impl Client {
     /// per event, in order: `Applied` once it is durable on its owner and handed to replication,
     /// `Duplicate` if its message id was already ingested, or `Refused` with the reason.
     ///
-    /// Events are grouped by the node their user's owner is (the first replica not judged down), and
-    /// each group goes in requests of up to [`INGEST_EVENTS_PER_REQUEST`] events, the groups at once and
-    /// each group's requests in order. So a batch of many users costs about one request per node, not
-    /// one per user, and a user's events keep their order. A request the chosen node cannot take falls
-    /// back along its first user's plan; the node that takes it forwards each event to its owner. A
-    /// request that fails is safe to send again: the events are deduplicated by message id.
+    /// Events are grouped by the node their user's owner is (the first replica not judged down), and the
+    /// groups go at once. A group of up to [`INGEST_EVENTS_PER_REQUEST`] events is one entry of that
+    /// node's coalescing queue: concurrent calls share requests (see "Ingest coalescing" in the
+    /// [module docs](crate::client)), and an idle client sends it at once. A larger group, or every group
+    /// when `ingest_requests_per_node` is 0, goes in its own requests of up to
+    /// [`INGEST_EVENTS_PER_REQUEST`] events, in order. So a batch of many users costs about one request
+    /// per node, not one per user, and a user's events keep their order. A request the chosen node
+    /// cannot take falls back along its first user's plan; the node that takes it forwards each event
+    /// to its owner. A request that fails is safe to send again: the events are deduplicated by message
+    /// id. The call's deadline covers its wait in the queue as well.
     pub async fn ingest(
         &self,
         events: &[featurestore::ingest::Event],
@@ -1585,46 +1608,47 @@ impl Client {
         let keys: Vec<&str> = events.iter().map(|e| e.key()).collect();
         let groups =
             routing::group_keys(&view.ring, view.replication_factor, &keys, self.down_now());
+        let coalescing = self.inner.config.ingest_requests_per_node > 0;
+        let queued = |indices: &[usize]| coalescing && indices.len() <= INGEST_EVENTS_PER_REQUEST;
+        if let [(node, indices)] = groups.as_slice() {
+            if queued(indices) {
+                // One group holds every event, in order: its outcomes are the answer.
+                let wire = events.iter().map(WireEvent::from).collect();
+                return self
+                    .ingest_queued(node.clone(), keys[0].to_owned(), wire)
+                    .await;
+            }
+        }
         let mut outcomes: Vec<Option<featurestore::wire::event::EventOutcome>> =
             vec![None; events.len()];
-        let mut tasks = JoinSet::new();
-        for (_, indices) in groups {
+        type Answered = Vec<(Vec<usize>, Vec<featurestore::wire::event::EventOutcome>)>;
+        let mut tasks: JoinSet<Result<Answered>> = JoinSet::new();
+        for (node, indices) in groups {
             let client = self.clone();
-            let requests: Vec<(String, Vec<usize>, Request)> = indices
+            if queued(&indices) {
+                let key = keys[indices[0]].to_owned();
+                let wire = indices
+                    .iter()
+                    .map(|&i| WireEvent::from(&events[i]))
+                    .collect();
+                tasks.spawn(async move {
+                    let got = client.ingest_queued(node, key, wire).await?;
+                    Ok(vec![(indices, got)])
+                });
+                continue;
+            }
+            let requests: Vec<(String, Vec<usize>, Vec<WireEvent>)> = indices
                 .chunks(INGEST_EVENTS_PER_REQUEST)
                 .map(|chunk| {
                     let events = chunk.iter().map(|&i| WireEvent::from(&events[i])).collect();
-                    (
-                        keys[chunk[0]].to_owned(),
-                        chunk.to_vec(),
-                        Request::Ingest { events },
-                    )
+                    (keys[chunk[0]].to_owned(), chunk.to_vec(), events)
                 })
                 .collect();
             tasks.spawn(async move {
                 let mut answered = Vec::new();
-                for (key, chunk, request) in requests {
-                    let frame = codec::encode_request(&request)?;
-                    let response = client
-                        .routed(
-                            &key,
-                            &frame,
-                            Policy::WRITE,
-                            Deadline::after(client.deadline),
-                        )
-                        .await?;
-                    match response {
-                        Response::Ingested(got) if got.len() == chunk.len() => {
-                            answered.push((chunk, got));
-                        }
-                        Response::Ingested(got) => {
-                            return Err(Error::UnexpectedResponse {
-                                expected: "one outcome per event",
-                                got: format!("{} outcomes for {} events", got.len(), chunk.len()),
-                            })
-                        }
-                        other => return Err(unexpected("Ingested", &other)),
-                    }
+                for (key, chunk, events) in requests {
+                    let got = client.ingest_request(&key, events).await?;
+                    answered.push((chunk, got));
                 }
                 Ok(answered)
             });
@@ -1647,6 +1671,96 @@ impl Client {
                 })
             })
             .collect()
+    }
+
+    /// How many `Ingest` requests this client (every clone) has sent, coalesced or not: with
+    /// [`Client::ingest`]'s coalescing, fewer than the calls when calls are concurrent.
+    pub fn ingest_requests_sent(&self) -> u64 {
+        self.inner.ingest_requests.load(Ordering::Relaxed)
+    }
+
+    /// One `Ingest` request of `events` along `key`'s write plan: exactly one outcome per event.
+    async fn ingest_request(
+        &self,
+        key: &str,
+        events: Vec<featurestore::wire::event::WireEvent>,
+    ) -> Result<Vec<featurestore::wire::event::EventOutcome>> {
+        let count = events.len();
+        let frame = codec::encode_request(&Request::Ingest { events })?;
+        self.inner.ingest_requests.fetch_add(1, Ordering::Relaxed);
+        let response = self
+            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
+            .await?;
+        match response {
+            Response::Ingested(got) if got.len() == count => Ok(got),
+            Response::Ingested(got) => Err(Error::UnexpectedResponse {
+                expected: "one outcome per event",
+                got: format!("{} outcomes for {count} events", got.len()),
+            }),
+            other => Err(unexpected("Ingested", &other)),
+        }
+    }
+
+    /// `node`'s coalescing queue, created on first use.
+    fn ingest_queue(&self, node: &NodeId) -> Arc<NodeQueue> {
+        let mut queues = lock(&self.inner.ingest_queues);
+        if let Some(queue) = queues.get(node) {
+            return queue.clone();
+        }
+        let queue = Arc::new(NodeQueue::new(
+            self.inner.config.ingest_requests_per_node as usize,
+        ));
+        queues.insert(node.clone(), queue.clone());
+        queue
+    }
+
+    /// Sends `events` (one group of one call, routed by `key`) through `node`'s coalescing queue: queued,
+    /// then, whenever this call holds one of the queue's permits, every entry waiting goes in one request
+    /// (this call's among them, or others' if its own was taken already). Returns this entry's outcomes.
+    async fn ingest_queued(
+        &self,
+        node: NodeId,
+        key: String,
+        events: Vec<featurestore::wire::event::WireEvent>,
+    ) -> Result<Vec<featurestore::wire::event::EventOutcome>> {
+        let queue = self.ingest_queue(&node);
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        queue.push(Pending { key, events, reply });
+        let ended = || {
+            Error::Transport("the request that carried these events ended without an answer".into())
+        };
+        let wait = async {
+            loop {
+                tokio::select! {
+                    biased;
+                    got = &mut answer => return got.unwrap_or_else(|_| Err(ended())),
+                    permit = queue.permits.clone().acquire_owned() => {
+                        let Ok(permit) = permit else {
+                            return Err(Error::Closed);
+                        };
+                        let Some((key, events, waiters)) =
+                            coalesce::into_request(queue.take(INGEST_EVENTS_PER_REQUEST))
+                        else {
+                            // Nothing waits: this call's entry is in a request already.
+                            drop(permit);
+                            return (&mut answer).await.unwrap_or_else(|_| Err(ended()));
+                        };
+                        let client = self.clone();
+                        tokio::spawn(async move {
+                            let result = client.ingest_request(&key, events).await;
+                            drop(permit);
+                            coalesce::answer(waiters, result);
+                        });
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(self.deadline, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                after: self.deadline,
+            }),
+        }
     }
 
     /// Writes a flag with the causal context of the read it is based on (the empty context if the writer

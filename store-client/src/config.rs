@@ -16,6 +16,8 @@
 //! read_quorum = 1                     # optional, default 1: replicas a read merges (R; 0 = 1)
 //! write_quorum = 1                    # optional, default 1: replicas that hold a write before its ack (W)
 //! ring_refresh_ms = 1000              # optional, default 1000: age after which the ring is re-fetched
+//! ingest_requests_per_node = 4        # optional, default 4: ingest requests in flight per node; 0 = no
+//!                                     # coalescing of concurrent `ingest` calls
 //!
 //! [[nodes]]                           # the seeds: tried in order until one handshake succeeds
 //! name = "n1"                         # node id; the certificate must name n1.node.featurestore
@@ -102,6 +104,13 @@ pub const DEFAULT_QUORUM: u8 = 1;
 /// Default for [`ClientConfig::ring_refresh_ms`].
 pub const DEFAULT_RING_REFRESH_MS: u64 = 1_000;
 
+/// Default for [`ClientConfig::ingest_requests_per_node`].
+pub const DEFAULT_INGEST_REQUESTS_PER_NODE: u32 = 4;
+
+/// Largest value of [`ClientConfig::ingest_requests_per_node`]: coalescing needs only a few requests in
+/// flight, and each holds one of the connection's streams.
+pub const MAX_INGEST_REQUESTS_PER_NODE: u32 = 64;
+
 /// Largest configuration file that will be read, in bytes (stops a wrong path from being read whole).
 const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -162,6 +171,10 @@ fn default_ring_refresh_ms() -> u64 {
     DEFAULT_RING_REFRESH_MS
 }
 
+fn default_ingest_requests_per_node() -> u32 {
+    DEFAULT_INGEST_REQUESTS_PER_NODE
+}
+
 /// Everything [`Client::connect`](crate::Client::connect) needs.
 ///
 /// Build it with [`ClientConfig::load`] from a TOML file, or with [`ClientConfig::new`] and struct update
@@ -216,6 +229,12 @@ pub struct ClientConfig {
     /// [`Client::refresh_cluster`](crate::Client::refresh_cluster)). Default 1000.
     #[serde(default = "default_ring_refresh_ms")]
     pub ring_refresh_ms: u64,
+    /// How many ingest requests [`Client::ingest`](crate::Client::ingest) keeps in flight to one node
+    /// while it coalesces concurrent calls (see [`client`](crate::client), "Ingest coalescing"): calls
+    /// made while that many are in flight wait and then share one request. 0 turns coalescing off (each
+    /// call sends its own requests). At most [`MAX_INGEST_REQUESTS_PER_NODE`]. Default 4.
+    #[serde(default = "default_ingest_requests_per_node")]
+    pub ingest_requests_per_node: u32,
     /// The seed nodes, tried in order when connecting; the rest of the cluster is learnt from them.
     pub nodes: Vec<NodeAddr>,
     /// QUIC transport limits.
@@ -245,6 +264,7 @@ impl ClientConfig {
             read_quorum: DEFAULT_QUORUM,
             write_quorum: DEFAULT_QUORUM,
             ring_refresh_ms: DEFAULT_RING_REFRESH_MS,
+            ingest_requests_per_node: DEFAULT_INGEST_REQUESTS_PER_NODE,
             nodes,
             transport: TransportLimits::default(),
         }
@@ -318,6 +338,11 @@ impl ClientConfig {
         if self.hedge_min_us > max_hedge_us {
             return Err(Error::Config(format!(
                 "hedge_min_us must be at most {max_hedge_us}"
+            )));
+        }
+        if self.ingest_requests_per_node > MAX_INGEST_REQUESTS_PER_NODE {
+            return Err(Error::Config(format!(
+                "ingest_requests_per_node must be at most {MAX_INGEST_REQUESTS_PER_NODE}"
             )));
         }
         if self.max_frame_bytes == 0 || self.max_frame_bytes > FRAME_BYTES_CEILING {
@@ -503,6 +528,10 @@ addr = "[::1]:7402"
             },
             ClientConfig {
                 connect_timeout_ms: 0,
+                ..base.clone()
+            },
+            ClientConfig {
+                ingest_requests_per_node: MAX_INGEST_REQUESTS_PER_NODE + 1,
                 ..base.clone()
             },
             ClientConfig {

@@ -84,6 +84,7 @@
 //! See [`config`] for the TOML format of [`ClientConfig`].
 
 pub mod client;
+mod coalesce;
 pub mod config;
 pub mod error;
 pub mod frame;

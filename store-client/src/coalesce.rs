@@ -1,0 +1,293 @@
+//! Coalescing of concurrent ingest calls into shared requests, one queue per node.
+//!
+//! Many tasks that each call [`Client::ingest`](crate::Client::ingest) with one event (what a service
+//! does that forwards its users' events as they happen) would otherwise send one request, one QUIC
+//! stream and one answer per event. Instead, each call's events for a node become one [`Pending`] entry
+//! in that node's [`NodeQueue`], and a call that holds one of the queue's permits (at most
+//! `ingest_requests_per_node` requests in flight to the node) takes every entry waiting, up to
+//! [`INGEST_EVENTS_PER_REQUEST`](crate::INGEST_EVENTS_PER_REQUEST) events, and sends them as one
+//! request. So an idle client sends each event at once, alone (no added delay, no timer), and a busy
+//! one sends as many events per request as arrived while the previous requests were in flight.
+//!
+//! Guarantees:
+//! - An entry is never split: one call's events for a node go in one request, in their order, so the
+//!   node applies one user's events of one call in order, as without coalescing.
+//! - Entries leave the queue in the order they arrived (a taker takes a prefix).
+//! - Every entry taken gets exactly one answer: its own outcomes, or a copy of the error of the request
+//!   that carried it ([`copy_error`]). An entry whose caller has gone (its future dropped) before it was
+//!   taken is skipped, never sent.
+//! - The queue does not grow without bound: it holds only entries whose callers are waiting, and every
+//!   waiting caller takes entries whenever it holds a permit.
+//!
+//! Caveat: coalesced events share a request's fate. If the node it went to fails, every call whose
+//! events it carried gets the same error, and, as for any ingest, may send its events again (they are
+//! deduplicated by message id).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex as StdMutex};
+
+use featurestore::wire::event::{EventOutcome, WireEvent};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::error::{Error, Result};
+use crate::transport::lock;
+
+/// One call's events for one node, waiting to be sent.
+pub(crate) struct Pending {
+    /// The key of the entry's first event: the request is routed along the plan of the first entry's
+    /// first key (a node that is not the owner of an event forwards it).
+    pub key: String,
+    /// The events, in the call's order.
+    pub events: Vec<WireEvent>,
+    /// Where the outcomes of exactly these events go.
+    pub reply: oneshot::Sender<Result<Vec<EventOutcome>>>,
+}
+
+/// The queue of one node: the entries waiting and the permits for requests in flight.
+pub(crate) struct NodeQueue {
+    waiting: StdMutex<VecDeque<Pending>>,
+    /// One per request in flight to the node.
+    pub permits: Arc<Semaphore>,
+}
+
+impl NodeQueue {
+    /// An empty queue allowing `in_flight` requests at once.
+    pub fn new(in_flight: usize) -> NodeQueue {
+        NodeQueue {
+            waiting: StdMutex::new(VecDeque::new()),
+            permits: Arc::new(Semaphore::new(in_flight.max(1))),
+        }
+    }
+
+    /// Appends an entry.
+    pub fn push(&self, pending: Pending) {
+        lock(&self.waiting).push_back(pending);
+    }
+
+    /// Takes the longest prefix of the waiting entries whose callers still wait, holding at most
+    /// `max_events` events together (and always at least one entry, if any waits). Entries whose caller
+    /// has gone are dropped on the way.
+    pub fn take(&self, max_events: usize) -> Vec<Pending> {
+        let mut waiting = lock(&self.waiting);
+        let mut taken: Vec<Pending> = Vec::new();
+        let mut events = 0;
+        while let Some(first) = waiting.front() {
+            if first.reply.is_closed() {
+                waiting.pop_front();
+                continue;
+            }
+            if !taken.is_empty() && events + first.events.len() > max_events {
+                break;
+            }
+            events += first.events.len();
+            if let Some(entry) = waiting.pop_front() {
+                taken.push(entry);
+            }
+        }
+        taken
+    }
+
+    /// Entries waiting.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.waiting).len()
+    }
+}
+
+/// Where the outcomes of one taken entry go.
+pub(crate) struct Waiter {
+    /// How many events of the request are the entry's.
+    count: usize,
+    reply: oneshot::Sender<Result<Vec<EventOutcome>>>,
+}
+
+/// A taken batch as one request: the key to route it by (the first entry's), every event in order, and
+/// the entries' waiters in the same order. `None` for an empty batch.
+pub(crate) fn into_request(batch: Vec<Pending>) -> Option<(String, Vec<WireEvent>, Vec<Waiter>)> {
+    let key = batch.first()?.key.clone();
+    let mut events = Vec::with_capacity(batch.iter().map(|p| p.events.len()).sum());
+    let mut waiters = Vec::with_capacity(batch.len());
+    for pending in batch {
+        waiters.push(Waiter {
+            count: pending.events.len(),
+            reply: pending.reply,
+        });
+        events.extend(pending.events);
+    }
+    Some((key, events, waiters))
+}
+
+/// Hands each waiter its own slice of `result` (the outcomes of the request that carried the batch's
+/// events, in order), or a copy of the request's error. A result with the wrong number of outcomes is an
+/// [`Error::UnexpectedResponse`] for every waiter.
+pub(crate) fn answer(waiters: Vec<Waiter>, result: Result<Vec<EventOutcome>>) {
+    let expected: usize = waiters.iter().map(|w| w.count).sum();
+    let result = match result {
+        Ok(outcomes) if outcomes.len() != expected => Err(Error::UnexpectedResponse {
+            expected: "one outcome per event",
+            got: format!("{} outcomes for {expected} events", outcomes.len()),
+        }),
+        other => other,
+    };
+    match result {
+        Ok(outcomes) => {
+            let mut rest = outcomes.into_iter();
+            for waiter in waiters {
+                let mine: Vec<EventOutcome> = rest.by_ref().take(waiter.count).collect();
+                // A caller that has gone no longer needs its answer.
+                let _ = waiter.reply.send(Ok(mine));
+            }
+        }
+        Err(error) => {
+            for waiter in waiters {
+                let _ = waiter.reply.send(Err(copy_error(&error)));
+            }
+        }
+    }
+}
+
+/// The same error for another caller whose events shared the failed request. Every variant a request
+/// can fail with is copied as it is; [`Error::Tls`] (only certificate loading returns it) keeps its text.
+pub(crate) fn copy_error(error: &Error) -> Error {
+    match error {
+        Error::Config(m) => Error::Config(m.clone()),
+        Error::Tls(e) => Error::Transport(format!("TLS: {e}")),
+        Error::Connect { attempts } => Error::Connect {
+            attempts: attempts.clone(),
+        },
+        Error::Timeout { after } => Error::Timeout { after: *after },
+        Error::Transport(m) => Error::Transport(m.clone()),
+        Error::Protocol(e) => Error::Protocol(e.clone()),
+        Error::Server { code, message } => Error::Server {
+            code: *code,
+            message: message.clone(),
+        },
+        Error::Forbidden { message } => Error::Forbidden {
+            message: message.clone(),
+        },
+        Error::UnexpectedResponse { expected, got } => Error::UnexpectedResponse {
+            expected,
+            got: got.clone(),
+        },
+        Error::UnknownNode(n) => Error::UnknownNode(n.clone()),
+        Error::Closed => Error::Closed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use featurestore::ErrorCode;
+
+    fn event(id: &str) -> WireEvent {
+        let event = featurestore::ingest::Event::from_segment(
+            &serde_json::json!({"type": "track", "event": "e", "userId": "u", "messageId": id}),
+            None,
+            1_700_000_000_000,
+            &featurestore::Limits::default(),
+        )
+        .unwrap();
+        WireEvent::from(&event)
+    }
+
+    fn entry(n: usize) -> (Pending, oneshot::Receiver<Result<Vec<EventOutcome>>>) {
+        let (reply, rx) = oneshot::channel();
+        let events = (0..n).map(|i| event(&format!("m{i}"))).collect();
+        (
+            Pending {
+                key: "u".into(),
+                events,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn take_is_a_prefix_within_the_event_limit_and_never_splits_an_entry() {
+        let q = NodeQueue::new(2);
+        let mut rxs = Vec::new();
+        for n in [3, 4, 5, 1] {
+            let (p, rx) = entry(n);
+            q.push(p);
+            rxs.push(rx);
+        }
+        let first = q.take(8);
+        assert_eq!(
+            first.iter().map(|p| p.events.len()).collect::<Vec<_>>(),
+            [3, 4]
+        );
+        // An entry larger than the limit still goes, alone.
+        let second = q.take(2);
+        assert_eq!(
+            second.iter().map(|p| p.events.len()).collect::<Vec<_>>(),
+            [5]
+        );
+        assert_eq!(q.take(100).len(), 1);
+        assert!(q.take(100).is_empty());
+        assert!(into_request(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn entries_of_callers_that_left_are_skipped() {
+        let q = NodeQueue::new(1);
+        let (gone, rx) = entry(1);
+        drop(rx);
+        q.push(gone);
+        let (kept, _rx) = entry(2);
+        q.push(kept);
+        let taken = q.take(100);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].events.len(), 2);
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn each_entry_gets_its_own_outcomes_in_order() {
+        let (a, rx_a) = entry(2);
+        let (b, rx_b) = entry(1);
+        let outcomes = vec![
+            EventOutcome::Duplicate,
+            EventOutcome::Refused {
+                code: ErrorCode::LimitExceeded,
+                message: "second".into(),
+            },
+            EventOutcome::Duplicate,
+        ];
+        let (key, events, waiters) = into_request(vec![a, b]).unwrap();
+        assert_eq!((key.as_str(), events.len()), ("u", 3));
+        answer(waiters, Ok(outcomes.clone()));
+        assert_eq!(rx_a.blocking_recv().unwrap().unwrap(), outcomes[..2]);
+        assert_eq!(rx_b.blocking_recv().unwrap().unwrap(), outcomes[2..]);
+    }
+
+    #[test]
+    fn a_short_answer_or_an_error_reaches_every_entry() {
+        let (a, rx_a) = entry(2);
+        let (b, rx_b) = entry(1);
+        answer(
+            into_request(vec![a, b]).unwrap().2,
+            Ok(vec![EventOutcome::Duplicate]),
+        );
+        for rx in [rx_a, rx_b] {
+            let err = rx.blocking_recv().unwrap().unwrap_err();
+            assert!(matches!(err, Error::UnexpectedResponse { .. }), "{err}");
+        }
+        let (a, rx_a) = entry(1);
+        let (b, rx_b) = entry(1);
+        answer(
+            into_request(vec![a, b]).unwrap().2,
+            Err(Error::Server {
+                code: ErrorCode::Unavailable,
+                message: "busy".into(),
+            }),
+        );
+        for rx in [rx_a, rx_b] {
+            let err = rx.blocking_recv().unwrap().unwrap_err();
+            assert_eq!(err.server_code(), Some(ErrorCode::Unavailable));
+            assert!(err.to_string().contains("busy"), "{err}");
+        }
+    }
+}
