@@ -87,8 +87,8 @@ pub struct IngestParams {
     pub memory_users: usize,
     /// Events per user of the memory measure.
     pub memory_events: usize,
-    /// The client's `ingest_requests_per_node` (0: every call its own request, no coalescing).
-    pub ingest_requests_per_node: u32,
+    /// The client's `coalesce_requests_per_node` (0: every call its own request, no coalescing).
+    pub coalesce_requests_per_node: u32,
 }
 
 /// What one target did.
@@ -553,7 +553,7 @@ pub async fn run(params: &IngestParams, env: &IngestEnv) -> Result<IngestReport>
                 .map_err(|e| Error::Process(e.to_string()))??
         };
         let config = ClientConfig {
-            ingest_requests_per_node: params.ingest_requests_per_node,
+            coalesce_requests_per_node: params.coalesce_requests_per_node,
             ..ClientConfig::load(&layout.client_config)?
         };
         let client = Client::connect(config).await?;
@@ -614,7 +614,7 @@ pub fn to_markdown(report: &IngestReport, command: &str) -> String {
         report.params.workers,
         report.params.duration_s,
         report.params.probes,
-        match report.params.ingest_requests_per_node {
+        match report.params.coalesce_requests_per_node {
             0 => "no coalescing: one request per call".to_owned(),
             n => format!("concurrent calls coalesced, at most {n} requests in flight per node"),
         }

@@ -191,6 +191,149 @@ pub enum Request {
         /// Names to remove.
         remove: Vec<String>,
     },
+    /// Several writes of any keys in one request, as a client that coalesces concurrent writes sends
+    /// them (at most `max_batch`). The node coordinates each as if it had come alone (validated on its
+    /// own, and for a key it does not replicate as a sloppy-quorum coordinator), all of them at once, and
+    /// answers [`Response::Written`]: one response per write, in request order, a refused write as
+    /// [`Response::Error`] without affecting the others. Only writes can be inside ([`WriteOp`]), so a
+    /// frame cannot nest requests.
+    Writes {
+        /// The writes.
+        writes: Vec<WriteOp>,
+    },
+}
+
+/// One write of a [`Request::Writes`]: the fields of [`Request::Put`], [`Request::Increment`],
+/// [`Request::SetFlag`] or [`Request::Erase`], with the same meaning.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+#[allow(missing_docs)] // the fields are those of the `Request` variant of the same name
+pub enum WriteOp {
+    /// [`Request::Put`].
+    Put {
+        key: String,
+        gauges: Vec<GaugeWrite>,
+        timestamp_ms: Option<u64>,
+        quorum: u8,
+    },
+    /// [`Request::Increment`].
+    Increment {
+        key: String,
+        deltas: Vec<CounterDelta>,
+        quorum: u8,
+    },
+    /// [`Request::SetFlag`].
+    SetFlag {
+        key: String,
+        name: String,
+        value: bool,
+        context: CausalContext,
+        ttl_ms: Option<u64>,
+        quorum: u8,
+    },
+    /// [`Request::Erase`].
+    Erase { key: String, quorum: u8 },
+}
+
+impl WriteOp {
+    /// The entity key written.
+    pub fn key(&self) -> &str {
+        match self {
+            WriteOp::Put { key, .. }
+            | WriteOp::Increment { key, .. }
+            | WriteOp::SetFlag { key, .. }
+            | WriteOp::Erase { key, .. } => key,
+        }
+    }
+}
+
+impl From<WriteOp> for Request {
+    fn from(op: WriteOp) -> Request {
+        match op {
+            WriteOp::Put {
+                key,
+                gauges,
+                timestamp_ms,
+                quorum,
+            } => Request::Put {
+                key,
+                gauges,
+                timestamp_ms,
+                quorum,
+            },
+            WriteOp::Increment {
+                key,
+                deltas,
+                quorum,
+            } => Request::Increment {
+                key,
+                deltas,
+                quorum,
+            },
+            WriteOp::SetFlag {
+                key,
+                name,
+                value,
+                context,
+                ttl_ms,
+                quorum,
+            } => Request::SetFlag {
+                key,
+                name,
+                value,
+                context,
+                ttl_ms,
+                quorum,
+            },
+            WriteOp::Erase { key, quorum } => Request::Erase { key, quorum },
+        }
+    }
+}
+
+impl TryFrom<Request> for WriteOp {
+    /// A request that is not a single write comes back as it was.
+    type Error = Request;
+
+    fn try_from(request: Request) -> std::result::Result<WriteOp, Request> {
+        match request {
+            Request::Put {
+                key,
+                gauges,
+                timestamp_ms,
+                quorum,
+            } => Ok(WriteOp::Put {
+                key,
+                gauges,
+                timestamp_ms,
+                quorum,
+            }),
+            Request::Increment {
+                key,
+                deltas,
+                quorum,
+            } => Ok(WriteOp::Increment {
+                key,
+                deltas,
+                quorum,
+            }),
+            Request::SetFlag {
+                key,
+                name,
+                value,
+                context,
+                ttl_ms,
+                quorum,
+            } => Ok(WriteOp::SetFlag {
+                key,
+                name,
+                value,
+                context,
+                ttl_ms,
+                quorum,
+            }),
+            Request::Erase { key, quorum } => Ok(WriteOp::Erase { key, quorum }),
+            other => Err(other),
+        }
+    }
 }
 
 /// The longest a `SegmentChanges` long poll waits for a change (ms).
@@ -290,6 +433,9 @@ impl Request {
                 }
                 Ok(())
             }
+            // Each write is validated on its own when the node coordinates it, so one bad write is
+            // refused alone.
+            Request::Writes { writes } => limits.check_batch(writes.len(), "writes"),
             Request::Ingest { events } => {
                 limits.check_batch(events.len(), "events")?;
                 for e in events {
@@ -397,7 +543,8 @@ impl Request {
             | Request::SegmentChanges { .. }
             | Request::SegmentWhy { .. }
             | Request::SegmentMembers { .. }
-            | Request::Segments => false,
+            | Request::Segments
+            | Request::Writes { .. } => false,
         }
     }
 
@@ -426,10 +573,12 @@ impl Request {
             Request::SegmentMembers { .. } => "segment_members",
             Request::Segments => "segments",
             Request::DefineSegments { .. } => "define_segments",
+            Request::Writes { .. } => "writes",
         }
     }
 
-    /// Whether the request changes data.
+    /// Whether the request is one entity write (`Put`, `Increment`, `SetFlag`, `Erase`; a
+    /// [`Request::Writes`] is several, and not one).
     pub fn is_write(&self) -> bool {
         matches!(
             self,
@@ -494,6 +643,57 @@ pub enum Response {
     SegmentMembers(MembersPage),
     /// Answer to `Segments` and `DefineSegments`.
     Segments(SegmentsView),
+    /// Answer to `Writes`: one reply per write, in request order.
+    Written(Vec<WriteReply>),
+}
+
+/// The answer to one write of a [`Request::Writes`]: what the node answers that write alone
+/// ([`Response::Put`], [`Response::Incremented`], [`Response::Flag`], [`Response::Erased`] or
+/// [`Response::Error`]).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum WriteReply {
+    /// [`Response::Put`].
+    Put(PutAck),
+    /// [`Response::Incremented`].
+    Incremented(Vec<i64>),
+    /// [`Response::Flag`].
+    Flag(FlagView),
+    /// [`Response::Erased`].
+    Erased {
+        /// The erasure watermark.
+        watermark: Marker,
+    },
+    /// [`Response::Error`]: this write was refused or failed.
+    Error(ErrorReply),
+}
+
+impl From<WriteReply> for Response {
+    fn from(reply: WriteReply) -> Response {
+        match reply {
+            WriteReply::Put(ack) => Response::Put(ack),
+            WriteReply::Incremented(values) => Response::Incremented(values),
+            WriteReply::Flag(view) => Response::Flag(view),
+            WriteReply::Erased { watermark } => Response::Erased { watermark },
+            WriteReply::Error(reply) => Response::Error(reply),
+        }
+    }
+}
+
+impl From<Response> for WriteReply {
+    /// A response that is no write's answer becomes an [`ErrorCode::Internal`] error reply naming it.
+    fn from(response: Response) -> WriteReply {
+        match response {
+            Response::Put(ack) => WriteReply::Put(ack),
+            Response::Incremented(values) => WriteReply::Incremented(values),
+            Response::Flag(view) => WriteReply::Flag(view),
+            Response::Erased { watermark } => WriteReply::Erased { watermark },
+            Response::Error(reply) => WriteReply::Error(reply),
+            other => WriteReply::Error(ErrorReply {
+                code: ErrorCode::Internal,
+                message: format!("a write was answered with {}", other.kind()),
+            }),
+        }
+    }
 }
 
 impl From<Applied> for Response {
@@ -538,6 +738,7 @@ impl Response {
             Response::SegmentWhy(_) => "SegmentWhy",
             Response::SegmentMembers(_) => "SegmentMembers",
             Response::Segments(_) => "Segments",
+            Response::Written(_) => "Written",
         }
     }
 }

@@ -75,6 +75,15 @@ pub fn encode_frame<T: Encode>(message: &T) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The number of bytes `value` encodes to, counted without writing them (what a client that packs
+/// several messages into one frame checks against the frame limit).
+pub fn encoded_len<T: Encode>(value: &T) -> Result<usize> {
+    let mut writer = bincode::enc::write::SizeWriter::default();
+    bincode::encode_into_writer(value, &mut writer, config::standard())
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(writer.bytes_written)
+}
+
 /// Encodes a request frame.
 pub fn encode_request(request: &Request) -> Result<Vec<u8>> {
     encode_frame(request)
@@ -625,6 +634,53 @@ mod tests {
         let frame = encode_request(&sample()).expect("encodes");
         let payload = split_frame(&frame, 1 << 20).expect("valid frame");
         assert_eq!(decode_request(payload).expect("decodes"), sample());
+    }
+
+    #[test]
+    fn a_writes_request_and_its_answer_round_trip_and_encoded_len_is_exact() {
+        use crate::wire::client::{ErrorReply, WriteOp, WriteReply};
+        let op = WriteOp::try_from(sample()).expect("a put is a write");
+        assert_eq!(op.key(), "u1");
+        assert_eq!(Request::from(op.clone()), sample());
+        assert_eq!(WriteOp::try_from(Request::Status), Err(Request::Status));
+        let request = Request::Writes {
+            writes: vec![
+                op.clone(),
+                WriteOp::Erase {
+                    key: "k".into(),
+                    quorum: 2,
+                },
+            ],
+        };
+        let frame = encode_request(&request).expect("encodes");
+        assert_eq!(
+            encoded_len(&request).expect("sizes"),
+            frame.len() - FRAME_HEADER_BYTES
+        );
+        let payload = split_frame(&frame, 1 << 20).expect("valid frame");
+        assert_eq!(decode_request(payload).expect("decodes"), request);
+
+        let replies = vec![
+            WriteReply::Incremented(vec![3]),
+            WriteReply::Error(ErrorReply {
+                code: ErrorCode::LimitExceeded,
+                message: "too big".into(),
+            }),
+        ];
+        let frame = encode_response(&Response::Written(replies.clone())).expect("encodes");
+        let payload = split_frame(&frame, 1 << 20).expect("valid frame");
+        assert_eq!(
+            decode_response(payload).expect("decodes"),
+            Response::Written(replies.clone())
+        );
+        // A reply converts to the response the write alone would get, and back.
+        for reply in replies {
+            assert_eq!(WriteReply::from(Response::from(reply.clone())), reply);
+        }
+        match WriteReply::from(Response::Leaving) {
+            WriteReply::Error(e) => assert_eq!(e.code, ErrorCode::Internal),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

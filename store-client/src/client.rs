@@ -110,17 +110,26 @@
 //! before the payload is allocated; the payload is read exactly and decoded with the core's bounded
 //! decoder.
 //!
-//! # Ingest coalescing
+//! # Coalescing
 //!
-//! [`Client::ingest`] puts each call's events for a node (up to [`INGEST_EVENTS_PER_REQUEST`]) into that
-//! node's queue as one entry. At most `ingest_requests_per_node` (default 4) `Ingest` requests are in
-//! flight to a node; a waiting call that gets one of those slots takes every entry queued (oldest
-//! first, up to [`INGEST_EVENTS_PER_REQUEST`] events, never splitting an entry) into one request, and
-//! each call gets its own events' outcomes back. An idle client therefore sends an event at once and
-//! alone; many tasks sending one event each share requests, streams and answers, as a Redis client's
-//! pipelined connection shares its writes. A failed request fails every call it carried with the same
-//! error; ingest is safe to retry (message ids deduplicate). `ingest_requests_per_node = 0` turns this
-//! off. [`Client::ingest_requests_sent`] counts the requests.
+//! Concurrent calls to one node share requests, as a Redis client's pipelined connection shares its
+//! writes (the mechanism and its guarantees are in `coalesce.rs`):
+//! - [`Client::ingest`] puts each call's events for a node (up to [`INGEST_EVENTS_PER_REQUEST`]) into
+//!   that node's ingest queue as one entry;
+//! - [`Client::put`], [`Client::put_with`], [`Client::increment`], [`Client::set_flag`] and
+//!   [`Client::erase`] put their write into the write queue of the first node of the key's write plan.
+//!
+//! At most `coalesce_requests_per_node` (default 1) requests per queue are in flight to a node. A
+//! waiting call that gets one of those slots takes every entry queued (oldest first; up to
+//! [`INGEST_EVENTS_PER_REQUEST`] events, or [`WRITES_PER_REQUEST`] writes and
+//! [`WRITE_BYTES_PER_REQUEST`] bytes; never splitting an entry) into one request, `Ingest` or
+//! `Writes`, and each call gets its own answer back. An idle client therefore sends each call at once
+//! and alone. A shared request goes along the plan of its first entry's key, with that call's rules
+//! (a write moves on only if it was certainly not sent); the node forwards events to their owners and
+//! coordinates every write as if it had come alone, so a refused write is refused alone. A request that
+//! fails fails every call it carried with the same error. `coalesce_requests_per_node = 0` turns
+//! coalescing off (nodes older than `Request::Writes` need that). [`Client::ingest_requests_sent`]
+//! counts the ingest requests.
 //!
 //! # Closing
 //!
@@ -150,10 +159,11 @@ use std::time::{Duration, Instant};
 
 use featurestore::cluster::detector::Liveness;
 use featurestore::wire::client::{
-    ClusterView, CounterDelta, ErrorReply, GaugeWrite, NodeStatus, PutAck,
+    ClusterView, CounterDelta, ErrorReply, GaugeWrite, NodeStatus, PutAck, WriteOp, WriteReply,
 };
 use featurestore::wire::codec::{self, FRAME_HEADER_BYTES};
 use featurestore::wire::dead_letter::{DeadLetter, DeadLetterPage, Purged, ReplayOutcome};
+use featurestore::wire::event::{EventOutcome, WireEvent};
 use featurestore::{
     CausalContext, ErrorCode, FlagView, Marker, NodeId, Profile, ProfileView, Request, Response,
     Value,
@@ -162,7 +172,7 @@ use quinn::Connection;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::coalesce::{self, NodeQueue, Pending};
+use crate::coalesce::{self, NodeQueue, Pending, PendingEvents, PendingWrite};
 use crate::config::{ClientConfig, SEED_STAGGER};
 use crate::error::{ConnectAttempt, Error, Result};
 use crate::routing::{self, silent, LatencyWindow, Merged, Traffic, View};
@@ -223,8 +233,10 @@ struct Inner {
     latency: [StdMutex<LatencyWindow>; 2],
     /// The node that answered the last node-independent request (status, cluster, raw frames).
     home: StdMutex<NodeId>,
-    /// The ingest coalescing queue of each node ingested to (see "Ingest coalescing" in the module docs).
-    ingest_queues: StdMutex<HashMap<NodeId, Arc<NodeQueue>>>,
+    /// The ingest coalescing queue of each node ingested to (see "Coalescing" in the module docs).
+    ingest_queues: Queues<Vec<WireEvent>, Vec<EventOutcome>>,
+    /// The write coalescing queue of each node written to.
+    write_queues: Queues<WriteOp, WriteReply>,
     /// `Ingest` requests sent (each attempt's frame counts once per call of the routing).
     ingest_requests: AtomicU64,
 }
@@ -414,6 +426,58 @@ fn final_error(last: Option<Error>, connect_failures: Vec<ConnectAttempt>) -> Er
     }
 }
 
+/// Most writes one coalesced `Writes` request carries (a node takes up to its `max_batch`, default 1000).
+pub const WRITES_PER_REQUEST: usize = 256;
+
+/// Most encoded bytes of writes one coalesced `Writes` request carries (a node's frame limit is 4 MiB by
+/// default); a single larger write still goes, alone.
+pub const WRITE_BYTES_PER_REQUEST: usize = 1 << 20;
+
+/// The coalescing queue of each node, of one kind of call.
+type Queues<T, R> = StdMutex<HashMap<NodeId, Arc<NodeQueue<T, R>>>>;
+
+/// Sends one taken batch of a coalescing queue and answers every entry of it.
+type SendBatch<T, R> = fn(Client, Vec<Pending<T, R>>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A queue map's queue of `node`, created (with `permits`) on first use.
+fn queue_of<T, R>(queues: &Queues<T, R>, node: &NodeId, permits: usize) -> Arc<NodeQueue<T, R>> {
+    let mut queues = lock(queues);
+    if let Some(queue) = queues.get(node) {
+        return queue.clone();
+    }
+    let queue = Arc::new(NodeQueue::new(permits));
+    queues.insert(node.clone(), queue.clone());
+    queue
+}
+
+/// [`SendBatch`] of the ingest queues: one `Ingest` request.
+fn send_events(
+    client: Client,
+    batch: Vec<PendingEvents>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let Some((key, events, waiters)) = coalesce::into_request(batch) else {
+            return;
+        };
+        let result = client.ingest_request(&key, events).await;
+        coalesce::answer(waiters, result);
+    })
+}
+
+/// [`SendBatch`] of the write queues: one `Writes` request.
+fn send_writes(
+    client: Client,
+    batch: Vec<PendingWrite>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let Some((key, writes, waiters)) = coalesce::into_writes(batch) else {
+            return;
+        };
+        let result = client.writes_request(&key, writes).await;
+        coalesce::answer_writes(waiters, result);
+    })
+}
+
 /// Whether the keys of a failed `GetMany` group are worth reading one by one on other replicas.
 fn group_falls_back(error: &Error) -> bool {
     matches!(
@@ -502,6 +566,7 @@ impl Client {
                 ],
                 home: StdMutex::new(first),
                 ingest_queues: StdMutex::new(HashMap::new()),
+                write_queues: StdMutex::new(HashMap::new()),
                 ingest_requests: AtomicU64::new(0),
             }),
         };
@@ -1252,7 +1317,8 @@ impl Client {
     ///
     /// - `Get` and `LocalState` to the replicas of the key (read rules); `GetMany` as
     ///   [`Client::get_many`] does;
-    /// - `Put`, `Increment`, `SetFlag` and `Erase` to the replicas of the key (write rules);
+    /// - `Put`, `Increment`, `SetFlag` and `Erase` to the replicas of the key (write rules, sent alone:
+    ///   not coalesced); `Writes` along its first write's key (write rules);
     /// - `Status`, `Cluster` and `Digests` to the [connected node](Client::connected_node) (read rules:
     ///   another node if it fails); `Leave` there too (write rules: the node that leaves is the one that
     ///   answers, so prefer [`Client::leave`]).
@@ -1296,6 +1362,13 @@ impl Client {
             Request::Increment { key, .. } | Request::SetFlag { key, .. } => {
                 self.routed(key, &frame, Policy::WRITE, deadline).await
             }
+            Request::Writes { writes } => match writes.first() {
+                Some(first) => {
+                    self.routed(first.key(), &frame, Policy::WRITE, deadline)
+                        .await
+                }
+                None => self.at_home(&frame, Policy::WRITE).await,
+            },
             Request::Leave => self.at_home(&frame, Policy::WRITE).await,
             _ => self.at_home(&frame, Policy::READ).await,
         }
@@ -1531,11 +1604,7 @@ impl Client {
             timestamp_ms,
             quorum: self.write_quorum,
         };
-        let frame = codec::encode_request(&request)?;
-        match self
-            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
-            .await?
-        {
+        match self.write(request).await? {
             Response::Put(ack) => Ok(ack),
             other => Err(unexpected("Put", &other)),
         }
@@ -1566,11 +1635,7 @@ impl Client {
                 .collect(),
             quorum: self.write_quorum,
         };
-        let frame = codec::encode_request(&request)?;
-        match self
-            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
-            .await?
-        {
+        match self.write(request).await? {
             Response::Incremented(values) if values.len() == deltas.len() => Ok(values),
             Response::Incremented(values) => Err(Error::UnexpectedResponse {
                 expected: "one value per delta",
@@ -1589,7 +1654,7 @@ impl Client {
     /// groups go at once. A group of up to [`INGEST_EVENTS_PER_REQUEST`] events is one entry of that
     /// node's coalescing queue: concurrent calls share requests (see "Ingest coalescing" in the
     /// [module docs](crate::client)), and an idle client sends it at once. A larger group, or every group
-    /// when `ingest_requests_per_node` is 0, goes in its own requests of up to
+    /// when `coalesce_requests_per_node` is 0, goes in its own requests of up to
     /// [`INGEST_EVENTS_PER_REQUEST`] events, in order. So a batch of many users costs about one request
     /// per node, not one per user, and a user's events keep their order. A request the chosen node
     /// cannot take falls back along its first user's plan; the node that takes it forwards each event
@@ -1608,7 +1673,7 @@ impl Client {
         let keys: Vec<&str> = events.iter().map(|e| e.key()).collect();
         let groups =
             routing::group_keys(&view.ring, view.replication_factor, &keys, self.down_now());
-        let coalescing = self.inner.config.ingest_requests_per_node > 0;
+        let coalescing = self.inner.config.coalesce_requests_per_node > 0;
         let queued = |indices: &[usize]| coalescing && indices.len() <= INGEST_EVENTS_PER_REQUEST;
         if let [(node, indices)] = groups.as_slice() {
             if queued(indices) {
@@ -1701,33 +1766,132 @@ impl Client {
         }
     }
 
-    /// `node`'s coalescing queue, created on first use.
-    fn ingest_queue(&self, node: &NodeId) -> Arc<NodeQueue> {
-        let mut queues = lock(&self.inner.ingest_queues);
-        if let Some(queue) = queues.get(node) {
-            return queue.clone();
+    /// One `Writes` request of `writes` along `key`'s write plan: exactly one reply per write.
+    async fn writes_request(&self, key: &str, writes: Vec<WriteOp>) -> Result<Vec<WriteReply>> {
+        let count = writes.len();
+        let frame = codec::encode_request(&Request::Writes { writes })?;
+        let response = self
+            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
+            .await?;
+        match response {
+            Response::Written(got) if got.len() == count => Ok(got),
+            Response::Written(got) => Err(Error::UnexpectedResponse {
+                expected: "one reply per write",
+                got: format!("{} replies for {count} writes", got.len()),
+            }),
+            other => Err(unexpected("Written", &other)),
         }
-        let queue = Arc::new(NodeQueue::new(
-            self.inner.config.ingest_requests_per_node as usize,
-        ));
-        queues.insert(node.clone(), queue.clone());
-        queue
     }
 
-    /// Sends `events` (one group of one call, routed by `key`) through `node`'s coalescing queue: queued,
-    /// then, whenever this call holds one of the queue's permits, every entry waiting goes in one request
-    /// (this call's among them, or others' if its own was taken already). Returns this entry's outcomes.
+    /// Sends a single write (`Put`, `Increment`, `SetFlag`, `Erase`) along its key's write plan:
+    /// through the coalescing queue of the plan's first node (see "Coalescing" in the
+    /// [module docs](crate::client)), or alone when coalescing is off. An error reply is
+    /// [`Error::Server`] (or [`Error::Forbidden`]), so an `Ok` answer is never `Response::Error`.
+    async fn write(&self, request: Request) -> Result<Response> {
+        let Some(key) = request.key().map(str::to_owned) else {
+            return Err(Error::UnexpectedResponse {
+                expected: "a single-key write",
+                got: request.kind().to_owned(),
+            });
+        };
+        if self.inner.config.coalesce_requests_per_node == 0 {
+            let frame = codec::encode_request(&request)?;
+            return self
+                .routed(&key, &frame, Policy::WRITE, Deadline::after(self.deadline))
+                .await;
+        }
+        let op = WriteOp::try_from(request).map_err(|other| Error::UnexpectedResponse {
+            expected: "a single-key write",
+            got: other.kind().to_owned(),
+        })?;
+        let weight = codec::encoded_len(&op)?;
+        self.maybe_refresh(false);
+        let view = self.view();
+        let Some(node) = routing::plan(
+            &view.ring,
+            view.replication_factor,
+            key.as_bytes(),
+            true,
+            self.down_now(),
+        )
+        .into_iter()
+        .next() else {
+            return Err(Error::Transport("no node to send the write to".into()));
+        };
+        let queue = queue_of(&self.inner.write_queues, &node, self.coalesce_permits());
+        let reply = self
+            .coalesced(
+                queue,
+                key,
+                op,
+                weight,
+                WRITES_PER_REQUEST,
+                WRITE_BYTES_PER_REQUEST,
+                send_writes,
+            )
+            .await?;
+        match Response::from(reply) {
+            Response::Error(ErrorReply {
+                code: ErrorCode::Forbidden,
+                message,
+            }) => Err(Error::Forbidden { message }),
+            Response::Error(ErrorReply { code, message }) => Err(Error::Server { code, message }),
+            response => Ok(response),
+        }
+    }
+
+    /// Requests in flight per node and queue while coalescing.
+    fn coalesce_permits(&self) -> usize {
+        self.inner.config.coalesce_requests_per_node as usize
+    }
+
+    /// Sends `events` (one group of one call, routed by `key`) through `node`'s ingest queue; returns
+    /// this entry's outcomes.
     async fn ingest_queued(
         &self,
         node: NodeId,
         key: String,
         events: Vec<featurestore::wire::event::WireEvent>,
     ) -> Result<Vec<featurestore::wire::event::EventOutcome>> {
-        let queue = self.ingest_queue(&node);
+        let queue = queue_of(&self.inner.ingest_queues, &node, self.coalesce_permits());
+        let weight = events.len();
+        self.coalesced(
+            queue,
+            key,
+            events,
+            weight,
+            usize::MAX,
+            INGEST_EVENTS_PER_REQUEST,
+            send_events,
+        )
+        .await
+    }
+
+    /// Queues one entry in `queue`, then, whenever this call holds one of the queue's permits, sends
+    /// every entry waiting (at most `max_entries`, weighing at most `max_weight`) as one request with
+    /// `send`, in a task that keeps the permit until the request is answered: this call's entry among
+    /// them, or others' if its own was taken already. Returns this entry's answer. The call's deadline
+    /// covers the wait.
+    #[allow(clippy::too_many_arguments)]
+    async fn coalesced<T: Send + 'static, R: Send + 'static>(
+        &self,
+        queue: Arc<NodeQueue<T, R>>,
+        key: String,
+        items: T,
+        weight: usize,
+        max_entries: usize,
+        max_weight: usize,
+        send: SendBatch<T, R>,
+    ) -> Result<R> {
         let (reply, mut answer) = tokio::sync::oneshot::channel();
-        queue.push(Pending { key, events, reply });
+        queue.push(Pending {
+            key,
+            items,
+            weight,
+            reply,
+        });
         let ended = || {
-            Error::Transport("the request that carried these events ended without an answer".into())
+            Error::Transport("the request that carried this call ended without an answer".into())
         };
         let wait = async {
             loop {
@@ -1738,18 +1902,16 @@ impl Client {
                         let Ok(permit) = permit else {
                             return Err(Error::Closed);
                         };
-                        let Some((key, events, waiters)) =
-                            coalesce::into_request(queue.take(INGEST_EVENTS_PER_REQUEST))
-                        else {
+                        let batch = queue.take(max_entries, max_weight);
+                        if batch.is_empty() {
                             // Nothing waits: this call's entry is in a request already.
                             drop(permit);
                             return (&mut answer).await.unwrap_or_else(|_| Err(ended()));
-                        };
+                        }
                         let client = self.clone();
                         tokio::spawn(async move {
-                            let result = client.ingest_request(&key, events).await;
+                            send(client, batch).await;
                             drop(permit);
-                            coalesce::answer(waiters, result);
                         });
                     }
                 }
@@ -1802,11 +1964,7 @@ impl Client {
             ttl_ms,
             quorum: self.write_quorum,
         };
-        let frame = codec::encode_request(&request)?;
-        match self
-            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
-            .await?
-        {
+        match self.write(request).await? {
             Response::Flag(flag) => Ok(flag),
             other => Err(unexpected("Flag", &other)),
         }
@@ -1827,11 +1985,7 @@ impl Client {
             key: key.to_owned(),
             quorum: self.write_quorum,
         };
-        let frame = codec::encode_request(&request)?;
-        match self
-            .routed(key, &frame, Policy::WRITE, Deadline::after(self.deadline))
-            .await?
-        {
+        match self.write(request).await? {
             Response::Erased { watermark } => Ok(watermark),
             other => Err(unexpected("Erased", &other)),
         }

@@ -1,58 +1,71 @@
-//! Coalescing of concurrent ingest calls into shared requests, one queue per node.
+//! Coalescing of concurrent calls into shared requests: one queue per node for ingest, one for writes.
 //!
-//! Many tasks that each call [`Client::ingest`](crate::Client::ingest) with one event (what a service
-//! does that forwards its users' events as they happen) would otherwise send one request, one QUIC
-//! stream and one answer per event. Instead, each call's events for a node become one [`Pending`] entry
-//! in that node's [`NodeQueue`], and a call that holds one of the queue's permits (at most
-//! `ingest_requests_per_node` requests in flight to the node) takes every entry waiting, up to
-//! [`INGEST_EVENTS_PER_REQUEST`](crate::INGEST_EVENTS_PER_REQUEST) events, and sends them as one
-//! request. So an idle client sends each event at once, alone (no added delay, no timer), and a busy
-//! one sends as many events per request as arrived while the previous requests were in flight.
+//! Many tasks that each call [`Client::ingest`](crate::Client::ingest) with one event, or
+//! [`Client::put`](crate::Client::put) with one key (what a service does that forwards its users'
+//! events or features as they happen), would otherwise send one request, one QUIC stream and one
+//! answer each. Instead, each call becomes one [`Pending`] entry in the queue of the node its request
+//! would go to first ([`NodeQueue`]), and a call that holds one of the queue's permits (at most
+//! `coalesce_requests_per_node` requests in flight to the node) takes every entry waiting, up to the
+//! request's limits, and sends them as one request (`Ingest` with every entry's events, or
+//! [`Request::Writes`](featurestore::Request::Writes)). So an idle client sends each call at once,
+//! alone (no added delay, no timer), and a busy one sends as many calls per request as arrived while
+//! the previous requests were in flight.
 //!
 //! Guarantees:
-//! - An entry is never split: one call's events for a node go in one request, in their order, so the
-//!   node applies one user's events of one call in order, as without coalescing.
+//! - An entry is never split: one ingest call's events for a node go in one request, in their order,
+//!   so the node applies one user's events of one call in order, as without coalescing.
 //! - Entries leave the queue in the order they arrived (a taker takes a prefix).
-//! - Every entry taken gets exactly one answer: its own outcomes, or a copy of the error of the request
-//!   that carried it ([`copy_error`]). An entry whose caller has gone (its future dropped) before it was
-//!   taken is skipped, never sent.
+//! - Every entry taken gets exactly one answer: its own outcomes or reply, or a copy of the error of
+//!   the request that carried it ([`copy_error`]). An entry whose caller has gone (its future dropped)
+//!   before it was taken is skipped, never sent.
 //! - The queue does not grow without bound: it holds only entries whose callers are waiting, and every
 //!   waiting caller takes entries whenever it holds a permit.
 //!
-//! Caveat: coalesced events share a request's fate. If the node it went to fails, every call whose
-//! events it carried gets the same error, and, as for any ingest, may send its events again (they are
-//! deduplicated by message id).
+//! Caveat: coalesced calls share a request's fate. If the node it went to fails, every call it carried
+//! gets the same error. An ingest call may send its events again (they are deduplicated by message id);
+//! a write that fails once sent may or may not have been applied, exactly as when it goes alone.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex as StdMutex};
 
+use featurestore::wire::client::{WriteOp, WriteReply};
 use featurestore::wire::event::{EventOutcome, WireEvent};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::error::{Error, Result};
 use crate::transport::lock;
 
-/// One call's events for one node, waiting to be sent.
-pub(crate) struct Pending {
-    /// The key of the entry's first event: the request is routed along the plan of the first entry's
-    /// first key (a node that is not the owner of an event forwards it).
+/// One call's items for one node, waiting to be sent: for ingest the call's events (`T =
+/// Vec<WireEvent>`, answered with their outcomes), for writes one write (`T = WriteOp`, answered with its
+/// reply).
+pub(crate) struct Pending<T, R> {
+    /// The key of the entry's first item: the request is routed along the plan of the first entry's
+    /// key (a node that does not own an event forwards it; a node coordinates any key's write).
     pub key: String,
-    /// The events, in the call's order.
-    pub events: Vec<WireEvent>,
-    /// Where the outcomes of exactly these events go.
-    pub reply: oneshot::Sender<Result<Vec<EventOutcome>>>,
+    /// The items, in the call's order.
+    pub items: T,
+    /// What the entry counts toward a request's limit (events, or encoded bytes).
+    pub weight: usize,
+    /// Where the answer for exactly these items goes.
+    pub reply: oneshot::Sender<Result<R>>,
 }
 
+/// An ingest entry: one call's events for one node.
+pub(crate) type PendingEvents = Pending<Vec<WireEvent>, Vec<EventOutcome>>;
+
+/// A write entry: one write.
+pub(crate) type PendingWrite = Pending<WriteOp, WriteReply>;
+
 /// The queue of one node: the entries waiting and the permits for requests in flight.
-pub(crate) struct NodeQueue {
-    waiting: StdMutex<VecDeque<Pending>>,
+pub(crate) struct NodeQueue<T, R> {
+    waiting: StdMutex<VecDeque<Pending<T, R>>>,
     /// One per request in flight to the node.
     pub permits: Arc<Semaphore>,
 }
 
-impl NodeQueue {
+impl<T, R> NodeQueue<T, R> {
     /// An empty queue allowing `in_flight` requests at once.
-    pub fn new(in_flight: usize) -> NodeQueue {
+    pub fn new(in_flight: usize) -> NodeQueue<T, R> {
         NodeQueue {
             waiting: StdMutex::new(VecDeque::new()),
             permits: Arc::new(Semaphore::new(in_flight.max(1))),
@@ -60,26 +73,28 @@ impl NodeQueue {
     }
 
     /// Appends an entry.
-    pub fn push(&self, pending: Pending) {
+    pub fn push(&self, pending: Pending<T, R>) {
         lock(&self.waiting).push_back(pending);
     }
 
-    /// Takes the longest prefix of the waiting entries whose callers still wait, holding at most
-    /// `max_events` events together (and always at least one entry, if any waits). Entries whose caller
-    /// has gone are dropped on the way.
-    pub fn take(&self, max_events: usize) -> Vec<Pending> {
+    /// Takes the longest prefix of the waiting entries whose callers still wait, at most `max_entries`
+    /// of them weighing at most `max_weight` together (and always at least one entry, if any waits).
+    /// Entries whose caller has gone are dropped on the way.
+    pub fn take(&self, max_entries: usize, max_weight: usize) -> Vec<Pending<T, R>> {
         let mut waiting = lock(&self.waiting);
-        let mut taken: Vec<Pending> = Vec::new();
-        let mut events = 0;
+        let mut taken: Vec<Pending<T, R>> = Vec::new();
+        let mut weight = 0;
         while let Some(first) = waiting.front() {
             if first.reply.is_closed() {
                 waiting.pop_front();
                 continue;
             }
-            if !taken.is_empty() && events + first.events.len() > max_events {
+            if !taken.is_empty()
+                && (taken.len() >= max_entries || weight + first.weight > max_weight)
+            {
                 break;
             }
-            events += first.events.len();
+            weight += first.weight;
             if let Some(entry) = waiting.pop_front() {
                 taken.push(entry);
             }
@@ -94,27 +109,67 @@ impl NodeQueue {
     }
 }
 
-/// Where the outcomes of one taken entry go.
+/// Where the outcomes of one taken ingest entry go.
 pub(crate) struct Waiter {
     /// How many events of the request are the entry's.
     count: usize,
     reply: oneshot::Sender<Result<Vec<EventOutcome>>>,
 }
 
-/// A taken batch as one request: the key to route it by (the first entry's), every event in order, and
-/// the entries' waiters in the same order. `None` for an empty batch.
-pub(crate) fn into_request(batch: Vec<Pending>) -> Option<(String, Vec<WireEvent>, Vec<Waiter>)> {
+/// A taken ingest batch as one request: the key to route it by (the first entry's), every event in
+/// order, and the entries' waiters in the same order. `None` for an empty batch.
+pub(crate) fn into_request(
+    batch: Vec<PendingEvents>,
+) -> Option<(String, Vec<WireEvent>, Vec<Waiter>)> {
     let key = batch.first()?.key.clone();
-    let mut events = Vec::with_capacity(batch.iter().map(|p| p.events.len()).sum());
+    let mut events = Vec::with_capacity(batch.iter().map(|p| p.items.len()).sum());
     let mut waiters = Vec::with_capacity(batch.len());
     for pending in batch {
         waiters.push(Waiter {
-            count: pending.events.len(),
+            count: pending.items.len(),
             reply: pending.reply,
         });
-        events.extend(pending.events);
+        events.extend(pending.items);
     }
     Some((key, events, waiters))
+}
+
+/// The reply channel of one taken write.
+pub(crate) type WriteWaiter = oneshot::Sender<Result<WriteReply>>;
+
+/// A taken write batch as one request: the key to route it by (the first write's), the writes in order,
+/// and their waiters in the same order. `None` for an empty batch.
+pub(crate) fn into_writes(
+    batch: Vec<PendingWrite>,
+) -> Option<(String, Vec<WriteOp>, Vec<WriteWaiter>)> {
+    let key = batch.first()?.key.clone();
+    let (writes, waiters) = batch.into_iter().map(|p| (p.items, p.reply)).unzip();
+    Some((key, writes, waiters))
+}
+
+/// Hands each write's waiter its own reply from `result` (the replies of the request that carried the
+/// batch, in order), or a copy of the request's error. A result with the wrong number of replies is an
+/// [`Error::UnexpectedResponse`] for every waiter.
+pub(crate) fn answer_writes(waiters: Vec<WriteWaiter>, result: Result<Vec<WriteReply>>) {
+    let result = match result {
+        Ok(replies) if replies.len() != waiters.len() => Err(Error::UnexpectedResponse {
+            expected: "one reply per write",
+            got: format!("{} replies for {} writes", replies.len(), waiters.len()),
+        }),
+        other => other,
+    };
+    match result {
+        Ok(replies) => {
+            for (waiter, reply) in waiters.into_iter().zip(replies) {
+                let _ = waiter.send(Ok(reply));
+            }
+        }
+        Err(error) => {
+            for waiter in waiters {
+                let _ = waiter.send(Err(copy_error(&error)));
+            }
+        }
+    }
 }
 
 /// Hands each waiter its own slice of `result` (the outcomes of the request that carried the batch's
@@ -192,13 +247,14 @@ mod tests {
         WireEvent::from(&event)
     }
 
-    fn entry(n: usize) -> (Pending, oneshot::Receiver<Result<Vec<EventOutcome>>>) {
+    fn entry(n: usize) -> (PendingEvents, oneshot::Receiver<Result<Vec<EventOutcome>>>) {
         let (reply, rx) = oneshot::channel();
-        let events = (0..n).map(|i| event(&format!("m{i}"))).collect();
+        let items = (0..n).map(|i| event(&format!("m{i}"))).collect();
         (
             Pending {
                 key: "u".into(),
-                events,
+                items,
+                weight: n,
                 reply,
             },
             rx,
@@ -214,20 +270,76 @@ mod tests {
             q.push(p);
             rxs.push(rx);
         }
-        let first = q.take(8);
+        let first = q.take(usize::MAX, 8);
         assert_eq!(
-            first.iter().map(|p| p.events.len()).collect::<Vec<_>>(),
+            first.iter().map(|p| p.items.len()).collect::<Vec<_>>(),
             [3, 4]
         );
         // An entry larger than the limit still goes, alone.
-        let second = q.take(2);
+        let second = q.take(usize::MAX, 2);
         assert_eq!(
-            second.iter().map(|p| p.events.len()).collect::<Vec<_>>(),
+            second.iter().map(|p| p.items.len()).collect::<Vec<_>>(),
             [5]
         );
-        assert_eq!(q.take(100).len(), 1);
-        assert!(q.take(100).is_empty());
+        assert_eq!(q.take(usize::MAX, 100).len(), 1);
+        assert!(q.take(usize::MAX, 100).is_empty());
         assert!(into_request(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn take_stops_at_the_entry_limit() {
+        let q = NodeQueue::new(1);
+        let mut rxs = Vec::new();
+        for _ in 0..5 {
+            let (p, rx) = entry(1);
+            q.push(p);
+            rxs.push(rx);
+        }
+        assert_eq!(q.take(2, usize::MAX).len(), 2);
+        assert_eq!(q.take(2, usize::MAX).len(), 2);
+        assert_eq!(q.take(2, usize::MAX).len(), 1);
+    }
+
+    #[test]
+    fn each_write_gets_its_own_reply_or_the_shared_error() {
+        let write = |key: &str| {
+            let (reply, rx) = oneshot::channel();
+            let pending = Pending {
+                key: key.into(),
+                items: WriteOp::Erase {
+                    key: key.into(),
+                    quorum: 1,
+                },
+                weight: 1,
+                reply,
+            };
+            (pending, rx)
+        };
+        let (a, rx_a) = write("a");
+        let (b, rx_b) = write("b");
+        let (key, writes, waiters) = into_writes(vec![a, b]).unwrap();
+        assert_eq!(key, "a");
+        assert_eq!(
+            writes.iter().map(WriteOp::key).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let refused = WriteReply::Error(featurestore::ErrorReply {
+            code: ErrorCode::LimitExceeded,
+            message: "b".into(),
+        });
+        let ok = WriteReply::Incremented(vec![1]);
+        answer_writes(waiters, Ok(vec![ok.clone(), refused.clone()]));
+        assert_eq!(rx_a.blocking_recv().unwrap().unwrap(), ok);
+        assert_eq!(rx_b.blocking_recv().unwrap().unwrap(), refused);
+
+        let (a, rx_a) = write("a");
+        let (b, rx_b) = write("b");
+        answer_writes(into_writes(vec![a, b]).unwrap().2, Ok(vec![ok]));
+        for rx in [rx_a, rx_b] {
+            let err = rx.blocking_recv().unwrap().unwrap_err();
+            assert!(matches!(err, Error::UnexpectedResponse { .. }), "{err}");
+        }
+        assert!(into_writes(Vec::new()).is_none());
     }
 
     #[test]
@@ -238,9 +350,9 @@ mod tests {
         q.push(gone);
         let (kept, _rx) = entry(2);
         q.push(kept);
-        let taken = q.take(100);
+        let taken = q.take(usize::MAX, 100);
         assert_eq!(taken.len(), 1);
-        assert_eq!(taken[0].events.len(), 2);
+        assert_eq!(taken[0].items.len(), 2);
         assert_eq!(q.len(), 0);
     }
 

@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 use featurestore::cluster::detector::Liveness;
 use featurestore::cluster::membership::{MemberState, MembershipTable};
 use featurestore::cluster::ring::Ring;
-use featurestore::wire::client::{ClusterView, ErrorReply, MemberStatus, NodeStatus, PutAck};
+use featurestore::wire::client::{
+    ClusterView, ErrorReply, MemberStatus, NodeStatus, PutAck, WriteReply,
+};
 use featurestore::wire::codec;
 use featurestore::{
     ErrorCode, FeatureView, FlagView, Marker, NodeId, Profile, ProfileView, Request, Response,
@@ -83,6 +85,8 @@ struct State {
     connections: AtomicUsize,
     increments: AtomicUsize,
     gets: AtomicUsize,
+    /// `Writes` requests (coalesced writes) received.
+    batches: AtomicUsize,
     /// Set once a `drop-conn` read has closed a connection.
     dropped_read: AtomicBool,
     /// Answer `GetMany` with `Unavailable`.
@@ -243,6 +247,7 @@ fn start_node(pki: &Pki, name: &str, shared: &Arc<Shared>) -> Fake {
         connections: AtomicUsize::new(0),
         increments: AtomicUsize::new(0),
         gets: AtomicUsize::new(0),
+        batches: AtomicUsize::new(0),
         dropped_read: AtomicBool::new(false),
         refuse_batches: AtomicBool::new(false),
         log: Mutex::new(Vec::new()),
@@ -339,6 +344,40 @@ async fn handle(
     };
     let decoded = codec::split_frame(&bytes, 1 << 20).and_then(codec::decode_request);
     let reply = match decoded {
+        // A coalesced batch: each write answered as if it had come alone (logged alone too).
+        Ok(Request::Writes { writes }) => {
+            state.batches.fetch_add(1, Ordering::SeqCst);
+            let mut replies = Vec::with_capacity(writes.len());
+            for op in writes {
+                match respond(&conn, &mut send, &state, Ok(Request::from(op))).await {
+                    Some(reply) => replies.push(WriteReply::from(reply)),
+                    None => return,
+                }
+            }
+            Response::Written(replies)
+        }
+        decoded => match respond(&conn, &mut send, &state, decoded).await {
+            Some(reply) => reply,
+            None => return,
+        },
+    };
+    let frame = codec::encode_response(&reply).unwrap();
+    let _ = send.write_all(&frame).await;
+    let _ = send.finish();
+    // Keep the stream until the client has read everything.
+    let _ = send.stopped().await;
+}
+
+/// The fake node's answer to one request; `None` if it answered otherwise (closed the connection,
+/// wrote raw bytes) or never answers.
+async fn respond(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    state: &Arc<State>,
+    decoded: Result<Request, featurestore::Error>,
+) -> Option<Response> {
+    let state = state.clone();
+    let reply = match decoded {
         Err(e) => refused(ErrorCode::from(&e), &e.to_string()),
         Ok(Request::Get { key, quorum, .. }) => {
             state.gets.fetch_add(1, Ordering::SeqCst);
@@ -348,16 +387,16 @@ async fn handle(
                 .is_some_and(|rest| rest.starts_with(&format!("{}-", state.id)));
             if slow_here {
                 tokio::time::sleep(Duration::from_secs(30)).await;
-                return;
+                return None;
             }
             match key.as_str() {
                 "drop-conn" if !state.dropped_read.swap(true, Ordering::SeqCst) => {
                     conn.close(7u32.into(), b"restarting");
-                    return;
+                    return None;
                 }
                 "hang" => {
                     tokio::time::sleep(Duration::from_secs(30)).await;
-                    return;
+                    return None;
                 }
                 "huge" => {
                     let _ = send
@@ -370,12 +409,12 @@ async fn handle(
                         ])
                         .await;
                     let _ = send.finish();
-                    return;
+                    return None;
                 }
                 "wrong-variant" => Response::Incremented(vec![]),
                 "no-answer" => {
                     let _ = send.finish();
-                    return;
+                    return None;
                 }
                 k if k.starts_with("unavail") => refused(ErrorCode::Unavailable, "no quorum"),
                 k => Response::Profile(read(&state, k)),
@@ -385,7 +424,7 @@ async fn handle(
             log(&state, "get_many", keys.clone(), quorum);
             if keys.iter().any(|k| k == "hang") {
                 tokio::time::sleep(Duration::from_secs(30)).await;
-                return;
+                return None;
             }
             if state.refuse_batches.load(Ordering::SeqCst) {
                 refused(ErrorCode::Unavailable, "batches refused")
@@ -423,7 +462,7 @@ async fn handle(
             log(&state, "increment", vec![key.clone()], quorum);
             if key == "drop-conn" {
                 conn.close(7u32.into(), b"restarting");
-                return;
+                return None;
             }
             wrote(&state, &key);
             Response::Incremented(deltas.iter().map(|d| d.delta).collect())
@@ -544,12 +583,9 @@ async fn handle(
             ErrorCode::Unavailable,
             "the fake node evaluates no segments",
         ),
+        Ok(Request::Writes { .. }) => refused(ErrorCode::MalformedFrame, "nested writes"),
     };
-    let frame = codec::encode_response(&reply).unwrap();
-    let _ = send.write_all(&frame).await;
-    let _ = send.finish();
-    // Keep the stream until the client has read everything.
-    let _ = send.stopped().await;
+    Some(reply)
 }
 
 /// The ring the fake cluster describes, built independently of the client.
@@ -735,6 +771,81 @@ async fn concurrent_requests_share_one_connection() {
     assert_eq!(state.gets.load(Ordering::SeqCst), 64);
     assert_eq!(state.connections.load(Ordering::SeqCst), 1);
     client.close().await;
+}
+
+/// Many tasks writing at once share `Writes` requests (the client's coalescing), and each write gets
+/// its own answer: a refused one (`refuse`) fails alone, its neighbours in the same request succeed.
+/// With coalescing off, every write is its own request.
+#[tokio::test]
+async fn concurrent_writes_share_requests_and_get_their_own_answers() {
+    let pki = pki();
+    let nodes = start_cluster(&pki, 1, 3);
+    let state = &nodes[0].state;
+    let client = Client::connect(client_config(&pki, vec![nodes[0].seed()]))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let key = if i % 50 == 7 {
+                    "refuse".to_owned()
+                } else {
+                    format!("user-{i}")
+                };
+                let result = match i % 3 {
+                    0 => client
+                        .put(&key, &[("a", Value::I64(i)), ("b", Value::I64(0))])
+                        .await
+                        .map(|ack| format!("put {:?}", ack.superseded)),
+                    1 => client
+                        .increment(&key, &[("c", i)])
+                        .await
+                        .map(|values| format!("incr {values:?}")),
+                    _ => client.erase(&key).await.map(|_| "erased".to_owned()),
+                };
+                (i, key, result)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (i, key, result) = task.await.unwrap();
+        if key == "refuse" && i % 3 == 0 {
+            let err = result.unwrap_err();
+            assert_eq!(err.server_code(), Some(ErrorCode::LimitExceeded), "{err}");
+            continue;
+        }
+        let want = match i % 3 {
+            0 => r#"put ["b"]"#.to_owned(),
+            1 => format!("incr [{i}]"),
+            _ => "erased".to_owned(),
+        };
+        assert_eq!(result.unwrap(), want, "write {i}");
+    }
+    let written: usize = ["put", "increment", "erase"]
+        .iter()
+        .map(|op| state.seen(op).len())
+        .sum();
+    assert_eq!(written, 200, "every write reached the node once");
+    let batches = state.batches.load(Ordering::SeqCst);
+    assert!(
+        (1..=100).contains(&batches),
+        "{batches} requests for 200 concurrent writes"
+    );
+    client.close().await;
+
+    let plain = Client::connect(ClientConfig {
+        coalesce_requests_per_node: 0,
+        ..client_config(&pki, vec![nodes[0].seed()])
+    })
+    .await
+    .unwrap();
+    for i in 0..10 {
+        plain.increment("alone", &[("c", i)]).await.unwrap();
+    }
+    assert_eq!(state.batches.load(Ordering::SeqCst), batches);
+    assert_eq!(state.increments.load(Ordering::SeqCst), (200 / 3 + 1) + 10);
+    plain.close().await;
 }
 
 #[tokio::test]

@@ -308,7 +308,7 @@ async fn concurrent_single_event_calls_share_requests_and_get_their_own_outcomes
 
     // Coalescing off: one request per call.
     let config = store_client::ClientConfig {
-        ingest_requests_per_node: 0,
+        coalesce_requests_per_node: 0,
         ..store_client::ClientConfig::load(cluster.dir.path().join("client.toml")).unwrap()
     };
     let plain = store_client::Client::connect(config).await.unwrap();

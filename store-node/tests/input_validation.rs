@@ -88,3 +88,82 @@ async fn bad_keys_ttls_values_contexts_and_overflows_are_refused_typed_and_count
     assert_eq!(rejected().await - before, 10);
     client.close().await;
 }
+
+/// A `Writes` request (what a coalescing client sends) is answered write by write: a refused write is
+/// refused alone, with its own typed error, and counted; its neighbours are applied. A batch above
+/// `max_batch` is refused whole, and a `Writes` of the wrong shape changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writes_request_refuses_each_bad_write_alone() {
+    use featurestore::wire::client::{GaugeWrite as Gauge, WriteOp, WriteReply};
+    use featurestore::{Request, Response};
+
+    let node = common::TestNode::start("");
+    let client = node.client().await;
+    let n1 = NodeId::new("n1").unwrap();
+    let rejected = || async {
+        common::cluster::status_counter(&client, &n1, "requests_rejected")
+            .await
+            .unwrap()
+    };
+    let before = rejected().await;
+    let put = |key: &str, value: Value| WriteOp::Put {
+        key: key.into(),
+        gauges: vec![Gauge {
+            name: "a".into(),
+            value,
+            ttl_ms: None,
+        }],
+        timestamp_ms: None,
+        quorum: 1,
+    };
+    let writes = vec![
+        put("w1", Value::I64(1)),
+        put("bad\nkey", Value::I64(2)),
+        put("w2", Value::F64(f64::NAN)),
+        WriteOp::Increment {
+            key: "w3".into(),
+            deltas: vec![featurestore::wire::client::CounterDelta {
+                name: "c".into(),
+                delta: 5,
+            }],
+            quorum: 1,
+        },
+        WriteOp::Erase {
+            key: "w4".into(),
+            quorum: 1,
+        },
+    ];
+    let replies = match client.request(Request::Writes { writes }).await.unwrap() {
+        Response::Written(replies) => replies,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(replies.len(), 5);
+    assert!(matches!(replies[0], WriteReply::Put(_)), "{:?}", replies[0]);
+    for reply in &replies[1..3] {
+        match reply {
+            WriteReply::Error(e) => assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}"),
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+    assert_eq!(replies[3], WriteReply::Incremented(vec![5]));
+    assert!(
+        matches!(replies[4], WriteReply::Erased { .. }),
+        "{:?}",
+        replies[4]
+    );
+    assert_eq!(rejected().await - before, 2);
+    let view = client.get("w1", None).await.unwrap().unwrap();
+    assert_eq!(view.features.keys().collect::<Vec<_>>(), ["a"]);
+    assert!(client.get("w2", None).await.unwrap().is_none());
+
+    // More writes than `max_batch` (1000): refused whole, nothing applied.
+    let many: Vec<WriteOp> = (0..1001)
+        .map(|i| put(&format!("many-{i}"), Value::I64(i)))
+        .collect();
+    assert_eq!(
+        code(client.request(Request::Writes { writes: many }).await),
+        ErrorCode::LimitExceeded
+    );
+    assert!(client.get("many-0", None).await.unwrap().is_none());
+    client.close().await;
+}

@@ -158,10 +158,10 @@ struct IngestArgs {
     /// Events per user of the memory measure.
     #[arg(long, default_value_t = 20)]
     memory_events: usize,
-    /// The featurestore client's `ingest_requests_per_node`: ingest requests in flight per node while
+    /// The featurestore client's `coalesce_requests_per_node`: ingest requests in flight per node while
     /// concurrent calls are coalesced; 0 sends every call as its own request.
-    #[arg(long, default_value_t = store_client::config::DEFAULT_INGEST_REQUESTS_PER_NODE)]
-    ingest_requests_per_node: u32,
+    #[arg(long, default_value_t = store_client::config::DEFAULT_COALESCE_REQUESTS_PER_NODE)]
+    coalesce_requests_per_node: u32,
     /// Where ingest.json goes.
     #[arg(long, default_value = "benches/results")]
     results: PathBuf,
@@ -615,7 +615,7 @@ async fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
         durabilities: args.durability.clone(),
         memory_users: args.memory_users,
         memory_events: args.memory_events,
-        ingest_requests_per_node: args.ingest_requests_per_node,
+        coalesce_requests_per_node: args.coalesce_requests_per_node,
     };
     let report = ingest::run(&params, &env).await;
     let _ = std::fs::remove_dir_all(&work_dir);

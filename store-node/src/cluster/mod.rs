@@ -41,7 +41,9 @@ use featurestore::replication::{
     merge_answers, Effect, HintChange, QuorumRead, Replication, ReplicationConfig, SendWhen,
     WritePlan,
 };
-use featurestore::wire::client::{ClusterView, ErrorReply, MemberStatus, NodeStatus};
+use featurestore::wire::client::{
+    ClusterView, ErrorReply, MemberStatus, NodeStatus, WriteOp, WriteReply,
+};
 use featurestore::wire::codec::ReadFrame;
 use featurestore::wire::peer::PeerMessage;
 use featurestore::{ErrorCode, NodeId, Profile, Request, Response};
@@ -430,7 +432,34 @@ impl Cluster {
             | Request::Increment { .. }
             | Request::SetFlag { .. }
             | Request::Erase { .. } => self.write(&request).await,
+            Request::Writes { writes } => Response::Written(self.writes(writes).await),
         }
+    }
+
+    /// The writes of one [`Request::Writes`]: each validated and coordinated as if it had come alone
+    /// ([`Cluster::write`]), all at once, so their durability waits share a flush; one reply per write,
+    /// in order. Each one's outcome is counted as a lone write's is.
+    async fn writes(&self, writes: Vec<WriteOp>) -> Vec<WriteReply> {
+        let metrics = self.engine.metrics();
+        let limits = self.engine.limits();
+        let each = writes.into_iter().map(|op| async move {
+            let request = Request::from(op);
+            match request.validate(limits) {
+                Ok(()) => self.write(&request).await,
+                Err(e) => Response::Error(ErrorReply::of(&e)),
+            }
+        });
+        let replies = futures_util::future::join_all(each).await;
+        replies
+            .into_iter()
+            .map(|response| {
+                match &response {
+                    Response::Error(reply) => metrics.count_error(reply.code),
+                    _ => Metrics::incr(&metrics.writes_acknowledged),
+                }
+                WriteReply::from(response)
+            })
+            .collect()
     }
 
     /// A client write: admitted by replication (refused on a node that left, or W above the replicas),
