@@ -1871,7 +1871,7 @@ impl Client {
     /// every entry waiting (at most `max_entries`, weighing at most `max_weight`) as one request with
     /// `send`, in a task that keeps the permit until the request is answered: this call's entry among
     /// them, or others' if its own was taken already. Returns this entry's answer. The call's deadline
-    /// covers the wait.
+    /// covers the wait; the request has the latest deadline of the entries it carries.
     #[allow(clippy::too_many_arguments)]
     async fn coalesced<T: Send + 'static, R: Send + 'static>(
         &self,
@@ -1888,6 +1888,7 @@ impl Client {
             key,
             items,
             weight,
+            until: Instant::now() + self.deadline,
             reply,
         });
         let ended = || {
@@ -1908,7 +1909,7 @@ impl Client {
                             drop(permit);
                             return (&mut answer).await.unwrap_or_else(|_| Err(ended()));
                         }
-                        let client = self.clone();
+                        let client = self.with_deadline(coalesce::budget(&batch, Instant::now()));
                         tokio::spawn(async move {
                             send(client, batch).await;
                             drop(permit);

@@ -27,6 +27,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
 
 use featurestore::wire::client::{WriteOp, WriteReply};
 use featurestore::wire::event::{EventOutcome, WireEvent};
@@ -46,6 +47,10 @@ pub(crate) struct Pending<T, R> {
     pub items: T,
     /// What the entry counts toward a request's limit (events, or encoded bytes).
     pub weight: usize,
+    /// When the caller stops waiting (its call's deadline). A request carrying several entries gets
+    /// the latest of their deadlines, so a caller with a short deadline does not cut the request of
+    /// the others short; each caller still gives up at its own.
+    pub until: Instant,
     /// Where the answer for exactly these items goes.
     pub reply: oneshot::Sender<Result<R>>,
 }
@@ -107,6 +112,17 @@ impl<T, R> NodeQueue<T, R> {
     fn len(&self) -> usize {
         lock(&self.waiting).len()
     }
+}
+
+/// How long a request carrying `batch` may take: until the latest deadline of its entries (at least a
+/// millisecond, so a request is never sent already expired).
+pub(crate) fn budget<T, R>(batch: &[Pending<T, R>], now: Instant) -> Duration {
+    batch
+        .iter()
+        .map(|p| p.until.saturating_duration_since(now))
+        .max()
+        .unwrap_or_default()
+        .max(Duration::from_millis(1))
 }
 
 /// Where the outcomes of one taken ingest entry go.
@@ -255,6 +271,7 @@ mod tests {
                 key: "u".into(),
                 items,
                 weight: n,
+                until: Instant::now() + Duration::from_secs(n as u64),
                 reply,
             },
             rx,
@@ -287,6 +304,24 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_gets_the_latest_deadline_of_its_entries() {
+        let (a, _rx_a) = entry(2);
+        let (b, _rx_b) = entry(5);
+        let now = Instant::now();
+        let got = budget(&[a, b], now);
+        assert!(
+            got > Duration::from_secs(4) && got <= Duration::from_secs(5),
+            "{got:?}"
+        );
+        let (mut late, _rx) = entry(1);
+        late.until = now;
+        assert_eq!(
+            budget(&[late], now + Duration::from_secs(1)),
+            Duration::from_millis(1)
+        );
+    }
+
+    #[test]
     fn take_stops_at_the_entry_limit() {
         let q = NodeQueue::new(1);
         let mut rxs = Vec::new();
@@ -311,6 +346,7 @@ mod tests {
                     quorum: 1,
                 },
                 weight: 1,
+                until: Instant::now(),
                 reply,
             };
             (pending, rx)
