@@ -95,12 +95,40 @@ pub async fn slow_client(cluster: &TestCluster) -> Client {
         .unwrap()
 }
 
-/// Sends `signal` (SIGSTOP, SIGCONT) to node `i`'s process, by its pid.
+/// Sends `signal` (SIGSTOP, SIGCONT) to node `i`'s process, by its pid. For SIGSTOP, returns only once
+/// every thread of the process is stopped: `kill` returns when the signal is queued, and a thread that is
+/// running then goes on until it next enters the kernel, so a request sent right after could still be
+/// read and begun by the "frozen" node.
 pub fn signal(cluster: &mut TestCluster, i: usize, signal: Signal) {
     let node = cluster.nodes[i].child.as_mut().expect("node is running");
     let pid = node.pid();
     let sent = node.signal(signal).unwrap();
     assert!(sent, "kill -{} {pid} failed", signal.name());
+    if matches!(signal, Signal::Stop) {
+        let begin = std::time::Instant::now();
+        while !all_threads_stopped(pid) {
+            assert!(
+                begin.elapsed() < Duration::from_secs(5),
+                "node {pid} not stopped 5 s after SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Whether every thread of `pid` is in state `T` (stopped) per `/proc/PID/task/*/stat`.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the parenthesised command name, which may itself hold spaces.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T" || state == "t")
+        })
+    })
 }
 
 /// The first key `PREFIX-0`, `PREFIX-1`, ... whose replicas (in the client's ring, in preference order)
