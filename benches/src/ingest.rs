@@ -616,7 +616,7 @@ pub fn to_markdown(report: &IngestReport, command: &str) -> String {
         report.params.probes,
         match report.params.coalesce_requests_per_node {
             0 => "no coalescing: one request per call".to_owned(),
-            n => format!("concurrent calls coalesced, at most {n} requests in flight per node"),
+            n => format!("concurrent calls coalesced, `coalesce_requests_per_node = {n}`"),
         }
     ));
     out.push_str(
