@@ -237,7 +237,7 @@ struct Inner {
     ingest_queues: Queues<Vec<WireEvent>, Vec<EventOutcome>>,
     /// The write coalescing queue of each node written to.
     write_queues: Queues<WriteOp, WriteReply>,
-    /// `Ingest` requests sent (each attempt's frame counts once per call of the routing).
+    /// `Ingest` requests sent (each once, however many nodes its routing tried).
     ingest_requests: AtomicU64,
 }
 
@@ -1652,7 +1652,7 @@ impl Client {
     ///
     /// Events are grouped by the node their user's owner is (the first replica not judged down), and the
     /// groups go at once. A group of up to [`INGEST_EVENTS_PER_REQUEST`] events is one entry of that
-    /// node's coalescing queue: concurrent calls share requests (see "Ingest coalescing" in the
+    /// node's coalescing queue: concurrent calls share requests (see "Coalescing" in the
     /// [module docs](crate::client)), and an idle client sends it at once. A larger group, or every group
     /// when `coalesce_requests_per_node` is 0, goes in its own requests of up to
     /// [`INGEST_EVENTS_PER_REQUEST`] events, in order. So a batch of many users costs about one request

@@ -26,7 +26,7 @@ use benches::compare::{self, CompareEnv, CompareParams};
 use benches::driver::{self, RunSpec, SweepSpec, Workload};
 use benches::keyspace::{KeyDist, Keyspace};
 use benches::servers::{self, Pinning};
-use benches::target::{FrameSizes, Target, TargetKind};
+use benches::target::{featurestore_config, FrameSizes, Target, TargetKind};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -254,6 +254,9 @@ struct RunArgs {
     /// Write the result as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// featurestore: the client's `coalesce_requests_per_node` (0: every call its own request).
+    #[arg(long, default_value_t = store_client::config::DEFAULT_COALESCE_REQUESTS_PER_NODE)]
+    coalesce_requests_per_node: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -445,7 +448,13 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
             .context("--certs is required for featurestore and echo")
     };
     let target = match args.target {
-        TargetKind::Featurestore => Target::featurestore(&certs()?, args.addr).await?,
+        TargetKind::Featurestore => {
+            let config = store_client::ClientConfig {
+                coalesce_requests_per_node: args.coalesce_requests_per_node,
+                ..featurestore_config(&certs()?, args.addr)
+            };
+            Target::Featurestore(store_client::Client::connect(config).await?)
+        }
         TargetKind::Redis => Target::redis(args.addr, args.connections).await?,
         TargetKind::Echo => {
             Target::echo(&certs()?, args.addr, &FrameSizes::compute(&keyspace, 100)?).await?

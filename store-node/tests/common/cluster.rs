@@ -96,9 +96,8 @@ pub async fn slow_client(cluster: &TestCluster) -> Client {
 }
 
 /// Sends `signal` (SIGSTOP, SIGCONT) to node `i`'s process, by its pid. For SIGSTOP, returns only once
-/// every thread of the process is stopped: `kill` returns when the signal is queued, and a thread that is
-/// running then goes on until it next enters the kernel, so a request sent right after could still be
-/// read and begun by the "frozen" node.
+/// every thread of the process shows as stopped: `kill` returns once the signal is queued and the threads
+/// stop asynchronously, so without the wait a test cannot be sure the node is frozen before it sends.
 pub fn signal(cluster: &mut TestCluster, i: usize, signal: Signal) {
     let node = cluster.nodes[i].child.as_mut().expect("node is running");
     let pid = node.pid();
