@@ -8,21 +8,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::{all_alive, eventually, key_where, start_with};
-use common::FAST_CLUSTER;
+use common::events::overlay;
 use featurestore::ingest::Event;
 use featurestore::wire::event::EventOutcome;
 use featurestore::{ErrorCode, FeatureView, Limits, NodeId, Value};
 use serde_json::{json, Value as Json};
 use store_client::Client;
-
-fn overlay() -> String {
-    let features = Path::new(env!("CARGO_MANIFEST_DIR")).join("features.example.toml");
-    format!("{FAST_CLUSTER}[ingest]\nfeatures = {features:?}\n")
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -6,48 +6,14 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::{all_alive, eventually, key_where, start_with};
-use common::FAST_CLUSTER;
+use common::events::{order, orders, overlay};
 use featurestore::ingest::Event;
 use featurestore::wire::event::EventOutcome;
-use featurestore::{FeatureView, Limits, NodeId};
+use featurestore::{Limits, NodeId};
 use serde_json::json;
-
-fn overlay() -> String {
-    let features = Path::new(env!("CARGO_MANIFEST_DIR")).join("features.example.toml");
-    format!("{FAST_CLUSTER}[ingest]\nfeatures = {features:?}\n")
-}
-
-fn order(user: &str, message_id: &str, revenue: f64) -> Event {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    Event::from_segment(
-        &json!({"type": "track", "event": "Order Completed", "userId": user, "messageId": message_id,
-                "properties": {"revenue": revenue}}),
-        None,
-        now,
-        &Limits::default(),
-    )
-    .unwrap()
-}
-
-async fn orders(client: &store_client::Client, user: &str) -> Result<(f64, f64), String> {
-    let view = client
-        .get(user, None)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("no profile yet")?;
-    let value = |name: &str| match view.features.get(name) {
-        Some(FeatureView::Window { value: Some(v), .. }) => Ok(*v),
-        other => Err(format!("{name}: {other:?}")),
-    };
-    Ok((value("orders_30m")?, value("revenue_7d")?))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_over_quic_count_once_even_when_the_owner_dies_before_the_retry() {

@@ -18,16 +18,19 @@ fn code<T: std::fmt::Debug>(result: Result<T, Error>) -> ErrorCode {
     }
 }
 
+/// The node's `requests_rejected` counter.
+async fn rejected(client: &store_client::Client) -> u64 {
+    let n1 = NodeId::new("n1").unwrap();
+    common::cluster::status_counter(client, &n1, "requests_rejected")
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_keys_ttls_values_contexts_and_overflows_are_refused_typed_and_counted() {
     let node = common::TestNode::start("");
     let client = node.client().await;
-    let n1 = NodeId::new("n1").unwrap();
-    let rejected = || async {
-        common::cluster::status_counter(&client, &n1, "requests_rejected")
-            .await
-            .unwrap()
-    };
+    let rejected = || rejected(&client);
     let before = rejected().await;
 
     // Control characters in a key.
@@ -99,12 +102,7 @@ async fn a_writes_request_refuses_each_bad_write_alone() {
 
     let node = common::TestNode::start("");
     let client = node.client().await;
-    let n1 = NodeId::new("n1").unwrap();
-    let rejected = || async {
-        common::cluster::status_counter(&client, &n1, "requests_rejected")
-            .await
-            .unwrap()
-    };
+    let rejected = || rejected(&client);
     let before = rejected().await;
     let put = |key: &str, value: Value| WriteOp::Put {
         key: key.into(),

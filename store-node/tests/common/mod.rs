@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod dev;
+pub mod events;
 pub mod http;
 
 use std::net::SocketAddr;
