@@ -69,20 +69,31 @@ impl NodeId {
     /// Validates and wraps a node id.
     pub fn new(id: impl AsRef<str>) -> Result<Self> {
         let id = id.as_ref();
-        let ok = !id.is_empty()
-            && id.len() <= 63
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !id.starts_with('-')
-            && !id.ends_with('-');
-        if ok {
+        if NodeId::is_valid(id) {
             Ok(NodeId(Symbol::new(id)))
         } else {
             Err(Error::InvalidNodeId {
                 id: truncate_for_error(id),
             })
         }
+    }
+
+    /// Whether `id` is a well-formed node id (what [`NodeId::new`] accepts): 1 to 63 lowercase ASCII
+    /// letters, digits and `-`, not starting or ending with `-`.
+    pub fn is_valid(id: &str) -> bool {
+        !id.is_empty()
+            && id.len() <= 63
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !id.starts_with('-')
+            && !id.ends_with('-')
+    }
+
+    /// Wraps an id the caller has already checked with [`NodeId::is_valid`].
+    pub(crate) fn already_parsed(id: &str) -> Self {
+        debug_assert!(NodeId::is_valid(id));
+        NodeId(Symbol::new(id))
     }
 
     /// The id as text.

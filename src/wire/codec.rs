@@ -134,7 +134,10 @@ fn decode_with_budget<'a, T: BorrowDecode<'a, ()>>(
     }
 }
 
-fn decode_exact<'a, T: BorrowDecode<'a, ()>>(bytes: &'a [u8], what: &'static str) -> Result<T> {
+pub(crate) fn decode_exact<'a, T: BorrowDecode<'a, ()>>(
+    bytes: &'a [u8],
+    what: &'static str,
+) -> Result<T> {
     let (value, read) = decode_with_budget(bytes).map_err(|e| Error::Malformed {
         what,
         reason: e.to_string(),
@@ -1158,8 +1161,18 @@ mod tests {
             for p in profiles {
                 let mut one = ReadFrame::one().expect("encodes");
                 one.push(p, now, projection).expect("encodes");
-                let built = Response::Profile(p.and_then(|p| p.view(now, projection)));
-                prop_assert_eq!(one.finish().expect("encodes"), encode_response(&built).expect("encodes"));
+                let view = p.and_then(|p| p.view(now, projection));
+                let built = Response::Profile(view.clone());
+                let frame = one.finish().expect("encodes");
+                prop_assert_eq!(&frame, &encode_response(&built).expect("encodes"));
+                // What a client reads borrowed from the same bytes is that view.
+                let payload = split_frame(&frame, u32::MAX).expect("whole frame").to_vec();
+                match crate::wire::encoded_view::decode_get_answer(payload).expect("decodes") {
+                    crate::wire::encoded_view::GetAnswer::View(encoded) => {
+                        prop_assert_eq!(encoded.map(|e| e.to_view()), view);
+                    }
+                    other => prop_assert!(false, "not a view: {other:?}"),
+                }
             }
             let mut many = ReadFrame::many(profiles.len()).expect("encodes");
             for p in profiles {
@@ -1185,12 +1198,17 @@ mod tests {
             prop_assert!(peak <= 2 * budget + 4096, "peak {peak} > 2 x budget {budget}");
             let (_, peak) = alloc_probe::measure(|| decode_response(&bytes).is_ok());
             prop_assert!(peak <= 2 * budget + 4096, "peak {peak} > 2 x budget {budget}");
+            let (_, peak) = alloc_probe::measure(|| {
+                crate::wire::encoded_view::decode_get_answer(bytes.clone()).is_ok()
+            });
+            prop_assert!(peak <= 2 * budget + 4096 + bytes.len(), "peak {peak} > 2 x budget {budget}");
         }
 
         #[test]
         fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_request(&bytes);
             let _ = decode_response(&bytes);
+            let _ = crate::wire::encoded_view::decode_get_answer(bytes.clone());
             let _ = decode_record(&bytes);
             let _ = split_frame(&bytes, 4096);
         }

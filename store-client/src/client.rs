@@ -163,6 +163,7 @@ use featurestore::wire::client::{
 };
 use featurestore::wire::codec::{self, FRAME_HEADER_BYTES};
 use featurestore::wire::dead_letter::{DeadLetter, DeadLetterPage, Purged, ReplayOutcome};
+use featurestore::wire::encoded_view::{EncodedView, GetAnswer};
 use featurestore::wire::event::{EventOutcome, WireEvent};
 use featurestore::{
     CausalContext, ErrorCode, FlagView, Marker, NodeId, Profile, ProfileView, Request, Response,
@@ -403,6 +404,27 @@ pub const INGEST_EVENTS_PER_REQUEST: usize = 100;
 /// Most dead-letter ids [`Client::replay_dead_letters`] and [`Client::purge_dead_letters`] send in one
 /// request (a node refuses more than its `max_batch`, default 1000).
 pub const DEAD_LETTER_IDS_PER_REQUEST: usize = 500;
+
+/// A node's answer as the caller sees it: an error reply is a [`Failure`] of a delivered request
+/// ([`Error::Forbidden`] or [`Error::Server`]), anything else the answer.
+fn served(response: Response) -> Result<Response, Failure> {
+    match response {
+        Response::Error(ErrorReply {
+            code: ErrorCode::Forbidden,
+            message,
+        }) => Err(Failure {
+            error: Error::Forbidden { message },
+            sent: true,
+            conn_lost: false,
+        }),
+        Response::Error(ErrorReply { code, message }) => Err(Failure {
+            error: Error::Server { code, message },
+            sent: true,
+            conn_lost: false,
+        }),
+        response => Ok(response),
+    }
+}
 
 pub(crate) fn unexpected(expected: &'static str, got: &Response) -> Error {
     Error::UnexpectedResponse {
@@ -1014,21 +1036,18 @@ impl Client {
 
     /// One typed exchange on `conn`; an error reply becomes a [`Failure`] carrying [`Error::Server`].
     async fn typed(&self, conn: Connection, frame: &[u8]) -> Result<Response, Failure> {
-        match transport::exchange(&conn, frame, self.inner.config.max_frame_bytes).await? {
-            Response::Error(ErrorReply {
-                code: ErrorCode::Forbidden,
-                message,
-            }) => Err(Failure {
-                error: Error::Forbidden { message },
-                sent: true,
-                conn_lost: false,
-            }),
-            Response::Error(ErrorReply { code, message }) => Err(Failure {
-                error: Error::Server { code, message },
-                sent: true,
-                conn_lost: false,
-            }),
-            response => Ok(response),
+        served(transport::exchange(&conn, frame, self.inner.config.max_frame_bytes).await?)
+    }
+
+    /// [`Client::typed`] for a `Get` whose view is kept encoded: the view, or the other answer.
+    async fn typed_get(
+        &self,
+        conn: Connection,
+        frame: &[u8],
+    ) -> Result<std::result::Result<Option<EncodedView>, Response>, Failure> {
+        match transport::exchange_get(&conn, frame, self.inner.config.max_frame_bytes).await? {
+            GetAnswer::View(view) => Ok(Ok(view)),
+            GetAnswer::Other(response) => served(*response).map(Err),
         }
     }
 
@@ -1255,6 +1274,23 @@ impl Client {
         policy: Policy,
         deadline: Deadline,
     ) -> Result<Response> {
+        self.routed_by(key, policy, deadline, |c| self.typed(c, frame))
+            .await
+    }
+
+    /// Runs `op` along `key`'s plan following `policy` (see [`Client::call`]); returns its answer.
+    async fn routed_by<T, F, Fut>(
+        &self,
+        key: &str,
+        policy: Policy,
+        deadline: Deadline,
+        op: F,
+    ) -> Result<T>
+    where
+        T: Send,
+        F: Fn(Connection) -> Fut + Sync,
+        Fut: Future<Output = Result<T, Failure>> + Send,
+    {
         self.maybe_refresh(false);
         let view = self.view();
         let nodes = routing::plan(
@@ -1264,10 +1300,8 @@ impl Client {
             policy.is_write(),
             self.down_now(),
         );
-        let (_, response) = self
-            .call(nodes, policy, deadline, |c| self.typed(c, frame))
-            .await?;
-        Ok(response)
+        let (_, answer) = self.call(nodes, policy, deadline, op).await?;
+        Ok(answer)
     }
 
     /// Sends `frame` (a request bound to no key) along [`Client::home_plan`].
@@ -1433,6 +1467,56 @@ impl Client {
     ) -> Result<Option<ProfileView>> {
         self.get_owned(key, projection(features), r, Deadline::after(self.deadline))
             .await
+    }
+
+    /// Like [`Client::get`], but the view stays as the bytes it arrived in and is read without
+    /// allocating: [`EncodedView::features`] yields each name and string borrowed from them. The fastest
+    /// way to read a profile; [`EncodedView::to_view`] makes the owned [`ProfileView`] when one is needed.
+    ///
+    /// The request, its routing, hedging and failover are those of [`Client::get`]; only the decoding of
+    /// the answer differs.
+    ///
+    /// ```no_run
+    /// use store_client::{FeatureRef, ValueRef};
+    ///
+    /// # async fn example(client: store_client::Client) -> Result<(), store_client::Error> {
+    /// if let Some(view) = client.get_encoded("user-42", None).await? {
+    ///     for (name, feature) in view.features() {
+    ///         if let FeatureRef::Gauge { value: ValueRef::Str(text), .. } = feature {
+    ///             println!("{name} = {text}");
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_encoded(
+        &self,
+        key: &str,
+        features: Option<&[&str]>,
+    ) -> Result<Option<EncodedView>> {
+        self.get_encoded_with_quorum(key, features, self.read_quorum)
+            .await
+    }
+
+    /// [`Client::get_encoded`] with read quorum `r` (see [`Client::get_with_quorum`]).
+    pub async fn get_encoded_with_quorum(
+        &self,
+        key: &str,
+        features: Option<&[&str]>,
+        r: u8,
+    ) -> Result<Option<EncodedView>> {
+        let frame = codec::encode_request(&Request::Get {
+            key: key.to_owned(),
+            features: projection(features),
+            quorum: r,
+        })?;
+        let answer = self
+            .routed_by(key, Policy::get(r), Deadline::after(self.deadline), |c| {
+                self.typed_get(c, &frame)
+            })
+            .await?;
+        answer.map_err(|other| unexpected("Profile", &other))
     }
 
     async fn get_owned(

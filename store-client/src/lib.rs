@@ -104,6 +104,9 @@ pub use featurestore::wire::client::{ClusterView, GaugeWrite, MemberStatus, Node
 pub use featurestore::wire::dead_letter::{
     DeadLetter, DeadLetterPage, Purged, ReplayOutcome, ReplayReport, Replayed,
 };
+pub use featurestore::wire::encoded_view::{
+    EncodedView, FeatureRef, Features, MarkerRef, ValueRef,
+};
 pub use featurestore::{
     CausalContext, ErrorCode, FeatureView, FlagView, Marker, NodeId, Profile, ProfileView, Request,
     Response, Value,

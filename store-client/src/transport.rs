@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex as StdMutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use featurestore::wire::codec;
+use featurestore::wire::encoded_view::{decode_get_answer, GetAnswer};
 use featurestore::{NodeId, Request, Response};
 use quinn::{Connection, Endpoint, ReadToEndError, RecvStream, SendStream, WriteError};
 use tokio::sync::watch;
@@ -559,6 +560,22 @@ pub(crate) async fn exchange(
             .await
             .map_err(response_error)?;
         Ok(codec::decode_response(&payload)?)
+    })
+    .await
+}
+
+/// Like [`exchange`], for a `Get`: the answer's view is kept encoded ([`decode_get_answer`]).
+pub(crate) async fn exchange_get(
+    conn: &Connection,
+    frame: &[u8],
+    max_frame_bytes: u32,
+) -> Result<GetAnswer, Failure> {
+    on_stream(conn, |mut send, mut recv| async move {
+        send_request(&mut send, frame).await?;
+        let payload = read_frame(&mut recv, max_frame_bytes)
+            .await
+            .map_err(response_error)?;
+        Ok(decode_get_answer(payload)?)
     })
     .await
 }

@@ -1,10 +1,11 @@
-//! Acceptance: flag siblings and erasure through the real server.
+//! Acceptance: flag siblings, erasure, and reads kept encoded (`get_encoded`) through the real server.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use featurestore::wire::client::GaugeWrite;
 use featurestore::{CausalContext, FeatureView, Value};
+use store_client::{FeatureRef, ValueRef};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_flag_writes_become_siblings_and_a_read_context_resolves_them() {
@@ -169,6 +170,82 @@ async fn ttl_and_future_timestamps() {
         .await
         .unwrap_err();
     assert_eq!(err.server_code(), Some(featurestore::ErrorCode::ClockSkew));
+}
+
+/// A read kept encoded shows what `get` shows, for every kind of feature, with and without a
+/// projection, and nothing for an entity with nothing visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoded_read_shows_what_get_shows() {
+    let node = common::TestNode::start("");
+    let client = node.client().await;
+    let long = "a string value longer than any inline string";
+    client
+        .put(
+            "u1",
+            &[
+                ("b_bool", Value::Bool(true)),
+                ("c_int", Value::I64(-42)),
+                ("d_float", Value::F64(0.25)),
+                ("e_short", Value::Str("s".into())),
+                ("f_long", Value::Str(long.into())),
+            ],
+        )
+        .await
+        .unwrap();
+    client.increment("u1", &[("a_count", 7)]).await.unwrap();
+    let flag = client
+        .set_flag("u1", "g_flag", true, &CausalContext::default(), None)
+        .await
+        .unwrap();
+    // A sibling: a write from the same (stale) empty context.
+    client
+        .set_flag("u1", "g_flag", false, &CausalContext::default(), None)
+        .await
+        .unwrap();
+
+    let owned = client.get("u1", None).await.unwrap().unwrap();
+    let encoded = client.get_encoded("u1", None).await.unwrap().unwrap();
+    assert_eq!(encoded.to_view(), owned);
+    assert_eq!(encoded.len(), 7);
+    let names: Vec<&str> = encoded.features().map(|(name, _)| name).collect();
+    assert_eq!(
+        names,
+        ["a_count", "b_bool", "c_int", "d_float", "e_short", "f_long", "g_flag"]
+    );
+    assert_eq!(
+        encoded.get("a_count"),
+        Some(FeatureRef::Counter { value: 7 })
+    );
+    let Some(FeatureRef::Gauge { value, version, .. }) = encoded.get("f_long") else {
+        panic!("not a gauge: {encoded:?}");
+    };
+    assert_eq!(value, ValueRef::Str(long));
+    assert_eq!(version.node(), "n1");
+    let Some(FeatureRef::Flag(read_flag)) = encoded.get("g_flag") else {
+        panic!("not a flag: {encoded:?}");
+    };
+    assert_eq!(read_flag.values.len(), 2, "{read_flag:?}");
+    assert!(!read_flag.context.is_empty() && !flag.context.is_empty());
+
+    let projected = client
+        .get_encoded("u1", Some(&["c_int", "nope"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        projected.to_view(),
+        client
+            .get("u1", Some(&["c_int", "nope"]))
+            .await
+            .unwrap()
+            .unwrap()
+    );
+    assert_eq!(projected.len(), 1);
+    assert_eq!(client.get_encoded("nobody", None).await.unwrap(), None);
+    assert_eq!(
+        client.get_encoded_with_quorum("u1", None, 1).await.unwrap(),
+        Some(encoded)
+    );
 }
 
 fn featurestore_now_ms() -> u64 {
