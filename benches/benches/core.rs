@@ -31,6 +31,7 @@ use featurestore::wire::codec::{
     decode_record, decode_request, decode_response, encode_record, encode_record_into,
     encode_request, encode_response, record_hash, ReadFrame, FRAME_HEADER_BYTES,
 };
+use featurestore::wire::encoded_view::{decode_get_answer, GetAnswer};
 use featurestore::{Clock, Limits, NodeId, Request, Response, Timestamp, Value};
 
 mod fixtures;
@@ -306,6 +307,20 @@ fn codec(c: &mut Criterion) {
     });
     g.bench_function("decode_response_profile_20", |b| {
         b.iter(|| black_box(decode_response(black_box(&frame[FRAME_HEADER_BYTES..]))))
+    });
+    // What `Client::get_encoded` does with the same answer: check it, keep it, read every feature.
+    let payload = frame[FRAME_HEADER_BYTES..].to_vec();
+    g.bench_function("decode_get_answer_encoded_20", |b| {
+        b.iter(|| {
+            let answer = decode_get_answer(black_box(payload.clone())).expect("decodes");
+            let GetAnswer::View(Some(view)) = answer else {
+                panic!("a view");
+            };
+            black_box(view.features().count())
+        })
+    });
+    g.bench_function("decode_get_answer_checked_only_20", |b| {
+        b.iter(|| black_box(decode_get_answer(black_box(payload.clone())).expect("decodes")))
     });
     let get = encode_request(&Request::Get {
         key: Keyspace::new(10).key(3),

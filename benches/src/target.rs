@@ -5,7 +5,7 @@
 //!
 //! | operation | featurestore | Redis | echo |
 //! |---|---|---|---|
-//! | point read | `get(key)` (whole profile) | `HGETALL key` | a `Get` frame's size out, a 20-feature `Profile` answer's size back |
+//! | point read | `get_encoded(key)` (whole profile, kept encoded) | `HGETALL key` | a `Get` frame's size out, a 20-feature `Profile` answer's size back |
 //! | single-feature write | `put(key, [(name, value)])` | `HSET key name value` | a `Put` frame out, a `PutAck` back |
 //! | batch read of N | `get_many(N keys)` | N `HGETALL` in one pipeline | a `GetMany` frame out, N profiles back |
 //!
@@ -313,18 +313,21 @@ impl Target {
     /// Reads the whole profile `key`. A missing profile is an [`Error::Unexpected`].
     pub async fn read(&self, lane: usize, keyspace: &Keyspace, key: usize) -> Result<()> {
         match self {
-            Target::Featurestore(client) => match client.get(&keyspace.key(key), None).await? {
-                Some(p) if p.features.len() == FEATURES.len() => Ok(()),
-                Some(p) => Err(Error::Unexpected(format!(
-                    "{} has {} features",
-                    keyspace.key(key),
-                    p.features.len()
-                ))),
-                None => Err(Error::Unexpected(format!(
-                    "{} not found",
-                    keyspace.key(key)
-                ))),
-            },
+            // Kept encoded and checked, as Redis's reply is parsed into `redis::Value` and not into a map.
+            Target::Featurestore(client) => {
+                match client.get_encoded(&keyspace.key(key), None).await? {
+                    Some(p) if p.len() == FEATURES.len() => Ok(()),
+                    Some(p) => Err(Error::Unexpected(format!(
+                        "{} has {} features",
+                        keyspace.key(key),
+                        p.len()
+                    ))),
+                    None => Err(Error::Unexpected(format!(
+                        "{} not found",
+                        keyspace.key(key)
+                    ))),
+                }
+            }
             Target::Redis(conns) => {
                 let mut conn = Self::redis_conn(conns, lane)?;
                 let reply: redis::Value = redis::cmd("HGETALL")
