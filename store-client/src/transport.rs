@@ -554,12 +554,8 @@ pub(crate) async fn exchange(
     frame: &[u8],
     max_frame_bytes: u32,
 ) -> Result<Response, Failure> {
-    on_stream(conn, |mut send, mut recv| async move {
-        send_request(&mut send, frame).await?;
-        let payload = read_frame(&mut recv, max_frame_bytes)
-            .await
-            .map_err(response_error)?;
-        Ok(codec::decode_response(&payload)?)
+    exchange_decoded(conn, frame, max_frame_bytes, |payload| {
+        codec::decode_response(&payload)
     })
     .await
 }
@@ -570,12 +566,22 @@ pub(crate) async fn exchange_get(
     frame: &[u8],
     max_frame_bytes: u32,
 ) -> Result<GetAnswer, Failure> {
+    exchange_decoded(conn, frame, max_frame_bytes, decode_get_answer).await
+}
+
+/// The exchange of [`exchange`], its response payload decoded by `decode`.
+async fn exchange_decoded<T>(
+    conn: &Connection,
+    frame: &[u8],
+    max_frame_bytes: u32,
+    decode: impl FnOnce(Vec<u8>) -> featurestore::Result<T>,
+) -> Result<T, Failure> {
     on_stream(conn, |mut send, mut recv| async move {
         send_request(&mut send, frame).await?;
         let payload = read_frame(&mut recv, max_frame_bytes)
             .await
             .map_err(response_error)?;
-        Ok(decode_get_answer(payload)?)
+        Ok(decode(payload)?)
     })
     .await
 }
