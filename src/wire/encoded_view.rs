@@ -337,6 +337,11 @@ impl<'de, C> BorrowDecode<'de, C> for Checked {
 mod tests {
     use super::*;
     use crate::error::Error;
+    use crate::profile::tests::step;
+    use crate::wire::codec::alloc_probe;
+    use crate::wire::codec::tests::{hostile_payload, varied_profiles};
+    use crate::wire::codec::ReadFrame;
+    use proptest::prelude::*;
 
     fn marker(node: &str, ms: u64) -> Marker {
         Marker {
@@ -499,5 +504,51 @@ mod tests {
         let error = decode_get_answer(equal).expect_err("equal names");
         assert!(error.to_string().contains("strictly increasing"), "{error}");
         assert!(decode_get_answer(good).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// What a client reads borrowed from a read frame is the view the node built, whatever the kinds,
+        /// expiry, projection, windows and linked profiles.
+        #[test]
+        fn read_frames_read_back_as_the_built_views(
+            steps in proptest::collection::vec(step(), 0..40),
+            windows in proptest::collection::vec((0..3usize, proptest::collection::vec((0u64..120, -3i32..9), 0..6)), 0..3),
+            now in 1_000u64..1_500,
+            project in any::<bool>(),
+            link in any::<bool>(),
+        ) {
+            let projection: Option<Vec<String>> = project.then(|| vec!["a".into(), "c".into()]);
+            let projection = projection.as_deref();
+            for p in varied_profiles(&steps, &windows, now, link) {
+                let mut one = ReadFrame::one().expect("encodes");
+                one.push(p.as_ref(), now, projection).expect("encodes");
+                let frame = one.finish().expect("encodes");
+                let payload = codec::split_frame(&frame, u32::MAX).expect("whole frame").to_vec();
+                match decode_get_answer(payload).expect("decodes") {
+                    GetAnswer::View(encoded) => {
+                        let view = p.as_ref().and_then(|p| p.view(now, projection));
+                        prop_assert_eq!(encoded.map(|e| e.to_view()), view);
+                    }
+                    other => prop_assert!(false, "not a view: {other:?}"),
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Garbage never panics the check nor makes it allocate beyond the decode budget for its size (plus
+        /// the payload copy the test hands over and a fixed slack for the error value).
+        #[test]
+        fn garbage_is_refused_within_the_budget(
+            bytes in prop_oneof![proptest::collection::vec(any::<u8>(), 0..512), hostile_payload()]
+        ) {
+            let budget = codec::decode_budget(bytes.len());
+            let (_, peak) = alloc_probe::measure(|| decode_get_answer(bytes.clone()).is_ok());
+            prop_assert!(peak <= 2 * budget + 4096 + bytes.len(), "peak {peak} > 2 x budget {budget}");
+        }
     }
 }
