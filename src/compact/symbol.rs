@@ -18,10 +18,17 @@
 //! `Symbol::new`'s time in a restart profile). The cache only holds names the table already holds, so it
 //! keeps nothing alive that would otherwise be freed.
 //!
-//! A `Symbol` is one thin pointer (8 bytes: an `Arc` of a boxed `str`, so the length lives behind the
-//! pointer, not beside it): every feature name in a profile and every node id in a marker, dot or slot is
-//! one word. The text is one more indirection away, in a table entry that every profile shares, so it is
-//! hot in the cache.
+//! A `Symbol` is one thin pointer (8 bytes: an [`ArcStr`], whose length lives behind the pointer): every
+//! feature name in a profile and every node id in a marker, dot or slot is one word. The text is one
+//! more indirection away, in a table entry that every profile shares, so it is hot in the cache.
+//!
+//! An interned name is made *static* when the table takes it ([`ArcStr::leak`]): the table never lets
+//! go of a name anyway, and a static `ArcStr` is copied and dropped without touching its reference
+//! count. So copies of one name made on many threads at once (the decoder threads of a start-up load,
+//! forty names per record) write nothing shared: with a counted `Arc` each copy was an atomic increment
+//! on a cache line the other core had just written, a quarter of a restart's CPU. A name the table does
+//! not take (too long, or the table is full) stays an ordinary counted string and is freed with its
+//! last copy.
 //!
 //! The table is process state but not I/O: it reads no clock, draws nothing random and its contents
 //! never change a result, so the core stays deterministic under the simulation.
@@ -32,8 +39,9 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{LazyLock, RwLock};
 
+use arcstr::ArcStr;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
@@ -47,8 +55,9 @@ const MAX_INTERNED_LEN: usize = 256;
 
 const SHARDS: usize = 16;
 
-/// The shared text of a name: a thin pointer (the `str`'s length is inside the allocation).
-type Text = Arc<Box<str>>;
+/// The shared text of a name: a thin pointer (the `str`'s length is inside the allocation), static once
+/// the table holds it.
+type Text = ArcStr;
 
 /// A table entry: looked up by its text.
 #[derive(PartialEq, Eq, Hash)]
@@ -93,7 +102,7 @@ impl Symbol {
     /// The shared copy of `text` (interned if there is room, else a fresh one).
     pub fn new(text: &str) -> Symbol {
         if text.len() > MAX_INTERNED_LEN {
-            return Symbol(Arc::new(Box::from(text)));
+            return Symbol(ArcStr::from(text));
         }
         let hash = hash_of(text);
         // Two ways: the slot the hash picks and its neighbour.
@@ -140,9 +149,12 @@ impl Symbol {
         if let Some(found) = set.get(text) {
             return (Symbol(found.0.clone()), true);
         }
-        let fresh: Text = Arc::new(Box::from(text));
+        let fresh = ArcStr::from(text);
         if table.len.load(Ordering::Relaxed) < MAX_INTERNED {
             table.len.fetch_add(1, Ordering::Relaxed);
+            // The table keeps it for the life of the process: static from now on, so its copies count
+            // nothing (see the module's doc).
+            let _: &'static str = fresh.leak();
             set.insert(Entry(fresh.clone()));
             return (Symbol(fresh), true);
         }
@@ -181,7 +193,7 @@ impl AsRef<str> for Symbol {
 
 impl PartialEq for Symbol {
     fn eq(&self, other: &Symbol) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+        ArcStr::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
     }
 }
 
@@ -207,7 +219,7 @@ impl PartialOrd for Symbol {
 
 impl Ord for Symbol {
     fn cmp(&self, other: &Symbol) -> std::cmp::Ordering {
-        if Arc::ptr_eq(&self.0, &other.0) {
+        if ArcStr::ptr_eq(&self.0, &other.0) {
             return std::cmp::Ordering::Equal;
         }
         self.0.cmp(&other.0)
@@ -316,7 +328,10 @@ mod tests {
     fn copies_of_one_name_share_one_allocation_and_compare_as_text() {
         let a = Symbol::new("cart_value_symbol_test");
         let b = Symbol::new(&String::from("cart_value_symbol_test"));
-        assert!(Arc::ptr_eq(&a.0, &b.0), "interned: one allocation");
+        assert!(ArcStr::ptr_eq(&a.0, &b.0), "interned: one allocation");
+        // Interned names are static: copying one counts nothing.
+        assert!(ArcStr::is_static(&a.0));
+        assert_eq!(ArcStr::strong_count(&a.clone().0), None);
         assert_eq!(a, b);
         assert_eq!(a, "cart_value_symbol_test");
         let c = Symbol::new("cart_value_symbol_tesu");
@@ -340,7 +355,7 @@ mod tests {
                 assert_eq!(here.as_str(), name, "round {round}");
                 let there =
                     std::thread::scope(|s| s.spawn(|| Symbol::new(name)).join()).expect("thread");
-                assert!(Arc::ptr_eq(&here.0, &there.0), "{name}: one shared copy");
+                assert!(ArcStr::ptr_eq(&here.0, &there.0), "{name}: one shared copy");
             }
         }
     }
@@ -351,7 +366,12 @@ mod tests {
         let long = "x".repeat(MAX_INTERNED_LEN + 1);
         let a = Symbol::new(&long);
         let b = Symbol::new(&long);
-        assert!(!Arc::ptr_eq(&a.0, &b.0), "too long to intern");
+        assert!(!ArcStr::ptr_eq(&a.0, &b.0), "too long to intern");
+        // Counted, so freed with its last copy (an interned name is static instead).
+        assert_eq!(ArcStr::strong_count(&a.0), Some(1));
+        let copy = a.clone();
+        assert_eq!(ArcStr::strong_count(&a.0), Some(2));
+        drop(copy);
         assert_eq!(a, b);
         assert_eq!(a.cmp(&b), std::cmp::Ordering::Equal);
         let hash = |h: &dyn Fn(&mut DefaultHasher)| {
