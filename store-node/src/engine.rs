@@ -204,16 +204,35 @@ impl LoadBatch {
     }
 }
 
-/// Streams every record from `storage` into `shards`: this thread reads, one decoder per core decodes
-/// and inserts (batches through a bounded channel, so at most a few batches are held besides the shards).
-/// Returns what was loaded and the newest timestamp seen (for the clock).
+/// Streams every record from `storage` into `shards` with one decoder per core ([`load_with`]).
 fn load(
     storage: &dyn Storage,
     shards: &[Shard],
 ) -> crate::Result<(Recovery, Option<featurestore::hlc::Timestamp>)> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .clamp(1, MAX_LOAD_THREADS);
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    load_with(storage, shards, threads)
+}
+
+/// Streams every record from `storage` into `shards`: with two or more `threads`, this thread reads and
+/// `threads` decoders (at most [`MAX_LOAD_THREADS`]) decode and insert, fed batches through a bounded
+/// channel, so at most a few batches are held besides the shards. With one core the reading thread
+/// decodes each record itself as sled lends it: a decoder thread on the same core would only add a copy
+/// of every record into a batch and a context switch per batch. Returns what was loaded and the newest
+/// timestamp seen (for the clock).
+fn load_with(
+    storage: &dyn Storage,
+    shards: &[Shard],
+    threads: usize,
+) -> crate::Result<(Recovery, Option<featurestore::hlc::Timestamp>)> {
+    let threads = threads.clamp(1, MAX_LOAD_THREADS);
+    if threads == 1 {
+        let mut recovery = Recovery::default();
+        let mut newest = None;
+        storage.for_each_record(&mut |key, bytes| {
+            load_record(key, bytes, shards, &mut recovery, &mut newest);
+        })?;
+        return Ok((recovery, newest));
+    }
     let (tx, rx) = std::sync::mpsc::sync_channel::<LoadBatch>(threads * 2);
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| {
@@ -1031,6 +1050,51 @@ mod tests {
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect();
         assert_eq!(back, records);
+    }
+
+    /// The one-core load (records decoded on the reading thread) and the threaded one load the same.
+    #[test]
+    fn a_load_on_one_core_loads_what_decoder_threads_load() {
+        let storage = MemoryStorage::default();
+        let n = LOAD_BATCH * 2 + 3;
+        for i in 0..n {
+            let mut profile = featurestore::Profile::default();
+            let mut clock = Clock::for_actor(
+                featurestore::hlc::Actor::new(NodeId::new("n1").expect("valid"), 1),
+                1_000,
+            );
+            let ts = clock.tick(1_000 + i as u64);
+            profile
+                .increment(&[("c", 1)], clock.actor(), ts, &Limits::default())
+                .expect("valid");
+            let record = featurestore::wire::codec::encode_record(&profile).expect("encodes");
+            storage
+                .put(format!("user-{i}").as_bytes(), &record)
+                .expect("put");
+        }
+        storage.put(b"user-bad", b"\x00not a record").expect("put");
+        let loads: Vec<_> = [1, 2]
+            .into_iter()
+            .map(|threads| {
+                let shards: Box<[Shard]> = (0..SHARDS).map(|_| RwLock::default()).collect();
+                let (recovery, newest) = load_with(&storage, &shards, threads).expect("loads");
+                let keys = shards
+                    .iter()
+                    .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
+                    .sum::<usize>();
+                (recovery, newest, keys)
+            })
+            .collect();
+        assert_eq!(
+            loads[0].0,
+            Recovery {
+                entities: n,
+                corrupt: 1
+            }
+        );
+        assert_eq!(loads[0].2, n);
+        assert!(loads[0].1.is_some());
+        assert_eq!(loads[0], loads[1]);
     }
 
     /// A [`MemoryStorage`] that refuses every `merge` while `refuse` is set.
