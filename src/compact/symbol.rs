@@ -12,8 +12,8 @@
 //! nodes), and freeing them would need a sweep the hot path should not pay for.
 //!
 //! In front of the table each thread keeps a small two-way cache of the names it interned last
-//! ([`RECENT_SLOTS`] entries, chosen by the same hash). A hit costs the hash, one comparison and the
-//! reference count; it takes no lock, so decoder threads loading a million records at start-up do not
+//! ([`RECENT_SLOTS`] entries, chosen by the same hash). A hit costs the hash and one comparison (the
+//! copy of a static name counts nothing, see below); it takes no lock, so decoder threads loading a million records at start-up do not
 //! contend on the table's locks for every name (they did: the read lock's shared counter was most of
 //! `Symbol::new`'s time in a restart profile). The cache only holds names the table already holds, so it
 //! keeps nothing alive that would otherwise be freed.
