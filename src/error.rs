@@ -207,6 +207,16 @@ pub enum Error {
         /// The offending id (truncated).
         id: String,
     },
+    /// A node id this process has not seen arrived when the process already holds
+    /// [`MAX_NODE_NAMES`](crate::compact::MAX_NODE_NAMES) node names (node ids are indices into a
+    /// bounded process-wide table; see `compact::node_name`).
+    #[error("node id {id:?} refused: this process already holds {limit} node names")]
+    TooManyNodeIds {
+        /// The refused id (truncated).
+        id: String,
+        /// The bound.
+        limit: usize,
+    },
     /// An identity link would make an id an alias of itself (directly, or through a chain of links).
     #[error(
         "identity loop: {id:?} cannot be linked into {into:?}, which is already linked into it"

@@ -21,23 +21,69 @@ use std::fmt;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
-use crate::compact::Symbol;
+use crate::compact::{NodeName, MAX_NODE_NAMES};
 use crate::error::{truncate_for_error, Error, Result};
 
 /// The identity of a node: 1 to 63 characters of `[a-z0-9-]`, the same name its certificate carries.
 ///
-/// Interned ([`Symbol`]): every marker, dot and actor of one node shares one copy of its name.
+/// Held as a 4-byte index into the process-wide table of node names ([`NodeName`]): every marker, dot
+/// and actor of one node shares one copy of its name, and a [`Marker`] is 16 bytes. Equality is the
+/// index's; order and hash are the text's (the index is process-local), so merges and encodings are
+/// the same in every process.
 ///
 /// Parsed, not trusted: every way in (`new`, serde `Deserialize` from TOML or JSON, bincode `Decode` from a
 /// peer or the disk) validates, so a `NodeId` value is always well-formed. It encodes as its text.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Encode)]
-#[serde(transparent)]
-pub struct NodeId(Symbol);
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeId(NodeName);
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("NodeId").field(&self.as_str()).finish()
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NodeId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if self.0 == other.0 {
+            std::cmp::Ordering::Equal
+        } else {
+            self.as_str().cmp(other.as_str())
+        }
+    }
+}
+
+impl std::hash::Hash for NodeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 impl<'de> Deserialize<'de> for NodeId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         NodeId::new(text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Encode for NodeId {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        // Exactly as a `String` encodes: length, then the bytes.
+        self.as_str().encode(encoder)
     }
 }
 
@@ -66,16 +112,22 @@ impl NodeId {
         NodeId::new(text).map_err(|e| bincode::error::DecodeError::OtherString(e.to_string()))
     }
 
-    /// Validates and wraps a node id.
+    /// Validates and wraps a node id. Fails on a malformed id ([`Error::InvalidNodeId`]) and, for a
+    /// name this process has not seen, once the process holds [`MAX_NODE_NAMES`] node names
+    /// ([`Error::TooManyNodeIds`]).
     pub fn new(id: impl AsRef<str>) -> Result<Self> {
         let id = id.as_ref();
-        if NodeId::is_valid(id) {
-            Ok(NodeId(Symbol::new(id)))
-        } else {
-            Err(Error::InvalidNodeId {
+        if !NodeId::is_valid(id) {
+            return Err(Error::InvalidNodeId {
                 id: truncate_for_error(id),
-            })
+            });
         }
+        NodeName::intern(id)
+            .map(NodeId)
+            .ok_or_else(|| Error::TooManyNodeIds {
+                id: truncate_for_error(id),
+                limit: MAX_NODE_NAMES,
+            })
     }
 
     /// Whether `id` is a well-formed node id (what [`NodeId::new`] accepts): 1 to 63 lowercase ASCII
@@ -90,21 +142,15 @@ impl NodeId {
             && !id.ends_with('-')
     }
 
-    /// Wraps an id the caller has already checked with [`NodeId::is_valid`].
-    pub(crate) fn already_parsed(id: &str) -> Self {
-        debug_assert!(NodeId::is_valid(id));
-        NodeId(Symbol::new(id))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The id as text (the process-wide table's copy).
+    pub fn as_str(&self) -> &'static str {
+        self.0.as_str()
     }
 }
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -299,9 +345,11 @@ pub fn incarnation_after(previous: Option<StoredIncarnation>, fresh: u64) -> u64
     Hash,
     Serialize,
     Deserialize,
-    Encode,
     Decode,
 )]
+// Packed to 4-byte alignment: 12 bytes instead of 16, so a `Marker` (this and a 4-byte `NodeId`) is 16
+// bytes, not 24. The fields are only ever copied out (never borrowed), which packing requires.
+#[repr(C, packed(4))]
 pub struct Timestamp {
     /// Physical part: milliseconds since the Unix epoch.
     pub wall_ms: u64,
@@ -319,9 +367,23 @@ impl Timestamp {
     }
 }
 
+impl Encode for Timestamp {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        // As the derive encoded it before packing: the fields in order (copied out: packed fields
+        // cannot be borrowed).
+        let (wall_ms, logical) = (self.wall_ms, self.logical);
+        wall_ms.encode(encoder)?;
+        logical.encode(encoder)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.wall_ms, self.logical)
+        let (wall_ms, logical) = (self.wall_ms, self.logical);
+        write!(f, "{wall_ms}.{logical}")
     }
 }
 
@@ -496,6 +558,59 @@ mod tests {
         NodeId::new(s).expect("valid node id")
     }
 
+    /// What the node-name table and the packed timestamp buy: a marker in 16 bytes.
+    #[test]
+    fn a_marker_is_sixteen_bytes() {
+        assert_eq!(std::mem::size_of::<NodeId>(), 4);
+        assert_eq!(std::mem::size_of::<Timestamp>(), 12);
+        assert_eq!(std::mem::size_of::<Marker>(), 16);
+        assert_eq!(std::mem::size_of::<Option<Marker>>(), 20);
+    }
+
+    /// Node ids order by their text, whatever order this process met them in (the table's indices
+    /// follow that order, so ordering by index would differ between processes and change merges).
+    #[test]
+    fn node_ids_order_and_hash_by_text_not_by_table_index() {
+        let late = node("zz-order-met-first");
+        let early = node("aa-order-met-second");
+        assert!(early < late);
+        assert_eq!(early.cmp(&early.clone()), std::cmp::Ordering::Equal);
+        let hash = |id: &NodeId| {
+            use std::hash::{BuildHasher, BuildHasherDefault};
+            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(id)
+        };
+        let text_hash = {
+            use std::hash::{BuildHasher, BuildHasherDefault};
+            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one("zz-order-met-first")
+        };
+        assert_eq!(hash(&late), text_hash);
+        // A marker tie on the timestamp falls to the text.
+        let ts = Timestamp::from_millis(7);
+        assert!(
+            Marker {
+                ts,
+                node: early.clone()
+            } < Marker { ts, node: late }
+        );
+        assert_eq!(format!("{early:?}"), "NodeId(\"aa-order-met-second\")");
+    }
+
+    /// The packed timestamp encodes as the derived one did: the wall part, then the logical part.
+    #[test]
+    fn a_timestamp_encodes_as_its_two_fields() {
+        let config = bincode::config::standard();
+        let ts = Timestamp {
+            wall_ms: 1_795_308_764_111,
+            logical: 3,
+        };
+        let fields = bincode::encode_to_vec((1_795_308_764_111u64, 3u32), config).expect("encode");
+        assert_eq!(bincode::encode_to_vec(ts, config).expect("encode"), fields);
+        let (back, _): (Timestamp, usize) =
+            bincode::decode_from_slice(&fields, config).expect("decode");
+        assert_eq!(back, ts);
+    }
+
     /// Actors print and parse as one text each; non-canonical or malformed texts are refused.
     #[test]
     fn actors_round_trip_through_text_and_bincode() {
@@ -571,7 +686,7 @@ mod tests {
         let b = c.tick(100);
         let d = c.tick(50);
         assert!(a < b && b < d);
-        assert_eq!(d.wall_ms, 100);
+        assert_eq!({ d.wall_ms }, 100);
     }
 
     #[test]

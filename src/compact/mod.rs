@@ -3,6 +3,8 @@
 //! - [`Symbol`]: an interned, immutable name (feature names, node ids). Every copy of one name shares one
 //!   allocation, so a million profiles with the same twenty feature names hold twenty strings, not twenty
 //!   million; a clone is a reference-count increment.
+//! - [`NodeName`]: a node id as a 4-byte index into a process-wide table of node names, so a marker
+//!   (timestamp and node) is 16 bytes; ordered and hashed by its text, never by the index.
 //! - [`VecMap`]: a map kept as one sorted vector, for the small maps a profile is made of (its features
 //!   of each kind, a counter's slots). A `BTreeMap` allocates nodes of eleven entries, so a map of two
 //!   entries costs as much as one of eleven; a `VecMap` holds exactly its entries.
@@ -12,8 +14,10 @@
 //! of the text and of the sorted entries. Caveat: the interning table only grows, up to
 //! [`MAX_INTERNED`] names; a name beyond it still works but is not shared (see [`symbol`]).
 
+pub mod node_name;
 pub mod symbol;
 pub mod vec_map;
 
+pub use node_name::{NodeName, MAX_NODE_NAMES};
 pub use symbol::{Symbol, MAX_INTERNED};
 pub use vec_map::VecMap;

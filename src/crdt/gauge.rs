@@ -109,6 +109,13 @@ mod tests {
     use super::*;
     use crate::hlc::NodeId;
 
+    /// A marker (16 bytes), an optional value (24) and an optional expiry (16): every gauge of every
+    /// profile in memory is this size, W7's largest item.
+    #[test]
+    fn a_gauge_register_is_fifty_six_bytes() {
+        assert_eq!(std::mem::size_of::<GaugeRegister>(), 56);
+    }
+
     /// Found by the law test: two event-time writes of one node at the same instant carry equal markers;
     /// if one has already expired (a tombstone) and the other expires later, expiry must still commute
     /// with merge, so the later expiry wins before tombstone-ness is compared.

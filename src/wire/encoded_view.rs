@@ -120,14 +120,16 @@ impl EncodedView {
         self.len == 0
     }
 
-    /// The owned [`ProfileView`] of the same features (interning each name, as a decoded response does).
-    pub fn to_view(&self) -> ProfileView {
-        ProfileView {
+    /// The owned [`ProfileView`] of the same features (interning each name and node id, as a decoded
+    /// response does). Fails only when a node id is new and this process's node-name table is full
+    /// ([`crate::Error::TooManyNodeIds`]).
+    pub fn to_view(&self) -> crate::Result<ProfileView> {
+        Ok(ProfileView {
             features: self
                 .features()
-                .map(|(name, feature)| (Symbol::new(name), feature.to_view()))
-                .collect::<VecMap<_, _>>(),
-        }
+                .map(|(name, feature)| Ok((Symbol::new(name), feature.to_view()?)))
+                .collect::<crate::Result<VecMap<_, _>>>()?,
+        })
     }
 
     /// The whole response payload the view was read from.
@@ -202,16 +204,16 @@ pub enum FeatureRef<'a> {
 }
 
 impl FeatureRef<'_> {
-    /// The owned [`FeatureView`].
-    pub fn to_view(&self) -> FeatureView {
-        match self {
+    /// The owned [`FeatureView`] (fails as [`MarkerRef::to_marker`] does).
+    pub fn to_view(&self) -> crate::Result<FeatureView> {
+        Ok(match self {
             FeatureRef::Gauge {
                 value,
                 version,
                 expires_at_ms,
             } => FeatureView::Gauge {
                 value: value.to_value(),
-                version: version.to_marker(),
+                version: version.to_marker()?,
                 expires_at_ms: *expires_at_ms,
             },
             FeatureRef::Counter { value } => FeatureView::Counter { value: *value },
@@ -225,7 +227,7 @@ impl FeatureRef<'_> {
                 value: *value,
                 events: *events,
             },
-        }
+        })
     }
 }
 
@@ -273,12 +275,13 @@ impl<'a> MarkerRef<'a> {
         self.node
     }
 
-    /// The owned [`Marker`].
-    pub fn to_marker(&self) -> Marker {
-        Marker {
+    /// The owned [`Marker`]: its node id interned, which fails only when the id is new and this
+    /// process's node-name table is full ([`crate::Error::TooManyNodeIds`]).
+    pub fn to_marker(&self) -> crate::Result<Marker> {
+        Ok(Marker {
             ts: self.ts,
-            node: NodeId::already_parsed(self.node),
-        }
+            node: NodeId::new(self.node)?,
+        })
     }
 }
 
@@ -396,7 +399,7 @@ mod tests {
             panic!("a view");
         };
         assert_eq!(encoded.len(), 4);
-        assert_eq!(encoded.to_view(), view);
+        assert_eq!(encoded.to_view().expect("node names"), view);
         let names: Vec<&str> = encoded.features().map(|(n, _)| n).collect();
         assert_eq!(names, ["a_str", "b_count", "c_window", "d_float"]);
         assert_eq!(
@@ -421,7 +424,7 @@ mod tests {
             (version.node(), version.ts()),
             ("n1", Timestamp::from_millis(5))
         );
-        assert_eq!(version.to_marker(), marker("n1", 5));
+        assert_eq!(version.to_marker().expect("node names"), marker("n1", 5));
         assert_eq!(
             encoded.get("b_count"),
             Some(FeatureRef::Counter { value: -7 })
@@ -529,7 +532,7 @@ mod tests {
                 match decode_get_answer(payload).expect("decodes") {
                     GetAnswer::View(encoded) => {
                         let view = p.as_ref().and_then(|p| p.view(now, projection));
-                        prop_assert_eq!(encoded.map(|e| e.to_view()), view);
+                        prop_assert_eq!(encoded.map(|e| e.to_view().expect("node names")), view);
                     }
                     other => prop_assert!(false, "not a view: {other:?}"),
                 }

@@ -61,6 +61,7 @@ impl From<&Error> for ErrorCode {
             | Error::InvalidContext { .. }
             | Error::InvalidMarker { .. }
             | Error::InvalidNodeId { .. }
+            | Error::TooManyNodeIds { .. }
             | Error::InvalidLimit { .. }
             | Error::QuorumTooLarge { .. }
             | Error::LateEvent { .. }

@@ -115,7 +115,7 @@ async fn a_killed_replica_stalls_no_read_and_no_fresh_client() {
                         client
                             .get_encoded(&key(i), None)
                             .await
-                            .map(|view| view.map(|v| v.to_view()))
+                            .map(|view| view.map(|v| v.to_view().expect("node names")))
                     } else {
                         client.get(&key(i), None).await
                     };

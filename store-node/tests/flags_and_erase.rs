@@ -205,7 +205,7 @@ async fn an_encoded_read_shows_what_get_shows() {
 
     let owned = client.get("u1", None).await.unwrap().unwrap();
     let encoded = client.get_encoded("u1", None).await.unwrap().unwrap();
-    assert_eq!(encoded.to_view(), owned);
+    assert_eq!(encoded.to_view().unwrap(), owned);
     assert_eq!(encoded.len(), 7);
     let names: Vec<&str> = encoded.features().map(|(name, _)| name).collect();
     assert_eq!(
@@ -233,7 +233,7 @@ async fn an_encoded_read_shows_what_get_shows() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        projected.to_view(),
+        projected.to_view().unwrap(),
         client
             .get("u1", Some(&["c_int", "nope"]))
             .await
