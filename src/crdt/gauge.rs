@@ -12,6 +12,7 @@
 //! can win over a write that happened later in real time. Use flags when concurrent writes must be seen.
 
 use std::cmp::Ordering;
+use std::fmt;
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,114 @@ use serde::{Deserialize, Serialize};
 use crate::crdt::value::Value;
 use crate::crdt::{Feature, FeatureKind, Lattice};
 use crate::hlc::{Marker, Timestamp};
+
+/// When a gauge's value expires: a wall-clock millisecond, or never.
+///
+/// 8 bytes where an `Option<u64>` takes 16 (its tag is padded to the `u64`'s alignment), and every gauge
+/// of every profile in memory holds one. "Never" is `u64::MAX`, so that instant itself is not
+/// representable: [`Expiry::at`] stores it as the millisecond before (584 million years from now, and
+/// the same on every replica, since every way in goes through `at`). It orders, encodes (bincode and
+/// serde) and prints exactly as the `Option<u64>` it replaces: never first, then by instant.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Expiry(u64);
+
+impl Expiry {
+    /// No expiry.
+    pub const NEVER: Expiry = Expiry(u64::MAX);
+
+    /// An expiry at `ms` (the last millisecond, `u64::MAX`, is stored as the one before it).
+    pub const fn at(ms: u64) -> Expiry {
+        Expiry(if ms == u64::MAX { u64::MAX - 1 } else { ms })
+    }
+
+    /// The instant, or `None` for never.
+    pub const fn get(self) -> Option<u64> {
+        if self.0 == u64::MAX {
+            None
+        } else {
+            Some(self.0)
+        }
+    }
+
+    /// Whether the value has expired at `now_ms` (an expiry at or before it).
+    pub const fn is_due(self, now_ms: u64) -> bool {
+        self.0 != u64::MAX && self.0 <= now_ms
+    }
+}
+
+impl From<Option<u64>> for Expiry {
+    fn from(ms: Option<u64>) -> Expiry {
+        ms.map_or(Expiry::NEVER, Expiry::at)
+    }
+}
+
+impl From<Expiry> for Option<u64> {
+    fn from(expiry: Expiry) -> Option<u64> {
+        expiry.get()
+    }
+}
+
+impl PartialEq<Option<u64>> for Expiry {
+    fn eq(&self, other: &Option<u64>) -> bool {
+        self.get() == *other
+    }
+}
+
+impl PartialOrd for Expiry {
+    fn partial_cmp(&self, other: &Expiry) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Expiry {
+    fn cmp(&self, other: &Expiry) -> Ordering {
+        self.get().cmp(&other.get())
+    }
+}
+
+impl fmt::Debug for Expiry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.get(), f)
+    }
+}
+
+impl Serialize for Expiry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Expiry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Option::<u64>::deserialize(d).map(Expiry::from)
+    }
+}
+
+impl Encode for Expiry {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        // Exactly as the `Option<u64>` it replaces.
+        self.get().encode(encoder)
+    }
+}
+
+impl<C> Decode<C> for Expiry {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        Option::<u64>::decode(decoder).map(Expiry::from)
+    }
+}
+
+impl<'de, C> bincode::BorrowDecode<'de, C> for Expiry {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        Option::<u64>::decode(decoder).map(Expiry::from)
+    }
+}
 
 /// A last-writer-wins register.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
@@ -29,7 +138,7 @@ pub struct GaugeRegister {
     /// made it: expiry commutes with merge only because a tombstone always has `expires_at_ms`).
     pub value: Option<Value>,
     /// Wall-clock milliseconds at which the value expires, if it has a TTL.
-    pub expires_at_ms: Option<u64>,
+    pub expires_at_ms: Expiry,
 }
 
 impl GaugeRegister {
@@ -38,7 +147,7 @@ impl GaugeRegister {
         GaugeRegister {
             marker,
             value: Some(value),
-            expires_at_ms,
+            expires_at_ms: Expiry::from(expires_at_ms),
         }
     }
 
@@ -59,9 +168,10 @@ impl GaugeRegister {
 
     /// The value if it is present and not expired at `now_ms`.
     pub fn visible(&self, now_ms: u64) -> Option<&Value> {
-        match self.expires_at_ms {
-            Some(at) if at <= now_ms => None,
-            _ => self.value.as_ref(),
+        if self.expires_at_ms.is_due(now_ms) {
+            None
+        } else {
+            self.value.as_ref()
         }
     }
 }
@@ -90,7 +200,7 @@ impl Lattice for GaugeRegister {
     }
 
     fn has_expired(&self, now_ms: u64) -> bool {
-        self.value.is_some() && self.expires_at_ms.is_some_and(|at| at <= now_ms)
+        self.value.is_some() && self.expires_at_ms.is_due(now_ms)
     }
 
     /// Turns an expired value into a tombstone that keeps its marker.
@@ -109,11 +219,55 @@ mod tests {
     use super::*;
     use crate::hlc::NodeId;
 
-    /// A marker (16 bytes), an optional value (24) and an optional expiry (16): every gauge of every
+    /// A marker (16 bytes), an optional value (24) and an expiry (8): every gauge of every
     /// profile in memory is this size, W7's largest item.
     #[test]
-    fn a_gauge_register_is_fifty_six_bytes() {
-        assert_eq!(std::mem::size_of::<GaugeRegister>(), 56);
+    fn a_gauge_register_is_forty_eight_bytes() {
+        assert_eq!(std::mem::size_of::<GaugeRegister>(), 48);
+        assert_eq!(std::mem::size_of::<Expiry>(), 8);
+    }
+
+    /// The expiry orders, encodes and prints as the `Option<u64>` it replaced; only `u64::MAX` itself
+    /// moves, to the millisecond before (it is "never").
+    #[test]
+    fn an_expiry_is_the_option_it_replaced() {
+        let config = bincode::config::standard();
+        let options = [None, Some(0), Some(1), Some(5_000), Some(u64::MAX - 1)];
+        for a in options {
+            let expiry = Expiry::from(a);
+            assert_eq!(expiry.get(), a);
+            assert_eq!(format!("{expiry:?}"), format!("{a:?}"));
+            let bytes = bincode::encode_to_vec(expiry, config).expect("encode");
+            assert_eq!(bytes, bincode::encode_to_vec(a, config).expect("encode"));
+            let (back, _): (Expiry, usize) =
+                bincode::decode_from_slice(&bytes, config).expect("decode");
+            assert_eq!(back, expiry);
+            assert_eq!(
+                serde_json::to_string(&expiry).expect("json"),
+                serde_json::to_string(&a).expect("json")
+            );
+            for b in options {
+                assert_eq!(
+                    expiry.cmp(&Expiry::from(b)),
+                    a.cmp(&b),
+                    "{a:?} against {b:?}"
+                );
+            }
+            for now in [0, 1, 4_999, 5_000, u64::MAX] {
+                assert_eq!(
+                    expiry.is_due(now),
+                    a.is_some_and(|at| at <= now),
+                    "{a:?} at {now}"
+                );
+            }
+        }
+        assert_eq!(Expiry::at(u64::MAX).get(), Some(u64::MAX - 1));
+        let (max, _): (Expiry, usize) = bincode::decode_from_slice(
+            &bincode::encode_to_vec(Some(u64::MAX), config).expect("encode"),
+            config,
+        )
+        .expect("decode");
+        assert_eq!(max, Some(u64::MAX - 1));
     }
 
     /// Found by the law test: two event-time writes of one node at the same instant carry equal markers;
@@ -129,7 +283,7 @@ mod tests {
         let tombstone = GaugeRegister {
             marker,
             value: None,
-            expires_at_ms: Some(0),
+            expires_at_ms: Expiry::at(0),
         };
         let mut merged = live.clone();
         merged.merge(&tombstone);

@@ -212,7 +212,8 @@ mod law_tests {
                     Some(expires_at_ms.unwrap_or(0))
                 } else {
                     expires_at_ms
-                },
+                }
+                .into(),
                 value,
             })
     }

@@ -30,7 +30,7 @@ impl Profile {
                     FeatureView::Gauge {
                         value: value.clone(),
                         version: g.marker.clone(),
-                        expires_at_ms: g.expires_at_ms,
+                        expires_at_ms: g.expires_at_ms.get(),
                     },
                 );
             }
@@ -253,7 +253,7 @@ impl Profile {
                         g.visible(now_ms).map(|value| FeatureViewRef::Gauge {
                             value,
                             version: &g.marker,
-                            expires_at_ms: g.expires_at_ms,
+                            expires_at_ms: g.expires_at_ms.get(),
                         })
                     })
                 });

@@ -90,7 +90,11 @@ pub fn candidates(rule: &Rule, profile: &Profile, schema: &Schema, now_ms: u64) 
                     }
                 }
             }
-            if let Some(at) = p.gauges.get(name.as_str()).and_then(|g| g.expires_at_ms) {
+            if let Some(at) = p
+                .gauges
+                .get(name.as_str())
+                .and_then(|g| g.expires_at_ms.get())
+            {
                 add(i128::from(at));
             }
             if let Some(f) = p.flags.get(name.as_str()) {
