@@ -1,8 +1,8 @@
 //! Compact in-memory representations: what keeps a profile small without changing what it means.
 //!
-//! - [`Symbol`]: an interned, immutable name (feature names, node ids). Every copy of one name shares one
+//! - [`Symbol`]: an interned, immutable name (feature names). Every copy of one name shares one
 //!   allocation, so a million profiles with the same twenty feature names hold twenty strings, not twenty
-//!   million; a clone is a reference-count increment.
+//!   million; a copy of an interned name touches no reference count (it is static).
 //! - [`NodeName`]: a node id as a 4-byte index into a process-wide table of node names, so a marker
 //!   (timestamp and node) is 16 bytes; ordered and hashed by its text, never by the index.
 //! - [`VecMap`]: a map kept as one sorted vector, for the small maps a profile is made of (its features

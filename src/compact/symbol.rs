@@ -8,18 +8,18 @@
 //! table is an optimisation that cannot change a merge or an encoding. The table holds at most
 //! [`MAX_INTERNED`] names: names come from clients and peers, so an unbounded table would be a memory
 //! leak an attacker could drive. Past the bound a new name gets its own allocation (correct, just not
-//! shared) and the table never shrinks: names are few in practice (a catalog's features, a cluster's
-//! nodes), and freeing them would need a sweep the hot path should not pay for.
+//! shared) and the table never shrinks: names are few in practice (a catalog's features), and freeing
+//! them would need a sweep the hot path should not pay for.
 //!
 //! In front of the table each thread keeps a small two-way cache of the names it interned last
 //! ([`RECENT_SLOTS`] entries, chosen by the same hash). A hit costs the hash and one comparison (the
-//! copy of a static name counts nothing, see below); it takes no lock, so decoder threads loading a million records at start-up do not
-//! contend on the table's locks for every name (they did: the read lock's shared counter was most of
-//! `Symbol::new`'s time in a restart profile). The cache only holds names the table already holds, so it
-//! keeps nothing alive that would otherwise be freed.
+//! copy of a static name counts nothing, see below); it takes no lock, so decoder threads loading a
+//! million records at start-up do not contend on the table's locks for every name (they did: the read
+//! lock's shared counter was most of `Symbol::new`'s time in a restart profile). The cache only holds
+//! names the table already holds, so it keeps nothing alive that would otherwise be freed.
 //!
 //! A `Symbol` is one thin pointer (8 bytes: an [`ArcStr`], whose length lives behind the pointer): every
-//! feature name in a profile and every node id in a marker, dot or slot is one word. The text is one
+//! feature name in a profile is one word (node ids are smaller still: [`super::NodeName`]). The text is one
 //! more indirection away, in a table entry that every profile shares, so it is hot in the cache.
 //!
 //! An interned name is made *static* when the table takes it ([`ArcStr::leak`]): the table never lets
@@ -45,11 +45,11 @@ use arcstr::ArcStr;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
-/// The most names the process-wide table holds (feature names and node ids together). At the limit's
+/// The most names the process-wide table holds (feature names; node ids have their own table). At the limit's
 /// length of a name that is a few tens of megabytes at most; a name beyond it is not shared.
 pub const MAX_INTERNED: usize = 1 << 18;
 
-/// Names longer than this are never interned (feature names and node ids are far shorter; a longer text
+/// Names longer than this are never interned (feature names are far shorter; a longer text
 /// is most likely not a name at all).
 const MAX_INTERNED_LEN: usize = 256;
 
@@ -94,7 +94,7 @@ fn hash_of(text: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
-/// An interned, immutable string: a feature name or a node id.
+/// An interned, immutable string: a feature name.
 #[derive(Clone)]
 pub struct Symbol(Text);
 
