@@ -68,20 +68,20 @@ impl Names {
         }
     }
 
-    /// The index of `text`, adding it if there is room.
-    fn intern(&self, text: &str) -> Option<u32> {
+    /// The table's copy of `text` and its index, adding it if there is room.
+    fn intern(&self, text: &str) -> Option<(&'static str, u32)> {
         // A poisoned lock only means another thread panicked while holding it; the map is still valid.
-        if let Some(&index) = self
+        if let Some((&name, &index)) = self
             .by_name
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(text)
+            .get_key_value(text)
         {
-            return Some(index);
+            return Some((name, index));
         }
         let mut by_name = self.by_name.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(&index) = by_name.get(text) {
-            return Some(index);
+        if let Some((&name, &index)) = by_name.get_key_value(text) {
+            return Some((name, index));
         }
         let index = by_name.len();
         if index >= self.capacity {
@@ -94,7 +94,7 @@ impl Names {
         let _ = chunk[index % CHUNK].set(name);
         let index = u32::try_from(index).ok()?;
         by_name.insert(name, index);
-        Some(index)
+        Some((name, index))
     }
 
     /// The name at `index` (`None` only for an index this table never handed out).
@@ -136,14 +136,12 @@ impl NodeName {
         if let Ok(Some(index)) = cached {
             return Some(NodeName(index));
         }
-        let index = TABLE.intern(text)?;
-        if let Some(name) = TABLE.get(index) {
-            let _ = RECENT.try_with(|recent| {
-                if let Ok(mut recent) = recent.try_borrow_mut() {
-                    recent[slot] = Some((name, index));
-                }
-            });
-        }
+        let (name, index) = TABLE.intern(text)?;
+        let _ = RECENT.try_with(|recent| {
+            if let Ok(mut recent) = recent.try_borrow_mut() {
+                recent[slot] = Some((name, index));
+            }
+        });
         Some(NodeName(index))
     }
 
@@ -196,12 +194,12 @@ mod tests {
         // more than one chunk.
         let names = Names::with_capacity(CHUNK + 3);
         let indices: Vec<u32> = (0..CHUNK + 3)
-            .map(|i| names.intern(&format!("full-{i}")).expect("room"))
+            .map(|i| names.intern(&format!("full-{i}")).expect("room").1)
             .collect();
         assert_eq!(names.intern("one-too-many"), None);
         assert_eq!(names.len(), CHUNK + 3);
         // Known names still answer, across the chunk boundary.
-        assert_eq!(names.intern("full-0"), Some(indices[0]));
+        assert_eq!(names.intern("full-0"), Some(("full-0", indices[0])));
         assert_eq!(
             names.get(indices[CHUNK + 2]),
             Some(&*format!("full-{}", CHUNK + 2))

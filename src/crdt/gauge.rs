@@ -121,13 +121,7 @@ impl<C> Decode<C> for Expiry {
     }
 }
 
-impl<'de, C> bincode::BorrowDecode<'de, C> for Expiry {
-    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
-        decoder: &mut D,
-    ) -> Result<Self, bincode::error::DecodeError> {
-        Option::<u64>::decode(decoder).map(Expiry::from)
-    }
-}
+bincode::impl_borrow_decode!(Expiry);
 
 /// A last-writer-wins register.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
