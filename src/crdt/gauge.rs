@@ -213,11 +213,11 @@ mod tests {
     use super::*;
     use crate::hlc::NodeId;
 
-    /// A marker (16 bytes), an optional value (24) and an expiry (8): every gauge of every
+    /// A marker (16 bytes), an optional value (16) and an expiry (8): every gauge of every
     /// profile in memory is this size, W7's largest item.
     #[test]
-    fn a_gauge_register_is_forty_eight_bytes() {
-        assert_eq!(std::mem::size_of::<GaugeRegister>(), 48);
+    fn a_gauge_register_is_forty_bytes() {
+        assert_eq!(std::mem::size_of::<GaugeRegister>(), 40);
         assert_eq!(std::mem::size_of::<Expiry>(), 8);
     }
 

@@ -11,8 +11,9 @@ use bincode::de::{BorrowDecoder, Decoder};
 use bincode::enc::Encoder;
 use bincode::error::{DecodeError, EncodeError};
 use bincode::{BorrowDecode, Decode, Encode};
-pub use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
+
+pub use crate::compact::Text;
 
 /// The value of a gauge feature.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,8 +25,8 @@ pub enum Value {
     I64(i64),
     /// A finite 64-bit float.
     F64(f64),
-    /// A UTF-8 string, bounded by `max_value_bytes`; inline up to 24 bytes.
-    Str(CompactString),
+    /// A UTF-8 string, bounded by `max_value_bytes`; inline up to 14 bytes ([`Text`]).
+    Str(Text),
 }
 
 /// Variant indices of the encoding: the order of the variants, as `#[derive(Encode)]` numbers them (the
@@ -64,7 +65,7 @@ impl<C> Decode<C> for Value {
             BOOL => Value::Bool(bool::decode(decoder)?),
             I64 => Value::I64(i64::decode(decoder)?),
             F64 => Value::F64(f64::decode(decoder)?),
-            STR => Value::Str(CompactString::from(String::decode(decoder)?)),
+            STR => Value::Str(Text::decode(decoder)?),
             found => return Err(unknown_variant(found)),
         })
     }
@@ -79,7 +80,7 @@ impl<'de, C> BorrowDecode<'de, C> for Value {
             BOOL => Value::Bool(bool::borrow_decode(decoder)?),
             I64 => Value::I64(i64::borrow_decode(decoder)?),
             F64 => Value::F64(f64::borrow_decode(decoder)?),
-            STR => Value::Str(CompactString::new(<&str>::borrow_decode(decoder)?)),
+            STR => Value::Str(Text::borrow_decode(decoder)?),
             found => return Err(unknown_variant(found)),
         })
     }
@@ -161,7 +162,7 @@ mod tests {
             any::<f64>()
                 .prop_filter("finite", |x| x.is_finite())
                 .prop_map(Value::F64),
-            // Both sides of the inline limit (24 bytes), multi-byte characters included.
+            // Both sides of the inline limit (14 bytes), multi-byte characters included.
             "\\PC{0,40}".prop_map(|s| Value::Str(s.into())),
         ]
     }
@@ -203,16 +204,16 @@ mod tests {
         ));
     }
 
-    /// Short strings are inline (no heap allocation of their own), and the value is 24 bytes (a
-    /// `String` made it 32).
+    /// Short strings are inline (no heap allocation of their own), and the value is 16 bytes (a
+    /// `String` made it 32, a `CompactString` 24).
     #[test]
     fn short_strings_are_inline() {
-        assert_eq!(std::mem::size_of::<Value>(), 24);
-        assert_eq!(std::mem::size_of::<Option<Value>>(), 24);
-        let Value::Str(s) = Value::Str("a country or a plan, 24b".into()) else {
+        assert_eq!(std::mem::size_of::<Value>(), 16);
+        assert_eq!(std::mem::size_of::<Option<Value>>(), 16);
+        let Value::Str(s) = Value::Str("a plan, 14 b..".into()) else {
             unreachable!()
         };
-        assert!(!s.is_heap_allocated());
+        assert!(!s.is_shared());
     }
 
     #[test]

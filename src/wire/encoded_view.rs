@@ -32,7 +32,7 @@ use bincode::error::DecodeError;
 use bincode::BorrowDecode;
 
 use crate::compact::{Symbol, VecMap};
-use crate::crdt::value::{CompactString, Value};
+use crate::crdt::value::{Text, Value};
 use crate::crdt::window::Aggregation;
 use crate::error::Result;
 use crate::hlc::{Marker, NodeId, Timestamp};
@@ -251,7 +251,7 @@ impl ValueRef<'_> {
             ValueRef::Bool(b) => Value::Bool(b),
             ValueRef::I64(i) => Value::I64(i),
             ValueRef::F64(x) => Value::F64(x),
-            ValueRef::Str(s) => Value::Str(CompactString::new(s)),
+            ValueRef::Str(s) => Value::Str(Text::new(s)),
         }
     }
 }
