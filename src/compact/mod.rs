@@ -5,6 +5,8 @@
 //!   million; a copy of an interned name touches no reference count (it is static).
 //! - [`NodeName`]: a node id as a 4-byte index into a process-wide table of node names, so a marker
 //!   (timestamp and node) is 16 bytes; ordered and hashed by its text, never by the index.
+//! - [`Sparse`]: a part most profiles leave empty (the dedup set, the identity links) as one pointer,
+//!   null while empty, reading as a shared static empty value.
 //! - [`Text`]: a gauge's string value in 16 bytes, inline up to 14 bytes, else one shared allocation.
 //! - [`VecMap`]: a map kept as one sorted vector, for the small maps a profile is made of (its features
 //!   of each kind, a counter's slots). A `BTreeMap` allocates nodes of eleven entries, so a map of two
@@ -16,11 +18,13 @@
 //! [`MAX_INTERNED`] names; a name beyond it still works but is not shared (see [`symbol`]).
 
 pub mod node_name;
+pub mod sparse;
 pub mod symbol;
 pub mod text;
 pub mod vec_map;
 
 pub use node_name::{NodeName, MAX_NODE_NAMES};
+pub use sparse::{Empty, Sparse};
 pub use symbol::{Symbol, MAX_INTERNED};
 pub use text::{Text, INLINE_TEXT};
 pub use vec_map::VecMap;

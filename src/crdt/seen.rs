@@ -32,6 +32,17 @@ pub struct Seen {
     pub ids: BTreeMap<String, u64>,
 }
 
+impl crate::compact::Empty for Seen {
+    fn empty() -> &'static Seen {
+        static EMPTY: Seen = Seen {
+            window_ms: 0,
+            max_ids: 0,
+            ids: BTreeMap::new(),
+        };
+        &EMPTY
+    }
+}
+
 impl Seen {
     /// Records `id` at event time `at_ms` under the given bounds. Returns false if it was already there
     /// (a duplicate).

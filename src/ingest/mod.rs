@@ -254,7 +254,7 @@ pub fn apply_event_to_copy(
             }
         }
     }
-    next.seen.insert(
+    next.seen.get_mut().insert(
         &event.message_id,
         event.timestamp_ms,
         limits.dedup_window_ms,

@@ -46,7 +46,7 @@ impl Profile {
                     window_delta(window, old.windows.get(&**name)).map(|d| (name.clone(), d))
                 })
                 .collect(),
-            seen: seen_delta(&self.seen, &old.seen),
+            seen: seen_delta(&self.seen, &old.seen).into(),
             identity: if self.identity == old.identity {
                 Default::default()
             } else {
@@ -197,6 +197,7 @@ mod tests {
                 Extra::Ingested { at, id, minute } => {
                     reps[at]
                         .seen
+                        .get_mut()
                         .insert(&format!("m{id}"), minute * 60_000, 180_000, 6);
                 }
             }
@@ -307,7 +308,7 @@ mod tests {
             )
             .expect("in the span");
         }
-        old.seen.insert("a", 1, 180_000, 6);
+        old.seen.get_mut().insert("a", 1, 180_000, 6);
         let mut new = old.clone();
         let ts = crate::hlc::Timestamp::from_millis(200);
         new.increment(&[("c7", 2)], &actor(0), ts, &limits)
@@ -322,7 +323,7 @@ mod tests {
             &limits,
         )
         .expect("in the span");
-        new.seen.insert("b", 2, 180_000, 6);
+        new.seen.get_mut().insert("b", 2, 180_000, 6);
         let delta = new.delta_from(&old);
         assert_eq!(
             delta.counters.keys().map(|k| &**k).collect::<Vec<_>>(),

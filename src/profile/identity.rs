@@ -100,6 +100,16 @@ impl<C> Decode<C> for Identity {
 }
 bincode::impl_borrow_decode!(Identity);
 
+impl crate::compact::Empty for Identity {
+    fn empty() -> &'static Identity {
+        static EMPTY: Identity = Identity {
+            alias_of: None,
+            absorbed: BTreeMap::new(),
+        };
+        &EMPTY
+    }
+}
+
 impl Identity {
     /// Whether the profile has no identity link at all.
     pub fn is_empty(&self) -> bool {
@@ -186,11 +196,11 @@ impl Profile {
             return Ok(());
         }
         let incoming = GaugeRegister::new(marker, Value::Str(canonical.into()), None);
-        match &mut self.identity.alias_of {
+        match &mut self.identity.get_mut().alias_of {
             Some(ours) => {
                 ours.merge(&incoming);
             }
-            None => self.identity.alias_of = Some(Box::new(incoming)),
+            None => self.identity.get_mut().alias_of = Some(Box::new(incoming)),
         }
         Ok(())
     }
@@ -220,8 +230,7 @@ impl Profile {
             });
         }
         let mut own = state.clone();
-        let hoisted = std::mem::take(&mut own.identity.absorbed);
-        own.identity = Identity::default();
+        let hoisted = std::mem::take(&mut own.identity).into_inner().absorbed;
         let mut incoming: Vec<(&str, Profile)> = vec![(id, own)];
         incoming.extend(hoisted.iter().map(|(k, p)| (k.as_str(), p.clone())));
         let count = self.identity.absorbed.len()
@@ -241,10 +250,11 @@ impl Profile {
             if let Some(w) = &self.erased_at {
                 p.erase(w.clone());
             }
-            match self.identity.absorbed.get_mut(k) {
+            let absorbed = &mut self.identity.get_mut().absorbed;
+            match absorbed.get_mut(k) {
                 Some(ours) => changed |= ours.merge(&p),
                 None => {
-                    self.identity.absorbed.insert(k.to_owned(), p);
+                    absorbed.insert(k.to_owned(), p);
                     changed = true;
                 }
             }

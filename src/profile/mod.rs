@@ -35,7 +35,7 @@ pub use identity::Identity;
 pub use in_place::{apply_in_place, InPlace, Undo};
 pub use view::{FeatureView, FlagValue, FlagView, ProfileView};
 
-use crate::compact::{Symbol, VecMap};
+use crate::compact::{Sparse, Symbol, VecMap};
 use crate::crdt::counter::Counter;
 use crate::crdt::flag::{CausalContext, FlagRegister, FlagWrite};
 use crate::crdt::gauge::GaugeRegister;
@@ -60,10 +60,12 @@ pub struct Profile {
     pub erased_at: Option<Marker>,
     /// Window features by name.
     pub windows: VecMap<Symbol, Window>,
-    /// Message ids already ingested (event deduplication), replicated with the profile.
-    pub seen: Seen,
-    /// Identity links: the id this one was linked into, and the profiles linked into this one.
-    pub identity: Identity,
+    /// Message ids already ingested (event deduplication), replicated with the profile. A null pointer
+    /// until the profile ingests an event.
+    pub seen: Sparse<Seen>,
+    /// Identity links: the id this one was linked into, and the profiles linked into this one. A null
+    /// pointer until the profile is linked.
+    pub identity: Sparse<Identity>,
 }
 
 /// One kind's map of features, seen through its [`Lattice`]: what the profile does to every kind alike.
@@ -394,7 +396,9 @@ impl Profile {
         for map in self.maps_mut() {
             map.retain_above(&w);
         }
-        self.identity.retain_above(&w);
+        if let Some(identity) = self.identity.present_mut() {
+            identity.retain_above(&w);
+        }
     }
 
     /// Merges another replica's state into this one. Returns true if `self` changed (exactly: a write
@@ -426,8 +430,14 @@ impl Profile {
         changed |= merge_map(&mut self.counters, &other.counters);
         changed |= merge_map(&mut self.flags, &other.flags);
         changed |= merge_map(&mut self.windows, &other.windows);
-        changed |= self.seen.merge(&other.seen);
-        changed |= self.identity.merge(&other.identity);
+        // Empty parts are the bottom of their lattices: joining one changes nothing, so a merge of a
+        // profile that never ingested or linked allocates neither.
+        if let Some(seen) = other.seen.present() {
+            changed |= self.seen.get_mut().merge(seen);
+        }
+        if let Some(identity) = other.identity.present() {
+            changed |= self.identity.get_mut().merge(identity);
+        }
         changed || raised
     }
 
@@ -443,7 +453,11 @@ impl Profile {
             .maps_mut()
             .into_iter()
             .fold(false, |changed, m| m.expire(now_ms) | changed);
-        self.identity.expire(now_ms) | features
+        let linked = self
+            .identity
+            .present_mut()
+            .is_some_and(|identity| identity.expire(now_ms));
+        linked | features
     }
 
     /// The greatest timestamp anywhere in the profile (used to recover the clock at startup).
@@ -472,6 +486,41 @@ pub(crate) mod tests {
     /// Node `i`'s legacy actor.
     pub(crate) fn actor(i: usize) -> Actor {
         Actor::legacy(node(i))
+    }
+
+    /// Every profile in memory is this size before its features: four maps, the watermark, and one
+    /// pointer each for the dedup set and the identity links (their 72 bytes inline before `Sparse`).
+    #[test]
+    fn a_profile_shell_is_small() {
+        assert_eq!(std::mem::size_of::<Profile>(), 136);
+    }
+
+    /// A profile that never ingested or linked allocates neither part, through a write, a merge, an
+    /// erasure, an expiry pass and a decode of its encoding.
+    #[test]
+    fn sparse_parts_stay_unallocated() {
+        let limits = Limits::default();
+        let mut clock = Clock::new(node(0), 1_000);
+        let mut p = Profile::default();
+        let v = Value::I64(1);
+        let update = GaugeUpdate {
+            name: "a",
+            value: &v,
+            expires_at_ms: Some(5),
+        };
+        p.put_gauges(&[update], &clock.stamp(1), &limits)
+            .expect("valid");
+        let other = p.clone();
+        p.merge(&other);
+        p.erase(clock.stamp(2));
+        p.expire(10);
+        let cfg = bincode::config::standard();
+        let bytes = bincode::encode_to_vec(&p, cfg).expect("encodes");
+        let (back, _): (Profile, usize) = bincode::decode_from_slice(&bytes, cfg).expect("decodes");
+        for q in [&p, &back] {
+            assert!(q.seen.present().is_none() && q.identity.present().is_none());
+        }
+        assert_eq!(back, p);
     }
 
     /// One step of a random history over three replicas.

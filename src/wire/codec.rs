@@ -409,7 +409,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Profile> {
                     .into_iter()
                     .map(|(name, w)| (name, w.upgrade()))
                     .collect(),
-                seen: v2.seen,
+                seen: v2.seen.into(),
                 identity: Default::default(),
             })
         }
@@ -939,8 +939,12 @@ pub(super) mod tests {
         // Hand-built nesting the absorb path never makes: refused by the decoder, not recursed into.
         let mut deep = Profile::default();
         let mut inner = u.clone();
-        inner.identity.absorbed.insert("b".into(), u.clone());
-        deep.identity.absorbed.insert("x".into(), inner);
+        inner
+            .identity
+            .get_mut()
+            .absorbed
+            .insert("b".into(), u.clone());
+        deep.identity.get_mut().absorbed.insert("x".into(), inner);
         let bytes = encode_record(&deep).expect("encodes");
         let err = decode_record(&bytes).expect_err("too deep");
         assert!(err.to_string().contains("nested"), "{err}");
@@ -1015,6 +1019,7 @@ pub(super) mod tests {
         p.increment(&[("c", 2)], clock.actor(), ts, &limits)
             .expect("valid");
         p.seen
+            .get_mut()
             .insert("m1", 9_000, limits.dedup_window_ms, limits.max_seen_ids);
         let windows = p
             .windows
@@ -1157,7 +1162,11 @@ pub(super) mod tests {
         }
         let mut linked = b.clone();
         if link {
-            linked.identity.absorbed.insert("other".into(), c.clone());
+            linked
+                .identity
+                .get_mut()
+                .absorbed
+                .insert("other".into(), c.clone());
         }
         [Some(a), Some(b), Some(c), Some(linked), None]
     }
