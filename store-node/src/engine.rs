@@ -23,7 +23,6 @@
 //!   durable under `sync` (its acknowledgement waits; a concurrent read does not).
 //! - The whole data set lives in memory; this is a feature store for hot profiles.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -44,21 +43,11 @@ use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::segments::log::{ChangeLog, Fence};
 use crate::segments::SegmentRuntime;
+use crate::shard_map::{Key, ShardMap, Stored};
 use crate::storage::{Durability, Storage, WriteTicket};
 
 /// Number of independently locked shards of the in-memory map.
 pub const SHARDS: usize = 64;
-
-/// A profile with the hash of its stored record (kept up to date on every write, so anti-entropy and
-/// orphan scans never encode profiles, and never hold a lock while doing so).
-#[derive(Debug)]
-struct Stored {
-    /// Boxed, so the shard's hash table holds a pointer per slot: its empty slots (up to half of them
-    /// after it grows) then cost 8 bytes each rather than the size of a `Profile`.
-    profile: Box<Profile>,
-    /// [`record_hash`] of the profile's record.
-    hash: u64,
-}
 
 thread_local! {
     /// The buffer a thread encodes a profile into to hash its record, reused so a write allocates no
@@ -80,11 +69,7 @@ fn hash_of(profile: &Profile) -> crate::Result<u64> {
     })
 }
 
-/// A key as a shard holds it: inline up to 24 bytes (`user-0001234`, a UUID's 36 bytes are not), so a
-/// lookup compares it without another cache miss and a profile costs no allocation for its key.
-type Key = compact_str::CompactString;
-
-type Shard = RwLock<HashMap<Key, Stored>>;
+type Shard = RwLock<ShardMap>;
 
 /// The segment transitions one write decided: staged in the change log, published once durable.
 #[derive(Debug, Clone, Default)]
@@ -214,8 +199,9 @@ fn load(
 }
 
 /// Streams every record from `storage` into `shards`: with two or more `threads`, this thread reads and
-/// `threads` decoders (at most [`MAX_LOAD_THREADS`]) decode and insert, fed batches through a bounded
-/// channel, so at most a few batches are held besides the shards. With one core the reading thread
+/// `threads` decoders (at most [`MAX_LOAD_THREADS`]) decode, fed batches through a bounded channel, so
+/// at most a few batches are held besides the profiles. Decoded profiles are collected per shard, and
+/// each shard's table is built once at its final size at the end. With one core the reading thread
 /// decodes each record itself as sled lends it: a decoder thread on the same core would only add a copy
 /// of every record into a batch and a context switch per batch. Returns what was loaded and the newest
 /// timestamp seen (for the clock).
@@ -225,11 +211,33 @@ fn load_with(
     threads: usize,
 ) -> crate::Result<(Recovery, Option<featurestore::hlc::Timestamp>)> {
     let threads = threads.clamp(1, MAX_LOAD_THREADS);
+    let loaded: Loaded = (0..shards.len()).map(|_| Mutex::default()).collect();
+    let result = decode_all(storage, &loaded, threads);
+    // Each shard's table is built once, at its final size, from what was decoded for it.
+    for (shard, decoded) in shards.iter().zip(loaded.into_vec()) {
+        let decoded = decoded.into_inner().unwrap_or_else(PoisonError::into_inner);
+        shard
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(decoded);
+    }
+    result
+}
+
+/// The profiles a start-up load decoded, by shard.
+type Loaded = Box<[Mutex<Vec<Box<Stored>>>]>;
+
+/// Decodes every record from `storage` into `loaded` (see [`load_with`]).
+fn decode_all(
+    storage: &dyn Storage,
+    loaded: &Loaded,
+    threads: usize,
+) -> crate::Result<(Recovery, Option<featurestore::hlc::Timestamp>)> {
     if threads == 1 {
         let mut recovery = Recovery::default();
         let mut newest = None;
         storage.for_each_record(&mut |key, bytes| {
-            load_record(key, bytes, shards, &mut recovery, &mut newest);
+            load_record(key, bytes, loaded, &mut recovery, &mut newest);
         })?;
         return Ok((recovery, newest));
     }
@@ -247,7 +255,7 @@ fn load_with(
                             return (recovery, newest);
                         };
                         for (key, bytes) in batch.records() {
-                            load_record(key, bytes, shards, &mut recovery, &mut newest);
+                            load_record(key, bytes, loaded, &mut recovery, &mut newest);
                         }
                     }
                 })
@@ -288,11 +296,12 @@ fn load_with(
     })
 }
 
-/// Decodes one stored record into its shard; a corrupt one is logged, counted and skipped.
+/// Decodes one stored record into its shard's part of `loaded`; a corrupt one is logged, counted and
+/// skipped.
 fn load_record(
     key: &[u8],
     bytes: &[u8],
-    shards: &[Shard],
+    loaded: &Loaded,
     recovery: &mut Recovery,
     newest: &mut Option<featurestore::hlc::Timestamp>,
 ) {
@@ -307,16 +316,16 @@ fn load_record(
         Ok((key, profile)) => {
             *newest = (*newest).max(profile.max_timestamp());
             let hash = record_hash(bytes);
-            shards[shard_index(&key)]
-                .write()
+            let Some(part) = loaded.get(shard_index(&key)) else {
+                // `loaded` has one part per shard, so this cannot happen; if it did, the record is
+                // left on disk and counted, as a corrupt one is.
+                tracing::error!(%key, "no shard for the record; skipped");
+                recovery.corrupt += 1;
+                return;
+            };
+            part.lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(
-                    key,
-                    Stored {
-                        profile: Box::new(profile),
-                        hash,
-                    },
-                );
+                .push(Box::new(Stored { key, hash, profile }));
             recovery.entities += 1;
         }
         Err((key, reason)) => {
@@ -406,7 +415,7 @@ impl Engine {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let Some(stored) = shard.get_mut(key) else {
-            let mut profile = Box::<Profile>::default();
+            let mut profile = Profile::default();
             let done = apply_in_place(&mut profile, write, &mut self.clock(), now, &self.limits)
                 .map_err(|e| error_reply(&e.into()))?;
             let ticket = self
@@ -719,7 +728,7 @@ impl Engine {
             .shard(key)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        frame.push(shard.get(key).map(|s| &*s.profile), now, features)?;
+        frame.push(shard.get(key).map(|s| &s.profile), now, features)?;
         Ok(())
     }
 
@@ -760,7 +769,7 @@ impl Engine {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let Some(stored) = shard.get_mut(key) else {
-            let mut profile = Box::<Profile>::default();
+            let mut profile = Profile::default();
             profile.merge(incoming);
             if let Some(segments) = self.segments.get() {
                 segments.arm(key, &profile, now_ms());
@@ -796,9 +805,9 @@ impl Engine {
     /// sweep's). Returns the durability ticket of the write.
     fn store_locked(
         &self,
-        shard: &mut HashMap<Key, Stored>,
+        shard: &mut ShardMap,
         key: &str,
-        profile: Box<Profile>,
+        profile: Profile,
         delta: Option<&Profile>,
     ) -> crate::Result<WriteTicket> {
         let (ticket, hash) = match delta {
@@ -812,14 +821,8 @@ impl Engine {
                 (self.durability.written(), record_hash(&record))
             }
         };
-        let stored = Stored { profile, hash };
-        // Replace in place when the key is known: no new key allocation per write.
-        match shard.get_mut(key) {
-            Some(slot) => *slot = stored,
-            None => {
-                shard.insert(Key::new(key), stored);
-            }
-        }
+        // Replaced in place when the key is known: no new allocation per write.
+        shard.insert(key, profile, hash);
         Ok(ticket)
     }
 
@@ -853,7 +856,7 @@ impl Engine {
         let old = shard.get(key).map(|s| &s.profile);
         let mut profile = old.cloned().unwrap_or_default();
         let out = change(&mut profile).map_err(|e| error_reply(&e))?;
-        let delta = profile.delta_from(old.map_or(&empty, |p| &**p));
+        let delta = profile.delta_from(old.unwrap_or(&empty));
         let ticket = self
             .store_locked(&mut shard, key, profile, Some(&delta))
             .map_err(|e| error_reply(&e))?;

@@ -36,6 +36,7 @@ pub mod net;
 pub mod node;
 pub mod segments;
 pub mod server;
+pub mod shard_map;
 pub mod storage;
 pub mod supervision;
 pub mod telemetry;
