@@ -7,7 +7,7 @@
 //!   (timestamp and node) is 16 bytes; ordered and hashed by its text, never by the index.
 //! - [`Sparse`]: a part most profiles leave empty (the dedup set, the identity links) as one pointer,
 //!   null while empty, reading as a shared static empty value.
-//! - [`Text`]: a gauge's string value in 16 bytes, inline up to 14 bytes, else one shared allocation.
+//! - [`Text`]: a gauge's string value in 16 bytes, inline up to 13 bytes, else one shared allocation.
 //! - [`VecMap`]: a map kept as one sorted vector, for the small maps a profile is made of (its features
 //!   of each kind, a counter's slots). A `BTreeMap` allocates nodes of eleven entries, so a map of two
 //!   entries costs as much as one of eleven; a `VecMap` holds exactly its entries.

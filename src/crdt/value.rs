@@ -25,7 +25,7 @@ pub enum Value {
     I64(i64),
     /// A finite 64-bit float.
     F64(f64),
-    /// A UTF-8 string, bounded by `max_value_bytes`; inline up to 14 bytes ([`Text`]).
+    /// A UTF-8 string, bounded by `max_value_bytes`; inline up to 13 bytes ([`Text`]).
     Str(Text),
 }
 
@@ -162,7 +162,7 @@ mod tests {
             any::<f64>()
                 .prop_filter("finite", |x| x.is_finite())
                 .prop_map(Value::F64),
-            // Both sides of the inline limit (14 bytes), multi-byte characters included.
+            // Both sides of the inline limit (13 bytes), multi-byte characters included.
             "\\PC{0,40}".prop_map(|s| Value::Str(s.into())),
         ]
     }
@@ -210,7 +210,7 @@ mod tests {
     fn short_strings_are_inline() {
         assert_eq!(std::mem::size_of::<Value>(), 16);
         assert_eq!(std::mem::size_of::<Option<Value>>(), 16);
-        let Value::Str(s) = Value::Str("a plan, 14 b..".into()) else {
+        let Value::Str(s) = Value::Str("a plan, 13 b.".into()) else {
             unreachable!()
         };
         assert!(!s.is_shared());
