@@ -8,8 +8,9 @@
 //!
 //! Guarantees: a `Text` is always valid UTF-8 (it is only made from a `str`), and it compares, orders,
 //! hashes, prints and encodes (serde and bincode) exactly as the `str` it holds, whichever way it is
-//! stored, so the representation can never change a merge or a record. Caveat: reading an inline text
-//! checks its (at most 13) bytes as UTF-8 each time, which costs a few nanoseconds; no `unsafe` here.
+//! stored, so the representation can never change a merge or a record. Caveat: reading an inline text as
+//! a `str` checks its (at most 13) bytes as UTF-8 each time, which costs a few nanoseconds (no `unsafe`
+//! here); encoding it does not ([`Text::as_bytes`]).
 //! A text of 14 to 24 bytes, inline in the `CompactString` this replaced, now has an allocation of its
 //! own.
 
@@ -82,6 +83,14 @@ impl Text {
                 std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
             }
             Repr::Shared(s) => s.as_str(),
+        }
+    }
+
+    /// The text's bytes, without checking them as UTF-8 again (they were checked when the text was made).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline(Inline { len, bytes }) => &bytes[..usize::from(*len)],
+            Repr::Shared(s) => s.as_bytes(),
         }
     }
 
@@ -213,9 +222,10 @@ impl<'de> Deserialize<'de> for Text {
 }
 
 impl Encode for Text {
-    /// As a `str`.
+    /// As a `str` (bincode writes a `str` as its bytes: the length, then the bytes), from the bytes
+    /// directly: an encode on the read path does not check an inline text as UTF-8 again.
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
-        self.as_str().encode(encoder)
+        self.as_bytes().encode(encoder)
     }
 }
 
@@ -258,6 +268,7 @@ mod tests {
         fn a_text_is_its_str(a in "\\PC{0,20}", b in "\\PC{0,20}") {
             let (ta, tb) = (Text::new(&a), Text::new(&b));
             prop_assert_eq!(ta.as_str(), a.as_str());
+            prop_assert_eq!(ta.as_bytes(), a.as_bytes());
             prop_assert_eq!(ta.cmp(&tb), a.cmp(&b));
             prop_assert_eq!(ta == tb, a == b);
             let cfg = bincode::config::standard();

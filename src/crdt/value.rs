@@ -53,7 +53,7 @@ impl Encode for Value {
             }
             Value::Str(s) => {
                 STR.encode(encoder)?;
-                s.as_str().encode(encoder)
+                s.encode(encoder)
             }
         }
     }
