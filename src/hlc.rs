@@ -82,8 +82,9 @@ impl Encode for NodeId {
         &self,
         encoder: &mut E,
     ) -> Result<(), bincode::error::EncodeError> {
-        // Exactly as a `String` encodes: length, then the bytes.
-        self.as_str().encode(encoder)
+        // Exactly as a `String` encodes (length, then the bytes), or, inside a stored record, the
+        // node's number there (`crate::compact::stored_names`).
+        crate::compact::stored_names::encode_node(self.0, encoder)
     }
 }
 
@@ -91,6 +92,10 @@ impl<C> Decode<C> for NodeId {
     fn decode<D: bincode::de::Decoder<Context = C>>(
         decoder: &mut D,
     ) -> Result<Self, bincode::error::DecodeError> {
+        // A numbered name was validated when its table was restored.
+        if let Some(node) = crate::compact::stored_names::decode_node(decoder)? {
+            return Ok(NodeId(node));
+        }
         let text = String::decode(decoder)?;
         NodeId::decoded(&text)
     }
@@ -100,6 +105,9 @@ impl<'de, C> bincode::BorrowDecode<'de, C> for NodeId {
     fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
         decoder: &mut D,
     ) -> Result<Self, bincode::error::DecodeError> {
+        if let Some(node) = crate::compact::stored_names::decode_node(decoder)? {
+            return Ok(NodeId(node));
+        }
         // Borrowed from the input: no `String` per marker (a record holds one marker per feature).
         let text = <&str as bincode::BorrowDecode<'de, C>>::borrow_decode(decoder)?;
         NodeId::decoded(text)
@@ -145,6 +153,12 @@ impl NodeId {
     /// The id as text (the process-wide table's copy).
     pub fn as_str(&self) -> &'static str {
         self.0.as_str()
+    }
+
+    /// The id's entry in the process-wide table of node names (what a
+    /// [`StoredNames`](crate::compact::StoredNames) numbers).
+    pub fn name(&self) -> NodeName {
+        self.0
     }
 }
 

@@ -28,8 +28,9 @@ use featurestore::crdt::Lattice;
 use featurestore::profile::{apply, apply_in_place, CounterDelta, Write};
 use featurestore::wire::client::GaugeWrite;
 use featurestore::wire::codec::{
-    decode_record, decode_request, decode_response, encode_record, encode_record_into,
-    encode_request, encode_response, record_hash, ReadFrame, FRAME_HEADER_BYTES,
+    decode_record, decode_request, decode_response, decode_stored_record,
+    encode_numbered_record_into, encode_record, encode_record_into, encode_request,
+    encode_response, record_hash, ReadFrame, FRAME_HEADER_BYTES,
 };
 use featurestore::wire::encoded_view::{decode_get_answer, GetAnswer};
 use featurestore::{Clock, Limits, NodeId, Request, Response, Timestamp, Value};
@@ -291,6 +292,21 @@ fn codec(c: &mut Criterion) {
     });
     g.bench_function("decode_record_20", |b| {
         b.iter(|| black_box(decode_record(black_box(&record))))
+    });
+    // The same profile as the sled store keeps it: names numbered (`StoredNames`), what a restart reads.
+    let mut names = featurestore::compact::StoredNames::new();
+    let (mut scratch, mut numbered) = (Vec::new(), Vec::new());
+    encode_numbered_record_into(&p, &mut names, &mut scratch, &mut numbered).expect("encodes");
+    g.bench_function("encode_numbered_record_20", |b| {
+        b.iter(|| {
+            encode_numbered_record_into(black_box(&p), &mut names, &mut scratch, &mut numbered)
+                .expect("encodes");
+            black_box(numbered.len())
+        })
+    });
+    let columns = names.columns();
+    g.bench_function("decode_numbered_record_20", |b| {
+        b.iter(|| black_box(decode_stored_record(black_box(&numbered), &columns)))
     });
     // The record hash a node computes on every write (the record itself is no longer built per write).
     let mut buf = Vec::new();

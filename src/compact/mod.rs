@@ -7,6 +7,8 @@
 //!   (timestamp and node) is 16 bytes; ordered and hashed by its text, never by the index.
 //! - [`Sparse`]: a part most profiles leave empty (the dedup set, the identity links) as one pointer,
 //!   null while empty, reading as a shared static empty value.
+//! - [`StoredNames`]: the node's persisted numbering of the names its stored records use, so a record
+//!   names a feature or a node by a small number instead of its text (names stay text everywhere else).
 //! - [`Text`]: a gauge's string value in 16 bytes, inline up to 13 bytes, else one shared allocation.
 //! - [`VecMap`]: a map kept as one sorted vector, for the small maps a profile is made of (its features
 //!   of each kind, a counter's slots). A `BTreeMap` allocates nodes of eleven entries, so a map of two
@@ -19,12 +21,14 @@
 
 pub mod node_name;
 pub mod sparse;
+pub mod stored_names;
 pub mod symbol;
 pub mod text;
 pub mod vec_map;
 
 pub use node_name::{NodeName, MAX_NODE_NAMES};
 pub use sparse::{Empty, Sparse};
+pub use stored_names::{NameColumns, NameKind, StoredNames, MAX_STORED_NAMES};
 pub use symbol::{Symbol, MAX_INTERNED};
 pub use text::{Text, INLINE_TEXT};
 pub use vec_map::VecMap;

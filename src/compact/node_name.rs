@@ -153,6 +153,12 @@ impl NodeName {
         TABLE.get(self.0).unwrap_or("")
     }
 
+    /// The name's index in this process's table: equal names have equal indices, so a process-local
+    /// map may key on it. Never encode, order or hash anything shared by it.
+    pub fn process_index(self) -> u32 {
+        self.0
+    }
+
     /// How many names the process-wide table holds (for telemetry and tests).
     pub fn interned() -> usize {
         TABLE.len()

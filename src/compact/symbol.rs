@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, RwLock};
 
 use arcstr::ArcStr;
-use bincode::{Decode, Encode};
+
 use serde::{Deserialize, Serialize};
 
 /// The most names the process-wide table holds (feature names; node ids have their own table). At the limit's
@@ -166,6 +166,12 @@ impl Symbol {
         &self.0
     }
 
+    /// The address of the table's one copy of this name, if it is interned: equal interned names
+    /// have equal addresses, so a process-local cache may key on it. Never encode or order by it.
+    pub fn interned_address(&self) -> Option<usize> {
+        ArcStr::is_static(&self.0).then(|| self.0.as_ptr() as usize)
+    }
+
     /// How many names the process-wide table holds (for telemetry and tests).
     pub fn interned() -> usize {
         TABLE.len.load(Ordering::Relaxed)
@@ -285,33 +291,7 @@ impl<'de> Deserialize<'de> for Symbol {
     }
 }
 
-impl Encode for Symbol {
-    fn encode<E: bincode::enc::Encoder>(
-        &self,
-        encoder: &mut E,
-    ) -> Result<(), bincode::error::EncodeError> {
-        // Exactly as a `String` encodes: length, then the bytes.
-        self.as_str().encode(encoder)
-    }
-}
-
-impl<C> Decode<C> for Symbol {
-    fn decode<D: bincode::de::Decoder<Context = C>>(
-        decoder: &mut D,
-    ) -> Result<Self, bincode::error::DecodeError> {
-        let text = String::decode(decoder)?;
-        Ok(Symbol::new(&text))
-    }
-}
-
-impl<'de, C> bincode::BorrowDecode<'de, C> for Symbol {
-    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
-        decoder: &mut D,
-    ) -> Result<Self, bincode::error::DecodeError> {
-        let text = <&str as bincode::BorrowDecode<'de, C>>::borrow_decode(decoder)?;
-        Ok(Symbol::new(text))
-    }
-}
+// Its bincode impls are in `super::stored_names`: inside a stored record a name is a number.
 
 #[cfg(test)]
 mod tests {

@@ -33,9 +33,7 @@ use featurestore::profile::{apply_in_place, Applied, InPlace, ProfileView, Write
 use featurestore::replication::StoreError;
 use featurestore::segment::{Reconciled, Scope};
 use featurestore::wire::client::ErrorReply;
-use featurestore::wire::codec::{
-    decode_record, encode_record, encode_record_into, record_hash, ReadFrame,
-};
+use featurestore::wire::codec::{encode_record, encode_record_into, record_hash, ReadFrame};
 use featurestore::wire::segment::SegmentChange;
 use featurestore::{Clock, ErrorCode, Limits, NodeId, Profile};
 
@@ -44,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::segments::log::{ChangeLog, Fence};
 use crate::segments::SegmentRuntime;
 use crate::shard_map::{Key, ShardMap, Stored};
-use crate::storage::{Durability, Storage, WriteTicket};
+use crate::storage::{Durability, RecordDecoder, Storage, WriteTicket};
 
 /// Number of independently locked shards of the in-memory map.
 pub const SHARDS: usize = 64;
@@ -233,11 +231,12 @@ fn decode_all(
     loaded: &Loaded,
     threads: usize,
 ) -> crate::Result<(Recovery, Option<featurestore::hlc::Timestamp>)> {
+    let decoder = &storage.record_decoder();
     if threads == 1 {
         let mut recovery = Recovery::default();
         let mut newest = None;
         storage.for_each_record(&mut |key, bytes| {
-            load_record(key, bytes, loaded, &mut recovery, &mut newest);
+            load_record(key, bytes, decoder, loaded, &mut recovery, &mut newest);
         })?;
         return Ok((recovery, newest));
     }
@@ -255,7 +254,7 @@ fn decode_all(
                             return (recovery, newest);
                         };
                         for (key, bytes) in batch.records() {
-                            load_record(key, bytes, loaded, &mut recovery, &mut newest);
+                            load_record(key, bytes, decoder, loaded, &mut recovery, &mut newest);
                         }
                     }
                 })
@@ -301,6 +300,7 @@ fn decode_all(
 fn load_record(
     key: &[u8],
     bytes: &[u8],
+    decoder: &RecordDecoder,
     loaded: &Loaded,
     recovery: &mut Recovery,
     newest: &mut Option<featurestore::hlc::Timestamp>,
@@ -308,14 +308,13 @@ fn load_record(
     let decoded = std::str::from_utf8(key)
         .map(Key::new)
         .map_err(|e| (Key::from(String::from_utf8_lossy(key)), e.to_string()));
-    let decoded = decoded.and_then(|key| match decode_record(bytes) {
-        Ok(profile) => Ok((key, profile)),
+    let decoded = decoded.and_then(|key| match decoder.decode(bytes) {
+        Ok(decoded) => Ok((key, decoded)),
         Err(e) => Err((key, e.to_string())),
     });
     match decoded {
-        Ok((key, profile)) => {
+        Ok((key, (profile, hash))) => {
             *newest = (*newest).max(profile.max_timestamp());
-            let hash = record_hash(bytes);
             let Some(part) = loaded.get(shard_index(&key)) else {
                 // `loaded` has one part per shard, so this cannot happen; if it did, the record is
                 // left on disk and counted, as a corrupt one is.

@@ -17,7 +17,10 @@
 //! * A join decodes and re-encodes the whole stored record; engines do it once per key per fold, not
 //!   once per write (see [`WalStorage`](super::WalStorage)).
 
-use featurestore::wire::codec::{decode_record, encode_record};
+use featurestore::compact::StoredNames;
+use featurestore::wire::codec::{
+    decode_record, decode_stored_record, encode_numbered_record_into, encode_record,
+};
 use featurestore::Profile;
 
 use crate::error::Result;
@@ -32,6 +35,27 @@ pub(super) fn join_onto(base: Option<&[u8]>, delta: &Profile) -> Result<(Vec<u8>
     };
     profile.merge(delta);
     Ok((encode_record(&profile)?, corrupt))
+}
+
+/// [`join_onto`] for a store with a name table: `base` is any record the store holds (numbered or not),
+/// and the join is written numbered with `names` (which may gain numbers: the caller persists
+/// [`StoredNames::unsaved`] before the record). `scratch` is reused between calls.
+pub(super) fn join_numbered(
+    base: Option<&[u8]>,
+    delta: &Profile,
+    names: &mut StoredNames,
+    scratch: &mut Vec<u8>,
+) -> Result<(Vec<u8>, bool)> {
+    let columns = names.columns();
+    let (mut profile, corrupt) = match base.map(|b| decode_stored_record(b, &columns)) {
+        None => (Profile::default(), false),
+        Some(Ok((profile, _hash))) => (profile, false),
+        Some(Err(_)) => (Profile::default(), true),
+    };
+    profile.merge(delta);
+    let mut record = Vec::with_capacity(base.map_or(256, |b| b.len() + 64));
+    encode_numbered_record_into(&profile, names, scratch, &mut record)?;
+    Ok((record, corrupt))
 }
 
 /// Decodes a logged delta (a record as `encode_record` wrote it).

@@ -97,6 +97,35 @@ pub trait Storage: Send + Sync + 'static {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// What reads this engine's profile records as [`Storage::for_each_record`] lends them. Taken once
+    /// before a load: it knows the names numbered so far. By default records are the node's own
+    /// encoding (`featurestore::wire::codec::encode_record`).
+    fn record_decoder(&self) -> RecordDecoder {
+        RecordDecoder::default()
+    }
+}
+
+/// Reads stored profile records: the node's version-4 records, and the numbered records (version 5) a
+/// store with a name table writes ([`featurestore::compact::StoredNames`]). Cheap to share between
+/// decoder threads (`&self`, nothing locked per record).
+#[derive(Clone, Debug, Default)]
+pub struct RecordDecoder {
+    names: Arc<featurestore::compact::NameColumns>,
+}
+
+impl RecordDecoder {
+    /// A decoder with the name table snapshot `names`.
+    pub fn with_names(names: Arc<featurestore::compact::NameColumns>) -> RecordDecoder {
+        RecordDecoder { names }
+    }
+
+    /// The profile a record holds and its state hash (what anti-entropy compares).
+    pub fn decode(&self, record: &[u8]) -> Result<(featurestore::Profile, u64)> {
+        Ok(featurestore::wire::codec::decode_stored_record(
+            record,
+            &self.names,
+        )?)
+    }
 }
 
 /// Which storage engine a node uses (config key `storage`).

@@ -1,4 +1,4 @@
-//! [`Storage`] on sled `=0.34.7`: one `Db`, one tree named `"profiles"`.
+//! [`Storage`] on sled `=0.34.7`: one `Db`, with the trees `"profiles"`, `"meta"`, `"wal"` and `"names"`.
 //!
 //! # Guarantees
 //!
@@ -13,6 +13,14 @@
 //! Values are stored verbatim (opaque bytes); sled checksums its log, and the node's record encoding
 //! carries its own version byte. Every sled error is mapped to [`Error::Sled`] with what was being done.
 //!
+//! A profile record this store joins ([`Storage::merge`], and the write-ahead log's folds through
+//! [`SledStorage::join`]) is written *numbered*: its feature and node names as numbers of the store's
+//! name table ([`StoredNames`], the tree `"names"`), about half the bytes of the text form, and read back
+//! without a UTF-8 check or an interning lookup per name ([`Storage::record_decoder`]). A name's number
+//! is inserted *and flushed* before the record that first uses it is handed back to be inserted, so no
+//! crash leaves a record naming a number the table lost. A record stored whole ([`Storage::put`]: the
+//! expiry sweep's rewrites, tools) is kept as given, and every record version is read.
+//!
 //! # Caveats
 //!
 //! * sled 0.34 is beta upstream and known for disk-space growth (segments are reclaimed lazily).
@@ -22,8 +30,12 @@
 //! * Errors after an I/O failure: sled may stay in a failed state where every later operation errors.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::Storage;
+use featurestore::compact::{NameKind, StoredNames, Symbol};
+use featurestore::{NodeId, Profile};
+
+use super::{RecordDecoder, Storage};
 use crate::error::{Error, Result};
 
 /// Name of the one sled tree holding every record.
@@ -33,6 +45,9 @@ const META_TREE: &str = "meta";
 const WAL_TREE: &str = "wal";
 /// The key, in [`WAL_TREE`], of the id of the last log segment folded into the other trees.
 const FOLDED_THROUGH: &[u8] = b"folded_through";
+/// The tree of the name table numbered records use: key `[kind][number, u32 big-endian]`, value the
+/// name's text. Kind `f`: a feature name, `n`: a node id.
+const NAMES_TREE: &str = "names";
 
 /// A tree a write-ahead log entry is folded into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -50,7 +65,17 @@ pub struct SledStorage {
     tree: sled::Tree,
     meta: sled::Tree,
     wal: sled::Tree,
+    names_tree: sled::Tree,
+    /// The name table and the scratch buffer a numbered encoding hashes through; one join at a time.
+    names: Mutex<Names>,
     dir: PathBuf,
+}
+
+/// What [`SledStorage::join`] holds while it joins.
+#[derive(Debug, Default)]
+struct Names {
+    table: StoredNames,
+    scratch: Vec<u8>,
 }
 
 impl SledStorage {
@@ -94,14 +119,66 @@ impl SledStorage {
             "opening tree {WAL_TREE:?} in {}",
             dir.display()
         )))?;
-        tracing::debug!(dir = %dir.display(), recovered = db.was_recovered(), "opened sled storage");
+        let names_tree = db.open_tree(NAMES_TREE).map_err(failed(format!(
+            "opening tree {NAMES_TREE:?} in {}",
+            dir.display()
+        )))?;
+        let table = restore_names(&names_tree, dir)?;
+        tracing::debug!(
+            dir = %dir.display(), recovered = db.was_recovered(), names = ?table.len(),
+            "opened sled storage"
+        );
         Ok(SledStorage {
             db,
             tree,
             meta,
             wal,
+            names_tree,
+            names: Mutex::new(Names {
+                table,
+                scratch: Vec::new(),
+            }),
             dir: dir.to_path_buf(),
         })
+    }
+
+    fn names(&self) -> MutexGuard<'_, Names> {
+        // A join that panicked left at worst numbers not yet saved, which the next join saves.
+        self.names.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The record of `base ⊔ delta` (`base`: a record of this store, absent for a new key), numbered,
+    /// and whether `base` could not be decoded (and was so replaced). Any number the join added to the
+    /// name table is durable when this returns, so the caller may insert the record at once.
+    pub(super) fn join(&self, base: Option<&[u8]>, delta: &Profile) -> Result<(Vec<u8>, bool)> {
+        let mut names = self.names();
+        let Names { table, scratch } = &mut *names;
+        let joined = super::merge::join_numbered(base, delta, table, scratch)?;
+        self.save_names(table)?;
+        Ok(joined)
+    }
+
+    /// Inserts the names `table` numbered since it was last saved, and flushes: before any record that
+    /// uses them is inserted. A failure leaves them unsaved, to be saved by the next join.
+    fn save_names(&self, table: &mut StoredNames) -> Result<()> {
+        let unsaved = table.unsaved();
+        if unsaved.is_empty() {
+            return Ok(());
+        }
+        for (kind, number, text) in &unsaved {
+            self.names_tree
+                .insert(name_key(*kind, *number), text.as_bytes())
+                .map_err(|e| self.err("saving a name's number", e))?;
+        }
+        self.db
+            .flush()
+            .map_err(|e| self.err("flushing the name table", e))?;
+        tracing::debug!(
+            added = unsaved.len(),
+            "numbered new names for stored records"
+        );
+        table.mark_saved();
+        Ok(())
     }
 
     /// The directory this database lives in.
@@ -166,6 +243,52 @@ impl SledStorage {
     }
 }
 
+/// The key of a name's number in [`NAMES_TREE`].
+fn name_key(kind: NameKind, number: u32) -> [u8; 5] {
+    let [a, b, c, d] = number.to_be_bytes();
+    let kind = match kind {
+        NameKind::Feature => b'f',
+        NameKind::Node => b'n',
+    };
+    [kind, a, b, c, d]
+}
+
+/// The name table as [`NAMES_TREE`] holds it. An entry whose text is not a well-formed name keeps its
+/// number taken, unreadable: a record naming it then fails to decode (the load counts it corrupt), and
+/// no other name is ever given that number. A key that is not an entry's is skipped. Both are logged.
+fn restore_names(tree: &sled::Tree, dir: &Path) -> Result<StoredNames> {
+    let mut features = Vec::new();
+    let mut nodes = Vec::new();
+    for item in tree.iter() {
+        let (key, value) = item.map_err(|source| Error::Sled {
+            context: format!("sled reading the name table in {}", dir.display()),
+            source,
+        })?;
+        let text = std::str::from_utf8(&value).map_err(|e| e.to_string());
+        let damaged = match key.as_ref() {
+            [b'f', number @ ..] | [b'n', number @ ..] if number.len() == 4 => {
+                let number = u32::from_be_bytes([number[0], number[1], number[2], number[3]]);
+                if key[0] == b'f' {
+                    features.push((number, text.as_deref().ok().map(Symbol::new)));
+                    text.err()
+                } else {
+                    let node = text.and_then(|t| NodeId::new(t).map_err(|e| e.to_string()));
+                    nodes.push((number, node.as_ref().ok().map(NodeId::name)));
+                    node.err()
+                }
+            }
+            _ => Some(format!("not an entry's key ({} bytes)", key.len())),
+        };
+        if let Some(why) = damaged {
+            tracing::warn!(
+                dir = %dir.display(), key = ?key.as_ref(), %why,
+                "a damaged entry of the stored name table: records naming it will not decode"
+            );
+        }
+    }
+    Ok(StoredNames::restore(features, nodes))
+}
+
 impl Storage for SledStorage {
     fn load_all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         // Not `Vec::with_capacity(tree.len())`: sled's `len` is itself a full scan.
@@ -198,7 +321,7 @@ impl Storage for SledStorage {
     fn merge(&self, key: &[u8], delta: &[u8]) -> Result<()> {
         let delta = super::merge::decode_delta(delta)?;
         let base = self.get_profile(key)?;
-        let (record, corrupt) = super::merge::join_onto(base.as_deref(), &delta)?;
+        let (record, corrupt) = self.join(base.as_deref(), &delta)?;
         if corrupt {
             tracing::warn!(
                 key = %String::from_utf8_lossy(key),
@@ -227,6 +350,10 @@ impl Storage for SledStorage {
 
     fn kind(&self) -> &'static str {
         "sled"
+    }
+
+    fn record_decoder(&self) -> RecordDecoder {
+        RecordDecoder::with_names(self.names().table.columns())
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
@@ -260,5 +387,110 @@ impl Storage for SledStorage {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use featurestore::hlc::{Actor, Timestamp};
+    use featurestore::wire::codec::{
+        encode_record, state_hash, NUMBERED_RECORD_VERSION, PROFILE_RECORD_VERSION,
+    };
+    use featurestore::Limits;
+
+    fn counted(names: &[&str], node: &str, at: u64) -> Profile {
+        let actor = Actor::legacy(NodeId::new(node).unwrap());
+        let by: Vec<(&str, i64)> = names.iter().map(|n| (*n, 1)).collect();
+        let mut p = Profile::default();
+        p.increment(&by, &actor, Timestamp::from_millis(at), &Limits::default())
+            .unwrap();
+        p
+    }
+
+    /// Joined records are numbered and smaller; the numbers are in the `names` tree before the records
+    /// (so after a reopen, which restores the table, every record reads and keeps its state hash); a
+    /// record stored whole keeps its version.
+    #[test]
+    fn joined_records_are_numbered_and_read_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let wide: Vec<String> = (0..20).map(|i| format!("sled_numbered_{i}")).collect();
+        let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
+        let a = counted(&wide, "n1", 1);
+        let b = counted(&["sled_numbered_later"], "n2", 2);
+        let whole = counted(&["sled_numbered_whole"], "n3", 3);
+        {
+            let s = SledStorage::open_with_cache(dir.path(), 1 << 22).unwrap();
+            s.merge(b"a", &encode_record(&a).unwrap()).unwrap();
+            assert_eq!(s.names_tree.len(), 21, "20 features and n1");
+            s.merge(b"a", &encode_record(&b).unwrap()).unwrap();
+            s.put(b"whole", &encode_record(&whole).unwrap()).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStorage::open_with_cache(dir.path(), 1 << 22).unwrap();
+        assert_eq!(s.names().table.len(), (21, 2));
+        let decoder = s.record_decoder();
+        let mut joined = a.clone();
+        joined.merge(&b);
+        let mut seen = Vec::new();
+        s.for_each_record(&mut |key, record| {
+            let (profile, hash) = decoder.decode(record).unwrap();
+            assert_eq!(hash, state_hash(&profile), "the hash every node computes");
+            seen.push((key.to_vec(), record[0], profile));
+        })
+        .unwrap();
+        let text_len = encode_record(&joined).unwrap().len();
+        let numbered_len = s.get_profile(b"a").unwrap().unwrap().len();
+        assert!(
+            numbered_len * 10 < text_len * 7,
+            "{numbered_len} against {text_len}"
+        );
+        assert_eq!(
+            seen,
+            [
+                (b"a".to_vec(), NUMBERED_RECORD_VERSION, joined),
+                (b"whole".to_vec(), PROFILE_RECORD_VERSION, whole),
+            ]
+        );
+    }
+
+    /// A damaged entry of the name table is skipped at open, and a record naming its number fails to
+    /// decode with a typed error (the load counts it corrupt) instead of reading as another name.
+    #[test]
+    fn a_damaged_name_entry_makes_its_records_fail_to_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStorage::open_with_cache(dir.path(), 1 << 22).unwrap();
+            let p = counted(&["sled_damaged_0", "sled_damaged_1"], "n1", 1);
+            s.merge(b"k", &encode_record(&p).unwrap()).unwrap();
+            // The feature numbered 1 loses its text; a stray key appears.
+            s.names_tree
+                .insert(name_key(NameKind::Feature, 1), &[0xff, 0xfe][..])
+                .unwrap();
+            s.names_tree.insert(b"junk", &b"x"[..]).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStorage::open_with_cache(dir.path(), 1 << 22).unwrap();
+        let record = s.get_profile(b"k").unwrap().unwrap();
+        let err = s.record_decoder().decode(&record).unwrap_err();
+        assert!(
+            err.to_string().contains("not in the stored name table"),
+            "{err}"
+        );
+        // A join onto it replaces it, as for any record that cannot be decoded, and numbers afresh
+        // after the table's last number, never reusing the gap.
+        let (record, corrupt) = s
+            .join(Some(&record), &counted(&["sled_damaged_2"], "n1", 2))
+            .unwrap();
+        assert!(corrupt);
+        assert_eq!(
+            s.names().table.len(),
+            (3, 1),
+            "number 2: the damaged 1 stays taken"
+        );
+        let (profile, _) = s.record_decoder().decode(&record).unwrap();
+        assert_eq!(profile.feature_count(), 1);
     }
 }

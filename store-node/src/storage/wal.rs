@@ -67,7 +67,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::sled_store::{SledStorage, Tree};
-use super::Storage;
+use super::{RecordDecoder, Storage};
 use crate::error::{Error, Result};
 
 /// Name of the thread that folds closed segments into sled.
@@ -484,7 +484,7 @@ fn fold_pending(
                     Some(base) => base,
                     None => sled.get_profile(&key)?,
                 };
-                let (record, corrupt) = super::merge::join_onto(base.as_deref(), &joined)?;
+                let (record, corrupt) = sled.join(base.as_deref(), &joined)?;
                 if corrupt {
                     counters.corrupt_bases.fetch_add(1, Relaxed);
                     tracing::warn!(
@@ -801,6 +801,16 @@ impl Storage for WalStorage {
         self.shared.sled.scan_meta(prefix)
     }
 
+    /// After folding everything, as [`Storage::for_each_record`] does first: the decoder then knows every
+    /// number the records it will read use.
+    fn record_decoder(&self) -> RecordDecoder {
+        if let Err(error) = self.shared.fold_all() {
+            // `for_each_record` folds again and reports the failure; records folded before it read.
+            tracing::warn!(%error, "folding the write-ahead log before a load failed");
+        }
+        self.shared.sled.record_decoder()
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = &self.shared.counters;
         vec![
@@ -943,9 +953,13 @@ mod tests {
     }
 
     /// `(counter, value)` of the record under `key`.
-    fn counters_of(records: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> Vec<(String, i64)> {
+    fn counters_of(
+        s: &WalStorage,
+        records: &[(Vec<u8>, Vec<u8>)],
+        key: &[u8],
+    ) -> Vec<(String, i64)> {
         let (_, record) = records.iter().find(|(k, _)| k == key).unwrap();
-        let profile = featurestore::wire::codec::decode_record(record).unwrap();
+        let (profile, _hash) = s.record_decoder().decode(record).unwrap();
         profile
             .counters
             .iter()
@@ -981,11 +995,11 @@ mod tests {
         let records = records(&s);
         assert_eq!(records.len(), 2, "{records:?}");
         assert_eq!(
-            counters_of(&records, b"u"),
+            counters_of(&s, &records, b"u"),
             [("clicks".to_owned(), 5), ("views".to_owned(), 2)]
         );
         assert_eq!(
-            counters_of(&records, b"reset"),
+            counters_of(&s, &records, b"reset"),
             [("after".to_owned(), 1), ("kept".to_owned(), 7)]
         );
     }
@@ -1015,8 +1029,8 @@ mod tests {
         let once = records(&s);
         assert_eq!(counter(&s, "wal_corrupt_bases"), 1);
         assert_eq!(once.len(), keys + 1);
-        assert_eq!(counters_of(&once, b"k0"), [("n".to_owned(), 3)]);
-        assert_eq!(counters_of(&once, b"bad"), [("fresh".to_owned(), 1)]);
+        assert_eq!(counters_of(&s, &once, b"k0"), [("n".to_owned(), 3)]);
+        assert_eq!(counters_of(&s, &once, b"bad"), [("fresh".to_owned(), 1)]);
         // The same segment again, as a replay after a crash before its fold mark would.
         fs::rename(&copy, segment_path(&s.shared.dir, 1 << 40)).unwrap();
         fold_segment(
