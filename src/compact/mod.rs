@@ -15,7 +15,8 @@
 //!   entries costs as much as one of eleven; a `VecMap` holds exactly its entries.
 //!
 //! Guarantees: each encodes exactly as the type it replaces (`String`, `BTreeMap`), with serde and with
-//! bincode, so stored records and wire frames keep their format; equality, order and hashing are those
+//! bincode, so wire frames, logged deltas and version-4 records keep their format (inside a numbered
+//! stored record, written and read only through a [`StoredNames`] scope, a name is its number); equality, order and hashing are those
 //! of the text and of the sorted entries. Caveat: the interning table only grows, up to
 //! [`MAX_INTERNED`] names; a name beyond it still works but is not shared (see [`symbol`]).
 

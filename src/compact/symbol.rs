@@ -42,7 +42,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, RwLock};
 
 use arcstr::ArcStr;
-
 use serde::{Deserialize, Serialize};
 
 /// The most names the process-wide table holds (feature names; node ids have their own table). At the limit's

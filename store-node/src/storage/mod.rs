@@ -16,8 +16,10 @@
 //!
 //! * [`WalStorage`] is the default engine (`storage = "sled"`): a write-ahead log in `<data>/wal` that
 //!   group commit `fdatasync`s, folded in the background into a [`SledStorage`]: one sled `Db` with the
-//!   trees `"profiles"` and `"meta"`, and sled's own background flusher disabled, so the [`Durability`]
-//!   flusher thread alone decides when anything is synced.
+//!   trees `"profiles"`, `"meta"`, `"wal"` and `"names"` (the numbers its records give feature and node
+//!   names), and sled's own background flusher disabled, so the [`Durability`] flusher thread alone
+//!   decides when anything is synced. Its profile records are read back through
+//!   [`Storage::record_decoder`].
 //! * [`MemoryStorage`] is a `Mutex<HashMap>` for tests and `storage = "memory"`; it is never durable.
 //! * Storage is read only at startup ([`Storage::for_each_record`], streamed); hot-path reads are served
 //!   from the node's in-memory state.
