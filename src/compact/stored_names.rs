@@ -36,6 +36,10 @@
 //! * A record written with the table can only be read with it: records are not portable between data
 //!   directories as bytes (they never were shipped as bytes; replication sends text).
 //! * The table never shrinks: a name no record uses any more keeps its number.
+//! * Scopes do not nest on one thread: inside an encoding, another table's encoding numbers with the
+//!   first one. On a thread being torn down (its thread-locals gone) an encoding writes text, which
+//!   reads, and a decoding reads text, so a numbered record then fails to decode (counted corrupt)
+//!   rather than reading as something else.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
