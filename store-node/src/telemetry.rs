@@ -48,6 +48,12 @@ pub const GAUGES: &[(&str, &str, f64)] = &[
         "storage_last_flush_duration_seconds",
         1e-6,
     ),
+    (
+        "stored_feature_names",
+        "storage_numbered_feature_names",
+        1.0,
+    ),
+    ("stored_node_names", "storage_numbered_node_names", 1.0),
 ];
 
 /// Latency buckets: 100 µs doubling up to about 26 s.

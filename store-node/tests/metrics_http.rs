@@ -194,6 +194,8 @@ async fn metrics_parse_as_openmetrics_and_move_with_traffic_and_ready_follows_th
         "featurestore_resident_memory_bytes",
         "featurestore_member_alive",
         "featurestore_storage_last_flush_duration_seconds",
+        "featurestore_storage_numbered_feature_names",
+        "featurestore_storage_numbered_node_names",
     ] {
         assert_eq!(before[0].family_type(gauge), Some("gauge"), "{gauge}");
     }

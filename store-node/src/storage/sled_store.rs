@@ -356,6 +356,16 @@ impl Storage for SledStorage {
         RecordDecoder::with_names(self.names().table.columns())
     }
 
+    /// How many feature and node names the name table numbers (each kind is bounded by
+    /// `featurestore::compact::MAX_STORED_NAMES`; past it, names are stored as text).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let (features, nodes) = self.names().table.len();
+        vec![
+            ("stored_feature_names", features as u64),
+            ("stored_node_names", nodes as u64),
+        ]
+    }
+
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.meta
             .get(name.as_bytes())
@@ -431,6 +441,10 @@ mod tests {
         }
         let s = SledStorage::open_with_cache(dir.path(), 1 << 22).unwrap();
         assert_eq!(s.names().table.len(), (21, 2));
+        assert_eq!(
+            s.counters(),
+            [("stored_feature_names", 21), ("stored_node_names", 2)]
+        );
         let decoder = s.record_decoder();
         let mut joined = a.clone();
         joined.merge(&b);

@@ -827,6 +827,9 @@ impl Storage for WalStorage {
             ("wal_bad_deltas", c.bad_deltas.load(Relaxed)),
             ("wal_corrupt_bases", c.corrupt_bases.load(Relaxed)),
         ]
+        .into_iter()
+        .chain(self.shared.sled.counters())
+        .collect()
     }
 }
 
