@@ -1,7 +1,7 @@
 //! Names as a node's stored records number them: the persisted symbol table.
 //!
 //! A profile record names each of its features and, in every marker, dot and slot, a node. Written as
-//! text, the names are about half of a twenty-feature record, and decoding them is a UTF-8 check and a
+//! text, the names are a large part of a twenty-feature record, and decoding them is a UTF-8 check and a
 //! lookup in the interning tables per name, for forty names per record at every restart. A
 //! [`StoredNames`] numbers the feature names and the node names a node's records use, once for the
 //! node: a record written *with* it ([`StoredNames::encoding`]) carries small numbers instead, and a
@@ -28,8 +28,9 @@
 //! of one call, the way [`decoding_legacy_actors`](crate::hlc::decoding_legacy_actors) switches the
 //! actor format: bincode's `Encode` takes no context, and one set of types then writes both forms. The
 //! encoding scope moves the table into the slot and back out (no lock per name, no `unsafe`); the
-//! decoding scope lends a shared, immutable snapshot ([`NameColumns`]), so decoder threads read one
-//! table without contending on it. [`Symbol`]'s bincode impls live here, beside the tag they read.
+//! decoding scope lends a shared, immutable snapshot ([`NameColumns`]) for the one call and takes it
+//! back, so decoder threads read one table without a lock, and no thread keeps a snapshot alive after
+//! its call (a kept one would make every new number copy the table: copy-on-write). [`Symbol`]'s bincode impls live here, beside the tag they read.
 //!
 //! # Caveats
 //!
@@ -41,9 +42,9 @@
 //!   reads, and a decoding reads text, so a numbered record then fails to decode (counted corrupt)
 //!   rather than reading as something else.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bincode::de::{BorrowDecoder, Decoder};
 use bincode::enc::Encoder;
@@ -77,7 +78,7 @@ pub struct NameColumns {
 }
 
 /// A node's numbering of the names its stored records use (see the module's documentation).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StoredNames {
     columns: Arc<NameColumns>,
     feature_numbers: HashMap<Symbol, u32>,
@@ -96,13 +97,26 @@ pub struct StoredNames {
 thread_local! {
     /// The table an encoding on this thread numbers names with ([`StoredNames::encoding`]).
     static ENCODING: RefCell<Option<StoredNames>> = const { RefCell::new(None) };
-    /// The snapshot decodings on this thread read numbers with: set by [`NameColumns::decoding`] and
-    /// kept after it, so a load decoding a million records with one snapshot touches its reference
-    /// count once per thread, not once per record (a count two decoder threads shared would bounce
-    /// between their caches).
-    static COLUMNS: RefCell<Option<Arc<NameColumns>>> = const { RefCell::new(None) };
-    /// Whether this thread is inside [`NameColumns::decoding`].
-    static DECODING: Cell<bool> = const { Cell::new(false) };
+    /// The snapshot a decoding on this thread reads numbers with ([`NameColumns::decoding`]); `None`
+    /// outside one.
+    static DECODING: RefCell<Option<Arc<NameColumns>>> = const { RefCell::new(None) };
+}
+
+/// The empty snapshot every empty table shares, so the placeholder an encoding leaves behind
+/// ([`StoredNames::encoding`] moves the table out) allocates nothing.
+static NO_COLUMNS: LazyLock<Arc<NameColumns>> = LazyLock::new(Arc::default);
+
+impl Default for StoredNames {
+    fn default() -> StoredNames {
+        StoredNames {
+            columns: Arc::clone(&NO_COLUMNS),
+            feature_numbers: HashMap::new(),
+            feature_cache: Box::default(),
+            node_numbers: Vec::new(),
+            saved_features: 0,
+            saved_nodes: 0,
+        }
+    }
 }
 
 impl StoredNames {
@@ -272,19 +286,17 @@ impl StoredNames {
 impl NameColumns {
     /// Runs `decode` with names read as numbers of this snapshot (tag `0`: text).
     pub fn decoding<T>(self: &Arc<Self>, decode: impl FnOnce() -> T) -> T {
-        /// Leaves the scope however `decode` ends.
-        struct Leave(bool);
+        /// Puts back what the slot held however `decode` ends.
+        struct Leave(Option<Arc<NameColumns>>);
         impl Drop for Leave {
             fn drop(&mut self) {
-                let _ = DECODING.try_with(|d| d.set(self.0));
+                let before = self.0.take();
+                let _ = DECODING.try_with(|slot| *slot.borrow_mut() = before);
             }
         }
-        let lent = COLUMNS.try_with(|slot| {
+        let lent = DECODING.try_with(|slot| {
             let mut slot = slot.try_borrow_mut().ok()?;
-            if !slot.as_ref().is_some_and(|held| Arc::ptr_eq(held, self)) {
-                *slot = Some(Arc::clone(self));
-            }
-            DECODING.try_with(|d| d.replace(true)).ok()
+            Some(slot.replace(Arc::clone(self)))
         });
         match lent {
             Ok(Some(before)) => {
@@ -344,22 +356,24 @@ fn read_tagged<T: Clone, D: Decoder>(
     column: fn(&NameColumns) -> &[Option<T>],
     what: &str,
 ) -> Result<Option<T>, DecodeError> {
-    if !DECODING.try_with(Cell::get).unwrap_or(false) {
-        return Ok(None);
-    }
-    let tag = u32::decode(decoder)?;
-    let Some(number) = tag.checked_sub(1) else {
-        return Ok(None);
-    };
-    let found = COLUMNS.try_with(|slot| {
+    let read = DECODING.try_with(|slot| {
         let slot = slot.try_borrow().ok()?;
-        column(slot.as_deref()?).get(number as usize)?.clone()
+        let columns = slot.as_deref()?;
+        let read = u32::decode(decoder).and_then(|tag| {
+            let Some(number) = tag.checked_sub(1) else {
+                return Ok(None);
+            };
+            match column(columns).get(number as usize) {
+                Some(Some(name)) => Ok(Some(name.clone())),
+                _ => Err(DecodeError::OtherString(format!(
+                    "{what} number {number} is not in the stored name table"
+                ))),
+            }
+        });
+        Some(read)
     });
-    found.ok().flatten().map(Some).ok_or_else(|| {
-        DecodeError::OtherString(format!(
-            "{what} number {number} is not in the stored name table"
-        ))
-    })
+    // Outside a decoding scope (or on a thread being torn down) names are text.
+    read.ok().flatten().unwrap_or(Ok(None))
 }
 
 impl Encode for Symbol {

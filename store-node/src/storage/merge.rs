@@ -46,12 +46,13 @@ pub(super) fn join_numbered(
     names: &mut StoredNames,
     scratch: &mut Vec<u8>,
 ) -> Result<(Vec<u8>, bool)> {
-    let columns = names.columns();
-    let (mut profile, corrupt) = match base.map(|b| decode_stored_record(b, &columns)) {
+    let decoded = base.map(|b| decode_stored_record(b, &names.columns()));
+    let (mut profile, corrupt) = match decoded {
         None => (Profile::default(), false),
         Some(Ok((profile, _hash))) => (profile, false),
         Some(Err(_)) => (Profile::default(), true),
     };
+    // The snapshot is dropped by now: numbers the encoding adds do not copy the table.
     profile.merge(delta);
     let mut record = Vec::with_capacity(base.map_or(256, |b| b.len() + 64));
     encode_numbered_record_into(&profile, names, scratch, &mut record)?;
